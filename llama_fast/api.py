@@ -1,0 +1,54 @@
+"""The public entry points: load_model and output_hash."""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from .generate import LlamaFast
+from .loading import load_weights, parse_dtype
+from .model import ForwardOptions
+
+
+class DeviceError(ValueError):
+    """A device or dtype this machine cannot run."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("device 'cuda' requested but CUDA is not available on this machine")
+    return dev
+
+
+def check_dtype_on_device(dtype: torch.dtype, device: torch.device):
+    """Refuse a dtype the device cannot compute in (e.g. bf16 on a pre-Ampere GPU)."""
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise DeviceError(f"bf16 is not supported on {torch.cuda.get_device_name(device)}")
+    if device.type == "cpu" and dtype == torch.float16:
+        try:  # a tiny half matmul answers whether this CPU build computes in fp16
+            torch.ones(2, 2, dtype=dtype) @ torch.ones(2, 2, dtype=dtype)
+        except RuntimeError as e:
+            raise DeviceError(f"fp16 is not supported on this CPU ({e})") from None
+
+
+def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "auto",
+               dtype: str | torch.dtype | None = None, *, seed: int = 0, compile: str = "no",
+               options: ForwardOptions | None = None, prefill_chunk: int | None = None,
+               cache_length: int | None = None) -> LlamaFast:
+    """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
+
+    dtype defaults to fp16 on GPU and fp32 on CPU."""
+    dev = resolve_device(device)
+    dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
+    check_dtype_on_device(dt, dev)
+    _, model, tokenizer = load_weights(name, dev, dt, seed=seed)
+    return LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
+                     cache_length=cache_length)
+
+
+def output_hash(tokenizer, output_ids: torch.Tensor) -> str:
+    """The seed's hash: first 8 hex chars of sha256 of str(tokenizer.batch_decode(output_ids))."""
+    return hashlib.sha256(str(tokenizer.batch_decode(output_ids)).encode()).hexdigest()[:8]

