@@ -1,0 +1,348 @@
+"""One timing / hash / memory / roofline harness, shared by the CLI and benchmarks/.
+
+Variants are the rows of the ablation table: each names real code (ForwardOptions + compile mode +
+prefill chunking) or a transformers baseline. Memory is in MB = 1e6 bytes, as in the seed table.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .api import output_hash
+from .config import LlamaConfig
+from .model import ForwardOptions
+
+MB = 1e6
+
+
+# ------------------------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    label: str  # the "changes" column
+    options: ForwardOptions | None = None  # None = transformers
+    compile: str = "no"
+    prefill_chunk: int | None = None
+    hf_cache: str | None = None  # transformers baselines: None (dynamic cache) or "static"
+
+    @property
+    def is_transformers(self) -> bool:
+        return self.options is None
+
+
+_SEED1 = ForwardOptions(fused_qkv=False, fused_gate_up=False, static_mask=False, tensor_positions=False,
+                        rope_cat=True)
+_SEED2 = ForwardOptions(fused_qkv=False, fused_gate_up=False, static_mask=True, tensor_positions=False,
+                        rope_cat=True)
+_SEED3 = ForwardOptions(fused_qkv=True, fused_gate_up=False, static_mask=True, tensor_positions=False,
+                        rope_cat=True)
+_SEED4 = ForwardOptions(fused_qkv=True, fused_gate_up=False, static_mask=True, tensor_positions=True,
+                        rope_cat=True)
+_SEED6 = ForwardOptions(fused_qkv=True, fused_gate_up=False, static_mask=True, tensor_positions=True,
+                        rope_cat=False)
+_FAST = ForwardOptions()  # everything on
+
+VARIANTS: dict[str, Variant] = {v.key: v for v in [
+    Variant("hf", "none (transformers generate)"),
+    Variant("hf-static", "transformers cache_implementation=static (auto-compiled)", hf_cache="static"),
+    Variant("kv", "preallocated KV cache + SDPA + shared key/value linear", _SEED1),
+    Variant("mask", "+ preallocated attention mask", _SEED2),
+    Variant("qkv", "+ shared query/key/value linear", _SEED3),
+    Variant("tensor-pos", "+ valid_past_index as tensor, control flow removed", _SEED4),
+    Variant("tensor-pos-static", "same", _SEED4, compile="static"),
+    Variant("rope", "+ rotate_half without torch.cat", _SEED6, compile="static"),
+    Variant("gate-up", "+ fused gate/up linear", _FAST, compile="static"),
+    Variant("graphs", "+ CUDA graphs over the decode step, compiled fixed-chunk prefill (fullgraph)", _FAST,
+            compile="fullgraph", prefill_chunk=256),
+]}
+ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs"]
+FASTEST = "graphs"
+
+
+def variant_for(preallocate: bool, compile: str) -> Variant:
+    """The CLI's seed semantics: no --preallocate = transformers; --preallocate = llama_fast (fastest code
+    path) compiled as asked."""
+    if not preallocate:
+        return VARIANTS["hf"] if compile == "no" else VARIANTS["hf-static"]
+    chunk = 256 if compile == "fullgraph" else None
+    return Variant(f"llama_fast-{compile}", f"llama_fast, compile={compile}", _FAST, compile=compile,
+                   prefill_chunk=chunk)
+
+
+# ------------------------------------------------------------------------------------------- workload
+@dataclass(frozen=True)
+class Workload:
+    batch: int = 1
+    prompt_len: int = 1000
+    new_tokens: int = 200
+    cache_length: int | None = None  # None = prompt_len + new_tokens
+
+    @property
+    def cache(self) -> int:
+        return self.cache_length or self.prompt_len + self.new_tokens
+
+    def prompt(self) -> torch.Tensor:
+        """The seed's prompt: torch.randint(1, 10, (batch, prompt_len)) right after manual_seed(42)."""
+        torch.manual_seed(42)
+        return torch.randint(1, 10, (self.batch, self.prompt_len))
+
+
+# ------------------------------------------------------------------------------------------- runners
+class Runner:
+    """Something that generates for a workload: llama_fast in a variant, or transformers."""
+
+    def __init__(self, variant: Variant, generate: Callable[[torch.Tensor], torch.Tensor], tokenizer: Any,
+                 device: torch.device):
+        self.variant, self._generate, self.tokenizer, self.device = variant, generate, tokenizer, device
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._generate(input_ids)
+
+
+def fast_runner(fast, variant: Variant, workload: Workload) -> Runner:
+    """A LlamaFast set to the variant's code path; exactly workload.new_tokens new tokens."""
+    def generate(ids):
+        return fast.generate(ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens)
+
+    fast.configure(options=variant.options, compile=variant.compile, prefill_chunk=variant.prefill_chunk)
+    fast.cache_length = workload.cache
+    return Runner(variant, generate, fast.tokenizer, fast.device)
+
+
+def hf_runner(hf_model, tokenizer, variant: Variant, workload: Workload) -> Runner:
+    """transformers generate, greedy, exactly workload.new_tokens new tokens."""
+    device = hf_model.device
+    pad = getattr(tokenizer, "pad_token_id", None)
+    kwargs = dict(max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens, do_sample=False,
+                  pad_token_id=pad if pad is not None else 0)
+    if variant.hf_cache:
+        kwargs["cache_implementation"] = variant.hf_cache
+
+    def generate(ids):
+        ids = ids.to(device)
+        return hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+
+    return Runner(variant, generate, tokenizer, device)
+
+
+# ------------------------------------------------------------------------------------------- timing
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class DeviceTimer:
+    """Wall time of a region with the device drained at both ends (CUDA events on GPU)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(self.device)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self._end.record()
+            self._end.synchronize()
+            self.seconds = self._start.elapsed_time(self._end) / 1e3
+        else:
+            self.seconds = time.perf_counter() - self._t0
+        return False
+
+
+class PeakMemory:
+    """Peak memory of a region in bytes: max_memory_allocated on GPU, peak RSS (VmHWM) on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = 0
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.peak = _peak_rss()
+        return False
+
+
+def _reset_peak_rss():
+    try:  # Linux: writing 5 to clear_refs resets VmHWM to the current RSS
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class Measurement:
+    variant: Variant
+    workload: Workload
+    times: list[float]
+    warmup_s: float
+    max_mem_bytes: int
+    hash: str
+    output_ids: torch.Tensor = field(repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.workload.batch * self.workload.new_tokens
+
+    @property
+    def tok_per_s(self) -> float:  # median run
+        return self.tokens / statistics.median(self.times)
+
+    @property
+    def tok_per_s_best(self) -> float:  # fastest run
+        return self.tokens / min(self.times)
+
+    @property
+    def max_mem_mb(self) -> float:
+        return self.max_mem_bytes / MB
+
+
+def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: int = 3,
+            slowdown: Callable[[], None] | None = None) -> Measurement:
+    """Warm-up runs (the first one's time is reported: compile included), then timed runs.
+
+    tok/s = batch * new tokens / time of one generate call, prefill included."""
+    ids = workload.prompt()
+    dev = runner.device
+    warmup_s = 0.0
+    for i in range(max(warmup_runs, 0)):
+        with DeviceTimer(dev) as t:
+            runner(ids)
+        if i == 0:
+            warmup_s = t.seconds
+    times, out = [], None
+    with PeakMemory(dev) as mem:
+        for _ in range(num_runs):
+            with DeviceTimer(dev) as t:
+                out = runner(ids)
+                if slowdown is not None:
+                    slowdown()
+            times.append(t.seconds)
+    out = out.cpu()
+    return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out)
+
+
+# ------------------------------------------------------------------------------------------- roofline
+@dataclass(frozen=True)
+class Ceilings:
+    matmul_flops: float  # FLOP/s of a large matrix product in the model dtype
+    copy_bytes: float  # bytes/s of a large device copy, read + write counted
+
+
+def measure_ceilings(device: torch.device, dtype: torch.dtype) -> Ceilings:
+    """Measure the two ceilings on this device in this process (median of several runs)."""
+    cuda = device.type == "cuda"
+    n = 8192 if cuda else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    numel = (1 << 29) if cuda else (1 << 24)  # 1 GiB of fp16 on GPU
+    src = torch.randn(numel, device=device, dtype=torch.float16)
+    dst = torch.empty_like(src)
+
+    def timed(fn, reps):
+        fn()
+        ts = []
+        for _ in range(reps):
+            with DeviceTimer(device) as t:
+                fn()
+            ts.append(t.seconds)
+        return statistics.median(ts)
+
+    mm = timed(lambda: a @ b, 10)
+    cp = timed(lambda: dst.copy_(src), 10)
+    return Ceilings(matmul_flops=2 * n ** 3 / mm, copy_bytes=2 * src.numel() * src.element_size() / cp)
+
+
+def weight_bytes(cfg: LlamaConfig, dtype: torch.dtype, include_embedding: bool = True) -> int:
+    elem = torch.empty((), dtype=dtype).element_size()
+    return cfg.num_parameters(include_embedding=include_embedding) * elem
+
+
+def roofline_tok_per_s(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, ceilings: Ceilings) -> float:
+    """tokens / (prefill FLOPs / matmul rate + sum over decode steps of bytes / copy bandwidth).
+
+    Per-step bytes = non-embedding weight bytes (output head included) + the KV cache read at that step."""
+    n_params = cfg.num_parameters(include_embedding=False)
+    B, T, N = w.batch, w.prompt_len, w.new_tokens
+    prefill_flops = 2 * n_params * B * T + 2 * cfg.n_layers * B * T * T * cfg.n_heads * cfg.head_dim
+    elem = torch.empty((), dtype=dtype).element_size()
+    wbytes = n_params * elem
+    kv_per_pos = 2 * cfg.n_layers * B * cfg.n_kv_heads * cfg.head_dim * elem
+    decode_bytes = sum(wbytes + kv_per_pos * (T + i) for i in range(1, N))
+    seconds = prefill_flops / ceilings.matmul_flops + decode_bytes / ceilings.copy_bytes
+    return B * N / seconds
+
+
+def memory_budget_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, allowance_bytes: int) -> int:
+    """Weights + KV cache for the workload + a stated allowance."""
+    return weight_bytes(cfg, dtype) + cfg.kv_cache_bytes(w.batch, w.cache, dtype) + allowance_bytes
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def git_commit(cwd: str | None = None) -> str:
+    """Short hash, plus -dirty when the tree has changes; 'unknown' outside a git checkout."""
+    import subprocess
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("-dirty" if dirty else "")
+
+
+# ------------------------------------------------------------------------------------------- correctness
+@torch.no_grad()
+def teacher_forced_check(hf_model, output_ids: torch.Tensor, prompt_len: int, tol: float):
+    """Run the reference over our output; each generated token must be the reference's argmax or within
+    `tol` of its max logit. Returns (ok, first bad step or None, largest logit gap)."""
+    ids = output_ids.to(hf_model.device)
+    logits = hf_model(ids).logits[:, prompt_len - 1:-1].float()  # (B, N, V): predicts each new token
+    chosen = ids[:, prompt_len:]
+    gap = logits.max(-1).values - logits.gather(-1, chosen[..., None])[..., 0]  # (B, N)
+    bad = (gap > tol).any(0).nonzero()
+    first = int(bad[0]) if len(bad) else None
+    return first is None, first, float(gap.max())
