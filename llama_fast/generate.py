@@ -58,6 +58,8 @@ class LlamaFast:
         self.compile = "no"
         self.prefill_chunk = None
         self._steps = None
+        # Test-only: called after every decode step (the benchmark gate's injected slowdown). None in use.
+        self.step_hook: Callable[[], None] | None = None
         self.configure(options=options or ForwardOptions(), compile=compile, prefill_chunk=prefill_chunk)
 
     def configure(self, *, options: ForwardOptions | None = None, compile: str | None = None,
@@ -190,6 +192,8 @@ class LlamaFast:
             out[:, i] = tok
             input_pos += 1
             n = i + 1
+            if self.step_hook is not None:
+                self.step_hook()
             self._emit(streamer, callback, i, tok)
         if streamer is not None:
             streamer.end()

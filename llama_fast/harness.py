@@ -233,8 +233,7 @@ class Measurement:
         return self.max_mem_bytes / MB
 
 
-def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: int = 3,
-            slowdown: Callable[[], None] | None = None) -> Measurement:
+def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: int = 3) -> Measurement:
     """Warm-up runs (the first one's time is reported: compile included), then timed runs.
 
     tok/s = batch * new tokens / time of one generate call, prefill included."""
@@ -251,8 +250,6 @@ def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: 
         for _ in range(num_runs):
             with DeviceTimer(dev) as t:
                 out = runner(ids)
-                if slowdown is not None:
-                    slowdown()
             times.append(t.seconds)
     out = out.cpu()
     return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out)
