@@ -28,8 +28,8 @@ def next_token(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, 
 
 
 def prefill_step(model: Transformer, idx: torch.Tensor, input_pos: torch.Tensor, start: int,
-                 logits_index: int) -> torch.Tensor:
-    """idx (B, C) at slots input_pos (C,); fp32 logits (B, V) of position logits_index only."""
+                 logits_index: torch.Tensor) -> torch.Tensor:
+    """idx (B, C) at slots input_pos (C,); fp32 logits (B, V) of chunk position logits_index (1,) only."""
     return model(idx, input_pos, start, logits_index)[:, -1].float()
 
 
@@ -171,12 +171,17 @@ class LlamaFast:
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
+        # Python-int offsets only reach the seed's slicing path; elsewhere a constant keeps graphs static
+        def start_of(s: int) -> int:
+            return 0 if self.options.tensor_positions else s
+
         C, starts = self._prefill_chunks(T, S)
         for s in starts:
             chunk = ids[:, s:s + C]
             if chunk.shape[1] < C:  # short prompt: right-pad to the static chunk length
                 chunk = torch.cat([chunk, chunk.new_full((B, C - chunk.shape[1]), pad)], dim=1)
-            logits = prefill(model, chunk, torch.arange(s, s + C, device=dev), s, min(T - 1 - s, C - 1))
+            last = torch.tensor([min(T - 1 - s, C - 1)], device=dev)  # tensor: no recompile per length
+            logits = prefill(model, chunk, torch.arange(s, s + C, device=dev), start_of(s), last)
         tok, done = next_token(logits, done, eos_ids, pad_id, min_new_tokens > 0)
         out[:, 0] = tok
         self._emit(streamer, callback, 0, tok)
@@ -187,8 +192,9 @@ class LlamaFast:
         for i in range(1, max_new_tokens):
             if track_eos and i % self.check_every == 0 and bool(done.all()):
                 break
-            start = 0 if self.options.tensor_positions else T + i - 1
-            tok, done = decode(model, tok, input_pos, done, eos_ids, pad_id, start, i < min_new_tokens)
+            tok, done = decode(model, tok, input_pos, done, eos_ids, pad_id, start_of(T + i - 1),
+                               i < min_new_tokens)
+            tok, done = tok.clone(), done.clone()  # graph outputs are overwritten by the next replay
             out[:, i] = tok
             input_pos += 1
             n = i + 1

@@ -180,10 +180,10 @@ class Transformer(nn.Module):
         return (causal[None] & same_kind)[:, None]
 
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor, start: int = 0,
-                logits_index: int | None = None) -> torch.Tensor:
+                logits_index: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) token ids written at cache slots input_pos (T,) = start..start+T-1.
 
-        Returns logits (B, T, V) fp32-free (model dtype), or (B, 1, V) for position logits_index only."""
+        Returns logits (B, T, V) in the model dtype, or (B, 1, V) for the position logits_index (1,) only."""
         B, T = idx.shape
         opts = self.options
         pos = (input_pos[None, :] - self.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
@@ -194,5 +194,5 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
-            x = x[:, logits_index:logits_index + 1]
+            x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
         return self.output(self.norm(x))

@@ -1,0 +1,97 @@
+"""Performance lab: one process, one GPU, several variants of the seed workload, ratios in one run.
+
+  python scripts/perf_lab.py --variants hf,hf-static,rope,graphs --log $OUT/lab.log
+Prints a table (tok/s, % roofline, peak MB, warm-up s, hash, teacher-forced check) for docs/PERF.md.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+
+import torch
+
+from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure,
+                                measure_ceilings, roofline_tok_per_s, teacher_forced_check)
+from llama_fast.loading import load_hf_model, load_weights, parse_dtype
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="random:llama-7b")
+    ap.add_argument("--dtype", default="fp16")
+    ap.add_argument("--variants", default="hf,hf-static,tensor-pos,rope,gate-up,graphs")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=1000)
+    ap.add_argument("--new", type=int, default=200)
+    ap.add_argument("--cache", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--check", action="store_true", help="teacher-forced check of our outputs vs transformers")
+    ap.add_argument("--log", default=None)
+    args = ap.parse_args(argv)
+    log = open(args.log, "a") if args.log else None
+
+    def say(msg):
+        print(msg, flush=True)
+        if log:
+            log.write(msg + "\n")
+            log.flush()
+
+    dev = torch.device("cuda")
+    dtype = parse_dtype(args.dtype)
+    w = Workload(args.batch, args.prompt, args.new, args.cache)
+    ceil = measure_ceilings(dev, dtype)
+    say(f"# {device_name(dev)} torch {torch.__version__} | {args.model} {args.dtype} batch {w.batch} "
+        f"prompt {w.prompt_len} new {w.new_tokens} cache {w.cache}")
+    say(f"# ceilings: matmul {ceil.matmul_flops / 1e12:.0f} TFLOP/s, copy {ceil.copy_bytes / 1e12:.2f} TB/s")
+    keys = args.variants.split(",")
+    rows, outputs = [], {}
+    hf_keys = [k for k in keys if VARIANTS[k].is_transformers]
+    ours = [k for k in keys if not VARIANTS[k].is_transformers]
+    roof = None
+    if hf_keys:
+        hf = load_hf_model(args.model, dev, dtype)
+        from llama_fast.loading import IdTokenizer
+        tok = IdTokenizer(hf.config.vocab_size, None, 0)
+        for k in hf_keys:
+            t0 = time.time()
+            m = measure(hf_runner(hf, tok, VARIANTS[k], w), w, args.warmup, args.runs)
+            rows.append((k, m))
+            outputs[k] = m.output_ids
+            say(f"{k}: {m.tok_per_s:.1f} tok/s, mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash} "
+                f"({time.time() - t0:.0f}s)")
+        if not args.check:
+            del hf
+            gc.collect()
+            torch.cuda.empty_cache()
+    cfg, model, tok = load_weights(args.model, dev, dtype)
+    from llama_fast.generate import LlamaFast
+    fast = LlamaFast(model, tok, args.model)
+    roof = roofline_tok_per_s(cfg, dtype, w, ceil)
+    say(f"# roofline {roof:.1f} tok/s")
+    for k in ours:
+        t0 = time.time()
+        try:
+            m = measure(fast_runner(fast, VARIANTS[k], w), w, args.warmup, args.runs)
+        except Exception as e:  # keep the lab going; the failure is printed
+            say(f"{k}: FAILED {type(e).__name__}: {str(e)[:300]}")
+            continue
+        rows.append((k, m))
+        outputs[k] = m.output_ids
+        chk = ""
+        if args.check:
+            ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
+            chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
+        say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
+            f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
+    say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
+    say("|---|---|---|---|---|---|")
+    for k, m in rows:
+        say(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | {m.warmup_s:.1f} | {m.hash} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
