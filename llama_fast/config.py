@@ -152,10 +152,15 @@ class LlamaConfig:
             pad_token_id=self.pad_token_id, initializer_range=self.initializer_range,
         )
         cfg = HFLlamaConfig(**kwargs, attn_implementation="sdpa")
-        # transformers 5 reads rope_parameters, 4.x reads rope_theta / rope_scaling: set both
-        cfg.rope_parameters = rope
+        # transformers 5 reads rope_parameters, 4.x reads rope_theta / rope_scaling: set both. In 5.x
+        # rope_scaling is a deprecated alias of rope_parameters (None would erase it): rope_parameters last.
+        import warnings
+
         cfg.rope_theta = self.rope_theta
-        cfg.rope_scaling = dict(self.rope_scaling) if self.rope_scaling else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            cfg.rope_scaling = dict(self.rope_scaling) if self.rope_scaling else None
+        cfg.rope_parameters = rope
         return cfg
 
     def with_overrides(self, **kw) -> "LlamaConfig":

@@ -1,0 +1,304 @@
+"""The command line (llama_fast.cli / run_llama.py), on CPU.
+
+Fast tests call cli.main in-process on random:tiny; the --help and one bad-argument check run
+`python run_llama.py` as a real process; the ablation acceptance runs the embedded SmolLM2 in fp32.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_fast import cli, harness, loading
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model", "random:tiny", "--prompt-lengths", "16", "--new-tokens", "8", "--warmup-runs", "0",
+        "--num-runs", "1"]
+ALL_FLAGS = ["--model", "--device", "--dtype", "--preallocate", "--compile", "--profile", "--profile-dir", "--sweep",
+             "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs", "--num-runs",
+             "--output", "--ablation", "--compare", "--seed", "--prompt"]
+
+
+def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, str(ROOT / "run_llama.py"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        assert header == cli.CSV_COLUMNS
+        rows = list(reader)
+    for r in rows:
+        assert len(r) == len(header), f"malformed row {r}"
+    return [dict(zip(header, r)) for r in rows]
+
+
+def assert_well_formed(row: dict):
+    assert row["status"] == "ok"
+    assert float(row["tok_per_s"]) > 0 and float(row["tok_per_s_best"]) >= float(row["tok_per_s"]) * 0.999
+    assert float(row["max_mem_mb"]) > 0 and float(row["warmup_s"]) >= 0
+    assert re.fullmatch(r"[0-9a-f]{8}", row["hash"])
+    assert row["commit"] and row["timestamp"] and row["device"]
+    assert int(row["cache_length"]) >= int(row["prompt_len"]) + int(row["new_tokens"])
+
+
+def embedded_model_or_skip():
+    try:
+        loading.find_embedded_gguf()
+    except loading.ModelNotFoundError as e:
+        pytest.skip(f"embedded SmolLM2 not installed: {e}")
+
+
+# ------------------------------------------------------------------------------------------- help
+def test_help_lists_every_flag():
+    res = run_cli("--help", timeout=120)
+    assert res.returncode == 0, res.stderr
+    for flag in ALL_FLAGS:
+        assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", res.stdout), f"{flag} missing from --help"
+    # every option carries a help text (argparse prints a bare flag line otherwise)
+    for action in cli.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+
+
+# ------------------------------------------------------------------------------------------- runs
+def test_cpu_run_prints_table_and_appends_one_row_per_run(tmp_path, capsys):
+    out = tmp_path / "res" / "r.csv"
+    for _ in range(2):
+        assert cli.main([*TINY, "--preallocate", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("| variant | changes | compile | tok_per_s |") == 2
+    assert "sample output" in stdout
+    rows = read_rows(out)
+    assert len(rows) == 2
+    assert out.read_text().count("timestamp,commit") == 1
+    for r in rows:
+        assert_well_formed(r)
+        assert (r["variant"], r["model"], r["dtype"], r["batch"], r["prompt_len"], r["new_tokens"]) == \
+               ("llama_fast-no", "random:tiny", "fp32", "1", "16", "8")
+    assert rows[0]["hash"] == rows[1]["hash"]
+
+
+def test_default_variant_is_transformers_and_sweep_writes_chart(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--sweep", "batch", "--batch-sizes", "1,2", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    rows = read_rows(out)
+    assert [(r["variant"], r["batch"]) for r in rows] == [("hf", "1"), ("hf", "2")]
+    for r in rows:
+        assert_well_formed(r)
+    charts = list(tmp_path.glob("llama_sweep_*_batch.png"))
+    assert len(charts) == 1 and charts[0].stat().st_size > 1000
+    assert charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "sample output (hf, first row" in stdout
+
+
+def test_compare_table_on_cpu(tmp_path, capsys, monkeypatch):
+    # the real FASTEST ('graphs') compiles for minutes on a small CPU; an eager llama_fast row stands in
+    monkeypatch.setattr(harness, "FASTEST", "qkv")
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--compare", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    rows = read_rows(out)
+    assert [r["variant"] for r in rows] == ["hf", "hf-static", "qkv"]  # run order: transformers first
+    for r in rows:
+        assert_well_formed(r)
+        assert r["mode"] == "compare" and float(r["roofline_pct"]) > 0
+    assert len({r["hash"] for r in rows}) == 1
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert "% roofline" in table[0] and "vs hf-static" in table[0]
+    assert [line.split("|")[2].strip() for line in table[1:]] == ["qkv", "hf", "hf-static"]
+    assert table[3].rstrip(" |").endswith("1.00x")
+    assert "roofline" in stdout
+
+
+@pytest.mark.slow
+def test_ablation_smollm2_fp32_same_hash_in_every_row(tmp_path):
+    embedded_model_or_skip()
+    out = tmp_path / "r.csv"
+    res = run_cli("--ablation", "--dtype", "fp32", "--device", "cpu", "--prompt-lengths", "32", "--new-tokens", "24",
+                  "--warmup-runs", "0", "--num-runs", "1", "--output", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    i = lines.index("| changes | compile | tok_per_s | max_mem_mb | hash | commit |")
+    assert lines[i - 2].startswith("model smollm2-135m | batch 1 | prompt 32 | new tokens 24 | cache length 56 | fp32")
+    table = [line.split("|")[1:-1] for line in lines[i + 2:i + 2 + len(harness.ABLATION)]]
+    assert [c[0].strip() for c in table] == [harness.VARIANTS[k].label for k in harness.ABLATION]
+    hashes = [c[4].strip() for c in table]
+    assert len(set(hashes)) == 1, dict(zip(harness.ABLATION, hashes))
+    rows = read_rows(out)
+    assert [r["variant"] for r in rows] == harness.ABLATION
+    for r in rows:
+        assert_well_formed(r)
+    hf = rows[0]["hash"]
+    assert all(r["hash"] == hf for r in rows), {r["variant"]: r["hash"] for r in rows}
+    assert hf == hashes[0]
+
+
+def test_profile_writes_a_trace(tmp_path, capsys):
+    tb = tmp_path / "tb"
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--preallocate", "--profile", "--profile-dir", str(tb), "--output", str(out)]) == 0
+    traces = list(tb.rglob("*.pt.trace.json"))
+    assert len(traces) == 1, list(tb.rglob("*"))
+    trace = json.loads(traces[0].read_text())
+    assert trace["traceEvents"], "empty trace"
+    assert not out.exists()  # profiling writes no CSV rows
+    assert "traces written to" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- faults
+def test_oom_at_one_sweep_point_records_a_row_and_continues(tmp_path, capsys, monkeypatch):
+    real_measure = harness.measure
+    seen = []
+
+    def measure(runner, workload, *a, **kw):
+        seen.append(workload.batch)
+        if workload.batch == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+        return real_measure(runner, workload, *a, **kw)
+
+    monkeypatch.setattr(harness, "measure", measure)
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--preallocate", "--sweep", "batch", "--batch-sizes", "1,2,3", "--output", str(out)]) == 0
+    assert seen == [1, 2, 3]
+    rows = read_rows(out)
+    assert [(r["batch"], r["status"]) for r in rows] == [("1", "ok"), ("2", "OOM"), ("3", "ok")]
+    assert rows[1]["tok_per_s"] == "" and rows[1]["hash"] == ""
+    assert_well_formed(rows[0])
+    assert_well_formed(rows[2])
+    captured = capsys.readouterr()
+    assert "| OOM |" in captured.out and "out of memory" in captured.err
+    assert list(tmp_path.glob("llama_sweep_*_batch.png"))
+
+
+def test_other_errors_propagate_after_finished_rows(tmp_path, monkeypatch):
+    real_measure = harness.measure
+
+    def measure(runner, workload, *a, **kw):
+        if workload.batch == 2:
+            raise ValueError("boom")
+        return real_measure(runner, workload, *a, **kw)
+
+    monkeypatch.setattr(harness, "measure", measure)
+    out = tmp_path / "r.csv"
+    with pytest.raises(ValueError, match="boom"):
+        cli.main([*TINY, "--preallocate", "--batch-sizes", "1,2", "--output", str(out)])
+    assert [r["batch"] for r in read_rows(out)] == ["1"]
+
+
+def test_is_oom():
+    assert cli.is_oom(torch.OutOfMemoryError("x"))
+    assert cli.is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert cli.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not cli.is_oom(RuntimeError("shape mismatch"))
+    assert not cli.is_oom(ValueError("out of memory"))
+
+
+def _half_matmul_unsupported(monkeypatch):
+    """Make this CPU refuse fp16 matmuls, as some CPU builds do (api.check_dtype_on_device probes one)."""
+    real = torch.Tensor.__matmul__
+
+    def matmul(self, other):
+        if self.dtype == torch.float16:
+            raise RuntimeError("\"addmm_impl_cpu_\" not implemented for 'Half'")
+        return real(self, other)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", matmul)
+
+
+def _non_llama_checkpoint(tmp_path: Path) -> str:
+    d = tmp_path / "gpt2-ckpt"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                                               "vocab_size": 100, "n_embd": 16, "n_layer": 1, "n_head": 2}))
+    return str(d)
+
+
+BAD_ARGS = {
+    "unknown model": (["--model", "no-such-model"], "unknown model"),
+    "unknown random shape": (["--model", "random:nope"], "random shape"),
+    "hub id not cached": (["--model", "huggingface/llama-7b"], "huggingface/llama-7b"),
+    "non-llama": (["--model", "<non-llama>"], "llama"),
+    "empty batch list": (["--model", "random:tiny", "--batch-sizes", ""], "--batch-sizes"),
+    "comma only": (["--model", "random:tiny", "--batch-sizes", ","], "--batch-sizes"),
+    "zero batch": (["--model", "random:tiny", "--batch-sizes", "1,0"], "--batch-sizes"),
+    "negative prompt": (["--model", "random:tiny", "--prompt-lengths", "-5"], "--prompt-lengths"),
+    "not a number": (["--model", "random:tiny", "--prompt-lengths", "8,x"], "--prompt-lengths"),
+    "zero new tokens": (["--model", "random:tiny", "--new-tokens", "0"], "--new-tokens"),
+    "zero runs": (["--model", "random:tiny", "--num-runs", "0"], "--num-runs"),
+    "beyond cache": (["--model", "random:tiny", "--prompt-lengths", "32", "--new-tokens", "24", "--cache-length",
+                      "40"], "cache-length 40"),
+    "beyond max positions": (["--model", "random:tiny", "--prompt-lengths", "4000", "--new-tokens", "200"],
+                             "4096 positions"),
+    "fp16 on this cpu": (["--model", "random:tiny", "--device", "cpu", "--dtype", "fp16"], "fp16"),
+    "bad dtype": (["--model", "random:tiny", "--dtype", "fp8"], "--dtype"),
+    "bad device": (["--model", "random:tiny", "--device", "tpu"], "tpu"),
+    "cuda without cuda": (["--model", "random:tiny", "--device", "cuda"], "cuda"),
+    "prompt text on random model": (["--model", "random:tiny", "--prompt", "hello"], "tokenizer"),
+    "ablation and compare": (["--model", "random:tiny", "--ablation", "--compare"], "--compare"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGS))
+def test_bad_argument_is_one_line_exit_2_and_csv_untouched(case, tmp_path, capsys, monkeypatch):
+    args, needle = BAD_ARGS[case]
+    if case == "cuda without cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA, so --device cuda is valid here")
+    if case == "fp16 on this cpu":
+        _half_matmul_unsupported(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = [_non_llama_checkpoint(tmp_path) if a == "<non-llama>" else a for a in args]
+    out = tmp_path / "r.csv"
+    out.write_text(",".join(cli.CSV_COLUMNS) + "\n" + ",".join(str(i) for i in range(len(cli.CSV_COLUMNS))) + "\n")
+    before_bytes = out.read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*args, "--output", str(out)])
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip("\n").splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("llama-fast: error: ") and needle.lower() in lines[0].lower(), lines[0]
+    assert captured.out == ""
+    assert out.read_bytes() == before_bytes
+    assert list(tmp_path.glob("*.png")) == []
+
+
+def test_csv_with_other_columns_is_refused(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    out.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*TINY, "--output", str(out)])
+    assert exc.value.code == 2
+    assert "other columns" in capsys.readouterr().err
+    assert out.read_text() == "a,b,c\n1,2,3\n"
+
+
+def test_bad_argument_as_a_process(tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_bytes(b"keep me\n")
+    res = run_cli("--model", _non_llama_checkpoint(tmp_path), "--output", str(out), timeout=120)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    lines = res.stderr.strip("\n").splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llama-fast: error: ") and "gpt2" in lines[0].lower(), res.stderr
+    assert out.read_bytes() == b"keep me\n"
+
+
+def test_append_row_writes_header_once_and_whole_lines(tmp_path):
+    out = tmp_path / "sub" / "r.csv"
+    for i in range(3):
+        cli.append_row(out, {"model": "m,with,commas", "batch": i, "changes": 'say "hi"\nthere', "status": "ok"})
+    rows = read_rows(out)
+    assert [r["batch"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["model"] == "m,with,commas" and rows[0]["changes"] == 'say "hi"\nthere'
