@@ -56,9 +56,11 @@ class LlamaConfig:
 
     def num_parameters(self, include_embedding: bool = True) -> int:
         attn = self.dim * (self.q_size + 2 * self.kv_size) + self.q_size * self.dim
-        if self.attention_bias:
-            attn += self.q_size + 2 * self.kv_size
+        if self.attention_bias:  # q, k, v and o biases (transformers' o_proj has one too)
+            attn += self.q_size + 2 * self.kv_size + self.dim
         mlp = 3 * self.dim * self.intermediate_size
+        if self.mlp_bias:
+            mlp += 2 * self.intermediate_size + self.dim
         per_layer = attn + mlp + 2 * self.dim
         n = self.n_layers * per_layer + self.dim  # final norm
         n += self.vocab_size * self.dim  # output head (also the embedding when tied)

@@ -58,6 +58,7 @@ def conversion_plan(cfg: LlamaConfig) -> list[tuple[str, list[str]]]:
         plan.append((o + "attention.wqkv.weight", [p + f"self_attn.{n}_proj.weight" for n in "qkv"]))
         if cfg.attention_bias:
             plan.append((o + "attention.wqkv.bias", [p + f"self_attn.{n}_proj.bias" for n in "qkv"]))
+            plan.append((o + "attention.wo.bias", [p + "self_attn.o_proj.bias"]))
         plan.append((o + "attention.wo.weight", [p + "self_attn.o_proj.weight"]))
         plan.append((o + "feed_forward.w13.weight", [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]))
         plan.append((o + "feed_forward.w2.weight", [p + "mlp.down_proj.weight"]))
@@ -167,6 +168,7 @@ def hf_shapes(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
             s[p + "self_attn.q_proj.bias"] = (cfg.q_size,)
             s[p + "self_attn.k_proj.bias"] = (cfg.kv_size,)
             s[p + "self_attn.v_proj.bias"] = (cfg.kv_size,)
+            s[p + "self_attn.o_proj.bias"] = (cfg.dim,)
         s[p + "mlp.gate_proj.weight"] = (cfg.intermediate_size, cfg.dim)
         s[p + "mlp.up_proj.weight"] = (cfg.intermediate_size, cfg.dim)
         s[p + "mlp.down_proj.weight"] = (cfg.dim, cfg.intermediate_size)

@@ -55,7 +55,7 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias)
-        self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=False)
+        self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=cfg.attention_bias)  # transformers: o_proj too
         self.kv_cache: KVCache | None = None
 
     def _qkv(self, x: torch.Tensor, fused: bool):

@@ -1,0 +1,215 @@
+"""llama_fast.model: logits parity with transformers.LlamaForCausalLM (fp32, weights through our converter),
+every ForwardOptions code path, the static KV cache (prefill + decode == one full forward), left padding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf, ours_from_hf
+from llama_fast import ForwardOptions
+from llama_fast.harness import VARIANTS
+from llama_fast.kv_cache import KVCache
+from llama_fast.model import apply_rope
+
+TOL = dict(atol=1e-5, rtol=1e-5)
+# every distinct code path of the ablation table (compile mode does not change the eager math)
+OPTION_VARIANTS = {k: v.options for k, v in VARIANTS.items() if v.options is not None}
+
+
+def _ids(cfg, B=2, T=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, cfg.vocab_size, (B, T), generator=g)
+
+
+@torch.no_grad()
+def _parity(cfg, options=None, seed=0, B=2, T=40):
+    hf = make_hf(cfg, seed=seed)
+    fast = fast_from_hf(hf, cfg, options=options)
+    ids = _ids(cfg, B, T, seed)
+    ref = hf(ids).logits
+    ours = fast.logits(ids)
+    assert ours.shape == ref.shape == (B, T, cfg.vocab_size)
+    assert ref.abs().max() > 0.5  # logits are O(1), so the tolerance is meaningful
+    torch.testing.assert_close(ours, ref, **TOL)
+    return hf, fast, ids
+
+
+def test_logits_match_transformers(tiny_cfg):
+    _parity(tiny_cfg)
+
+
+@pytest.mark.parametrize("variant", sorted(OPTION_VARIANTS))
+@pytest.mark.parametrize("name", ["gqa", "llama3-rope", "head-dim-48", "mlp-bias", "tied"])
+def test_every_code_path_matches_transformers(name, variant):
+    _parity(TINY_CONFIGS[name], options=OPTION_VARIANTS[variant])
+
+
+def test_option_variants_cover_every_flag():
+    """The ablation rows exercise both values of every ForwardOptions flag."""
+    for flag in ForwardOptions.__dataclass_fields__:
+        assert {getattr(o, flag) for o in OPTION_VARIANTS.values()} == {True, False}, flag
+
+
+@pytest.mark.parametrize("name", ["llama3-rope", "linear-rope", "attn-bias", "mlp-bias"])
+def test_parity_detects_a_dropped_feature(name):
+    """Negative control: the same weights without the rope scaling / biases must NOT match, so the parity
+    tests above can fail."""
+    cfg = TINY_CONFIGS[name]
+    hf = make_hf(cfg, seed=0)
+    ids = _ids(cfg)
+    with torch.no_grad():
+        ref = hf(ids).logits
+        fast = fast_from_hf(hf, cfg)
+        if cfg.rope_scaling:
+            fast.model.config = cfg.with_overrides(rope_scaling=None)  # setup_caches reads inv_freq from here
+        else:
+            for layer in fast.model.layers:
+                b = layer.attention.wqkv.bias
+                b.zero_()
+        diff = (fast.logits(ids) - ref).abs().max()
+    assert diff > 1e-3
+
+
+def test_tied_embeddings_share_one_tensor():
+    cfg = TINY_CONFIGS["tied"]
+    model = ours_from_hf(make_hf(cfg), cfg)
+    assert model.output.weight is model.tok_embeddings.weight
+    untied = ours_from_hf(make_hf(TINY_CONFIGS["gqa"]), TINY_CONFIGS["gqa"])
+    assert untied.output.weight is not untied.tok_embeddings.weight
+
+
+def test_random_shape_matches_transformers_reference():
+    """random:tiny and load_hf_model('random:tiny') build the same weights independently."""
+    import llama_fast
+
+    fast = llama_fast.load_model("random:tiny", device="cpu", dtype="fp32")
+    hf = llama_fast.load_hf_model("random:tiny", "cpu", torch.float32)
+    ids = _ids(fast.config, B=2, T=24)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.logits(ids), hf(ids).logits, **TOL)
+
+
+# ------------------------------------------------------------------------------------------- KV cache
+@torch.no_grad()
+def _prefill_then_decode(model, ids, prefill_len, tensor_positions=True):
+    """Logits of prefill over ids[:, :prefill_len] then one decode step per remaining token (B, T, V)."""
+    B, T = ids.shape
+    model.setup_caches(B, T + 3)
+    model.set_padding(torch.zeros(B, dtype=torch.long))
+    outs = [model(ids[:, :prefill_len], torch.arange(prefill_len), 0)]
+    for t in range(prefill_len, T):
+        start = 0 if tensor_positions else t
+        outs.append(model(ids[:, t:t + 1], torch.tensor([t]), start))
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("variant", sorted(OPTION_VARIANTS))
+@pytest.mark.parametrize("name", ["gqa", "llama3-rope", "head-dim-32"])
+def test_prefill_then_decode_equals_full_forward(name, variant):
+    cfg = TINY_CONFIGS[name]
+    hf = make_hf(cfg, seed=3)
+    options = OPTION_VARIANTS[variant]
+    fast = fast_from_hf(hf, cfg, options=options)
+    ids = _ids(cfg, B=2, T=24, seed=3)
+    full = fast.logits(ids)
+    stepped = _prefill_then_decode(fast.model, ids, prefill_len=9, tensor_positions=options.tensor_positions)
+    torch.testing.assert_close(stepped, full, **TOL)
+    with torch.no_grad():
+        torch.testing.assert_close(stepped, hf(ids).logits, **TOL)
+
+
+def test_chunked_prefill_equals_full_forward(gqa_pair):
+    """Two prefill chunks written at their tensor positions, then decode: same logits as one forward."""
+    cfg, hf, fast = gqa_pair
+    ids = _ids(cfg, B=1, T=20, seed=5)
+    m = fast.model
+    with torch.no_grad():
+        full = fast.logits(ids)
+        m.setup_caches(1, 32)
+        m.set_padding(torch.zeros(1, dtype=torch.long))
+        a = m(ids[:, :8], torch.arange(8), 0)
+        b = m(ids[:, 8:16], torch.arange(8, 16), 8)
+        c = torch.cat([m(ids[:, t:t + 1], torch.tensor([t]), t) for t in range(16, 20)], dim=1)
+    torch.testing.assert_close(torch.cat([a, b, c], dim=1), full, **TOL)
+
+
+def test_logits_index_selects_one_position(gqa_pair):
+    cfg, _, fast = gqa_pair
+    ids = _ids(cfg, B=2, T=12)
+    full = fast.logits(ids)
+    m = fast.model
+    with torch.no_grad():
+        m.setup_caches(2, 12)
+        one = m(ids, torch.arange(12), 0, logits_index=torch.tensor([7]))
+    assert one.shape == (2, 1, cfg.vocab_size)
+    torch.testing.assert_close(one[:, 0], full[:, 7], **TOL)
+
+
+@pytest.mark.parametrize("variant", ["kv", "gate-up"])
+def test_left_padded_rows_match_unpadded_rows(gqa_pair, variant):
+    """With left padding, each row's real positions give the logits of that row run alone; decode steps too."""
+    cfg, hf, fast = gqa_pair
+    old = fast.options
+    fast.configure(options=OPTION_VARIANTS[variant])
+    try:
+        rows = [_ids(cfg, 1, T, seed=T)[0] for T in (10, 6, 3)]
+        T = 10
+        pad = torch.tensor([T - len(r) for r in rows])
+        ids = torch.stack([torch.cat([torch.full((T - len(r),), 0), r]) for r in rows])
+        extra = _ids(cfg, 3, 4, seed=99)  # 4 decode tokens per row
+        m = fast.model
+        with torch.no_grad():
+            m.setup_caches(3, T + 4)
+            m.set_padding(pad)
+            pre = m(ids, torch.arange(T), 0)
+            dec = [m(extra[:, i:i + 1], torch.tensor([T + i]), 0 if fast.options.tensor_positions else T + i)
+                   for i in range(4)]
+            for b, r in enumerate(rows):
+                alone = hf(torch.cat([r, extra[b]])[None]).logits[0]
+                torch.testing.assert_close(pre[b, pad[b]:], alone[:len(r)], **TOL)
+                got = torch.cat([d[b] for d in dec])
+                torch.testing.assert_close(got, alone[len(r):], **TOL)
+                assert torch.isfinite(pre[b]).all()  # pad queries never see an empty row
+    finally:
+        fast.configure(options=old)
+
+
+def test_setup_caches_reallocates_only_on_new_shape(gqa_pair):
+    cfg, _, fast = gqa_pair
+    m = fast.model
+    m.setup_caches(2, 16)
+    cache = m.layers[0].attention.kv_cache
+    assert isinstance(cache, KVCache)
+    assert cache.k_cache.shape == (2, cfg.n_kv_heads, 16, cfg.head_dim)
+    m.setup_caches(2, 16)
+    assert m.layers[0].attention.kv_cache is cache
+    m.setup_caches(1, 20)
+    assert m.layers[0].attention.kv_cache.k_cache.shape == (1, cfg.n_kv_heads, 20, cfg.head_dim)
+    assert m.causal_mask.shape == (20, 20) and m.rope_cos.shape == (20, cfg.head_dim)
+    total = sum(layer.attention.kv_cache.k_cache.nbytes * 2 for layer in m.layers)
+    assert total == cfg.kv_cache_bytes(1, 20, torch.float32)
+
+
+def test_kv_cache_update_paths_agree():
+    a = KVCache(2, 3, 10, 4, torch.float32)
+    b = KVCache(2, 3, 10, 4, torch.float32)
+    k, v = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    ka, va = a.update(torch.arange(2, 7), k, v)
+    kb, vb = b.update_slice(2, k, v)
+    assert ka.shape == (2, 3, 10, 4) and kb.shape == (2, 3, 7, 4)
+    assert torch.equal(ka[:, :, :7], kb) and torch.equal(va[:, :, :7], vb)
+    assert torch.equal(ka[:, :, 2:7], k) and a.max_seq_len == 10
+
+
+def test_apply_rope_flip_equals_cat():
+    x = torch.randn(2, 3, 5, 8)
+    ang = torch.randn(2, 1, 5, 4)
+    emb = torch.cat([ang, ang], -1)
+    cos, sin = emb.cos(), emb.sin()
+    signed = torch.cat([-sin[..., :4], sin[..., 4:]], -1)
+    a = apply_rope(x, cos, sin, signed, use_cat=True)
+    b = apply_rope(x, cos, sin, signed, use_cat=False)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    x1, x2 = x[..., :4], x[..., 4:]
+    torch.testing.assert_close(a, torch.cat([x1 * cos[..., :4] - x2 * sin[..., :4],
+                                             x2 * cos[..., 4:] + x1 * sin[..., 4:]], -1))
