@@ -59,6 +59,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("gate-up", "+ fused gate/up linear", _FAST, compile="static"),
     Variant("graphs", "+ CUDA graphs over the decode step, compiled fixed-chunk prefill (fullgraph)", _FAST,
             compile="fullgraph", prefill_chunk=256),
+    Variant("gemv", "+ Triton GEMV for the decode projections", ForwardOptions(triton_gemv=True),
+            compile="fullgraph", prefill_chunk=256),
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs"]
 FASTEST = "graphs"
@@ -343,3 +345,66 @@ def teacher_forced_check(hf_model, output_ids: torch.Tensor, prompt_len: int, to
     bad = (gap > tol).any(0).nonzero()
     first = int(bad[0]) if len(bad) else None
     return first is None, first, float(gap.max())
+
+
+# ------------------------------------------------------------------------------------------- machine identity
+# GPU families, most specific first: expected hashes and benchmark baselines are kept per family / per model.
+GPU_FAMILIES = ("GH200", "H200", "H100", "H800", "H20", "B200", "B100", "A100", "A800", "A10G", "A10", "A40", "A30",
+                "L40S", "L40", "L4", "T4", "V100", "P100", "A6000", "A5000", "A4000")
+
+
+def device_family(device: torch.device | str) -> str:
+    """'H100', 'A10G', ... for a GPU (the full name's slug when no family matches); 'cpu' on CPU."""
+    import re
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device)
+    for fam in GPU_FAMILIES:
+        if re.search(rf"\b{fam}\b", name, flags=re.IGNORECASE):
+            return fam
+    return device_slug(device)
+
+
+def device_slug(device: torch.device | str) -> str:
+    """Filesystem-safe device model name: 'nvidia-h100-80gb-hbm3'; 'cpu' on CPU."""
+    import re
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def environment_info(device: torch.device | str) -> dict[str, Any]:
+    """GPU name and count, driver, CUDA, torch and transformers versions: what a timing depends on."""
+    import subprocess
+
+    import transformers
+
+    device = torch.device(device)
+    info: dict[str, Any] = {"device": device_name(device), "device_family": device_family(device),
+                            "torch": torch.__version__, "transformers": transformers.__version__,
+                            "cuda": torch.version.cuda, "gpu_count": 0, "gpu_name": None, "driver": None}
+    if device.type == "cuda":
+        info["gpu_count"] = torch.cuda.device_count()
+        info["gpu_name"] = torch.cuda.get_device_name(device)
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20, check=True).stdout.split()
+            info["driver"] = out[0] if out else None
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
+def synchronized(runner: Runner, input_ids: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """A zero-argument call of `runner` on `input_ids` that returns only once the device is drained
+    (what an external timer such as pytest-benchmark must time)."""
+    def call():
+        out = runner(input_ids)
+        synchronize(runner.device)
+        return out
+
+    return call

@@ -24,6 +24,19 @@ class ForwardOptions:
     tensor_positions: bool = True  # cache written/read at tensor positions over its full length;
     #                                False = the seed's Python-int slice to the valid prefix
     rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
+    triton_gemv: bool = False  # decode projections (<= 8 rows) through llama_fast.kernels.gemv on CUDA
+
+
+def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Tensor:
+    """layer(x), or our Triton GEMV when asked for and x has only a few rows (the decode step)."""
+    rows = x.numel() // x.shape[-1]
+    if opts.triton_gemv and x.is_cuda:
+        from .kernels import GEMV_MAX_ROWS, gemv
+
+        if rows <= GEMV_MAX_ROWS:
+            y = gemv(x.reshape(rows, x.shape[-1]), layer.weight).view(*x.shape[:-1], -1)
+            return y if layer.bias is None else y + layer.bias
+    return layer(x)
 
 
 class RMSNorm(nn.Module):
@@ -58,10 +71,10 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=cfg.attention_bias)  # transformers: o_proj too
         self.kv_cache: KVCache | None = None
 
-    def _qkv(self, x: torch.Tensor, fused: bool):
+    def _qkv(self, x: torch.Tensor, opts: ForwardOptions):
         c = self.cfg
-        if fused:
-            return self.wqkv(x).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        if opts.fused_qkv:
+            return linear(x, self.wqkv, opts).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         w, b = self.wqkv.weight, self.wqkv.bias
         q = F.linear(x, w[: c.q_size], None if b is None else b[: c.q_size])
         kv = F.linear(x, w[c.q_size:], None if b is None else b[c.q_size:])
@@ -70,7 +83,7 @@ class Attention(nn.Module):
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         c = self.cfg
         B, T, _ = x.shape
-        q, k, v = self._qkv(x, opts.fused_qkv)
+        q, k, v = self._qkv(x, opts)
         q = q.view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
@@ -82,7 +95,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
-        return self.wo(y.transpose(1, 2).reshape(B, T, c.q_size))
+        return linear(y.transpose(1, 2).reshape(B, T, c.q_size), self.wo, opts)
 
 
 class FeedForward(nn.Module):
@@ -92,14 +105,14 @@ class FeedForward(nn.Module):
         self.w13 = nn.Linear(cfg.dim, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)  # [gate; up]
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)  # down
 
-    def forward(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
-        if fused:
-            gate, up = self.w13(x).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, opts: ForwardOptions) -> torch.Tensor:
+        if opts.fused_gate_up:
+            gate, up = linear(x, self.w13, opts).chunk(2, dim=-1)
         else:
             w, b, n = self.w13.weight, self.w13.bias, self.hidden
             gate = F.linear(x, w[:n], None if b is None else b[:n])
             up = F.linear(x, w[n:], None if b is None else b[n:])
-        return self.w2(F.silu(gate) * up)
+        return linear(F.silu(gate) * up, self.w2, opts)
 
 
 class Block(nn.Module):
@@ -112,7 +125,7 @@ class Block(nn.Module):
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts)
-        return h + self.feed_forward(self.ffn_norm(h), opts.fused_gate_up)
+        return h + self.feed_forward(self.ffn_norm(h), opts)
 
 
 class Transformer(nn.Module):
@@ -128,6 +141,7 @@ class Transformer(nn.Module):
         self.options = ForwardOptions()
         self.max_seq_len = 0
         self.batch_size = 0
+        self.cache_version = 0  # bumped on every reallocation (captured CUDA graphs key on it)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -140,6 +154,7 @@ class Transformer(nn.Module):
         cfg = self.config
         dev, dtype = self.output.weight.device, self.output.weight.dtype
         self.batch_size, self.max_seq_len = batch, max_seq_len
+        self.cache_version += 1
         for layer in self.layers:
             layer.attention.kv_cache = None  # free the old cache before allocating the new one
             layer.attention.kv_cache = KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, dev)
@@ -195,4 +210,4 @@ class Transformer(nn.Module):
             x = layer(x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
-        return self.output(self.norm(x))
+        return linear(self.norm(x), self.output, opts)

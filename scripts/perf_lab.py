@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="teacher-forced check of our outputs vs transformers")
     ap.add_argument("--log", default=None)
+    ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
     args = ap.parse_args(argv)
     log = open(args.log, "a") if args.log else None
 
@@ -84,6 +85,13 @@ def main(argv=None):
         if args.check:
             ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
             chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
+        if args.breakdown:
+            w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
+            m1 = measure(fast_runner(fast, VARIANTS[k], w1), w1, 1, 5)
+            pre = min(m1.times)
+            step = (min(m.times) - pre) / (w.new_tokens - 1)
+            say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
+            fast_runner(fast, VARIANTS[k], w)
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
