@@ -1,0 +1,328 @@
+"""Cases, expected hashes, memory allowances and correctness verdicts for benchmarks/ (no pytest here).
+
+Timing, hashing, peak memory and the roofline live in llama_fast.harness (shared with the CLI); this module
+only decides *what* is run and *what counts as correct*.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from llama_fast.config import LlamaConfig
+from llama_fast.harness import ABLATION, FASTEST, VARIANTS, Variant, Workload
+
+HERE = Path(__file__).resolve().parent
+HASH_FILE = HERE / "expected_hashes.json"
+
+# ------------------------------------------------------------------------------------------- models
+SEED_MODEL = "huggingface/llama-7b"  # the seed's model; used when its weights are in the local HF cache
+SEED_FALLBACK = "random:llama-7b"  # same shape, seeded random weights: needs no download
+CPU_MODEL = "random:tiny"
+
+DTYPE_NAMES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def default_model(device: str) -> tuple[str, str]:
+    """(model name, why it was chosen). Never downloads: the seed model only if already cached."""
+    if device == "cpu":
+        return CPU_MODEL, "CPU mode default"
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = Path(snapshot_download(SEED_MODEL, local_files_only=True,
+                                      allow_patterns=["*.json", "*.safetensors", "*.bin", "*.model"]))
+        if any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")):
+            return SEED_MODEL, "found in the local Hugging Face cache"
+    except Exception:  # not cached / offline / bad id: fall back without touching the network
+        pass
+    return SEED_FALLBACK, f"{SEED_MODEL} is not in the local Hugging Face cache"
+
+
+def is_random(model: str) -> bool:
+    return model.startswith("random:")
+
+
+# ------------------------------------------------------------------------------------------- cases
+SEED_WORKLOAD = Workload(batch=1, prompt_len=1000, new_tokens=200, cache_length=1200)
+CPU_WORKLOAD = Workload(batch=1, prompt_len=32, new_tokens=16)
+
+# The default (fast) set: the key rows of the ablation table on the seed workload, then the fastest path
+# over a few batch sizes and prompt lengths. Prompt lengths stay within llama-7b's 2048 positions.
+KEY_VARIANTS = ["hf", "hf-static", "tensor-pos-static", FASTEST]
+GPU_EXTRA = [Workload(4, 1000, 200), Workload(16, 1000, 200), Workload(1, 200, 200), Workload(1, 1600, 200)]
+CPU_EXTRA = [Workload(4, 32, 16), Workload(16, 32, 16), Workload(1, 8, 16), Workload(1, 128, 16)]
+
+# --bench-sweep: every ablation row (plus hf-static) over batch sizes and prompt lengths.
+SWEEP_VARIANTS = ["hf", "hf-static"] + [v for v in ABLATION if v != "hf"]
+SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
+SWEEP_PROMPTS = [100, 200, 400, 800, 1600, 4000]
+GPU_SWEEP_NEW, CPU_SWEEP_NEW = 200, 16
+CPU_SWEEP_PROMPTS = [8, 16, 32, 64, 128, 256]
+
+
+@dataclass(frozen=True)
+class Case:
+    variant: str
+    workload: Workload
+    dtype: str  # fp16 | bf16 | fp32
+
+    @property
+    def v(self) -> Variant:
+        return VARIANTS[self.variant]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPE_NAMES[self.dtype]
+
+    @property
+    def workload_key(self) -> str:
+        return workload_key(self.workload)
+
+    @property
+    def id(self) -> str:
+        w = self.workload
+        return f"{self.variant}-b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-{self.dtype}"
+
+
+def workload_key(w: Workload) -> str:
+    return f"b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-c{w.cache}"
+
+
+def _dedup(cases: list[Case]) -> list[Case]:
+    seen, out = set(), []
+    for c in cases:
+        if c.id not in seen:
+            seen.add(c.id)
+            out.append(c)
+    return out
+
+
+def build_cases(device: str, dtypes: list[str], sweep: bool = False, variants: list[str] | None = None) -> list[Case]:
+    """The cases to parametrize, ordered per dtype with transformers rows first (so transformers is
+    measured before our model is loaded: each peak-memory figure holds one model only)."""
+    cpu = device == "cpu"
+    seed = CPU_WORKLOAD if cpu else SEED_WORKLOAD
+    if sweep:
+        new = CPU_SWEEP_NEW if cpu else GPU_SWEEP_NEW
+        prompt = seed.prompt_len
+        workloads = [seed] + [Workload(b, prompt, new) for b in SWEEP_BATCHES] + \
+                    [Workload(1, p, new) for p in (CPU_SWEEP_PROMPTS if cpu else SWEEP_PROMPTS)]
+        pairs = [(v, w) for v in (variants or SWEEP_VARIANTS) for w in workloads]
+    elif variants:  # explicit rows: each over the default set's workloads
+        pairs = [(v, w) for v in variants for w in [seed] + (CPU_EXTRA if cpu else GPU_EXTRA)]
+    else:
+        pairs = [(v, seed) for v in KEY_VARIANTS] + [(FASTEST, w) for w in (CPU_EXTRA if cpu else GPU_EXTRA)]
+    cases = [Case(v, w, d) for d in dtypes for v, w in pairs]
+    cases.sort(key=lambda c: (dtypes.index(c.dtype), not c.v.is_transformers))  # stable: keeps the rest
+    return _dedup(cases)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' with 0 <= i < n (i = the GPU index the shard runs on)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--bench-shard expects i/n (e.g. 0/2), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--bench-shard {text}: need n >= 1 and 0 <= i < n")
+    return i, n
+
+
+def shard_select(items: list, i: int, n: int) -> tuple[list, list]:
+    """Round-robin by case index: (kept, deselected). Disjoint over i and covering for i in range(n)."""
+    kept = [it for k, it in enumerate(items) if k % n == i]
+    dropped = [it for k, it in enumerate(items) if k % n != i]
+    return kept, dropped
+
+
+# ------------------------------------------------------------------------------------------- memory
+# Budget = weights + KV cache for the workload (harness.memory_budget_bytes) + an allowance. The allowance is
+# a stated constant plus the prefill activations of the largest chunk, computed from the shape (no per-case
+# numbers). llama_fast: RoPE tables, masks, logits, CUDA-graph pool, allocator rounding. transformers builds
+# its cache by concatenation (a transient copy of one layer's K/V per step) and keeps more buffers.
+LLAMA_FAST_ALLOWANCE_MB = 256
+TRANSFORMERS_ALLOWANCE_MB = 1024
+MB = 1e6
+
+
+def prefill_activation_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, chunk: int | None) -> int:
+    """Live tensors of one layer during prefill of a chunk: hidden states, q/k/v, gate/up/down products,
+    the boolean masks, and the fp32 logits of the last position."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    C = chunk or w.prompt_len  # a fixed prefill chunk pads short prompts up to its length
+    per_token = elem * (4 * cfg.intermediate_size + 4 * cfg.dim + cfg.q_size + 2 * cfg.kv_size)
+    masks = 3 * C * w.cache  # causal, same-kind and combined bool masks (B, C, S)
+    return w.batch * (C * per_token + masks) + 2 * w.batch * cfg.vocab_size * 4
+
+
+def allowance_bytes(variant: Variant, cfg: LlamaConfig, dtype: torch.dtype, w: Workload) -> int:
+    act = prefill_activation_bytes(cfg, dtype, w, variant.prefill_chunk)
+    if variant.is_transformers:
+        elem = torch.empty((), dtype=dtype).element_size()
+        cat_copy = 2 * w.batch * w.cache * cfg.kv_size * elem  # one layer's K and V re-allocated by torch.cat
+        return int(TRANSFORMERS_ALLOWANCE_MB * MB) + act + cat_copy
+    return int(LLAMA_FAST_ALLOWANCE_MB * MB) + act
+
+
+# ------------------------------------------------------------------------------------------- correctness
+# Teacher-forced check (fp16/bf16 on random weights): each generated token must be transformers' argmax, or
+# within this many logits of its max logit. Random-weight logits are O(1) and half-precision rounding over
+# 32 layers moves them by ~1e-3..1e-2, so 0.05 (fp16) leaves headroom while a wrongly computed token
+# (gap O(0.1-1)) fails; bf16 keeps 3 fewer mantissa bits, hence 8x.
+TEACHER_FORCED_TOL = {torch.float16: 0.05, torch.bfloat16: 0.4}
+TEACHER_FORCED_ROWS = 8  # rows per reference forward (bounds the (rows, T, vocab) logits)
+
+REFERENCE = "hf"  # the reference row: plain transformers generate (dynamic cache, eager)
+ANY = "*"  # an entry's value shared by every variant unless a variant has its own
+
+
+class HashBook:
+    """benchmarks/expected_hashes.json: {model: {workload: {dtype: {gpu family: {variant or "*": hash}}}}}.
+
+    Written only by --bench-update-hashes (at session end, merged under a file lock so shards can share it)."""
+
+    def __init__(self, path: Path | str = HASH_FILE):
+        self.path = Path(path)
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.pending: dict[tuple[str, str, str, str, str], str] = {}
+
+    def entry(self, model: str, wkey: str, dtype: str, family: str) -> dict[str, str]:
+        return self.data.get(model, {}).get(wkey, {}).get(dtype, {}).get(family, {})
+
+    def expected(self, model, wkey, dtype, family, variant) -> str | None:
+        e = self.entry(model, wkey, dtype, family)
+        return e.get(variant) or e.get(ANY)
+
+    def record(self, model, wkey, dtype, family, variant, value):
+        self.pending[(model, wkey, dtype, family, variant)] = value
+
+    def save(self) -> list[str]:
+        """Merge pending hashes into the file; returns a line per changed value."""
+        if not self.pending:
+            return []
+        import fcntl
+
+        lock = self.path.with_suffix(".lock")
+        changes = []
+        with open(lock, "w") as lf:
+            fcntl.flock(lf, fcntl.LOCK_EX)
+            data = json.loads(self.path.read_text()) if self.path.exists() else {}
+            for (model, wkey, dtype, family, variant), value in sorted(self.pending.items()):
+                e = data.setdefault(model, {}).setdefault(wkey, {}).setdefault(dtype, {}).setdefault(family, {})
+                old = e.get(variant) or e.get(ANY)
+                if old == value and variant not in e:
+                    continue  # already covered by the shared "*" value
+                if e.get(variant) != value:
+                    changes.append(f"{model} {wkey} {dtype} {family} {variant}: {old or '(none)'} -> {value}")
+                e[variant] = value
+            tmp = self.path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.path)
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        self.data, self.pending = data, {}
+        return changes
+
+
+@dataclass
+class Reference:
+    output_ids: torch.Tensor
+    hash: str
+
+
+def first_difference(a: torch.Tensor, b: torch.Tensor, prompt_len: int) -> str:
+    if a.shape != b.shape:
+        return f"shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}"
+    diff = (a != b).nonzero()
+    if not len(diff):
+        return "token ids equal (decoding differs)"
+    row, col = (int(x) for x in diff[0])
+    return f"first differing token: row {row}, new-token step {col - prompt_len} ({int(a[row, col])} vs {int(b[row, col])})"
+
+
+class CorrectnessFailure(AssertionError):
+    pass
+
+
+def update_hint(case_id: str) -> str:
+    return (f"to record it: pytest benchmarks/ --bench-update-hashes -k '{case_id}' (with the same --bench-* options),"
+            f" then review and commit the change to benchmarks/expected_hashes.json")
+
+
+def check_output(*, case: Case, model: str, family: str, book: HashBook, output_ids: torch.Tensor, our_hash: str,
+                 reference: Callable[[], Reference], teacher_forced: Callable[[torch.Tensor, float], tuple],
+                 update: bool) -> list[str]:
+    """Correctness of one case. Raises CorrectnessFailure naming what broke; returns notes for extra_info.
+
+    fp32: our hash must equal transformers' hash computed in this session (TF32 off).
+    fp16/bf16: random weights pass a teacher-forced check against transformers, and every case equals
+    its recorded hash. A hash mismatch is blamed on the reference when transformers' own hash moved too."""
+    wkey, dtype, variant = case.workload_key, case.dtype, case.variant
+    label = f"{case.id} ({model}, {family})"
+    expected = book.expected(model, wkey, dtype, family, variant)
+    expected_ref = book.expected(model, wkey, dtype, family, REFERENCE)
+    notes = []
+
+    def reference_moved(ref: Reference) -> str | None:
+        if expected_ref is not None and ref.hash != expected_ref:
+            import transformers
+
+            return (f"REFERENCE CHANGED for {label}: transformers {transformers.__version__} now generates hash "
+                    f"{ref.hash} for this workload, recorded {expected_ref}. The reference itself changed (e.g. a new "
+                    f"transformers), not necessarily our code; {update_hint(case.id)}")
+        return None
+
+    if dtype == "fp32":
+        ref = reference()
+        if our_hash != ref.hash:
+            raise CorrectnessFailure(
+                f"OUR OUTPUT CHANGED for {label}: fp32 hash {our_hash} != transformers' hash {ref.hash} computed in "
+                f"this session ({first_difference(output_ids, ref.output_ids, case.workload.prompt_len)})")
+        moved = reference_moved(ref)
+        if update:
+            book.record(model, wkey, dtype, family, REFERENCE, ref.hash)
+        elif moved:
+            raise CorrectnessFailure(moved)
+        notes.append(f"equals transformers ({ref.hash})")
+        return notes
+
+    if is_random(model) and variant != REFERENCE:
+        tol = TEACHER_FORCED_TOL[case.torch_dtype]
+        ok, step, gap = teacher_forced(output_ids, tol)
+        if not ok:
+            raise CorrectnessFailure(
+                f"OUR OUTPUT CHANGED for {label}: teacher-forced check against transformers failed at new-token step "
+                f"{step}: our token's logit is {gap:.4f} below transformers' max (tolerance {tol})")
+        notes.append(f"teacher-forced max gap {gap:.4f} <= {tol}")
+
+    if update:
+        book.record(model, wkey, dtype, family, variant, our_hash)
+        if variant != REFERENCE:
+            book.record(model, wkey, dtype, family, REFERENCE, reference().hash)
+        notes.append("hash recorded")
+        return notes
+    if expected is None:
+        raise CorrectnessFailure(f"no recorded hash for {label} in {book.path.name} (ours: {our_hash}); "
+                                 + update_hint(case.id))
+    if our_hash != expected:
+        ref = reference()
+        moved = reference_moved(ref)
+        if moved:
+            raise CorrectnessFailure(moved + f" (this case: {our_hash}, recorded {expected})")
+        if case.v.is_transformers:
+            raise CorrectnessFailure(
+                f"REFERENCE CHANGED for {label}: transformers' {variant} path now gives {our_hash}, recorded "
+                f"{expected}, while its eager path is unchanged ({ref.hash}); {update_hint(case.id)}")
+        known = f"recorded {expected_ref}" if expected_ref else "none recorded"
+        raise CorrectnessFailure(
+            f"OUR OUTPUT CHANGED for {label}: hash {our_hash} != recorded {expected}, while transformers' own hash "
+            f"{ref.hash} is unchanged ({known})")
+    notes.append(f"hash {our_hash} as recorded")
+    return notes

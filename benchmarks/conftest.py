@@ -1,0 +1,404 @@
+"""pytest-benchmark regression suite for llama_fast: options, case parametrization, baselines, hashes.
+
+See docs/BENCHMARKS.md. Without CUDA every case is skipped unless --bench-device cpu is given.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench_support as bs
+from llama_fast import harness
+from llama_fast.api import load_model, output_hash
+
+NO_CUDA_REASON = "CUDA not available; use --bench-device cpu to test the machinery"
+BENCH_DIR = Path(__file__).resolve().parent
+DEFAULT_STORAGE = "file://./.benchmarks"  # pytest-benchmark's own default for --benchmark-storage
+
+
+def _patch_storage_location():
+    """pytest-benchmark (5.2.3) formats FileStorage.location as a path relative to the cwd when it warns that
+    machine_info differs (it always does here: the commit is part of it); a storage outside the cwd (CI keeps
+    it in $RUNNER_TEMP) then crashes with INTERNALERROR. Fall back to the absolute path."""
+    try:
+        from pytest_benchmark.storage.file import FileStorage
+    except ImportError:
+        return
+    original = FileStorage.__dict__.get("location")
+    if not isinstance(original, property) or getattr(original.fget, "_llama_fast", False):
+        return
+
+    def location(self):
+        try:
+            return original.fget(self)
+        except ValueError:
+            return str(self.path)
+
+    location._llama_fast = True
+    FileStorage.location = property(location)
+
+
+_patch_storage_location()
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("llama_fast benchmarks")
+    g.addoption("--bench-device", choices=["cuda", "cpu"], default="cuda",
+                help="cuda (default; every case skipped without CUDA) or cpu (tiny workload, tests the machinery)")
+    g.addoption("--bench-model", default=None,
+                help=f"model name (default: {bs.SEED_MODEL} if in the local HF cache, else {bs.SEED_FALLBACK}; "
+                     f"CPU mode: {bs.CPU_MODEL})")
+    g.addoption("--bench-dtype", default=None, help="comma list of dtypes (default: fp16 on cuda, fp32 on cpu)")
+    g.addoption("--bench-sweep", action="store_true",
+                help="full sweep: every ablation row x batch 1..64 x prompt 100..4000 (hours on one GPU)")
+    g.addoption("--bench-variants", default=None,
+                help="comma list of variants (harness.VARIANTS keys), each over the default set's workloads")
+    g.addoption("--bench-rounds", type=int, default=3, help="timed rounds per case (default 3)")
+    g.addoption("--bench-warmup", type=int, default=1,
+                help="untimed warm-up rounds inside pedantic, after the compile call (default 1)")
+    g.addoption("--bench-update-hashes", action="store_true",
+                help="record this run's output hashes in the hash file instead of checking them")
+    g.addoption("--bench-hashes", default=str(bs.HASH_FILE), help="expected-hash file (default: %(default)s)")
+    g.addoption("--bench-shard", default=None, metavar="I/N",
+                help="run only cases k with k %% N == I (one process per GPU; see benchmarks/shard.py)")
+    g.addoption("--bench-inject-slowdown", type=float, default=0.0, metavar="FRACTION",
+                help="TEST ONLY: busy-wait after every decode step so a llama_fast call takes (1+FRACTION)x as "
+                     "long (calibrated per case); proves the regression gate fires")
+    g.addoption("--bench-threads", type=int, default=None, help="CPU mode: torch.set_num_threads")
+
+
+# ------------------------------------------------------------------------------------------- configure
+def pytest_configure(config):
+    if not _is_bench_run(config):
+        return
+    device = config.getoption("bench_device")
+    st = config.stash
+    st[KEY_DEVICE] = device
+    cuda_ok = torch.cuda.is_available()
+    st[KEY_SKIP] = NO_CUDA_REASON if device == "cuda" and not cuda_ok else None
+    if st[KEY_SKIP] and "s" not in (config.option.reportchars or ""):
+        config.option.reportchars = (config.option.reportchars or "") + "s"  # print the skip reason
+    model = config.getoption("bench_model")
+    why = "--bench-model"
+    if model is None:
+        model, why = bs.default_model(device)
+    st[KEY_MODEL] = (model, why)
+    dtypes = config.getoption("bench_dtype") or ("fp16" if device == "cuda" else "fp32")
+    dtypes = [d.strip() for d in dtypes.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in bs.DTYPE_NAMES]
+    if bad:
+        raise pytest.UsageError(f"--bench-dtype: unknown {bad} (choose from {', '.join(bs.DTYPE_NAMES)})")
+    st[KEY_DTYPES] = dtypes
+    variants = config.getoption("bench_variants")
+    if variants:
+        variants = [v.strip() for v in variants.split(",") if v.strip()]
+        unknown = [v for v in variants if v not in harness.VARIANTS]
+        if unknown:
+            raise pytest.UsageError(f"--bench-variants: unknown {unknown} (known: {', '.join(harness.VARIANTS)})")
+    st[KEY_CASES] = bs.build_cases(device, dtypes, config.getoption("bench_sweep"), variants)
+    shard = config.getoption("bench_shard")
+    if shard:
+        try:
+            st[KEY_SHARD] = bs.parse_shard(shard)
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+    if config.getoption("bench_threads"):
+        torch.set_num_threads(config.getoption("bench_threads"))
+    if cuda_ok:  # fp32 cases must be real fp32 to be compared token for token with transformers
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    # Baselines per GPU model: pytest-benchmark's storage (read in its own trylast pytest_configure) moves to
+    # .benchmarks/<gpu-slug>/ unless the user chose a storage, so an A10G baseline never meets an H100 run.
+    slug = None if st[KEY_SKIP] else harness.device_slug(device)
+    st[KEY_SLUG] = slug
+    if slug and getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
+        config.option.benchmark_storage = f"file://{config.rootpath / '.benchmarks' / slug}"
+
+
+KEY_DEVICE = pytest.StashKey[str]()
+KEY_SKIP = pytest.StashKey[object]()
+KEY_MODEL = pytest.StashKey[tuple]()
+KEY_DTYPES = pytest.StashKey[list]()
+KEY_CASES = pytest.StashKey[list]()
+KEY_SHARD = pytest.StashKey[tuple]()
+KEY_SLUG = pytest.StashKey[object]()
+KEY_CTX = pytest.StashKey[object]()
+
+
+def _is_bench_run(config) -> bool:
+    return hasattr(config.option, "benchmark_storage")  # pytest-benchmark is loaded (not -p no:benchmark)
+
+
+def _storage(config) -> str:
+    return str(getattr(config.option, "benchmark_storage", "?"))
+
+
+def pytest_report_header(config):
+    st = config.stash
+    if KEY_MODEL not in st:
+        return None
+    model, why = st[KEY_MODEL]
+    device = st[KEY_DEVICE]
+    dev_name = st[KEY_SKIP] or harness.device_name(torch.device(device if device == "cpu" else "cuda"))
+    lines = [f"llama_fast benchmarks: model={model} ({why}); device={device}: {dev_name}; "
+             f"dtype={','.join(st[KEY_DTYPES])}",
+             f"  cases: {len(st[KEY_CASES])} ({'sweep' if config.getoption('bench_sweep') else 'default set'}); "
+             f"rounds={config.getoption('bench_rounds')} warmup={config.getoption('bench_warmup')}; "
+             f"storage={_storage(config)}; hashes={config.getoption('bench_hashes')}"]
+    if config.getoption("bench_inject_slowdown"):
+        lines.append(f"  TEST ONLY: injected slowdown +{config.getoption('bench_inject_slowdown'):.0%} per llama_fast call")
+    if KEY_SHARD in st:
+        lines.append(f"  shard {st[KEY_SHARD][0]}/{st[KEY_SHARD][1]}")
+    return lines
+
+
+def pytest_sessionstart(session):
+    """Fail closed: --benchmark-compare with nothing to compare against is an error, not a warning."""
+    config = session.config
+    bsess = getattr(config, "_benchmarksession", None)
+    if KEY_MODEL not in config.stash or bsess is None or not bsess.compare:
+        return
+    if not bsess.compared_mapping:
+        gpu = config.stash[KEY_SLUG] or config.stash[KEY_SKIP]
+        raise pytest.UsageError(
+            f"NO BASELINE to compare against for {gpu}: nothing matching {bsess.compare!r} in storage "
+            f"{bsess.storage}. Save one first on the base commit: pytest benchmarks/ --benchmark-save=main")
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames and KEY_CASES in metafunc.config.stash:
+        cases = metafunc.config.stash[KEY_CASES]
+        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+def _bench_items(items):
+    return [it for it in items if BENCH_DIR in Path(str(it.path)).resolve().parents]
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: shards split what was selected
+def pytest_collection_modifyitems(config, items):
+    st = config.stash
+    if KEY_MODEL not in st:
+        return
+    bench = _bench_items(items)
+    if KEY_SHARD in st:
+        i, n = st[KEY_SHARD]
+        kept, dropped = bs.shard_select(bench, i, n)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            dropped_ids = {id(it) for it in dropped}
+            items[:] = [it for it in items if id(it) not in dropped_ids]
+    if st[KEY_SKIP]:
+        for it in _bench_items(items):
+            it.add_marker(pytest.mark.skip(reason=st[KEY_SKIP]))
+
+
+# ------------------------------------------------------------------------------------------- pytest-benchmark
+def pytest_benchmark_update_machine_info(config, machine_info):
+    st = config.stash
+    if KEY_MODEL not in st:
+        return
+    device = st[KEY_DEVICE]
+    info = harness.environment_info(device if device == "cpu" or not st[KEY_SKIP] else "cpu")
+    info.update(commit=harness.git_commit(str(config.rootpath)), model=st[KEY_MODEL][0],
+                dtypes=st[KEY_DTYPES], storage_slug=st[KEY_SLUG], shard=config.getoption("bench_shard"),
+                injected_slowdown=config.getoption("bench_inject_slowdown") or None)
+    machine_info["llama_fast"] = info
+
+
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    """Never compare runs from different GPU models (pytest-benchmark itself only warns)."""
+    ours = (machine_info.get("llama_fast") or {})
+    theirs = (compared_benchmark.get("machine_info", {}).get("llama_fast") or {})
+    if ours and theirs and (ours.get("gpu_name"), ours.get("device_family")) != \
+            (theirs.get("gpu_name"), theirs.get("device_family")):
+        raise pytest.UsageError(
+            f"baseline is from {theirs.get('gpu_name') or theirs.get('device')}, this run is on "
+            f"{ours.get('gpu_name') or ours.get('device')}: refusing to compare different GPU models")
+
+
+# ------------------------------------------------------------------------------------------- session context
+class BenchContext:
+    """Loads each model once per session and keeps at most one model per dtype on the device while timing:
+    transformers is parked on the CPU while llama_fast is measured (and llama_fast is dropped if a transformers
+    row runs after it), so each peak-memory figure holds one model."""
+
+    def __init__(self, config):
+        st = config.stash
+        self.config = config
+        self.model, _ = st[KEY_MODEL]
+        self.device = torch.device("cuda" if st[KEY_DEVICE] == "cuda" else "cpu")
+        self.family = harness.device_family(self.device)
+        self.book = bs.HashBook(config.getoption("bench_hashes"))
+        self.update = config.getoption("bench_update_hashes")
+        self.inject = config.getoption("bench_inject_slowdown") or 0.0
+        self.rounds = config.getoption("bench_rounds")
+        self.warmup = config.getoption("bench_warmup")
+        self._cfg = None
+        self._tokenizer = None
+        self._dtype = None
+        self._fast = None
+        self._hf = None
+        self._hf_on_device = False
+        self._refs: dict = {}
+        self._ceilings: dict = {}
+
+    # --- model config / tokenizer without loading weights
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            from llama_fast.loading import random_config, read_config, resolve_checkpoint
+
+            self._cfg = (random_config(self.model) if bs.is_random(self.model)
+                         else read_config(resolve_checkpoint(self.model), self.model))
+        return self._cfg
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from llama_fast import loading
+
+            cfg = self.cfg
+            if bs.is_random(self.model):
+                self._tokenizer = loading.IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None,
+                                                      cfg.pad_token_id)
+            else:
+                self._tokenizer = loading._load_tokenizer(loading.resolve_checkpoint(self.model))
+        return self._tokenizer
+
+    # --- models
+    def _free(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _switch_dtype(self, dtype):
+        if dtype != self._dtype:
+            self._fast = self._hf = None
+            self._hf_on_device = False
+            torch._dynamo.reset()
+            self._free()
+            self._dtype = dtype
+
+    def fast(self, dtype):
+        self._switch_dtype(dtype)
+        self.park_hf()
+        if self._fast is None:
+            self._fast = load_model(self.model, self.device, dtype)
+        return self._fast
+
+    def hf(self, dtype, exclusive: bool = False):
+        """The transformers model on the device (exclusive: our model dropped first, for its timing)."""
+        from llama_fast.loading import load_hf_model
+
+        self._switch_dtype(dtype)
+        if exclusive and self._fast is not None:
+            self._fast = None
+            torch._dynamo.reset()
+            self._free()
+        if self._hf is None:
+            self._hf = load_hf_model(self.model, self.device, dtype)
+        elif not self._hf_on_device:
+            self._hf.to(self.device)
+        self._hf_on_device = True
+        return self._hf
+
+    def park_hf(self):
+        if self._hf is not None and self._hf_on_device and self.device.type != "cpu":
+            self._hf.to("cpu")
+            self._free()
+        self._hf_on_device = self.device.type == "cpu" and self._hf is not None
+
+    # --- reference and checks
+    def reference(self, case: bs.Case) -> bs.Reference:
+        """transformers' plain greedy generate on this workload (computed once per workload and dtype)."""
+        key = (case.workload_key, case.dtype)
+        if key not in self._refs:
+            runner = harness.hf_runner(self.hf(case.torch_dtype), self.tokenizer, harness.VARIANTS[bs.REFERENCE],
+                                       case.workload)
+            out = runner(case.workload.prompt()).cpu()
+            self._refs[key] = bs.Reference(out, output_hash(self.tokenizer, out))
+        return self._refs[key]
+
+    def set_reference(self, case: bs.Case, out: torch.Tensor, h: str):
+        self._refs[(case.workload_key, case.dtype)] = bs.Reference(out, h)
+
+    def teacher_forced(self, case: bs.Case, output_ids: torch.Tensor, tol: float):
+        hf = self.hf(case.torch_dtype)
+        ok, first, worst = True, None, 0.0
+        for r in range(0, output_ids.shape[0], bs.TEACHER_FORCED_ROWS):
+            ok_r, first_r, gap_r = harness.teacher_forced_check(hf, output_ids[r:r + bs.TEACHER_FORCED_ROWS],
+                                                                case.workload.prompt_len, tol)
+            worst = max(worst, gap_r)
+            if not ok_r and (first is None or first_r < first):
+                ok, first = False, first_r
+        return ok, first, worst
+
+    def ceilings(self, dtype):
+        if self.device.type == "cpu":  # CPU half matmuls take a slow path: its roofline is indicative only
+            dtype = torch.float32
+        if dtype not in self._ceilings:
+            self._ceilings[dtype] = harness.measure_ceilings(self.device, dtype)
+        return self._ceilings[dtype]
+
+    # --- injected slowdown (test only)
+    def inject_slowdown(self, fast, call, case: bs.Case) -> float:
+        """Calibrate one call, then busy-wait after each decode step so a call takes (1 + inject) x as long.
+        The device is drained first, so the wait cannot hide behind queued GPU work."""
+        if not self.inject or case.workload.new_tokens < 2:
+            return 0.0
+        times = []
+        for _ in range(3):  # median of three: one noisy call must not undersize the injection
+            with harness.DeviceTimer(self.device) as t:
+                call()
+            times.append(t.seconds)
+        per_step = self.inject * sorted(times)[1] / (case.workload.new_tokens - 1)
+        device = self.device
+
+        def hook():
+            harness.synchronize(device)
+            end = time.perf_counter() + per_step
+            while time.perf_counter() < end:
+                pass
+
+        fast.step_hook = hook
+        return per_step
+
+    def finish(self) -> list[str]:
+        return self.book.save() if self.update else []
+
+
+@pytest.fixture(scope="session")
+def bench_ctx(request):
+    ctx = BenchContext(request.config)
+    request.config.stash[KEY_CTX] = ctx
+    yield ctx
+
+
+def pytest_sessionfinish(session, exitstatus):
+    ctx = session.config.stash.get(KEY_CTX, None)
+    if ctx is not None:
+        session.config.stash[KEY_CTX] = None
+        changes = ctx.finish()
+        session.config.stash[KEY_HASH_CHANGES] = changes
+
+
+KEY_HASH_CHANGES = pytest.StashKey[list]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    changes = config.stash.get(KEY_HASH_CHANGES, None)
+    if config.getoption("bench_update_hashes", False) and changes is not None:
+        tr = terminalreporter
+        tr.section("expected hashes (--bench-update-hashes)")
+        path = config.getoption("bench_hashes")
+        if changes:
+            tr.write_line(f"updated {path}: review the diff before committing")
+            for line in changes:
+                tr.write_line("  " + line)
+        else:
+            tr.write_line(f"{path}: no change")

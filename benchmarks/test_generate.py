@@ -1,0 +1,91 @@
+"""One benchmark per case (variant x batch x prompt length x new tokens x dtype): time, memory, correctness.
+
+Parametrized in conftest.py (pytest_generate_tests); see docs/BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+import bench_support as bs
+from llama_fast import harness
+from llama_fast.api import DeviceError, check_dtype_on_device, output_hash
+
+
+def test_generate(benchmark, bench_ctx, case):
+    ctx, w, dtype, variant = bench_ctx, case.workload, case.torch_dtype, case.v
+    cfg = ctx.cfg
+    if w.prompt_len + w.new_tokens > cfg.max_position_embeddings:
+        pytest.skip(f"prompt {w.prompt_len} + {w.new_tokens} new tokens exceeds {ctx.model}'s "
+                    f"{cfg.max_position_embeddings} positions")
+    try:
+        check_dtype_on_device(dtype, ctx.device)
+    except DeviceError as e:
+        pytest.skip(str(e))
+
+    timed = not benchmark.disabled  # --benchmark-disable / xdist: one plain call, correctness only
+    ceilings = ctx.ceilings(dtype) if timed else None  # once per session and dtype, before the models load
+    if variant.is_transformers:
+        torch_reset()
+        runner = harness.hf_runner(ctx.hf(dtype, exclusive=True), ctx.tokenizer, variant, w)
+        fast = None
+    else:
+        fast = ctx.fast(dtype)
+        torch_reset()  # drop the previous case's compiled graphs (and their CUDA-graph memory)
+        runner = harness.fast_runner(fast, variant, w)
+    call = harness.synchronized(runner, w.prompt())
+
+    warmup_s = None
+    if timed:
+        with harness.DeviceTimer(ctx.device) as t:  # compile (if any) + first run: never timed by the benchmark
+            call()
+        warmup_s = t.seconds
+    per_step = ctx.inject_slowdown(fast, call, case) if fast is not None and timed else 0.0
+    try:
+        with harness.PeakMemory(ctx.device) as mem:
+            out = benchmark.pedantic(call, rounds=ctx.rounds, warmup_rounds=ctx.warmup, iterations=1)
+    finally:
+        if fast is not None:
+            fast.step_hook = None
+    out = out.cpu()
+    our_hash = output_hash(runner.tokenizer, out)
+    if case.variant == bs.REFERENCE:
+        ctx.set_reference(case, out, our_hash)
+
+    tokens = w.batch * w.new_tokens
+    assert out.shape == (w.batch, w.prompt_len + w.new_tokens), f"expected exactly {w.new_tokens} new tokens"
+    budget = harness.memory_budget_bytes(cfg, dtype, w, bs.allowance_bytes(variant, cfg, dtype, w))
+    roofline = harness.roofline_tok_per_s(cfg, dtype, w, ceilings) if ceilings else None
+    stats = getattr(benchmark, "stats", None)
+    median = statistics.median(stats.stats.data) if stats else None
+    tok_s = tokens / median if median else None
+    benchmark.extra_info.update(
+        model=ctx.model, variant=case.variant, label=variant.label, compile=variant.compile,
+        prefill_chunk=variant.prefill_chunk, batch=w.batch, prompt_len=w.prompt_len, new_tokens=w.new_tokens,
+        cache_length=w.cache, dtype=case.dtype, tokens=tokens,
+        tok_per_s=tok_s, tok_per_s_best=tokens / min(stats.stats.data) if stats else None,
+        roofline_tok_per_s=roofline, roofline_fraction=tok_s / roofline if tok_s and roofline else None,
+        max_mem_mb=mem.peak / bs.MB, mem_budget_mb=budget / bs.MB,
+        memory_kind="max_memory_allocated" if ctx.device.type == "cuda" else "peak RSS (process)",
+        warmup_s=warmup_s, hash=our_hash, gpu=harness.device_name(ctx.device), device_family=ctx.family,
+        injected_slowdown=ctx.inject if per_step else 0.0, injected_wait_per_step_s=per_step,
+    )
+
+    notes = bs.check_output(
+        case=case, model=ctx.model, family=ctx.family, book=ctx.book, output_ids=out, our_hash=our_hash,
+        reference=lambda: ctx.reference(case),
+        teacher_forced=lambda ids, tol: ctx.teacher_forced(case, ids, tol), update=ctx.update)
+    benchmark.extra_info["correctness"] = "; ".join(notes)
+
+    if ctx.device.type == "cuda":  # on CPU the peak is the whole process' RSS: recorded, not gated
+        allowance = "TRANSFORMERS_ALLOWANCE_MB" if variant.is_transformers else "LLAMA_FAST_ALLOWANCE_MB"
+        assert mem.peak <= budget, (
+            f"{case.id}: peak memory {mem.peak / bs.MB:.0f} MB exceeds the budget {budget / bs.MB:.0f} MB "
+            f"(weights + KV cache + {allowance} + prefill activations; see bench_support.py)")
+
+
+def torch_reset():
+    import torch
+
+    torch._dynamo.reset()

@@ -1,0 +1,344 @@
+"""The benchmark regression gate, exercised for real on CPU (random:tiny), plus its pure-Python parts.
+
+Inner runs are separate `python -m pytest benchmarks/ --bench-device cpu ...` processes with their own
+storage and hash files, `-p no:xdist` and the xdist worker environment removed (pytest-benchmark switches
+itself off when it sees PYTEST_XDIST_WORKER).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import bench_support as bs  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("llama_fast_bench_report", BENCH / "report.py")
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
+
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID", "PYTEST_ADDOPTS",
+             "PYTEST_CURRENT_TEST")
+CPU = ["-p", "no:xdist", "-p", "no:cacheprovider", "--bench-device", "cpu", "--bench-model", "random:tiny",
+       "--bench-threads", "1"]
+GATE_CASE = "tensor-pos-b1-p32-n16-fp32"
+GATE = ["--bench-variants", "tensor-pos", "-k", GATE_CASE, "--bench-rounds", "7"]
+# CPU timings on a shared CI machine wander by tens of percent, so the test gate is coarse: an injected +1000%
+# must trip a 200% median threshold and an unchanged rerun must not. (On the GPU the gate is median:5%.)
+INJECT = "10"
+THRESHOLD = "median:200%"
+TIMEOUT = 300
+
+
+def clean_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in XDIST_ENV}
+    env["LLAMA_FAST_CACHE"] = str(tmp_path / "llama_fast_cache")
+    return env
+
+
+def run_bench(tmp_path: Path, *args: str) -> tuple[int, str]:
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), *CPU, *args], cwd=REPO, env=clean_env(tmp_path),
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    return r.returncode, r.stdout + r.stderr
+
+
+def run_report(*args: str) -> tuple[int, str]:
+    r = subprocess.run([sys.executable, str(BENCH / "report.py"), *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    return r.returncode, r.stdout + r.stderr
+
+
+def saved(store: Path, name: str) -> Path:
+    files = sorted(store.glob(f"*/[0-9][0-9][0-9][0-9]_{name}.json"))
+    assert files, f"no saved run {name!r} under {store}"
+    return files[-1]
+
+
+# ------------------------------------------------------------------------------------------- the gate, for real
+def test_gate_fails_on_injected_slowdown_and_passes_unchanged(tmp_path):
+    store = tmp_path / "store"
+    storage = f"--benchmark-storage=file://{store}"
+    hashes = f"--bench-hashes={tmp_path / 'hashes.json'}"  # fp32: checked against transformers in-session
+
+    rc, out = run_bench(tmp_path, *GATE, storage, hashes, "--benchmark-save=base")
+    assert rc == 0, out
+    assert "1 passed" in out, out
+    base = json.loads(saved(store, "base").read_text())
+    (bench,) = base["benchmarks"]
+    assert bench["param"] == GATE_CASE
+    extra = bench["extra_info"]
+    for key in ("tok_per_s", "max_mem_mb", "hash", "roofline_fraction", "warmup_s", "gpu"):
+        assert extra.get(key) is not None, key
+    info = base["machine_info"]["llama_fast"]
+    for key in ("gpu_count", "driver", "cuda", "torch", "transformers", "commit"):
+        assert key in info, key
+
+    compare = ["--benchmark-compare=0001", f"--benchmark-compare-fail={THRESHOLD}"]
+    rc, out = run_bench(tmp_path, *GATE, storage, hashes, f"--bench-inject-slowdown={INJECT}", *compare,
+                        "--benchmark-save=slow")
+    assert rc != 0, out
+    assert "Performance has regressed" in out, out
+    assert re.search(rf"test_generate\[{GATE_CASE}\].*median", out), out
+
+    rc, out = run_bench(tmp_path, *GATE, storage, hashes, *compare, "--benchmark-save=same")
+    assert rc == 0, out
+    assert "Performance has regressed" not in out
+
+    # the readable report agrees with pytest-benchmark
+    rc, out = run_report(str(saved(store, "base")), str(saved(store, "slow")), "--fail-over", "200")
+    assert rc == 1, out
+    assert "REGRESSION" in out and GATE_CASE in out
+    rc, out = run_report(str(saved(store, "base")), str(saved(store, "same")), "--fail-over", "200")
+    assert rc == 0, out
+    assert "No case regressed" in out
+
+
+def test_compare_without_baseline_fails_closed(tmp_path):
+    rc, out = run_bench(tmp_path, "--collect-only", "-q", f"--benchmark-storage=file://{tmp_path / 'empty'}",
+                        "--benchmark-compare")
+    assert rc != 0, out
+    assert "NO BASELINE" in out, out
+    rc, out = run_report(str(tmp_path / "missing.json"), str(write_run(tmp_path / "head.json", {"a": 1.0})),
+                         "--fail-over", "5")
+    assert rc == report.NO_BASELINE, out
+    assert "NO BASELINE" in out
+    rc, _ = run_report(str(tmp_path / "missing.json"), str(tmp_path / "head.json"))
+    assert rc == 0  # without --fail-over it only reports
+
+
+def test_without_cuda_every_case_is_skipped_with_the_reason(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-CUDA behaviour cannot be observed here")
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider"],
+                       cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    n = len(bs.build_cases("cuda", ["fp16"]))
+    assert re.search(rf"\b{n} skipped\b", out), out
+    assert "CUDA not available; use --bench-device cpu to test the machinery" in out
+    assert "passed" not in out and "failed" not in out
+
+
+# ------------------------------------------------------------------------------------------- hashes, for real
+def test_hash_file_flow_missing_record_then_changed_output_and_reference(tmp_path):
+    hashes = tmp_path / "hashes.json"
+    hashes.write_text("{}")
+    args = ["--bench-dtype", "fp16", f"--bench-hashes={hashes}", "--benchmark-disable", "--bench-variants", "tensor-pos",
+            "-k", "b1-p32 or b4-p32"]
+
+    rc, out = run_bench(tmp_path, *args)
+    assert rc == 1, out
+    assert "no recorded hash for tensor-pos-b1-p32-n16-fp16" in out and "--bench-update-hashes" in out, out
+    assert json.loads(hashes.read_text()) == {}  # never written without --bench-update-hashes
+
+    rc, out = run_bench(tmp_path, *args, "--bench-update-hashes")
+    assert rc == 0, out
+    book = json.loads(hashes.read_text())
+    b1 = book["random:tiny"]["b1-p32-n16-c48"]["fp16"]["cpu"]
+    b4 = book["random:tiny"]["b4-p32-n16-c48"]["fp16"]["cpu"]
+    assert set(b1) == {"tensor-pos", "hf"} and set(b4) == {"tensor-pos", "hf"}
+
+    b1["tensor-pos"] = "00000000"  # our output "changed", the reference did not
+    b4["tensor-pos"] = b4["hf"] = "11111111"  # the reference's recorded hash moved too
+    hashes.write_text(json.dumps(book))
+    rc, out = run_bench(tmp_path, *args)
+    assert rc == 1, out
+    assert "OUR OUTPUT CHANGED for tensor-pos-b1-p32-n16-fp16" in out, out
+    assert "REFERENCE CHANGED for tensor-pos-b4-p32-n16-fp16" in out, out
+
+
+# ------------------------------------------------------------------------------------------- shards, for real
+def collected(out: str) -> set[str]:
+    return set(re.findall(r"test_generate\[([^\]]+)\]", out))
+
+
+def test_shard_selection_is_disjoint_and_covering(tmp_path):
+    env = clean_env(tmp_path)
+    base = [sys.executable, "-m", "pytest", str(BENCH), *CPU, "--collect-only", "-q"]
+    procs = [subprocess.Popen(base + ([f"--bench-shard={i}/3"] if i is not None else []), cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (None, 0, 1, 2)]
+    outs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+    full, *shards = [collected(o) for o in outs]
+    assert len(full) == len(bs.build_cases("cpu", ["fp32"])), outs[0]
+    assert set().union(*shards) == full
+    assert sum(len(s) for s in shards) == len(full)  # disjoint
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+    rc, out = run_bench(tmp_path, "--collect-only", "-q", "--bench-shard=3/3")
+    assert rc != 0 and "0 <= i < n" in out
+
+
+def test_shard_script_runs_merges_and_the_merge_is_a_usable_baseline(tmp_path):
+    out_dir, store = tmp_path / "shards", tmp_path / "store"
+    cmd = [sys.executable, str(BENCH / "shard.py"), "--device", "cpu", "--gpus", "0,1", "--out", str(out_dir),
+           "--save", "merged", "--storage", str(store), "--",
+           "--bench-model", "random:tiny", "--bench-threads", "1", "--bench-variants", "kv", "-k", "b1-p32 or b4-p32",
+           "--bench-rounds", "1", "--bench-warmup", "0", f"--bench-hashes={tmp_path / 'h.json'}"]
+    r = subprocess.run(cmd, cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    merged = json.loads((out_dir / "merged.json").read_text())
+    names = sorted(b["param"] for b in merged["benchmarks"])
+    assert names == ["kv-b1-p32-n16-fp32", "kv-b4-p32-n16-fp32"]
+    shard_of = {json.loads((out_dir / f"shard-{i}.json").read_text())["benchmarks"][0]["param"] for i in (0, 1)}
+    assert shard_of == set(names)  # one case per shard
+    assert (out_dir / "report.md").read_text().count("kv-b") == 2
+
+    # the merged save is what a later single-process run compares against
+    rc, out = run_bench(tmp_path, "--bench-variants", "kv", "-k", "b1-p32 or b4-p32", "--bench-rounds", "1",
+                        "--bench-warmup", "0", f"--bench-hashes={tmp_path / 'h.json'}",
+                        f"--benchmark-storage=file://{store}", "--benchmark-compare=0001")
+    assert rc == 0, out
+    assert "0001_merged" in out
+
+
+# ------------------------------------------------------------------------------------------- pure Python
+def test_expected_hash_file_holds_the_seed_value():
+    from llama_fast.harness import FASTEST
+
+    book = bs.HashBook()  # the reviewed file
+    assert book.expected("huggingface/llama-7b", "b1-p1000-n200-c1200", "fp16", "H100", FASTEST) == "0d6aa042"
+    assert book.expected("huggingface/llama-7b", "b1-p1000-n200-c1200", "fp16", "H100", "hf") == "0d6aa042"
+
+
+def test_default_and_sweep_cases():
+    from llama_fast.harness import ABLATION, FASTEST
+
+    cases = bs.build_cases("cuda", ["fp16"])
+    ids = [c.id for c in cases]
+    for v in ("hf", "hf-static", "tensor-pos-static", FASTEST):
+        assert f"{v}-b1-p1000-n200-fp16" in ids
+    assert {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16"} <= set(ids)
+    assert [c.v.is_transformers for c in cases] == sorted((c.v.is_transformers for c in cases), reverse=True)
+    assert all(c.workload.cache == c.workload.prompt_len + c.workload.new_tokens for c in cases)
+    assert cases[0].workload_key == "b1-p1000-n200-c1200"
+
+    sweep = bs.build_cases("cuda", ["fp16", "fp32"], sweep=True)
+    assert {c.variant for c in sweep} == set(ABLATION) | {"hf-static"}
+    assert {c.workload.batch for c in sweep} == {1, 2, 4, 8, 16, 32, 64}
+    assert {c.workload.prompt_len for c in sweep} >= {100, 200, 400, 800, 1600, 4000}
+    assert len({c.id for c in sweep}) == len(sweep)
+    assert [c.dtype for c in sweep] == sorted((c.dtype for c in sweep), key=["fp16", "fp32"].index)
+
+    cpu = bs.build_cases("cpu", ["fp32"])
+    assert len(cpu) == 8 and all(c.workload.prompt_len <= 128 for c in cpu)
+
+
+def test_shard_parse_and_select():
+    assert bs.parse_shard("1/4") == (1, 4)
+    for bad in ("4/4", "-1/2", "a/b", "1"):
+        with pytest.raises(ValueError):
+            bs.parse_shard(bad)
+    items = list(range(10))
+    parts = [bs.shard_select(items, i, 3)[0] for i in range(3)]
+    assert sorted(sum(parts, [])) == items
+
+
+def _case(variant="tensor-pos", dtype="fp16"):
+    from llama_fast.harness import Workload
+
+    return bs.Case(variant, Workload(1, 4, 3), dtype)
+
+
+def _check(book, case, h, ref_hash, tf=(True, None, 0.001), update=False, model="random:tiny"):
+    import torch
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
+    ref_ids = ids.clone() if ref_hash == h else torch.tensor([[1, 2, 3, 4, 5, 9, 7]])
+    return bs.check_output(case=case, model=model, family="cpu", book=book, output_ids=ids, our_hash=h,
+                           reference=lambda: bs.Reference(ref_ids, ref_hash), teacher_forced=lambda ids, tol: tf,
+                           update=update)
+
+
+def test_correctness_verdicts(tmp_path):
+    path = tmp_path / "h.json"
+    book = bs.HashBook(path)
+    c = _case()
+    with pytest.raises(bs.CorrectnessFailure, match="no recorded hash.*--bench-update-hashes"):
+        _check(book, c, "aaaa", "aaaa")
+    _check(book, c, "aaaa", "rrrr", update=True)
+    assert book.save() and json.loads(path.read_text())["random:tiny"][c.workload_key]["fp16"]["cpu"] == \
+        {"tensor-pos": "aaaa", "hf": "rrrr"}
+    book = bs.HashBook(path)
+    assert _check(book, c, "aaaa", "rrrr")
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*unchanged"):
+        _check(book, c, "bbbb", "rrrr")
+    with pytest.raises(bs.CorrectnessFailure, match="REFERENCE CHANGED.*transformers"):
+        _check(book, c, "bbbb", "ssss")
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*teacher-forced.*step 2"):
+        _check(book, c, "aaaa", "rrrr", tf=(False, 2, 0.7))
+    # real weights: no teacher-forced check, the recorded hash only
+    path.write_text(json.dumps({"huggingface/llama-7b": {c.workload_key: {"fp16": {"cpu": {"*": "aaaa"}}}}}))
+    assert _check(bs.HashBook(path), c, "aaaa", "rrrr", tf=(False, 0, 9.0), model="huggingface/llama-7b")
+    # fp32: must equal transformers in this session, recorded hash not needed
+    c32 = _case(dtype="fp32")
+    assert _check(book, c32, "cccc", "cccc")
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*fp32.*new-token step 1"):
+        _check(book, c32, "cccc", "dddd")
+
+
+def test_hash_book_shared_value_is_not_duplicated(tmp_path):
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"m": {"w": {"fp16": {"H100": {"*": "0d6aa042"}}}}}))
+    book = bs.HashBook(path)
+    book.record("m", "w", "fp16", "H100", "graphs", "0d6aa042")
+    book.record("m", "w", "fp16", "H100", "rope", "12345678")
+    changes = book.save()
+    assert changes == ["m w fp16 H100 rope: 0d6aa042 -> 12345678"]
+    assert json.loads(path.read_text())["m"]["w"]["fp16"]["H100"] == {"*": "0d6aa042", "rope": "12345678"}
+
+
+def test_memory_allowance_is_stated_not_per_case():
+    from llama_fast.config import NAMED_SHAPES
+    from llama_fast.harness import VARIANTS, Workload
+    import torch
+
+    cfg = NAMED_SHAPES["llama-7b"]
+    w = Workload(1, 1000, 200)
+    fast = bs.allowance_bytes(VARIANTS["graphs"], cfg, torch.float16, w)
+    hf = bs.allowance_bytes(VARIANTS["hf"], cfg, torch.float16, w)
+    assert bs.LLAMA_FAST_ALLOWANCE_MB * 1e6 < fast < hf
+    assert fast < 1e9  # the seed workload: well under a GB on top of weights + KV cache
+
+
+def write_run(path: Path, medians: dict, gpu="NVIDIA H100 80GB HBM3", commit="abc") -> Path:
+    path.write_text(json.dumps({
+        "machine_info": {"llama_fast": {"gpu_name": gpu, "commit": commit}},
+        "commit_info": {"id": commit},
+        "benchmarks": [{"name": f"test_generate[{k}]", "fullname": f"benchmarks/test_generate.py::test_generate[{k}]",
+                        "param": k, "stats": {"median": m}, "extra_info": {"tokens": 200}} for k, m in medians.items()],
+    }))
+    return path
+
+
+def test_report_compare_spread_merge(tmp_path):
+    base = write_run(tmp_path / "base.json", {"a": 1.0, "b": 2.0, "gone": 1.0})
+    head = write_run(tmp_path / "head.json", {"a": 1.04, "b": 2.2, "new": 1.0}, commit="def")
+    text, regressed = report.compare(report.load(base), report.load(head), 5)
+    assert regressed == ["b"]
+    assert "| a | 200.0 | 192.3 | -3.8% |" in text and "new (no baseline)" in text and "removed" in text
+    assert report.main([str(base), str(head), "--fail-over", "5"]) == 1
+    assert report.main([str(base), str(head), "--fail-over", "15"]) == 0
+    other = write_run(tmp_path / "a10g.json", {"a": 1.0}, gpu="NVIDIA A10G")
+    assert report.main([str(other), str(head), "--fail-over", "5"]) == report.NO_BASELINE
+
+    runs = [write_run(tmp_path / f"r{i}.json", {"a": 1.0 + i / 100}) for i in range(3)]
+    text = report.spread([report.load(r) for r in runs], [str(r) for r in runs])
+    assert "2.00%" in text and "median:5%" in text
+
+    s0, s1 = write_run(tmp_path / "s0.json", {"a": 1.0}), write_run(tmp_path / "s1.json", {"b": 1.0})
+    merged = report.merge([report.load(s0), report.load(s1)])
+    assert [b["param"] for b in merged["benchmarks"]] == ["a", "b"]
+    with pytest.raises(SystemExit, match="disjoint"):
+        report.merge([report.load(s0), report.load(s0)])
+    with pytest.raises(SystemExit, match="different GPU"):
+        report.merge([report.load(s0), report.load(other)])
