@@ -4,9 +4,10 @@ Modes (the CLI's --compile):
   no         eager
   static     torch.compile(dynamic=False): one graph per shape; decode shapes never change
   dynamic    torch.compile(dynamic=True): symbolic shapes, no recompiles across prompt lengths
-  fullgraph  fullgraph=True, static shapes; on CUDA the whole decode step (compiled kernels, cache
-             writes, argmax, EOS flags) is captured in one CUDA graph (GraphedDecode); prefill compiled
-             over fixed-size chunks, so a new prompt length never recompiles
+  fullgraph  regional: one fullgraph=True, static-shape compile of a transformer block serves every
+             layer (compiled once per shape: decode and the prefill chunk); on CUDA the whole decode
+             step (compiled blocks, cache writes, argmax, EOS flags) is captured in one CUDA graph
+             (GraphedDecode); prefill runs over fixed-size chunks, so a new prompt length never recompiles
 """
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ def configure_inductor():
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
 
-def make_steps(mode: str, prefill: Callable, decode: Callable, device: torch.device):
-    """(prefill_fn, decode_fn) for a compile mode."""
+def make_steps(mode: str, prefill: Callable, decode: Callable, model):
+    """(prefill_fn, decode_fn) for a compile mode; sets or clears model.compiled_block."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
+    model.compiled_block = None
     if mode == "no":
         return prefill, decode
     configure_inductor()
@@ -41,10 +43,14 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, device: torch.dev
         return prefill, torch.compile(decode, dynamic=False)
     if mode == "dynamic":
         return torch.compile(prefill, dynamic=True), torch.compile(decode, dynamic=True)
-    compiled_decode = torch.compile(decode, fullgraph=True, dynamic=False)
-    if torch.device(device).type == "cuda":
-        compiled_decode = GraphedDecode(compiled_decode)
-    return torch.compile(prefill, fullgraph=True, dynamic=False), compiled_decode
+    # fullgraph: regional compilation, one fullgraph compile of a block serves all layers (and is cheap to
+    # build: the cold warm-up stays short), and on CUDA a hand-captured graph over the whole decode step.
+    from .model import run_layer
+
+    model.compiled_block = torch.compile(run_layer, fullgraph=True, dynamic=False)
+    if model.output.weight.device.type == "cuda":
+        decode = GraphedDecode(decode)
+    return prefill, decode
 
 
 class GraphedDecode:

@@ -77,7 +77,7 @@ class LlamaFast:
     @property
     def steps(self):
         if self._steps is None:
-            self._steps = make_steps(self.compile, prefill_step, decode_step, self.device)
+            self._steps = make_steps(self.compile, prefill_step, decode_step, self.model)
         return self._steps
 
     # ------------------------------------------------------------------------------------ checks

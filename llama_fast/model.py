@@ -7,6 +7,7 @@ slices of the fused weight: views, not copies).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -128,6 +129,11 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h), opts)
 
 
+def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
+    """One block; compile.py compiles this function once and reuses it for every layer."""
+    return layer(x, rope, mask, input_pos, start, opts)
+
+
 class Transformer(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -142,6 +148,8 @@ class Transformer(nn.Module):
         self.max_seq_len = 0
         self.batch_size = 0
         self.cache_version = 0  # bumped on every reallocation (captured CUDA graphs key on it)
+        # regional compilation: one compiled function serves all (identical) blocks; None = eager
+        self.compiled_block: Callable | None = None
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -206,8 +214,9 @@ class Transformer(nn.Module):
                 self.rope_sin_signed[pos][:, None])  # each (B, 1, T, D)
         mask = self._mask(input_pos, start, T)
         x = self.tok_embeddings(idx)
+        run_block = self.compiled_block or run_layer
         for layer in self.layers:
-            x = layer(x, rope, mask, input_pos, start, opts)
+            x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
         return linear(self.norm(x), self.output, opts)

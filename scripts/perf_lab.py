@@ -30,6 +30,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="teacher-forced check of our outputs vs transformers")
     ap.add_argument("--log", default=None)
+    ap.add_argument("--chunk", type=int, default=0, help="override the prefill chunk of our variants")
     ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
     args = ap.parse_args(argv)
     log = open(args.log, "a") if args.log else None
@@ -72,6 +73,10 @@ def main(argv=None):
     fast = LlamaFast(model, tok, args.model)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
     say(f"# roofline {roof:.1f} tok/s")
+    import dataclasses
+    if args.chunk:
+        for k in ours:
+            VARIANTS[k] = dataclasses.replace(VARIANTS[k], prefill_chunk=args.chunk)
     for k in ours:
         t0 = time.time()
         try:

@@ -10,7 +10,9 @@ from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf
 from llama_fast import GenerationError
 from llama_fast.compile import COMPILE_MODES, make_steps
 from llama_fast.generate import decode_step, prefill_step
+from llama_fast.config import NAMED_SHAPES
 from llama_fast.harness import VARIANTS
+from llama_fast.loading import RandomSource, build_model
 
 OPTION_VARIANTS = {k: v.options for k, v in VARIANTS.items() if v.options is not None}
 PAD = 0
@@ -193,10 +195,17 @@ def test_generate_returns_cpu_prompt_unchanged(gqa):
 
 # ------------------------------------------------------------------------------------------- compile
 def test_make_steps_modes():
-    assert make_steps("no", prefill_step, decode_step, torch.device("cpu")) == (prefill_step, decode_step)
+    cfg = NAMED_SHAPES["tiny"]
+    model = build_model(cfg, RandomSource(cfg, 0, "cpu", torch.float32), "cpu", torch.float32)
+    assert make_steps("no", prefill_step, decode_step, model) == (prefill_step, decode_step)
+    assert model.compiled_block is None
+    make_steps("fullgraph", prefill_step, decode_step, model)  # regional: the block is compiled
+    assert model.compiled_block is not None
+    make_steps("static", prefill_step, decode_step, model)  # whole step compiled, blocks plain again
+    assert model.compiled_block is None
     assert COMPILE_MODES == ("no", "static", "dynamic", "fullgraph")
     with pytest.raises(ValueError, match="unknown compile mode 'max'"):
-        make_steps("max", prefill_step, decode_step, torch.device("cpu"))
+        make_steps("max", prefill_step, decode_step, model)
 
 
 # ------------------------------------------------------------------------------------------- bad requests
