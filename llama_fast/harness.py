@@ -57,13 +57,13 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("tensor-pos-static", "same", _SEED4, compile="static"),
     Variant("rope", "+ rotate_half without torch.cat", _SEED6, compile="static"),
     Variant("gate-up", "+ fused gate/up linear", _FAST, compile="static"),
-    Variant("graphs", "+ CUDA graphs over the decode step, compiled fixed-chunk prefill (fullgraph)", _FAST,
-            compile="fullgraph", prefill_chunk=256),
+    Variant("graphs", "+ one CUDA graph over the decode step, regional compile, 512-token prefill chunks "
+            "(fullgraph)", _FAST, compile="fullgraph", prefill_chunk=512),
     Variant("gemv", "+ Triton GEMV for the decode projections", ForwardOptions(triton_gemv=True),
-            compile="fullgraph", prefill_chunk=256),
+            compile="fullgraph", prefill_chunk=512),
 ]}
-ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs"]
-FASTEST = "graphs"
+ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv"]
+FASTEST = "gemv"
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:
@@ -71,8 +71,9 @@ def variant_for(preallocate: bool, compile: str) -> Variant:
     path) compiled as asked."""
     if not preallocate:
         return VARIANTS["hf"] if compile == "no" else VARIANTS["hf-static"]
-    chunk = 256 if compile == "fullgraph" else None
-    return Variant(f"llama_fast-{compile}", f"llama_fast, compile={compile}", _FAST, compile=compile,
+    fastest = VARIANTS[FASTEST]
+    chunk = fastest.prefill_chunk if compile == "fullgraph" else None
+    return Variant(f"llama_fast-{compile}", f"llama_fast, compile={compile}", fastest.options, compile=compile,
                    prefill_chunk=chunk)
 
 
