@@ -321,8 +321,12 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit(cwd: str | None = None) -> str:
-    """Short hash, plus -dirty when the tree has changes; 'unknown' outside a git checkout."""
+    """Short hash, plus -dirty when the tree has changes; $LLAMA_FAST_COMMIT where the code runs from a copy
+    without git metadata (e.g. a GPU runner given a tarball); 'unknown' otherwise."""
     import subprocess
+
+    if os.environ.get("LLAMA_FAST_COMMIT"):
+        return os.environ["LLAMA_FAST_COMMIT"]
 
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True,
