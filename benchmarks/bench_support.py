@@ -263,7 +263,12 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
 
     fp32: our hash must equal transformers' hash computed in this session (TF32 off).
     fp16/bf16: random weights pass a teacher-forced check against transformers, and every case equals
-    its recorded hash. A hash mismatch is blamed on the reference when transformers' own hash moved too."""
+    its recorded hash. A hash mismatch is blamed on the reference when transformers' own hash moved too.
+    Exception, measured: fp16 greedy output of *random* weights on a GPU is not reproducible from one
+    process to the next, transformers' own included (H200, 2026-11-26: the reference's hash for the seed
+    workload went 8c9788f7 -> e6e727dd between two identical runs; kernel choices differ per process and
+    near-tied random logits flip). There the teacher-forced check is the assertion and the recorded hash is
+    reported, not enforced. Real weights, fp32 and the CPU stay strict."""
     wkey, dtype, variant = case.workload_key, case.dtype, case.variant
     label = f"{case.id} ({model}, {family})"
     expected = book.expected(model, wkey, dtype, family, variant)
@@ -307,6 +312,13 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
         if variant != REFERENCE:
             book.record(model, wkey, dtype, family, REFERENCE, reference().hash)
         notes.append("hash recorded")
+        return notes
+    if is_random(model) and family != "cpu":  # not reproducible across processes: see the docstring
+        if expected is None or our_hash != expected:
+            notes.append(f"hash {our_hash} (recorded {expected or 'none'}; fp16 random weights on a GPU: "
+                         "reported, not enforced)")
+        else:
+            notes.append(f"hash {our_hash} as recorded")
         return notes
     if expected is None:
         raise CorrectnessFailure(f"no recorded hash for {label} in {book.path.name} (ours: {our_hash}); "

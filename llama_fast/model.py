@@ -25,7 +25,7 @@ class ForwardOptions:
     tensor_positions: bool = True  # cache written/read at tensor positions over its full length;
     #                                False = the seed's Python-int slice to the valid prefix
     rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
-    triton_gemv: bool = False  # decode projections (<= 8 rows) through llama_fast.kernels.gemv on CUDA
+    triton_gemv: bool = False  # batch-1 decode projections through llama_fast.kernels.gemv on CUDA
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Tensor:

@@ -249,12 +249,12 @@ def _case(variant="tensor-pos", dtype="fp16"):
     return bs.Case(variant, Workload(1, 4, 3), dtype)
 
 
-def _check(book, case, h, ref_hash, tf=(True, None, 0.001), update=False, model="random:tiny"):
+def _check(book, case, h, ref_hash, tf=(True, None, 0.001), update=False, model="random:tiny", family="cpu"):
     import torch
 
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7]])
     ref_ids = ids.clone() if ref_hash == h else torch.tensor([[1, 2, 3, 4, 5, 9, 7]])
-    return bs.check_output(case=case, model=model, family="cpu", book=book, output_ids=ids, our_hash=h,
+    return bs.check_output(case=case, model=model, family=family, book=book, output_ids=ids, our_hash=h,
                            reference=lambda: bs.Reference(ref_ids, ref_hash), teacher_forced=lambda ids, tol: tf,
                            update=update)
 
@@ -279,6 +279,11 @@ def test_correctness_verdicts(tmp_path):
     # real weights: no teacher-forced check, the recorded hash only
     path.write_text(json.dumps({"huggingface/llama-7b": {c.workload_key: {"fp16": {"cpu": {"*": "aaaa"}}}}}))
     assert _check(bs.HashBook(path), c, "aaaa", "rrrr", tf=(False, 0, 9.0), model="huggingface/llama-7b")
+    # fp16 random weights on a GPU: the teacher-forced check is enforced, the hash only reported
+    notes = _check(bs.HashBook(tmp_path / "none.json"), c, "bbbb", "ssss", model="random:tiny", family="H200")
+    assert any("reported, not enforced" in n for n in notes), notes
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*teacher-forced"):
+        _check(book, c, "aaaa", "rrrr", tf=(False, 2, 0.7), family="H200")
     # fp32: must equal transformers in this session, recorded hash not needed
     c32 = _case(dtype="fp32")
     assert _check(book, c32, "cccc", "cccc")
