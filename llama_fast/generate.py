@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from .compile import make_steps
+from .compile import COMPILE_MODES, make_steps
 from .config import LlamaConfig
 from .model import ForwardOptions, Transformer
 
@@ -69,6 +69,8 @@ class LlamaFast:
             self.options = options
             self.model.options = options
         if compile is not None:
+            if compile not in COMPILE_MODES:
+                raise ValueError(f"unknown compile mode {compile!r} (choose from {', '.join(COMPILE_MODES)})")
             self.compile = compile
         if not keep_chunk:
             self.prefill_chunk = prefill_chunk

@@ -332,7 +332,22 @@ def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0):
     checkpoint = resolve_checkpoint(name)
     cfg = read_config(checkpoint, name)
     model = build_model(cfg, checkpoint_source(checkpoint), device, dtype)
-    return cfg, model, _load_tokenizer(checkpoint)
+    return cfg, model, _checkpoint_tokenizer(checkpoint, cfg)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tiktoken.model")
+
+
+def _checkpoint_tokenizer(checkpoint: Path, cfg: LlamaConfig):
+    """The checkpoint's tokenizer; a weights-only checkpoint gets the id tokenizer (with a warning), so it
+    can still be generated from and hashed."""
+    if any((checkpoint / f).exists() for f in TOKENIZER_FILES):
+        return _load_tokenizer(checkpoint)
+    import warnings
+
+    warnings.warn(f"{checkpoint} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): tokens decode to their ids",
+                  stacklevel=3)
+    return IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None, cfg.pad_token_id)
 
 
 def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):

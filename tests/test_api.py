@@ -85,9 +85,12 @@ def test_load_model_passes_options_through():
 
 
 def test_unknown_compile_mode():
-    fast = llama_fast.load_model("random:tiny", device="cpu", compile="max")
     with pytest.raises(ValueError, match="unknown compile mode 'max'"):
-        fast.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=2)
+        llama_fast.load_model("random:tiny", device="cpu", compile="max")  # refused before any work
+    fast = llama_fast.load_model("random:tiny", device="cpu")
+    with pytest.raises(ValueError, match="unknown compile mode 'max'"):
+        fast.configure(compile="max")
+    assert fast.compile == "no"  # unchanged
 
 
 @pytest.mark.slow

@@ -49,6 +49,17 @@ def test_load_save_pretrained_safetensors(tmp_path, name):
     _check_loaded(llama_fast.load_model(str(tmp_path), device="cpu", dtype="fp32"), hf, cfg)
 
 
+def test_weights_only_checkpoint_gets_the_id_tokenizer(tmp_path):
+    cfg = TINY_CONFIGS["gqa"]
+    hf = make_hf(cfg, seed=5)
+    hf.save_pretrained(str(tmp_path))  # no tokenizer files
+    with pytest.warns(UserWarning, match="no tokenizer files"):
+        fast = llama_fast.load_model(str(tmp_path), device="cpu", dtype="fp32")
+    assert isinstance(fast.tokenizer, loading.IdTokenizer)
+    out = fast.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3)
+    assert fast.tokenizer.batch_decode(out)[0].startswith("5 6 7 ")
+
+
 def test_load_sharded_safetensors(tmp_path):
     cfg = TINY_CONFIGS["gqa"]
     hf = make_hf(cfg, seed=4)
