@@ -26,12 +26,18 @@ class ForwardOptions:
     #                                False = the seed's Python-int slice to the valid prefix
     rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
     triton_gemv: bool = False  # batch-1 decode projections through llama_fast.kernels.gemv on CUDA
+    fused_decode: bool = False  # batch-1 decode blocks as 4 fused Triton GEMVs around attention, on CUDA
+
+
+def triton_kernels_apply(x: torch.Tensor) -> bool:
+    """Whether llama_fast.kernels (Triton) can run on x's device."""
+    return x.is_cuda
 
 
 def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Tensor:
     """layer(x), or our Triton GEMV when asked for and x has only a few rows (the decode step)."""
     rows = x.numel() // x.shape[-1]
-    if opts.triton_gemv and x.is_cuda:
+    if opts.triton_gemv and triton_kernels_apply(x):
         from .kernels import GEMV_MAX_ROWS, gemv
 
         if rows <= GEMV_MAX_ROWS:
@@ -82,9 +88,13 @@ class Attention(nn.Module):
         return (q, *kv.split([c.kv_size, c.kv_size], dim=-1))
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        y = self.attend(*self._qkv(x, opts), rope, mask, input_pos, start, opts)
+        return linear(y, self.wo, opts)
+
+    def attend(self, q, k, v, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
+        """q (B, T, q_size), k, v (B, T, kv_size) -> RoPE, cache write, SDPA -> (B, T, q_size), before wo."""
         c = self.cfg
-        B, T, _ = x.shape
-        q, k, v = self._qkv(x, opts)
+        B, T, _ = q.shape
         q = q.view(B, T, c.n_heads, c.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = v.view(B, T, c.n_kv_heads, c.head_dim).transpose(1, 2)
@@ -96,7 +106,7 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
-        return linear(y.transpose(1, 2).reshape(B, T, c.q_size), self.wo, opts)
+        return y.transpose(1, 2).reshape(B, T, c.q_size)
 
 
 class FeedForward(nn.Module):
@@ -123,10 +133,27 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
+        # the fused decode kernels have no bias inputs
+        self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        if opts.fused_decode and self.fusable and x.shape[0] * x.shape[1] == 1 and triton_kernels_apply(x):
+            return self._fused_decode(x, rope, mask, input_pos, start, opts)
         h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts)
         return h + self.feed_forward(self.ffn_norm(h), opts)
+
+    def _fused_decode(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        """One token (x (1, 1, dim)): rmsnorm+wqkv, attention, wo+residual, rmsnorm+w13, silu*mul+w2+residual."""
+        from .kernels import gemv_residual, gemv_rmsnorm, gemv_silu_mul_residual
+
+        a, f, c = self.attention, self.feed_forward, self.attention.cfg
+        x2 = x.view(1, -1)
+        qkv = gemv_rmsnorm(x2, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
+        q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
+        h = gemv_residual(y.reshape(1, -1), a.wo.weight, x2)
+        gate_up = gemv_rmsnorm(h, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps)
+        return gemv_silu_mul_residual(gate_up, f.w2.weight, h).view(1, 1, -1)
 
 
 def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
@@ -219,4 +246,8 @@ class Transformer(nn.Module):
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
+        if opts.fused_decode and x.shape[0] * x.shape[1] == 1 and triton_kernels_apply(x):
+            from .kernels import gemv_rmsnorm
+
+            return gemv_rmsnorm(x.view(1, -1), self.norm.weight, self.output.weight, self.norm.eps).view(1, 1, -1)
         return linear(self.norm(x), self.output, opts)

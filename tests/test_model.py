@@ -213,3 +213,47 @@ def test_apply_rope_flip_equals_cat():
     x1, x2 = x[..., :4], x[..., 4:]
     torch.testing.assert_close(a, torch.cat([x1 * cos[..., :4] - x2 * sin[..., :4],
                                              x2 * cos[..., 4:] + x1 * sin[..., 4:]], -1))
+
+
+# ------------------------------------------------------------------------------------------- fused decode wiring
+def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
+    """The fused decode path (RMSNorm/SiLU*mul/residual inside the GEMVs) wired through the model, with the
+    Triton kernels replaced by torch references (the kernels themselves: tests/test_kernels.py)."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf
+    from llama_fast import model as model_module
+    from llama_fast.model import ForwardOptions
+
+    def rmsnorm(x, g, eps):
+        xf = x.float()
+        return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+    fake = types.ModuleType("llama_fast.kernels")
+    fake.GEMV_MAX_ROWS = 1
+    fake.gemv = lambda x, w: x @ w.T
+    fake.gemv_rmsnorm = lambda x, g, w, eps: rmsnorm(x, g, eps) @ w.T
+    fake.gemv_residual = lambda x, w, res: res + x @ w.T
+    calls = []
+
+    def silu_mul_residual(gate_up, w, res):
+        calls.append(gate_up.shape)
+        k = gate_up.shape[1] // 2
+        return res + (F.silu(gate_up[:, :k]) * gate_up[:, k:]) @ w.T
+
+    fake.gemv_silu_mul_residual = silu_mul_residual
+    monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
+    monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
+
+    cfg = TINY_CONFIGS["gqa"]
+    fast = fast_from_hf(make_hf(cfg, seed=7), cfg)
+    ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
+    fast.configure(options=ForwardOptions())
+    plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
+    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True))
+    fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
+    assert len(calls) == 7 * cfg.n_layers  # every decode step of every layer took the fused path
+    assert torch.equal(fused, plain)
