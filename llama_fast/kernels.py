@@ -134,3 +134,77 @@ def gemv_residual(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> torch.
 def gemv_silu_mul_residual(gate_up: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
     """res + W @ (silu(gate) * up): gate_up (1, 2K) = [gate | up], w (N, K), res (1, N) -> (1, N)."""
     return _launch_fused(gate_up, w, gate_up, res, 0.0, PROLOGUE_SILU_MUL, gate_up.shape[1] // 2)
+
+
+# ----------------------------------------------------------------------------------------------- attention
+# Split-K decode attention over the static cache: one program per (batch*head, chunk of the cache), each
+# keeping an online softmax over its chunk; a second kernel combines the chunks. Masked-out slots are never
+# loaded (masked loads), so only the attended prefix of the cache is read.
+ATTN_CHUNK = 128
+
+
+@triton.jit
+def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                              sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
+                              D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr):
+    bh = tl.program_id(0)
+    j = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    rd = tl.arange(0, D)
+    q = tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale
+    m = tl.full((), float("-inf"), tl.float32)
+    l = tl.zeros((), dtype=tl.float32)
+    acc = tl.zeros((D,), dtype=tl.float32)
+    for s0 in range(j * CHUNK, j * CHUNK + CHUNK, BLOCK_S):
+        rs = s0 + tl.arange(0, BLOCK_S)
+        ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0
+        kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
+        k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0).to(tl.float32)
+        scores = tl.where(ok, tl.sum(k * q[None, :], axis=1), float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        p = tl.exp(scores - m_safe)
+        v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        l = l * alpha + tl.sum(p, axis=0)
+        m = m_new
+    out = bh * NSPLIT + j
+    tl.store(m_ptr + out, m)
+    tl.store(l_ptr + out, l)
+    tl.store(acc_ptr + out * D + rd, acc)
+
+
+@triton.jit
+def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
+    bh = tl.program_id(0)
+    rj = tl.arange(0, SPLITS)
+    rd = tl.arange(0, D)
+    jm = rj < NSPLIT
+    m = tl.load(m_ptr + bh * NSPLIT + rj, mask=jm, other=float("-inf"))
+    l = tl.load(l_ptr + bh * NSPLIT + rj, mask=jm, other=0.0)
+    acc = tl.load(acc_ptr + (bh * NSPLIT + rj[:, None]) * D + rd[None, :], mask=jm[:, None], other=0.0)
+    big = tl.max(m, axis=0)  # finite: the current position is always attended
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - big))
+    o = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(o_ptr + bh * D + rd, o.to(o_ptr.dtype.element_ty))
+
+
+@triton_op("llama_fast::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D)."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    nsplit = triton.cdiv(S, ATTN_CHUNK)
+    m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
+    l = torch.empty_like(m)
+    acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
+    o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
+    wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
+        q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, BLOCK_S=32)
+    wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
+                                                         SPLITS=triton.next_power_of_2(nsplit))
+    return o

@@ -27,6 +27,7 @@ class ForwardOptions:
     rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
     triton_gemv: bool = False  # batch-1 decode projections through llama_fast.kernels.gemv on CUDA
     fused_decode: bool = False  # batch-1 decode blocks as 4 fused Triton GEMVs around attention, on CUDA
+    decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -104,8 +105,13 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
         else:
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
+        if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
+            from .kernels import decode_attention
+
+            y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5)  # (B, H, 1, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                               enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
         return y.transpose(1, 2).reshape(B, T, c.q_size)
 
 

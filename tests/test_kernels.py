@@ -66,6 +66,23 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
         err = rel(y, ref)
         assert err < tol, (name, N, K, err)
         print(name, N, K, f"{err:.1e}")
+for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 32, 130, [0, 17]),
+                                  (1, 2, 1, 64, 16, 0, [0])]:  # MHA over 3 chunks; GQA + left pad; one key
+    q, k, v = torch.randn(B, H, 1, D).to(dt), torch.randn(B, Hkv, S, D).to(dt), torch.randn(B, Hkv, S, D).to(dt)
+    slots = torch.arange(S)
+    mask = (slots[None, :] <= pos) & (slots[None, :] >= torch.tensor(pad)[:, None])  # (B, S)
+    nsplit = triton.cdiv(S, kn.ATTN_CHUNK)
+    m, l, acc = torch.empty(B * H * nsplit), torch.empty(B * H * nsplit), torch.empty(B * H * nsplit, D)
+    o = torch.empty(B, H, 1, D, dtype=dt)
+    kn._decode_attn_split_kernel[(B * H, nsplit)](q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0),
+                                                  q.stride(1), k.stride(0), k.stride(1), k.stride(2),
+                                                  mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK, BLOCK_S=32)
+    kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=D, SPLITS=triton.next_power_of_2(nsplit))
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, None, None, :],
+                                         enable_gqa=H != Hkv)
+    err = rel(o, ref)
+    assert err < tol, ("attention", B, H, Hkv, S, err)
+    print("attention", B, H, Hkv, S, f"{err:.1e}")
 print("ok")
 """
 

@@ -245,6 +245,13 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
         return res + (F.silu(gate_up[:, :k]) * gate_up[:, k:]) @ w.T
 
     fake.gemv_silu_mul_residual = silu_mul_residual
+
+    def decode_attention(q, k, v, mask, scale):
+        calls.append("attention")
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+
+    fake.decode_attention = decode_attention
     monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
     monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
 
@@ -253,7 +260,8 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
     ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
     fast.configure(options=ForwardOptions())
     plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
-    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True))
+    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True))
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
-    assert len(calls) == 7 * cfg.n_layers  # every decode step of every layer took the fused path
+    # every decode step of every layer took the fused MLP kernel and the decode attention kernel
+    assert calls.count("attention") == 7 * cfg.n_layers and len(calls) == 2 * 7 * cfg.n_layers
     assert torch.equal(fused, plain)
