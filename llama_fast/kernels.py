@@ -21,45 +21,12 @@ def _configs():
             for bn in (8, 16, 32) for bk in (256, 512) for stages in (2, 3)]
 
 
-@triton.autotune(configs=_configs(), key=["N", "K"])
-@triton.jit
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    n_mask = rn < N
-    # accumulate (BLOCK_N, BLOCK_K) partial products in fp32, reduce over K once at the end
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + rk
-        k_mask = k < K
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + k[None, :], mask=n_mask[:, None] & k_mask[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        xv = tl.load(x_ptr + k, mask=k_mask, other=0.0)
-        acc += w.to(tl.float32) * xv.to(tl.float32)[None, :]
-    y = tl.sum(acc, axis=1)
-    tl.store(y_ptr + rn, y.to(y_ptr.dtype.element_ty), mask=n_mask)
-
-
-@triton_op("llama_fast::gemv", mutates_args=())
-def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype."""
-    K = x.shape[1]
-    N = w.shape[0]
-    y = torch.empty((1, N), device=x.device, dtype=x.dtype)
-
-    def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]),)
-
-    wrap_triton(_gemv_kernel)[grid](x, w, y, N, K, w.stride(0))
-    return y
-
-
 # ----------------------------------------------------------------------------------------------- fused
-# The decode block as four kernels around attention: rmsnorm->GEMV (wqkv), GEMV->+residual (wo),
-# rmsnorm->GEMV (w13), silu*mul->GEMV->+residual (w2). Each rounds where transformers' fp16 code rounds
-# (normed x, silu, the product, the projection before the residual add), so only the GEMV's summation
-# order differs from the unfused path.
+# One GEMV kernel with an optional fused prologue / epilogue (constexpr switches: the plain GEMV compiles
+# to the bare loop). The decode block as four kernels around attention: rmsnorm->GEMV (wqkv),
+# GEMV->+residual (wo), rmsnorm->GEMV (w13), silu*mul->GEMV->+residual (w2). Each rounds where
+# transformers' fp16 code rounds (normed x, silu, the product, the projection before the residual add),
+# so only the GEMV's summation order differs from the unfused path.
 PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_SILU_MUL = 0, 1, 2
 
 
@@ -116,6 +83,12 @@ def _launch_fused(x, w, g, res, eps: float, prologue: int, k: int) -> torch.Tens
     wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, N, k, w.stride(0), eps,
                                           PROLOGUE=prologue, HAS_RES=res is not x)
     return y
+
+
+@triton_op("llama_fast::gemv", mutates_args=())
+def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """W @ x: x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype."""
+    return _launch_fused(x, w, x, x, 0.0, PROLOGUE_NONE, x.shape[1])
 
 
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
@@ -193,7 +166,8 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 
 
 @triton_op("llama_fast::decode_attention", mutates_args=())
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
     """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D)."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]

@@ -33,10 +33,7 @@ def fused(x, w, g, res, eps, prologue, K):
 
 
 def plain(x, w):
-    N, K = w.shape
-    y = torch.empty(1, N, dtype=x.dtype)
-    kn._gemv_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, N, K, w.stride(0), BLOCK_N=16, BLOCK_K=256)
-    return y
+    return fused(x, w, x, x, 0.0, kn.PROLOGUE_NONE, w.shape[1])
 
 
 def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
