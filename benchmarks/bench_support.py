@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from llama_fast.config import LlamaConfig
-from llama_fast.harness import ABLATION, FASTEST, VARIANTS, Variant, Workload
+from llama_fast.harness import ABLATION, FASTEST, MB, VARIANTS, Variant, Workload
 
 HERE = Path(__file__).resolve().parent
 HASH_FILE = HERE / "expected_hashes.json"
@@ -147,7 +147,6 @@ def shard_select(items: list, i: int, n: int) -> tuple[list, list]:
 # its cache by concatenation (a transient copy of one layer's K/V per step) and keeps more buffers.
 LLAMA_FAST_ALLOWANCE_MB = 256
 TRANSFORMERS_ALLOWANCE_MB = 1024
-MB = 1e6
 
 
 def prefill_activation_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, chunk: int | None) -> int:

@@ -156,7 +156,9 @@ class LlamaFast:
                  callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
         """Greedy generation; returns (B, T + n) prompt + new tokens, like transformers' generate.
 
-        streamer: a transformers-style streamer (put/end). callback(step, tokens (B,)) gets device tensors."""
+        streamer: a transformers-style streamer (put/end). callback(step, tokens (B,)) gets device tensors,
+        valid until the next step (a captured decode graph rewrites its output buffers on each replay; the
+        loop copies them into `out` and into the graph's inputs before that happens)."""
         pad_len = self._check_request(input_ids, attention_mask, max_new_tokens, min_new_tokens)
         B, T = input_ids.shape
         eos, pad = self._eos_pad(eos_token_id, pad_token_id)
@@ -196,7 +198,6 @@ class LlamaFast:
                 break
             tok, done = decode(model, tok, input_pos, done, eos_ids, pad_id, start_of(T + i - 1),
                                i < min_new_tokens)
-            tok, done = tok.clone(), done.clone()  # graph outputs are overwritten by the next replay
             out[:, i] = tok
             input_pos += 1
             n = i + 1

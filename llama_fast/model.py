@@ -60,15 +60,15 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sin_signed: torch.Tensor,
-               use_cat: bool) -> torch.Tensor:
-    """x (B, H, T, D); cos, sin, sin_signed (B, 1, T, D) where sin_signed = cat(-sin[:D/2], sin[D/2:])."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_cat: bool) -> torch.Tensor:
+    """x (B, H, T, D); cos, sin (B, 1, T, D). With use_cat, sin is the plain table (rotate_half with
+    torch.cat, as transformers); without, it is the signed table cat(-sin[:D/2], sin[D/2:])."""
     if use_cat:
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
     # swap the two halves with a flip over a (2, D/2) view: same products, no concatenated copy
     swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
-    return x * cos + swapped * sin_signed
+    return x * cos + swapped * sin
 
 
 class Attention(nn.Module):
@@ -243,8 +243,8 @@ class Transformer(nn.Module):
         B, T = idx.shape
         opts = self.options
         pos = (input_pos[None, :] - self.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
-        rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None],
-                self.rope_sin_signed[pos][:, None])  # each (B, 1, T, D)
+        sin_table = self.rope_sin if opts.rope_cat else self.rope_sin_signed  # gather only the one in use
+        rope = (self.rope_cos[pos][:, None], sin_table[pos][:, None])  # each (B, 1, T, D)
         mask = self._mask(input_pos, start, T)
         x = self.tok_embeddings(idx)
         run_block = self.compiled_block or run_layer

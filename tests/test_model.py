@@ -207,8 +207,8 @@ def test_apply_rope_flip_equals_cat():
     emb = torch.cat([ang, ang], -1)
     cos, sin = emb.cos(), emb.sin()
     signed = torch.cat([-sin[..., :4], sin[..., 4:]], -1)
-    a = apply_rope(x, cos, sin, signed, use_cat=True)
-    b = apply_rope(x, cos, sin, signed, use_cat=False)
+    a = apply_rope(x, cos, sin, use_cat=True)
+    b = apply_rope(x, cos, signed, use_cat=False)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     x1, x2 = x[..., :4], x[..., 4:]
     torch.testing.assert_close(a, torch.cat([x1 * cos[..., :4] - x2 * sin[..., :4],
