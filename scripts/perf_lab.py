@@ -32,6 +32,11 @@ def main(argv=None):
     ap.add_argument("--log", default=None)
     ap.add_argument("--chunk", type=int, default=0, help="override the prefill chunk of our variants")
     ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
+    ap.add_argument("--memory", action="store_true",
+                    help="also print resident memory after warm-up and the peaks of prefill and of a whole run")
+    ap.add_argument("--recompile", default="",
+                    help="comma-separated prompt lengths run after the timed runs at the same cache length: "
+                         "prints compiled graphs added and each first call's time (no recompile expected)")
     args = ap.parse_args(argv)
     log = open(args.log, "a") if args.log else None
 
@@ -53,7 +58,7 @@ def main(argv=None):
     hf_keys = [k for k in keys if VARIANTS[k].is_transformers]
     ours = [k for k in keys if not VARIANTS[k].is_transformers]
     roof = None
-    if hf_keys:
+    if hf_keys or args.check:
         hf = load_hf_model(args.model, dev, dtype)
         from llama_fast.loading import IdTokenizer
         tok = IdTokenizer(hf.config.vocab_size, None, 0)
@@ -97,6 +102,10 @@ def main(argv=None):
             step = (min(m.times) - pre) / (w.new_tokens - 1)
             say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
             fast_runner(fast, VARIANTS[k], w)
+        if args.memory:
+            memory_report(say, k, cfg, dtype, w, fast, VARIANTS[k])
+        if args.recompile:
+            recompile_report(say, k, fast, VARIANTS[k], w, [int(p) for p in args.recompile.split(",")])
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -104,6 +113,50 @@ def main(argv=None):
     for k, m in rows:
         say(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | {m.warmup_s:.1f} | {m.hash} |")
     return 0
+
+
+def memory_report(say, k, cfg, dtype, w, fast, variant):
+    """Where the peak over the weights + KV-cache floor comes from."""
+    from llama_fast.harness import memory_budget_bytes
+
+    floor = memory_budget_bytes(cfg, dtype, w, 0)
+    torch.cuda.synchronize()
+    resident = torch.cuda.memory_allocated()
+    peaks = {}
+    for name, n in (("prefill", 1), ("run", w.new_tokens)):
+        wl = Workload(w.batch, w.prompt_len, n, w.cache)
+        run = fast_runner(fast, variant, wl)
+        ids = wl.prompt()
+        run(ids)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        run(ids)
+        torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated()
+    fast_runner(fast, variant, w)
+    say(f"{k}: memory MB floor {floor / 1e6:.0f}, resident {resident / 1e6:.0f} (+{(resident - floor) / 1e6:.1f}), "
+        f"peak prefill +{(peaks['prefill'] - floor) / 1e6:.1f}, peak run +{(peaks['run'] - floor) / 1e6:.1f}")
+
+
+def recompile_report(say, k, fast, variant, w, prompts):
+    """New prompt lengths at the same cache length, same LlamaFast (no reconfigure): graphs compiled and
+    captured, and each first call's time."""
+    from torch._dynamo.utils import counters
+
+    fast_runner(fast, variant, w)(w.prompt())  # configured and warm at the seed length
+    decode = fast.steps[1]
+    for p in prompts:
+        ids = Workload(w.batch, p, w.new_tokens, w.cache).prompt()
+        before = counters["stats"]["unique_graphs"]
+        captured = len(getattr(decode, "_graphs", {}))
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fast.generate(ids, max_new_tokens=w.new_tokens, min_new_tokens=w.new_tokens)
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        say(f"{k}: prompt {p} (cache {w.cache}): first call {dt:.3f}s, graphs compiled "
+            f"+{counters['stats']['unique_graphs'] - before}, decode graphs captured "
+            f"+{len(getattr(decode, '_graphs', {})) - captured}")
 
 
 if __name__ == "__main__":
