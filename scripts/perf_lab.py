@@ -87,7 +87,10 @@ def main(argv=None):
         try:
             m = measure(fast_runner(fast, VARIANTS[k], w), w, args.warmup, args.runs)
         except Exception as e:  # keep the lab going; the failure is printed
-            say(f"{k}: FAILED {type(e).__name__}: {str(e)[:300]}")
+            import traceback
+
+            say(f"{k}: FAILED {type(e).__name__}: {str(e)[-3000:]}")
+            traceback.print_exc()
             continue
         rows.append((k, m))
         outputs[k] = m.output_ids
@@ -116,12 +119,16 @@ def main(argv=None):
 
 
 def memory_report(say, k, cfg, dtype, w, fast, variant):
-    """Where the peak over the weights + KV-cache floor comes from."""
+    """Where the peak over the weights + KV-cache floor comes from: resident memory after warm-up, the peaks
+    of a prefill-only and of a whole run, and (from an allocator trace of a fresh warm-up + run) the blocks
+    alive at the peak, grouped by the llama_fast / torch line that allocated them."""
     from llama_fast.harness import memory_budget_bytes
 
     floor = memory_budget_bytes(cfg, dtype, w, 0)
-    torch.cuda.synchronize()
-    resident = torch.cuda.memory_allocated()
+    extra = torch.cuda.memory_allocated() - sum(
+        t.numel() * t.element_size() for t in list(fast.model.parameters()) + list(fast.model.buffers()))
+    say(f"{k}: memory MB floor {floor / 1e6:.0f}; allocated beyond our params and buffers (KV cache included; counts any transformers "
+        f"model) {extra / 1e6:.1f}")
     peaks = {}
     for name, n in (("prefill", 1), ("run", w.new_tokens)):
         wl = Workload(w.batch, w.prompt_len, n, w.cache)
@@ -129,13 +136,51 @@ def memory_report(say, k, cfg, dtype, w, fast, variant):
         ids = wl.prompt()
         run(ids)
         torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         run(ids)
         torch.cuda.synchronize()
-        peaks[name] = torch.cuda.max_memory_allocated()
+        peaks[name] = torch.cuda.max_memory_allocated() - base
+    say(f"{k}: peak above resident: prefill-only run +{peaks['prefill'] / 1e6:.1f} MB, whole run "
+        f"+{peaks['run'] / 1e6:.1f} MB")
+    before = torch.cuda.memory_allocated()
+    torch._C._cuda_clearCublasWorkspaces()
+    say(f"{k}: cuBLAS workspaces held {(before - torch.cuda.memory_allocated()) / 1e6:.1f} MB")
+    # allocator trace of a fresh configure (graphs dropped) + warm-up + timed-like run
+    fast.configure(options=variant.options, compile=variant.compile, prefill_chunk=variant.prefill_chunk)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.memory._record_memory_history(max_entries=200000, stacks="python")
+    run = fast_runner(fast, variant, w)
+    ids = w.prompt()
+    run(ids)
+    run(ids)
+    torch.cuda.synchronize()
+    snap = torch.cuda.memory._snapshot()
+    torch.cuda.memory._record_memory_history(enabled=None)
+    live, total, best, at_best = {}, 0, 0, {}
+    for ev in snap["device_traces"][torch.cuda.current_device()]:
+        a = ev["action"]
+        if a == "alloc":
+            live[ev["addr"]] = ev
+            total += ev["size"]
+            if total > best:
+                best, at_best = total, dict(live)
+        elif a in ("free_requested", "free_completed") and ev["addr"] in live:
+            total -= live.pop(ev["addr"])["size"]
+    groups = {}
+    for ev in at_best.values():
+        frames = ev.get("frames", [])
+        ours = [f for f in frames if "llama_fast" in f["filename"] or "scripts" in f["filename"]]
+        top = frames[0] if frames else {"filename": "?", "line": 0, "name": "?"}
+        key = (f"{top['filename'].split('site-packages/')[-1]}:{top['line']} {top['name']}"
+               + (f" <- {ours[0]['filename'].split('/')[-1]}:{ours[0]['line']} {ours[0]['name']}" if ours else ""))
+        groups[key] = groups.get(key, 0) + ev["size"]
+    say(f"{k}: allocator trace: peak of blocks allocated during a fresh warm-up + run {best / 1e6:.1f} MB; "
+        f"alive at that peak:")
+    for key, size in sorted(groups.items(), key=lambda kv: -kv[1])[:15]:
+        say(f"    {size / 1e6:8.2f} MB  {key}")
     fast_runner(fast, variant, w)
-    say(f"{k}: memory MB floor {floor / 1e6:.0f}, resident {resident / 1e6:.0f} (+{(resident - floor) / 1e6:.1f}), "
-        f"peak prefill +{(peaks['prefill'] - floor) / 1e6:.1f}, peak run +{(peaks['run'] - floor) / 1e6:.1f}")
 
 
 def recompile_report(say, k, fast, variant, w, prompts):
