@@ -47,7 +47,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, N, K, stride_wn, eps
             k = k0 + rk
             xv = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
             ss += xv * xv
-        rstd = 1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)
+        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)  # eps may arrive as fp64
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
@@ -126,7 +126,8 @@ def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_p
     h = bh % H
     hk = h // G
     rd = tl.arange(0, D)
-    q = tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the loop in fp32
+    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
     m = tl.full((), float("-inf"), tl.float32)
     l = tl.zeros((), dtype=tl.float32)
     acc = tl.zeros((D,), dtype=tl.float32)
