@@ -1,0 +1,81 @@
+"""Device probe: where a decode step's time goes. For each variant: one generate of N new tokens under
+torch.profiler (CUDA activity; kernels inside the captured decode graph are traced individually), then the
+kernels' device time per decode step by kernel name, their sum, and the step's wall time.
+
+  python scripts/profile_decode.py --variants gemv,fused --log $OUT/profile.log
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from llama_fast.generate import LlamaFast
+from llama_fast.harness import VARIANTS, Workload, fast_runner
+from llama_fast.loading import load_weights, parse_dtype
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="random:llama-7b")
+    ap.add_argument("--variants", default="gemv,fused")
+    ap.add_argument("--new", type=int, default=65)
+    ap.add_argument("--top", type=int, default=18)
+    ap.add_argument("--log", default=None)
+    args = ap.parse_args(argv)
+    log = open(args.log, "a") if args.log else None
+
+    def say(msg):
+        print(msg, flush=True)
+        if log:
+            log.write(msg + "\n")
+            log.flush()
+
+    dev = torch.device("cuda")
+    cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"))
+    fast = LlamaFast(model, tok, args.model)
+    for k in args.variants.split(","):
+        w = Workload(1, 1000, args.new, 1200)
+        run = fast_runner(fast, VARIANTS[k], w)
+        ids = w.prompt()
+        run(ids)
+        run(ids)
+        w1 = Workload(1, 1000, 1, 1200)
+        run1 = fast_runner(fast, VARIANTS[k], w1)
+        run1(ids)
+        t = []
+        for r in (run1, run, run1, run):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            r(ids)
+            torch.cuda.synchronize()
+            t.append(time.perf_counter() - t0)
+        step_ms = 1e3 * (min(t[1], t[3]) - min(t[0], t[2])) / (args.new - 1)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run(ids)
+            torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof1:
+            run1(ids)
+            torch.cuda.synchronize()
+        pre = {e.key: e.device_time_total for e in prof1.key_averages()}
+        rows, total = [], 0.0
+        for e in prof.key_averages():
+            if e.device_time_total <= 0:
+                continue
+            us = (e.device_time_total - pre.get(e.key, 0.0)) / (args.new - 1)  # decode steps only
+            if us <= 0:
+                continue
+            rows.append((us, e.count, e.key))
+            total += us
+        say(f"## {k}: wall {step_ms:.3f} ms/step; kernel time {total / 1e3:.3f} ms/step (sum over kernels, "
+            f"prefill subtracted); gap {step_ms - total / 1e3:.3f} ms/step")
+        for us, n, name in sorted(rows, reverse=True)[:args.top]:
+            say(f"  {us:8.1f} us/step  x{n / args.new:6.1f}/step  {name[:110]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
