@@ -35,7 +35,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     """(prefill_fn, decode_fn) for a compile mode; sets or clears model.compiled_block."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
-    model.compiled_block = None
+    model.compiled_block = model.compiled_fused_block = None
     if mode == "no":
         return prefill, decode
     configure_inductor()
@@ -45,9 +45,10 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
         return torch.compile(prefill, dynamic=True), torch.compile(decode, dynamic=True)
     # fullgraph: regional compilation, one fullgraph compile of a block serves all layers (and is cheap to
     # build: the cold warm-up stays short), and on CUDA a hand-captured graph over the whole decode step.
-    from .model import run_layer
+    from .model import run_fused_layer, run_layer
 
     model.compiled_block = torch.compile(run_layer, fullgraph=True, dynamic=False)
+    model.compiled_fused_block = torch.compile(run_fused_layer, fullgraph=True, dynamic=False)
     if model.output.weight.device.type == "cuda":
         decode = GraphedDecode(decode)
     return prefill, decode

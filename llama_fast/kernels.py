@@ -23,17 +23,23 @@ def _configs():
 
 # ----------------------------------------------------------------------------------------------- fused
 # One GEMV kernel with an optional fused prologue / epilogue (constexpr switches: the plain GEMV compiles
-# to the bare loop). The decode block as four kernels around attention: rmsnorm->GEMV (wqkv),
-# GEMV->+residual (wo), rmsnorm->GEMV (w13), silu*mul->GEMV->+residual (w2). Each rounds where
-# transformers' fp16 code rounds (normed x, silu, the product, the projection before the residual add),
-# so only the GEMV's summation order differs from the unfused path.
-PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_SILU_MUL = 0, 1, 2
+# to the bare loop). The batch-1 decode block is four of them around attention:
+#   wqkv: RMSNorm prologue          wo: residual epilogue + sum-of-squares partials of its output
+#   w13:  RMSNorm prologue + SwiGLU epilogue (gate row n and up row n in one program)
+#   w2:   residual epilogue + sum-of-squares partials
+# The RMSNorm statistics come from the partials the previous kernel wrote (one fp32 per SS_GROUP output
+# rows), so no program re-reads a whole row to normalize it, and nothing needs zeroing or atomics.
+# Each step rounds where transformers' fp16 code rounds (normed x, gate, up, silu, the product, the
+# projection before the residual add), so only the GEMV's summation order differs from the unfused path.
+PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
+EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU = 0, 1, 2
+SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
 
 
-@triton.autotune(configs=_configs(), key=["N", "K", "PROLOGUE", "HAS_RES"])
+@triton.autotune(configs=_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
 @triton.jit
-def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, N, K, stride_wn, eps,
-                       PROLOGUE: tl.constexpr, HAS_RES: tl.constexpr,
+def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
+                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -41,85 +47,104 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, N, K, stride_wn, eps
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
     rstd = 1.0
-    if PROLOGUE == 1:  # RMSNorm statistics over the whole row (K elements; cheap, from L2)
-        ss = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            k = k0 + rk
-            xv = tl.load(x_ptr + k, mask=k < K, other=0.0).to(tl.float32)
-            ss += xv * xv
-        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)  # eps may arrive as fp64
+    if PROLOGUE == 1:  # RMSNorm statistics: the NSS sum-of-squares partials of x (fp32), from L2
+        rp = tl.arange(0, 128)
+        ss = tl.zeros((128,), dtype=tl.float32)
+        for p0 in range(0, NSS, 128):
+            ss += tl.load(ss_in_ptr + p0 + rp, mask=p0 + rp < NSS, other=0.0)
+        # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
+        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    if EPILOGUE == 2:
+        acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + rk
         k_mask = k < K
-        w = tl.load(w_ptr + rn[:, None] * stride_wn + k[None, :], mask=n_mask[:, None] & k_mask[None, :],
-                    other=0.0, eviction_policy="evict_first")
+        w_off = rn[:, None] * stride_wn + k[None, :]
+        wm = n_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+        if EPILOGUE == 2:  # the up rows follow the N gate rows
+            w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+        xv = tl.load(x_ptr + k, mask=k_mask, other=0.0)
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
-            xv = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
             g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-            xv = (g * (xv * rstd).to(dt)).to(tl.float32)
-        elif PROLOGUE == 2:  # silu(gate) * up over x = [gate | up] (2K elements)
-            gate = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-            up = tl.load(x_ptr + K + k, mask=k_mask, other=0.0)
-            act = (gate / (1.0 + tl.exp(-gate))).to(dt)
-            xv = (act * up).to(tl.float32)
-        else:
-            xv = tl.load(x_ptr + k, mask=k_mask, other=0.0).to(tl.float32)
-        acc += w.to(tl.float32) * xv[None, :]
+            xv = g * (xv.to(tl.float32) * rstd).to(dt)
+        xf = xv.to(tl.float32)
+        acc += w.to(tl.float32) * xf[None, :]
+        if EPILOGUE == 2:
+            acc_up += w_up.to(tl.float32) * xf[None, :]
     y = tl.sum(acc, axis=1).to(dt)
-    if HAS_RES:
+    if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+        yf = y.to(tl.float32)
+        part = tl.sum(tl.reshape(yf * yf, (BLOCK_N // 8, 8)), axis=1)  # 8 == SS_GROUP
+        rg = pid * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+        tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
+    if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
+        gate = y.to(tl.float32)
+        up = tl.sum(acc_up, axis=1).to(dt)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dt)
+        y = act * up
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-def _launch_fused(x, w, g, res, eps: float, prologue: int, k: int) -> torch.Tensor:
-    N = w.shape[0]
-    y = torch.empty((1, N), device=x.device, dtype=x.dtype)
+def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int):
+    """y (1, n) [, sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them]."""
+    K = x.shape[1]
+    y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    ss_out = torch.empty((triton.cdiv(n, SS_GROUP),) if epilogue == EPILOGUE_RESIDUAL_SS else (1,),
+                         device=x.device, dtype=torch.float32)
 
     def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_N"]),)
+        return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, N, k, w.stride(0), eps,
-                                          PROLOGUE=prologue, HAS_RES=res is not x)
-    return y
+    wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
+                                          PROLOGUE=prologue, EPILOGUE=epilogue)
+    return y, ss_out
+
+
+def ss_partials(x: torch.Tensor) -> torch.Tensor:
+    """Sum-of-squares partials of a (1, K) row in the kernels' format (torch; for the first block's input)."""
+    return x.float().pow(2).view(-1, SS_GROUP).sum(-1)
 
 
 @triton_op("llama_fast::gemv", mutates_args=())
 def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """W @ x: x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype."""
-    return _launch_fused(x, w, x, x, 0.0, PROLOGUE_NONE, x.shape[1])
+    return _launch_fused(x, w, x, x, x, 0.0, PROLOGUE_NONE, EPILOGUE_NONE, w.shape[0])[0]
 
 
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
-def gemv_rmsnorm(x: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """W @ rmsnorm(x) * g: x (1, K), g (K,), w (N, K) -> (1, N)."""
-    return _launch_fused(x, w, g, x, eps, PROLOGUE_RMSNORM, x.shape[1])
+def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N)."""
+    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0])[0]
 
 
-@triton_op("llama_fast::gemv_residual", mutates_args=())
-def gemv_residual(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-    """res + W @ x: x (1, K), w (N, K), res (1, N) -> (1, N)."""
-    return _launch_fused(x, w, x, res, 0.0, PROLOGUE_NONE, x.shape[1])
+@triton_op("llama_fast::gemv_residual_ss", mutates_args=())
+def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0])
 
 
-@triton_op("llama_fast::gemv_silu_mul_residual", mutates_args=())
-def gemv_silu_mul_residual(gate_up: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-    """res + W @ (silu(gate) * up): gate_up (1, 2K) = [gate | up], w (N, K), res (1, N) -> (1, N)."""
-    return _launch_fused(gate_up, w, gate_up, res, 0.0, PROLOGUE_SILU_MUL, gate_up.shape[1] // 2)
+@triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
+def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
+                        eps: float) -> torch.Tensor:
+    """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
+    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2)[0]
 
 
 # ----------------------------------------------------------------------------------------------- attention
 # Split-K decode attention over the static cache: one program per (batch*head, chunk of the cache), each
-# keeping an online softmax over its chunk; a second kernel combines the chunks. Masked-out slots are never
+# a softmax over its one tile of the cache; a second kernel combines the chunks. Masked-out slots are never
 # loaded (masked loads), so only the attended prefix of the cache is read.
-ATTN_CHUNK = 128
+ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 
 
 @triton.jit
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
-                              D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr):
+                              D: tl.constexpr, CHUNK: tl.constexpr):
     bh = tl.program_id(0)
     j = tl.program_id(1)
     b = bh // H
@@ -128,23 +153,17 @@ def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_p
     rd = tl.arange(0, D)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the loop in fp32
     q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
-    m = tl.full((), float("-inf"), tl.float32)
-    l = tl.zeros((), dtype=tl.float32)
-    acc = tl.zeros((D,), dtype=tl.float32)
-    for s0 in range(j * CHUNK, j * CHUNK + CHUNK, BLOCK_S):
-        rs = s0 + tl.arange(0, BLOCK_S)
-        ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0
-        kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
-        k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0).to(tl.float32)
-        scores = tl.where(ok, tl.sum(k * q[None, :], axis=1), float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=0))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m - m_safe)
-        p = tl.exp(scores - m_safe)
-        v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l = l * alpha + tl.sum(p, axis=0)
-        m = m_new
+    rs = j * CHUNK + tl.arange(0, CHUNK)
+    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0
+    kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
+    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
+    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
+    scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m = tl.max(scores, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp(scores - m_safe)
+    l = tl.sum(p, axis=0)
+    acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
     out = bh * NSPLIT + j
     tl.store(m_ptr + out, m)
     tl.store(l_ptr + out, l)
@@ -179,7 +198,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
     wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, BLOCK_S=32)
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK)
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit))
     return o

@@ -27,6 +27,7 @@ class ForwardOptions:
     rope_cat: bool = False  # rotate_half with torch.cat (seed) instead of a flip over a (2, D/2) view
     triton_gemv: bool = False  # batch-1 decode projections through llama_fast.kernels.gemv on CUDA
     fused_decode: bool = False  # batch-1 decode blocks as 4 fused Triton GEMVs around attention, on CUDA
+    #                             (RMSNorm prologues, residual / SwiGLU epilogues; no bias terms)
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
 
 
@@ -139,32 +140,35 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
-        # the fused decode kernels have no bias inputs
-        self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
-        if opts.fused_decode and self.fusable and x.shape[0] * x.shape[1] == 1 and triton_kernels_apply(x):
-            return self._fused_decode(x, rope, mask, input_pos, start, opts)
         h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts)
         return h + self.feed_forward(self.ffn_norm(h), opts)
 
-    def _fused_decode(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
-        """One token (x (1, 1, dim)): rmsnorm+wqkv, attention, wo+residual, rmsnorm+w13, silu*mul+w2+residual."""
-        from .kernels import gemv_residual, gemv_rmsnorm, gemv_silu_mul_residual
+    def fused_decode(self, x, ss, rope, mask, input_pos, start, opts: ForwardOptions):
+        """One token, x (1, 1, dim) with ss its sum-of-squares partials: rmsnorm+wqkv, attention,
+        wo+residual (+partials), rmsnorm+w13+SwiGLU, w2+residual (+partials) -> (x, ss) for the next block."""
+        from .kernels import gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         x2 = x.view(1, -1)
-        qkv = gemv_rmsnorm(x2, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
+        qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
         q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
-        h = gemv_residual(y.reshape(1, -1), a.wo.weight, x2)
-        gate_up = gemv_rmsnorm(h, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps)
-        return gemv_silu_mul_residual(gate_up, f.w2.weight, h).view(1, 1, -1)
+        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2)
+        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps)
+        out, ss = gemv_residual_ss(act, f.w2.weight, h)
+        return out.view(1, 1, -1), ss
 
 
 def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
     """One block; compile.py compiles this function once and reuses it for every layer."""
     return layer(x, rope, mask, input_pos, start, opts)
+
+
+def run_fused_layer(layer: Block, x, ss, rope, mask, input_pos, start, opts: ForwardOptions):
+    """One block of the fused batch-1 decode step (compiled once like run_layer)."""
+    return layer.fused_decode(x, ss, rope, mask, input_pos, start, opts)
 
 
 class Transformer(nn.Module):
@@ -183,6 +187,9 @@ class Transformer(nn.Module):
         self.cache_version = 0  # bumped on every reallocation (captured CUDA graphs key on it)
         # regional compilation: one compiled function serves all (identical) blocks; None = eager
         self.compiled_block: Callable | None = None
+        self.compiled_fused_block: Callable | None = None  # the same for run_fused_layer
+        # the fused decode kernels have no bias inputs
+        self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -247,13 +254,21 @@ class Transformer(nn.Module):
         rope = (self.rope_cos[pos][:, None], sin_table[pos][:, None])  # each (B, 1, T, D)
         mask = self._mask(input_pos, start, T)
         x = self.tok_embeddings(idx)
+        if opts.fused_decode and self.fusable and B * T == 1 and triton_kernels_apply(x):
+            return self._fused_decode(x, rope, mask, input_pos, start, opts)
         run_block = self.compiled_block or run_layer
         for layer in self.layers:
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
-        if opts.fused_decode and x.shape[0] * x.shape[1] == 1 and triton_kernels_apply(x):
-            from .kernels import gemv_rmsnorm
-
-            return gemv_rmsnorm(x.view(1, -1), self.norm.weight, self.output.weight, self.norm.eps).view(1, 1, -1)
         return linear(self.norm(x), self.output, opts)
+
+    def _fused_decode(self, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
+        """The batch-1 decode step as fused GEMVs; each block hands the next its output's RMSNorm partials."""
+        from .kernels import gemv_rmsnorm, ss_partials
+
+        ss = ss_partials(x.view(1, -1))
+        run_block = self.compiled_fused_block or run_fused_layer
+        for layer in self.layers:
+            x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
+        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, self.output.weight, self.norm.eps).view(1, 1, -1)

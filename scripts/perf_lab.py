@@ -6,6 +6,7 @@ Prints a table (tok/s, % roofline, peak MB, warm-up s, hash, teacher-forced chec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -54,6 +55,11 @@ def main(argv=None):
         f"prompt {w.prompt_len} new {w.new_tokens} cache {w.cache}")
     say(f"# ceilings: matmul {ceil.matmul_flops / 1e12:.0f} TFLOP/s, copy {ceil.copy_bytes / 1e12:.2f} TB/s")
     keys = args.variants.split(",")
+    for key in keys:  # lab-only variants: base+flag[+flag...] switches ForwardOptions flags on
+        if "+" in key:
+            base, *flags = key.split("+")
+            opts = dataclasses.replace(VARIANTS[base].options, **{f: True for f in flags})
+            VARIANTS[key] = dataclasses.replace(VARIANTS[base], key=key, options=opts)
     rows, outputs = [], {}
     hf_keys = [k for k in keys if VARIANTS[k].is_transformers]
     ours = [k for k in keys if not VARIANTS[k].is_transformers]
@@ -78,7 +84,6 @@ def main(argv=None):
     fast = LlamaFast(model, tok, args.model)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
     say(f"# roofline {roof:.1f} tok/s")
-    import dataclasses
     if args.chunk:
         for k in ours:
             VARIANTS[k] = dataclasses.replace(VARIANTS[k], prefill_chunk=args.chunk)

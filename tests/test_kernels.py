@@ -24,16 +24,13 @@ dt = getattr(torch, sys.argv[1])
 tol = 1e-6 if dt == torch.float32 else 2e-3
 
 
-def fused(x, w, g, res, eps, prologue, K):
-    N = w.shape[0]
+def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
+    K = x.shape[1]
     y = torch.empty(1, N, dtype=x.dtype)
-    kn._gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, N, K, w.stride(0), eps, PROLOGUE=prologue,
-                                                     HAS_RES=res is not x, BLOCK_N=16, BLOCK_K=256)
-    return y
-
-
-def plain(x, w):
-    return fused(x, w, x, x, 0.0, kn.PROLOGUE_NONE, w.shape[1])
+    ss_out = torch.full((triton.cdiv(N, kn.SS_GROUP),), float("nan"))
+    kn._gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, N, K, ss.numel(), w.stride(0), eps,
+                                                     PROLOGUE=prologue, EPILOGUE=epilogue, BLOCK_N=16, BLOCK_K=256)
+    return y, ss_out
 
 
 def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
@@ -49,20 +46,25 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
     x = torch.randn(1, K).to(dt)
     g = (1 + 0.1 * torch.randn(K)).to(dt)
     w = (0.05 * torch.randn(N, K)).to(dt)
+    w13 = (0.05 * torch.randn(2 * N, K)).to(dt)
     res = torch.randn(1, N).to(dt)
-    gu = torch.randn(1, 2 * K).to(dt)
+    ss = x.float().pow(2).view(-1, 4 if K % 8 else 8).sum(-1)  # any grouping: only the sum matters
+    NONE, RMS, RES, SWI = kn.PROLOGUE_NONE, kn.PROLOGUE_RMSNORM, kn.EPILOGUE_RESIDUAL_SS, kn.EPILOGUE_SWIGLU
+    y_res, ss_res = fused(x, w, x, res, x, 0.0, NONE, RES, N)
+    ref_res = (res.float() + (x.float() @ w.float().T).to(dt).float()).to(dt)
+    gate, up = (rmsnorm(x, g, 1e-5).float() @ w13.float().T).to(dt).chunk(2, dim=-1)
     checks = {
-        "gemv": (plain(x, w), x.float() @ w.float().T),
-        "rmsnorm": (fused(x, w, g, x, 1e-5, kn.PROLOGUE_RMSNORM, K), rmsnorm(x, g, 1e-5).float() @ w.float().T),
-        "residual": (fused(x, w, x, res, 0.0, kn.PROLOGUE_NONE, K),
-                     res.float() + (x.float() @ w.float().T).to(dt).float()),
-        "silu_mul": (fused(gu, w, gu, res, 0.0, kn.PROLOGUE_SILU_MUL, K),
-                     res.float() + ((F.silu(gu[:, :K]) * gu[:, K:]).float() @ w.float().T).to(dt).float()),
+        "gemv": (fused(x, w, x, x, x, 0.0, NONE, kn.EPILOGUE_NONE, N)[0], x.float() @ w.float().T),
+        "rmsnorm": (fused(x, w, g, x, ss, 1e-5, RMS, kn.EPILOGUE_NONE, N)[0], rmsnorm(x, g, 1e-5).float() @ w.float().T),
+        "residual": (y_res, ref_res.float()),
+        "ss_partials": (ss_res, F.pad(ref_res.float().pow(2), (0, 8 * ss_res.numel() - N)).view(-1, 8).sum(-1)),
+        "swiglu": (fused(x, w13, g, x, ss, 1e-5, RMS, SWI, N)[0], (F.silu(gate.float()).to(dt) * up).float()),
     }
     for name, (y, ref) in checks.items():
         err = rel(y, ref)
         assert err < tol, (name, N, K, err)
         print(name, N, K, f"{err:.1e}")
+    assert torch.allclose(kn.ss_partials(x).sum(), x.float().pow(2).sum()) if K % 8 == 0 else True
 for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 32, 130, [0, 17]),
                                   (1, 2, 1, 64, 16, 0, [0])]:  # MHA over 3 chunks; GQA + left pad; one key
     q, k, v = torch.randn(B, H, 1, D).to(dt), torch.randn(B, Hkv, S, D).to(dt), torch.randn(B, Hkv, S, D).to(dt)
@@ -73,7 +75,7 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
     o = torch.empty(B, H, 1, D, dtype=dt)
     kn._decode_attn_split_kernel[(B * H, nsplit)](q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0),
                                                   q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-                                                  mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK, BLOCK_S=32)
+                                                  mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK)
     kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=D, SPLITS=triton.next_power_of_2(nsplit))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, None, None, :],
                                          enable_gqa=H != Hkv)

@@ -217,8 +217,10 @@ def test_apply_rope_flip_equals_cat():
 
 # ------------------------------------------------------------------------------------------- fused decode wiring
 def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
-    """The fused decode path (RMSNorm/SiLU*mul/residual inside the GEMVs) wired through the model, with the
-    Triton kernels replaced by torch references (the kernels themselves: tests/test_kernels.py)."""
+    """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues)
+    wired through the model, with the Triton kernels replaced by torch references (the kernels themselves:
+    tests/test_kernels.py). The fake partials use a different grouping than the real kernels: the consumer
+    must only depend on their sum."""
     import sys
     import types
 
@@ -228,29 +230,36 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
     from llama_fast import model as model_module
     from llama_fast.model import ForwardOptions
 
-    def rmsnorm(x, g, eps):
-        xf = x.float()
-        return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    def rmsnorm_from(x, ss, g, eps):
+        rstd = torch.rsqrt(ss.sum() / x.shape[-1] + eps)
+        return g * (x.float() * rstd).to(x.dtype)
 
+    def partials(y):
+        return y.float().pow(2).view(-1, 4).sum(-1)
+
+    calls = []
     fake = types.ModuleType("llama_fast.kernels")
     fake.GEMV_MAX_ROWS = 1
     fake.gemv = lambda x, w: x @ w.T
-    fake.gemv_rmsnorm = lambda x, g, w, eps: rmsnorm(x, g, eps) @ w.T
-    fake.gemv_residual = lambda x, w, res: res + x @ w.T
-    calls = []
+    fake.ss_partials = partials
+    fake.gemv_rmsnorm = lambda x, ss, g, w, eps: rmsnorm_from(x, ss, g, eps) @ w.T
 
-    def silu_mul_residual(gate_up, w, res):
-        calls.append(gate_up.shape)
-        k = gate_up.shape[1] // 2
-        return res + (F.silu(gate_up[:, :k]) * gate_up[:, k:]) @ w.T
+    def residual_ss(x, w, res):
+        y = res + x @ w.T
+        return y, partials(y)
 
-    fake.gemv_silu_mul_residual = silu_mul_residual
+    def swiglu(x, ss, g, w13, eps):
+        calls.append("swiglu")
+        gate, up = (rmsnorm_from(x, ss, g, eps) @ w13.T).chunk(2, dim=-1)
+        return F.silu(gate) * up
 
     def decode_attention(q, k, v, mask, scale):
         calls.append("attention")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
+    fake.gemv_residual_ss = residual_ss
+    fake.gemv_rmsnorm_swiglu = swiglu
     fake.decode_attention = decode_attention
     monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
     monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
@@ -263,5 +272,10 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
     fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True))
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     # every decode step of every layer took the fused MLP kernel and the decode attention kernel
-    assert calls.count("attention") == 7 * cfg.n_layers and len(calls) == 2 * 7 * cfg.n_layers
+    assert calls.count("attention") == 7 * cfg.n_layers and calls.count("swiglu") == 7 * cfg.n_layers
     assert torch.equal(fused, plain)
+    # the same wiring under the regional compile (what the fullgraph mode runs)
+    calls.clear()
+    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
+                   compile="fullgraph")
+    assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8), plain)
