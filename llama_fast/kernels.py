@@ -31,27 +31,29 @@ def _configs():
 # rows), so no program re-reads a whole row to normalize it, and nothing needs zeroing or atomics.
 # Each step rounds where transformers' fp16 code rounds (normed x, gate, up, silu, the product, the
 # projection before the residual add), so only the GEMV's summation order differs from the unfused path.
-PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
+PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_RMSNORM_LATE = 0, 1, 2
 EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU = 0, 1, 2
 SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
+# PROLOGUE_RMSNORM rounds the normalized activations exactly as transformers does but must wait for the
+# statistics before streaming; PROLOGUE_RMSNORM_LATE multiplies by the scalar 1/rms after the dot product
+# (same math, fp16 rounding of the normalized activations skipped). scripts/fused_bench.py compares them.
+RMSNORM_MODE = PROLOGUE_RMSNORM
 
 
 @triton.autotune(configs=_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
-                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr,
+                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
-    rstd = 1.0
-    if PROLOGUE == 1:  # RMSNorm statistics: the NSS sum-of-squares partials of x (fp32), from L2
-        rp = tl.arange(0, 128)
-        ss = tl.zeros((128,), dtype=tl.float32)
-        for p0 in range(0, NSS, 128):
-            ss += tl.load(ss_in_ptr + p0 + rp, mask=p0 + rp < NSS, other=0.0)
+    if PROLOGUE != 0:  # RMSNorm statistics: the NSS sum-of-squares partials of x (fp32, from L2), one load
+        rp = tl.arange(0, NSS_BLOCK)
+        ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
+    if PROLOGUE == 1:  # the scale is needed before the first product: wait for it here
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
@@ -69,11 +71,18 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
             g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
             xv = g * (xv.to(tl.float32) * rstd).to(dt)
+        if PROLOGUE == 2:  # g * x now, the scalar rstd after the sum: the weights stream from the start
+            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+            xv = g.to(tl.float32) * xv.to(tl.float32)
         xf = xv.to(tl.float32)
         acc += w.to(tl.float32) * xf[None, :]
         if EPILOGUE == 2:
             acc_up += w_up.to(tl.float32) * xf[None, :]
-    y = tl.sum(acc, axis=1).to(dt)
+    y32 = tl.sum(acc, axis=1)
+    if PROLOGUE == 2:
+        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+        y32 = y32 * rstd
+    y = y32.to(dt)
     if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
@@ -83,7 +92,10 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
     if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
         gate = y.to(tl.float32)
-        up = tl.sum(acc_up, axis=1).to(dt)
+        up32 = tl.sum(acc_up, axis=1)
+        if PROLOGUE == 2:
+            up32 = up32 * rstd
+        up = up32.to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
     tl.store(y_ptr + rn, y, mask=n_mask)
@@ -100,7 +112,8 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
     wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
-                                          PROLOGUE=prologue, EPILOGUE=epilogue)
+                                          PROLOGUE=prologue, EPILOGUE=epilogue,
+                                          NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1)
     return y, ss_out
 
 
@@ -118,7 +131,7 @@ def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
 def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N)."""
-    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0])[0]
+    return _launch_fused(x, w, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_NONE, w.shape[0])[0]
 
 
 @triton_op("llama_fast::gemv_residual_ss", mutates_args=())
@@ -131,7 +144,7 @@ def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> tup
 def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
                         eps: float) -> torch.Tensor:
     """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
-    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2)[0]
+    return _launch_fused(x, w13, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_SWIGLU, w13.shape[0] // 2)[0]
 
 
 # ----------------------------------------------------------------------------------------------- attention

@@ -29,7 +29,9 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     y = torch.empty(1, N, dtype=x.dtype)
     ss_out = torch.full((triton.cdiv(N, kn.SS_GROUP),), float("nan"))
     kn._gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, N, K, ss.numel(), w.stride(0), eps,
-                                                     PROLOGUE=prologue, EPILOGUE=epilogue, BLOCK_N=16, BLOCK_K=256)
+                                                     PROLOGUE=prologue, EPILOGUE=epilogue,
+                                                     NSS_BLOCK=triton.next_power_of_2(ss.numel()),
+                                                     BLOCK_N=16, BLOCK_K=256)
     return y, ss_out
 
 
@@ -49,7 +51,8 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
     w13 = (0.05 * torch.randn(2 * N, K)).to(dt)
     res = torch.randn(1, N).to(dt)
     ss = x.float().pow(2).view(-1, 4 if K % 8 else 8).sum(-1)  # any grouping: only the sum matters
-    NONE, RMS, RES, SWI = kn.PROLOGUE_NONE, kn.PROLOGUE_RMSNORM, kn.EPILOGUE_RESIDUAL_SS, kn.EPILOGUE_SWIGLU
+    NONE, RES, SWI = kn.PROLOGUE_NONE, kn.EPILOGUE_RESIDUAL_SS, kn.EPILOGUE_SWIGLU
+    RMS, LATE = kn.PROLOGUE_RMSNORM, kn.PROLOGUE_RMSNORM_LATE
     y_res, ss_res = fused(x, w, x, res, x, 0.0, NONE, RES, N)
     ref_res = (res.float() + (x.float() @ w.float().T).to(dt).float()).to(dt)
     gate, up = (rmsnorm(x, g, 1e-5).float() @ w13.float().T).to(dt).chunk(2, dim=-1)
@@ -59,6 +62,9 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
         "residual": (y_res, ref_res.float()),
         "ss_partials": (ss_res, F.pad(ref_res.float().pow(2), (0, 8 * ss_res.numel() - N)).view(-1, 8).sum(-1)),
         "swiglu": (fused(x, w13, g, x, ss, 1e-5, RMS, SWI, N)[0], (F.silu(gate.float()).to(dt) * up).float()),
+        "rmsnorm_late": (fused(x, w, g, x, ss, 1e-5, LATE, kn.EPILOGUE_NONE, N)[0],
+                         rmsnorm(x, g, 1e-5).float() @ w.float().T),
+        "swiglu_late": (fused(x, w13, g, x, ss, 1e-5, LATE, SWI, N)[0], (F.silu(gate.float()).to(dt) * up).float()),
     }
     for name, (y, ref) in checks.items():
         err = rel(y, ref)
