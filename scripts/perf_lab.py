@@ -38,7 +38,13 @@ def main(argv=None):
     ap.add_argument("--recompile", default="",
                     help="comma-separated prompt lengths run after the timed runs at the same cache length: "
                          "prints compiled graphs added and each first call's time (no recompile expected)")
+    ap.add_argument("--rmsnorm-late", action="store_true",
+                    help="fused RMSNorm GEMVs apply 1/rms after the dot product (kernels.PROLOGUE_RMSNORM_LATE)")
     args = ap.parse_args(argv)
+    if args.rmsnorm_late:
+        from llama_fast import kernels
+
+        kernels.RMSNORM_MODE = kernels.PROLOGUE_RMSNORM_LATE
     log = open(args.log, "a") if args.log else None
 
     def say(msg):
