@@ -53,7 +53,8 @@ CPU_WORKLOAD = Workload(batch=1, prompt_len=32, new_tokens=16)
 
 # The default (fast) set: the key rows of the ablation table on the seed workload, then the fastest path
 # over a few batch sizes and prompt lengths. Prompt lengths stay within llama-7b's 2048 positions.
-KEY_VARIANTS = ["hf", "hf-static", "tensor-pos-static", FASTEST]
+# transformers both ways, the cuBLAS CUDA-graph path (what batches > 1 run) and the fastest path
+KEY_VARIANTS = ["hf", "hf-static", "graphs", FASTEST]
 GPU_EXTRA = [Workload(4, 1000, 200), Workload(16, 1000, 200), Workload(1, 200, 200), Workload(1, 1600, 200)]
 CPU_EXTRA = [Workload(4, 32, 16), Workload(16, 32, 16), Workload(1, 8, 16), Workload(1, 128, 16)]
 

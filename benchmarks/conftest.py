@@ -75,6 +75,9 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not _is_bench_run(config):
         return
+    from llama_fast.api import limit_cublas_workspace
+
+    limit_cublas_workspace()  # the memory budgets assume it; set before any case touches cuBLAS
     device = config.getoption("bench_device")
     st = config.stash
     st[KEY_DEVICE] = device

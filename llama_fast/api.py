@@ -2,12 +2,25 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import torch
 
 from .generate import LlamaFast
 from .loading import load_weights, parse_dtype
 from .model import ForwardOptions
+
+
+# cuBLAS keeps one workspace per handle and stream, 32 MiB by default on Hopper. Prefill GEMMs of
+# Llama-7B do not need it: 8 MiB kept the peak at the seed workload 25 MB lower at no measured prefill cost
+# (docs/PERF.md). Read once, at the process's first cuBLAS workspace allocation.
+CUBLAS_WORKSPACE_CONFIG = ":4096:2"
+
+
+def limit_cublas_workspace() -> str:
+    """Set CUBLAS_WORKSPACE_CONFIG to 8 MiB unless the user set it; call before the first CUDA matmul (the CLI
+    and the benchmark suite do). Returns the value in force."""
+    return os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
 
 
 class DeviceError(ValueError):

@@ -596,6 +596,9 @@ def sweep_chart(session: Session) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `llama-fast` and run_llama.py. 0 = done (OOM points included), 2 = bad arguments;
     any other error propagates (traceback, exit 1)."""
+    from .api import limit_cublas_workspace
+
+    limit_cublas_workspace()  # before anything touches cuBLAS
     parser = build_parser()
     args = parser.parse_args(argv)
     plan = validate(parser, args)

@@ -61,13 +61,13 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
             "(fullgraph)", _FAST, compile="fullgraph", prefill_chunk=512),
     Variant("gemv", "+ Triton GEMV for the decode projections", ForwardOptions(triton_gemv=True),
             compile="fullgraph", prefill_chunk=512),
-    # not yet measured on a GPU (docs/PERF.md): not in ABLATION, not FASTEST, until it is
-    Variant("fused", "+ RMSNorm, SiLU*mul and residual adds fused into the decode GEMVs, split-K decode "
+    Variant("fused", "+ RMSNorm, SwiGLU and residual adds fused into the decode GEMVs, split-K decode "
             "attention", ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
             compile="fullgraph", prefill_chunk=512),
 ]}
-ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv"]
-FASTEST = "gemv"
+ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
+            "fused"]
+FASTEST = "fused"  # +4 % over "gemv" in one H200 run (docs/PERF.md, row 12)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

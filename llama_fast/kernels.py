@@ -154,6 +154,8 @@ def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13:
 ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 
 
+# 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search
+@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
 @triton.jit
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,

@@ -41,6 +41,9 @@ def main(argv=None):
     ap.add_argument("--rmsnorm-late", action="store_true",
                     help="fused RMSNorm GEMVs apply 1/rms after the dot product (kernels.PROLOGUE_RMSNORM_LATE)")
     args = ap.parse_args(argv)
+    from llama_fast.api import limit_cublas_workspace
+
+    limit_cublas_workspace()
     if args.rmsnorm_late:
         from llama_fast import kernels
 

@@ -26,6 +26,9 @@ def main(argv=None):
     ap.add_argument("--top", type=int, default=18)
     ap.add_argument("--log", default=None)
     args = ap.parse_args(argv)
+    from llama_fast.api import limit_cublas_workspace
+
+    limit_cublas_workspace()
     log = open(args.log, "a") if args.log else None
 
     def say(msg):

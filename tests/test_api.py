@@ -3,6 +3,7 @@ and the compiled step functions agreeing with eager."""
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -144,3 +145,12 @@ def test_random_model_generation_is_hashable_and_deterministic():
     out_b = b.generate(ids, max_new_tokens=8, min_new_tokens=8)
     assert output_hash(a.tokenizer, out_a) == output_hash(b.tokenizer, out_b)
     assert a.tokenizer.batch_decode(out_a)[0].split()[:16] == [str(t) for t in ids[0].tolist()]
+
+
+def test_cublas_workspace_limit_respects_the_user(monkeypatch):
+    from llama_fast.api import CUBLAS_WORKSPACE_CONFIG, limit_cublas_workspace
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert limit_cublas_workspace() == CUBLAS_WORKSPACE_CONFIG == os.environ["CUBLAS_WORKSPACE_CONFIG"]
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert limit_cublas_workspace() == ":16:8"

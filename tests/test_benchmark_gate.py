@@ -215,7 +215,7 @@ def test_default_and_sweep_cases():
 
     cases = bs.build_cases("cuda", ["fp16"])
     ids = [c.id for c in cases]
-    for v in ("hf", "hf-static", "tensor-pos-static", FASTEST):
+    for v in ("hf", "hf-static", "graphs", FASTEST):
         assert f"{v}-b1-p1000-n200-fp16" in ids
     assert {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16"} <= set(ids)
     assert [c.v.is_transformers for c in cases] == sorted((c.v.is_transformers for c in cases), reverse=True)
