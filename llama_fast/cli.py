@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"llama_fast fastest ('{harness.FASTEST}') vs transformers default ('hf') vs "
                            "transformers static cache ('hf-static'): tok/s, %% of the roofline measured now, "
                            "peak memory, warm-up, hash, ratio to hf-static")
+    p.add_argument("--compare-variants", default=None, metavar="KEYS",
+                   help="with --compare: the rows, comma-separated variant keys (harness.VARIANTS) that include "
+                        "hf-static, e.g. fused,hf-static for a sweep without the slow eager transformers row "
+                        f"(default: {harness.FASTEST},hf,hf-static)")
     p.add_argument("--seed", type=int, default=0, help="seed of random:<shape> weights (default: %(default)s)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "
@@ -208,6 +212,15 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     except (api.DeviceError, RuntimeError, ValueError) as e:
         parser.error(str(e))
 
+    compare_keys = [harness.FASTEST, "hf", "hf-static"]
+    if args.compare_variants is not None:
+        if not args.compare:
+            parser.error("--compare-variants needs --compare")
+        compare_keys = [k.strip() for k in args.compare_variants.split(",") if k.strip()]
+        unknown = [k for k in compare_keys if k not in harness.VARIANTS]
+        if unknown or "hf-static" not in compare_keys or len(set(compare_keys)) != len(compare_keys):
+            parser.error(f"--compare-variants {args.compare_variants!r}: give distinct keys of "
+                         f"{', '.join(harness.VARIANTS)}, including hf-static (the reference of the ratio)")
     if args.prompt is not None and args.sweep == "length":
         parser.error("--prompt fixes the prompt; it cannot be combined with --sweep length")
     if args.prompt is not None and args.prompt_lengths is not None:
@@ -255,7 +268,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     if args.ablation:
         mode, variants = "ablation", [harness.VARIANTS[k] for k in harness.ABLATION]
     elif args.compare:
-        mode, variants = "compare", [harness.VARIANTS[k] for k in (harness.FASTEST, "hf", "hf-static")]
+        mode, variants = "compare", [harness.VARIANTS[k] for k in compare_keys]
     else:
         mode, variants = "run", [harness.variant_for(args.preallocate, args.compile)]
     if args.profile:
@@ -512,8 +525,9 @@ def report(session: Session) -> str:
             out.append(f"roofline {roof:.1f} tok/s (measured now: matmul {c.matmul_flops / 1e12:.2f} TFLOP/s, "
                        f"copy {c.copy_bytes / 1e9:.1f} GB/s)")
             out.append("")
-            names = {harness.FASTEST: "llama_fast (fastest)", "hf": "transformers default",
-                     "hf-static": "transformers static cache"}
+            names = {k: f"llama_fast ({k})" for k in harness.VARIANTS}
+            names.update({harness.FASTEST: "llama_fast (fastest)", "hf": "transformers default",
+                          "hf-static": "transformers static cache"})
             rows = []
             for v in plan.variants:
                 r = session.results[(v.key, i)]

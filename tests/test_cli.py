@@ -247,6 +247,11 @@ BAD_ARGS = {
     "cuda without cuda": (["--model", "random:tiny", "--device", "cuda"], "cuda"),
     "prompt text on random model": (["--model", "random:tiny", "--prompt", "hello"], "tokenizer"),
     "ablation and compare": (["--model", "random:tiny", "--ablation", "--compare"], "--compare"),
+    "compare variants alone": (["--model", "random:tiny", "--compare-variants", "fused,hf-static"], "needs --compare"),
+    "compare variants unknown": (["--model", "random:tiny", "--compare", "--compare-variants", "fused,nope,hf-static"],
+                                 "including hf-static"),
+    "compare variants without reference": (["--model", "random:tiny", "--compare", "--compare-variants", "fused"],
+                                           "including hf-static"),
 }
 
 
