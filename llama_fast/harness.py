@@ -65,6 +65,12 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
             "attention", ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
             compile="fullgraph", prefill_chunk=512),
 ]}
+EXPERIMENTAL = {  # opt-in rows not yet measured on a GPU (docs/PERF.md): not in ABLATION, not FASTEST
+    "fused-rope": Variant("fused-rope", "+ RoPE and the K/V cache write in the wqkv GEMV epilogue",
+                          ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
+                                         fused_rope_cache=True), compile="fullgraph", prefill_chunk=512),
+}
+VARIANTS.update(EXPERIMENTAL)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused"]
 FASTEST = "fused"  # +4 % over "gemv" in one H200 run (docs/PERF.md, row 12)

@@ -147,6 +147,87 @@ def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13:
     return _launch_fused(x, w13, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_SWIGLU, w13.shape[0] // 2)[0]
 
 
+# ----------------------------------------------------------------------------------------------- qkv + RoPE
+# The wqkv GEMV of the batch-1 decode step with the RMSNorm prologue and, in its epilogue, RoPE and the
+# K/V cache write: a program computes BLOCK_N/2 rows of one head's first half and the matching rows of its
+# second half (RoPE pairs d with d + D/2), rotates q and k, writes q to the output and k, v into the cache
+# slot input_pos. Replaces the two Inductor kernels per layer that rotated and scattered.
+@triton.autotune(configs=_configs(), key=["N", "K", "D"])
+@triton.jit
+def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
+                          N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
+                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    HALF: tl.constexpr = BLOCK_N // 2
+    pid = tl.program_id(0)
+    u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
+    d1 = (pid % (D // BLOCK_N)) * HALF + tl.arange(0, HALF)  # (HALF,) dims in the first half of the head
+    r1 = u * D + d1
+    r2 = r1 + D // 2
+    rk = tl.arange(0, BLOCK_K)
+    dt = x_ptr.dtype.element_ty
+    rp = tl.arange(0, NSS_BLOCK)
+    ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
+    rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    acc1 = tl.zeros((HALF, BLOCK_K), dtype=tl.float32)
+    acc2 = tl.zeros((HALF, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + rk
+        km = k < K
+        w1 = tl.load(w_ptr + r1[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
+                     eviction_policy="evict_first")
+        w2 = tl.load(w_ptr + r2[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
+                     eviction_policy="evict_first")
+        xv = tl.load(x_ptr + k, mask=km, other=0.0)
+        g = tl.load(g_ptr + k, mask=km, other=0.0)
+        xf = (g * (xv.to(tl.float32) * rstd).to(dt)).to(tl.float32)  # as transformers' LlamaRMSNorm
+        acc1 += w1.to(tl.float32) * xf[None, :]
+        acc2 += w2.to(tl.float32) * xf[None, :]
+    y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
+    y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
+    # RoPE with the signed sine table (-sin | +sin): x * cos + swap_halves(x) * sin, each product rounded
+    c1 = tl.load(cos_ptr + d1).to(tl.float32)
+    c2 = tl.load(cos_ptr + d1 + D // 2).to(tl.float32)
+    s1 = tl.load(sin_ptr + d1).to(tl.float32)
+    s2 = tl.load(sin_ptr + d1 + D // 2).to(tl.float32)
+    rot1 = ((y1 * c1).to(dt).to(tl.float32) + (y2 * s1).to(dt).to(tl.float32)).to(dt)
+    rot2 = ((y2 * c2).to(dt).to(tl.float32) + (y1 * s2).to(dt).to(tl.float32)).to(dt)
+    pos = tl.load(pos_ptr)
+    if u < H:
+        tl.store(q_ptr + r1, rot1)
+        tl.store(q_ptr + r2, rot2)
+    elif u < H + HKV:
+        kb = kc_ptr + (u - H) * stride_ch + pos * stride_cs
+        tl.store(kb + d1, rot1)
+        tl.store(kb + d1 + D // 2, rot2)
+    else:
+        vb = vc_ptr + (u - H - HKV) * stride_ch + pos * stride_cs
+        tl.store(vb + d1, y1.to(dt))
+        tl.store(vb + d1 + D // 2, y2.to(dt))
+
+
+@triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
+def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wqkv: torch.Tensor, eps: float,
+                          cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          input_pos: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Batch-1 decode: q (1, H*D) = RoPE(wqkv @ rmsnorm(x) * g)[:H*D]; rotated k and v written into
+    k_cache / v_cache (1, Hkv, S, D) at slot input_pos (1,). cos, sin (D,): this position's tables (sin
+    signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
+    (model.ROPE_MIN_HEAD_DIM)."""
+    D = cos.numel()
+    hkv = k_cache.shape[1]
+    q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
+
+    def grid(meta):
+        return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
+
+    wrap_triton(_gemv_qkv_rope_kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
+                                             wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
+                                             hkv, k_cache.stride(1), k_cache.stride(2), D=D,
+                                             NSS_BLOCK=triton.next_power_of_2(ss.numel()))
+    return q
+
+
 # ----------------------------------------------------------------------------------------------- attention
 # Split-K decode attention over the static cache: one program per (batch*head, chunk of the cache), each
 # a softmax over its one tile of the cache; a second kernel combines the chunks. Masked-out slots are never

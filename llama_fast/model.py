@@ -29,6 +29,10 @@ class ForwardOptions:
     fused_decode: bool = False  # batch-1 decode blocks as 4 fused Triton GEMVs around attention, on CUDA
     #                             (RMSNorm prologues, residual / SwiGLU epilogues; no bias terms)
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
+    fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
+
+
+ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -106,6 +110,12 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, S, D)
         else:
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
+        return self.attention_core(q, k, v, mask, opts)
+
+    def attention_core(self, q, k, v, mask, opts: ForwardOptions) -> torch.Tensor:
+        """q (B, H, T, D) over the cache k, v (B, Hkv, L, D) -> (B, T, q_size)."""
+        c = self.cfg
+        B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
             from .kernels import decode_attention
 
@@ -152,9 +162,20 @@ class Block(nn.Module):
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         x2 = x.view(1, -1)
-        qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
-        q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
+        if (opts.fused_rope_cache and opts.tensor_positions and not opts.rope_cat
+                and c.head_dim % ROPE_MIN_HEAD_DIM == 0):
+            from .kernels import gemv_rmsnorm_qkv_rope
+
+            cache = a.kv_cache
+            q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps,
+                                      rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
+                                      input_pos, c.n_heads)  # (1, q_size); k, v written into the cache
+            q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
+            y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
+        else:
+            qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
+            q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+            y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
         h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2)
         act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps)
         out, ss = gemv_residual_ss(act, f.w2.weight, h)

@@ -71,6 +71,36 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
         assert err < tol, (name, N, K, err)
         print(name, N, K, f"{err:.1e}")
     assert torch.allclose(kn.ss_partials(x).sum(), x.float().pow(2).sum()) if K % 8 == 0 else True
+for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  # GQA with a K tail; MHA
+    N = (H + 2 * Hkv) * D
+    x = torch.randn(1, K).to(dt)
+    g = (1 + 0.1 * torch.randn(K)).to(dt)
+    w = (0.05 * torch.randn(N, K)).to(dt)
+    ss = x.float().pow(2).view(-1, 4).sum(-1)
+    ang = torch.rand(D // 2) * 3
+    cos = torch.cat([ang.cos(), ang.cos()]).to(dt)
+    sin = torch.cat([-ang.sin(), ang.sin()]).to(dt)  # the signed table
+    kc, vc = torch.zeros(1, Hkv, S, D, dtype=dt), torch.zeros(1, Hkv, S, D, dtype=dt)
+    q = torch.empty(1, H * D, dtype=dt)
+    kn._gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // 16),)](
+        x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), N, K, ss.numel(), w.stride(0), 1e-5, H, Hkv,
+        kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), BLOCK_N=16, BLOCK_K=256)
+    qkv = (rmsnorm(x, g, 1e-5).float() @ w.float().T).to(dt)
+    rq, rk, rv = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+
+    def rope(t):  # (n, D) in dt, eager fp16 arithmetic as the model's apply_rope
+        swapped = t.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+        return t * cos + swapped * sin
+    checks = {"qkv_rope q": (q, rope(rq.view(H, D)).reshape(1, -1).float()),
+              "qkv_rope k": (kc[0, :, pos], rope(rk.view(Hkv, D)).float()),
+              "qkv_rope v": (vc[0, :, pos], rv.view(Hkv, D).float())}
+    for name, (y, ref) in checks.items():
+        err = rel(y, ref)
+        assert err < tol, (name, H, Hkv, D, err)
+        print(name, H, Hkv, D, f"{err:.1e}")
+    others = torch.ones(S, dtype=torch.bool)
+    others[pos] = False
+    assert not kc[0, :, others].any() and not vc[0, :, others].any()  # only slot pos was written
 for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 32, 130, [0, 17]),
                                   (1, 2, 1, 64, 16, 0, [0])]:  # MHA over 3 chunks; GQA + left pad; one key
     q, k, v = torch.randn(B, H, 1, D).to(dt), torch.randn(B, Hkv, S, D).to(dt), torch.randn(B, Hkv, S, D).to(dt)

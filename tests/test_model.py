@@ -216,11 +216,12 @@ def test_apply_rope_flip_equals_cat():
 
 
 # ------------------------------------------------------------------------------------------- fused decode wiring
-def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
-    """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues)
-    wired through the model, with the Triton kernels replaced by torch references (the kernels themselves:
-    tests/test_kernels.py). The fake partials use a different grouping than the real kernels: the consumer
-    must only depend on their sum."""
+@pytest.mark.parametrize("cfg_name,rope_in_gemv", [("gqa", False), ("head-dim-32", True)])
+def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv):
+    """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues,
+    optionally RoPE + the K/V cache write in the wqkv epilogue) wired through the model, with the Triton
+    kernels replaced by torch references (the kernels themselves: tests/test_kernels.py). The fake partials
+    use a different grouping than the real kernels: the consumer must only depend on their sum."""
     import sys
     import types
 
@@ -228,7 +229,7 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
 
     from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf
     from llama_fast import model as model_module
-    from llama_fast.model import ForwardOptions
+    from llama_fast.model import ForwardOptions, apply_rope
 
     def rmsnorm_from(x, ss, g, eps):
         rstd = torch.rsqrt(ss.sum() / x.shape[-1] + eps)
@@ -253,6 +254,16 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
         gate, up = (rmsnorm_from(x, ss, g, eps) @ w13.T).chunk(2, dim=-1)
         return F.silu(gate) * up
 
+    def qkv_rope(x, ss, g, w, eps, cos, sin, k_cache, v_cache, input_pos, n_heads):
+        calls.append("qkv_rope")
+        D, hkv = cos.numel(), k_cache.shape[1]
+        q, k, v = (rmsnorm_from(x, ss, g, eps) @ w.T).split([n_heads * D, hkv * D, hkv * D], dim=-1)
+        cs = (cos.view(1, 1, 1, D), sin.view(1, 1, 1, D))
+        q = apply_rope(q.view(1, 1, n_heads, D).transpose(1, 2), *cs, use_cat=False)
+        k_cache.index_copy_(2, input_pos, apply_rope(k.view(1, 1, hkv, D).transpose(1, 2), *cs, use_cat=False))
+        v_cache.index_copy_(2, input_pos, v.view(1, 1, hkv, D).transpose(1, 2))
+        return q.transpose(1, 2).reshape(1, -1)
+
     def decode_attention(q, k, v, mask, scale):
         calls.append("attention")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
@@ -260,22 +271,24 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch):
 
     fake.gemv_residual_ss = residual_ss
     fake.gemv_rmsnorm_swiglu = swiglu
+    fake.gemv_rmsnorm_qkv_rope = qkv_rope
     fake.decode_attention = decode_attention
     monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
     monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
 
-    cfg = TINY_CONFIGS["gqa"]
+    cfg = TINY_CONFIGS[cfg_name]
     fast = fast_from_hf(make_hf(cfg, seed=7), cfg)
     ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
     fast.configure(options=ForwardOptions())
     plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
-    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True))
+    opts = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=rope_in_gemv)
+    fast.configure(options=opts)
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     # every decode step of every layer took the fused MLP kernel and the decode attention kernel
-    assert calls.count("attention") == 7 * cfg.n_layers and calls.count("swiglu") == 7 * cfg.n_layers
+    steps = 7 * cfg.n_layers
+    assert calls.count("attention") == steps and calls.count("swiglu") == steps
+    assert calls.count("qkv_rope") == (steps if rope_in_gemv else 0)
     assert torch.equal(fused, plain)
     # the same wiring under the regional compile (what the fullgraph mode runs)
-    calls.clear()
-    fast.configure(options=ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
-                   compile="fullgraph")
+    fast.configure(options=opts, compile="fullgraph")
     assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8), plain)
