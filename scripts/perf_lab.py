@@ -38,9 +38,20 @@ def main(argv=None):
     ap.add_argument("--recompile", default="",
                     help="comma-separated prompt lengths run after the timed runs at the same cache length: "
                          "prints compiled graphs added and each first call's time (no recompile expected)")
+    ap.add_argument("--cold", action="store_true",
+                    help="fresh empty inductor and Triton cache directories: the first variant's warm-up is cold")
+    ap.add_argument("--compile-times", action="store_true",
+                    help="after each variant, print torch._dynamo's compile-time breakdown")
     ap.add_argument("--rmsnorm-late", action="store_true",
                     help="fused RMSNorm GEMVs apply 1/rms after the dot product (kernels.PROLOGUE_RMSNORM_LATE)")
     args = ap.parse_args(argv)
+    if args.cold:
+        import os
+        import tempfile
+
+        cold = tempfile.mkdtemp(prefix="llama_fast_cold_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cold, "inductor")
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(cold, "triton")
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
@@ -119,6 +130,10 @@ def main(argv=None):
             step = (min(m.times) - pre) / (w.new_tokens - 1)
             say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
             fast_runner(fast, VARIANTS[k], w)
+        if args.compile_times:
+            from torch._dynamo.utils import compile_times
+
+            say(f"{k}: compile times (dynamo + inductor, cumulative in this process):\n{compile_times(repr='str')}")
         if args.memory:
             memory_report(say, k, cfg, dtype, w, fast, VARIANTS[k])
         if args.recompile:
