@@ -69,6 +69,9 @@ EXPERIMENTAL = {  # opt-in rows not yet measured on a GPU (docs/PERF.md): not in
     "fused-rope": Variant("fused-rope", "+ RoPE and the K/V cache write in the wqkv GEMV epilogue",
                           ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
                                          fused_rope_cache=True), compile="fullgraph", prefill_chunk=512),
+    "fused-1launch": Variant("fused-1launch", "+ decode attention in one kernel (the last chunk combines)",
+                             ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
+                                            attention_one_launch=True), compile="fullgraph", prefill_chunk=512),
 }
 VARIANTS.update(EXPERIMENTAL)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",

@@ -230,24 +230,22 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
 
 # ----------------------------------------------------------------------------------------------- attention
 # Split-K decode attention over the static cache: one program per (batch*head, chunk of the cache), each
-# a softmax over its one tile of the cache; a second kernel combines the chunks. Masked-out slots are never
+# a softmax over its one tile of the cache; the chunks are then combined, by a second kernel
+# (decode_attention) or by the last program of each head to finish (decode_attention_one_launch: one kernel
+# per layer fewer; a per-head arrival counter, left at zero for the next call). Masked-out slots are never
 # loaded (masked loads), so only the attended prefix of the cache is read.
 ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 
 
-# 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search
-@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
 @triton.jit
-def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
-                              sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
-                              D: tl.constexpr, CHUNK: tl.constexpr):
-    bh = tl.program_id(0)
-    j = tl.program_id(1)
+def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr):
+    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials."""
     b = bh // H
     h = bh % H
     hk = h // G
     rd = tl.arange(0, D)
-    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the loop in fp32
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
     q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
     rs = j * CHUNK + tl.arange(0, CHUNK)
     ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0
@@ -267,18 +265,57 @@ def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_p
 
 
 @triton.jit
-def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
-    bh = tl.program_id(0)
+def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
+    """o of head bh from its NSPLIT partials (read through L2: other programs wrote them)."""
     rj = tl.arange(0, SPLITS)
     rd = tl.arange(0, D)
     jm = rj < NSPLIT
-    m = tl.load(m_ptr + bh * NSPLIT + rj, mask=jm, other=float("-inf"))
-    l = tl.load(l_ptr + bh * NSPLIT + rj, mask=jm, other=0.0)
-    acc = tl.load(acc_ptr + (bh * NSPLIT + rj[:, None]) * D + rd[None, :], mask=jm[:, None], other=0.0)
+    m = tl.load(m_ptr + bh * NSPLIT + rj, mask=jm, other=float("-inf"), cache_modifier=".cg")
+    l = tl.load(l_ptr + bh * NSPLIT + rj, mask=jm, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptr + (bh * NSPLIT + rj[:, None]) * D + rd[None, :], mask=jm[:, None], other=0.0,
+                  cache_modifier=".cg")
     big = tl.max(m, axis=0)  # finite: the current position is always attended
     w = tl.where(m == float("-inf"), 0.0, tl.exp(m - big))
     o = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
     tl.store(o_ptr + bh * D + rd, o.to(o_ptr.dtype.element_ty))
+
+
+# 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search
+@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
+@triton.jit
+def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                              sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
+                              D: tl.constexpr, CHUNK: tl.constexpr):
+    _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK)
+
+
+@triton.jit
+def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
+    _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, tl.program_id(0), NSPLIT, D, SPLITS)
+
+
+@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
+@triton.jit
+def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
+                                   scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
+                                   D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr):
+    bh = tl.program_id(0)
+    _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK)
+    arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
+    if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
+        _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
+        tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
+
+
+def _attn_buffers(q, S):
+    B, H, _, D = q.shape
+    nsplit = triton.cdiv(S, ATTN_CHUNK)
+    m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
+    acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
+    o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
+    return nsplit, m, torch.empty_like(m), acc, o
 
 
 @triton_op("llama_fast::decode_attention", mutates_args=())
@@ -287,14 +324,24 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D)."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    nsplit = triton.cdiv(S, ATTN_CHUNK)
-    m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
-    l = torch.empty_like(m)
-    acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
-    o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
+    nsplit, m, l, acc, o = _attn_buffers(q, S)
     wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK)
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit))
+    return o
+
+
+@triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
+def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                                scale: float, counters: torch.Tensor) -> torch.Tensor:
+    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    nsplit, m, l, acc, o = _attn_buffers(q, S)
+    wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
+        q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
+        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK,
+        SPLITS=triton.next_power_of_2(nsplit))
     return o

@@ -30,6 +30,7 @@ class ForwardOptions:
     #                             (RMSNorm prologues, residual / SwiGLU epilogues; no bias terms)
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
     fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
+    attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel)
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -117,9 +118,15 @@ class Attention(nn.Module):
         c = self.cfg
         B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
-            from .kernels import decode_attention
+            if opts.attention_one_launch:
+                from .kernels import decode_attention_one_launch
 
-            y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5)  # (B, H, 1, D)
+                y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
+                                                self.attn_counters)  # (B, H, 1, D)
+            else:
+                from .kernels import decode_attention
+
+                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5)  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
@@ -227,6 +234,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None  # free the old cache before allocating the new one
             layer.attention.kv_cache = KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, dev)
+            # arrival counters of the one-launch decode attention (zero between calls)
+            layer.attention.register_buffer("attn_counters", torch.zeros(batch * cfg.n_heads, dtype=torch.int32,
+                                                                         device=dev), persistent=False)
         # RoPE as HF computes it: fp32 angles, cos/sin cast to the model dtype
         freqs = torch.outer(torch.arange(max_seq_len, device=dev).float(), cfg.inv_freq().to(dev))
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)

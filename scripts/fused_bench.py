@@ -83,6 +83,9 @@ def main():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m4)
     print(f"attn  sdpa-masked   {bench(sdpa):7.1f} us", flush=True)
     print(f"attn  decode_attention (chunk {kn.ATTN_CHUNK}) {bench(lambda: kn.decode_attention(q, *kv(), mask, Dh ** -0.5)):7.1f} us")
+    cnt = torch.zeros(B * H, dtype=torch.int32, device=dev)
+    t1 = bench(lambda: kn.decode_attention_one_launch(q, *kv(), mask, Dh ** -0.5, cnt))
+    print(f"attn  decode_attention_one_launch (chunk {kn.ATTN_CHUNK}) {t1:7.1f} us")
     for chunk in (32, 64, 128):
         for warps in (2, 4, 8):
             nsplit = triton.cdiv(S, chunk)

@@ -118,6 +118,15 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
     err = rel(o, ref)
     assert err < tol, ("attention", B, H, Hkv, S, err)
     print("attention", B, H, Hkv, S, f"{err:.1e}")
+    cnt = torch.zeros(B * H, dtype=torch.int32)
+    for call in range(2):  # the one-launch form leaves its counters at zero for the next call
+        o1 = torch.empty(B, H, 1, D, dtype=dt)
+        kn._decode_attn_one_launch_kernel[(B * H, nsplit)](
+            q, k, v, mask, m, l, acc, cnt, o1, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK,
+            SPLITS=triton.next_power_of_2(nsplit))
+        assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
+    print("attention one launch", B, H, Hkv, S, "== two launches")
 print("ok")
 """
 

@@ -216,8 +216,9 @@ def test_apply_rope_flip_equals_cat():
 
 
 # ------------------------------------------------------------------------------------------- fused decode wiring
-@pytest.mark.parametrize("cfg_name,rope_in_gemv", [("gqa", False), ("head-dim-32", True)])
-def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv):
+@pytest.mark.parametrize("cfg_name,rope_in_gemv,one_launch", [("gqa", False, False), ("head-dim-32", True, False),
+                                                              ("gqa", False, True)])
+def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv, one_launch):
     """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues,
     optionally RoPE + the K/V cache write in the wqkv epilogue) wired through the model, with the Triton
     kernels replaced by torch references (the kernels themselves: tests/test_kernels.py). The fake partials
@@ -269,6 +270,14 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
+    def one_launch_attention(q, k, v, mask, scale, counters):
+        assert counters.shape == (q.shape[0] * q.shape[1],) and counters.dtype == torch.int32
+        if not torch.compiler.is_compiling():
+            assert not counters.any()
+        calls.append("one launch")
+        return decode_attention(q, k, v, mask, scale)
+
+    fake.decode_attention_one_launch = one_launch_attention
     fake.gemv_residual_ss = residual_ss
     fake.gemv_rmsnorm_swiglu = swiglu
     fake.gemv_rmsnorm_qkv_rope = qkv_rope
@@ -281,13 +290,15 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     ids = torch.randint(3, cfg.vocab_size, (1, 9), generator=torch.Generator().manual_seed(1))
     fast.configure(options=ForwardOptions())
     plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
-    opts = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=rope_in_gemv)
+    opts = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=rope_in_gemv,
+                          attention_one_launch=one_launch)
     fast.configure(options=opts)
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     # every decode step of every layer took the fused MLP kernel and the decode attention kernel
     steps = 7 * cfg.n_layers
     assert calls.count("attention") == steps and calls.count("swiglu") == steps
     assert calls.count("qkv_rope") == (steps if rope_in_gemv else 0)
+    assert calls.count("one launch") == (steps if one_launch else 0)
     assert torch.equal(fused, plain)
     # the same wiring under the regional compile (what the fullgraph mode runs)
     fast.configure(options=opts, compile="fullgraph")
