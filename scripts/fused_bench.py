@@ -3,10 +3,14 @@ split-K attention (chunk / warps) against masked SDPA. Each call is timed inside
 weights rotated over 4 copies so L2 never holds them (as in a real step).
 
   python scripts/fused_bench.py | tee $OUT/fused_bench.log
+  python scripts/fused_bench.py --sweep-configs   # also: every GEMV form over a wider config grid than the
+                                                  # autotuner's, best vs the autotuner's pick per form
 """
 from __future__ import annotations
 
+import itertools
 import statistics
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +74,8 @@ def main():
             t = bench(lambda: kn._launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
             total[label.split("-")[0] if label != "plain" else "plain"] = None
             print(f"{name:5s} {label:13s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
+            if "--sweep-configs" in sys.argv and label != "rmsnorm-late" and label != "swiglu-late":
+                sweep_configs(name, label, N, K, n, w, xin, g, res, ss if pro else xin, eps, pro, epi)
     # attention: B=1, H=32, S=1200, 1100 valid slots
     B, H, S, Dh = 1, 32, 1200, 128
     q = torch.randn(B, H, 1, Dh, device=dev, dtype=dt)
@@ -105,6 +111,32 @@ def main():
                                                          SPLITS=triton.next_power_of_2(nsplit), num_warps=warps)
             ts, tc = bench(split), bench(combine)
             print(f"attn  chunk {chunk:3d} warps {warps}: split {ts:6.1f} us + combine {tc:5.1f} us", flush=True)
+
+
+def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
+    """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the
+    autotuner's pick for this key."""
+    results = []
+    for bn, bk, warps, stages in itertools.product((4, 8, 16, 32), (256, 512, 1024), (2, 4, 8), (2, 3)):
+        y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+        so = torch.empty((triton.cdiv(n, kn.SS_GROUP),), device=x.device, dtype=torch.float32)
+        nss = triton.next_power_of_2(ss.numel()) if pro else 1
+        if epi == kn.EPILOGUE_RESIDUAL_SS and bn < kn.SS_GROUP:
+            continue  # partials need BLOCK_N to be a multiple of SS_GROUP
+
+        def call():
+            kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
+                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
+                BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+        try:
+            results.append((bench(call, reps=10), bn, bk, warps, stages))
+        except Exception as e:  # out of resources for a config: skip it, say so
+            print(f"      {name} {label} BN{bn} BK{bk} w{warps} s{stages}: {type(e).__name__}", flush=True)
+    results.sort()
+    picked = [f"{k}: {c}" for k, c in kn._gemv_fused_kernel.cache.items() if k[0] == n and k[1] == K]
+    for t, bn, bk, warps, stages in results[:3]:
+        print(f"      best {t:7.1f} us {N * K * 2 / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps} stages {stages}")
+    print(f"      autotuner's pick: {picked}", flush=True)
 
 
 if __name__ == "__main__":
