@@ -77,7 +77,59 @@ def main(argv=None):
             f"prefill subtracted); gap {step_ms - total / 1e3:.3f} ms/step")
         for us, n, name in sorted(rows, reverse=True)[:args.top]:
             say(f"  {us:8.1f} us/step  x{n / args.new:6.1f}/step  {name[:110]}")
+        for line in timeline_report(prof, cfg):
+            say(line)
     return 0
+
+
+def gemv_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """(rows, cols) of each decode GEMV's weight, in the order a layer runs them; the head last."""
+    return {"wqkv": (cfg.q_size + 2 * cfg.kv_size, cfg.dim), "wo": (cfg.dim, cfg.q_size),
+            "w13": (2 * cfg.intermediate_size, cfg.dim), "w2": (cfg.dim, cfg.intermediate_size),
+            "head": (cfg.vocab_size, cfg.dim)}
+
+
+def timeline_report(prof, cfg) -> list[str]:
+    """From the kernel timeline: each decode GEMV's mean time and bandwidth (labelled by its position in
+    the step: 4 per layer, then the head) and the mean idle gap after each kind of kernel."""
+    import json
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(suffix=".json")
+    os.close(fd)
+    prof.export_chrome_trace(path)
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    os.unlink(path)
+    kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    gemvs = [e for e in kernels if "_gemv" in e["name"]]
+    per_step = 4 * cfg.n_layers + 1
+    out = []
+    if not gemvs or len(gemvs) % per_step:
+        return [f"  timeline: {len(gemvs)} GEMV kernels, not a multiple of {per_step}: per-kind split skipped"]
+    kinds = ["wqkv", "wo", "w13", "w2"]
+    shapes = gemv_shapes(cfg)
+    label = {}
+    for i, e in enumerate(gemvs):
+        j = i % per_step
+        label[id(e)] = "head" if j == per_step - 1 else kinds[j % 4]
+    out.append("  decode GEMVs in place (mean over the run's steps):")
+    for kind in kinds + ["head"]:
+        durs = [e["dur"] for e in gemvs if label[id(e)] == kind]
+        n, k = shapes[kind]
+        mean = sum(durs) / len(durs)
+        out.append(f"    {kind:5s} {mean:7.1f} us  {n * k * 2 / mean / 1e3:6.0f} GB/s  (x{len(durs)})")
+    first = gemvs[0]["ts"]
+    gaps: dict[str, list[float]] = {}
+    decode = [e for e in kernels if e["ts"] >= first]
+    for a, b in zip(decode, decode[1:]):
+        name = label.get(id(a)) or a["name"][:48]
+        gaps.setdefault(name, []).append(max(0.0, b["ts"] - (a["ts"] + a["dur"])))
+    out.append("  idle gap after each kernel kind (mean us, count), decode region:")
+    for name, g in sorted(gaps.items(), key=lambda kv: -sum(kv[1]))[:12]:
+        out.append(f"    {sum(g) / len(g):6.2f} us  x{len(g):6d}  after {name}")
+    return out
 
 
 if __name__ == "__main__":
