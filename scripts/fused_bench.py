@@ -9,33 +9,18 @@ weights rotated over 4 copies so L2 never holds them (as in a real step).
 from __future__ import annotations
 
 import itertools
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 
+from lab_util import graph_time
 from llama_fast import kernels as kn
 
 
 def bench(fn, reps=30):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(10):
-            fn()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) / 10 * 1e3)
-    return statistics.median(ts)  # us per call
+    return graph_time(fn, reps) * 1e6  # us per call
 
 
 def rotating(make, n=4):

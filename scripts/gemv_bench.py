@@ -1,10 +1,10 @@
 """Decode GEMV shapes of Llama-7B: cuBLAS vs Inductor reduction vs our Triton gemv, achieved GB/s."""
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from lab_util import graph_time
 from llama_fast.kernels import gemv
 
 torch.manual_seed(0)
@@ -13,18 +13,7 @@ shapes = {"wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2":
 
 
 def bench(fn, reps=50):
-    for _ in range(3):
-        fn()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(10):
-            fn()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); g.replay(); e.record(); e.synchronize()
-        ts.append(s.elapsed_time(e) / 10 / 1e3)
-    return statistics.median(ts)
+    return graph_time(fn, reps)  # seconds per call
 
 
 red = torch.compile(lambda x, w: (x[:, None, :] * w[None]).sum(-1), dynamic=False)

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from lab_util import logger
 from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure,
                                 measure_ceilings, roofline_tok_per_s, teacher_forced_check)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
@@ -59,13 +60,7 @@ def main(argv=None):
         from llama_fast import kernels
 
         kernels.RMSNORM_MODE = kernels.PROLOGUE_RMSNORM_LATE
-    log = open(args.log, "a") if args.log else None
-
-    def say(msg):
-        print(msg, flush=True)
-        if log:
-            log.write(msg + "\n")
-            log.flush()
+    say = logger(args.log)
 
     dev = torch.device("cuda")
     dtype = parse_dtype(args.dtype)

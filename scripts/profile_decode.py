@@ -13,6 +13,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from lab_util import logger
 from llama_fast.generate import LlamaFast
 from llama_fast.harness import VARIANTS, Workload, fast_runner
 from llama_fast.loading import load_weights, parse_dtype
@@ -29,13 +30,7 @@ def main(argv=None):
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
-    log = open(args.log, "a") if args.log else None
-
-    def say(msg):
-        print(msg, flush=True)
-        if log:
-            log.write(msg + "\n")
-            log.flush()
+    say = logger(args.log)
 
     dev = torch.device("cuda")
     cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"))

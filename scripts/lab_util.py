@@ -1,0 +1,41 @@
+"""Helpers shared by the device probes in scripts/ (run as `python scripts/<probe>.py`, so this module is
+importable by name): a log that prints and appends, and a CUDA-graph timer for one small call."""
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+import torch
+
+
+def logger(path: str | None) -> Callable[[str], None]:
+    """say(msg): print it and, with a path, append it to that file (flushed: a killed run keeps its lines)."""
+    log = open(path, "a") if path else None
+
+    def say(msg: str):
+        print(msg, flush=True)
+        if log:
+            log.write(msg + "\n")
+            log.flush()
+    return say
+
+
+def graph_time(fn: Callable[[], object], reps: int = 30, calls: int = 10) -> float:
+    """Median seconds per call of fn, timed as `calls` back-to-back calls captured in one CUDA graph (as in
+    the decode step: launch overhead between kernels included, host overhead not)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e) / calls / 1e3)
+    return statistics.median(ts)
