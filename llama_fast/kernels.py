@@ -102,11 +102,12 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
 
 
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int):
-    """y (1, n) [, sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them]."""
+    """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y)."""
     K = x.shape[1]
     y = torch.empty((1, n), device=x.device, dtype=x.dtype)
-    ss_out = torch.empty((triton.cdiv(n, SS_GROUP),) if epilogue == EPILOGUE_RESIDUAL_SS else (1,),
-                         device=x.device, dtype=torch.float32)
+    # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
+    ss_out = (torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
+              if epilogue == EPILOGUE_RESIDUAL_SS else y)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
