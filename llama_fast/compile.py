@@ -48,7 +48,10 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     from .model import run_fused_layer, run_layer
 
     model.compiled_block = torch.compile(run_layer, fullgraph=True, dynamic=False)
-    model.compiled_fused_block = torch.compile(run_fused_layer, fullgraph=True, dynamic=False)
+    # a fused block made only of our kernels runs eagerly (inside the step's CUDA graph): Inductor would add
+    # nothing but ~10 s of cold compile, and eager launches can use PDL
+    model.compiled_fused_block = (None if model.fused_block_is_kernels_only()
+                                  else torch.compile(run_fused_layer, fullgraph=True, dynamic=False))
     if model.output.weight.device.type == "cuda":
         decode = GraphedDecode(decode)
     return prefill, decode

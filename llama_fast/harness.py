@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -65,6 +65,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
             "attention", ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
             compile="fullgraph", prefill_chunk=512),
 ]}
+_FUSED_KERNELS = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=True,
+                                attention_one_launch=True)
 EXPERIMENTAL = {  # opt-in rows not yet measured on a GPU (docs/PERF.md): not in ABLATION, not FASTEST
     "fused-rope": Variant("fused-rope", "+ RoPE and the K/V cache write in the wqkv GEMV epilogue",
                           ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
@@ -72,6 +74,12 @@ EXPERIMENTAL = {  # opt-in rows not yet measured on a GPU (docs/PERF.md): not in
     "fused-1launch": Variant("fused-1launch", "+ decode attention in one kernel (the last chunk combines)",
                              ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
                                             attention_one_launch=True), compile="fullgraph", prefill_chunk=512),
+    "fused-eager": Variant("fused-eager", "fused-rope + fused-1launch: the decode block is only our kernels, run "
+                           "eagerly in the step's CUDA graph (no Inductor compile of it)",
+                           _FUSED_KERNELS, compile="fullgraph", prefill_chunk=512),
+    "fused-pdl": Variant("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first "
+                         "weight tile before waiting for the one before it",
+                         replace(_FUSED_KERNELS, pdl=True), compile="fullgraph", prefill_chunk=512),
 }
 VARIANTS.update(EXPERIMENTAL)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",

@@ -5,10 +5,40 @@ accumulator. Registered with torch.library.triton_op so torch.compile keeps it i
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+
+try:  # grid dependency control (programmatic dependent launch, sm_90+); Triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: the USE_PDL branches are never compiled
+    gdc_launch_dependents = gdc_wait = None
+
+# ----------------------------------------------------------------------------------------------- PDL
+# Programmatic dependent launch: a kernel launched with it may start while the kernel before it in the stream
+# is still running. Each of our decode kernels first issues the loads that do not depend on that kernel (the
+# first tile of its weights, which nothing writes), then waits (gdc_wait: the previous kernel has finished and
+# its writes are visible), then lets the next kernel launch (gdc_launch_dependents). So the next kernel's
+# weight stream starts during this kernel's tail instead of after it; nothing is written before the wait.
+# Only one kernel can be in flight ahead of another (each triggers its dependents after its own wait), and
+# PDL-launched kernels captured in a CUDA graph keep these programmatic edges (CUDA >= 12.3).
+
+
+def use_pdl(x: torch.Tensor, pdl: bool) -> bool:
+    """Whether to launch with PDL: asked for, a CUDA device of compute capability >= 9, a Triton with grid
+    dependency control, not Triton's CPU interpreter (which has no gdc ops)."""
+    return (pdl and x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
+            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+
+
+def _launch_kwargs(pdl: bool) -> dict:
+    """launch_pdl=True for an eager launch; inside torch.compile the kernels still wait (USE_PDL: harmless
+    without PDL) but Inductor launches them as usual."""
+    return {"launch_pdl": True} if pdl and not torch.compiler.is_compiling() else {}
+
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
 # 725 for cuBLAS on an H200 (docs/PERF.md), so batches > 1 keep cuBLAS.
@@ -40,41 +70,61 @@ SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multi
 RMSNORM_MODE = PROLOGUE_RMSNORM
 
 
+@triton.jit
+def _x_tile(x_ptr, g_ptr, k, k_mask, rstd, PROLOGUE: tl.constexpr):
+    """The K tile k of the GEMV input in fp32, with the RMSNorm prologue applied."""
+    dt = x_ptr.dtype.element_ty
+    xv = tl.load(x_ptr + k, mask=k_mask, other=0.0)
+    if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+        g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+        xv = g * (xv.to(tl.float32) * rstd).to(dt)
+    if PROLOGUE == 2:  # g * x now, the scalar rstd after the sum: the weights stream from the start
+        g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+        xv = g.to(tl.float32) * xv.to(tl.float32)
+    return xv.to(tl.float32)
+
+
 @triton.autotune(configs=_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
+    # the first K tile of the weights (and of the up rows, which follow the N gate rows): nothing writes them,
+    # so they load before the wait for the previous kernel
+    k_mask = rk < K
+    w_off = rn[:, None] * stride_wn + rk[None, :]
+    wm = n_mask[:, None] & k_mask[None, :]
+    w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    if EPILOGUE == 2:
+        w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    if USE_PDL:
+        gdc_wait()  # x, the partials and the residual come from earlier kernels
+        gdc_launch_dependents()
+    rstd = 0.0
     if PROLOGUE != 0:  # RMSNorm statistics: the NSS sum-of-squares partials of x (fp32, from L2), one load
         rp = tl.arange(0, NSS_BLOCK)
         ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
-    if PROLOGUE == 1:  # the scale is needed before the first product: wait for it here
+    if PROLOGUE == 1:  # the scale is needed before the first product
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    xf = _x_tile(x_ptr, g_ptr, rk, k_mask, rstd, PROLOGUE)
+    acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
     if EPILOGUE == 2:
-        acc_up = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+        acc_up = w_up.to(tl.float32) * xf[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
         k_mask = k < K
         w_off = rn[:, None] * stride_wn + k[None, :]
         wm = n_mask[:, None] & k_mask[None, :]
         w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-        if EPILOGUE == 2:  # the up rows follow the N gate rows
+        if EPILOGUE == 2:
             w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-        xv = tl.load(x_ptr + k, mask=k_mask, other=0.0)
-        if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
-            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-            xv = g * (xv.to(tl.float32) * rstd).to(dt)
-        if PROLOGUE == 2:  # g * x now, the scalar rstd after the sum: the weights stream from the start
-            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-            xv = g.to(tl.float32) * xv.to(tl.float32)
-        xf = xv.to(tl.float32)
+        xf = _x_tile(x_ptr, g_ptr, k, k_mask, rstd, PROLOGUE)
         acc += w.to(tl.float32) * xf[None, :]
         if EPILOGUE == 2:
             acc_up += w_up.to(tl.float32) * xf[None, :]
@@ -101,8 +151,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int):
+def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: bool = False):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y)."""
+    pdl = use_pdl(x, pdl)
     K = x.shape[1]
     y = torch.empty((1, n), device=x.device, dtype=x.dtype)
     # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
@@ -114,7 +165,8 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
 
     wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
                                           PROLOGUE=prologue, EPILOGUE=epilogue,
-                                          NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1)
+                                          NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
+                                          USE_PDL=pdl, **_launch_kwargs(pdl))
     return y, ss_out
 
 
@@ -130,22 +182,25 @@ def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
-def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N)."""
-    return _launch_fused(x, w, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_NONE, w.shape[0])[0]
+def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float,
+                 pdl: bool = False) -> torch.Tensor:
+    """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N).
+    pdl: launch with programmatic dependent launch where it applies (use_pdl), as every op below."""
+    return _launch_fused(x, w, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_NONE, w.shape[0], pdl)[0]
 
 
 @triton_op("llama_fast::gemv_residual_ss", mutates_args=())
-def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
+                     pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
-    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0])
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl)
 
 
 @triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
 def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
-                        eps: float) -> torch.Tensor:
+                        eps: float, pdl: bool = False) -> torch.Tensor:
     """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
-    return _launch_fused(x, w13, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_SWIGLU, w13.shape[0] // 2)[0]
+    return _launch_fused(x, w13, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl)[0]
 
 
 # ----------------------------------------------------------------------------------------------- qkv + RoPE
@@ -157,7 +212,8 @@ def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13:
 @triton.jit
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
                           N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
-                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -166,22 +222,30 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     r2 = r1 + D // 2
     rk = tl.arange(0, BLOCK_K)
     dt = x_ptr.dtype.element_ty
+    # the first K tile of the weights loads before the wait for the previous kernel (see _gemv_fused_kernel)
+    km = rk < K
+    w1 = tl.load(w_ptr + r1[:, None] * stride_wn + rk[None, :], mask=km[None, :], other=0.0,
+                 eviction_policy="evict_first")
+    w2 = tl.load(w_ptr + r2[:, None] * stride_wn + rk[None, :], mask=km[None, :], other=0.0,
+                 eviction_policy="evict_first")
+    if USE_PDL:
+        gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
+        gdc_launch_dependents()
     rp = tl.arange(0, NSS_BLOCK)
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
     rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    acc1 = tl.zeros((HALF, BLOCK_K), dtype=tl.float32)
-    acc2 = tl.zeros((HALF, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    xf = _x_tile(x_ptr, g_ptr, rk, km, rstd, 1)  # as transformers' LlamaRMSNorm
+    acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
+    acc2 = w2.to(tl.float32) * xf[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
         km = k < K
         w1 = tl.load(w_ptr + r1[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
                      eviction_policy="evict_first")
         w2 = tl.load(w_ptr + r2[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
                      eviction_policy="evict_first")
-        xv = tl.load(x_ptr + k, mask=km, other=0.0)
-        g = tl.load(g_ptr + k, mask=km, other=0.0)
-        xf = (g * (xv.to(tl.float32) * rstd).to(dt)).to(tl.float32)  # as transformers' LlamaRMSNorm
+        xf = _x_tile(x_ptr, g_ptr, k, km, rstd, 1)
         acc1 += w1.to(tl.float32) * xf[None, :]
         acc2 += w2.to(tl.float32) * xf[None, :]
     y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
@@ -210,13 +274,14 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
 @triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
 def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wqkv: torch.Tensor, eps: float,
                           cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          input_pos: torch.Tensor, n_heads: int) -> torch.Tensor:
+                          input_pos: torch.Tensor, n_heads: int, pdl: bool = False) -> torch.Tensor:
     """Batch-1 decode: q (1, H*D) = RoPE(wqkv @ rmsnorm(x) * g)[:H*D]; rotated k and v written into
     k_cache / v_cache (1, Hkv, S, D) at slot input_pos (1,). cos, sin (D,): this position's tables (sin
     signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
     (model.ROPE_MIN_HEAD_DIM)."""
     D = cos.numel()
     hkv = k_cache.shape[1]
+    pdl = use_pdl(x, pdl)
     q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
 
     def grid(meta):
@@ -225,7 +290,8 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
     wrap_triton(_gemv_qkv_rope_kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
                                              wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
                                              hkv, k_cache.stride(1), k_cache.stride(2), D=D,
-                                             NSS_BLOCK=triton.next_power_of_2(ss.numel()))
+                                             NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl,
+                                             **_launch_kwargs(pdl))
     return q
 
 
@@ -240,19 +306,36 @@ ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 
 @triton.jit
 def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr):
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials."""
     b = bh // H
     h = bh % H
     hk = h // G
     rd = tl.arange(0, D)
-    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
-    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
     rs = j * CHUNK + tl.arange(0, CHUNK)
-    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0
+    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
     kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
     k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
     v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    if NEWEST_AFTER_WAIT:  # the cache was loaded before the wait; only the newest attended slot (this step's
+        # token, which the previous kernel may be writing) is read again after it. In a chunk before the
+        # newest slot's, the row read again is its last one, unchanged. (Separate from USE_PDL: Triton's
+        # interpreter, which has no gdc ops, tests this part.)
+        last = tl.max(tl.where(ok, rs, -1), axis=0)
+        # .cg: from L2, never this SM's L1 copy of the stale row loaded above
+        # (no attended slot in this chunk: last = -1 matches no row; slot 0 is read and unused)
+        row = b * sk_b + hk * sk_h + tl.maximum(last, 0) * sk_s + rd
+        k_last = tl.load(k_ptr + row, cache_modifier=".cg")
+        v_last = tl.load(v_ptr + row, cache_modifier=".cg")
+        newest = (rs == last)[:, None]
+        k = tl.where(newest, k_last[None, :], k)
+        v = tl.where(newest, v_last[None, :], v)
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
+    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
     scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
     m = tl.max(scores, axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
@@ -286,13 +369,18 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
 @triton.jit
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
-                              D: tl.constexpr, CHUNK: tl.constexpr):
+                              D: tl.constexpr, CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
+                              NEWEST_AFTER_WAIT: tl.constexpr):
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
-                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK)
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
 
 
 @triton.jit
-def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
+def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr,
+                                USE_PDL: tl.constexpr):
+    if USE_PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, tl.program_id(0), NSPLIT, D, SPLITS)
 
 
@@ -300,10 +388,11 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 @triton.jit
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
-                                   D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr):
+                                   D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     bh = tl.program_id(0)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK)
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
     arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
@@ -321,28 +410,33 @@ def _attn_buffers(q, S):
 
 @triton_op("llama_fast::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D)."""
+                     scale: float, pdl: bool = False) -> torch.Tensor:
+    """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D).
+    With pdl, only the newest attended slot of each row may be written by the kernel before (the step's)."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
+    pdl = use_pdl(q, pdl)
     nsplit, m, l, acc, o = _attn_buffers(q, S)
     wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK)
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl,
+        **_launch_kwargs(pdl))
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
-                                                         SPLITS=triton.next_power_of_2(nsplit))
+                                                         SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
+                                                         **_launch_kwargs(pdl))
     return o
 
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                                scale: float, counters: torch.Tensor) -> torch.Tensor:
+                                scale: float, counters: torch.Tensor, pdl: bool = False) -> torch.Tensor:
     """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
+    pdl = use_pdl(q, pdl)
     nsplit, m, l, acc, o = _attn_buffers(q, S)
     wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK,
-        SPLITS=triton.next_power_of_2(nsplit))
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl, **_launch_kwargs(pdl))
     return o

@@ -31,9 +31,17 @@ class ForwardOptions:
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
     fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
     attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel)
+    pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
+    #                    each loads its first weight tile before waiting for the kernel before it
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
+
+
+def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
+    """Whether the fused decode block computes RoPE and the cache write in its qkv GEMV."""
+    return (opts.fused_rope_cache and opts.tensor_positions and not opts.rope_cat
+            and cfg.head_dim % ROPE_MIN_HEAD_DIM == 0)
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -122,11 +130,11 @@ class Attention(nn.Module):
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
-                                                self.attn_counters)  # (B, H, 1, D)
+                                                self.attn_counters, opts.pdl)  # (B, H, 1, D)
             else:
                 from .kernels import decode_attention
 
-                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5)  # (B, H, 1, D)
+                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, opts.pdl)  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
@@ -168,24 +176,23 @@ class Block(nn.Module):
         from .kernels import gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
-        x2 = x.view(1, -1)
-        if (opts.fused_rope_cache and opts.tensor_positions and not opts.rope_cat
-                and c.head_dim % ROPE_MIN_HEAD_DIM == 0):
+        x2, pdl = x.view(1, -1), opts.pdl
+        if rope_in_qkv(opts, c):
             from .kernels import gemv_rmsnorm_qkv_rope
 
             cache = a.kv_cache
             q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps,
                                       rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
-                                      input_pos, c.n_heads)  # (1, q_size); k, v written into the cache
+                                      input_pos, c.n_heads, pdl)  # (1, q_size); k, v written into the cache
             q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
             y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
         else:
-            qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps)
+            qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps, pdl)
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
-        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2)
-        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps)
-        out, ss = gemv_residual_ss(act, f.w2.weight, h)
+        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl)
+        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps, pdl)
+        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl)
         return out.view(1, 1, -1), ss
 
 
@@ -302,4 +309,12 @@ class Transformer(nn.Module):
         run_block = self.compiled_fused_block or run_fused_layer
         for layer in self.layers:
             x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
-        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, self.output.weight, self.norm.eps).view(1, 1, -1)
+        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, self.output.weight, self.norm.eps,
+                            opts.pdl).view(1, 1, -1)
+
+    def fused_block_is_kernels_only(self) -> bool:
+        """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv
+        GEMV, Triton attention): then compiling it buys nothing, and the CUDA graph over the step removes the
+        Python overhead of running it eagerly."""
+        opts = self.options
+        return (opts.fused_decode and self.fusable and opts.decode_attention and rope_in_qkv(opts, self.config))

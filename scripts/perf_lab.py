@@ -45,6 +45,11 @@ def main(argv=None):
                     help="after each variant, print torch._dynamo's compile-time breakdown")
     ap.add_argument("--rmsnorm-late", action="store_true",
                     help="fused RMSNorm GEMVs apply 1/rms after the dot product (kernels.PROLOGUE_RMSNORM_LATE)")
+    ap.add_argument("--profile-warmup", default=None, metavar="PATH",
+                    help="cProfile the first variant's warm-up + timed runs; pstats dump to PATH, top lines printed")
+    ap.add_argument("--autotune-picks", action="store_true",
+                    help="after each variant, print the configs Triton's autotuner picked for our kernels "
+                         "(eager launches only; Inductor tunes the kernels it compiles itself)")
     args = ap.parse_args(argv)
     if args.cold:
         import os
@@ -102,10 +107,19 @@ def main(argv=None):
     if args.chunk:
         for k in ours:
             VARIANTS[k] = dataclasses.replace(VARIANTS[k], prefill_chunk=args.chunk)
-    for k in ours:
+    for i, k in enumerate(ours):
         t0 = time.time()
+        prof = None
+        if args.profile_warmup and i == 0:
+            import cProfile
+
+            prof = cProfile.Profile()
+            prof.enable()
         try:
             m = measure(fast_runner(fast, VARIANTS[k], w), w, args.warmup, args.runs)
+            if prof is not None:
+                prof.disable()
+                profile_report(say, k, prof, args.profile_warmup)
         except Exception as e:  # keep the lab going; the failure is printed
             import traceback
 
@@ -131,6 +145,12 @@ def main(argv=None):
             say(f"{k}: compile times (dynamo + inductor, cumulative in this process):\n{compile_times(repr='str')}")
         if args.memory:
             memory_report(say, k, cfg, dtype, w, fast, VARIANTS[k])
+        if args.autotune_picks:
+            from llama_fast import kernels as kn
+
+            for kern in (kn._gemv_fused_kernel, kn._gemv_qkv_rope_kernel):
+                for key, cfg_ in getattr(kern, "cache", {}).items():
+                    say(f"{k}: autotune {kern.fn.__name__} {key[:4]} -> {cfg_}")
         if args.recompile:
             recompile_report(say, k, fast, VARIANTS[k], w, [int(p) for p in args.recompile.split(",")])
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
@@ -140,6 +160,18 @@ def main(argv=None):
     for k, m in rows:
         say(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | {m.warmup_s:.1f} | {m.hash} |")
     return 0
+
+
+def profile_report(say, k, prof, path):
+    """Dump the warm-up profile and print where its time went (cumulative, then own time)."""
+    import io
+    import pstats
+
+    prof.dump_stats(path)
+    for order in ("cumulative", "tottime"):
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(35)
+        say(f"{k}: warm-up profile by {order}:\n{buf.getvalue()[-9000:]}")
 
 
 def memory_report(say, k, cfg, dtype, w, fast, variant):

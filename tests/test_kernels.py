@@ -30,7 +30,7 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     ss_out = torch.full((triton.cdiv(N, kn.SS_GROUP),), float("nan"))
     kn._gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, N, K, ss.numel(), w.stride(0), eps,
                                                      PROLOGUE=prologue, EPILOGUE=epilogue,
-                                                     NSS_BLOCK=triton.next_power_of_2(ss.numel()),
+                                                     NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
                                                      BLOCK_N=16, BLOCK_K=256)
     return y, ss_out
 
@@ -84,7 +84,8 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     q = torch.empty(1, H * D, dtype=dt)
     kn._gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // 16),)](
         x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), N, K, ss.numel(), w.stride(0), 1e-5, H, Hkv,
-        kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), BLOCK_N=16, BLOCK_K=256)
+        kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
+        BLOCK_N=16, BLOCK_K=256)
     qkv = (rmsnorm(x, g, 1e-5).float() @ w.float().T).to(dt)
     rq, rk, rv = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
 
@@ -109,22 +110,29 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
     nsplit = triton.cdiv(S, kn.ATTN_CHUNK)
     m, l, acc = torch.empty(B * H * nsplit), torch.empty(B * H * nsplit), torch.empty(B * H * nsplit, D)
     o = torch.empty(B, H, 1, D, dtype=dt)
-    kn._decode_attn_split_kernel[(B * H, nsplit)](q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0),
-                                                  q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-                                                  mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK)
-    kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=D, SPLITS=triton.next_power_of_2(nsplit))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask[:, None, None, :],
                                          enable_gqa=H != Hkv)
-    err = rel(o, ref)
-    assert err < tol, ("attention", B, H, Hkv, S, err)
-    print("attention", B, H, Hkv, S, f"{err:.1e}")
+    outs = []
+    for newest in (False, True):  # True: the PDL form's re-read of each chunk's newest attended row
+        o = torch.empty(B, H, 1, D, dtype=dt)
+        kn._decode_attn_split_kernel[(B * H, nsplit)](q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5,
+                                                      q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                                                      k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK,
+                                                      USE_PDL=False, NEWEST_AFTER_WAIT=newest)
+        kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=D, SPLITS=triton.next_power_of_2(nsplit),
+                                                 USE_PDL=False)
+        err = rel(o, ref)
+        assert err < tol, ("attention", newest, B, H, Hkv, S, err)
+        print("attention", newest, B, H, Hkv, S, f"{err:.1e}")
+        outs.append(o)
+    assert torch.equal(outs[0], outs[1])
     cnt = torch.zeros(B * H, dtype=torch.int32)
     for call in range(2):  # the one-launch form leaves its counters at zero for the next call
         o1 = torch.empty(B, H, 1, D, dtype=dt)
         kn._decode_attn_one_launch_kernel[(B * H, nsplit)](
             q, k, v, mask, m, l, acc, cnt, o1, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
             k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK,
-            SPLITS=triton.next_power_of_2(nsplit))
+            SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False, NEWEST_AFTER_WAIT=call == 1)
         assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
     print("attention one launch", B, H, Hkv, S, "== two launches")
 print("ok")

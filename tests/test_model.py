@@ -216,9 +216,11 @@ def test_apply_rope_flip_equals_cat():
 
 
 # ------------------------------------------------------------------------------------------- fused decode wiring
-@pytest.mark.parametrize("cfg_name,rope_in_gemv,one_launch", [("gqa", False, False), ("head-dim-32", True, False),
-                                                              ("gqa", False, True)])
-def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv, one_launch):
+@pytest.mark.parametrize("cfg_name,rope_in_gemv,one_launch,pdl", [("gqa", False, False, False),
+                                                                  ("head-dim-32", True, False, False),
+                                                                  ("gqa", False, True, False),
+                                                                  ("head-dim-32", True, True, True)])
+def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv, one_launch, pdl):
     """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues,
     optionally RoPE + the K/V cache write in the wqkv epilogue) wired through the model, with the Triton
     kernels replaced by torch references (the kernels themselves: tests/test_kernels.py). The fake partials
@@ -239,23 +241,29 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     def partials(y):
         return y.float().pow(2).view(-1, 4).sum(-1)
 
-    calls = []
+    calls, pdl_flags = [], set()
     fake = types.ModuleType("llama_fast.kernels")
     fake.GEMV_MAX_ROWS = 1
     fake.gemv = lambda x, w: x @ w.T
     fake.ss_partials = partials
-    fake.gemv_rmsnorm = lambda x, ss, g, w, eps: rmsnorm_from(x, ss, g, eps) @ w.T
 
-    def residual_ss(x, w, res):
+    def gemv_rmsnorm(x, ss, g, w, eps, pdl=None):
+        pdl_flags.add(pdl)
+        return rmsnorm_from(x, ss, g, eps) @ w.T
+
+    def residual_ss(x, w, res, pdl=None):
+        pdl_flags.add(pdl)
         y = res + x @ w.T
         return y, partials(y)
 
-    def swiglu(x, ss, g, w13, eps):
+    def swiglu(x, ss, g, w13, eps, pdl=None):
+        pdl_flags.add(pdl)
         calls.append("swiglu")
         gate, up = (rmsnorm_from(x, ss, g, eps) @ w13.T).chunk(2, dim=-1)
         return F.silu(gate) * up
 
-    def qkv_rope(x, ss, g, w, eps, cos, sin, k_cache, v_cache, input_pos, n_heads):
+    def qkv_rope(x, ss, g, w, eps, cos, sin, k_cache, v_cache, input_pos, n_heads, pdl=None):
+        pdl_flags.add(pdl)
         calls.append("qkv_rope")
         D, hkv = cos.numel(), k_cache.shape[1]
         q, k, v = (rmsnorm_from(x, ss, g, eps) @ w.T).split([n_heads * D, hkv * D, hkv * D], dim=-1)
@@ -265,18 +273,20 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
         v_cache.index_copy_(2, input_pos, v.view(1, 1, hkv, D).transpose(1, 2))
         return q.transpose(1, 2).reshape(1, -1)
 
-    def decode_attention(q, k, v, mask, scale):
+    def decode_attention(q, k, v, mask, scale, pdl=None):
+        pdl_flags.add(pdl)
         calls.append("attention")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
-    def one_launch_attention(q, k, v, mask, scale, counters):
+    def one_launch_attention(q, k, v, mask, scale, counters, pdl=None):
         assert counters.shape == (q.shape[0] * q.shape[1],) and counters.dtype == torch.int32
         if not torch.compiler.is_compiling():
             assert not counters.any()
         calls.append("one launch")
-        return decode_attention(q, k, v, mask, scale)
+        return decode_attention(q, k, v, mask, scale, pdl)
 
+    fake.gemv_rmsnorm = gemv_rmsnorm
     fake.decode_attention_one_launch = one_launch_attention
     fake.gemv_residual_ss = residual_ss
     fake.gemv_rmsnorm_swiglu = swiglu
@@ -291,15 +301,20 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     fast.configure(options=ForwardOptions())
     plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     opts = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=rope_in_gemv,
-                          attention_one_launch=one_launch)
+                          attention_one_launch=one_launch, pdl=pdl)
     fast.configure(options=opts)
+    pdl_flags.clear()
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     # every decode step of every layer took the fused MLP kernel and the decode attention kernel
     steps = 7 * cfg.n_layers
     assert calls.count("attention") == steps and calls.count("swiglu") == steps
     assert calls.count("qkv_rope") == (steps if rope_in_gemv else 0)
     assert calls.count("one launch") == (steps if one_launch else 0)
+    assert pdl_flags == {pdl}  # every fused op was told whether to launch with PDL
     assert torch.equal(fused, plain)
-    # the same wiring under the regional compile (what the fullgraph mode runs)
+    # the same wiring under the regional compile (what the fullgraph mode runs); a block of only our kernels
+    # (RoPE in the qkv GEMV, Triton attention) is not compiled: it runs eagerly
     fast.configure(options=opts, compile="fullgraph")
     assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8), plain)
+    assert (fast.model.compiled_fused_block is None) == rope_in_gemv
+    assert fast.model.compiled_block is not None
