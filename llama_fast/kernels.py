@@ -27,14 +27,19 @@ except ImportError:  # pragma: no cover - older Triton: the USE_PDL branches are
 # PDL-launched kernels captured in a CUDA graph keep these programmatic edges (CUDA >= 12.3).
 
 
-def use_pdl(x: torch.Tensor, pdl: bool) -> bool:
-    """Whether to launch with PDL: asked for, a CUDA device of compute capability >= 9, a Triton with grid
-    dependency control, not Triton's CPU interpreter (which has no gdc ops)."""
-    return (pdl and x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
-            and torch.cuda.get_device_capability(x.device)[0] >= 9)
+PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE = 0, 1, 2  # when a kernel lets the next one launch: right
+# after its wait, or after its main loop (so the next kernel's programs wait in fewer SM slots for less time)
 
 
-def _launch_kwargs(pdl: bool) -> dict:
+def use_pdl(x: torch.Tensor, pdl: int) -> int:
+    """The PDL mode to launch with: pdl where it applies (a CUDA device of compute capability >= 9, a Triton
+    with grid dependency control, not Triton's CPU interpreter, which has no gdc ops), else PDL_OFF."""
+    ok = (x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
+          and torch.cuda.get_device_capability(x.device)[0] >= 9)
+    return int(pdl) if ok else PDL_OFF
+
+
+def _launch_kwargs(pdl: int) -> dict:
     """launch_pdl=True for an eager launch; inside torch.compile the kernels still wait (USE_PDL: harmless
     without PDL) but Inductor launches them as usual."""
     return {"launch_pdl": True} if pdl and not torch.compiler.is_compiling() else {}
@@ -102,8 +107,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
     if EPILOGUE == 2:
         w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-    if USE_PDL:
+    if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
+    if USE_PDL == 1:
         gdc_launch_dependents()
     rstd = 0.0
     if PROLOGUE != 0:  # RMSNorm statistics: the NSS sum-of-squares partials of x (fp32, from L2), one load
@@ -128,6 +134,8 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         acc += w.to(tl.float32) * xf[None, :]
         if EPILOGUE == 2:
             acc_up += w_up.to(tl.float32) * xf[None, :]
+    if USE_PDL == 2:
+        gdc_launch_dependents()
     y32 = tl.sum(acc, axis=1)
     if PROLOGUE == 2:
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
@@ -151,7 +159,25 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: bool = False):
+# Eager launches (the kernels-only decode block runs uncompiled inside the step's CUDA graph) take one config
+# per form instead of the autotuner: the autotuner compiles its 12 configs per shape one after another in the
+# first call (about 30 s of a 62 s cold warm-up, run 17), and its picks moved between processes. These are its
+# picks at the Llama-7B decode shapes in a warm H200 process (run 17). Inside torch.compile, Inductor compiles
+# the configs in parallel and keeps the search. LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
+QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
+
+
+def gemv_config(n: int, epilogue: int) -> dict:
+    """The pinned config of an eager fused GEMV with n output rows (BLOCK_N a multiple of SS_GROUP)."""
+    return {"BLOCK_N": 16 if n >= 16384 else 8, "BLOCK_K": 512, "num_warps": 4,
+            "num_stages": 2 if epilogue == EPILOGUE_SWIGLU else 3}  # SwiGLU streams two tiles per stage
+
+
+def _pinned() -> bool:
+    return not torch.compiler.is_compiling() and os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") != "1"
+
+
+def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y)."""
     pdl = use_pdl(x, pdl)
     K = x.shape[1]
@@ -163,10 +189,11 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    wrap_triton(_gemv_fused_kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
-                                          PROLOGUE=prologue, EPILOGUE=epilogue,
-                                          NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
-                                          USE_PDL=pdl, **_launch_kwargs(pdl))
+    kernel, config = (_gemv_fused_kernel.fn, gemv_config(n, epilogue)) if _pinned() else (_gemv_fused_kernel, {})
+    wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
+                              PROLOGUE=prologue, EPILOGUE=epilogue,
+                              NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
+                              USE_PDL=pdl, **config, **_launch_kwargs(pdl))
     return y, ss_out
 
 
@@ -183,22 +210,22 @@ def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
 def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float,
-                 pdl: bool = False) -> torch.Tensor:
+                 pdl: int = PDL_OFF) -> torch.Tensor:
     """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N).
-    pdl: launch with programmatic dependent launch where it applies (use_pdl), as every op below."""
+    pdl: a PDL_* mode, applied where it can be (use_pdl), as in every op below."""
     return _launch_fused(x, w, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_NONE, w.shape[0], pdl)[0]
 
 
 @triton_op("llama_fast::gemv_residual_ss", mutates_args=())
 def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
-                     pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     pdl: int = PDL_OFF) -> tuple[torch.Tensor, torch.Tensor]:
     """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
     return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl)
 
 
 @triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
 def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
-                        eps: float, pdl: bool = False) -> torch.Tensor:
+                        eps: float, pdl: int = PDL_OFF) -> torch.Tensor:
     """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
     return _launch_fused(x, w13, g, x, ss, eps, RMSNORM_MODE, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl)[0]
 
@@ -228,8 +255,9 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                  eviction_policy="evict_first")
     w2 = tl.load(w_ptr + r2[:, None] * stride_wn + rk[None, :], mask=km[None, :], other=0.0,
                  eviction_policy="evict_first")
-    if USE_PDL:
+    if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
+    if USE_PDL == 1:
         gdc_launch_dependents()
     rp = tl.arange(0, NSS_BLOCK)
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
@@ -248,6 +276,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         xf = _x_tile(x_ptr, g_ptr, k, km, rstd, 1)
         acc1 += w1.to(tl.float32) * xf[None, :]
         acc2 += w2.to(tl.float32) * xf[None, :]
+    if USE_PDL == 2:
+        gdc_launch_dependents()
     y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
     y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     # RoPE with the signed sine table (-sin | +sin): x * cos + swap_halves(x) * sin, each product rounded
@@ -274,7 +304,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
 @triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
 def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wqkv: torch.Tensor, eps: float,
                           cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          input_pos: torch.Tensor, n_heads: int, pdl: bool = False) -> torch.Tensor:
+                          input_pos: torch.Tensor, n_heads: int, pdl: int = PDL_OFF) -> torch.Tensor:
     """Batch-1 decode: q (1, H*D) = RoPE(wqkv @ rmsnorm(x) * g)[:H*D]; rotated k and v written into
     k_cache / v_cache (1, Hkv, S, D) at slot input_pos (1,). cos, sin (D,): this position's tables (sin
     signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
@@ -287,11 +317,12 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
     def grid(meta):
         return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
 
-    wrap_triton(_gemv_qkv_rope_kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
-                                             wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
-                                             hkv, k_cache.stride(1), k_cache.stride(2), D=D,
-                                             NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl,
-                                             **_launch_kwargs(pdl))
+    kernel, config = (_gemv_qkv_rope_kernel.fn, QKV_ROPE_CONFIG) if _pinned() else (_gemv_qkv_rope_kernel, {})
+    wrap_triton(kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
+                              wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
+                              hkv, k_cache.stride(1), k_cache.stride(2), D=D,
+                              NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, **config,
+                              **_launch_kwargs(pdl))
     return q
 
 
@@ -318,8 +349,9 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
     kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
     k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
     v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
-    if USE_PDL:
+    if USE_PDL != 0:
         gdc_wait()
+    if USE_PDL == 1:
         gdc_launch_dependents()
     if NEWEST_AFTER_WAIT:  # the cache was loaded before the wait; only the newest attended slot (this step's
         # token, which the previous kernel may be writing) is read again after it. In a chunk before the
@@ -342,6 +374,8 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
     p = tl.exp(scores - m_safe)
     l = tl.sum(p, axis=0)
     acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    if USE_PDL == 2:
+        gdc_launch_dependents()
     out = bh * NSPLIT + j
     tl.store(m_ptr + out, m)
     tl.store(l_ptr + out, l)
@@ -378,7 +412,7 @@ def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_p
 @triton.jit
 def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr,
                                 USE_PDL: tl.constexpr):
-    if USE_PDL:
+    if USE_PDL != 0:
         gdc_wait()
         gdc_launch_dependents()
     _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, tl.program_id(0), NSPLIT, D, SPLITS)
@@ -410,7 +444,7 @@ def _attn_buffers(q, S):
 
 @triton_op("llama_fast::decode_attention", mutates_args=())
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                     scale: float, pdl: bool = False) -> torch.Tensor:
+                     scale: float, pdl: int = PDL_OFF) -> torch.Tensor:
     """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D).
     With pdl, only the newest attended slot of each row may be written by the kernel before (the step's)."""
     B, H, _, D = q.shape
@@ -419,7 +453,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     nsplit, m, l, acc, o = _attn_buffers(q, S)
     wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl,
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
         **_launch_kwargs(pdl))
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
@@ -429,7 +463,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                                scale: float, counters: torch.Tensor, pdl: bool = False) -> torch.Tensor:
+                                scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
     """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
@@ -438,5 +472,5 @@ def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK,
-        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl, **_launch_kwargs(pdl))
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **_launch_kwargs(pdl))
     return o

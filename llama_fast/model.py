@@ -33,6 +33,7 @@ class ForwardOptions:
     attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel)
     pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
     #                    each loads its first weight tile before waiting for the kernel before it
+    pdl_trigger_late: bool = False  # with pdl: a kernel lets the next one launch after its main loop, not at once
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -42,6 +43,11 @@ def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
     """Whether the fused decode block computes RoPE and the cache write in its qkv GEMV."""
     return (opts.fused_rope_cache and opts.tensor_positions and not opts.rope_cat
             and cfg.head_dim % ROPE_MIN_HEAD_DIM == 0)
+
+
+def pdl_mode(opts: ForwardOptions) -> int:
+    """The kernels' PDL mode (llama_fast.kernels.PDL_*): 0 off, 1 trigger the next kernel early, 2 late."""
+    return 0 if not opts.pdl else 2 if opts.pdl_trigger_late else 1
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -130,11 +136,11 @@ class Attention(nn.Module):
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
-                                                self.attn_counters, opts.pdl)  # (B, H, 1, D)
+                                                self.attn_counters, pdl_mode(opts))  # (B, H, 1, D)
             else:
                 from .kernels import decode_attention
 
-                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, opts.pdl)  # (B, H, 1, D)
+                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, pdl_mode(opts))  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
@@ -176,7 +182,7 @@ class Block(nn.Module):
         from .kernels import gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
-        x2, pdl = x.view(1, -1), opts.pdl
+        x2, pdl = x.view(1, -1), pdl_mode(opts)
         if rope_in_qkv(opts, c):
             from .kernels import gemv_rmsnorm_qkv_rope
 
@@ -310,7 +316,7 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
         return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, self.output.weight, self.norm.eps,
-                            opts.pdl).view(1, 1, -1)
+                            pdl_mode(opts)).view(1, 1, -1)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv

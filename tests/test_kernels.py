@@ -66,6 +66,10 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
                          rmsnorm(x, g, 1e-5).float() @ w.float().T),
         "swiglu_late": (fused(x, w13, g, x, ss, 1e-5, LATE, SWI, N)[0], (F.silu(gate.float()).to(dt) * up).float()),
     }
+    # the public ops: eager launches take the pinned configs (kn.gemv_config), not the autotuner's
+    checks["op residual"] = (kn.gemv_residual_ss(x, w, res)[0], ref_res.float())
+    checks["op swiglu"] = (kn.gemv_rmsnorm_swiglu(x, ss, g, w13, 1e-5), checks["swiglu"][1])
+    checks["op rmsnorm"] = (kn.gemv_rmsnorm(x, ss, g, w, 1e-5), checks["rmsnorm"][1])
     for name, (y, ref) in checks.items():
         err = rel(y, ref)
         assert err < tol, (name, N, K, err)
@@ -95,6 +99,9 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     checks = {"qkv_rope q": (q, rope(rq.view(H, D)).reshape(1, -1).float()),
               "qkv_rope k": (kc[0, :, pos], rope(rk.view(Hkv, D)).float()),
               "qkv_rope v": (vc[0, :, pos], rv.view(Hkv, D).float())}
+    kc2, vc2 = torch.zeros_like(kc), torch.zeros_like(vc)
+    q2 = kn.gemv_rmsnorm_qkv_rope(x, ss, g, w, 1e-5, cos, sin, kc2, vc2, torch.tensor([pos]), H)
+    assert torch.equal(q2, q) and torch.equal(kc2, kc) and torch.equal(vc2, vc)  # the op, pinned config
     for name, (y, ref) in checks.items():
         err = rel(y, ref)
         assert err < tol, (name, H, Hkv, D, err)
