@@ -47,6 +47,8 @@ _SEED6 = ForwardOptions(fused_qkv=True, fused_gate_up=False, static_mask=True, t
                         rope_cat=False)
 _FAST = ForwardOptions()  # everything on
 
+_FUSED_KERNELS = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=True,
+                                attention_one_launch=True)
 VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("hf", "none (transformers generate)"),
     Variant("hf-static", "transformers cache_implementation=static (auto-compiled)", hf_cache="static"),
@@ -64,27 +66,29 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("fused", "+ RMSNorm, SwiGLU and residual adds fused into the decode GEMVs, split-K decode "
             "attention", ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
             compile="fullgraph", prefill_chunk=512),
+    Variant("fused-eager", "+ RoPE and the K/V cache write in the wqkv GEMV, one-kernel attention: the decode "
+            "block is only our kernels, run uncompiled in the step's CUDA graph", _FUSED_KERNELS,
+            compile="fullgraph", prefill_chunk=512),
+    Variant("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first weight tile "
+            "before waiting for the one before it", replace(_FUSED_KERNELS, pdl=True), compile="fullgraph",
+            prefill_chunk=512),
 ]}
-_FUSED_KERNELS = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=True,
-                                attention_one_launch=True)
-EXPERIMENTAL = {  # opt-in rows not yet measured on a GPU (docs/PERF.md): not in ABLATION, not FASTEST
-    "fused-rope": Variant("fused-rope", "+ RoPE and the K/V cache write in the wqkv GEMV epilogue",
+LAB_ROWS = {  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
+    "fused-rope": Variant("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
                           ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
                                          fused_rope_cache=True), compile="fullgraph", prefill_chunk=512),
-    "fused-1launch": Variant("fused-1launch", "+ decode attention in one kernel (the last chunk combines)",
+    "fused-1launch": Variant("fused-1launch", "fused + decode attention in one kernel (the last chunk combines)",
                              ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
                                             attention_one_launch=True), compile="fullgraph", prefill_chunk=512),
-    "fused-eager": Variant("fused-eager", "fused-rope + fused-1launch: the decode block is only our kernels, run "
-                           "eagerly in the step's CUDA graph (no Inductor compile of it)",
-                           _FUSED_KERNELS, compile="fullgraph", prefill_chunk=512),
-    "fused-pdl": Variant("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first "
-                         "weight tile before waiting for the one before it",
-                         replace(_FUSED_KERNELS, pdl=True), compile="fullgraph", prefill_chunk=512),
+    "fused-pdl-early": Variant("fused-pdl-early", "fused-pdl, each kernel letting the next launch right after "
+                               "its wait (lost to fused-eager: run 18)",
+                               replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True), compile="fullgraph",
+                               prefill_chunk=512),
 }
-VARIANTS.update(EXPERIMENTAL)
+VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused"]
-FASTEST = "fused"  # +4 % over "gemv" in one H200 run (docs/PERF.md, row 12)
+            "fused", "fused-eager", "fused-pdl"]
+FASTEST = "fused-pdl"  # +5.1 % over "fused" in one H200 process (docs/PERF.md, run 18)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

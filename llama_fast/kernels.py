@@ -6,6 +6,7 @@ accumulator. Registered with torch.library.triton_op so torch.compile keeps it i
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
 import triton
@@ -173,8 +174,17 @@ def gemv_config(n: int, epilogue: int) -> dict:
             "num_stages": 2 if epilogue == EPILOGUE_SWIGLU else 3}  # SwiGLU streams two tiles per stage
 
 
+# Lab hook (scripts/perf_lab.py --config-trials): (form, n, K) -> a config dict, or None for the pinned one.
+# Forms: gemv, rmsnorm, residual, swiglu, qkv_rope, attention (n = cache slots, K = head dim; CHUNK, num_warps).
+CONFIG_OVERRIDE: Callable[[str, int, int], dict | None] | None = None
+
+
 def _pinned() -> bool:
     return not torch.compiler.is_compiling() and os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") != "1"
+
+
+def _override(form: str, n: int, K: int) -> dict | None:
+    return CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
 
 
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF):
@@ -189,7 +199,9 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    kernel, config = (_gemv_fused_kernel.fn, gemv_config(n, epilogue)) if _pinned() else (_gemv_fused_kernel, {})
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
+    kernel, config = ((_gemv_fused_kernel.fn, _override(form, n, K) or gemv_config(n, epilogue)) if _pinned()
+                      else (_gemv_fused_kernel, {}))
     wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
                               PROLOGUE=prologue, EPILOGUE=epilogue,
                               NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
@@ -317,7 +329,8 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
     def grid(meta):
         return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
 
-    kernel, config = (_gemv_qkv_rope_kernel.fn, QKV_ROPE_CONFIG) if _pinned() else (_gemv_qkv_rope_kernel, {})
+    kernel, config = ((_gemv_qkv_rope_kernel.fn, _override("qkv_rope", wqkv.shape[0], x.shape[1]) or QKV_ROPE_CONFIG)
+                      if _pinned() else (_gemv_qkv_rope_kernel, {}))
     wrap_triton(kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
                               wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
                               hkv, k_cache.stride(1), k_cache.stride(2), D=D,
@@ -433,9 +446,17 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
-def _attn_buffers(q, S):
+def _attn_config(kernel, S: int, D: int):
+    """(kernel to launch, slots per program, launch kwargs): eager launches take the lab override if any."""
+    cfg = _override("attention", S, D) if _pinned() else None
+    if cfg is None:
+        return kernel, ATTN_CHUNK, {}
+    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
+
+
+def _attn_buffers(q, S, chunk):
     B, H, _, D = q.shape
-    nsplit = triton.cdiv(S, ATTN_CHUNK)
+    nsplit = triton.cdiv(S, chunk)
     m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
     acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
     o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
@@ -450,11 +471,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
-    nsplit, m, l, acc, o = _attn_buffers(q, S)
-    wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
+    kernel, chunk, cfg = _attn_config(_decode_attn_split_kernel, S, D)
+    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
+    wrap_triton(kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
-        **_launch_kwargs(pdl))
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
+        **cfg, **_launch_kwargs(pdl))
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                          **_launch_kwargs(pdl))
@@ -468,9 +490,11 @@ def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
-    nsplit, m, l, acc, o = _attn_buffers(q, S)
-    wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
+    kernel, chunk, cfg = _attn_config(_decode_attn_one_launch_kernel, S, D)
+    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
+    wrap_triton(kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
-        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=ATTN_CHUNK,
-        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **_launch_kwargs(pdl))
+        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **cfg,
+        **_launch_kwargs(pdl))
     return o

@@ -32,8 +32,9 @@ class ForwardOptions:
     fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
     attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel)
     pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
-    #                    each loads its first weight tile before waiting for the kernel before it
-    pdl_trigger_late: bool = False  # with pdl: a kernel lets the next one launch after its main loop, not at once
+    #                    each loads its first weight tile before waiting for the kernel before it, and lets the
+    #                    next one launch once its main loop is done
+    pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -47,7 +48,7 @@ def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
 
 def pdl_mode(opts: ForwardOptions) -> int:
     """The kernels' PDL mode (llama_fast.kernels.PDL_*): 0 off, 1 trigger the next kernel early, 2 late."""
-    return 0 if not opts.pdl else 2 if opts.pdl_trigger_late else 1
+    return 0 if not opts.pdl else 1 if opts.pdl_trigger_early else 2
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:

@@ -50,6 +50,9 @@ def main(argv=None):
     ap.add_argument("--autotune-picks", action="store_true",
                     help="after each variant, print the configs Triton's autotuner picked for our kernels "
                          "(eager launches only; Inductor tunes the kernels it compiles itself)")
+    ap.add_argument("--config-trials", default=None, metavar="VARIANT",
+                    help="the variant's decode under each of CONFIG_TRIALS (kernels.CONFIG_OVERRIDE) in this "
+                         "process: decode ms/step per trial, the pinned configs first and last")
     args = ap.parse_args(argv)
     if args.cold:
         import os
@@ -155,11 +158,55 @@ def main(argv=None):
             recompile_report(say, k, fast, VARIANTS[k], w, [int(p) for p in args.recompile.split(",")])
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
+    if args.config_trials:
+        config_trials(say, fast, VARIANTS[args.config_trials], w, roof)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
         say(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | {m.warmup_s:.1f} | {m.hash} |")
     return 0
+
+
+def _cfg(bn, bk, stages, warps=4):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+
+
+# form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
+CONFIG_TRIALS = {
+    "pinned": {},
+    "residual s4": {"residual": _cfg(8, 512, 4)},
+    "residual BK256 s4": {"residual": _cfg(8, 256, 4)},
+    "residual BN16": {"residual": _cfg(16, 512, 3)},
+    "wo BN16 BK256": {"residual@4096": _cfg(16, 256, 3)},
+    "swiglu s3": {"swiglu": _cfg(8, 512, 3)},
+    "swiglu BK256 s3": {"swiglu": _cfg(8, 256, 3)},
+    "qkv BN32 BK512": {"qkv_rope": _cfg(32, 512, 3)},
+    "qkv s4": {"qkv_rope": _cfg(16, 256, 4)},
+    "attn 32/2": {"attention": {"CHUNK": 32, "num_warps": 2}},
+    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
+    "attn 128/4": {"attention": {"CHUNK": 128, "num_warps": 4}},
+    "pinned again": {},
+}
+
+
+def config_trials(say, fast, variant, w, roof):
+    """Decode ms/step of one variant under each trial's config overrides (graphs recaptured per trial)."""
+    from llama_fast import kernels as kn
+
+    w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
+    for name, table in CONFIG_TRIALS.items():
+        kn.CONFIG_OVERRIDE = lambda form, n, K, t=table: t.get(f"{form}@{K}") or t.get(form)
+        try:
+            m = measure(fast_runner(fast, variant, w), w, 1, 3)
+            m1 = measure(fast_runner(fast, variant, w1), w1, 1, 5)
+        except Exception as e:  # a config that does not compile or fit: say so and go on
+            say(f"trial {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
+            continue
+        finally:
+            kn.CONFIG_OVERRIDE = None
+        step = (min(m.times) - min(m1.times)) / (w.new_tokens - 1)
+        say(f"trial {name}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
+            f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
 
 
 def profile_report(say, k, prof, path):

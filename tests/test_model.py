@@ -310,7 +310,7 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     assert calls.count("attention") == steps and calls.count("swiglu") == steps
     assert calls.count("qkv_rope") == (steps if rope_in_gemv else 0)
     assert calls.count("one launch") == (steps if one_launch else 0)
-    assert pdl_flags == {1 if pdl else 0}  # every fused op was told the PDL mode (1: trigger early)
+    assert pdl_flags == {2 if pdl else 0}  # every fused op was told the PDL mode (2: trigger late)
     assert torch.equal(fused, plain)
     # the same wiring under the regional compile (what the fullgraph mode runs); a block of only our kernels
     # (RoPE in the qkv GEMV, Triton attention) is not compiled: it runs eagerly
