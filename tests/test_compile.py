@@ -16,13 +16,9 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device,variant", [("cpu", FASTEST),
-                                            pytest.param("cuda", FASTEST, marks=needs_cuda),
-                                            pytest.param("cuda", "gemv", marks=needs_cuda),
-                                            pytest.param("cuda", "fused-rope", marks=needs_cuda),
-                                            pytest.param("cuda", "fused-1launch", marks=needs_cuda),
-                                            pytest.param("cuda", "fused-eager", marks=needs_cuda),
-                                            pytest.param("cuda", "fused-pdl", marks=needs_cuda)])
+@pytest.mark.parametrize("device,variant", [("cpu", FASTEST)] + [
+    pytest.param("cuda", v, marks=needs_cuda)
+    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl"])])
 def test_no_recompile_when_the_prompt_length_changes(device, variant):
     torch._dynamo.reset()
     from torch._dynamo.utils import counters

@@ -142,6 +142,12 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
             SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False, NEWEST_AFTER_WAIT=call == 1)
         assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
     print("attention one launch", B, H, Hkv, S, "== two launches")
+    # the public ops: eager launches take kn.ATTN_EAGER_CONFIG (128-slot tiles), PDL asked for and not applied
+    for name, o2 in (("op attention", kn.decode_attention(q, k, v, mask, D ** -0.5, 2)),
+                     ("op attention one launch", kn.decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt, 2))):
+        err = rel(o2, ref)
+        assert err < tol and not cnt.any(), (name, B, H, Hkv, S, err)
+        print(name, B, H, Hkv, S, f"{err:.1e}")
 print("ok")
 """
 
