@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--config-trials", default=None, metavar="VARIANT",
                     help="the variant's decode under each of CONFIG_TRIALS (kernels.CONFIG_OVERRIDE) in this "
                          "process: decode ms/step per trial, the pinned configs first and last")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
         import os
@@ -159,7 +160,8 @@ def main(argv=None):
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
-        config_trials(say, fast, VARIANTS[args.config_trials], w, roof)
+        config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
+                      CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
@@ -187,14 +189,29 @@ CONFIG_TRIALS = {
     "attn 128/4": {"attention": {"CHUNK": 128, "num_warps": 4}},
     "pinned again": {},
 }
+# second set (run 21), after attention moved to 128/4: the wo GEMV (least efficient), the head, bigger tiles
+CONFIG_TRIALS_2 = {
+    "pinned": {},
+    "wo warps 2": {"residual@4096": _cfg(8, 512, 3, warps=2)},
+    "wo BN16 warps 8": {"residual@4096": _cfg(16, 512, 3, warps=8)},
+    "residual BK1024 s2": {"residual": _cfg(8, 1024, 2)},
+    "swiglu BN16 s2": {"swiglu": _cfg(16, 512, 2)},
+    "head BN32": {"rmsnorm": _cfg(32, 512, 3)},
+    "head BN8": {"rmsnorm": _cfg(8, 512, 3)},
+    "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
+    "attn 256/8": {"attention": {"CHUNK": 256, "num_warps": 8}},
+    "residual s4 + swiglu s3 + qkv s4": {"residual": _cfg(8, 512, 4), "swiglu": _cfg(8, 512, 3),
+                                         "qkv_rope": _cfg(16, 256, 4)},
+    "pinned again": {},
+}
 
 
-def config_trials(say, fast, variant, w, roof):
+def config_trials(say, fast, variant, w, roof, trials):
     """Decode ms/step of one variant under each trial's config overrides (graphs recaptured per trial)."""
     from llama_fast import kernels as kn
 
     w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
-    for name, table in CONFIG_TRIALS.items():
+    for name, table in trials.items():
         kn.CONFIG_OVERRIDE = lambda form, n, K, t=table: t.get(f"{form}@{K}") or t.get(form)
         try:
             m = measure(fast_runner(fast, variant, w), w, 1, 3)
