@@ -7,7 +7,9 @@ Modes (the CLI's --compile):
   fullgraph  regional: one fullgraph=True, static-shape compile of a transformer block serves every
              layer (compiled once per shape: decode and the prefill chunk); on CUDA the whole decode
              step (compiled blocks, cache writes, argmax, EOS flags) is captured in one CUDA graph
-             (GraphedDecode); prefill runs over fixed-size chunks, so a new prompt length never recompiles
+             (GraphedDecode); prefill runs over fixed-size chunks, so a new prompt length never recompiles.
+             A batch-1 decode block made only of llama_fast's Triton kernels is not compiled: the graph
+             captures its eager launches (which may use programmatic dependent launch)
 """
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Triton kernels for the memory-bound decode step (imported only on CUDA).
 
 gemv: y (1, N) = x (1, K) @ W (N, K)^T for the batch-1 decode step, streaming W once with an fp32
-accumulator. Registered with torch.library.triton_op so torch.compile keeps it inside the step graph.
+accumulator, with fused prologues / epilogues (RMSNorm, residual + sum-of-squares partials, SwiGLU, RoPE and
+the K/V cache write); split-K decode attention over the static cache. Each op is a torch.library.triton_op,
+so torch.compile keeps it inside the step graph; launched eagerly (the fastest path's decode block, inside
+the step's CUDA graph) they take pinned configs and may use programmatic dependent launch (PDL, below).
 """
 from __future__ import annotations
 
