@@ -13,6 +13,7 @@ Modes (the CLI's --compile):
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -37,7 +38,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     """(prefill_fn, decode_fn) for a compile mode; sets or clears model.compiled_block."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
-    model.compiled_block = model.compiled_fused_block = None
+    model.compiled_block = model.compiled_fused_block = model.compiled_prepare = None
     if mode == "no":
         return prefill, decode
     configure_inductor()
@@ -47,9 +48,14 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
         return torch.compile(prefill, dynamic=True), torch.compile(decode, dynamic=True)
     # fullgraph: regional compilation, one fullgraph compile of a block serves all layers (and is cheap to
     # build: the cold warm-up stays short), and on CUDA a hand-captured graph over the whole decode step.
-    from .model import run_fused_layer, run_layer
+    from .model import prepare_inputs, run_fused_layer, run_layer
 
     model.compiled_block = torch.compile(run_layer, fullgraph=True, dynamic=False)
+    if model.options.compiled_glue:  # each step's embedding / RoPE rows / mask, and the greedy pick
+        from .generate import last_token_pick
+
+        model.compiled_prepare = torch.compile(prepare_inputs, fullgraph=True, dynamic=False)
+        decode = functools.partial(decode, pick=torch.compile(last_token_pick, fullgraph=True, dynamic=False))
     # a fused block made only of our kernels runs eagerly (inside the step's CUDA graph): Inductor would add
     # nothing but ~10 s of cold compile, and eager launches can use PDL
     model.compiled_fused_block = (None if model.fused_block_is_kernels_only()

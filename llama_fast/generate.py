@@ -33,11 +33,23 @@ def prefill_step(model: Transformer, idx: torch.Tensor, input_pos: torch.Tensor,
     return model(idx, input_pos, start, logits_index)[:, -1].float()
 
 
+def last_token_pick(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
+                    suppress_eos: bool):
+    """next_token over the last position of logits (B, T, V) in the model dtype."""
+    return next_token(logits[:, -1].float(), done, eos_ids, pad_id, suppress_eos)
+
+
 def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor,
-                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool):
-    """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,))."""
-    logits = model(tok[:, None], input_pos, start)[:, -1].float()
-    return next_token(logits, done, eos_ids, pad_id, suppress_eos)
+                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
+                pick: Callable | None = None):
+    """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)).
+    pick: last_token_pick or a compiled copy of it (compile.make_steps)."""
+    logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
+    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
+
+
+# what make_steps / configure set on the (possibly shared) model for one LlamaFast
+_MODEL_STATE = ("options", "compiled_block", "compiled_fused_block", "compiled_prepare")
 
 
 class LlamaFast:
@@ -58,6 +70,7 @@ class LlamaFast:
         self.compile = "no"
         self.prefill_chunk = None
         self._steps = None
+        self._model_state: dict = {}
         # Test-only: called after every decode step (the benchmark gate's injected slowdown). None in use.
         self.step_hook: Callable[[], None] | None = None
         self.configure(options=options or ForwardOptions(), compile=compile, prefill_chunk=prefill_chunk)
@@ -78,9 +91,20 @@ class LlamaFast:
 
     @property
     def steps(self):
+        """(prefill, decode) of this object's compile mode, with the model set to this object's code path."""
+        self._bind()
         if self._steps is None:
             self._steps = make_steps(self.compile, prefill_step, decode_step, self.model)
+            self._model_state = {k: getattr(self.model, k) for k in _MODEL_STATE}
         return self._steps
+
+    def _bind(self):
+        """The model may be shared (e.g. a compiled and an eager LlamaFast over one set of weights): put this
+        object's options and, once its steps exist, its compiled blocks back on the model before running."""
+        self.model.options = self.options
+        if self._steps is not None:
+            for k, v in self._model_state.items():
+                setattr(self.model, k, v)
 
     # ------------------------------------------------------------------------------------ checks
     def _check_request(self, input_ids, attention_mask, max_new_tokens, min_new_tokens):
@@ -181,7 +205,9 @@ class LlamaFast:
 
         C, starts = self._prefill_chunks(T, S)
         for s in starts:
-            chunk = ids[:, s:s + C]
+            # a copy with standard strides: the view's row stride is the prompt length, and compiled code taking
+            # it would be specialized on that stride (a recompile per prompt length)
+            chunk = ids[:, s:s + C].clone(memory_format=torch.contiguous_format)
             if chunk.shape[1] < C:  # short prompt: right-pad to the static chunk length
                 chunk = torch.cat([chunk, chunk.new_full((B, C - chunk.shape[1]), pad)], dim=1)
             last = torch.tensor([min(T - 1 - s, C - 1)], device=dev)  # tensor: no recompile per length
@@ -224,6 +250,7 @@ class LlamaFast:
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Full-sequence logits (B, T, V) in one forward from an empty cache (for parity checks)."""
+        self._bind()
         B, T = input_ids.shape
         self.model.setup_caches(B, self.cache_length or T)
         self.model.set_padding(torch.zeros(B, dtype=torch.long, device=self.device))

@@ -84,6 +84,9 @@ LAB_ROWS = {  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLAT
                                "its wait (lost to fused-eager: run 18)",
                                replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True), compile="fullgraph",
                                prefill_chunk=512),
+    "fused-glue": Variant("fused-glue", "fused-pdl + the step's input preparation (embedding, RoPE rows, mask) "
+                          "and greedy pick compiled too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True),
+                          compile="fullgraph", prefill_chunk=512),
 }
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",

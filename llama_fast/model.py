@@ -35,6 +35,9 @@ class ForwardOptions:
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
     pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
+    compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
+    #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
+    #                              instead of ~15 small eager ones per decode step
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -208,6 +211,18 @@ def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOption
     return layer(x, rope, mask, input_pos, start, opts)
 
 
+def prepare_inputs(model: "Transformer", idx: torch.Tensor, input_pos: torch.Tensor, start: int):
+    """(x (B, T, dim), rope (cos, sin) each (B, 1, T, D), mask (B, 1, T, L)) of a forward call: the token
+    embeddings, the RoPE rows at each row's positions and the attention mask (compiled like run_layer when
+    ForwardOptions.compiled_glue)."""
+    opts = model.options
+    pos = (input_pos[None, :] - model.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
+    sin_table = model.rope_sin if opts.rope_cat else model.rope_sin_signed  # gather only the one in use
+    rope = (model.rope_cos[pos][:, None], sin_table[pos][:, None])  # each (B, 1, T, D)
+    mask = model._mask(input_pos, start, idx.shape[1])
+    return model.tok_embeddings(idx), rope, mask
+
+
 def run_fused_layer(layer: Block, x, ss, rope, mask, input_pos, start, opts: ForwardOptions):
     """One block of the fused batch-1 decode step (compiled once like run_layer)."""
     return layer.fused_decode(x, ss, rope, mask, input_pos, start, opts)
@@ -230,6 +245,7 @@ class Transformer(nn.Module):
         # regional compilation: one compiled function serves all (identical) blocks; None = eager
         self.compiled_block: Callable | None = None
         self.compiled_fused_block: Callable | None = None  # the same for run_fused_layer
+        self.compiled_prepare: Callable | None = None  # the same for prepare_inputs (compiled_glue)
         # the fused decode kernels have no bias inputs
         self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
 
@@ -294,11 +310,7 @@ class Transformer(nn.Module):
         Returns logits (B, T, V) in the model dtype, or (B, 1, V) for the position logits_index (1,) only."""
         B, T = idx.shape
         opts = self.options
-        pos = (input_pos[None, :] - self.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
-        sin_table = self.rope_sin if opts.rope_cat else self.rope_sin_signed  # gather only the one in use
-        rope = (self.rope_cos[pos][:, None], sin_table[pos][:, None])  # each (B, 1, T, D)
-        mask = self._mask(input_pos, start, T)
-        x = self.tok_embeddings(idx)
+        x, rope, mask = (self.compiled_prepare or prepare_inputs)(self, idx, input_pos, start)
         if opts.fused_decode and self.fusable and B * T == 1 and triton_kernels_apply(x):
             return self._fused_decode(x, rope, mask, input_pos, start, opts)
         run_block = self.compiled_block or run_layer

@@ -16,9 +16,10 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device,variant", [("cpu", FASTEST)] + [
+@pytest.mark.parametrize("device,variant", [("cpu", FASTEST), ("cpu", "fused-glue")] + [
     pytest.param("cuda", v, marks=needs_cuda)
-    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl"])])
+    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
+                            "fused-glue"])])
 def test_no_recompile_when_the_prompt_length_changes(device, variant):
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
@@ -41,9 +42,11 @@ def test_no_recompile_when_the_prompt_length_changes(device, variant):
                 captured = len(getattr(fast.steps[1], "_graphs", {}))
             assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
         # one block graph for the prefill chunk shape, one for the decode step (unless the decode block is only
-        # our Triton kernels and runs eagerly in the captured step); nothing new for later lengths
+        # our Triton kernels and runs eagerly in the captured step); with compiled glue, the input preparation
+        # of both shapes and the greedy pick; nothing new for later lengths
         kernels_only = device == "cuda" and model.fused_block_is_kernels_only()
-        assert graphs_after_first - before == (1 if kernels_only else 2)
+        glue = 3 if v.options.compiled_glue else 0
+        assert graphs_after_first - before == (1 if kernels_only else 2) + glue
         assert counters["stats"]["unique_graphs"] == graphs_after_first
         if device == "cuda":
             assert captured == 1 and len(fast.steps[1]._graphs) == 1  # the decode graph, captured once

@@ -208,6 +208,32 @@ def test_make_steps_modes():
         make_steps("max", prefill_step, decode_step, model)
 
 
+def test_llama_fast_objects_sharing_a_model_each_run_their_own_path():
+    """Two LlamaFast over one model (a compiled one and an eager reference, as tests and users do): each
+    call runs the caller's options and compiled blocks, not whichever object was configured last."""
+    from llama_fast.generate import LlamaFast
+    from llama_fast.loading import IdTokenizer
+    from llama_fast.model import ForwardOptions
+
+    cfg = NAMED_SHAPES["tiny"]
+    model = build_model(cfg, RandomSource(cfg, 0, "cpu", torch.float32), "cpu", torch.float32)
+    tok = IdTokenizer(cfg.vocab_size, None, 0)
+    opts = ForwardOptions(fused_qkv=False, compiled_glue=True)
+    fast = LlamaFast(model, tok, options=opts, compile="fullgraph", prefill_chunk=16, cache_length=64)
+    eager = LlamaFast(model, tok, cache_length=64)  # configured last: its options are on the model now
+    ids = _ids(cfg, 1, 7)
+    out = fast.generate(ids, max_new_tokens=4)
+    assert model.options is opts
+    compiled = (model.compiled_block, model.compiled_prepare)
+    assert all(c is not None for c in compiled)
+    assert torch.equal(eager.generate(ids, max_new_tokens=4), out)
+    assert model.options is eager.options and model.compiled_block is None and model.compiled_prepare is None
+    fast.generate(ids, max_new_tokens=4)
+    assert model.options is opts and (model.compiled_block, model.compiled_prepare) == compiled
+    eager.logits(ids)
+    assert model.options is eager.options and model.compiled_block is None
+
+
 # ------------------------------------------------------------------------------------------- bad requests
 @pytest.mark.parametrize("make_ids, kw, message", [
     (lambda: torch.empty(1, 0, dtype=torch.long), {}, "empty prompt: input_ids has no tokens"),
