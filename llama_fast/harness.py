@@ -72,6 +72,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first weight tile "
             "before waiting for the one before it", replace(_FUSED_KERNELS, pdl=True), compile="fullgraph",
             prefill_chunk=512),
+    Variant("fused-glue", "+ the step's input preparation (embedding, RoPE rows, mask) and greedy pick compiled "
+            "too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True), compile="fullgraph", prefill_chunk=512),
 ]}
 LAB_ROWS = {  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
     "fused-rope": Variant("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
@@ -84,14 +86,11 @@ LAB_ROWS = {  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLAT
                                "its wait (lost to fused-eager: run 18)",
                                replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True), compile="fullgraph",
                                prefill_chunk=512),
-    "fused-glue": Variant("fused-glue", "fused-pdl + the step's input preparation (embedding, RoPE rows, mask) "
-                          "and greedy pick compiled too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True),
-                          compile="fullgraph", prefill_chunk=512),
 }
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl"]
-FASTEST = "fused-pdl"  # +5.1 % over "fused" in one H200 process (docs/PERF.md, run 18)
+            "fused", "fused-eager", "fused-pdl", "fused-glue"]
+FASTEST = "fused-glue"  # decode -1.9 % against fused-pdl in one H200 process (docs/PERF.md, run 22)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

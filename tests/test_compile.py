@@ -16,7 +16,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("device,variant", [("cpu", FASTEST), ("cpu", "fused-glue")] + [
+@pytest.mark.parametrize("device,variant", [("cpu", v) for v in dict.fromkeys([FASTEST, "fused-glue"])] + [
     pytest.param("cuda", v, marks=needs_cuda)
     for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
                             "fused-glue"])])
