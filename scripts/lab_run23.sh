@@ -4,7 +4,8 @@
 # add up to 570 s, so this is one call.
 #  (1) run_llama.py --compare on a fresh machine: fused-glue vs transformers default vs static in one process,
 #      cold warm-up included.
-#  (2) fused-pdl vs fused-glue with the teacher-forced check, and a cold warm-up of fused-glue alone.
+#  (2) a cold warm-up of fused-glue alone, in a fresh process with empty caches (its teacher-forced check:
+#      run 22).
 #  (3) the default suite (8 cases) with fused-glue as the fastest path.
 export PYTHONPATH=. LLAMA_FAST_COMMIT=${LLAMA_FAST_COMMIT:-unknown} PYTHONUNBUFFERED=1
 nvidia-smi -L
