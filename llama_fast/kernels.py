@@ -25,10 +25,12 @@ except ImportError:  # pragma: no cover - older Triton: the USE_PDL branches are
 # Programmatic dependent launch: a kernel launched with it may start while the kernel before it in the stream
 # is still running. Each of our decode kernels first issues the loads that do not depend on that kernel (the
 # first tile of its weights, which nothing writes), then waits (gdc_wait: the previous kernel has finished and
-# its writes are visible), then lets the next kernel launch (gdc_launch_dependents). So the next kernel's
-# weight stream starts during this kernel's tail instead of after it; nothing is written before the wait.
-# Only one kernel can be in flight ahead of another (each triggers its dependents after its own wait), and
-# PDL-launched kernels captured in a CUDA graph keep these programmatic edges (CUDA >= 12.3).
+# its writes are visible), and once its main loop is done lets the next kernel launch (gdc_launch_dependents;
+# PDL_TRIGGER_LATE, what ForwardOptions.pdl means: letting it launch right after the wait lost 2 %, run 18).
+# So the next kernel's first weight tile loads during this kernel's tail instead of after it; nothing is
+# written before the wait. Only one kernel can be in flight ahead of another (each triggers its dependents
+# after its own wait), and PDL-launched kernels captured in a CUDA graph keep these programmatic edges
+# (CUDA >= 12.3).
 
 
 PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE = 0, 1, 2  # when a kernel lets the next one launch: right
@@ -202,7 +204,8 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue,
+                                                                            "rmsnorm" if prologue else "gemv")
     kernel, config = ((_gemv_fused_kernel.fn, _override(form, n, K) or gemv_config(n, epilogue)) if _pinned()
                       else (_gemv_fused_kernel, {}))
     wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
