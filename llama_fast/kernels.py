@@ -95,6 +95,19 @@ def _x_tile(x_ptr, g_ptr, k, k_mask, rstd, PROLOGUE: tl.constexpr):
     return xv.to(tl.float32)
 
 
+@triton.jit
+def _w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
+    """The weight tile at rows rn, columns k (streamed once: evict first) and, with TWO, the tile of the rows
+    `offset` further down (SwiGLU's up rows; RoPE's second half of a head), else the same tile again."""
+    w_off = rn[:, None] * stride_wn + k[None, :]
+    wm = n_mask[:, None] & (k < K)[None, :]
+    w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    w2 = w
+    if TWO:
+        w2 = tl.load(w_ptr + offset * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    return w, w2
+
+
 @triton.autotune(configs=_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
@@ -105,14 +118,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
-    # the first K tile of the weights (and of the up rows, which follow the N gate rows): nothing writes them,
-    # so they load before the wait for the previous kernel
-    k_mask = rk < K
-    w_off = rn[:, None] * stride_wn + rk[None, :]
-    wm = n_mask[:, None] & k_mask[None, :]
-    w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-    if EPILOGUE == 2:
-        w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    # the first K tile of the weights (and of the up rows): nothing writes them, so they load before the wait
+    # for the previous kernel
+    w, w_up = _w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -124,19 +132,14 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     if PROLOGUE == 1:  # the scale is needed before the first product
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    xf = _x_tile(x_ptr, g_ptr, rk, k_mask, rstd, PROLOGUE)
+    xf = _x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
     acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
     if EPILOGUE == 2:
         acc_up = w_up.to(tl.float32) * xf[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
-        k_mask = k < K
-        w_off = rn[:, None] * stride_wn + k[None, :]
-        wm = n_mask[:, None] & k_mask[None, :]
-        w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-        if EPILOGUE == 2:
-            w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
-        xf = _x_tile(x_ptr, g_ptr, k, k_mask, rstd, PROLOGUE)
+        w, w_up = _w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
+        xf = _x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
         acc += w.to(tl.float32) * xf[None, :]
         if EPILOGUE == 2:
             acc_up += w_up.to(tl.float32) * xf[None, :]
@@ -268,11 +271,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     rk = tl.arange(0, BLOCK_K)
     dt = x_ptr.dtype.element_ty
     # the first K tile of the weights loads before the wait for the previous kernel (see _gemv_fused_kernel)
-    km = rk < K
-    w1 = tl.load(w_ptr + r1[:, None] * stride_wn + rk[None, :], mask=km[None, :], other=0.0,
-                 eviction_policy="evict_first")
-    w2 = tl.load(w_ptr + r2[:, None] * stride_wn + rk[None, :], mask=km[None, :], other=0.0,
-                 eviction_policy="evict_first")
+    w1, w2 = _w_tiles(w_ptr, r1, r1 < N, rk, K, D // 2, stride_wn, True)  # rows r1 and r2 = r1 + D/2
     if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
@@ -281,17 +280,13 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
     rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    xf = _x_tile(x_ptr, g_ptr, rk, km, rstd, 1)  # as transformers' LlamaRMSNorm
+    xf = _x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
     acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
     acc2 = w2.to(tl.float32) * xf[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
-        km = k < K
-        w1 = tl.load(w_ptr + r1[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
-                     eviction_policy="evict_first")
-        w2 = tl.load(w_ptr + r2[:, None] * stride_wn + k[None, :], mask=km[None, :], other=0.0,
-                     eviction_policy="evict_first")
-        xf = _x_tile(x_ptr, g_ptr, k, km, rstd, 1)
+        w1, w2 = _w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
+        xf = _x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
         acc1 += w1.to(tl.float32) * xf[None, :]
         acc2 += w2.to(tl.float32) * xf[None, :]
     if USE_PDL == 2:
