@@ -47,8 +47,15 @@ _SEED6 = ForwardOptions(fused_qkv=True, fused_gate_up=False, static_mask=True, t
                         rope_cat=False)
 _FAST = ForwardOptions()  # everything on
 
-_FUSED_KERNELS = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=True,
-                                attention_one_launch=True)
+_FUSED = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True)
+_FUSED_KERNELS = replace(_FUSED, fused_rope_cache=True, attention_one_launch=True)
+
+
+def _graphed(key: str, label: str, options: ForwardOptions) -> Variant:
+    """A row of the fullgraph mode: regional compile, one CUDA graph per decode step, 512-token prefill chunks."""
+    return Variant(key, label, options, compile="fullgraph", prefill_chunk=512)
+
+
 VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("hf", "none (transformers generate)"),
     Variant("hf-static", "transformers cache_implementation=static (auto-compiled)", hf_cache="static"),
@@ -59,34 +66,26 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     Variant("tensor-pos-static", "same", _SEED4, compile="static"),
     Variant("rope", "+ rotate_half without torch.cat", _SEED6, compile="static"),
     Variant("gate-up", "+ fused gate/up linear", _FAST, compile="static"),
-    Variant("graphs", "+ one CUDA graph over the decode step, regional compile, 512-token prefill chunks "
-            "(fullgraph)", _FAST, compile="fullgraph", prefill_chunk=512),
-    Variant("gemv", "+ Triton GEMV for the decode projections", ForwardOptions(triton_gemv=True),
-            compile="fullgraph", prefill_chunk=512),
-    Variant("fused", "+ RMSNorm, SwiGLU and residual adds fused into the decode GEMVs, split-K decode "
-            "attention", ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True),
-            compile="fullgraph", prefill_chunk=512),
-    Variant("fused-eager", "+ RoPE and the K/V cache write in the wqkv GEMV, one-kernel attention: the decode "
-            "block is only our kernels, run uncompiled in the step's CUDA graph", _FUSED_KERNELS,
-            compile="fullgraph", prefill_chunk=512),
-    Variant("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first weight tile "
-            "before waiting for the one before it", replace(_FUSED_KERNELS, pdl=True), compile="fullgraph",
-            prefill_chunk=512),
-    Variant("fused-glue", "+ the step's input preparation (embedding, RoPE rows, mask) and greedy pick compiled "
-            "too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True), compile="fullgraph", prefill_chunk=512),
+    _graphed("graphs", "+ one CUDA graph over the decode step, regional compile, 512-token prefill chunks "
+             "(fullgraph)", _FAST),
+    _graphed("gemv", "+ Triton GEMV for the decode projections", ForwardOptions(triton_gemv=True)),
+    _graphed("fused", "+ RMSNorm, SwiGLU and residual adds fused into the decode GEMVs, split-K decode "
+             "attention", _FUSED),
+    _graphed("fused-eager", "+ RoPE and the K/V cache write in the wqkv GEMV, one-kernel attention: the decode "
+             "block is only our kernels, run uncompiled in the step's CUDA graph", _FUSED_KERNELS),
+    _graphed("fused-pdl", "+ programmatic dependent launch: each decode kernel loads its first weight tile "
+             "before waiting for the one before it", replace(_FUSED_KERNELS, pdl=True)),
+    _graphed("fused-glue", "+ the step's input preparation (embedding, RoPE rows, mask) and greedy pick compiled "
+             "too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True)),
 ]}
-LAB_ROWS = {  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
-    "fused-rope": Variant("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
-                          ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
-                                         fused_rope_cache=True), compile="fullgraph", prefill_chunk=512),
-    "fused-1launch": Variant("fused-1launch", "fused + decode attention in one kernel (the last chunk combines)",
-                             ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True,
-                                            attention_one_launch=True), compile="fullgraph", prefill_chunk=512),
-    "fused-pdl-early": Variant("fused-pdl-early", "fused-pdl, each kernel letting the next launch right after "
-                               "its wait (lost to fused-eager: run 18)",
-                               replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True), compile="fullgraph",
-                               prefill_chunk=512),
-}
+LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
+    _graphed("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
+             replace(_FUSED, fused_rope_cache=True)),
+    _graphed("fused-1launch", "fused + decode attention in one kernel (the last chunk combines)",
+             replace(_FUSED, attention_one_launch=True)),
+    _graphed("fused-pdl-early", "fused-pdl, each kernel letting the next launch right after its wait (lost to "
+             "fused-eager: run 18)", replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True)),
+]}
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused", "fused-eager", "fused-pdl", "fused-glue"]
