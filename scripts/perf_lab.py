@@ -137,10 +137,7 @@ def main(argv=None):
             ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
             chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
         if args.breakdown:
-            w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
-            m1 = measure(fast_runner(fast, VARIANTS[k], w1), w1, 1, 5)
-            pre = min(m1.times)
-            step = (min(m.times) - pre) / (w.new_tokens - 1)
+            pre, step = prefill_and_step(fast, VARIANTS[k], w, m)
             say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
             fast_runner(fast, VARIANTS[k], w)
         if args.compile_times:
@@ -206,22 +203,28 @@ CONFIG_TRIALS_2 = {
 }
 
 
+def prefill_and_step(fast, variant, w, m):
+    """(prefill s, decode s/step) of the measured run m: a 1-new-token run (best of 5) gives the prefill, the
+    rest of m's best time is divided over its decode steps."""
+    w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
+    pre = min(measure(fast_runner(fast, variant, w1), w1, 1, 5).times)
+    return pre, (min(m.times) - pre) / (w.new_tokens - 1)
+
+
 def config_trials(say, fast, variant, w, roof, trials):
     """Decode ms/step of one variant under each trial's config overrides (graphs recaptured per trial)."""
     from llama_fast import kernels as kn
 
-    w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
     for name, table in trials.items():
         kn.CONFIG_OVERRIDE = lambda form, n, K, t=table: t.get(f"{form}@{K}") or t.get(form)
         try:
             m = measure(fast_runner(fast, variant, w), w, 1, 3)
-            m1 = measure(fast_runner(fast, variant, w1), w1, 1, 5)
+            _, step = prefill_and_step(fast, variant, w, m)
         except Exception as e:  # a config that does not compile or fit: say so and go on
             say(f"trial {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
             continue
         finally:
             kn.CONFIG_OVERRIDE = None
-        step = (min(m.times) - min(m1.times)) / (w.new_tokens - 1)
         say(f"trial {name}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
             f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
 
