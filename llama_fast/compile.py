@@ -9,7 +9,8 @@ Modes (the CLI's --compile):
              step (compiled blocks, cache writes, argmax, EOS flags) is captured in one CUDA graph
              (GraphedDecode); prefill runs over fixed-size chunks, so a new prompt length never recompiles.
              A batch-1 decode block made only of llama_fast's Triton kernels is not compiled: the graph
-             captures its eager launches (which may use programmatic dependent launch)
+             captures its eager launches (which may use programmatic dependent launch). With
+             ForwardOptions.graphed_prefill, each prefill chunk is a captured CUDA graph too (GraphedPrefill)
 """
 from __future__ import annotations
 
@@ -54,34 +55,49 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     if model.options.compiled_glue:  # each step's embedding / RoPE rows / mask, and the greedy pick
         from .generate import last_token_pick
 
-        model.compiled_prepare = torch.compile(prepare_inputs, fullgraph=True, dynamic=False)
-        decode = functools.partial(decode, pick=torch.compile(last_token_pick, fullgraph=True, dynamic=False))
+        # a few tiny kernels: coordinate-descent tuning would only add compile time to the cold warm-up
+        untuned = {"coordinate_descent_tuning": False}
+        model.compiled_prepare = torch.compile(prepare_inputs, fullgraph=True, dynamic=False, options=untuned)
+        decode = functools.partial(decode, pick=torch.compile(last_token_pick, fullgraph=True, dynamic=False,
+                                                              options=untuned))
     # a fused block made only of our kernels runs eagerly (inside the step's CUDA graph): Inductor would add
     # nothing but ~10 s of cold compile, and eager launches can use PDL
     model.compiled_fused_block = (None if model.fused_block_is_kernels_only()
                                   else torch.compile(run_fused_layer, fullgraph=True, dynamic=False))
     if model.output.weight.device.type == "cuda":
-        decode = GraphedDecode(decode)
+        pool = GraphPool()  # the prefill graph's activations and the decode step's share memory
+        decode = GraphedDecode(decode, pool)
+        if model.options.graphed_prefill:
+            prefill = GraphedPrefill(prefill, pool)
     return prefill, decode
 
 
-class GraphedDecode:
-    """CUDA graph over the whole decode step, captured by hand once per (batch, cache, flags).
+def graph_pool_bytes(steps) -> int:
+    """Device memory reserved by the captured CUDA graphs among steps (0 where nothing is graphed)."""
+    return sum(getattr(s, "pool_bytes", 0) for s in steps)
 
-    The step's inputs are copied into static buffers and the graph is replayed: one launch per token.
-    The first call for a key runs the (compiled) step for real on a side stream (compiling it and
-    giving this step's true result), the second captures and replays. The step is idempotent for the
-    same inputs (it rewrites the same cache slot with the same values), so warming up on real inputs is safe.
-    Outputs are static buffers overwritten by the next replay: callers copy what they keep."""
 
-    def __init__(self, step: Callable):
+class _StepGraphs:
+    """CUDA graphs over a step function, captured by hand once per key.
+
+    The step's tensor inputs are copied into static buffers and the graph is replayed: one launch per call.
+    The first call for a key runs the (compiled) step for real on a side stream (compiling it and giving
+    this call's true result), the second captures and replays. A step must be idempotent for the same
+    inputs (decode and prefill rewrite the same cache slots with the same values), so warming up on real
+    inputs is safe. Outputs are static buffers overwritten by the next replay: callers copy what they keep.
+    Graphs share one memory pool (they never run at the same time): pass the same GraphPool to several
+    objects. pool_bytes: the device memory their captures reserved (held for as long as the graphs live;
+    max_memory_allocated does not see it, so the harness adds it to a measured peak)."""
+
+    def __init__(self, step: Callable, pool: "GraphPool | None" = None):
         self.step = step
         self._graphs: dict = {}
         self._seen: set = set()
+        self._pool = pool or GraphPool()
+        self.pool_bytes = 0
 
-    def __call__(self, model, tok, input_pos, done, eos_ids, pad_id, start: int, suppress_eos: bool):
-        # cache_version changes whenever the model reallocates its buffers: a graph never outlives them
-        key = (id(model), model.cache_version, tok.shape[0], eos_ids.shape[0], start, suppress_eos)
+    def _replay(self, key, tensors: tuple, run: Callable):
+        """run(*tensors) through the graph of key (tensors: the step's tensor inputs, in run's order)."""
         entry = self._graphs.get(key)
         if entry is None:
             if key not in self._seen:  # first call: compile + warm up outside any capture
@@ -90,16 +106,18 @@ class GraphedDecode:
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     for _ in range(2):
-                        result = self.step(model, tok, input_pos, done, eos_ids, pad_id, start, suppress_eos)
+                        result = run(*tensors)
                 torch.cuda.current_stream().wait_stream(stream)
                 return result
-            static_in = [t.clone() for t in (tok, input_pos, done, eos_ids, pad_id)]
+            static_in = [t.clone() for t in tensors]
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.step(model, *static_in[:3], *static_in[3:], start, suppress_eos)
+            reserved = torch.cuda.memory_reserved()
+            with torch.cuda.graph(graph, pool=self._pool.handle()):
+                static_out = run(*static_in)
+            self.pool_bytes += torch.cuda.memory_reserved() - reserved  # a private pool takes fresh segments
             entry = self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = entry
-        for dst, src in zip(static_in, (tok, input_pos, done, eos_ids, pad_id)):
+        for dst, src in zip(static_in, tensors):
             dst.copy_(src)
         graph.replay()
         return static_out
@@ -107,3 +125,38 @@ class GraphedDecode:
     def reset(self):
         self._graphs.clear()
         self._seen.clear()
+        self.pool_bytes = 0
+
+
+class GraphPool:
+    """A CUDA-graph memory pool handle, made on first use (so building steps needs no CUDA call)."""
+
+    def __init__(self):
+        self._handle = None
+
+    def handle(self):
+        if self._handle is None:
+            self._handle = torch.cuda.graph_pool_handle()
+        return self._handle
+
+
+class GraphedDecode(_StepGraphs):
+    """The whole decode step (blocks, cache writes, argmax, EOS flags) as one CUDA graph per
+    (batch, cache, flags): one launch per token."""
+
+    def __call__(self, model, tok, input_pos, done, eos_ids, pad_id, start: int, suppress_eos: bool):
+        # cache_version changes whenever the model reallocates its buffers: a graph never outlives them
+        key = (id(model), model.cache_version, tok.shape[0], eos_ids.shape[0], start, suppress_eos)
+        return self._replay(key, (tok, input_pos, done, eos_ids, pad_id),
+                            lambda *t: self.step(model, *t[:3], *t[3:], start, suppress_eos))
+
+
+class GraphedPrefill(_StepGraphs):
+    """One prefill chunk (every block, and the head at one position) as one CUDA graph per (batch, chunk
+    length, cache). Eagerly, a chunk is ~30 host calls of the compiled block, each launching its kernels from
+    Python; at a 512-token chunk of a 7B model the host can fall behind the GPU."""
+
+    def __call__(self, model, idx, input_pos, start: int, logits_index):
+        key = (id(model), model.cache_version, *idx.shape, start)
+        return self._replay(key, (idx, input_pos, logits_index),
+                            lambda i, p, li: self.step(model, i, p, start, li))

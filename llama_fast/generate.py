@@ -98,6 +98,13 @@ class LlamaFast:
             self._model_state = {k: getattr(self.model, k) for k in _MODEL_STATE}
         return self._steps
 
+    def graph_pool_bytes(self) -> int:
+        """Device memory held by this object's captured CUDA graphs (their activations): part of its footprint
+        that max_memory_allocated does not show."""
+        from .compile import graph_pool_bytes
+
+        return graph_pool_bytes(self._steps or ())
+
     def _bind(self):
         """The model may be shared (e.g. a compiled and an eager LlamaFast over one set of weights): put this
         object's options and, once its steps exist, its compiled blocks back on the model before running."""

@@ -38,6 +38,8 @@ class ForwardOptions:
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step
+    graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
+    #                               CUDA graph (no host launch work per block)
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim

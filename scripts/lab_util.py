@@ -2,6 +2,7 @@
 importable by name): a log that prints and appends, and a CUDA-graph timer for one small call."""
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import Callable
 
@@ -39,3 +40,19 @@ def graph_time(fn: Callable[[], object], reps: int = 30, calls: int = 10) -> flo
         e.synchronize()
         ts.append(s.elapsed_time(e) / calls / 1e3)
     return statistics.median(ts)
+
+
+def lab_variants(keys: list[str], variants: dict) -> None:
+    """Register lab-only keys in variants (harness.VARIANTS): base+flag[+flag...] switches ForwardOptions flags
+    on; base@C uses C-token prefill chunks (e.g. fused-glue@1024)."""
+    for key in keys:
+        if key in variants:
+            continue
+        base, _, chunk = key.partition("@")
+        base, *flags = base.split("+")
+        v = variants[base]
+        if flags:
+            v = dataclasses.replace(v, options=dataclasses.replace(v.options, **{f: True for f in flags}))
+        if chunk:
+            v = dataclasses.replace(v, prefill_chunk=int(chunk))
+        variants[key] = dataclasses.replace(v, key=key)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from lab_util import logger
+from lab_util import lab_variants, logger
 from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure,
                                 measure_ceilings, roofline_tok_per_s, teacher_forced_check)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
@@ -79,11 +79,7 @@ def main(argv=None):
         f"prompt {w.prompt_len} new {w.new_tokens} cache {w.cache}")
     say(f"# ceilings: matmul {ceil.matmul_flops / 1e12:.0f} TFLOP/s, copy {ceil.copy_bytes / 1e12:.2f} TB/s")
     keys = args.variants.split(",")
-    for key in keys:  # lab-only variants: base+flag[+flag...] switches ForwardOptions flags on
-        if "+" in key:
-            base, *flags = key.split("+")
-            opts = dataclasses.replace(VARIANTS[base].options, **{f: True for f in flags})
-            VARIANTS[key] = dataclasses.replace(VARIANTS[base], key=key, options=opts)
+    lab_variants(keys, VARIANTS)  # base+flag[+flag...], base@chunk
     rows, outputs = [], {}
     hf_keys = [k for k in keys if VARIANTS[k].is_transformers]
     ours = [k for k in keys if not VARIANTS[k].is_transformers]

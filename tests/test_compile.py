@@ -19,7 +19,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
 @pytest.mark.parametrize("device,variant", [("cpu", v) for v in dict.fromkeys([FASTEST, "fused-glue"])] + [
     pytest.param("cuda", v, marks=needs_cuda)
     for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
-                            "fused-glue"])])
+                            "fused-glue", "fused-prefill-graph"])])
 def test_no_recompile_when_the_prompt_length_changes(device, variant):
     torch._dynamo.reset()
     from torch._dynamo.utils import counters
@@ -51,6 +51,9 @@ def test_no_recompile_when_the_prompt_length_changes(device, variant):
         assert counters["stats"]["unique_graphs"] == graphs_after_first
         if device == "cuda":
             assert captured == 1 and len(fast.steps[1]._graphs) == 1  # the decode graph, captured once
+            if v.options.graphed_prefill:  # the 16-token chunk's graph, captured once (at the second prompt)
+                assert len(fast.steps[0]._graphs) == 1
+            assert fast.graph_pool_bytes() > 0  # counted into measured peaks (harness.Runner.graph_pool_bytes)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch._dynamo.reset()
