@@ -111,10 +111,12 @@ class _StepGraphs:
                 return result
             static_in = [t.clone() for t in tensors]
             graph = torch.cuda.CUDAGraph()
-            reserved = torch.cuda.memory_reserved()
             with torch.cuda.graph(graph, pool=self._pool.handle()):
+                # read after the capture context emptied the allocator's cache: what the capture adds from here
+                # on is the private pool's (it takes fresh segments)
+                reserved = torch.cuda.memory_reserved()
                 static_out = run(*static_in)
-            self.pool_bytes += torch.cuda.memory_reserved() - reserved  # a private pool takes fresh segments
+            self.pool_bytes += torch.cuda.memory_reserved() - reserved
             entry = self._graphs[key] = (graph, static_in, static_out)
         graph, static_in, static_out = entry
         for dst, src in zip(static_in, tensors):

@@ -77,21 +77,22 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              "before waiting for the one before it", replace(_FUSED_KERNELS, pdl=True)),
     _graphed("fused-glue", "+ the step's input preparation (embedding, RoPE rows, mask) and greedy pick compiled "
              "too", replace(_FUSED_KERNELS, pdl=True, compiled_glue=True)),
+    _graphed("fused-prefill-graph", "+ each 512-token prefill chunk replayed from one CUDA graph, its MLP "
+             "in two hidden halves (the graph's memory pool holds the chunk's activations)",
+             replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True)),
 ]}
 LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
     _graphed("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
              replace(_FUSED, fused_rope_cache=True)),
     _graphed("fused-1launch", "fused + decode attention in one kernel (the last chunk combines)",
              replace(_FUSED, attention_one_launch=True)),
-    _graphed("fused-prefill-graph", "fused-glue + each 512-token prefill chunk replayed from a CUDA graph",
-             replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True)),
     _graphed("fused-pdl-early", "fused-pdl, each kernel letting the next launch right after its wait (lost to "
              "fused-eager: run 18)", replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True)),
 ]}
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl", "fused-glue"]
-FASTEST = "fused-glue"  # decode -1.9 % against fused-pdl in one H200 process (docs/PERF.md, run 22)
+            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph"]
+FASTEST = "fused-prefill-graph"  # prefill 31.5 -> 23.5 ms against fused-glue in one H200 process (PERF.md, run 25)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

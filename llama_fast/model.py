@@ -38,11 +38,14 @@ class ForwardOptions:
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step
+    split_mlp: bool = False  # prefill-sized inputs (>= SPLIT_MLP_MIN_ROWS rows) run the MLP over the two halves of
+    #                         its hidden dimension: half the gate/up/SwiGLU activations alive at once
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
     #                               CUDA graph (no host launch work per block)
 
 
-ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
+ROPE_MIN_HEAD_DIM = 32
+SPLIT_MLP_MIN_ROWS = 64  # ForwardOptions.split_mlp applies from this many rows (a prefill chunk, not a decode step)  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
 
 
 def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
@@ -161,6 +164,8 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)  # down
 
     def forward(self, x: torch.Tensor, opts: ForwardOptions) -> torch.Tensor:
+        if opts.split_mlp and x.numel() // x.shape[-1] >= SPLIT_MLP_MIN_ROWS and self.hidden % 2 == 0:
+            return self._forward_halves(x)
         if opts.fused_gate_up:
             gate, up = linear(x, self.w13, opts).chunk(2, dim=-1)
         else:
@@ -168,6 +173,20 @@ class FeedForward(nn.Module):
             gate = F.linear(x, w[:n], None if b is None else b[:n])
             up = F.linear(x, w[n:], None if b is None else b[n:])
         return linear(F.silu(gate) * up, self.w2, opts)
+
+
+    def _forward_halves(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP as the sum of its two hidden halves: gate/up rows and down columns are weight views (no
+        copies); only one half's (rows, hidden/2) activations are alive at a time."""
+        n, h = self.hidden, self.hidden // 2
+        w13, b13, w2 = self.w13.weight, self.w13.bias, self.w2.weight
+        out = None
+        for lo, hi in ((0, h), (h, n)):
+            gate = F.linear(x, w13[lo:hi], None if b13 is None else b13[lo:hi])
+            up = F.linear(x, w13[n + lo:n + hi], None if b13 is None else b13[n + lo:n + hi])
+            part = F.linear(F.silu(gate) * up, w2[:, lo:hi])  # (B, T, dim)
+            out = part if out is None else out + part
+        return out if self.w2.bias is None else out + self.w2.bias
 
 
 class Block(nn.Module):

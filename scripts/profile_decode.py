@@ -131,6 +131,9 @@ def timeline_report(prof, cfg) -> list[str]:
         durs = [e["dur"] for e in gemvs if label[id(e)] == kind]
         n, k = shapes[kind]
         mean = sum(durs) / len(durs)
+        if mean <= 0:
+            out.append(f"    {kind:5s} no timed kernels")
+            continue
         out.append(f"    {kind:5s} {mean:7.1f} us  {n * k * 2 / mean / 1e3:6.0f} GB/s  (x{len(durs)})")
     first = gemvs[0]["ts"]
     gaps: dict[str, list[float]] = {}
