@@ -353,7 +353,7 @@ def _counting(runner: harness.Runner, bar) -> harness.Runner:
         bar.update(1)
         return out
 
-    return harness.Runner(runner.variant, generate, runner.tokenizer, runner.device)
+    return harness.Runner(runner.variant, generate, runner.tokenizer, runner.device, runner.graph_pool_bytes)
 
 
 def _point_label(w: Workload) -> str:

@@ -102,7 +102,7 @@ class _StepGraphs:
         if entry is None:
             if key not in self._seen:  # first call: compile + warm up outside any capture
                 self._seen.add(key)
-                stream = torch.cuda.Stream()
+                stream = self._pool.stream()
                 stream.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(stream):
                     for _ in range(2):
@@ -111,7 +111,7 @@ class _StepGraphs:
                 return result
             static_in = [t.clone() for t in tensors]
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool.handle()):
+            with torch.cuda.graph(graph, pool=self._pool.handle(), stream=self._pool.stream()):
                 # read after the capture context emptied the allocator's cache: what the capture adds from here
                 # on is the private pool's (it takes fresh segments)
                 reserved = torch.cuda.memory_reserved()
@@ -131,15 +131,23 @@ class _StepGraphs:
 
 
 class GraphPool:
-    """A CUDA-graph memory pool handle, made on first use (so building steps needs no CUDA call)."""
+    """A CUDA-graph memory pool handle and the one side stream that warms up and captures every graph in it,
+    both made on first use (so building steps needs no CUDA call). One stream: cuBLAS keeps a workspace per
+    stream, so the capture reuses the warm-up's instead of adding one to the pool."""
 
     def __init__(self):
         self._handle = None
+        self._stream = None
 
     def handle(self):
         if self._handle is None:
             self._handle = torch.cuda.graph_pool_handle()
         return self._handle
+
+    def stream(self) -> torch.cuda.Stream:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        return self._stream
 
 
 class GraphedDecode(_StepGraphs):

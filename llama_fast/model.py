@@ -44,8 +44,8 @@ class ForwardOptions:
     #                               CUDA graph (no host launch work per block)
 
 
-ROPE_MIN_HEAD_DIM = 32
-SPLIT_MLP_MIN_ROWS = 64  # ForwardOptions.split_mlp applies from this many rows (a prefill chunk, not a decode step)  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
+ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
+SPLIT_MLP_MIN_ROWS = 64  # ForwardOptions.split_mlp applies from this many rows (a prefill chunk, not a decode step)
 
 
 def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:

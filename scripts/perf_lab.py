@@ -14,8 +14,8 @@ import time
 import torch
 
 from lab_util import lab_variants, logger
-from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure,
-                                measure_ceilings, roofline_tok_per_s, teacher_forced_check)
+from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure, measure_ceilings,
+                                memory_budget_bytes, roofline_tok_per_s, teacher_forced_check)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
 
 
@@ -136,6 +136,12 @@ def main(argv=None):
             pre, step = prefill_and_step(fast, VARIANTS[k], w, m)
             say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
             fast_runner(fast, VARIANTS[k], w)
+        floor = memory_budget_bytes(cfg, dtype, w, 0)
+        say(f"{k}: after the runs: allocated {(torch.cuda.memory_allocated() - floor) / 1e6:.1f} MB over the floor, "
+            f"our CUDA-graph pools {fast.graph_pool_bytes() / 1e6:.1f} MB, reserved "
+            f"{(torch.cuda.memory_reserved() - floor) / 1e6:.1f} MB over the floor")
+        if fast.graph_pool_bytes():
+            pool_report(say, k)
         if args.compile_times:
             from torch._dynamo.utils import compile_times
 
@@ -205,6 +211,17 @@ def prefill_and_step(fast, variant, w, m):
     w1 = Workload(w.batch, w.prompt_len, 1, w.cache)
     pre = min(measure(fast_runner(fast, variant, w1), w1, 1, 5).times)
     return pre, (min(m.times) - pre) / (w.new_tokens - 1)
+
+
+def pool_report(say, k):
+    """The private (CUDA-graph) pools' segments: size, and the sizes of the blocks in them."""
+    for seg in torch.cuda.memory_snapshot():
+        pool = tuple(seg.get("segment_pool_id", (0, 0)))
+        if pool == (0, 0):
+            continue
+        blocks = sorted(((b["size"], b["state"]) for b in seg.get("blocks", [])), reverse=True)
+        say(f"{k}: pool {pool} segment {seg['total_size'] / 1e6:.1f} MB, allocated {seg['allocated_size'] / 1e6:.1f} "
+            f"MB; blocks (MB, state): " + ", ".join(f"{sz / 1e6:.1f} {st[:6]}" for sz, st in blocks[:8]))
 
 
 def config_trials(say, fast, variant, w, roof, trials):
