@@ -52,7 +52,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     from .model import prepare_inputs, run_fused_layer, run_layer
 
     model.compiled_block = torch.compile(run_layer, fullgraph=True, dynamic=False)
-    if model.options.compiled_glue:  # each step's embedding / RoPE rows / mask, and the greedy pick
+    if model.options.compiled_glue:  # each batch-1 step's embedding / RoPE rows / mask, and the greedy pick
         from .generate import last_token_pick
 
         # a few tiny kernels: coordinate-descent tuning would only add compile time to the cold warm-up

@@ -43,9 +43,11 @@ def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, 
                 eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
                 pick: Callable | None = None):
     """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)).
-    pick: last_token_pick or a compiled copy of it (compile.make_steps)."""
+    pick: a compiled copy of last_token_pick (compile.make_steps, compiled_glue), used at batch 1 only."""
     logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
-    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
+    if pick is None or tok.shape[0] != 1:
+        pick = last_token_pick
+    return pick(logits, done, eos_ids, pad_id, suppress_eos)
 
 
 # what make_steps / configure set on the (possibly shared) model for one LlamaFast

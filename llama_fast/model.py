@@ -30,14 +30,16 @@ class ForwardOptions:
     #                             (RMSNorm prologues, residual / SwiGLU epilogues; no bias terms)
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
     fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
-    attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel)
+    attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel);
+    #                                     batch 1 only (measured to win there; batch 16: -2 %, run 28)
     pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
     pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
-    #                              instead of ~15 small eager ones per decode step
+    #                              instead of ~15 small eager ones per decode step; batch 1 only (batch
+    #                              16: -6 % in run 28)
     split_mlp: bool = False  # prefill-sized inputs (>= SPLIT_MLP_MIN_ROWS rows) run the MLP over the two halves of
     #                         its hidden dimension: half the gate/up/SwiGLU activations alive at once
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
@@ -141,7 +143,7 @@ class Attention(nn.Module):
         c = self.cfg
         B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
-            if opts.attention_one_launch:
+            if opts.attention_one_launch and B == 1:
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
@@ -331,7 +333,8 @@ class Transformer(nn.Module):
         Returns logits (B, T, V) in the model dtype, or (B, 1, V) for the position logits_index (1,) only."""
         B, T = idx.shape
         opts = self.options
-        x, rope, mask = (self.compiled_prepare or prepare_inputs)(self, idx, input_pos, start)
+        prepare = self.compiled_prepare if self.compiled_prepare is not None and B == 1 else prepare_inputs
+        x, rope, mask = prepare(self, idx, input_pos, start)
         if opts.fused_decode and self.fusable and B * T == 1 and triton_kernels_apply(x):
             return self._fused_decode(x, rope, mask, input_pos, start, opts)
         run_block = self.compiled_block or run_layer

@@ -234,6 +234,36 @@ def test_llama_fast_objects_sharing_a_model_each_run_their_own_path():
     assert model.options is eager.options and model.compiled_block is None
 
 
+def test_compiled_glue_serves_batch_one_only():
+    """compiled_glue's compiled input preparation and greedy pick run at batch 1 only (where they were measured
+    to win); a batch of 2 takes the eager ones. Recorders stand in for the compiled functions."""
+    from llama_fast.generate import last_token_pick
+    from llama_fast.model import ForwardOptions, prepare_inputs
+
+    cfg = NAMED_SHAPES["tiny"]
+    model = build_model(cfg, RandomSource(cfg, 0, "cpu", torch.float32), "cpu", torch.float32)
+    model.options = ForwardOptions(compiled_glue=True)
+    calls = []
+
+    def recording(fn, name):
+        def run(*a, **kw):
+            calls.append(name)
+            return fn(*a, **kw)
+        return run
+
+    model.compiled_prepare = recording(prepare_inputs, "prepare")
+    pick = recording(last_token_pick, "pick")
+    flags = (torch.tensor([2]), torch.tensor(0))  # eos ids, pad id
+    with torch.no_grad():
+        for B in (2, 1):
+            model.setup_caches(B, 32)
+            model.set_padding(torch.zeros(B, dtype=torch.long))
+            calls.clear()
+            tok = torch.full((B,), 5)
+            decode_step(model, tok, torch.tensor([3]), torch.zeros(B, dtype=torch.bool), *flags, 0, False, pick=pick)
+            assert calls == ([] if B > 1 else ["prepare", "pick"]), B
+
+
 # ------------------------------------------------------------------------------------------- bad requests
 @pytest.mark.parametrize("make_ids, kw, message", [
     (lambda: torch.empty(1, 0, dtype=torch.long), {}, "empty prompt: input_ids has no tokens"),

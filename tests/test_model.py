@@ -312,6 +312,10 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     assert calls.count("one launch") == (steps if one_launch else 0)
     assert pdl_flags == {2 if pdl else 0}  # every fused op was told the PDL mode (2: trigger late)
     assert torch.equal(fused, plain)
+    if one_launch:  # batch 2 takes the two-kernel decode attention: the one-launch kernel serves batch 1 only
+        calls.clear()
+        fast.generate(torch.cat([ids, ids.flip(1)]), max_new_tokens=8, min_new_tokens=8)
+        assert calls.count("one launch") == 0 and calls.count("attention") == steps
     # the same wiring under the regional compile (what the fullgraph mode runs); a block of only our kernels
     # (RoPE in the qkv GEMV, Triton attention) is not compiled: it runs eagerly
     fast.configure(options=opts, compile="fullgraph")
