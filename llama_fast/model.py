@@ -236,8 +236,8 @@ def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOption
 
 def prepare_inputs(model: "Transformer", idx: torch.Tensor, input_pos: torch.Tensor, start: int):
     """(x (B, T, dim), rope (cos, sin) each (B, 1, T, D), mask (B, 1, T, L)) of a forward call: the token
-    embeddings, the RoPE rows at each row's positions and the attention mask (compiled like run_layer when
-    ForwardOptions.compiled_glue)."""
+    embeddings, the RoPE rows at each row's positions and the attention mask (compiled like run_layer for
+    batch-1 calls when ForwardOptions.compiled_glue)."""
     opts = model.options
     pos = (input_pos[None, :] - model.pad_len[:, None]).clamp(min=0)  # (B, T) RoPE positions
     sin_table = model.rope_sin if opts.rope_cat else model.rope_sin_signed  # gather only the one in use
