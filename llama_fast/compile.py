@@ -72,11 +72,6 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     return prefill, decode
 
 
-def graph_pool_bytes(steps) -> int:
-    """Device memory reserved by the captured CUDA graphs among steps (0 where nothing is graphed)."""
-    return sum(getattr(s, "pool_bytes", 0) for s in steps)
-
-
 class _StepGraphs:
     """CUDA graphs over a step function, captured by hand once per key.
 
@@ -85,15 +80,15 @@ class _StepGraphs:
     this call's true result), the second captures and replays. A step must be idempotent for the same
     inputs (decode and prefill rewrite the same cache slots with the same values), so warming up on real
     inputs is safe. Outputs are static buffers overwritten by the next replay: callers copy what they keep.
-    Graphs share one memory pool (they never run at the same time): pass the same GraphPool to several
-    objects. pool_bytes: the device memory their captures reserved (held for as long as the graphs live;
+    Graphs share one memory pool (they never run at the same time): make_steps gives its decode and prefill
+    graphs the same GraphPool. pool_bytes: the device memory their captures reserved (held for as long as the graphs live;
     max_memory_allocated does not see it, so the harness adds it to a measured peak)."""
 
-    def __init__(self, step: Callable, pool: "GraphPool | None" = None):
+    def __init__(self, step: Callable, pool: "GraphPool"):
         self.step = step
         self._graphs: dict = {}
         self._seen: set = set()
-        self._pool = pool or GraphPool()
+        self._pool = pool
         self.pool_bytes = 0
 
     def _replay(self, key, tensors: tuple, run: Callable):

@@ -102,10 +102,8 @@ class LlamaFast:
 
     def graph_pool_bytes(self) -> int:
         """Device memory held by this object's captured CUDA graphs (their activations): part of its footprint
-        that max_memory_allocated does not show."""
-        from .compile import graph_pool_bytes
-
-        return graph_pool_bytes(self._steps or ())
+        that max_memory_allocated does not show. 0 where nothing is graphed."""
+        return sum(getattr(step, "pool_bytes", 0) for step in self._steps or ())
 
     def _bind(self):
         """The model may be shared (e.g. a compiled and an eager LlamaFast over one set of weights): put this

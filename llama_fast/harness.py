@@ -201,10 +201,12 @@ class DeviceTimer:
 
 
 class PeakMemory:
-    """Peak memory of a region in bytes: max_memory_allocated on GPU, peak RSS (VmHWM) on CPU."""
+    """Peak memory of a region in bytes: max_memory_allocated on GPU, peak RSS (VmHWM) on CPU, plus held():
+    memory the allocator's peak does not see (a runner's CUDA-graph pools: Runner.graph_pool_bytes)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, held: Callable[[], int] | None = None):
         self.device = device
+        self.held = held
         self.peak = 0
 
     def __enter__(self):
@@ -221,6 +223,8 @@ class PeakMemory:
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
             self.peak = _peak_rss()
+        if self.held is not None:
+            self.peak += self.held()
         return False
 
 
@@ -284,14 +288,13 @@ def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: 
         if i == 0:
             warmup_s = t.seconds
     times, out = [], None
-    with PeakMemory(dev) as mem:
+    with PeakMemory(dev, runner.graph_pool_bytes) as mem:
         for _ in range(num_runs):
             with DeviceTimer(dev) as t:
                 out = runner(ids)
             times.append(t.seconds)
     out = out.cpu()
-    peak = mem.peak + runner.graph_pool_bytes()
-    return Measurement(runner.variant, workload, times, warmup_s, peak, output_hash(runner.tokenizer, out), out)
+    return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out)
 
 
 # ------------------------------------------------------------------------------------------- roofline

@@ -258,8 +258,6 @@ def memory_report(say, k, cfg, dtype, w, fast, variant):
     """Where the peak over the weights + KV-cache floor comes from: resident memory after warm-up, the peaks
     of a prefill-only and of a whole run, and (from an allocator trace of a fresh warm-up + run) the blocks
     alive at the peak, grouped by the llama_fast / torch line that allocated them."""
-    from llama_fast.harness import memory_budget_bytes
-
     floor = memory_budget_bytes(cfg, dtype, w, 0)
     extra = torch.cuda.memory_allocated() - sum(
         t.numel() * t.element_size() for t in list(fast.model.parameters()) + list(fast.model.buffers()))
