@@ -14,7 +14,6 @@ Modes (the CLI's --compile):
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import torch
@@ -39,7 +38,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     """(prefill_fn, decode_fn) for a compile mode; sets or clears model.compiled_block."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"unknown compile mode {mode!r} (choose from {', '.join(COMPILE_MODES)})")
-    model.compiled_block = model.compiled_fused_block = model.compiled_prepare = None
+    model.compiled_block = model.compiled_fused_block = model.compiled_prepare = model.compiled_pick = None
     if mode == "no":
         return prefill, decode
     configure_inductor()
@@ -58,8 +57,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
         # a few tiny kernels: coordinate-descent tuning would only add compile time to the cold warm-up
         untuned = {"coordinate_descent_tuning": False}
         model.compiled_prepare = torch.compile(prepare_inputs, fullgraph=True, dynamic=False, options=untuned)
-        decode = functools.partial(decode, pick=torch.compile(last_token_pick, fullgraph=True, dynamic=False,
-                                                              options=untuned))
+        model.compiled_pick = torch.compile(last_token_pick, fullgraph=True, dynamic=False, options=untuned)
     # a fused block made only of our kernels runs eagerly (inside the step's CUDA graph): Inductor would add
     # nothing but ~10 s of cold compile, and eager launches can use PDL
     model.compiled_fused_block = (None if model.fused_block_is_kernels_only()

@@ -40,18 +40,16 @@ def last_token_pick(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Ten
 
 
 def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor,
-                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
-                pick: Callable | None = None):
-    """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)).
-    pick: a compiled copy of last_token_pick (compile.make_steps, compiled_glue), used at batch 1 only."""
+                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool):
+    """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)). The pick is
+    last_token_pick, or its compiled copy where Transformer.step_glue gives one."""
     logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
-    if pick is None or tok.shape[0] != 1:
-        pick = last_token_pick
-    return pick(logits, done, eos_ids, pad_id, suppress_eos)
+    _, pick = model.step_glue(tok.shape[0])
+    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
 
 
 # what make_steps / configure set on the (possibly shared) model for one LlamaFast
-_MODEL_STATE = ("options", "compiled_block", "compiled_fused_block", "compiled_prepare")
+_MODEL_STATE = ("options", "compiled_block", "compiled_fused_block", "compiled_prepare", "compiled_pick")
 
 
 class LlamaFast:

@@ -269,6 +269,7 @@ class Transformer(nn.Module):
         self.compiled_block: Callable | None = None
         self.compiled_fused_block: Callable | None = None  # the same for run_fused_layer
         self.compiled_prepare: Callable | None = None  # the same for prepare_inputs (compiled_glue)
+        self.compiled_pick: Callable | None = None  # generate.last_token_pick compiled (compiled_glue)
         # the fused decode kernels have no bias inputs
         self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
 
@@ -333,7 +334,7 @@ class Transformer(nn.Module):
         Returns logits (B, T, V) in the model dtype, or (B, 1, V) for the position logits_index (1,) only."""
         B, T = idx.shape
         opts = self.options
-        prepare = self.compiled_prepare if self.compiled_prepare is not None and B == 1 else prepare_inputs
+        prepare, _ = self.step_glue(B)
         x, rope, mask = prepare(self, idx, input_pos, start)
         if opts.fused_decode and self.fusable and B * T == 1 and triton_kernels_apply(x):
             return self._fused_decode(x, rope, mask, input_pos, start, opts)
@@ -343,6 +344,13 @@ class Transformer(nn.Module):
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
         return linear(self.norm(x), self.output, opts)
+
+    def step_glue(self, B: int) -> tuple[Callable, Callable | None]:
+        """(input preparation, greedy pick or None for the eager one) of a call with B rows. compiled_glue's
+        compiled pair serves batch 1 only: measured to win there (run 22), it cost 6 % at batch 16 (run 28)."""
+        if B == 1 and self.compiled_prepare is not None:
+            return self.compiled_prepare, self.compiled_pick
+        return prepare_inputs, None
 
     def _fused_decode(self, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:
         """The batch-1 decode step as fused GEMVs; each block hands the next its output's RMSNorm partials."""

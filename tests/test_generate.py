@@ -252,7 +252,7 @@ def test_compiled_glue_serves_batch_one_only():
         return run
 
     model.compiled_prepare = recording(prepare_inputs, "prepare")
-    pick = recording(last_token_pick, "pick")
+    model.compiled_pick = recording(last_token_pick, "pick")
     flags = (torch.tensor([2]), torch.tensor(0))  # eos ids, pad id
     with torch.no_grad():
         for B in (2, 1):
@@ -260,7 +260,7 @@ def test_compiled_glue_serves_batch_one_only():
             model.set_padding(torch.zeros(B, dtype=torch.long))
             calls.clear()
             tok = torch.full((B,), 5)
-            decode_step(model, tok, torch.tensor([3]), torch.zeros(B, dtype=torch.bool), *flags, 0, False, pick=pick)
+            decode_step(model, tok, torch.tensor([3]), torch.zeros(B, dtype=torch.bool), *flags, 0, False)
             assert calls == ([] if B > 1 else ["prepare", "pick"]), B
 
 
