@@ -170,23 +170,25 @@ class FeedForward(nn.Module):
             return self._forward_halves(x)
         if opts.fused_gate_up:
             gate, up = linear(x, self.w13, opts).chunk(2, dim=-1)
+            act = F.silu(gate) * up
         else:
-            w, b, n = self.w13.weight, self.w13.bias, self.hidden
-            gate = F.linear(x, w[:n], None if b is None else b[:n])
-            up = F.linear(x, w[n:], None if b is None else b[n:])
-        return linear(F.silu(gate) * up, self.w2, opts)
+            act = self._swiglu(x, 0, self.hidden)
+        return linear(act, self.w2, opts)
 
+    def _swiglu(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """silu(gate) * up over hidden units lo..hi-1, with two matmuls by row views of w13 (no copies)."""
+        w, b, n = self.w13.weight, self.w13.bias, self.hidden
+        gate = F.linear(x, w[lo:hi], None if b is None else b[lo:hi])
+        up = F.linear(x, w[n + lo:n + hi], None if b is None else b[n + lo:n + hi])
+        return F.silu(gate) * up
 
     def _forward_halves(self, x: torch.Tensor) -> torch.Tensor:
-        """The MLP as the sum of its two hidden halves: gate/up rows and down columns are weight views (no
-        copies); only one half's (rows, hidden/2) activations are alive at a time."""
+        """The MLP as the sum of its two hidden halves (down columns as weight views): only one half's
+        (rows, hidden/2) activations are alive at a time."""
         n, h = self.hidden, self.hidden // 2
-        w13, b13, w2 = self.w13.weight, self.w13.bias, self.w2.weight
         out = None
         for lo, hi in ((0, h), (h, n)):
-            gate = F.linear(x, w13[lo:hi], None if b13 is None else b13[lo:hi])
-            up = F.linear(x, w13[n + lo:n + hi], None if b13 is None else b13[n + lo:n + hi])
-            part = F.linear(F.silu(gate) * up, w2[:, lo:hi])  # (B, T, dim)
+            part = F.linear(self._swiglu(x, lo, hi), self.w2.weight[:, lo:hi])  # (B, T, dim)
             out = part if out is None else out + part
         return out if self.w2.bias is None else out + self.w2.bias
 
