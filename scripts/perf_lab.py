@@ -132,11 +132,11 @@ def main(argv=None):
         if args.check:
             ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
             chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
-        floor = memory_budget_bytes(cfg, dtype, w, 0)
+        floor, pools = memory_budget_bytes(cfg, dtype, w, 0), fast.graph_pool_bytes()
         say(f"{k}: after the runs: allocated {(torch.cuda.memory_allocated() - floor) / 1e6:.1f} MB over the floor, "
-            f"our CUDA-graph pools {fast.graph_pool_bytes() / 1e6:.1f} MB, reserved "
+            f"our CUDA-graph pools {pools / 1e6:.1f} MB, reserved "
             f"{(torch.cuda.memory_reserved() - floor) / 1e6:.1f} MB over the floor")
-        if fast.graph_pool_bytes():
+        if pools:
             pool_report(say, k)
         if args.breakdown:
             pre, step = prefill_and_step(fast, VARIANTS[k], w, m)
