@@ -3,6 +3,7 @@ importable by name): a log that prints and appends, and a CUDA-graph timer for o
 from __future__ import annotations
 
 import dataclasses
+import re
 import statistics
 from typing import Callable
 
@@ -43,16 +44,18 @@ def graph_time(fn: Callable[[], object], reps: int = 30, calls: int = 10) -> flo
 
 
 def lab_variants(keys: list[str], variants: dict) -> None:
-    """Register lab-only keys in variants (harness.VARIANTS): base+flag[+flag...] switches ForwardOptions flags
-    on; base@C uses C-token prefill chunks (e.g. fused-glue@1024)."""
+    """Register lab-only keys in variants (harness.VARIANTS): base+flag switches a ForwardOptions flag on,
+    base~flag switches it off (any number of them, e.g. fused-prefill-graph~pdl~graphed_prefill); base@C uses
+    C-token prefill chunks (e.g. fused-glue@1024)."""
     for key in keys:
         if key in variants:
             continue
         base, _, chunk = key.partition("@")
-        base, *flags = base.split("+")
+        base, *ops = re.split(r"([+~])", base)
         v = variants[base]
-        if flags:
-            v = dataclasses.replace(v, options=dataclasses.replace(v.options, **{f: True for f in flags}))
+        if ops:
+            flags = {f: op == "+" for op, f in zip(ops[::2], ops[1::2])}
+            v = dataclasses.replace(v, options=dataclasses.replace(v.options, **flags))
         if chunk:
             v = dataclasses.replace(v, prefill_chunk=int(chunk))
         variants[key] = dataclasses.replace(v, key=key)
