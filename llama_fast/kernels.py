@@ -41,7 +41,8 @@ def use_pdl(x: torch.Tensor, pdl: int) -> int:
     """The PDL mode to launch with: pdl where it applies (a CUDA device of compute capability >= 9, a Triton
     with grid dependency control, not Triton's CPU interpreter, which has no gdc ops), else PDL_OFF."""
     # not inside torch.compile: its launches carry no PDL attribute, and Inductor cannot analyse the gdc inline
-    # asm (it then treats every argument as mutated)
+    # asm (it then treats every argument as mutated). This check sees Dynamo's tracing only, not a triton_op's
+    # body traced by AOTAutograd: compiled callers pass PDL_OFF themselves (model.pdl_mode)
     ok = (x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
           and not torch.compiler.is_compiling() and torch.cuda.get_device_capability(x.device)[0] >= 9)
     return int(pdl) if ok else PDL_OFF

@@ -57,8 +57,15 @@ def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
 
 
 def pdl_mode(opts: ForwardOptions) -> int:
-    """The kernels' PDL mode (llama_fast.kernels.PDL_*): 0 off, 1 trigger the next kernel early, 2 late."""
-    return 0 if not opts.pdl else 1 if opts.pdl_trigger_early else 2
+    """The kernels' PDL mode (llama_fast.kernels.PDL_*): 0 off, 1 trigger the next kernel early, 2 late.
+
+    Always 0 in code torch.compile traces: decided here, in the traced caller, because inside a triton_op's
+    body (traced again by AOTAutograd) torch.compiler.is_compiling() is False. There, a PDL kernel's gdc
+    inline asm defeats Inductor's mutation analysis, which then treats every argument as written: a batch-16
+    decode step ran 5 % slower (docs/PERF.md, run 32)."""
+    if not opts.pdl or torch.compiler.is_compiling():
+        return 0
+    return 1 if opts.pdl_trigger_early else 2
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:

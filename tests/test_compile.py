@@ -3,6 +3,8 @@ changes. The mechanism is device-independent; on CUDA the decode step is additio
 graph, which must not be captured again either, and the fastest path's Triton kernels are in the step."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -55,5 +57,41 @@ def test_no_recompile_when_the_prompt_length_changes(device, variant):
                 assert len(fast.steps[0]._graphs) == 1
             assert fast.graph_pool_bytes() > 0  # counted into measured peaks (harness.Runner.graph_pool_bytes)
     finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@needs_cuda
+def test_batched_compiled_decode_launches_no_pdl_kernel():
+    """Above batch 1 the decode step runs the compiled block, whose Triton attention Inductor traces. A kernel
+    traced with PDL carries gdc inline asm that Inductor's mutation analysis cannot read: it then assumes every
+    argument written (a batch-16 step 5 % slower, docs/PERF.md run 32). Tokens must also equal eager's."""
+    torch._dynamo.reset()
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("torch._higher_order_ops.triton_kernel_wrap")
+    handler = Keep(logging.WARNING)
+    log.addHandler(handler)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cfg = NAMED_SHAPES["tiny"]
+        model = build_model(cfg, RandomSource(cfg, 0, "cuda", torch.float32), "cuda", torch.float32)
+        tok = IdTokenizer(cfg.vocab_size, None, 0)
+        opts = VARIANTS[FASTEST].options
+        assert opts.pdl and opts.decode_attention
+        fast = LlamaFast(model, tok, options=opts, compile="fullgraph", prefill_chunk=16, cache_length=64)
+        eager = LlamaFast(model, tok, prefill_chunk=None, cache_length=64)
+        ids = torch.randint(3, cfg.vocab_size, (2, 20))
+        out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
+        assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
+        assert not [m for m in records if "mutated" in m], records[:1]
+    finally:
+        log.removeHandler(handler)
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch._dynamo.reset()

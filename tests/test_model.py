@@ -9,7 +9,7 @@ from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf, ours_from_hf
 from llama_fast import ForwardOptions
 from llama_fast.harness import VARIANTS
 from llama_fast.kv_cache import KVCache
-from llama_fast.model import apply_rope
+from llama_fast.model import apply_rope, pdl_mode
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 # every distinct code path of the ablation table (compile mode does not change the eager math)
@@ -322,3 +322,12 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     assert torch.equal(fast.generate(ids, max_new_tokens=8, min_new_tokens=8), plain)
     assert (fast.model.compiled_fused_block is None) == rope_in_gemv
     assert fast.model.compiled_block is not None
+
+
+def test_pdl_mode_is_off_in_compiled_code():
+    """A PDL kernel traced by torch.compile defeats Inductor's mutation analysis (docs/PERF.md, run 32), and
+    inside a triton_op's body is_compiling() no longer says so: the traced caller must pass PDL off."""
+    opts = ForwardOptions(pdl=True)
+    assert pdl_mode(opts) == 2 and pdl_mode(ForwardOptions(pdl=True, pdl_trigger_early=True)) == 1
+    compiled = torch.compile(lambda x: x + pdl_mode(opts), backend="eager", fullgraph=True)
+    assert compiled(torch.zeros(1)).item() == 0
