@@ -3,6 +3,7 @@ changes. The mechanism is device-independent; on CUDA the decode step is additio
 graph, which must not be captured again either, and the fastest path's Triton kernels are in the step."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -67,19 +68,27 @@ def test_batched_compiled_decode_launches_no_pdl_kernel():
     """Above batch 1 the decode step runs the compiled block, whose Triton attention Inductor traces. A kernel
     traced with PDL carries gdc inline asm that Inductor's mutation analysis cannot read: it then assumes every
     argument written (a batch-16 step 5 % slower, docs/PERF.md run 32). Tokens must also equal eager's."""
-    torch._dynamo.reset()
     records = []
 
     class Keep(logging.Handler):
         def emit(self, record):
             records.append(record.getMessage())
 
-    log = logging.getLogger("torch._higher_order_ops.triton_kernel_wrap")
     handler = Keep(logging.WARNING)
-    log.addHandler(handler)
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    with contextlib.ExitStack() as stack:
+        # triton_kernel_wrap logs its fallback on the torch._dynamo logger (torch 2.11 and 2.13)
+        for name in ("torch._dynamo", "torch._higher_order_ops"):
+            logging.getLogger(name).addHandler(handler)
+            stack.callback(logging.getLogger(name).removeHandler, handler)
+        # a graph loaded from Inductor's or AOTAutograd's cache is not traced again: the analysis runs in tracing
+        stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
+        stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity on GPU needs TF32 off
+        stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", tf32)
+        torch._dynamo.reset()
+        stack.callback(torch._dynamo.reset)
+
         cfg = NAMED_SHAPES["tiny"]
         model = build_model(cfg, RandomSource(cfg, 0, "cuda", torch.float32), "cuda", torch.float32)
         tok = IdTokenizer(cfg.vocab_size, None, 0)
@@ -91,7 +100,3 @@ def test_batched_compiled_decode_launches_no_pdl_kernel():
         out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
         assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
         assert not [m for m in records if "mutated" in m], records[:1]
-    finally:
-        log.removeHandler(handler)
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch._dynamo.reset()
