@@ -102,6 +102,10 @@ def main(argv=None):
     cfg, model, tok = load_weights(args.model, dev, dtype)
     from llama_fast.generate import LlamaFast
     fast = LlamaFast(model, tok, args.model)
+    import os
+
+    pad = [torch.empty(int(float(mb) * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held: shifts later
+           for mb in os.environ.get("LLAMA_FAST_LAB_PAD_MB", "").split(",") if mb]  # allocations; run 42)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
     say(f"# roofline {roof:.1f} tok/s")
     if args.chunk:
