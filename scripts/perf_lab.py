@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import os
 import sys
 import time
 
@@ -56,7 +57,6 @@ def main(argv=None):
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
-        import os
         import tempfile
 
         cold = tempfile.mkdtemp(prefix="llama_fast_cold_")
@@ -102,8 +102,6 @@ def main(argv=None):
     cfg, model, tok = load_weights(args.model, dev, dtype)
     from llama_fast.generate import LlamaFast
     fast = LlamaFast(model, tok, args.model)
-    import os
-
     pad = [torch.empty(int(float(mb) * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held: shifts later
            for mb in os.environ.get("LLAMA_FAST_LAB_PAD_MB", "").split(",") if mb]  # allocations; run 42)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
