@@ -30,7 +30,8 @@ def configure_inductor():
     # LLAMA_FAST_COORDINATE_DESCENT=0 trades a little step speed for a shorter cold compile
     inductor_config.coordinate_descent_tuning = os.environ.get("LLAMA_FAST_COORDINATE_DESCENT", "1") != "0"
     inductor_config.triton.unique_kernel_names = True
-    inductor_config.fx_graph_cache = True
+    # the FX graph cache stays as torch configures it (on by default; TORCHINDUCTOR_FX_GRAPH_CACHE=0 or a
+    # config.patch turns it off): setting it here overrode both
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
 
 

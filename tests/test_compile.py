@@ -100,3 +100,13 @@ def test_batched_compiled_decode_launches_no_pdl_kernel():
         out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
         assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
         assert not [m for m in records if "mutated" in m], records[:1]
+
+
+def test_configure_inductor_leaves_the_fx_graph_cache_setting_alone():
+    """A user's TORCHINDUCTOR_FX_GRAPH_CACHE=0 (or a config.patch) must survive the compile setup: it used to be
+    forced on, which also defeated the cache-off patch of the batched-decode test above."""
+    from llama_fast.compile import configure_inductor
+
+    with torch._inductor.config.patch(fx_graph_cache=False):
+        configure_inductor()
+        assert torch._inductor.config.fx_graph_cache is False
