@@ -1,0 +1,64 @@
+"""Device probe (prepared in the fifth session, not yet run): what differs between a process whose batch-1
+decode runs in the fast mode (3.80 ms/step on an H200) and one in the slow mode (3.88; docs/PERF.md row 34:
+all of the difference in the one-launch decode attention kernel). Prints the decode ms/step, the metadata of
+every tensor the attention op receives (shape, strides, dtype, data_ptr alignment), and the Triton
+specialization keys the attention and GEMV kernels were compiled under. A difference in the keys or in the
+mask's layout between the two modes names the cause.
+
+  TRITON_CACHE_DIR=/tmp/a/triton TORCHINDUCTOR_CACHE_DIR=/tmp/a/inductor python scripts/attn_mode_probe.py
+"""
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from llama_fast import kernels as kn
+from llama_fast.generate import LlamaFast
+from llama_fast.harness import FASTEST, VARIANTS, Workload, fast_runner, measure
+from llama_fast.loading import load_weights
+
+
+def describe(t: torch.Tensor) -> str:
+    p = t.data_ptr()
+    return (f"{tuple(t.shape)} stride {tuple(t.stride())} {str(t.dtype)[6:]} ptr%16={p % 16} ptr%128={p % 128} "
+            f"ptr%512={p % 512}")
+
+
+def main():
+    from llama_fast.api import limit_cublas_workspace
+
+    limit_cublas_workspace()
+    seen = collections.Counter()
+    original = kn.decode_attention_one_launch
+
+    def spy(q, k, v, mask, scale, counters, pdl=kn.PDL_OFF):
+        names = ("q", "k", "v", "mask", "counters")
+        seen["; ".join(f"{n} {describe(t)}" for n, t in zip(names, (q, k, v, mask, counters)))] += 1
+        return original(q, k, v, mask, scale, counters, pdl)
+
+    kn.decode_attention_one_launch = spy
+    dev = torch.device("cuda")
+    cfg, model, tok = load_weights("random:llama-7b", dev, torch.float16)
+    fast = LlamaFast(model, tok, "random:llama-7b")
+    variant = VARIANTS[FASTEST]
+    w, w1 = Workload(1, 1000, 200, 1200), Workload(1, 1000, 1, 1200)
+    m = measure(fast_runner(fast, variant, w), w, 1, 3)
+    pre = min(measure(fast_runner(fast, variant, w1), w1, 1, 5).times)
+    print(f"decode {(min(m.times) - pre) / 199 * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s, prefill "
+          f"{pre * 1e3:.1f} ms, hash {m.hash}")
+    for desc, n in seen.items():
+        print(f"attention op x{n}: {desc}")
+    for name in ("_decode_attn_one_launch_kernel", "_gemv_fused_kernel", "_gemv_qkv_rope_kernel"):
+        fn = getattr(kn, name)
+        fn = getattr(fn, "fn", fn)  # the JITFunction under an autotuner
+        try:
+            for device, caches in fn.device_caches.items():
+                for key in caches[0]:
+                    print(f"{name} device {device} key: {str(key)[:900]}")
+        except (AttributeError, IndexError, TypeError) as e:
+            print(f"{name}: compiled keys unavailable in this Triton ({type(e).__name__})")
+
+
+if __name__ == "__main__":
+    main()
