@@ -17,6 +17,7 @@ from llama_fast import kernels as kn
 from llama_fast.generate import LlamaFast
 from llama_fast.harness import FASTEST, VARIANTS, Workload, fast_runner, measure
 from llama_fast.loading import load_weights
+from perf_lab import prefill_and_step
 
 
 def describe(t: torch.Tensor) -> str:
@@ -42,11 +43,10 @@ def main():
     cfg, model, tok = load_weights("random:llama-7b", dev, torch.float16)
     fast = LlamaFast(model, tok, "random:llama-7b")
     variant = VARIANTS[FASTEST]
-    w, w1 = Workload(1, 1000, 200, 1200), Workload(1, 1000, 1, 1200)
+    w = Workload(1, 1000, 200, 1200)
     m = measure(fast_runner(fast, variant, w), w, 1, 3)
-    pre = min(measure(fast_runner(fast, variant, w1), w1, 1, 5).times)
-    print(f"decode {(min(m.times) - pre) / 199 * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s, prefill "
-          f"{pre * 1e3:.1f} ms, hash {m.hash}")
+    pre, step = prefill_and_step(fast, variant, w, m)
+    print(f"decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s, prefill {pre * 1e3:.1f} ms, hash {m.hash}")
     for desc, n in seen.items():
         print(f"attention op x{n}: {desc}")
     for name in ("_decode_attn_one_launch_kernel", "_gemv_fused_kernel", "_gemv_qkv_rope_kernel"):

@@ -54,6 +54,8 @@ def main(argv=None):
     ap.add_argument("--config-trials", default=None, metavar="VARIANT",
                     help="the variant's decode under each of CONFIG_TRIALS (kernels.CONFIG_OVERRIDE) in this "
                          "process: decode ms/step per trial, the pinned configs first and last")
+    ap.add_argument("--pad-mb", type=float, default=0.0,
+                    help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
@@ -102,8 +104,7 @@ def main(argv=None):
     cfg, model, tok = load_weights(args.model, dev, dtype)
     from llama_fast.generate import LlamaFast
     fast = LlamaFast(model, tok, args.model)
-    pad = [torch.empty(int(float(mb) * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held: shifts later
-           for mb in os.environ.get("LLAMA_FAST_LAB_PAD_MB", "").split(",") if mb]  # allocations; run 42)
+    pad = torch.empty(int(args.pad_mb * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held: run 42)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
     say(f"# roofline {roof:.1f} tok/s")
     if args.chunk:
