@@ -18,53 +18,66 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="the CUDA-graph and Triton half of this check needs a CUDA GPU")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("device,variant", [("cpu", v) for v in dict.fromkeys([FASTEST, "fused-glue"])] + [
-    pytest.param("cuda", v, marks=needs_cuda)
-    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
-                            "fused-glue", "fused-prefill-graph"])])
-def test_no_recompile_when_the_prompt_length_changes(device, variant):
-    torch._dynamo.reset()
-    from torch._dynamo.utils import counters
-
+@pytest.fixture
+def exact_fp32():
+    """TF32 off (fp32 token parity on GPU needs it) and a fresh Dynamo state, both put back afterwards."""
     tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity on GPU needs TF32 off
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch._dynamo.reset()
     try:
-        cfg = NAMED_SHAPES["tiny"]
-        model = build_model(cfg, RandomSource(cfg, 0, device, torch.float32), device, torch.float32)
-        tok = IdTokenizer(cfg.vocab_size, None, 0)
-        v = VARIANTS[variant]
-        fast = LlamaFast(model, tok, options=v.options, compile="fullgraph", prefill_chunk=16, cache_length=96)
-        eager = LlamaFast(model, tok, prefill_chunk=None, cache_length=96)
-        before = counters["stats"]["unique_graphs"]  # counters are process-wide: count from here
-        for T in (5, 16, 23, 40):  # shorter than, equal to, and longer than the chunk (with an overlapping tail)
-            ids = torch.randint(3, cfg.vocab_size, (1, T))
-            out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
-            if T == 5:
-                graphs_after_first = counters["stats"]["unique_graphs"]
-                captured = len(getattr(fast.steps[1], "_graphs", {}))
-                # read while fast's options are on the model (the eager reference below binds its own)
-                kernels_only = device == "cuda" and model.fused_block_is_kernels_only()
-            assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
-        # one block graph for the prefill chunk shape, one for the decode step (unless the decode block is only
-        # our Triton kernels and runs eagerly in the captured step); with compiled glue, the input preparation
-        # of both shapes and the greedy pick; nothing new for later lengths
-        glue = 3 if v.options.compiled_glue else 0
-        assert graphs_after_first - before == (1 if kernels_only else 2) + glue
-        assert counters["stats"]["unique_graphs"] == graphs_after_first
-        if device == "cuda":
-            assert captured == 1 and len(fast.steps[1]._graphs) == 1  # the decode graph, captured once
-            if v.options.graphed_prefill:  # the 16-token chunk's graph, captured once (at the second prompt)
-                assert len(fast.steps[0]._graphs) == 1
-            assert fast.graph_pool_bytes() > 0  # counted into measured peaks (harness.Runner.graph_pool_bytes)
+        yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch._dynamo.reset()
 
 
+def tiny_pair(device, options, cache_length: int):
+    """(cfg, model, fast, eager): the tiny fp32 model, compiled (fullgraph, 16-token prefill chunks) with
+    options, and the eager reference over the same weights."""
+    cfg = NAMED_SHAPES["tiny"]
+    model = build_model(cfg, RandomSource(cfg, 0, device, torch.float32), device, torch.float32)
+    tok = IdTokenizer(cfg.vocab_size, None, 0)
+    fast = LlamaFast(model, tok, options=options, compile="fullgraph", prefill_chunk=16, cache_length=cache_length)
+    eager = LlamaFast(model, tok, prefill_chunk=None, cache_length=cache_length)
+    return cfg, model, fast, eager
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device,variant", [("cpu", v) for v in dict.fromkeys([FASTEST, "fused-glue"])] + [
+    pytest.param("cuda", v, marks=needs_cuda)
+    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
+                            "fused-glue", "fused-prefill-graph"])])
+def test_no_recompile_when_the_prompt_length_changes(device, variant, exact_fp32):
+    from torch._dynamo.utils import counters
+
+    v = VARIANTS[variant]
+    cfg, model, fast, eager = tiny_pair(device, v.options, 96)
+    before = counters["stats"]["unique_graphs"]  # counters are process-wide: count from here
+    for T in (5, 16, 23, 40):  # shorter than, equal to, and longer than the chunk (with an overlapping tail)
+        ids = torch.randint(3, cfg.vocab_size, (1, T))
+        out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
+        if T == 5:
+            graphs_after_first = counters["stats"]["unique_graphs"]
+            captured = len(getattr(fast.steps[1], "_graphs", {}))
+            # read while fast's options are on the model (the eager reference below binds its own)
+            kernels_only = device == "cuda" and model.fused_block_is_kernels_only()
+        assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
+    # one block graph for the prefill chunk shape, one for the decode step (unless the decode block is only
+    # our Triton kernels and runs eagerly in the captured step); with compiled glue, the input preparation
+    # of both shapes and the greedy pick; nothing new for later lengths
+    glue = 3 if v.options.compiled_glue else 0
+    assert graphs_after_first - before == (1 if kernels_only else 2) + glue
+    assert counters["stats"]["unique_graphs"] == graphs_after_first
+    if device == "cuda":
+        assert captured == 1 and len(fast.steps[1]._graphs) == 1  # the decode graph, captured once
+        if v.options.graphed_prefill:  # the 16-token chunk's graph, captured once (at the second prompt)
+            assert len(fast.steps[0]._graphs) == 1
+        assert fast.graph_pool_bytes() > 0  # counted into measured peaks (harness.Runner.graph_pool_bytes)
+
+
 @pytest.mark.slow
 @needs_cuda
-def test_batched_compiled_decode_launches_no_pdl_kernel():
+def test_batched_compiled_decode_launches_no_pdl_kernel(exact_fp32):
     """Above batch 1 the decode step runs the compiled block, whose Triton attention Inductor traces. A kernel
     traced with PDL carries gdc inline asm that Inductor's mutation analysis cannot read: it then assumes every
     argument written (a batch-16 step 5 % slower, docs/PERF.md run 32). Tokens must also equal eager's."""
@@ -75,7 +88,6 @@ def test_batched_compiled_decode_launches_no_pdl_kernel():
             records.append(record.getMessage())
 
     handler = Keep(logging.WARNING)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
     with contextlib.ExitStack() as stack:
         # triton_kernel_wrap logs its fallback on the torch._dynamo logger (torch 2.11 and 2.13)
         for name in ("torch._dynamo", "torch._higher_order_ops"):
@@ -84,18 +96,10 @@ def test_batched_compiled_decode_launches_no_pdl_kernel():
         # a graph loaded from Inductor's or AOTAutograd's cache is not traced again: the analysis runs in tracing
         stack.enter_context(torch._inductor.config.patch(fx_graph_cache=False))
         stack.enter_context(torch._functorch.config.patch(enable_autograd_cache=False))
-        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 parity on GPU needs TF32 off
-        stack.callback(setattr, torch.backends.cuda.matmul, "allow_tf32", tf32)
-        torch._dynamo.reset()
-        stack.callback(torch._dynamo.reset)
 
-        cfg = NAMED_SHAPES["tiny"]
-        model = build_model(cfg, RandomSource(cfg, 0, "cuda", torch.float32), "cuda", torch.float32)
-        tok = IdTokenizer(cfg.vocab_size, None, 0)
         opts = VARIANTS[FASTEST].options
         assert opts.pdl and opts.decode_attention
-        fast = LlamaFast(model, tok, options=opts, compile="fullgraph", prefill_chunk=16, cache_length=64)
-        eager = LlamaFast(model, tok, prefill_chunk=None, cache_length=64)
+        cfg, _, fast, eager = tiny_pair("cuda", opts, 64)
         ids = torch.randint(3, cfg.vocab_size, (2, 20))
         out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
         assert torch.equal(out, eager.generate(ids, max_new_tokens=6, min_new_tokens=6))
