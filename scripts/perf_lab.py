@@ -56,7 +56,8 @@ def main(argv=None):
                          "process: decode ms/step per trial, the pinned configs first and last")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (the span-form attention)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -163,7 +164,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3}[args.trial_set])
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
@@ -207,6 +208,24 @@ CONFIG_TRIALS_2 = {
     "pinned again": {},
 }
 
+
+
+def _span(waves, block_s, warps, stages):
+    return {"attention": {"WAVES": waves, "BLOCK_S": block_s, "num_warps": warps, "num_stages": stages}}
+
+
+# third set (sixth session): the span form of the one-launch attention (kernels._decode_attn_span_kernel)
+CONFIG_TRIALS_3 = {
+    "pinned": {},
+    "span 1/32/4/3": _span(1, 32, 4, 3),
+    "span 1/64/4/3": _span(1, 64, 4, 3),
+    "span 2/32/4/2": _span(2, 32, 4, 2),
+    "span 2/64/4/2": _span(2, 64, 4, 2),
+    "span 2/64/8/3": _span(2, 64, 8, 3),
+    "span 4/64/4/2": _span(4, 64, 4, 2),
+    "span 1/64/8/3": _span(1, 64, 8, 3),
+    "pinned again": {},
+}
 
 def prefill_and_step(fast, variant, w, m):
     """(prefill s, decode s/step) of the measured run m: a 1-new-token run (best of 5) gives the prefill, the
