@@ -8,7 +8,6 @@ the step's CUDA graph) they take pinned configs and may use programmatic depende
 """
 from __future__ import annotations
 
-import functools
 import os
 from typing import Callable
 
@@ -355,7 +354,7 @@ ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 @triton.jit
 def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
-                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, KV_UNMASKED: tl.constexpr):
     """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials."""
     b = bh // H
     h = bh % H
@@ -364,8 +363,14 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
     rs = j * CHUNK + tl.arange(0, CHUNK)
     ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
     kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
-    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
-    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
+    # masked slots are never read, so K and V wait for the mask; KV_UNMASKED reads every slot of the chunk at
+    # once instead (not waiting for the mask) and zeroes the masked ones after
+    kv_mask = (rs < S)[:, None] if KV_UNMASKED else ok[:, None]
+    k = tl.load(k_ptr + kv_off, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_off, mask=kv_mask, other=0.0)
+    if KV_UNMASKED:  # a masked slot may hold anything (even inf): never let it reach a product
+        k = tl.where(ok[:, None], k, 0.0)
+        v = tl.where(ok[:, None], v, 0.0)
     if USE_PDL != 0:
         gdc_wait()
     if USE_PDL == 1:
@@ -421,9 +426,9 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                               D: tl.constexpr, CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
-                              NEWEST_AFTER_WAIT: tl.constexpr):
+                              NEWEST_AFTER_WAIT: tl.constexpr, KV_UNMASKED: tl.constexpr = False):
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
-                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, KV_UNMASKED)
 
 
 @triton.jit
@@ -440,85 +445,15 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
-                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr,
+                                   KV_UNMASKED: tl.constexpr = False):
     bh = tl.program_id(0)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, KV_UNMASKED)
     arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
-
-
-# Span form (ATTN_SPAN_CONFIG): a fixed number of programs per head, each an online softmax over a span of
-# the cache in BLOCK_S-slot tiles (a pipelined loop), so the grid fits the SMs in one wave whatever the cache
-# length and each program holds one tile, not its whole span, in registers. The first tile is loaded before
-# the PDL wait (as _attn_chunk loads its whole chunk), the rest after it.
-@triton.jit
-def _attn_tile(k_ptr, v_ptr, mask_ptr, kv_base, m_row, rs, end, sk_s, rd):
-    """(attended (BLOCK_S,), K, V (BLOCK_S, D)) of the slots rs below end; masked slots are never read."""
-    ok = tl.load(mask_ptr + m_row + rs, mask=rs < end, other=0) != 0
-    off = kv_base + rs[:, None] * sk_s + rd[None, :]
-    k = tl.load(k_ptr + off, mask=ok[:, None], other=0.0)
-    v = tl.load(v_ptr + off, mask=ok[:, None], other=0.0)
-    return ok, k, v
-
-
-@triton.jit
-def _online_softmax(ok, k, v, q, m_i, l_i, acc):
-    """One tile into the running (max, sum, unnormalized output) of a span (fp32)."""
-    s = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=0))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp(m_i - m_safe)  # 0 while m_i is -inf
-    p = tl.exp(s - m_safe)
-    return m_new, l_i * alpha + tl.sum(p, axis=0), acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-
-
-@triton.jit
-def _decode_attn_span_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
-                             scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, SPAN,
-                             D: tl.constexpr, BLOCK_S: tl.constexpr, SPLITS: tl.constexpr,
-                             USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, NUM_STAGES: tl.constexpr):
-    bh = tl.program_id(0)
-    j = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kv_base = b * sk_b + (h // G) * sk_h
-    m_row = b * sm_b
-    rd = tl.arange(0, D)
-    lo = j * SPAN
-    end = tl.minimum(lo + SPAN, S)
-    rs = lo + tl.arange(0, BLOCK_S)
-    ok, k, v = _attn_tile(k_ptr, v_ptr, mask_ptr, kv_base, m_row, rs, end, sk_s, rd)
-    if USE_PDL != 0:
-        gdc_wait()
-    if USE_PDL == 1:
-        gdc_launch_dependents()
-    if NEWEST_AFTER_WAIT:  # the first tile was loaded before the wait: read its last attended row again
-        last = tl.max(tl.where(ok, rs, -1), axis=0)
-        row = kv_base + tl.maximum(last, 0) * sk_s + rd
-        k_last = tl.load(k_ptr + row, cache_modifier=".cg")
-        v_last = tl.load(v_ptr + row, cache_modifier=".cg")
-        newest = (rs == last)[:, None]
-        k = tl.where(newest, k_last[None, :], k)
-        v = tl.where(newest, v_last[None, :], v)
-    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
-    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
-    m_i, l_i, acc = _online_softmax(ok, k, v, q, float("-inf"), 0.0, tl.zeros((D,), tl.float32))
-    for t0 in tl.range(lo + BLOCK_S, end, BLOCK_S, num_stages=NUM_STAGES):
-        ok, k, v = _attn_tile(k_ptr, v_ptr, mask_ptr, kv_base, m_row, t0 + tl.arange(0, BLOCK_S), end, sk_s, rd)
-        m_i, l_i, acc = _online_softmax(ok, k, v, q, m_i, l_i, acc)
-    if USE_PDL == 2:
-        gdc_launch_dependents()
-    out = bh * NSPLIT + j
-    tl.store(m_ptr + out, m_i)
-    tl.store(l_ptr + out, l_i)
-    tl.store(acc_ptr + out * D + rd, acc)
-    arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this span's partials are visible before the count
-    if arrived == NSPLIT - 1:  # the last span of this head to finish combines them all
-        _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
-        tl.atomic_xchg(cnt_ptr + bh, 0)
 
 
 # Eager launches (fused-pdl's block) take 128-slot tiles at 4 warps: half the programs of 64/2, decode
@@ -532,7 +467,7 @@ def _attn_config(kernel, S: int, D: int):
     if not _pinned():
         return kernel, ATTN_CHUNK, {}
     cfg = _override("attention", S, D) or ATTN_EAGER_CONFIG
-    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
+    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"], "KV_UNMASKED": cfg.get("KV_UNMASKED", False)}
 
 
 def _attn_buffers(q, S, chunk):
@@ -564,20 +499,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return o
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def span_splits(B: int, H: int, S: int, device: torch.device, waves: float, block_s: int) -> tuple[int, int]:
-    """(programs per head, slots per program) of the span form: about waves x the SM count programs in all,
-    each span a whole number of BLOCK_S tiles."""
-    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    want = max(1, min(triton.cdiv(S, block_s), round(waves * sms / (B * H))))
-    span = triton.cdiv(triton.cdiv(S, want), block_s) * block_s
-    return triton.cdiv(S, span), span
-
-
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                                 scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
@@ -585,19 +506,6 @@ def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
-    span_cfg = _override("attention", S, D) if _pinned() else None
-    if span_cfg is not None and "WAVES" in span_cfg:  # the span form (lab trials)
-        nsplit, span = span_splits(B, H, S, q.device, span_cfg["WAVES"], span_cfg["BLOCK_S"])
-        m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
-        acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
-        o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
-        wrap_triton(_decode_attn_span_kernel)[(B * H, nsplit)](
-            q, k, v, mask, m, torch.empty_like(m), acc, counters, o, S, H, H // Hkv, scale, q.stride(0),
-            q.stride(1), k.stride(0), k.stride(1), k.stride(2), mask.stride(0), nsplit, span, D=D,
-            BLOCK_S=span_cfg["BLOCK_S"], SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
-            NEWEST_AFTER_WAIT=pdl != 0, NUM_STAGES=span_cfg["num_stages"], num_warps=span_cfg["num_warps"],
-            **_launch_kwargs(pdl))
-        return o
     kernel, chunk, cfg = _attn_config(_decode_attn_one_launch_kernel, S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     wrap_triton(kernel)[(B * H, nsplit)](

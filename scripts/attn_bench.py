@@ -4,8 +4,10 @@ in all, so L2 never holds them, as in a real step); no PDL (nothing before them 
 
   python scripts/attn_bench.py | tee $OUT/attn_bench.log
 
-Forms: the one-launch chunk kernel at its eager config (kernels.ATTN_EAGER_CONFIG) and at 64/2, and the span
-form (kernels._decode_attn_span_kernel) over WAVES x BLOCK_S x warps x stages, each checked against SDPA.
+Forms: the one-launch chunk kernel at its eager config (kernels.ATTN_EAGER_CONFIG) and other chunk / warps,
+each with the K/V loads waiting for the mask (masked slots never read) and with KV_UNMASKED (every slot of the
+chunk read at once, masked ones zeroed after), each checked against SDPA. (Run 44 timed a span form here too,
+commit 9d4186e: an online softmax over tiles of a span per program, 12-24 us against the chunk form's 10-11.)
 """
 from __future__ import annotations
 
@@ -47,10 +49,10 @@ def main():
             kn.CONFIG_OVERRIDE = None
         return t, err
 
-    rows = [("chunk eager " + str(kn.ATTN_EAGER_CONFIG), None), ("chunk 64/2", {"CHUNK": 64, "num_warps": 2})]
-    for waves, bs, warps, stages in itertools.product((1, 2, 4), (32, 64), (2, 4, 8), (2, 3)):
-        rows.append((f"span waves {waves} block {bs} warps {warps} stages {stages}",
-                     {"WAVES": waves, "BLOCK_S": bs, "num_warps": warps, "num_stages": stages}))
+    rows = [("chunk eager " + str(kn.ATTN_EAGER_CONFIG), None)]
+    for chunk, warps, unmasked in itertools.product((32, 64, 128, 256), (2, 4, 8), (False, True)):
+        rows.append((f"chunk {chunk}/{warps}{' kv unmasked' if unmasked else ''}",
+                     {"CHUNK": chunk, "num_warps": warps, "KV_UNMASKED": unmasked}))
     results = []
     for name, override in rows:
         try:

@@ -23,7 +23,7 @@ from perf_lab import prefill_and_step
 def describe(t: torch.Tensor) -> str:
     p = t.data_ptr()
     return (f"{tuple(t.shape)} stride {tuple(t.stride())} {str(t.dtype)[6:]} ptr%16={p % 16} ptr%128={p % 128} "
-            f"ptr%512={p % 512}")
+            f"ptr%512={p % 512} ptr%64K={p % 65536} ptr={p:#x}")
 
 
 def main():

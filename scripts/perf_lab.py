@@ -57,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (the span-form attention)")
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (attention K/V loads)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -209,23 +209,22 @@ CONFIG_TRIALS_2 = {
 }
 
 
+def _attn(chunk, warps, unmasked):
+    return {"attention": {"CHUNK": chunk, "num_warps": warps, "KV_UNMASKED": unmasked}}
 
-def _span(waves, block_s, warps, stages):
-    return {"attention": {"WAVES": waves, "BLOCK_S": block_s, "num_warps": warps, "num_stages": stages}}
 
-
-# third set (sixth session): the span form of the one-launch attention (kernels._decode_attn_span_kernel)
+# third set (sixth session): the attention's K/V loads not waiting for the mask (kernels KV_UNMASKED)
 CONFIG_TRIALS_3 = {
     "pinned": {},
-    "span 1/32/4/3": _span(1, 32, 4, 3),
-    "span 1/64/4/3": _span(1, 64, 4, 3),
-    "span 2/32/4/2": _span(2, 32, 4, 2),
-    "span 2/64/4/2": _span(2, 64, 4, 2),
-    "span 2/64/8/3": _span(2, 64, 8, 3),
-    "span 4/64/4/2": _span(4, 64, 4, 2),
-    "span 1/64/8/3": _span(1, 64, 8, 3),
+    "attn 128/4 kv unmasked": _attn(128, 4, True),
+    "attn 64/2": _attn(64, 2, False),
+    "attn 64/2 kv unmasked": _attn(64, 2, True),
+    "attn 64/4 kv unmasked": _attn(64, 4, True),
+    "attn 32/2 kv unmasked": _attn(32, 2, True),
+    "attn 256/8 kv unmasked": _attn(256, 8, True),
     "pinned again": {},
 }
+
 
 def prefill_and_step(fast, variant, w, m):
     """(prefill s, decode s/step) of the measured run m: a 1-new-token run (best of 5) gives the prefill, the
