@@ -57,7 +57,7 @@ def main(argv=None):
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (attention K/V loads)")
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (L2 prefetch hints)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -209,19 +209,30 @@ CONFIG_TRIALS_2 = {
 }
 
 
-def _attn(chunk, warps, unmasked):
-    return {"attention": {"CHUNK": chunk, "num_warps": warps, "KV_UNMASKED": unmasked}}
+QKV_PINNED = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}  # kernels.QKV_ROPE_CONFIG
+ATTN_PINNED = {"CHUNK": 128, "num_warps": 4}  # kernels.ATTN_EAGER_CONFIG
 
 
-# third set (sixth session): the attention's K/V loads not waiting for the mask (kernels KV_UNMASKED)
+def _pf(kv=0, wo=0.0, mode=1, evict=""):
+    """Trial table: the qkv kernel prefetching this layer's K/V (mode kv), the attention prefetching a share
+    wo of the wo weights (prefetch mode), the attention's own K/V loads under an eviction policy."""
+    t = {"attention": {**ATTN_PINNED, "KV_EVICT": evict, "PREFETCH": mode if wo else 0, "PREFETCH_FRAC": wo}}
+    if kv:
+        t["qkv_rope"] = {**QKV_PINNED, "PREFETCH_KV": kv}
+    return t
+
+
+# third set (sixth session): L2 prefetch hints (kernels._prefetch_lines) while DRAM is underused
 CONFIG_TRIALS_3 = {
     "pinned": {},
-    "attn 128/4 kv unmasked": _attn(128, 4, True),
-    "attn 64/2": _attn(64, 2, False),
-    "attn 64/2 kv unmasked": _attn(64, 2, True),
-    "attn 64/4 kv unmasked": _attn(64, 4, True),
-    "attn 32/2 kv unmasked": _attn(32, 2, True),
-    "attn 256/8 kv unmasked": _attn(256, 8, True),
+    "qkv prefetches K/V": _pf(kv=1),
+    "qkv prefetches K/V evict_last": _pf(kv=2),
+    "qkv prefetches K/V, attn K/V evict_first": _pf(kv=1, evict="evict_first"),
+    "attn K/V evict_first": _pf(evict="evict_first"),
+    "attn prefetches all wo, K/V evict_first": _pf(wo=1.0, evict="evict_first"),
+    "attn prefetches half wo, K/V evict_first": _pf(wo=0.5, evict="evict_first"),
+    "attn prefetches all wo evict_last, K/V evict_first": _pf(wo=1.0, mode=2, evict="evict_first"),
+    "both prefetches, K/V evict_first": _pf(kv=1, wo=1.0, evict="evict_first"),
     "pinned again": {},
 }
 

@@ -133,24 +133,12 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
         print("attention", newest, B, H, Hkv, S, f"{err:.1e}")
         outs.append(o)
     assert torch.equal(outs[0], outs[1])
-    # KV_UNMASKED: every slot of a chunk is read; masked ones (here inf) must not reach the output
-    k_inf, v_inf = k.clone(), v.clone()
-    k_inf[~mask[:, None, :, None].expand_as(k)] = float("inf")
-    v_inf[~mask[:, None, :, None].expand_as(v)] = float("inf")
-    o = torch.empty(B, H, 1, D, dtype=dt)
-    kn._decode_attn_split_kernel[(B * H, nsplit)](q, k_inf, v_inf, mask, m, l, acc, S, H, H // Hkv, D ** -0.5,
-                                                  q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2),
-                                                  mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK, USE_PDL=False,
-                                                  NEWEST_AFTER_WAIT=True, KV_UNMASKED=True)
-    kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=D, SPLITS=triton.next_power_of_2(nsplit),
-                                             USE_PDL=False)
-    assert torch.equal(o, outs[0]), ("attention unmasked loads", B, H, Hkv, S)
     cnt = torch.zeros(B * H, dtype=torch.int32)
     for call in range(2):  # the one-launch form leaves its counters at zero for the next call
         o1 = torch.empty(B, H, 1, D, dtype=dt)
         kn._decode_attn_one_launch_kernel[(B * H, nsplit)](
             q, k, v, mask, m, l, acc, cnt, o1, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
-            k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=kn.ATTN_CHUNK,
+            k.stride(1), k.stride(2), mask.stride(0), nsplit, q, 0, D=D, CHUNK=kn.ATTN_CHUNK,
             SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False, NEWEST_AFTER_WAIT=call == 1)
         assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
     print("attention one launch", B, H, Hkv, S, "== two launches")
