@@ -48,30 +48,9 @@ def use_pdl(x: torch.Tensor, pdl: int) -> int:
     return int(pdl) if ok else PDL_OFF
 
 
-def can_prefetch(x: torch.Tensor) -> bool:
-    """Whether kernels launched on x's device may carry the L2 prefetch hints (_prefetch_lines): a real CUDA
-    launch, not Triton's interpreter and not inside torch.compile (whose launches take the plain configs)."""
-    return x.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1" and not torch.compiler.is_compiling()
-
-
 def _launch_kwargs(pdl: int) -> dict:
     """launch_pdl=True when pdl (a use_pdl result: never set inside torch.compile) asks for it."""
     return {"launch_pdl": True} if pdl else {}
-
-
-@triton.jit
-def _prefetch_lines(ptrs, MODE: tl.constexpr):
-    """Ask L2 to fetch the 128-byte lines at ptrs (a hint: nothing waits for it, nothing changes). MODE 1:
-    normal priority, 2: evict_last. Only compiled for a GPU (the interpreter has no inline asm)."""
-    if MODE == 1:
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.b32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
-    if MODE == 2:
-        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1]; mov.b32 $0, 0;", "=r,l", [ptrs],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-PF_BLOCK = tl.constexpr(128)  # prefetch addresses per program per loop iteration
 
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -284,22 +263,9 @@ def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13:
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
                           N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
                           D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREFETCH_KV: tl.constexpr = 0):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
-    if PREFETCH_KV != 0:  # the attention after this kernel reads slots < pos of this layer's cache: start
-        # fetching them into L2 now, spread over all programs (batch 1: one row of the cache)
-        LINE: tl.constexpr = 128 // (kc_ptr.dtype.element_ty.primitive_bitwidth // 8)  # elements per line
-        lph = tl.cdiv(tl.load(pos_ptr) * D, LINE)  # lines per head
-        total = 2 * HKV * lph
-        per = tl.cdiv(total, tl.num_programs(0))
-        for i0 in range(0, per, PF_BLOCK):
-            ri = i0 + tl.arange(0, PF_BLOCK)
-            idx = pid * per + ri
-            idx = tl.where((ri < per) & (idx < total), idx, 0)
-            rem = idx % (HKV * lph)
-            off = (rem // lph) * stride_ch + (rem % lph) * LINE
-            _prefetch_lines(tl.where(idx < HKV * lph, kc_ptr + off, vc_ptr + off), PREFETCH_KV)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
     d1 = (pid % (D // BLOCK_N)) * HALF + tl.arange(0, HALF)  # (HALF,) dims in the first half of the head
     r1 = u * D + d1
@@ -368,8 +334,6 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
 
     kernel, config = ((_gemv_qkv_rope_kernel.fn, _override("qkv_rope", wqkv.shape[0], x.shape[1]) or QKV_ROPE_CONFIG)
                       if _pinned() else (_gemv_qkv_rope_kernel, {}))
-    if config.get("PREFETCH_KV") and (k_cache.shape[0] != 1 or not can_prefetch(x)):
-        config = {k: v for k, v in config.items() if k != "PREFETCH_KV"}  # batch 1 on sm_90+ GPUs only
     wrap_triton(kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
                               wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
                               hkv, k_cache.stride(1), k_cache.stride(2), D=D,
@@ -390,7 +354,7 @@ ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 @triton.jit
 def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
-                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, KV_EVICT: tl.constexpr = ""):
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials."""
     b = bh // H
     h = bh % H
@@ -399,8 +363,8 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
     rs = j * CHUNK + tl.arange(0, CHUNK)
     ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
     kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
-    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0, eviction_policy=KV_EVICT)  # masked: never read
-    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0, eviction_policy=KV_EVICT)
+    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
+    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
     if USE_PDL != 0:
         gdc_wait()
     if USE_PDL == 1:
@@ -456,9 +420,9 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                               D: tl.constexpr, CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
-                              NEWEST_AFTER_WAIT: tl.constexpr, KV_EVICT: tl.constexpr = ""):
+                              NEWEST_AFTER_WAIT: tl.constexpr):
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
-                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, KV_EVICT)
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
 
 
 @triton.jit
@@ -473,22 +437,12 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 @triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
 @triton.jit
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
-                                   scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, pf_ptr, pf_lines,
+                                   scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
-                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr,
-                                   KV_EVICT: tl.constexpr = "", PREFETCH: tl.constexpr = 0):
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     bh = tl.program_id(0)
-    if PREFETCH != 0:  # the first pf_lines 128-byte lines at pf_ptr (the next kernel's weights) into L2, spread
-        # over all programs, while this kernel's own loads leave DRAM bandwidth unused
-        LINE: tl.constexpr = 128 // (pf_ptr.dtype.element_ty.primitive_bitwidth // 8)
-        per = tl.cdiv(pf_lines, tl.num_programs(0) * tl.num_programs(1))
-        start = (bh * NSPLIT + tl.program_id(1)) * per
-        for i0 in range(0, per, PF_BLOCK):
-            ri = i0 + tl.arange(0, PF_BLOCK)
-            idx = tl.where((ri < per) & (start + ri < pf_lines), start + ri, 0)
-            _prefetch_lines(pf_ptr + idx.to(tl.int64) * LINE, PREFETCH)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, KV_EVICT)
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
     arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
@@ -506,7 +460,7 @@ def _attn_config(kernel, S: int, D: int):
     if not _pinned():
         return kernel, ATTN_CHUNK, {}
     cfg = _override("attention", S, D) or ATTN_EAGER_CONFIG
-    return kernel.fn, cfg["CHUNK"], {k: v for k, v in cfg.items() if k != "CHUNK"}
+    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
 
 
 def _attn_buffers(q, S, chunk):
@@ -527,7 +481,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
     kernel, chunk, cfg = _attn_config(_decode_attn_split_kernel, S, D)
-    cfg = {k: v for k, v in cfg.items() if k not in ("PREFETCH", "PREFETCH_FRAC")}  # one-launch form only
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     wrap_triton(kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
@@ -541,25 +494,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
-                                scale: float, counters: torch.Tensor, pdl: int = PDL_OFF,
-                                prefetch: torch.Tensor | None = None) -> torch.Tensor:
-    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after.
-    prefetch: a contiguous tensor the next kernel reads (its weights), which the attention config may have
-    fetched into L2 (a PREFETCH_FRAC share of its bytes) while the kernel runs."""
+                                scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
+    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
     kernel, chunk, cfg = _attn_config(_decode_attn_one_launch_kernel, S, D)
-    frac = cfg.pop("PREFETCH_FRAC", 0.0)
-    pf_lines = 0
-    if prefetch is not None and frac > 0 and cfg.get("PREFETCH", 0) and can_prefetch(q):
-        pf_lines = int(prefetch.numel() * prefetch.element_size() * frac) // 128
-    else:
-        cfg.pop("PREFETCH", None)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     wrap_triton(kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
-        k.stride(1), k.stride(2), mask.stride(0), nsplit, prefetch if pf_lines else q, pf_lines, D=D, CHUNK=chunk,
+        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
         SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **cfg,
         **_launch_kwargs(pdl))
     return o

@@ -145,9 +145,8 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
         return self.attention_core(q, k, v, mask, opts)
 
-    def attention_core(self, q, k, v, mask, opts: ForwardOptions, prefetch: torch.Tensor | None = None) -> torch.Tensor:
-        """q (B, H, T, D) over the cache k, v (B, Hkv, L, D) -> (B, T, q_size). prefetch: the weights the next
-        kernel reads, which the one-launch decode attention may fetch into L2 meanwhile (kernels)."""
+    def attention_core(self, q, k, v, mask, opts: ForwardOptions) -> torch.Tensor:
+        """q (B, H, T, D) over the cache k, v (B, Hkv, L, D) -> (B, T, q_size)."""
         c = self.cfg
         B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
@@ -155,7 +154,7 @@ class Attention(nn.Module):
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
-                                                self.attn_counters, pdl_mode(opts), prefetch)  # (B, H, 1, D)
+                                                self.attn_counters, pdl_mode(opts))  # (B, H, 1, D)
             else:
                 from .kernels import decode_attention
 
@@ -228,7 +227,7 @@ class Block(nn.Module):
                                       rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
                                       input_pos, c.n_heads, pdl)  # (1, q_size); k, v written into the cache
             q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
-            y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts, a.wo.weight)  # (1, 1, q_size)
+            y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
         else:
             qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps, pdl)
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)

@@ -7,7 +7,7 @@ in all, so L2 never holds them, as in a real step); no PDL (nothing before them 
 Forms: the one-launch chunk kernel at its eager config (kernels.ATTN_EAGER_CONFIG) and other chunk / warps,
 each checked against SDPA. Run 44 timed a span form here too (commit 9d4186e: an online softmax over tiles of
 a span per program, 12-24 us against the chunk form's 10-11), run 45 K/V loads not waiting for the mask
-(commit 7355385: no faster alone, slower in the step).
+(commit 7355385: no faster alone, slower in the step); docs/PERF.md rows 35-37.
 """
 from __future__ import annotations
 

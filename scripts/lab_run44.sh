@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 9d4186e; what it tries was removed after it (docs/PERF.md row 35), so it runs only there.
 # Sixth session: the span form of the one-launch decode attention (a pipelined online softmax per span, one
 # wave of programs) against the chunk form, alone (attn_bench.py) and in the real step (perf_lab trial set 3,
 # one process), plus the kernels' interpreter-free check on the GPU.

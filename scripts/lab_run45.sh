@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 7355385; what it tries was removed after it (docs/PERF.md row 36), so it runs only there.
 # Sixth session, second call. Run 44: the span form of the attention lost (removed). Now: the chunk form with
 # its K/V loads not waiting for the mask (KV_UNMASKED), alone (attn_bench.py) and in the step (perf_lab trial
 # set 3, one process); the interpreter kernel test with its output (it failed in run 44); the bimodality probe

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 606539a; what it tries was removed after it (docs/PERF.md row 37), so it runs only there.
 # Sixth session, third call: L2 prefetch hints in the batch-1 decode step (perf_lab trial set 3, one process):
 # the qkv kernel fetching this layer's K/V for the attention after it, the attention fetching the wo weights
 # for the GEMV after it; then the interpreter kernel test's own traceback (it fails on this stack, run 45).

@@ -56,8 +56,7 @@ def main(argv=None):
                          "process: decode ms/step per trial, the pinned configs first and last")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (L2 prefetch hints)")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -164,7 +163,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3}[args.trial_set])
+                      CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
@@ -205,34 +204,6 @@ CONFIG_TRIALS_2 = {
     "attn 256/8": {"attention": {"CHUNK": 256, "num_warps": 8}},
     "residual s4 + swiglu s3 + qkv s4": {"residual": _cfg(8, 512, 4), "swiglu": _cfg(8, 512, 3),
                                          "qkv_rope": _cfg(16, 256, 4)},
-    "pinned again": {},
-}
-
-
-QKV_PINNED = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}  # kernels.QKV_ROPE_CONFIG
-ATTN_PINNED = {"CHUNK": 128, "num_warps": 4}  # kernels.ATTN_EAGER_CONFIG
-
-
-def _pf(kv=0, wo=0.0, mode=1, evict=""):
-    """Trial table: the qkv kernel prefetching this layer's K/V (mode kv), the attention prefetching a share
-    wo of the wo weights (prefetch mode), the attention's own K/V loads under an eviction policy."""
-    t = {"attention": {**ATTN_PINNED, "KV_EVICT": evict, "PREFETCH": mode if wo else 0, "PREFETCH_FRAC": wo}}
-    if kv:
-        t["qkv_rope"] = {**QKV_PINNED, "PREFETCH_KV": kv}
-    return t
-
-
-# third set (sixth session): L2 prefetch hints (kernels._prefetch_lines) while DRAM is underused
-CONFIG_TRIALS_3 = {
-    "pinned": {},
-    "qkv prefetches K/V": _pf(kv=1),
-    "qkv prefetches K/V evict_last": _pf(kv=2),
-    "qkv prefetches K/V, attn K/V evict_first": _pf(kv=1, evict="evict_first"),
-    "attn K/V evict_first": _pf(evict="evict_first"),
-    "attn prefetches all wo, K/V evict_first": _pf(wo=1.0, evict="evict_first"),
-    "attn prefetches half wo, K/V evict_first": _pf(wo=0.5, evict="evict_first"),
-    "attn prefetches all wo evict_last, K/V evict_first": _pf(wo=1.0, mode=2, evict="evict_first"),
-    "both prefetches, K/V evict_first": _pf(kv=1, wo=1.0, evict="evict_first"),
     "pinned again": {},
 }
 
