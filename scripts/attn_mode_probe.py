@@ -9,7 +9,8 @@ mask's layout between the two modes names the cause.
 """
 from __future__ import annotations
 
-import collections
+import os
+import re
 
 import torch
 
@@ -26,19 +27,50 @@ def describe(t: torch.Tensor) -> str:
             f"ptr%512={p % 512} ptr%64K={p % 65536} ptr={p:#x}")
 
 
+class DebugGraph(torch.cuda.CUDAGraph):
+    """A CUDA graph in debug mode (so it can be dumped as DOT after capture); every one made is kept."""
+    made: list = []
+
+    def __new__(cls, *args, **kwargs):
+        g = super().__new__(cls, *args, **kwargs)
+        g.enable_debug_mode()
+        cls.made.append(g)
+        return g
+
+
+def dump_graphs(out_dir: str, tag: str):
+    """Each captured graph as DOT under out_dir, and a line per graph: nodes, edges, programmatic edges."""
+    os.makedirs(out_dir, exist_ok=True)
+    for i, g in enumerate(DebugGraph.made):
+        path = os.path.join(out_dir, f"{tag}_graph{i}.dot")
+        g.debug_dump(path)
+        text = open(path).read()
+        nodes = len(re.findall(r"^\s*\"?node\w*\"?\s*\[", text, re.M))
+        prog = len(re.findall("programmatic", text, re.I))
+        print(f"graph {i}: {text.count('->')} edges, {nodes} nodes, {prog} 'programmatic' mentions, "
+              f"{len(text)} bytes -> {path}")
+
+
 def main():
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
-    seen = collections.Counter()
-    original = kn.decode_attention_one_launch
+    seen, scratch = [], []
+    original, original_buffers = kn.decode_attention_one_launch, kn._attn_buffers
 
     def spy(q, k, v, mask, scale, counters, pdl=kn.PDL_OFF):
         names = ("q", "k", "v", "mask", "counters")
-        seen["; ".join(f"{n} {describe(t)}" for n, t in zip(names, (q, k, v, mask, counters)))] += 1
+        seen.append("; ".join(f"{n} {describe(t)}" for n, t in zip(names, (q, k, v, mask, counters))))
         return original(q, k, v, mask, scale, counters, pdl)
 
-    kn.decode_attention_one_launch = spy
+    def buffers(q, S, chunk):
+        nsplit, *bufs = original_buffers(q, S, chunk)
+        scratch.append("; ".join(f"{n} {describe(t)}" for n, t in zip(("m", "l", "acc", "o"), bufs)))
+        return (nsplit, *bufs)
+
+    kn.decode_attention_one_launch, kn._attn_buffers = spy, buffers
+    if os.environ.get("PROBE_GRAPH_DIR"):
+        torch.cuda.CUDAGraph = DebugGraph  # compile._StepGraphs looks it up at capture time
     dev = torch.device("cuda")
     cfg, model, tok = load_weights("random:llama-7b", dev, torch.float16)
     fast = LlamaFast(model, tok, "random:llama-7b")
@@ -47,8 +79,10 @@ def main():
     m = measure(fast_runner(fast, variant, w), w, 1, 3)
     pre, step = prefill_and_step(fast, variant, w, m)
     print(f"decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s, prefill {pre * 1e3:.1f} ms, hash {m.hash}")
-    for desc, n in seen.items():
-        print(f"attention op x{n}: {desc}")
+    print(f"attention op calls: {len(seen)}; the last call's inputs: {seen[-1] if seen else None}")
+    print(f"attention scratch, last call: {scratch[-1] if scratch else None}")
+    if os.environ.get("PROBE_GRAPH_DIR"):
+        dump_graphs(os.environ["PROBE_GRAPH_DIR"], os.environ.get("PROBE_TAG", "probe"))
     for name in ("_decode_attn_one_launch_kernel", "_gemv_fused_kernel", "_gemv_qkv_rope_kernel"):
         fn = getattr(kn, name)
         fn = getattr(fn, "fn", fn)  # the JITFunction under an autotuner
