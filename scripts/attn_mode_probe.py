@@ -44,6 +44,9 @@ def dump_graphs(out_dir: str, tag: str):
     for i, g in enumerate(DebugGraph.made):
         path = os.path.join(out_dir, f"{tag}_graph{i}.dot")
         g.debug_dump(path)
+        if not os.path.exists(path):  # a graph object that was never captured (or already released)
+            print(f"graph {i}: nothing to dump")
+            continue
         text = open(path).read()
         nodes = len(re.findall(r"^\s*\"?node\w*\"?\s*\[", text, re.M))
         prog = len(re.findall("programmatic", text, re.I))

@@ -56,6 +56,9 @@ def main(argv=None):
                          "process: decode ms/step per trial, the pinned configs first and last")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
+    ap.add_argument("--counter-strides", default="", metavar="S1,S2,...",
+                    help="the first variant's decode with each layer's attention arrival counters reallocated at "
+                         "each stride in turn (int32 slots per head; model.ATTN_COUNTER_STRIDE is the default)")
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
@@ -164,6 +167,8 @@ def main(argv=None):
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
                       CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
+    if args.counter_strides:
+        counter_trials(say, fast, VARIANTS[keys[0]], w, roof, [int(x) for x in args.counter_strides.split(",")])
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
@@ -242,6 +247,20 @@ def config_trials(say, fast, variant, w, roof, trials):
         finally:
             kn.CONFIG_OVERRIDE = None
         say(f"trial {name}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
+            f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
+
+
+def counter_trials(say, fast, variant, w, roof, strides):
+    """Decode ms/step with the one-launch attention's arrival counters reallocated at each stride (graphs
+    recaptured per trial; each trial's buffers are new allocations)."""
+    for stride in strides:
+        for layer in fast.model.layers:
+            a = layer.attention
+            a.attn_counters = torch.zeros(fast.model.batch_size * a.cfg.n_heads * stride, dtype=torch.int32,
+                                          device=a.attn_counters.device)
+        m = measure(fast_runner(fast, variant, w), w, 1, 3)
+        _, step = prefill_and_step(fast, variant, w, m)
+        say(f"counter stride {stride}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
             f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
 
 
