@@ -439,14 +439,14 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
-                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, CNT_STRIDE: tl.constexpr):
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     bh = tl.program_id(0)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
-    arrived = tl.atomic_add(cnt_ptr + bh * CNT_STRIDE, 1)  # acq_rel: this chunk's partials are visible first
+    arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
-        tl.atomic_xchg(cnt_ptr + bh * CNT_STRIDE, 0)  # zero again for the next call (and the next graph replay)
+        tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
 # Eager launches (fused-pdl's block) take 128-slot tiles at 4 warps: half the programs of 64/2, decode
@@ -495,19 +495,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                                 scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
-    """decode_attention in one kernel: counters (B*H*stride,) int32, zero before the call and left zero after;
-    head i counts at counters[i * stride] (a stride of 32 puts each head's counter in its own 128-byte line, so
-    the heads' arrival atomics do not all queue on one L2 line: model.ATTN_COUNTER_STRIDE)."""
+    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    if counters.numel() % (B * H):
-        raise ValueError(f"counters: {counters.numel()} int32 for {B * H} heads; want a multiple")
     pdl = use_pdl(q, pdl)
     kernel, chunk, cfg = _attn_config(_decode_attn_one_launch_kernel, S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     wrap_triton(kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
-        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
-        CNT_STRIDE=counters.numel() // (B * H), **cfg, **_launch_kwargs(pdl))
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **cfg,
+        **_launch_kwargs(pdl))
     return o

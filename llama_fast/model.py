@@ -48,10 +48,6 @@ class ForwardOptions:
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
 SPLIT_MLP_MIN_ROWS = 64  # ForwardOptions.split_mlp applies from this many rows (a prefill chunk, not a decode step)
-# int32 slots per head in the one-launch decode attention's arrival counters: 32 puts each head's counter in its
-# own 128-byte line, so the 320 arrival atomics of a Llama-7B step's layer do not queue on one L2 line
-# (kernels.decode_attention_one_launch takes the stride from the buffer's size; docs/PERF.md row 38)
-ATTN_COUNTER_STRIDE = 32
 
 
 def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
@@ -301,10 +297,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.attention.kv_cache = None  # free the old cache before allocating the new one
             layer.attention.kv_cache = KVCache(batch, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, dev)
-            # arrival counters of the one-launch decode attention (zero between calls), one 128-byte line each
-            layer.attention.register_buffer("attn_counters", torch.zeros(batch * cfg.n_heads * ATTN_COUNTER_STRIDE,
-                                                                         dtype=torch.int32, device=dev),
-                                            persistent=False)
+            # arrival counters of the one-launch decode attention (zero between calls)
+            layer.attention.register_buffer("attn_counters", torch.zeros(batch * cfg.n_heads, dtype=torch.int32,
+                                                                         device=dev), persistent=False)
         # RoPE as HF computes it: fp32 angles, cos/sin cast to the model dtype
         freqs = torch.outer(torch.arange(max_seq_len, device=dev).float(), cfg.inv_freq().to(dev))
         emb = torch.cat((freqs, freqs), dim=-1)  # (S, D)

@@ -56,9 +56,9 @@ def main(argv=None):
                          "process: decode ms/step per trial, the pinned configs first and last")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
-    ap.add_argument("--counter-strides", default="", metavar="S1,S2,...",
-                    help="the first variant's decode with each layer's attention arrival counters reallocated at "
-                         "each stride in turn (int32 slots per head; model.ATTN_COUNTER_STRIDE is the default)")
+    ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
+                    help="the first variant's decode N more times, each after the KV caches (and every buffer "
+                         "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
     ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
@@ -167,8 +167,8 @@ def main(argv=None):
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
                       CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
-    if args.counter_strides:
-        counter_trials(say, fast, VARIANTS[keys[0]], w, roof, [int(x) for x in args.counter_strides.split(",")])
+    if args.realloc_trials:
+        realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
     say("|---|---|---|---|---|---|")
     for k, m in rows:
@@ -250,18 +250,27 @@ def config_trials(say, fast, variant, w, roof, trials):
             f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
 
 
-def counter_trials(say, fast, variant, w, roof, strides):
-    """Decode ms/step with the one-launch attention's arrival counters reallocated at each stride (graphs
-    recaptured per trial; each trial's buffers are new allocations)."""
-    for stride in strides:
-        for layer in fast.model.layers:
-            a = layer.attention
-            a.attn_counters = torch.zeros(fast.model.batch_size * a.cfg.n_heads * stride, dtype=torch.int32,
-                                          device=a.attn_counters.device)
+def realloc_trials(say, fast, variant, w, roof, n):
+    """Decode ms/step after the model's per-(batch, cache) buffers (KV caches, counters, masks, RoPE tables) are
+    made again at new addresses, n times in one process (graphs recaptured each time): does a process's decode
+    speed follow where its buffers land?"""
+    model, pads = fast.model, []
+    for i in range(n + 1):
+        if i:
+            for layer in model.layers:
+                layer.attention.kv_cache = None
+            model.batch_size = 0  # setup_caches allocates anew on the next generate
+            torch.cuda.empty_cache()
+            pads.append(torch.empty(int(i * 37e6), dtype=torch.uint8, device=model.output.weight.device))
         m = measure(fast_runner(fast, variant, w), w, 1, 3)
         _, step = prefill_and_step(fast, variant, w, m)
-        say(f"counter stride {stride}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
-            f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
+        c = model.layers[0].attention.kv_cache
+        from torch._dynamo.utils import counters
+
+        say(f"buffers {'as made' if not i else f'remade {i}'} (compiled graphs so far: "
+            f"{counters['stats']['unique_graphs']}): decode {step * 1e3:.3f} ms/step, "
+            f"{m.tok_per_s:.1f} tok/s ({100 * m.tok_per_s / roof:.1f}% roofline); layer 0 k_cache "
+            f"{c.k_cache.data_ptr():#x} v_cache {c.v_cache.data_ptr():#x}")
 
 
 def profile_report(say, k, prof, path):
