@@ -50,8 +50,9 @@ def main():
         return t, err
 
     rows = [("chunk eager " + str(kn.ATTN_EAGER_CONFIG), None)]
-    for chunk, warps in itertools.product((32, 64, 128, 256), (2, 4, 8)):
-        rows.append((f"chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps}))
+    for chunk, warps, dot in itertools.product((32, 64, 128), (2, 4, 8), (False, True)):
+        rows.append((f"chunk {chunk}/{warps}{' dot' if dot else ''}", {"CHUNK": chunk, "num_warps": warps,
+                                                                        "USE_DOT": dot}))
     results = []
     for name, override in rows:
         try:
