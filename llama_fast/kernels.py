@@ -354,7 +354,7 @@ ATTN_CHUNK = 64  # slots per program: one tile, K and V loads issued together
 @triton.jit
 def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
-                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, USE_DOT: tl.constexpr = False):
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials."""
     b = bh // H
     h = bh % H
@@ -384,21 +384,12 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
         v = tl.where(newest, v_last[None, :], v)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
     q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
-    if USE_DOT:  # q K^T on tensor cores: q repeated over the 16 rows an MMA needs, every row the same
-        qm = tl.broadcast_to(q[None, :], (16, D)).to(k.dtype)
-        s16 = tl.dot(qm, tl.trans(k), input_precision="ieee" if k.dtype == tl.float32 else None)  # (16, CHUNK)
-        scores = tl.where(ok, tl.max(s16, axis=0), float("-inf"))
-    else:
-        scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
     m = tl.max(scores, axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)
     p = tl.exp(scores - m_safe)
     l = tl.sum(p, axis=0)
-    if USE_DOT:  # p V the same way (p rounded to the cache dtype, as flash attention does)
-        pm = tl.broadcast_to(p[None, :], (16, CHUNK)).to(v.dtype)
-        acc = tl.max(tl.dot(pm, v, input_precision="ieee" if v.dtype == tl.float32 else None), axis=0)  # (D,)
-    else:
-        acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
     if USE_PDL == 2:
         gdc_launch_dependents()
     out = bh * NSPLIT + j
@@ -448,11 +439,10 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
-                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr,
-                                   USE_DOT: tl.constexpr = False):
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     bh = tl.program_id(0)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, USE_DOT)
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
     arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
@@ -470,7 +460,7 @@ def _attn_config(kernel, S: int, D: int):
     if not _pinned():
         return kernel, ATTN_CHUNK, {}
     cfg = _override("attention", S, D) or ATTN_EAGER_CONFIG
-    return kernel.fn, cfg["CHUNK"], {k: v for k, v in cfg.items() if k != "CHUNK"}
+    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
 
 
 def _attn_buffers(q, S, chunk):

@@ -7,7 +7,8 @@ in all, so L2 never holds them, as in a real step); no PDL (nothing before them 
 Forms: the one-launch chunk kernel at its eager config (kernels.ATTN_EAGER_CONFIG) and other chunk / warps,
 each checked against SDPA. Run 44 timed a span form here too (commit 9d4186e: an online softmax over tiles of
 a span per program, 12-24 us against the chunk form's 10-11), run 45 K/V loads not waiting for the mask
-(commit 7355385: no faster alone, slower in the step); docs/PERF.md rows 35-37.
+(commit 7355385: no faster alone, slower in the step), run 51 both products on tensor cores (commit 790424d,
+USE_DOT: 11.2-19 us, slower in the step); docs/PERF.md rows 35-40.
 """
 from __future__ import annotations
 
@@ -50,9 +51,8 @@ def main():
         return t, err
 
     rows = [("chunk eager " + str(kn.ATTN_EAGER_CONFIG), None)]
-    for chunk, warps, dot in itertools.product((32, 64, 128), (2, 4, 8), (False, True)):
-        rows.append((f"chunk {chunk}/{warps}{' dot' if dot else ''}", {"CHUNK": chunk, "num_warps": warps,
-                                                                        "USE_DOT": dot}))
+    for chunk, warps in itertools.product((32, 64, 128, 256), (2, 4, 8)):
+        rows.append((f"chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps}))
     results = []
     for name, override in rows:
         try:

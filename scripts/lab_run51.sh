@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 790424d; what it tries (USE_DOT) was removed after it (docs/PERF.md row 40), so it runs only there.
 # Sixth session, eighth call. Run 50: on a host decoding at 3.76 ms/step the SM clock held 1980 MHz through the
 # decode (~600 W), after a burn too; the slow mode was not reproduced there. Now: the attention's two products
 # on tensor cores (USE_DOT: q and p repeated over 16 rows, mma.sync), alone and in the step; the CUDA tests.

@@ -59,8 +59,7 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3 (tensor-core attention)")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,7 +166,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3}[args.trial_set])
+                      CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -213,16 +212,6 @@ CONFIG_TRIALS_2 = {
     "pinned again": {},
 }
 
-# third set (sixth session): the attention's two products on tensor cores (kernels USE_DOT)
-CONFIG_TRIALS_3 = {
-    "pinned": {},
-    "attn 128/4 dot": {"attention": {"CHUNK": 128, "num_warps": 4, "USE_DOT": True}},
-    "attn 64/4 dot": {"attention": {"CHUNK": 64, "num_warps": 4, "USE_DOT": True}},
-    "attn 64/2 dot": {"attention": {"CHUNK": 64, "num_warps": 2, "USE_DOT": True}},
-    "attn 128/8 dot": {"attention": {"CHUNK": 128, "num_warps": 8, "USE_DOT": True}},
-    "attn 32/2 dot": {"attention": {"CHUNK": 32, "num_warps": 2, "USE_DOT": True}},
-    "pinned again": {},
-}
 
 
 def prefill_and_step(fast, variant, w, m):
