@@ -414,8 +414,13 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
     tl.store(o_ptr + bh * D + rd, o.to(o_ptr.dtype.element_ty))
 
 
-# 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search
-@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
+# 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search.
+# Plain @triton.jit kernels: torch 2.11's Inductor wrapped them in a one-config, empty-kwargs triton.autotune
+# and then called the one-launch kernel's launcher one argument short ("launcher() missing 1 required positional
+# argument: '_grid_2'", docs/PERF.md row 41); they take ATTN_COMPILED_WARPS as a launch argument instead.
+ATTN_COMPILED_WARPS = 2
+
+
 @triton.jit
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
@@ -434,7 +439,6 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
     _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, tl.program_id(0), NSPLIT, D, SPLITS)
 
 
-@triton.autotune(configs=[triton.Config({}, num_warps=2)], key=[])
 @triton.jit
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
@@ -456,11 +460,11 @@ ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 
 def _attn_config(kernel, S: int, D: int):
     """(kernel to launch, slots per program, launch kwargs): eager launches take ATTN_EAGER_CONFIG (or the lab
-    override), torch.compile the autotuned kernel at ATTN_CHUNK."""
+    override), torch.compile ATTN_CHUNK-slot tiles at ATTN_COMPILED_WARPS."""
     if not _pinned():
-        return kernel, ATTN_CHUNK, {}
+        return kernel, ATTN_CHUNK, {"num_warps": ATTN_COMPILED_WARPS}
     cfg = _override("attention", S, D) or ATTN_EAGER_CONFIG
-    return kernel.fn, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
+    return kernel, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
 
 
 def _attn_buffers(q, S, chunk):

@@ -87,7 +87,7 @@ def main():
 
             def split():
                 k, v = kv()
-                kn._decode_attn_split_kernel.fn[(B * H, nsplit)](
+                kn._decode_attn_split_kernel[(B * H, nsplit)](
                     q, k, v, mask, m, l, acc, S, H, 1, Dh ** -0.5, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                     k.stride(2), mask.stride(0), nsplit, D=Dh, CHUNK=chunk, num_warps=warps)
 
