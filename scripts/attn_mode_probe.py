@@ -13,6 +13,7 @@ import os
 import re
 
 import torch
+import triton
 
 from llama_fast import kernels as kn
 from llama_fast.generate import LlamaFast
@@ -88,7 +89,7 @@ def main():
         dump_graphs(os.environ["PROBE_GRAPH_DIR"], os.environ.get("PROBE_TAG", "probe"))
     for name in ("_decode_attn_one_launch_kernel", "_gemv_fused_kernel", "_gemv_qkv_rope_kernel"):
         fn = getattr(kn, name)
-        fn = getattr(fn, "fn", fn)  # the JITFunction under an autotuner
+        fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn  # the JITFunction under an autotuner
         try:
             for device, caches in fn.device_caches.items():
                 for key in caches[0]:
