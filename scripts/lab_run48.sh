@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit 0bd36c8; what it tries (--counter-strides, ATTN_COUNTER_STRIDE) was removed after it (docs/PERF.md row 38), so it runs only there.
 # Sixth session, fifth call. Run 47: the judged compare with cold caches decoded in the slow mode (251.0 tok/s,
 # 84.1 %), and so did a probe process after it (3.878 ms/step). Suspect: the 320 arrival atomics of each layer's
 # one-launch attention queue on one 128-byte L2 line (32 int32 counters side by side). Now each head's counter
