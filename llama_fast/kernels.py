@@ -415,9 +415,9 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
 
 
 # 2 warps per 64-slot tile: 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search.
-# Plain @triton.jit kernels: torch 2.11's Inductor wrapped them in a one-config, empty-kwargs triton.autotune
-# and then called the one-launch kernel's launcher one argument short ("launcher() missing 1 required positional
-# argument: '_grid_2'", docs/PERF.md row 41); they take ATTN_COMPILED_WARPS as a launch argument instead.
+# Plain @triton.jit kernels with the warps as a launch argument: wrapped in a one-config, empty-kwargs
+# triton.autotune (as they were until row 41 of docs/PERF.md), torch 2.11's Inductor called the compiled
+# one-launch kernel's launcher one argument short ("launcher() missing 1 required positional argument: '_grid_2'").
 ATTN_COMPILED_WARPS = 2
 
 
@@ -458,13 +458,13 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
 ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 
 
-def _attn_config(kernel, S: int, D: int):
-    """(kernel to launch, slots per program, launch kwargs): eager launches take ATTN_EAGER_CONFIG (or the lab
-    override), torch.compile ATTN_CHUNK-slot tiles at ATTN_COMPILED_WARPS."""
+def _attn_config(S: int, D: int) -> tuple[int, int]:
+    """(slots per program, warps): eager launches take ATTN_EAGER_CONFIG (or the lab override), torch.compile
+    ATTN_CHUNK-slot tiles at ATTN_COMPILED_WARPS."""
     if not _pinned():
-        return kernel, ATTN_CHUNK, {"num_warps": ATTN_COMPILED_WARPS}
+        return ATTN_CHUNK, ATTN_COMPILED_WARPS
     cfg = _override("attention", S, D) or ATTN_EAGER_CONFIG
-    return kernel, cfg["CHUNK"], {"num_warps": cfg["num_warps"]}
+    return cfg["CHUNK"], cfg["num_warps"]
 
 
 def _attn_buffers(q, S, chunk):
@@ -484,12 +484,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
-    kernel, chunk, cfg = _attn_config(_decode_attn_split_kernel, S, D)
+    chunk, warps = _attn_config(S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
-    wrap_triton(kernel)[(B * H, nsplit)](
+    wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
-        **cfg, **_launch_kwargs(pdl))
+        num_warps=warps, **_launch_kwargs(pdl))
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                          **_launch_kwargs(pdl))
@@ -503,11 +503,11 @@ def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     pdl = use_pdl(q, pdl)
-    kernel, chunk, cfg = _attn_config(_decode_attn_one_launch_kernel, S, D)
+    chunk, warps = _attn_config(S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
-    wrap_triton(kernel)[(B * H, nsplit)](
+    wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
-        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, **cfg,
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
         **_launch_kwargs(pdl))
     return o
