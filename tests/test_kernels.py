@@ -177,11 +177,10 @@ else:
 """
 
 
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                    reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
-                           "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_kernels_match_torch_in_the_interpreter(dtype):
+@pytest.fixture(scope="module")
+def interpreter_env() -> dict:
+    """The environment that runs the kernels in Triton's interpreter, once LOOP_PROBE has shown that the
+    installed interpreter can run them (asked once per module, not per dtype)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     probe = subprocess.run([sys.executable, "-c", LOOP_PROBE], env=env, capture_output=True, text=True,
                            timeout=120).stdout.strip()
@@ -191,6 +190,15 @@ def test_kernels_match_torch_in_the_interpreter(dtype):
         pytest.skip(f"Triton {triton.__version__}'s interpreter here: {probe} (the kernels themselves run on the "
                     "GPU in tests/test_compile.py)")
     assert probe == "ok", probe
+    return env
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
+                           "interpreter wherever triton is installed, and for real on a GPU")
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
+    env = interpreter_env
     r = subprocess.run([sys.executable, "-c", "import sys\n" + CHECK, dtype], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
