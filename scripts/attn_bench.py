@@ -17,7 +17,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from lab_util import graph_time
+from lab_util import graph_time, rotating
 from llama_fast import kernels as kn
 
 B, H, S, D, VALID, LAYERS = 1, 32, 1200, 128, 1100, 32
@@ -27,25 +27,21 @@ def main():
     torch.manual_seed(0)
     dev, dt = torch.device("cuda"), torch.float16
     q = torch.randn(B, H, 1, D, device=dev, dtype=dt)
-    caches = [(torch.randn(B, H, S, D, device=dev, dtype=dt), torch.randn(B, H, S, D, device=dev, dtype=dt))
-              for _ in range(LAYERS)]
+    caches = rotating(lambda: (torch.randn(B, H, S, D, device=dev, dtype=dt),
+                               torch.randn(B, H, S, D, device=dev, dtype=dt)), LAYERS)
     mask = torch.zeros(B, S, dtype=torch.bool, device=dev)
     mask[:, :VALID] = True
     cnt = torch.zeros(B * H, dtype=torch.int32, device=dev)
-    ref = F.scaled_dot_product_attention(q.float(), caches[0][0].float(), caches[0][1].float(),
-                                         attn_mask=mask[:, None, None, :])
+    k0, v0 = caches()
+    ref = F.scaled_dot_product_attention(q.float(), k0.float(), v0.float(), attn_mask=mask[:, None, None, :])
     mbytes = VALID * H * D * 2 * 2 / 1e6  # K and V bytes read per call
 
     def run(override):
         kn.CONFIG_OVERRIDE = (lambda form, n, K: override) if override else None
         try:
-            err = (kn.decode_attention_one_launch(q, *caches[0], mask, D ** -0.5, cnt).float() - ref).abs().max().item()
-            i = [0]
-
-            def call():
-                i[0] = (i[0] + 1) % LAYERS
-                kn.decode_attention_one_launch(q, *caches[i[0]], mask, D ** -0.5, cnt)
-            t = graph_time(call, reps=30, calls=LAYERS) * 1e6
+            err = (kn.decode_attention_one_launch(q, k0, v0, mask, D ** -0.5, cnt).float() - ref).abs().max().item()
+            t = graph_time(lambda: kn.decode_attention_one_launch(q, *caches(), mask, D ** -0.5, cnt), reps=30,
+                           calls=LAYERS) * 1e6
         finally:
             kn.CONFIG_OVERRIDE = None
         return t, err

@@ -15,22 +15,12 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from lab_util import graph_time
+from lab_util import graph_time, rotating
 from llama_fast import kernels as kn
 
 
 def bench(fn, reps=30):
     return graph_time(fn, reps) * 1e6  # us per call
-
-
-def rotating(make, n=4):
-    items = [make() for _ in range(n)]
-    i = [0]
-
-    def nxt():
-        i[0] = (i[0] + 1) % n
-        return items[i[0]]
-    return nxt
 
 
 def main():

@@ -59,3 +59,15 @@ def lab_variants(keys: list[str], variants: dict) -> None:
         if chunk:
             v = dataclasses.replace(v, prefill_chunk=int(chunk))
         variants[key] = dataclasses.replace(v, key=key)
+
+
+def rotating(make: Callable[[], object], n: int = 4) -> Callable[[], object]:
+    """n items made by make(), handed out in turn by the returned function (so a timed loop cycles through more
+    memory than L2 holds, as a real step does with each layer's weights or cache)."""
+    items = [make() for _ in range(n)]
+    i = [0]
+
+    def nxt():
+        i[0] = (i[0] + 1) % n
+        return items[i[0]]
+    return nxt
