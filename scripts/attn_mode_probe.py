@@ -1,16 +1,13 @@
-"""Device probe (prepared in the fifth session, not yet run): what differs between a process whose batch-1
-decode runs in the fast mode (3.80 ms/step on an H200) and one in the slow mode (3.88; docs/PERF.md row 34:
-all of the difference in the one-launch decode attention kernel). Prints the decode ms/step, the metadata of
-every tensor the attention op receives (shape, strides, dtype, data_ptr alignment), and the Triton
-specialization keys the attention and GEMV kernels were compiled under. A difference in the keys or in the
-mask's layout between the two modes names the cause.
+"""Device probe: what differs between a process whose batch-1 decode runs at one speed level and one at
+another (docs/PERF.md rows 34 and 42: all of the difference in the one-launch decode attention kernel). Prints
+the decode ms/step, the metadata of the tensors the attention op receives and of its scratch buffers (shape,
+strides, dtype, data_ptr alignment), and the Triton specialization keys the attention and GEMV kernels were
+compiled under. Run 45 ran it in two fast processes, run 47 in a slow one: the attention inputs' layouts and
+alignments matched (run 47 stopped before printing the keys, in a graph dump since removed).
 
   TRITON_CACHE_DIR=/tmp/a/triton TORCHINDUCTOR_CACHE_DIR=/tmp/a/inductor python scripts/attn_mode_probe.py
 """
 from __future__ import annotations
-
-import os
-import re
 
 import torch
 import triton
@@ -26,33 +23,6 @@ def describe(t: torch.Tensor) -> str:
     p = t.data_ptr()
     return (f"{tuple(t.shape)} stride {tuple(t.stride())} {str(t.dtype)[6:]} ptr%16={p % 16} ptr%128={p % 128} "
             f"ptr%512={p % 512} ptr%64K={p % 65536} ptr={p:#x}")
-
-
-class DebugGraph(torch.cuda.CUDAGraph):
-    """A CUDA graph in debug mode (so it can be dumped as DOT after capture); every one made is kept."""
-    made: list = []
-
-    def __new__(cls, *args, **kwargs):
-        g = super().__new__(cls, *args, **kwargs)
-        g.enable_debug_mode()
-        cls.made.append(g)
-        return g
-
-
-def dump_graphs(out_dir: str, tag: str):
-    """Each captured graph as DOT under out_dir, and a line per graph: nodes, edges, programmatic edges."""
-    os.makedirs(out_dir, exist_ok=True)
-    for i, g in enumerate(DebugGraph.made):
-        path = os.path.join(out_dir, f"{tag}_graph{i}.dot")
-        g.debug_dump(path)
-        if not os.path.exists(path):  # a graph object that was never captured (or already released)
-            print(f"graph {i}: nothing to dump")
-            continue
-        text = open(path).read()
-        nodes = len(re.findall(r"^\s*\"?node\w*\"?\s*\[", text, re.M))
-        prog = len(re.findall("programmatic", text, re.I))
-        print(f"graph {i}: {text.count('->')} edges, {nodes} nodes, {prog} 'programmatic' mentions, "
-              f"{len(text)} bytes -> {path}")
 
 
 def main():
@@ -73,8 +43,6 @@ def main():
         return (nsplit, *bufs)
 
     kn.decode_attention_one_launch, kn._attn_buffers = spy, buffers
-    if os.environ.get("PROBE_GRAPH_DIR"):
-        torch.cuda.CUDAGraph = DebugGraph  # compile._StepGraphs looks it up at capture time
     dev = torch.device("cuda")
     cfg, model, tok = load_weights("random:llama-7b", dev, torch.float16)
     fast = LlamaFast(model, tok, "random:llama-7b")
@@ -85,8 +53,6 @@ def main():
     print(f"decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s, prefill {pre * 1e3:.1f} ms, hash {m.hash}")
     print(f"attention op calls: {len(seen)}; the last call's inputs: {seen[-1] if seen else None}")
     print(f"attention scratch, last call: {scratch[-1] if scratch else None}")
-    if os.environ.get("PROBE_GRAPH_DIR"):
-        dump_graphs(os.environ["PROBE_GRAPH_DIR"], os.environ.get("PROBE_TAG", "probe"))
     for name in ("_decode_attn_one_launch_kernel", "_gemv_fused_kernel", "_gemv_qkv_rope_kernel"):
         fn = getattr(kn, name)
         fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn  # the JITFunction under an autotuner

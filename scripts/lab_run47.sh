@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Ran at commit af51df7; its graph dump (PROBE_GRAPH_DIR) wrote no file there and was removed afterwards.
 # Sixth session, fourth call: the judged compare at the current code on a fresh machine (cold caches), again on
 # its warm caches, then the bimodality probe with the decode graph dumped as DOT (PROBE_GRAPH_DIR), to compare
 # a fast and a slow process's graphs (extra nodes or lost programmatic edges around the attention kernel).
