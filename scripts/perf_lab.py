@@ -213,7 +213,6 @@ CONFIG_TRIALS_2 = {
 }
 
 
-
 def prefill_and_step(fast, variant, w, m):
     """(prefill s, decode s/step) of the measured run m: a 1-new-token run (best of 5) gives the prefill, the
     rest of m's best time is divided over its decode steps."""
@@ -255,6 +254,8 @@ def realloc_trials(say, fast, variant, w, roof, n):
     """Decode ms/step after the model's per-(batch, cache) buffers (KV caches, counters, masks, RoPE tables) are
     made again at new addresses, n times in one process (graphs recaptured each time): does a process's decode
     speed follow where its buffers land?"""
+    from torch._dynamo.utils import counters
+
     model, pads = fast.model, []
     for i in range(n + 1):
         if i:
@@ -266,8 +267,6 @@ def realloc_trials(say, fast, variant, w, roof, n):
         m = measure(fast_runner(fast, variant, w), w, 1, 3)
         _, step = prefill_and_step(fast, variant, w, m)
         c = model.layers[0].attention.kv_cache
-        from torch._dynamo.utils import counters
-
         say(f"buffers {'as made' if not i else f'remade {i}'} (compiled graphs so far: "
             f"{counters['stats']['unique_graphs']}): decode {step * 1e3:.3f} ms/step, "
             f"{m.tok_per_s:.1f} tok/s ({100 * m.tok_per_s / roof:.1f}% roofline); layer 0 k_cache "
