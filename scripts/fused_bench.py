@@ -4,7 +4,8 @@ weights rotated over 4 copies so L2 never holds them (as in a real step).
 
   python scripts/fused_bench.py | tee $OUT/fused_bench.log
   python scripts/fused_bench.py --sweep-configs   # also: every GEMV form over a wider config grid than the
-                                                  # autotuner's, best vs the autotuner's pick per form
+                                                  # autotuner's (PIPELINE included), best vs the pinned config
+  python scripts/fused_bench.py --sweep-configs --gemv-only   # without the attention part
 """
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ def main():
         "w2": (D, I, [("plain", act, kn.PROLOGUE_NONE, N0), ("residual-ss", act, kn.PROLOGUE_NONE, RS)]),
         "out": (32000, D, [("plain", x, kn.PROLOGUE_NONE, N0), ("rmsnorm", x, P, N0), ("rmsnorm-late", x, L, N0)]),
     }
+    if "--sweep-configs" in sys.argv:
+        sweep_qkv(x, g, ss, eps)
     for name, (N, K, kinds) in cases.items():
         w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
         for label, xin, pro, epi in kinds:
@@ -49,8 +52,10 @@ def main():
             t = bench(lambda: kn._launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
             total[label.split("-")[0] if label != "plain" else "plain"] = None
             print(f"{name:5s} {label:13s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
-            if "--sweep-configs" in sys.argv and label != "rmsnorm-late" and label != "swiglu-late":
+            if "--sweep-configs" in sys.argv and label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm"):
                 sweep_configs(name, label, N, K, n, w, xin, g, res, ss if pro else xin, eps, pro, epi)
+    if "--gemv-only" in sys.argv:
+        return
     # attention: B=1, H=32, S=1200, 1100 valid slots
     B, H, S, Dh = 1, 32, 1200, 128
     q = torch.randn(B, H, 1, Dh, device=dev, dtype=dt)
@@ -92,7 +97,8 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
     """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the
     autotuner's pick for this key."""
     results = []
-    for bn, bk, warps, stages in itertools.product((4, 8, 16, 32), (256, 512, 1024), (2, 4, 8), (2, 3)):
+    stages = 2  # no effect on these loads (Triton emits no cp.async for them); PIPELINE is the prefetch depth
+    for bn, bk, warps, pipe in itertools.product((8, 16), (256, 512, 1024), (4, 8), (0, 1, 2)):
         y = torch.empty((1, n), device=x.device, dtype=x.dtype)
         so = torch.empty((triton.cdiv(n, kn.SS_GROUP),), device=x.device, dtype=torch.float32)
         nss = triton.next_power_of_2(ss.numel()) if pro else 1
@@ -101,17 +107,50 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
 
         def call():
             kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
-                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
-                BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss, USE_PDL=0,
+                BLOCK_N=bn, BLOCK_K=bk, PIPELINE=pipe, num_warps=warps, num_stages=stages)
         try:
-            results.append((bench(call, reps=10), bn, bk, warps, stages))
+            results.append((bench(call, reps=10), bn, bk, warps, pipe))
         except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      {name} {label} BN{bn} BK{bk} w{warps} s{stages}: {type(e).__name__}", flush=True)
+            print(f"      {name} {label} BN{bn} BK{bk} w{warps} P{pipe}: {type(e).__name__}", flush=True)
+    report(name, label, N * K * 2, results)
+
+
+def report(name, label, nbytes, results):
     results.sort()
-    picked = [f"{k}: {c}" for k, c in kn._gemv_fused_kernel.cache.items() if k[0] == n and k[1] == K]
-    for t, bn, bk, warps, stages in results[:3]:
-        print(f"      best {t:7.1f} us {N * K * 2 / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps} stages {stages}")
-    print(f"      autotuner's pick: {picked}", flush=True)
+    for t, bn, bk, warps, pipe in results[:4]:
+        print(f"      {name} {label} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps} P{pipe}")
+    for t, bn, bk, warps, pipe in results:
+        if pipe == 0 and (bn, bk, warps) in ((8, 512, 4), (16, 512, 4), (16, 256, 4)):
+            print(f"      {name} {label} P0 {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
+    sys.stdout.flush()
+
+
+def sweep_qkv(x, g, ss, eps):
+    """The wqkv GEMV with RoPE and the cache write (Llama-7B: 32 heads of 128, no GQA) over the same grid."""
+    dev, dt = x.device, x.dtype
+    H, D, S, K = 32, 128, 1200, x.shape[1]
+    N = 3 * H * D
+    w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
+    kc = torch.zeros(1, H, S, D, device=dev, dtype=dt)
+    vc = torch.zeros_like(kc)
+    cos, sin = torch.rand(D, device=dev, dtype=dt), torch.rand(D, device=dev, dtype=dt)
+    pos = torch.tensor([1000], device=dev)
+    t = bench(lambda: kn.gemv_rmsnorm_qkv_rope(x, ss, g, w(), eps, cos, sin, kc, vc, pos, H))
+    print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {kn.QKV_ROPE_CONFIG}", flush=True)
+    q = torch.empty(1, H * D, device=dev, dtype=dt)
+    results = []
+    for bn, bk, warps, pipe in itertools.product((8, 16, 32), (256, 512), (4, 8), (0, 1, 2)):
+        def call():
+            kn._gemv_qkv_rope_kernel.fn[(3 * H * (D // bn),)](
+                x, w(), q, kc, vc, g, ss, cos, sin, pos, N, K, ss.numel(), K, eps, H, H, kc.stride(1), kc.stride(2),
+                D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk,
+                PIPELINE=pipe, num_warps=warps, num_stages=2)
+        try:
+            results.append((bench(call, reps=10), bn, bk, warps, pipe))
+        except Exception as e:  # out of resources for a config: skip it, say so
+            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps} P{pipe}: {type(e).__name__}", flush=True)
+    report("wqkv", "qkv_rope", N * K * 2, results)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2), help="CONFIG_TRIALS (1) or CONFIG_TRIALS_2")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -166,7 +167,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      CONFIG_TRIALS_2 if args.trial_set == 2 else CONFIG_TRIALS)
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -176,8 +177,8 @@ def main(argv=None):
     return 0
 
 
-def _cfg(bn, bk, stages, warps=4):
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+def _cfg(bn, bk, stages, warps=4, pipeline=0):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "PIPELINE": pipeline, "num_warps": warps, "num_stages": stages}
 
 
 # form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
@@ -210,6 +211,25 @@ CONFIG_TRIALS_2 = {
     "residual s4 + swiglu s3 + qkv s4": {"residual": _cfg(8, 512, 4), "swiglu": _cfg(8, 512, 3),
                                          "qkv_rope": _cfg(16, 256, 4)},
     "pinned again": {},
+}
+
+
+# third set (seventh session): weight tiles loaded one or two K iterations ahead of their use (PIPELINE; Triton
+# does not software-pipeline these loads: no cp.async for num_stages > 1), pinned shapes, then finer SwiGLU tiles
+CONFIG_TRIALS_3 = {
+    "pinned": {},
+    "all P1": {"residual": _cfg(8, 512, 3, pipeline=1), "rmsnorm": _cfg(8, 512, 3, pipeline=1),
+               "swiglu": _cfg(8, 512, 2, pipeline=1), "qkv_rope": _cfg(16, 256, 3, pipeline=1)},
+    "all P2": {"residual": _cfg(8, 512, 3, pipeline=2), "rmsnorm": _cfg(8, 512, 3, pipeline=2),
+               "swiglu": _cfg(8, 256, 2, pipeline=2), "qkv_rope": _cfg(16, 256, 3, pipeline=2)},
+    "residual P1": {"residual": _cfg(8, 512, 3, pipeline=1)},
+    "swiglu BK256 P1": {"swiglu": _cfg(8, 256, 2, pipeline=1)},
+    "swiglu BN16 w8 P1": {"swiglu": _cfg(16, 512, 2, warps=8, pipeline=1)},
+    "qkv P1": {"qkv_rope": _cfg(16, 256, 3, pipeline=1)},
+    "residual BK256 P2": {"residual": _cfg(8, 256, 3, pipeline=2)},
+    "pinned again": {},
+    "all P1 again": {"residual": _cfg(8, 512, 3, pipeline=1), "rmsnorm": _cfg(8, 512, 3, pipeline=1),
+                     "swiglu": _cfg(8, 512, 2, pipeline=1), "qkv_rope": _cfg(16, 256, 3, pipeline=1)},
 }
 
 
