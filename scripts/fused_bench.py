@@ -52,7 +52,7 @@ def main():
             t = bench(lambda: kn._launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
             total[label.split("-")[0] if label != "plain" else "plain"] = None
             print(f"{name:5s} {label:13s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
-            if "--sweep-configs" in sys.argv and label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm"):
+            if "--sweep-configs" in sys.argv and (label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm")):
                 sweep_configs(name, label, N, K, n, w, xin, g, res, ss if pro else xin, eps, pro, epi)
     if "--gemv-only" in sys.argv:
         return
