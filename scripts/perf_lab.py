@@ -59,8 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2 or CONFIG_TRIALS_3")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3, 4),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _3 or _4")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,7 +167,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3}[args.trial_set])
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3, 4: CONFIG_TRIALS_4}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -230,6 +230,19 @@ CONFIG_TRIALS_3 = {
     "pinned again": {},
     "all P1 again": {"residual": _cfg(8, 512, 3, pipeline=1), "rmsnorm": _cfg(8, 512, 3, pipeline=1),
                      "swiglu": _cfg(8, 512, 2, pipeline=1), "qkv_rope": _cfg(16, 256, 3, pipeline=1)},
+}
+
+# fourth set (run 62): run 61's GEMV grid alone put BK 1024 at 8 warps ahead for w2 (23.2 against 25.0 us) and wo
+# (10.8 against 11.5); row 22's BK 1024 at 4 warps had been 14 % slower in the step
+CONFIG_TRIALS_4 = {
+    "pinned": {},
+    "residual BK1024 w8": {"residual": _cfg(8, 1024, 3, warps=8)},
+    "w2 BK1024 w8": {"residual@11008": _cfg(8, 1024, 3, warps=8)},
+    "wo BK1024 w8": {"residual@4096": _cfg(8, 1024, 3, warps=8)},
+    "residual BN16 BK1024 w8": {"residual": _cfg(16, 1024, 3, warps=8)},
+    "swiglu w8": {"swiglu": _cfg(8, 512, 2, warps=8)},
+    "pinned again": {},
+    "residual BK1024 w8 again": {"residual": _cfg(8, 1024, 3, warps=8)},
 }
 
 
