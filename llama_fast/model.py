@@ -36,6 +36,9 @@ class ForwardOptions:
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
     pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
+    pdl_qkv_early: bool = False  # with pdl: the batch-1 wqkv kernel alone lets the attention launch right after
+    #                              its wait, so the attention's K/V loads overlap the GEMV's last wave
+    pdl_attention_early: bool = False  # with pdl: the decode attention lets the wo GEMV launch right after its wait
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step; batch 1 only (batch
@@ -66,6 +69,12 @@ def pdl_mode(opts: ForwardOptions) -> int:
     if not opts.pdl or torch.compiler.is_compiling():
         return 0
     return 1 if opts.pdl_trigger_early else 2
+
+
+def pdl_mode_early_if(opts: ForwardOptions, early: bool) -> int:
+    """pdl_mode, with the early trigger where early asks for it (one kernel's own choice)."""
+    mode = pdl_mode(opts)
+    return 1 if mode and early else mode
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -153,12 +162,13 @@ class Attention(nn.Module):
             if opts.attention_one_launch and B == 1:
                 from .kernels import decode_attention_one_launch
 
-                y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
-                                                self.attn_counters, pdl_mode(opts))  # (B, H, 1, D)
+                y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, self.attn_counters,
+                                                pdl_mode_early_if(opts, opts.pdl_attention_early))  # (B, H, 1, D)
             else:
                 from .kernels import decode_attention
 
-                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, pdl_mode(opts))  # (B, H, 1, D)
+                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
+                                     pdl_mode_early_if(opts, opts.pdl_attention_early))  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
@@ -225,7 +235,8 @@ class Block(nn.Module):
             cache = a.kv_cache
             q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps,
                                       rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
-                                      input_pos, c.n_heads, pdl)  # (1, q_size); k, v written into the cache
+                                      input_pos, c.n_heads, pdl_mode_early_if(opts, opts.pdl_qkv_early))
+            # q (1, q_size); k, v written into the cache
             q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
             y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
         else:

@@ -59,8 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3, 4),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _3 or _4")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3, 4, 5),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _3, _4 or _5")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,7 +167,8 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3, 4: CONFIG_TRIALS_4}[args.trial_set])
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3, 4: CONFIG_TRIALS_4,
+                       5: CONFIG_TRIALS_5}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -243,6 +244,16 @@ CONFIG_TRIALS_4 = {
     "swiglu w8": {"swiglu": _cfg(8, 512, 2, warps=8)},
     "pinned again": {},
     "residual BK1024 w8 again": {"residual": _cfg(8, 1024, 3, warps=8)},
+}
+
+# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (the attention's programs then wait
+# on the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs)
+CONFIG_TRIALS_5 = {
+    "pinned": {},
+    "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
+    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
+    "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
+    "pinned again": {},
 }
 
 
