@@ -39,6 +39,9 @@ class ForwardOptions:
     pdl_qkv_early: bool = False  # with pdl: the batch-1 wqkv kernel alone lets the attention launch right after
     #                              its wait, so the attention's K/V loads overlap the GEMV's last wave
     pdl_attention_early: bool = False  # with pdl: the decode attention lets the wo GEMV launch right after its wait
+    pdl_wo_early: bool = False  # with pdl: the wo GEMV lets the w13 GEMV launch right after its wait
+    pdl_w13_early: bool = False  # with pdl: the w13 GEMV lets the w2 GEMV launch right after its wait
+    pdl_w2_early: bool = False  # with pdl: the w2 GEMV lets the next block's wqkv (or the head) launch after its wait
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step; batch 1 only (batch
@@ -243,9 +246,10 @@ class Block(nn.Module):
             qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps, pdl)
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
-        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl)
-        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps, pdl)
-        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl)
+        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl_mode_early_if(opts, opts.pdl_wo_early))
+        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps,
+                                  pdl_mode_early_if(opts, opts.pdl_w13_early))
+        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl_mode_early_if(opts, opts.pdl_w2_early))
         return out.view(1, 1, -1), ss
 
 
