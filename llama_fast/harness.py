@@ -80,6 +80,10 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     _graphed("fused-prefill-graph", "+ each 512-token prefill chunk replayed from one CUDA graph, its MLP "
              "in two hidden halves (the graph's memory pool holds the chunk's activations)",
              replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True)),
+    _graphed("fused-gemv-early", "+ the decode GEMVs let the next kernel launch right after their wait (the "
+             "attention's K/V loads run under the wqkv GEMV's last wave)",
+             replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
+                     pdl_gemv_early=True)),
 ]}
 LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
     _graphed("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
@@ -91,8 +95,8 @@ LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 an
 ]}
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph"]
-FASTEST = "fused-prefill-graph"  # prefill 31.5 -> 23.5 ms against fused-glue in one H200 process (PERF.md, run 25)
+            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early"]
+FASTEST = "fused-gemv-early"  # decode -2.2 % against fused-prefill-graph in H200 processes (PERF.md, runs 63-64)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

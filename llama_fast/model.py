@@ -36,12 +36,11 @@ class ForwardOptions:
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
     pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
-    pdl_qkv_early: bool = False  # with pdl: the batch-1 wqkv kernel alone lets the attention launch right after
-    #                              its wait, so the attention's K/V loads overlap the GEMV's last wave
-    pdl_attention_early: bool = False  # with pdl: the decode attention lets the wo GEMV launch right after its wait
-    pdl_wo_early: bool = False  # with pdl: the wo GEMV lets the w13 GEMV launch right after its wait
-    pdl_w13_early: bool = False  # with pdl: the w13 GEMV lets the w2 GEMV launch right after its wait
-    pdl_w2_early: bool = False  # with pdl: the w2 GEMV lets the next block's wqkv (or the head) launch after its wait
+    pdl_gemv_early: bool = False  # with pdl: the batch-1 decode GEMVs (wqkv, wo, w13, w2) let the next kernel
+    #                               launch right after their wait, the attention still after its main loop. The
+    #                               next kernel's programs then take SM slots only once every program of the GEMV
+    #                               is placed, and load their first tiles (the attention: its K/V) under its last
+    #                               wave: -2.2 % decode; the attention's early trigger alone cost +6 % (runs 63-64)
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step; batch 1 only (batch
@@ -74,10 +73,10 @@ def pdl_mode(opts: ForwardOptions) -> int:
     return 1 if opts.pdl_trigger_early else 2
 
 
-def pdl_mode_early_if(opts: ForwardOptions, early: bool) -> int:
-    """pdl_mode, with the early trigger where early asks for it (one kernel's own choice)."""
+def gemv_pdl_mode(opts: ForwardOptions) -> int:
+    """pdl_mode for the batch-1 decode GEMVs: early where ForwardOptions.pdl_gemv_early asks for it."""
     mode = pdl_mode(opts)
-    return 1 if mode and early else mode
+    return 1 if mode and opts.pdl_gemv_early else mode
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -165,13 +164,12 @@ class Attention(nn.Module):
             if opts.attention_one_launch and B == 1:
                 from .kernels import decode_attention_one_launch
 
-                y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, self.attn_counters,
-                                                pdl_mode_early_if(opts, opts.pdl_attention_early))  # (B, H, 1, D)
+                y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
+                                                self.attn_counters, pdl_mode(opts))  # (B, H, 1, D)
             else:
                 from .kernels import decode_attention
 
-                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,
-                                     pdl_mode_early_if(opts, opts.pdl_attention_early))  # (B, H, 1, D)
+                y = decode_attention(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5, pdl_mode(opts))  # (B, H, 1, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                                enable_gqa=c.n_heads != c.n_kv_heads)  # (B, H, T, D)
@@ -231,25 +229,23 @@ class Block(nn.Module):
         from .kernels import gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
-        x2, pdl = x.view(1, -1), pdl_mode(opts)
+        x2, pdl = x.view(1, -1), gemv_pdl_mode(opts)
         if rope_in_qkv(opts, c):
             from .kernels import gemv_rmsnorm_qkv_rope
 
             cache = a.kv_cache
             q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps,
                                       rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
-                                      input_pos, c.n_heads, pdl_mode_early_if(opts, opts.pdl_qkv_early))
-            # q (1, q_size); k, v written into the cache
+                                      input_pos, c.n_heads, pdl)  # (1, q_size); k, v written into the cache
             q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
             y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
         else:
             qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps, pdl)
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
-        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl_mode_early_if(opts, opts.pdl_wo_early))
-        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps,
-                                  pdl_mode_early_if(opts, opts.pdl_w13_early))
-        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl_mode_early_if(opts, opts.pdl_w2_early))
+        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl)
+        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps, pdl)
+        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl)
         return out.view(1, 1, -1), ss
 
 

@@ -219,12 +219,15 @@ def test_apply_rope_flip_equals_cat():
 @pytest.mark.parametrize("cfg_name,rope_in_gemv,one_launch,pdl", [("gqa", False, False, False),
                                                                   ("head-dim-32", True, False, False),
                                                                   ("gqa", False, True, False),
-                                                                  ("head-dim-32", True, True, True)])
+                                                                  ("head-dim-32", True, True, True),
+                                                                  ("head-dim-32", True, True, "gemv-early"),
+                                                                  ("gqa", False, False, "gemv-early")])
 def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, rope_in_gemv, one_launch, pdl):
     """The fused decode path (RMSNorm prologues from sum-of-squares partials, residual and SwiGLU epilogues,
     optionally RoPE + the K/V cache write in the wqkv epilogue) wired through the model, with the Triton
     kernels replaced by torch references (the kernels themselves: tests/test_kernels.py). The fake partials
-    use a different grouping than the real kernels: the consumer must only depend on their sum."""
+    use a different grouping than the real kernels: the consumer must only depend on their sum. Each op is
+    told its PDL mode: 0 off, 2 late; with pdl_gemv_early the GEMVs 1 (early) and the attention still 2."""
     import sys
     import types
 
@@ -241,30 +244,35 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     def partials(y):
         return y.float().pow(2).view(-1, 4).sum(-1)
 
-    calls, pdl_flags = [], set()
+    calls, pdl_flags = [], {}  # op kind -> the PDL modes it was given (eager calls: Dynamo cannot guard the dict)
+
+    def told(kind, pdl, call=None):
+        if not torch.compiler.is_compiling():
+            pdl_flags.setdefault(kind, set()).add(pdl)
+            if call:
+                calls.append(call)
+
     fake = types.ModuleType("llama_fast.kernels")
     fake.GEMV_MAX_ROWS = 1
     fake.gemv = lambda x, w: x @ w.T
     fake.ss_partials = partials
 
     def gemv_rmsnorm(x, ss, g, w, eps, pdl=None):
-        pdl_flags.add(pdl)
+        told("gemv", pdl)
         return rmsnorm_from(x, ss, g, eps) @ w.T
 
     def residual_ss(x, w, res, pdl=None):
-        pdl_flags.add(pdl)
+        told("gemv", pdl)
         y = res + x @ w.T
         return y, partials(y)
 
     def swiglu(x, ss, g, w13, eps, pdl=None):
-        pdl_flags.add(pdl)
-        calls.append("swiglu")
+        told("gemv", pdl, "swiglu")
         gate, up = (rmsnorm_from(x, ss, g, eps) @ w13.T).chunk(2, dim=-1)
         return F.silu(gate) * up
 
     def qkv_rope(x, ss, g, w, eps, cos, sin, k_cache, v_cache, input_pos, n_heads, pdl=None):
-        pdl_flags.add(pdl)
-        calls.append("qkv_rope")
+        told("gemv", pdl, "qkv_rope")
         D, hkv = cos.numel(), k_cache.shape[1]
         q, k, v = (rmsnorm_from(x, ss, g, eps) @ w.T).split([n_heads * D, hkv * D, hkv * D], dim=-1)
         cs = (cos.view(1, 1, 1, D), sin.view(1, 1, 1, D))
@@ -274,8 +282,7 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
         return q.transpose(1, 2).reshape(1, -1)
 
     def decode_attention(q, k, v, mask, scale, pdl=None):
-        pdl_flags.add(pdl)
-        calls.append("attention")
+        told("attention", pdl, "attention")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=scale,
                                               enable_gqa=q.shape[1] != k.shape[1])
 
@@ -283,7 +290,7 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
         assert counters.shape == (q.shape[0] * q.shape[1],) and counters.dtype == torch.int32
         if not torch.compiler.is_compiling():
             assert not counters.any()
-        calls.append("one launch")
+            calls.append("one launch")
         return decode_attention(q, k, v, mask, scale, pdl)
 
     fake.gemv_rmsnorm = gemv_rmsnorm
@@ -301,7 +308,7 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     fast.configure(options=ForwardOptions())
     plain = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
     opts = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=True, fused_rope_cache=rope_in_gemv,
-                          attention_one_launch=one_launch, pdl=pdl)
+                          attention_one_launch=one_launch, pdl=bool(pdl), pdl_gemv_early=pdl == "gemv-early")
     fast.configure(options=opts)
     pdl_flags.clear()
     fused = fast.generate(ids, max_new_tokens=8, min_new_tokens=8)
@@ -310,7 +317,9 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
     assert calls.count("attention") == steps and calls.count("swiglu") == steps
     assert calls.count("qkv_rope") == (steps if rope_in_gemv else 0)
     assert calls.count("one launch") == (steps if one_launch else 0)
-    assert pdl_flags == {2 if pdl else 0}  # every fused op was told the PDL mode (2: trigger late)
+    # every fused op was told its PDL mode: the head (a plain gemv_rmsnorm) keeps the late trigger
+    late = 2 if pdl else 0
+    assert pdl_flags == {"gemv": {1, late} if pdl == "gemv-early" else {late}, "attention": {late}}
     assert torch.equal(fused, plain)
     if one_launch:  # batch 2 takes the two-kernel decode attention: the one-launch kernel serves batch 1 only
         calls.clear()
