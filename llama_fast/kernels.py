@@ -59,8 +59,10 @@ GEMV_MAX_ROWS = 1
 
 
 def _configs():
-    """A small search space (12 configs) keeps the cold autotune to a few seconds per shape."""
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "PIPELINE": 0}, num_warps=4, num_stages=stages)
+    """A small search space (12 configs) keeps the cold autotune to a few seconds per shape. num_stages does not
+    pipeline these loads: Triton (3.6 and 3.9, sm_90) emits no cp.async for loads that feed no dot, and loading
+    the weight tiles one or two K iterations ahead by hand was slower in the step (docs/PERF.md, row 45)."""
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages)
             for bn in (8, 16, 32) for bk in (256, 512) for stages in (2, 3)]
 
 
@@ -114,20 +116,15 @@ def _w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
-                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PIPELINE: tl.constexpr):
+                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
-    # the first K tile of the weights (and of the up rows), and with PIPELINE the next ones: nothing writes
-    # them, so they load before the wait for the previous kernel
+    # the first K tile of the weights (and of the up rows): nothing writes them, so they load before the wait
+    # for the previous kernel
     w, w_up = _w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
-    if PIPELINE >= 1:
-        w1, w1_up = _w_tiles(w_ptr, rn, n_mask, BLOCK_K + rk, K, N, stride_wn, EPILOGUE == 2)
-    if PIPELINE >= 2:
-        w2, w2_up = _w_tiles(w_ptr, rn, n_mask, 2 * BLOCK_K + rk, K, N, stride_wn, EPILOGUE == 2)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -145,15 +142,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         acc_up = w_up.to(tl.float32) * xf[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
-        if PIPELINE == 0:
-            w, w_up = _w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
-        if PIPELINE == 1:  # tile k was loaded one iteration ago; load tile k + 1 now (masked off past K)
-            w, w_up = w1, w1_up
-            w1, w1_up = _w_tiles(w_ptr, rn, n_mask, k + BLOCK_K, K, N, stride_wn, EPILOGUE == 2)
-        if PIPELINE == 2:
-            w, w_up = w1, w1_up
-            w1, w1_up = w2, w2_up
-            w2, w2_up = _w_tiles(w_ptr, rn, n_mask, k + 2 * BLOCK_K, K, N, stride_wn, EPILOGUE == 2)
+        w, w_up = _w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
         xf = _x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
         acc += w.to(tl.float32) * xf[None, :]
         if EPILOGUE == 2:
@@ -188,7 +177,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
 # first call (about 30 s of a 62 s cold warm-up, run 17), and its picks moved between processes. These are its
 # picks at the Llama-7B decode shapes in a warm H200 process (run 17). Inside torch.compile, Inductor compiles
 # the configs in parallel and keeps the search. LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
-QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "PIPELINE": 0, "num_warps": 4, "num_stages": 3}
+QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
 
 
 def gemv_config(n: int, epilogue: int) -> dict:
@@ -196,8 +185,8 @@ def gemv_config(n: int, epilogue: int) -> dict:
     GEMVs (wo, w2) take 1024-wide K tiles at 8 warps: decode 3.749 against 3.812 ms/step in one H200 process
     (run 62; at 4 warps that tile was 14 % slower, run 21)."""
     if epilogue == EPILOGUE_RESIDUAL_SS:
-        return {"BLOCK_N": 8, "BLOCK_K": 1024, "PIPELINE": 0, "num_warps": 8, "num_stages": 3}
-    return {"BLOCK_N": 16 if n >= 16384 else 8, "BLOCK_K": 512, "PIPELINE": 0, "num_warps": 4,
+        return {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_N": 16 if n >= 16384 else 8, "BLOCK_K": 512, "num_warps": 4,
             "num_stages": 2 if epilogue == EPILOGUE_SWIGLU else 3}  # SwiGLU streams two tiles per stage
 
 
@@ -280,7 +269,7 @@ def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13:
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
                           N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
                           D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PIPELINE: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -291,10 +280,6 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     dt = x_ptr.dtype.element_ty
     # the first K tile of the weights loads before the wait for the previous kernel (see _gemv_fused_kernel)
     w1, w2 = _w_tiles(w_ptr, r1, r1 < N, rk, K, D // 2, stride_wn, True)  # rows r1 and r2 = r1 + D/2
-    if PIPELINE >= 1:
-        n1, n2 = _w_tiles(w_ptr, r1, r1 < N, BLOCK_K + rk, K, D // 2, stride_wn, True)
-    if PIPELINE >= 2:
-        nn1, nn2 = _w_tiles(w_ptr, r1, r1 < N, 2 * BLOCK_K + rk, K, D // 2, stride_wn, True)
     if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
@@ -308,15 +293,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     acc2 = w2.to(tl.float32) * xf[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
-        if PIPELINE == 0:
-            w1, w2 = _w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
-        if PIPELINE == 1:  # as in _gemv_fused_kernel
-            w1, w2 = n1, n2
-            n1, n2 = _w_tiles(w_ptr, r1, r1 < N, k + BLOCK_K, K, D // 2, stride_wn, True)
-        if PIPELINE == 2:
-            w1, w2 = n1, n2
-            n1, n2 = nn1, nn2
-            nn1, nn2 = _w_tiles(w_ptr, r1, r1 < N, k + 2 * BLOCK_K, K, D // 2, stride_wn, True)
+        w1, w2 = _w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
         xf = _x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
         acc1 += w1.to(tl.float32) * xf[None, :]
         acc2 += w2.to(tl.float32) * xf[None, :]

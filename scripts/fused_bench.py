@@ -4,7 +4,8 @@ weights rotated over 4 copies so L2 never holds them (as in a real step).
 
   python scripts/fused_bench.py | tee $OUT/fused_bench.log
   python scripts/fused_bench.py --sweep-configs   # also: every GEMV form over a wider config grid than the
-                                                  # autotuner's (PIPELINE included), best vs the pinned config
+                                                  # autotuner's, best vs the pinned shapes (run 61 swept a
+                                                  # since-removed PIPELINE option too, at commit 8b2a841)
   python scripts/fused_bench.py --sweep-configs --gemv-only   # without the attention part
 """
 from __future__ import annotations
@@ -97,8 +98,8 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
     """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the
     autotuner's pick for this key."""
     results = []
-    stages = 2  # no effect on these loads (Triton emits no cp.async for them); PIPELINE is the prefetch depth
-    for bn, bk, warps, pipe in itertools.product((8, 16), (256, 512, 1024), (4, 8), (0, 1, 2)):
+    stages = 2  # no effect on these loads: Triton emits no cp.async for them
+    for bn, bk, warps in itertools.product((8, 16), (256, 512, 1024), (4, 8)):
         y = torch.empty((1, n), device=x.device, dtype=x.dtype)
         so = torch.empty((triton.cdiv(n, kn.SS_GROUP),), device=x.device, dtype=torch.float32)
         nss = triton.next_power_of_2(ss.numel()) if pro else 1
@@ -108,21 +109,22 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
         def call():
             kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
                 x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss, USE_PDL=0,
-                BLOCK_N=bn, BLOCK_K=bk, PIPELINE=pipe, num_warps=warps, num_stages=stages)
+                BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
         try:
-            results.append((bench(call, reps=10), bn, bk, warps, pipe))
+            results.append((bench(call, reps=10), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      {name} {label} BN{bn} BK{bk} w{warps} P{pipe}: {type(e).__name__}", flush=True)
+            print(f"      {name} {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
     report(name, label, N * K * 2, results)
 
 
 def report(name, label, nbytes, results):
+    """The four best configs, then the pinned shapes' own figures from the same sweep."""
     results.sort()
-    for t, bn, bk, warps, pipe in results[:4]:
-        print(f"      {name} {label} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps} P{pipe}")
-    for t, bn, bk, warps, pipe in results:
-        if pipe == 0 and (bn, bk, warps) in ((8, 512, 4), (16, 512, 4), (16, 256, 4)):
-            print(f"      {name} {label} P0 {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
+    for t, bn, bk, warps in results[:4]:
+        print(f"      {name} {label} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
+    for t, bn, bk, warps in results:
+        if (bn, bk, warps) in ((8, 512, 4), (16, 512, 4), (16, 256, 4), (8, 1024, 8)):
+            print(f"      {name} {label} at {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
     sys.stdout.flush()
 
 
@@ -140,16 +142,16 @@ def sweep_qkv(x, g, ss, eps):
     print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {kn.QKV_ROPE_CONFIG}", flush=True)
     q = torch.empty(1, H * D, device=dev, dtype=dt)
     results = []
-    for bn, bk, warps, pipe in itertools.product((8, 16, 32), (256, 512), (4, 8), (0, 1, 2)):
+    for bn, bk, warps in itertools.product((8, 16, 32), (256, 512), (4, 8)):
         def call():
             kn._gemv_qkv_rope_kernel.fn[(3 * H * (D // bn),)](
                 x, w(), q, kc, vc, g, ss, cos, sin, pos, N, K, ss.numel(), K, eps, H, H, kc.stride(1), kc.stride(2),
                 D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk,
-                PIPELINE=pipe, num_warps=warps, num_stages=2)
+                num_warps=warps, num_stages=2)
         try:
-            results.append((bench(call, reps=10), bn, bk, warps, pipe))
+            results.append((bench(call, reps=10), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps} P{pipe}: {type(e).__name__}", flush=True)
+            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
     report("wqkv", "qkv_rope", N * K * 2, results)
 
 

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit 8b2a841 (run 61). The PIPELINE option and CONFIG_TRIALS_3 were removed afterwards (slower in every
+# form, docs/PERF.md row 45); fused_bench.py --sweep-configs still sweeps the other dimensions.
 # Seventh session, first call: weight tiles loaded ahead of their use in the decode GEMVs (kernels PIPELINE; Triton
 # emits no cp.async for these loads, so num_stages never pipelined them). The GEMV forms alone over a grid with
 # PIPELINE 0/1/2, then the real step under CONFIG_TRIALS_3 in one process (pinned first and again).

@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit 2232dee (run 63). Its per-kernel flags pdl_qkv_early / pdl_attention_early were folded into
+# ForwardOptions.pdl_gemv_early (variant fused-gemv-early) afterwards.
 # Seventh session, third call: the residual GEMVs now pinned at BK 1024 / 8 warps (run 62). Early PDL triggers for
 # one kernel each (ForwardOptions.pdl_qkv_early: the attention's K/V loads under the wqkv GEMV's last wave;
 # pdl_attention_early: wo's first tiles under the attention's compute and combine), alternating in one process;

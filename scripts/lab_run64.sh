@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# Ran at commit b716015 (run 64). Its per-edge flags were folded into ForwardOptions.pdl_gemv_early (variant
+# fused-gemv-early) afterwards.
 # Seventh session, fourth call: run 63 had the wqkv kernel's early trigger 1.5 % faster and the attention's 6 %
 # slower. Row 18's "every kernel early" (-2 %) included the attention's edge, so each GEMV -> GEMV edge is tried
 # alone on top of pdl_qkv_early (wo -> w13, w13 -> w2, w2 -> next wqkv), then all three, alternating in one process.

@@ -59,8 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 3, 4, 5),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _3, _4 or _5")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4 or _5 (set 3 was removed with its kernel option)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,8 +167,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 3: CONFIG_TRIALS_3, 4: CONFIG_TRIALS_4,
-                       5: CONFIG_TRIALS_5}[args.trial_set])
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -178,8 +177,8 @@ def main(argv=None):
     return 0
 
 
-def _cfg(bn, bk, stages, warps=4, pipeline=0):
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "PIPELINE": pipeline, "num_warps": warps, "num_stages": stages}
+def _cfg(bn, bk, stages, warps=4):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
 # form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
@@ -215,26 +214,12 @@ CONFIG_TRIALS_2 = {
 }
 
 
-# third set (seventh session): weight tiles loaded one or two K iterations ahead of their use (PIPELINE; Triton
-# does not software-pipeline these loads: no cp.async for num_stages > 1), pinned shapes, then finer SwiGLU tiles
-CONFIG_TRIALS_3 = {
-    "pinned": {},
-    "all P1": {"residual": _cfg(8, 512, 3, pipeline=1), "rmsnorm": _cfg(8, 512, 3, pipeline=1),
-               "swiglu": _cfg(8, 512, 2, pipeline=1), "qkv_rope": _cfg(16, 256, 3, pipeline=1)},
-    "all P2": {"residual": _cfg(8, 512, 3, pipeline=2), "rmsnorm": _cfg(8, 512, 3, pipeline=2),
-               "swiglu": _cfg(8, 256, 2, pipeline=2), "qkv_rope": _cfg(16, 256, 3, pipeline=2)},
-    "residual P1": {"residual": _cfg(8, 512, 3, pipeline=1)},
-    "swiglu BK256 P1": {"swiglu": _cfg(8, 256, 2, pipeline=1)},
-    "swiglu BN16 w8 P1": {"swiglu": _cfg(16, 512, 2, warps=8, pipeline=1)},
-    "qkv P1": {"qkv_rope": _cfg(16, 256, 3, pipeline=1)},
-    "residual BK256 P2": {"residual": _cfg(8, 256, 3, pipeline=2)},
-    "pinned again": {},
-    "all P1 again": {"residual": _cfg(8, 512, 3, pipeline=1), "rmsnorm": _cfg(8, 512, 3, pipeline=1),
-                     "swiglu": _cfg(8, 512, 2, pipeline=1), "qkv_rope": _cfg(16, 256, 3, pipeline=1)},
-}
+# third set (run 61, commit 8b2a841): weight tiles loaded one or two K iterations ahead (a PIPELINE constexpr since
+# removed: every form slower, docs/PERF.md row 45)
 
-# fourth set (run 62): run 61's GEMV grid alone put BK 1024 at 8 warps ahead for w2 (23.2 against 25.0 us) and wo
-# (10.8 against 11.5); row 22's BK 1024 at 4 warps had been 14 % slower in the step
+# fourth set (run 62, commit ac50a9f): run 61's GEMV grid alone put BK 1024 at 8 warps ahead for w2 (23.2 against
+# 25.0 us) and wo (10.8 against 11.5); row 22's BK 1024 at 4 warps had been 14 % slower in the step. "pinned" was then
+# BK 512 at 4 warps; since run 62 the residual GEMVs are pinned at "residual BK1024 w8"
 CONFIG_TRIALS_4 = {
     "pinned": {},
     "residual BK1024 w8": {"residual": _cfg(8, 1024, 3, warps=8)},
@@ -246,7 +231,8 @@ CONFIG_TRIALS_4 = {
     "residual BK1024 w8 again": {"residual": _cfg(8, 1024, 3, warps=8)},
 }
 
-# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (the attention's programs then wait
+# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (run with a lab flag since folded into
+# fused-gemv-early, the variant to run it with now) (the attention's programs then wait
 # on the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs)
 CONFIG_TRIALS_5 = {
     "pinned": {},
