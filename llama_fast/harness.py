@@ -96,7 +96,7 @@ LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 an
 VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early"]
-FASTEST = "fused-gemv-early"  # decode -2.2 % against fused-prefill-graph in H200 processes (PERF.md, runs 63-64)
+FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (PERF.md, row 48)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:

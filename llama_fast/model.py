@@ -35,7 +35,8 @@ class ForwardOptions:
     pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
-    pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18)
+    pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18;
+    #                                  the attention's early trigger is what costs, docs/PERF.md row 47)
     pdl_gemv_early: bool = False  # with pdl: the batch-1 decode GEMVs (wqkv, wo, w13, w2) let the next kernel
     #                               launch right after their wait, the attention still after its main loop. The
     #                               next kernel's programs then take SM slots only once every program of the GEMV

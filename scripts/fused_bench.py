@@ -53,7 +53,8 @@ def main():
             t = bench(lambda: kn._launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
             total[label.split("-")[0] if label != "plain" else "plain"] = None
             print(f"{name:5s} {label:13s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
-            if "--sweep-configs" in sys.argv and (label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm")):
+            swept = label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm")  # the forms the step runs
+            if "--sweep-configs" in sys.argv and swept:
                 sweep_configs(name, label, N, K, n, w, xin, g, res, ss if pro else xin, eps, pro, epi)
     if "--gemv-only" in sys.argv:
         return
@@ -95,8 +96,8 @@ def main():
 
 
 def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
-    """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the
-    autotuner's pick for this key."""
+    """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the pinned
+    shapes (report)."""
     results = []
     stages = 2  # no effect on these loads: Triton emits no cp.async for them
     for bn, bk, warps in itertools.product((8, 16), (256, 512, 1024), (4, 8)):
@@ -108,8 +109,8 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
 
         def call():
             kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
-                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss, USE_PDL=0,
-                BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
+                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
+                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
         try:
             results.append((bench(call, reps=10), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so
