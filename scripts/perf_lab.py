@@ -59,8 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4 or _5 (set 3 was removed with its kernel option)")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5, 6),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4, _5 or _6 (set 3 was removed with its kernel option)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,7 +167,8 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}[args.trial_set])
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5,
+                       6: CONFIG_TRIALS_6}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -177,8 +178,8 @@ def main(argv=None):
     return 0
 
 
-def _cfg(bn, bk, stages, warps=4):
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+def _cfg(bn, bk, stages, warps=4, **extra):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, **extra}
 
 
 # form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
@@ -239,6 +240,20 @@ CONFIG_TRIALS_5 = {
     "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
     "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
     "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
+    "pinned again": {},
+}
+
+# sixth set (run 72): each K tile's products reduced at once (ACC_1D: a (BLOCK_N,) accumulator instead of a
+# (BLOCK_N, BLOCK_K) one; Triton 3.6 for sm_90: SwiGLU BN 8 192 -> 146 registers, BN 16 255 + spills -> 226)
+CONFIG_TRIALS_6 = {
+    "pinned": {},
+    "swiglu acc1d": {"swiglu": _cfg(8, 512, 2, ACC_1D=1)},
+    "swiglu acc1d BN16": {"swiglu": _cfg(16, 512, 2, ACC_1D=1)},
+    "swiglu acc1d BK256": {"swiglu": _cfg(8, 256, 2, ACC_1D=1)},
+    "residual acc1d": {"residual": _cfg(8, 1024, 3, warps=8, ACC_1D=1)},
+    "head acc1d": {"rmsnorm": _cfg(16, 512, 3, ACC_1D=1)},
+    "all acc1d": {"swiglu": _cfg(8, 512, 2, ACC_1D=1), "residual": _cfg(8, 1024, 3, warps=8, ACC_1D=1),
+                  "rmsnorm": _cfg(16, 512, 3, ACC_1D=1)},
     "pinned again": {},
 }
 
