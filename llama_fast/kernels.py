@@ -62,7 +62,7 @@ def _configs():
     """A small search space (12 configs) keeps the cold autotune to a few seconds per shape. num_stages does not
     pipeline these loads: Triton (3.6 and 3.9, sm_90) emits no cp.async for loads that feed no dot, and loading
     the weight tiles one or two K iterations ahead by hand was slower in the step (docs/PERF.md, row 45)."""
-    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "ACC_1D": 0}, num_warps=4, num_stages=stages)
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages)
             for bn in (8, 16, 32) for bk in (256, 512) for stages in (2, 3)]
 
 
@@ -116,8 +116,7 @@ def _w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
-                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       ACC_1D: tl.constexpr):
+                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -138,32 +137,19 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
     xf = _x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
-    if ACC_1D:  # (BLOCK_N,) fp32: each tile's products reduced at once (fewer registers, another summation order)
-        acc = tl.sum(w.to(tl.float32) * xf[None, :], axis=1)
-        if EPILOGUE == 2:
-            acc_up = tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1)
-    else:
-        acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
-        if EPILOGUE == 2:
-            acc_up = w_up.to(tl.float32) * xf[None, :]
+    acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
+    if EPILOGUE == 2:
+        acc_up = w_up.to(tl.float32) * xf[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         k = k0 + rk
         w, w_up = _w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
         xf = _x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
-        if ACC_1D:
-            acc += tl.sum(w.to(tl.float32) * xf[None, :], axis=1)
-            if EPILOGUE == 2:
-                acc_up += tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1)
-        else:
-            acc += w.to(tl.float32) * xf[None, :]
-            if EPILOGUE == 2:
-                acc_up += w_up.to(tl.float32) * xf[None, :]
+        acc += w.to(tl.float32) * xf[None, :]
+        if EPILOGUE == 2:
+            acc_up += w_up.to(tl.float32) * xf[None, :]
     if USE_PDL == 2:
         gdc_launch_dependents()
-    if ACC_1D:
-        y32 = acc
-    else:
-        y32 = tl.sum(acc, axis=1)
+    y32 = tl.sum(acc, axis=1)
     if PROLOGUE == 2:
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
         y32 = y32 * rstd
@@ -177,10 +163,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
     if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
         gate = y.to(tl.float32)
-        if ACC_1D:
-            up32 = acc_up
-        else:
-            up32 = tl.sum(acc_up, axis=1)
+        up32 = tl.sum(acc_up, axis=1)
         if PROLOGUE == 2:
             up32 = up32 * rstd
         up = up32.to(dt)
@@ -234,8 +217,8 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
 
     form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue,
                                                                             "rmsnorm" if prologue else "gemv")
-    kernel, config = ((_gemv_fused_kernel.fn, {"ACC_1D": 0, **(_override(form, n, K) or gemv_config(n, epilogue))})
-                      if _pinned() else (_gemv_fused_kernel, {}))
+    kernel, config = ((_gemv_fused_kernel.fn, _override(form, n, K) or gemv_config(n, epilogue)) if _pinned()
+                      else (_gemv_fused_kernel, {}))
     wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
                               PROLOGUE=prologue, EPILOGUE=epilogue,
                               NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,

@@ -110,7 +110,7 @@ def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
         def call():
             kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
                 x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
-                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, ACC_1D=0, num_warps=warps, num_stages=stages)
+                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
         try:
             results.append((bench(call, reps=10), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so

@@ -59,8 +59,9 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5, 6),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4, _5 or _6 (set 3 was removed with its kernel option)")
+    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5),
+                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4 or _5 (sets 3 and 6 were removed with their kernel "
+                         "options)")
     args = ap.parse_args(argv)
     if args.cold:
         import tempfile
@@ -167,8 +168,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5,
-                       6: CONFIG_TRIALS_6}[args.trial_set])
+                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -178,8 +178,8 @@ def main(argv=None):
     return 0
 
 
-def _cfg(bn, bk, stages, warps=4, **extra):
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, **extra}
+def _cfg(bn, bk, stages, warps=4):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
 # form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
@@ -232,9 +232,9 @@ CONFIG_TRIALS_4 = {
     "residual BK1024 w8 again": {"residual": _cfg(8, 1024, 3, warps=8)},
 }
 
-# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (run with a lab flag since folded into
-# fused-gemv-early, the variant to run it with now) (the attention's programs then wait
-# on the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs)
+# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (the attention's programs then wait on
+# the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs). Run with a lab flag since folded
+# into fused-gemv-early, the variant to run it with now
 CONFIG_TRIALS_5 = {
     "pinned": {},
     "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
@@ -243,19 +243,8 @@ CONFIG_TRIALS_5 = {
     "pinned again": {},
 }
 
-# sixth set (run 72): each K tile's products reduced at once (ACC_1D: a (BLOCK_N,) accumulator instead of a
-# (BLOCK_N, BLOCK_K) one; Triton 3.6 for sm_90: SwiGLU BN 8 192 -> 146 registers, BN 16 255 + spills -> 226)
-CONFIG_TRIALS_6 = {
-    "pinned": {},
-    "swiglu acc1d": {"swiglu": _cfg(8, 512, 2, ACC_1D=1)},
-    "swiglu acc1d BN16": {"swiglu": _cfg(16, 512, 2, ACC_1D=1)},
-    "swiglu acc1d BK256": {"swiglu": _cfg(8, 256, 2, ACC_1D=1)},
-    "residual acc1d": {"residual": _cfg(8, 1024, 3, warps=8, ACC_1D=1)},
-    "head acc1d": {"rmsnorm": _cfg(16, 512, 3, ACC_1D=1)},
-    "all acc1d": {"swiglu": _cfg(8, 512, 2, ACC_1D=1), "residual": _cfg(8, 1024, 3, warps=8, ACC_1D=1),
-                  "rmsnorm": _cfg(16, 512, 3, ACC_1D=1)},
-    "pinned again": {},
-}
+# sixth set (run 72, commit 2a201e7): a (BLOCK_N,) accumulator per K tile (an ACC_1D constexpr since removed: slower
+# for SwiGLU and the residual GEMVs, docs/PERF.md row 49)
 
 
 def prefill_and_step(fast, variant, w, m):

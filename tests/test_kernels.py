@@ -24,14 +24,14 @@ dt = getattr(torch, sys.argv[1])
 tol = 1e-6 if dt == torch.float32 else 2e-3
 
 
-def fused(x, w, g, res, ss, eps, prologue, epilogue, N, acc_1d=0):
+def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     K = x.shape[1]
     y = torch.empty(1, N, dtype=x.dtype)
     ss_out = torch.full((triton.cdiv(N, kn.SS_GROUP),), float("nan"))
     kn._gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, N, K, ss.numel(), w.stride(0), eps,
                                                      PROLOGUE=prologue, EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-                                                     BLOCK_N=16, BLOCK_K=256, ACC_1D=acc_1d)
+                                                     BLOCK_N=16, BLOCK_K=256)
     return y, ss_out
 
 
@@ -65,12 +65,6 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
         "rmsnorm_late": (fused(x, w, g, x, ss, 1e-5, LATE, kn.EPILOGUE_NONE, N)[0],
                          rmsnorm(x, g, 1e-5).float() @ w.float().T),
         "swiglu_late": (fused(x, w13, g, x, ss, 1e-5, LATE, SWI, N)[0], (F.silu(gate.float()).to(dt) * up).float()),
-        # each K tile's products reduced at once (a (BLOCK_N,) accumulator)
-        "residual_acc1d": (fused(x, w, x, res, x, 0.0, NONE, RES, N, acc_1d=1)[0], ref_res.float()),
-        "swiglu_acc1d": (fused(x, w13, g, x, ss, 1e-5, RMS, SWI, N, acc_1d=1)[0],
-                         (F.silu(gate.float()).to(dt) * up).float()),
-        "rmsnorm_acc1d": (fused(x, w, g, x, ss, 1e-5, RMS, kn.EPILOGUE_NONE, N, acc_1d=1)[0],
-                          rmsnorm(x, g, 1e-5).float() @ w.float().T),
     }
     # the public ops: eager launches take the pinned configs (kn.gemv_config), not the autotuner's
     checks["op residual"] = (kn.gemv_residual_ss(x, w, res)[0], ref_res.float())
