@@ -6,13 +6,11 @@
 # pdl_attention_early: wo's first tiles under the attention's compute and combine), alternating in one process;
 # then attention tiles under the qkv early trigger (CONFIG_TRIALS_5).
 export PYTHONPATH=.:scripts PYTHONUNBUFFERED=1 LLAMA_FAST_COMMIT=${LLAMA_FAST_COMMIT:-unknown}
+source "$(dirname "$0")/lab_lib.sh"
 nvidia-smi -L
 V=fused-prefill-graph; Q=$V+pdl_qkv_early; A=$V+pdl_attention_early; QA=$V+pdl_qkv_early+pdl_attention_early
 timeout 330 python scripts/perf_lab.py --variants $V,$Q,$A,$QA,$V,$Q,$A,$QA --runs 3 --breakdown --check \
   --log $OUT/ab.log > $OUT/ab.out 2>&1; echo "ab rc=$?"
 grep -h "prefill .* ms\|tok/s (best\|# roofline\|teacher\|check" $OUT/ab.log | cut -c1-200
 tail -3 $OUT/ab.out
-timeout 200 python scripts/perf_lab.py --variants $Q --breakdown --config-trials $Q --trial-set 5 \
-  --log $OUT/trials.log > $OUT/trials.out 2>&1; echo "trials rc=$?"
-grep -h "prefill .* ms\|tok/s (best\|# roofline\|trial" $OUT/trials.log | cut -c1-200
-tail -3 $OUT/trials.out
+config_trials $Q 5 200
