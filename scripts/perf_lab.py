@@ -59,8 +59,8 @@ def main(argv=None):
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=(1, 2, 4, 5),
-                    help="CONFIG_TRIALS (1), CONFIG_TRIALS_2, _4 or _5 (sets 3 and 6 were removed with their kernel "
+    ap.add_argument("--trial-set", type=int, default=1, choices=sorted(TRIAL_SETS),
+                    help="which of TRIAL_SETS --config-trials runs (sets 3 and 6 were removed with their kernel "
                          "options)")
     args = ap.parse_args(argv)
     if args.cold:
@@ -168,7 +168,7 @@ def main(argv=None):
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
         config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}[args.trial_set])
+                      TRIAL_SETS[args.trial_set])
     if args.realloc_trials:
         realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
     say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
@@ -215,8 +215,8 @@ CONFIG_TRIALS_2 = {
 }
 
 
-# third set (run 61, commit 8b2a841): weight tiles loaded one or two K iterations ahead (a PIPELINE constexpr since
-# removed: every form slower, docs/PERF.md row 45)
+# third set (run 61, commit 8b2a841) and sixth (run 72, commit 2a201e7): removed with the kernel options they tried
+# (PIPELINE, ACC_1D; both slower, docs/PERF.md rows 45 and 49)
 
 # fourth set (run 62, commit ac50a9f): run 61's GEMV grid alone put BK 1024 at 8 warps ahead for w2 (23.2 against
 # 25.0 us) and wo (10.8 against 11.5); row 22's BK 1024 at 4 warps had been 14 % slower in the step. "pinned" was then
@@ -242,9 +242,7 @@ CONFIG_TRIALS_5 = {
     "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
     "pinned again": {},
 }
-
-# sixth set (run 72, commit 2a201e7): a (BLOCK_N,) accumulator per K tile (an ACC_1D constexpr since removed: slower
-# for SwiGLU and the residual GEMVs, docs/PERF.md row 49)
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
 
 
 def prefill_and_step(fast, variant, w, m):
