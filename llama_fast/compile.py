@@ -148,11 +148,18 @@ class GraphedDecode(_StepGraphs):
     """The whole decode step (blocks, cache writes, argmax, EOS flags) as one CUDA graph per
     (batch, cache, flags): one launch per token."""
 
-    def __call__(self, model, tok, input_pos, done, eos_ids, pad_id, start: int, suppress_eos: bool):
-        # cache_version changes whenever the model reallocates its buffers: a graph never outlives them
-        key = (id(model), model.cache_version, tok.shape[0], eos_ids.shape[0], start, suppress_eos)
-        return self._replay(key, (tok, input_pos, done, eos_ids, pad_id),
-                            lambda *t: self.step(model, *t[:3], *t[3:], start, suppress_eos))
+    def __call__(self, model, tok, input_pos, done, eos_ids, pad_id, start: int, suppress_eos: bool,
+                 sampler=None):
+        # cache_version changes whenever the model reallocates its buffers: a graph never outlives them. A
+        # sampling step is its own graph per filter combination; its parameters are inputs like the tokens.
+        flags = None if sampler is None else (sampler.use_top_k, sampler.use_top_p)
+        key = (id(model), model.cache_version, tok.shape[0], eos_ids.shape[0], start, suppress_eos, flags)
+        tensors = (tok, input_pos, done, eos_ids, pad_id)
+        if sampler is None:
+            return self._replay(key, tensors, lambda *t: self.step(model, *t, start, suppress_eos))
+        return self._replay(key, tensors + (sampler.floats, sampler.ints),
+                            lambda *t: self.step(model, *t[:5], start, suppress_eos,
+                                                 sampler._replace(floats=t[5], ints=t[6])))
 
 
 class GraphedPrefill(_StepGraphs):

@@ -5,6 +5,7 @@ stay on the device; the host looks at them every `check_every` steps (early stop
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from .compile import COMPILE_MODES, make_steps
 from .config import LlamaConfig
 from .model import ForwardOptions, Transformer
+from .sampling import Sampling, SamplerState, sample
 
 
 class GenerationError(ValueError):
@@ -19,11 +21,13 @@ class GenerationError(ValueError):
 
 
 def next_token(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
-               suppress_eos: bool):
-    """Greedy choice. logits (B, V) fp32; done (B,) bool. Finished rows emit pad, as transformers does."""
+               suppress_eos: bool, sampler: SamplerState | None = None, position: torch.Tensor | None = None):
+    """The pick: greedy argmax, or a draw (sampler) seeded at cache slot position (1,) of the new token.
+    logits (B, V) fp32; done (B,) bool. Finished rows emit pad, as transformers does."""
     if suppress_eos:  # min_new_tokens not reached yet
         logits = logits.index_fill(-1, eos_ids, float("-inf"))
-    tok = torch.where(done, pad_id, logits.argmax(-1))
+    choice = logits.argmax(-1) if sampler is None else sample(logits, sampler, position)
+    tok = torch.where(done, pad_id, choice)
     return tok, done | torch.isin(tok, eos_ids)
 
 
@@ -34,18 +38,31 @@ def prefill_step(model: Transformer, idx: torch.Tensor, input_pos: torch.Tensor,
 
 
 def last_token_pick(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
-                    suppress_eos: bool):
+                    suppress_eos: bool, sampler: SamplerState | None = None, position: torch.Tensor | None = None):
     """next_token over the last position of logits (B, T, V) in the model dtype."""
-    return next_token(logits[:, -1].float(), done, eos_ids, pad_id, suppress_eos)
+    return next_token(logits[:, -1].float(), done, eos_ids, pad_id, suppress_eos, sampler, position)
 
 
 def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor,
-                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool):
+                eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
+                sampler: SamplerState | None = None):
     """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)). The pick is
-    last_token_pick, or its compiled copy where Transformer.step_glue gives one."""
+    last_token_pick, or its compiled copy where Transformer.step_glue gives one; a sampled token is seeded at
+    its own slot, input_pos + 1."""
     logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
     _, pick = model.step_glue(tok.shape[0])
-    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
+    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos + 1)
+
+
+def _sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
+              seed: int | None) -> Sampling | None:
+    """The validated Sampling of a generate call (SamplingError before anything runs), or None for greedy."""
+    if do_sample:
+        return Sampling(temperature, top_k, top_p, seed)
+    if (temperature, top_k, top_p, seed) != (1.0, None, None, None):
+        warnings.warn("temperature / top_k / top_p / seed are ignored without do_sample=True (greedy)",
+                      stacklevel=3)
+    return None
 
 
 # what make_steps / configure set on the (possibly shared) model for one LlamaFast
@@ -182,12 +199,20 @@ class LlamaFast:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
                  max_new_tokens: int = 20, min_new_tokens: int = 0, eos_token_id: int | list[int] | None = None,
                  pad_token_id: int | None = None, streamer: Any = None,
-                 callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
-        """Greedy generation; returns (B, T + n) prompt + new tokens, like transformers' generate.
+                 callback: Callable[[int, torch.Tensor], None] | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> torch.Tensor:
+        """Greedy generation, or sampling with do_sample=True; returns (B, T + n) prompt + new tokens, like
+        transformers' generate.
+
+        Sampling takes transformers' names and meanings: temperature, then top_k (the k most likely), then top_p
+        (the smallest set whose probability reaches p); seed fixes the draw (None: drawn from torch's global
+        generator). Without do_sample they are ignored (with a warning where set), as transformers does.
 
         streamer: a transformers-style streamer (put/end). callback(step, tokens (B,)) gets device tensors,
         valid until the next step (a captured decode graph rewrites its output buffers on each replay; the
         loop copies them into `out` and into the graph's inputs before that happens)."""
+        sampling = _sampling(do_sample, temperature, top_k, top_p, seed)
         pad_len = self._check_request(input_ids, attention_mask, max_new_tokens, min_new_tokens)
         B, T = input_ids.shape
         eos, pad = self._eos_pad(eos_token_id, pad_token_id)
@@ -200,6 +225,7 @@ class LlamaFast:
         eos_ids = torch.tensor(eos, dtype=torch.long, device=dev)
         pad_id = torch.tensor(pad, dtype=torch.long, device=dev)
         done = torch.zeros(B, dtype=torch.bool, device=dev)
+        sampler = sampling.state(dev, self.config.vocab_size) if sampling is not None else None
         out = torch.empty(B, max_new_tokens, dtype=torch.long, device=dev)
         if streamer is not None:
             streamer.put(input_ids.cpu())
@@ -217,7 +243,8 @@ class LlamaFast:
                 chunk = torch.cat([chunk, chunk.new_full((B, C - chunk.shape[1]), pad)], dim=1)
             last = torch.tensor([min(T - 1 - s, C - 1)], device=dev)  # tensor: no recompile per length
             logits = prefill(model, chunk, torch.arange(s, s + C, device=dev), start_of(s), last)
-        tok, done = next_token(logits, done, eos_ids, pad_id, min_new_tokens > 0)
+        tok, done = next_token(logits, done, eos_ids, pad_id, min_new_tokens > 0, sampler,
+                               torch.tensor([T], dtype=torch.long, device=dev))
         out[:, 0] = tok
         self._emit(streamer, callback, 0, tok)
 
@@ -228,7 +255,7 @@ class LlamaFast:
             if track_eos and i % self.check_every == 0 and bool(done.all()):
                 break
             tok, done = decode(model, tok, input_pos, done, eos_ids, pad_id, start_of(T + i - 1),
-                               i < min_new_tokens)
+                               i < min_new_tokens, sampler)
             out[:, i] = tok
             input_pos += 1
             n = i + 1
