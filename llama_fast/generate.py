@@ -151,6 +151,12 @@ class LlamaFast:
         if self.cache_length is not None and total > self.cache_length:
             raise GenerationError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds the "
                                   f"cache length {self.cache_length}")
+        return self._pad_len(input_ids, attention_mask)
+
+    @staticmethod
+    def _pad_len(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Each row's left padding (B,) from a left-padded attention_mask (zeros when there is none)."""
+        B, T = input_ids.shape
         if attention_mask is None:
             return torch.zeros(B, dtype=torch.long)
         if attention_mask.shape != input_ids.shape:
@@ -280,10 +286,34 @@ class LlamaFast:
             streamer.put(tok.cpu())
 
     @torch.no_grad()
-    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Full-sequence logits (B, T, V) in one forward from an empty cache (for parity checks)."""
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced log-probabilities (B, T-1) fp32 of each next token: [b, t] = log p(ids[b, t+1] |
+        ids[b, :t+1]). With a left-padded attention_mask, entries whose context or target is padding are 0.
+
+        One forward from an empty cache (how a user checks a quantization or a port on their own text)."""
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[1] < 2:
+            raise GenerationError("score needs input_ids of shape (batch, length >= 2)")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise GenerationError(f"token ids must lie in [0, {self.config.vocab_size}), got [{lo}, {hi}]")
+        T = input_ids.shape[1]
+        if T > min(self.config.max_position_embeddings, self.cache_length or T):
+            raise GenerationError(f"{T} tokens exceed the model's positions or the cache length")
+        pad_len = self._pad_len(input_ids, attention_mask)
+        logits = self.logits(input_ids, pad_len)[:, :-1].float()  # (B, T-1, V)
+        target = input_ids[:, 1:].to(self.device, torch.long)
+        logp = logits.log_softmax(-1).gather(-1, target[..., None])[..., 0]  # (B, T-1)
+        if attention_mask is not None:
+            logp = logp.masked_fill(attention_mask[:, :-1].to(self.device) == 0, 0.0)
+        return logp
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, pad_len: torch.Tensor | None = None) -> torch.Tensor:
+        """Full-sequence logits (B, T, V) in one forward from an empty cache (for parity checks); pad_len (B,):
+        each row's left padding."""
         self._bind()
         B, T = input_ids.shape
         self.model.setup_caches(B, self.cache_length or T)
-        self.model.set_padding(torch.zeros(B, dtype=torch.long, device=self.device))
+        self.model.set_padding(pad_len.to(self.device) if pad_len is not None
+                               else torch.zeros(B, dtype=torch.long, device=self.device))
         return self.model(input_ids.to(self.device), torch.arange(T, device=self.device))

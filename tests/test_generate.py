@@ -363,3 +363,24 @@ def test_smollm2_stops_at_eos_like_transformers(smollm, smollm_hf):
     assert torch.equal(ours, ref)
     assert ours.shape[1] < ids.shape[1] + 120  # stopped early
     assert int(ours[0, -1]) in smollm.config.eos_token_id
+
+
+def test_score_is_the_teacher_forced_log_softmax_of_transformers(gqa_pair):
+    """score(ids)[b, t] = log p(ids[b, t+1] | ids[b, :t+1]), against transformers' logits on the same weights;
+    a left-padded row scores its real tokens as the unpadded row does, and its padding as 0."""
+    cfg, hf, fast = gqa_pair
+    ids = _ids(cfg, 2, 12)
+    with torch.no_grad():
+        ref = hf(ids).logits.float().log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None])[..., 0]
+    torch.testing.assert_close(fast.score(ids), ref, atol=1e-4, rtol=1e-4)
+    padded, mask = left_pad([ids[0], ids[1, 4:]], pad=0)
+    got = fast.score(padded, mask)
+    torch.testing.assert_close(got[1, 4:], fast.score(ids[1:, 4:])[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[1, :4], torch.zeros(4))
+
+
+@pytest.mark.parametrize("make_ids, message", [(lambda: torch.tensor([[3]]), "length >= 2"),
+                                               (lambda: torch.tensor([[3, 10 ** 6]]), "token ids must lie")])
+def test_score_refuses_bad_input(gqa, make_ids, message):
+    with pytest.raises(GenerationError, match=message):
+        gqa[2].score(make_ids())
