@@ -128,7 +128,7 @@ def fallback_reason(variant: Variant, device: torch.device | str) -> str | None:
         missing.append("PDL")
     if not missing:
         return None
-    return f"{', '.join(missing)} need CUDA: ran without them on {torch.device(device).type}"
+    return f"CUDA only, not run on {torch.device(device).type}: {', '.join(missing)}"
 
 
 # ------------------------------------------------------------------------------------------- workload

@@ -253,9 +253,10 @@ def gguf_to_checkpoint(gguf_path: Path) -> Path:
     """Convert a GGUF file once (through transformers, fp32) into a cached HF checkpoint directory.
 
     The first use takes about half a minute on a small CPU and says so on stderr, a line per phase: transformers
-    parses the GGUF's metadata (the whole tokenizer vocabulary included) for the config, again for the weights
-    before de-quantizing them, and a third time to build the tokenizer. Written to a temporary directory and
-    renamed into place, so concurrent test workers never see a half-written cache."""
+    parses the GGUF's metadata (the whole tokenizer vocabulary included) for the config (~5 s), again with the
+    tensor names before de-quantizing the weights (~15 s), and a third time to build the tokenizer from the
+    vocabulary (~4 s: the pause after the de-quantization bar). Written to a temporary directory and renamed
+    into place, so concurrent test workers never see a half-written cache."""
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
@@ -272,7 +273,8 @@ def gguf_to_checkpoint(gguf_path: Path) -> Path:
         hf_cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         LlamaConfig.from_hf(hf_cfg, name=str(gguf_path))  # refuse non-Llama before the slow part
         progress.note(f"{gguf_path.name}: de-quantizing the weights to fp32 (transformers)")
-        hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+        # config= spares transformers a second parse of the metadata for the config (~4 s of the first use)
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, config=hf_cfg,
                                                   dtype=torch.float32)
         progress.note(f"{gguf_path.name}: building the tokenizer from the GGUF vocabulary")
         tok = _load_tokenizer(gguf_path.parent, gguf_file=gguf_path.name)

@@ -94,7 +94,7 @@ def test_cpu_run_prints_table_and_appends_one_row_per_run(tmp_path, capsys):
     # --preallocate is the fastest code path, whose Triton kernels and PDL need CUDA: a fallback row on CPU
     table_rows = [line for line in stdout.splitlines() if line.startswith("| llama_fast-no |")]
     assert len(table_rows) == 2 and all(line.endswith("| fallback |") for line in table_rows)
-    assert stdout.count("(fallback) llama_fast-no: Triton kernels, PDL need CUDA") == 2
+    assert stdout.count("(fallback) llama_fast-no: CUDA only, not run on cpu: Triton kernels, PDL") == 2
     rows = read_rows(out)
     assert len(rows) == 2
     assert out.read_text().count("timestamp,commit") == 1
@@ -138,7 +138,7 @@ def test_compare_table_on_cpu(tmp_path, capsys, monkeypatch):
     assert "% roofline" in table[0] and "vs hf-static" in table[0]
     assert [line.split("|")[2].strip() for line in table[1:]] == ["gemv-eager", "hf", "hf-static"]
     assert [line.split("|")[3].strip().endswith("(fallback)") for line in table[1:]] == [True, False, False]
-    assert "(fallback) gemv-eager: Triton kernels need CUDA: ran without them on cpu" in stdout
+    assert "(fallback) gemv-eager: CUDA only, not run on cpu: Triton kernels" in stdout
     assert table[3].rstrip(" |").endswith("1.00x")
     assert "roofline" in stdout
 
@@ -162,7 +162,7 @@ def test_ablation_smollm2_fp32_same_hash_in_every_row(tmp_path):
     assert marked == CPU_FALLBACK_ROWS
     notes = [line for line in lines if line.startswith("(fallback) ")]
     assert [n.split()[1].rstrip(":") for n in notes] == CPU_FALLBACK_ROWS
-    assert "CUDA graphs, Triton kernels, PDL need CUDA" in notes[-1]
+    assert notes[-1] == "(fallback) fused-gemv-early: CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     rows = read_rows(out)
     assert [r["variant"] for r in rows] == harness.ABLATION
     for r in rows:

@@ -128,11 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed runs first (the first one's time, compile included, is reported as warmup_s) (default: %(default)s)")
     p.add_argument("--num-runs", type=_positive_int, default=3,
                    help="timed runs: tok_per_s from the median, tok_per_s_best from the fastest (default: %(default)s)")
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help="CSV file the rows are appended to (default: %(default)s)")
+    p.add_argument("--output", default=DEFAULT_OUTPUT,
+                   help="CSV file the rows are appended to; a row's status is ok, OOM or fallback "
+                        "(default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--ablation", action="store_true",
                       help="run every ablation row (transformers, then each llama_fast change) on the same inputs "
-                           "and print the table | changes | compile | tok_per_s | max_mem_mb | hash | commit |")
+                           "and print the table | changes | compile | tok_per_s | max_mem_mb | hash | commit |; "
+                           "off CUDA, rows of CUDA-only code (CUDA graphs, Triton kernels, PDL) run its fallback "
+                           "and are marked '(fallback)' (CSV status fallback)")
     mode.add_argument("--compare", action="store_true",
                       help=f"llama_fast fastest ('{harness.FASTEST}') vs transformers default ('hf') vs "
                            "transformers static cache ('hf-static'): tok/s, %% of the roofline measured now, "
