@@ -26,9 +26,9 @@ from llama_fast.model import ForwardOptions
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "random:tiny", "--prompt-lengths", "16", "--new-tokens", "8", "--warmup-runs", "0",
         "--num-runs", "1"]
-ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--compile", "--profile", "--profile-dir", "--sweep",
-             "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs", "--num-runs",
-             "--output", "--ablation", "--compare", "--compare-variants", "--seed", "--prompt"]
+ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--compile", "--profile", "--profile-dir",
+             "--sweep", "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs",
+             "--num-runs", "--output", "--ablation", "--compare", "--compare-variants", "--seed", "--prompt"]
 # on CPU these ablation rows name CUDA-only code (CUDA graphs, Triton kernels, PDL) and run its fallback
 CPU_FALLBACK_ROWS = ["graphs", "gemv", "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph",
                      "fused-gemv-early"]
@@ -270,8 +270,8 @@ BAD_ARGS = {
     "beyond max positions": (["--model", "random:tiny", "--prompt-lengths", "4000", "--new-tokens", "200"],
                              "4096 positions"),
     "fp16 on this cpu": (["--model", "random:tiny", "--device", "cpu", "--dtype", "fp16"], "fp16"),
-    "bad dtype": (["--model", "random:tiny", "--dtype", "fp8"], "--dtype: unknown dtype 'fp8' (choose from "
-                                                                "fp16|float16|half, bf16|bfloat16, fp32|float32|float)"),
+    "bad dtype": (["--model", "random:tiny", "--dtype", "fp8"],
+                  "--dtype: unknown dtype 'fp8' (choose from fp16|float16|half, bf16|bfloat16, fp32|float32|float)"),
     "zero threads": (["--model", "random:tiny", "--threads", "0"], "--threads: must be a positive integer"),
     "threads not a number": (["--model", "random:tiny", "--threads", "two"], "--threads"),
     "bad device": (["--model", "random:tiny", "--device", "tpu"], "tpu"),
