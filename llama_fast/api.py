@@ -53,7 +53,9 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
                cache_length: int | None = None) -> LlamaFast:
     """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
 
-    dtype defaults to fp16 on GPU and fp32 on CPU."""
+    dtype: a torch.dtype or one of the names the CLI's --dtype takes (loading.DTYPE_NAMES: fp16|float16|half,
+    bf16|bfloat16, fp32|float32|float); default fp16 on GPU, fp32 on CPU. The tokenizer is
+    loading.load_tokenizer(name)'s: a checkpoint without tokenizer files gets the id tokenizer, with a warning."""
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)

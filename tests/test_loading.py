@@ -2,6 +2,7 @@
 and its cached conversion, random shapes, conversion without a second copy of the weights, bad names."""
 from __future__ import annotations
 
+import re
 import weakref
 from pathlib import Path
 
@@ -58,6 +59,22 @@ def test_weights_only_checkpoint_gets_the_id_tokenizer(tmp_path):
     assert isinstance(fast.tokenizer, loading.IdTokenizer)
     out = fast.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, min_new_tokens=3)
     assert fast.tokenizer.batch_decode(out)[0].startswith("5 6 7 ")
+
+
+def test_load_tokenizer_resolves_names_as_load_weights_does(tmp_path):
+    """load_tokenizer(name): the tokenizer load_model gives, without loading weights."""
+    assert isinstance(loading.load_tokenizer("random:tiny"), loading.IdTokenizer)
+    cfg = TINY_CONFIGS["gqa"]
+    make_hf(cfg, seed=5).save_pretrained(str(tmp_path / "bare"))
+    with pytest.warns(UserWarning, match="no tokenizer files"):
+        bare = loading.load_tokenizer(str(tmp_path / "bare"))
+    assert isinstance(bare, loading.IdTokenizer) and bare.vocab_size == cfg.vocab_size
+    make_hf(cfg, seed=5).save_pretrained(str(tmp_path / "full"))
+    save_word_tokenizer(tmp_path / "full", cfg.vocab_size)
+    full = loading.load_tokenizer(str(tmp_path / "full"))
+    assert full("w5 w6").input_ids == [5, 6] and full.padding_side == "left"
+    with pytest.raises(ModelNotFoundError, match="unknown random shape"):
+        loading.load_tokenizer("random:nope")
 
 
 def test_load_sharded_safetensors(tmp_path):
@@ -132,7 +149,7 @@ def test_missing_embedded_wheel_says_how_to_install(monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_gguf_checkpoint_is_reused(smollm):
-    """The session fixture already converted it: resolving again returns the same directory untouched."""
+    """The smollm fixture already converted it: resolving again returns the same directory untouched."""
     d = loading.resolve_checkpoint("smollm2-135m")
     stamp = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(stamp)
@@ -149,18 +166,32 @@ def test_embedded_gguf_checkpoint_is_reused(smollm):
 
 
 @pytest.mark.slow
-def test_gguf_conversion_into_a_fresh_cache(tmp_path, monkeypatch, smollm):
+def test_gguf_conversion_into_a_fresh_cache(tmp_path, monkeypatch, capfd, smollm):
     """Convert the GGUF from scratch (LLAMA_FAST_CACHE in tmp): complete directory, no temp leftovers,
-    reused by the second call, same weights as the model the session loaded."""
+    reused by the second call, same weights as the smollm fixture's model. The first use says on stderr what
+    each slow phase is (plain lines: stderr is not a terminal here); the reuse says nothing."""
     from safetensors import safe_open
 
     monkeypatch.setenv("LLAMA_FAST_CACHE", str(tmp_path))
+    capfd.readouterr()
     d = loading.resolve_checkpoint("smollm2-135m")
+    err = capfd.readouterr().err
     assert d.parent == tmp_path / "gguf"
+    gguf = loading.EMBEDDED_GGUF
+    phases = [f"{gguf}: first use, converting it once to an fp32 checkpoint in {d} (later runs reuse it)",
+              f"{gguf}: reading the model config from the GGUF metadata",
+              f"{gguf}: de-quantizing the weights to fp32 (transformers)",
+              f"{gguf}: building the tokenizer from the GGUF vocabulary",
+              f"{gguf}: writing the checkpoint"]
+    lines = err.splitlines()
+    assert [line for line in lines if line in phases] == phases, err
+    assert re.fullmatch(rf"{re.escape(gguf)}: converted in \d+\.\d s", lines[-1]), err
+    assert "\r" not in err and "\x1b[" not in err  # transformers' de-quantization bar left no redraws
     assert [p.name for p in d.parent.iterdir()] == [d.name]  # the .tmp- directory was renamed away
     mtime = (d / "model.safetensors").stat().st_mtime_ns
     assert loading.resolve_checkpoint("smollm2-135m") == d
     assert (d / "model.safetensors").stat().st_mtime_ns == mtime
+    assert capfd.readouterr().err == ""
     with safe_open(str(d / "model.safetensors"), "pt") as f:
         assert "lm_head.weight" not in f.keys()  # tied: stored once
         assert torch.equal(f.get_tensor("model.embed_tokens.weight"), smollm.model.tok_embeddings.weight)
