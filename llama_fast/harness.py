@@ -16,6 +16,7 @@ import torch
 from .api import output_hash
 from .config import LlamaConfig
 from .model import ForwardOptions
+from .sampling import Sampling
 
 MB = 1e6
 
@@ -138,10 +139,21 @@ class Workload:
     prompt_len: int = 1000
     new_tokens: int = 200
     cache_length: int | None = None  # None = prompt_len + new_tokens
+    sampling: Sampling | None = None  # None = greedy; a seeded Sampling draws the same tokens in every run
 
     @property
     def cache(self) -> int:
         return self.cache_length or self.prompt_len + self.new_tokens
+
+    @property
+    def pick(self) -> str:
+        """'greedy', or the sampling parameters as the CSV and the table headers show them."""
+        s = self.sampling
+        if s is None:
+            return "greedy"
+        parts = [f"temperature={s.temperature:g}"] + ([f"top_k={s.top_k}"] if s.top_k is not None else [])
+        parts += ([f"top_p={s.top_p:g}"] if s.top_p is not None else []) + [f"seed={s.seed}"]
+        return "sampled " + " ".join(parts)
 
     def prompt(self) -> torch.Tensor:
         """The seed's prompt: torch.randint(1, 10, (batch, prompt_len)) right after manual_seed(42)."""
@@ -169,8 +181,12 @@ class Runner:
 
 def fast_runner(fast, variant: Variant, workload: Workload) -> Runner:
     """A LlamaFast set to the variant's code path; exactly workload.new_tokens new tokens."""
+    s = workload.sampling
+    kwargs = {} if s is None else dict(do_sample=True, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                       seed=s.seed)
+
     def generate(ids):
-        return fast.generate(ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens)
+        return fast.generate(ids, max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens, **kwargs)
 
     fast.configure(options=variant.options, compile=variant.compile, prefill_chunk=variant.prefill_chunk)
     fast.cache_length = workload.cache
@@ -178,16 +194,23 @@ def fast_runner(fast, variant: Variant, workload: Workload) -> Runner:
 
 
 def hf_runner(hf_model, tokenizer, variant: Variant, workload: Workload) -> Runner:
-    """transformers generate, greedy, exactly workload.new_tokens new tokens."""
+    """transformers generate, exactly workload.new_tokens new tokens: greedy, or sampling with the same parameters
+    (top_k 0 / top_p 1.0 switch a filter off, where transformers' generation config would default top_k to 50),
+    torch's generator seeded before each call."""
     device = hf_model.device
     pad = getattr(tokenizer, "pad_token_id", None)
-    kwargs = dict(max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens, do_sample=False,
+    s = workload.sampling
+    kwargs = dict(max_new_tokens=workload.new_tokens, min_new_tokens=workload.new_tokens, do_sample=s is not None,
                   pad_token_id=pad if pad is not None else 0)
+    if s is not None:
+        kwargs.update(temperature=s.temperature, top_k=s.top_k or 0, top_p=s.top_p if s.top_p is not None else 1.0)
     if variant.hf_cache:
         kwargs["cache_implementation"] = variant.hf_cache
 
     def generate(ids):
         ids = ids.to(device)
+        if s is not None:
+            torch.manual_seed(s.seed or 0)
         return hf_model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
 
     return Runner(variant, generate, tokenizer, device)

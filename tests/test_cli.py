@@ -28,7 +28,8 @@ TINY = ["--model", "random:tiny", "--prompt-lengths", "16", "--new-tokens", "8",
         "--num-runs", "1"]
 ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--compile", "--profile", "--profile-dir",
              "--sweep", "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs",
-             "--num-runs", "--output", "--ablation", "--compare", "--compare-variants", "--seed", "--prompt"]
+             "--num-runs", "--output", "--ablation", "--compare", "--compare-variants", "--weights-seed", "--sample",
+             "--temperature", "--top-k", "--top-p", "--seed", "--prompt"]
 # on CPU these ablation rows name CUDA-only code (CUDA graphs, Triton kernels, PDL) and run its fallback
 CPU_FALLBACK_ROWS = ["graphs", "gemv", "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph",
                      "fused-gemv-early"]
@@ -283,6 +284,12 @@ BAD_ARGS = {
                                  "including hf-static"),
     "compare variants without reference": (["--model", "random:tiny", "--compare", "--compare-variants", "fused"],
                                            "including hf-static"),
+    "temperature without sample": (["--model", "random:tiny", "--temperature", "0.7"], "--temperature needs --sample"),
+    "zero temperature": (["--model", "random:tiny", "--sample", "--temperature", "0"], "temperature must be"),
+    "negative temperature": (["--model", "random:tiny", "--sample", "--temperature", "-1"], "temperature must be"),
+    "top-p above 1": (["--model", "random:tiny", "--sample", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
+    "top-p zero": (["--model", "random:tiny", "--sample", "--top-p", "0"], "top_p must lie in (0, 1]"),
+    "top-k zero": (["--model", "random:tiny", "--sample", "--top-k", "0"], "top_k must be"),
 }
 
 
@@ -481,3 +488,17 @@ def test_library_bars_drop_redraws_off_a_terminal(capsys):
         print("a warning line", file=sys.stderr)
     err = capsys.readouterr().err
     assert err == "a warning line\n"
+
+
+def test_sampled_run_records_its_parameters_and_hashes_the_same_twice(tmp_path, capsys):
+    """--sample draws with a fixed seed: two processes' worth of runs give one hash, other than the greedy one;
+    the CSV's sampling column and the table header name the parameters."""
+    out = tmp_path / "r.csv"
+    sampled = [*TINY, "--preallocate", "--output", str(out), "--sample", "--temperature", "0.8", "--top-p", "0.95"]
+    for args in (sampled, sampled, [*TINY, "--preallocate", "--output", str(out)]):
+        assert cli.main(args) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.count("| sampled temperature=0.8 top_p=0.95 seed=0") == 2 and stdout.count("| greedy") == 1
+    rows = read_rows(out)
+    assert [r["sampling"] for r in rows] == ["sampled temperature=0.8 top_p=0.95 seed=0"] * 2 + ["greedy"]
+    assert rows[0]["hash"] == rows[1]["hash"] != rows[2]["hash"]

@@ -22,6 +22,7 @@ from .. import api, harness, loading
 from ..compile import COMPILE_MODES
 from ..config import ConfigError, LlamaConfig
 from ..harness import Variant, Workload
+from ..sampling import Sampling, SamplingError
 from . import report
 
 PROG = "llama-fast"
@@ -145,7 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --compare: the rows, comma-separated variant keys (harness.VARIANTS) that include "
                         "hf-static, e.g. fused,hf-static for a sweep without the slow eager transformers row "
                         f"(default: {harness.FASTEST},hf,hf-static)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random:<shape> weights (default: %(default)s)")
+    p.add_argument("--weights-seed", type=_non_negative_int, default=0,
+                   help="seed of random:<shape> weights (default: %(default)s)")
+    p.add_argument("--sample", action="store_true",
+                   help="sample instead of the greedy pick (temperature, then top-k, then top-p, as transformers); "
+                        "seeded, so every timed run draws the same tokens and the hash is stable")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="with --sample: softmax temperature, > 0 (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, metavar="K", help="with --sample: keep the K most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="with --sample: keep the smallest set of tokens whose probability reaches P, in (0, 1]")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="with --sample: the draw's seed (default: 0)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "
                         "text; replaces the random-token prompt and --prompt-lengths")
@@ -226,8 +237,23 @@ def _check_prompt_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
         parser.error(f"--prompt needs a real tokenizer; {args.model} has token ids only")
 
 
+def _sampling(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sampling | None:
+    """The Sampling of --sample and its parameters (each refused without --sample, or out of range)."""
+    given = [f for f, v in (("--temperature", args.temperature), ("--top-k", args.top_k), ("--top-p", args.top_p),
+                            ("--seed", args.seed)) if v is not None]
+    if not args.sample:
+        if given:
+            parser.error(f"{', '.join(given)} needs --sample (without it the pick is greedy)")
+        return None
+    try:
+        return Sampling(args.temperature if args.temperature is not None else 1.0, args.top_k, args.top_p,
+                        args.seed if args.seed is not None else 0)
+    except SamplingError as e:
+        parser.error(str(e))
+
+
 def _points(args: argparse.Namespace, batch_sizes: list[int], prompt_lengths: list[int],
-            text_ids: torch.Tensor | None) -> list[Workload]:
+            text_ids: torch.Tensor | None, sampling: Sampling | None) -> list[Workload]:
     """Every prompt length x every batch size (the swept list varies fastest); --profile runs are short."""
     points = []
     sweep_length = args.sweep == "length"
@@ -236,9 +262,9 @@ def _points(args: argparse.Namespace, batch_sizes: list[int], prompt_lengths: li
         for b in inner:
             B, T = (a, b) if sweep_length else (b, a)
             if text_ids is not None:
-                w = TextWorkload(B, T, args.new_tokens, args.cache_length, ids=text_ids)
+                w = TextWorkload(B, T, args.new_tokens, args.cache_length, sampling, ids=text_ids)
             else:
-                w = Workload(B, T, args.new_tokens, args.cache_length)
+                w = Workload(B, T, args.new_tokens, args.cache_length, sampling)
             if args.profile:
                 w = replace(w, new_tokens=min(w.new_tokens, PROFILE_NEW_TOKENS), cache_length=w.cache)
             points.append(w)
@@ -253,6 +279,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
         parser.error(str(e))
     compare_keys = _compare_keys(parser, args)
     _check_prompt_flags(parser, args)
+    sampling = _sampling(parser, args)
 
     try:
         cfg = model_config(args.model)
@@ -298,7 +325,7 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     if args.profile:
         mode = "profile"
 
-    points = _points(args, batch_sizes, prompt_lengths, text_ids)
+    points = _points(args, batch_sizes, prompt_lengths, text_ids, sampling)
     commit = harness.git_commit(cwd=os.path.dirname(os.path.abspath(__file__)))
     return Plan(args, mode, device, dtype, loading.dtype_name(dtype), cfg, tokenizer, variants, points, output,
                 commit)

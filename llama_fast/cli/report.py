@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = ["timestamp", "commit", "mode", "model", "device", "dtype", "variant", "changes", "compile",
                "batch", "prompt_len", "new_tokens", "cache_length", "tok_per_s", "tok_per_s_best", "max_mem_mb",
-               "warmup_s", "roofline_pct", "hash", "status"]
+               "warmup_s", "roofline_pct", "hash", "status", "sampling"]
 SAMPLE_CHARS = 200
 FALLBACK_MARK = "(fallback)"
 
@@ -44,7 +44,7 @@ def csv_row(run: BenchmarkRun, r: Result) -> dict:
     row = dict(timestamp=run.timestamp, commit=p.commit, mode=p.mode, model=p.args.model,
                device=run.device_label, dtype=p.dtype_name, variant=r.variant.key, changes=r.variant.label,
                compile=r.variant.compile, batch=w.batch, prompt_len=w.prompt_len, new_tokens=w.new_tokens,
-               cache_length=w.cache, status=r.status)
+               cache_length=w.cache, status=r.status, sampling=w.pick)
     if m is not None:
         row.update(tok_per_s=f"{m.tok_per_s:.3f}", tok_per_s_best=f"{m.tok_per_s_best:.3f}",
                    max_mem_mb=f"{m.max_mem_mb:.1f}", warmup_s=f"{m.warmup_s:.3f}", hash=m.hash)
@@ -100,7 +100,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def header_line(plan: Plan, w: harness.Workload) -> str:
     return (f"model {plan.args.model} | batch {w.batch} | prompt {w.prompt_len} | new tokens {w.new_tokens} | "
-            f"cache length {w.cache} | {plan.dtype_name} | {harness.device_name(plan.device)}")
+            f"cache length {w.cache} | {plan.dtype_name} | {harness.device_name(plan.device)} | {w.pick}")
 
 
 def _ablation_table(run: BenchmarkRun, i: int) -> str:

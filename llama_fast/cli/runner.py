@@ -83,12 +83,12 @@ class BenchmarkRun:
         total = len(plan.variants) * len(plan.points)
         with progress.bar(total, "configurations", unit="cfg") as bar:
             if hf_variants:
-                hf = loading.load_hf_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.seed)
+                hf = loading.load_hf_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.weights_seed)
                 self._sweep(hf_variants, lambda v, w: harness.hf_runner(hf, plan.tokenizer, v, w), bar)
                 del hf
                 _free_memory(plan.device)
             if fast_variants:
-                fast = api.load_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.seed)
+                fast = api.load_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.weights_seed)
                 self._sweep(fast_variants, lambda v, w: harness.fast_runner(fast, v, w), bar)
                 del fast
                 _free_memory(plan.device)
