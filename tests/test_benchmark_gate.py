@@ -66,7 +66,7 @@ def saved(store: Path, name: str) -> Path:
 def test_gate_fails_on_injected_slowdown_and_passes_unchanged(tmp_path):
     store = tmp_path / "store"
     storage = f"--benchmark-storage=file://{store}"
-    hashes = f"--bench-hashes={tmp_path / 'hashes.json'}"  # fp32: checked against transformers in-session
+    hashes = f"--bench-hashes={tmp_path / 'hashes.json'}"  # fp32: checked against transformers in the same run
 
     rc, out = run_bench(tmp_path, *GATE, storage, hashes, "--benchmark-save=base")
     assert rc == 0, out
@@ -357,7 +357,7 @@ def test_correctness_verdicts(tmp_path):
     assert any("reported, not enforced" in n for n in notes), notes
     with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*teacher-forced"):
         _check(book, c, "aaaa", "rrrr", tf=(False, 2, 0.7), family="H200")
-    # fp32: must equal transformers in this session, recorded hash not needed
+    # fp32: must equal transformers in the same run, recorded hash not needed
     c32 = _case(dtype="fp32")
     assert _check(book, c32, "cccc", "cccc")
     with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*fp32.*new-token step 1"):
