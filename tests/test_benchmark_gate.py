@@ -122,7 +122,8 @@ def test_without_cuda_every_case_is_skipped_with_the_reason(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the no-CUDA behaviour cannot be observed here")
-    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider"],
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                        f"--benchmark-storage=file://{tmp_path / 'store'}"],  # not the checkout's .benchmarks/
                        cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
