@@ -141,6 +141,35 @@ def shard_select(items: list, i: int, n: int) -> tuple[list, list]:
     return kept, dropped
 
 
+# ------------------------------------------------------------------------------------------- baselines
+def no_baseline_message(device_name: str, family: str, compare: object, searched: str,
+                        save_options: tuple[str, ...] = ()) -> str:
+    """The fail-closed error of `--benchmark-compare` when the storage holds nothing to compare against.
+
+    device_name: the GPU's full name ('NVIDIA A10G'); family: its baseline family ('A10G'), shown when the
+    name does not already say it. compare: pytest-benchmark's option value (True for the latest saved run, or
+    the glob the user gave). searched: the directory pytest-benchmark looked in. save_options: options the
+    save command must repeat to write where this run reads (a chosen --benchmark-storage, --bench-device cpu)."""
+    device = device_name if family.lower() in device_name.lower() else f"{device_name} ({family})"
+    wanted = "no saved run" if compare is True else f"no saved run matching {str(compare)!r}"
+    save = " ".join(["pytest benchmarks/ --benchmark-save=main", *save_options])
+    return (f"NO BASELINE to compare against on {device}: {wanted} in {searched}. "
+            f"Save one first on the base commit: {save}")
+
+
+def storage_searched(storage: object, compare: object) -> str:
+    """Where pytest-benchmark's file storage looks for the runs to compare: its directory for this platform
+    (<storage>/<machine id>/, where --benchmark-save writes), or the storage itself for an explicit
+    'platform/name' glob or a non-file storage."""
+    path = getattr(storage, "path", None)
+    if path is None:
+        return str(storage)
+    machine = getattr(storage, "default_machine_id", None)
+    if machine and (compare is True or "/" not in str(compare)):
+        return str(Path(path) / machine)
+    return str(path)
+
+
 # ------------------------------------------------------------------------------------------- memory
 # Budget = weights + KV cache for the workload (harness.memory_budget_bytes) + an allowance. The allowance is
 # a stated constant plus the prefill activations of the largest chunk, computed from the shape (no per-case
@@ -184,7 +213,7 @@ ANY = "*"  # an entry's value shared by every variant unless a variant has its o
 class HashBook:
     """benchmarks/expected_hashes.json: {model: {workload: {dtype: {gpu family: {variant or "*": hash}}}}}.
 
-    Written only by --bench-update-hashes (at session end, merged under a file lock so shards can share it)."""
+    Written only by --bench-update-hashes (at the end of the run, merged under a file lock so shards can share it)."""
 
     def __init__(self, path: Path | str = HASH_FILE):
         self.path = Path(path)
@@ -261,7 +290,7 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
                  update: bool) -> list[str]:
     """Correctness of one case. Raises CorrectnessFailure naming what broke; returns notes for extra_info.
 
-    fp32: our hash must equal transformers' hash computed in this session (TF32 off).
+    fp32: our hash must equal transformers' hash computed in the same run (TF32 off).
     fp16/bf16: random weights pass a teacher-forced check against transformers, and every case equals
     its recorded hash. A hash mismatch is blamed on the reference when transformers' own hash moved too.
     Exception, measured: fp16 greedy output of *random* weights on a GPU is not reproducible from one
@@ -289,7 +318,7 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
         if our_hash != ref.hash:
             raise CorrectnessFailure(
                 f"OUR OUTPUT CHANGED for {label}: fp32 hash {our_hash} != transformers' hash {ref.hash} computed in "
-                f"this session ({first_difference(output_ids, ref.output_ids, case.workload.prompt_len)})")
+                f"the same run ({first_difference(output_ids, ref.output_ids, case.workload.prompt_len)})")
         moved = reference_moved(ref)
         if update:
             book.record(model, wkey, dtype, family, REFERENCE, ref.hash)

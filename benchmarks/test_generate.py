@@ -25,7 +25,7 @@ def test_generate(benchmark, bench_ctx, case):
         pytest.skip(str(e))
 
     timed = not benchmark.disabled  # --benchmark-disable / xdist: one plain call, correctness only
-    ceilings = ctx.ceilings(dtype) if timed else None  # once per session and dtype, before the models load
+    ceilings = ctx.ceilings(dtype) if timed else None  # once per run and dtype, before the models load
     if variant.is_transformers:
         torch_reset()
         runner = harness.hf_runner(ctx.hf(dtype, exclusive=True), ctx.tokenizer, variant, w)

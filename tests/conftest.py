@@ -1,16 +1,18 @@
 """Shared fixtures for the core tests: tiny random configs, seeded random transformers models converted
 through llama_fast's own converter, and the embedded SmolLM2 (ours and the transformers reference),
-loaded once per session (once per xdist worker)."""
+loaded once per test run (once per xdist worker) from one converted checkpoint that every worker shares."""
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 
 from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf
 from llama_fast import LlamaConfig
-from llama_fast.loading import EMBEDDED_INSTALL, EMBEDDED_PACKAGE
+from llama_fast.loading import EMBEDDED_INSTALL, EMBEDDED_MODEL, EMBEDDED_PACKAGE
 
 
 @pytest.fixture(params=sorted(TINY_CONFIGS), ids=sorted(TINY_CONFIGS))
@@ -34,23 +36,36 @@ def _require_embedded():
 
 
 @pytest.fixture(scope="session")
-def smollm():
-    """llama_fast's SmolLM2-135M (from the embedded GGUF, converted once), fp32 on CPU."""
+def embedded_checkpoint() -> Path:
+    """The embedded GGUF converted to a transformers checkpoint in llama_fast's cache (LLAMA_FAST_CACHE,
+    default ~/.cache/llama_fast), keyed by the GGUF file: one ~520 MB copy, converted on first use and reused
+    by every later run. The conversion holds a lock file beside it, so xdist workers (and concurrent runs)
+    starting cold wait for one conversion instead of each converting at once (each ~25 s and ~1.3 GB peak
+    memory on a 2-core machine)."""
     _require_embedded()
-    import llama_fast
+    from llama_fast.loading import cache_root, resolve_checkpoint
 
-    return llama_fast.load_model("smollm2-135m", device="cpu", dtype="fp32")
+    lock = cache_root() / "gguf" / ".convert.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        return resolve_checkpoint(EMBEDDED_MODEL)
 
 
 @pytest.fixture(scope="session")
-def smollm_hf():
+def smollm(embedded_checkpoint):
+    """llama_fast's SmolLM2-135M (from the embedded GGUF, converted once), fp32 on CPU."""
+    import llama_fast
+
+    return llama_fast.load_model(EMBEDDED_MODEL, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def smollm_hf(embedded_checkpoint):
     """The transformers reference over the same converted checkpoint, fp32, sdpa."""
-    _require_embedded()
     from transformers import AutoModelForCausalLM
 
-    from llama_fast.loading import resolve_checkpoint
-
-    hf = AutoModelForCausalLM.from_pretrained(str(resolve_checkpoint("smollm2-135m")), dtype=torch.float32,
+    hf = AutoModelForCausalLM.from_pretrained(str(embedded_checkpoint), dtype=torch.float32,
                                               attn_implementation="sdpa")
     return hf.eval().requires_grad_(False)
 

