@@ -283,12 +283,7 @@ class BenchContext:
         if self._tokenizer is None:
             from llama_fast import loading
 
-            cfg = self.cfg
-            if bs.is_random(self.model):
-                self._tokenizer = loading.IdTokenizer(cfg.vocab_size, cfg.eos_token_id[0] if cfg.eos_token_id else None,
-                                                      cfg.pad_token_id)
-            else:
-                self._tokenizer = loading._load_tokenizer(loading.resolve_checkpoint(self.model))
+            self._tokenizer = loading.load_tokenizer(self.model)
         return self._tokenizer
 
     # --- models
