@@ -34,8 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.new < 2:
         ap.error("--new must be at least 2 (one decode step after the prefill's token)")
-    if not torch.cuda.is_available():
-        ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
     try:
         args.variants = resolve_variants(args.variants.split(","), VARIANTS)
     except ValueError as e:
@@ -43,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     baselines = [k for k, v in args.variants.items() if v.is_transformers]
     if baselines:
         ap.error(f"--variants: {', '.join(baselines)}: transformers baselines are not profiled here")
+    if not torch.cuda.is_available():
+        ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
     return args
 
 

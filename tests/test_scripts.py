@@ -227,6 +227,16 @@ def test_perf_lab_runs_a_tiny_workload_on_the_cpu(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- profile_decode
+@pytest.mark.parametrize("bad,message", [(["--variants", "fused,nope"], "unknown variant 'nope'"),
+                                         (["--variants", "hf-static,fused"], "hf-static: transformers baselines"),
+                                         (["--new", "1"], "--new must be at least 2")])
+def test_profile_decode_arguments(tool, capsys, bad, message):
+    pd = tool("profile_decode")
+    with pytest.raises(SystemExit) as exc:
+        pd.parse_args(bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_profile_decode_rows_per_decode_step(tool):
     pd = tool("profile_decode")
     run = [("gemv", 100.0, 10), ("attn", 50.0, 5), ("idle", 0.0, 1), ("prefill-only", 20.0, 2)]
