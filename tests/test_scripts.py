@@ -210,7 +210,7 @@ def test_perf_lab_results_table(tool):
 
 
 @pytest.mark.slow
-def test_perf_lab_runs_a_tiny_workload_on_the_cpu(tmp_path):
+def test_perf_lab_measures_a_tiny_workload_on_the_cpu(tmp_path):
     """transformers and two of our variants (one a spec) in one process: one output hash for all, our outputs
     pass the teacher-forced check, the prefill / decode split and (with Triton installed) a config trial set."""
     log = tmp_path / "lab.log"
