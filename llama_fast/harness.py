@@ -86,15 +86,6 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
                      pdl_gemv_early=True)),
 ]}
-LAB_ROWS = {v.key: v for v in [  # measured side roads (docs/PERF.md, runs 15 and 18): not in ABLATION
-    _graphed("fused-rope", "fused + RoPE and the K/V cache write in the wqkv GEMV epilogue",
-             replace(_FUSED, fused_rope_cache=True)),
-    _graphed("fused-1launch", "fused + decode attention in one kernel (the last chunk combines)",
-             replace(_FUSED, attention_one_launch=True)),
-    _graphed("fused-pdl-early", "fused-pdl, each kernel letting the next launch right after its wait (lost to "
-             "fused-eager: run 18)", replace(_FUSED_KERNELS, pdl=True, pdl_trigger_early=True)),
-]}
-VARIANTS.update(LAB_ROWS)
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early"]
 FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (PERF.md, row 48)

@@ -31,21 +31,19 @@ class ForwardOptions:
     decode_attention: bool = False  # one-query attention by a split-K Triton kernel over the cache, on CUDA
     fused_rope_cache: bool = False  # with fused_decode: RoPE and the K/V cache write in the wqkv GEMV epilogue
     attention_one_launch: bool = False  # with decode_attention: the last chunk of each head combines (1 kernel);
-    #                                     batch 1 only (measured to win there; batch 16: -2 %, run 28)
+    #                                     batch 1 only (measured to win there; batch 16: -2 %, docs/PERF.md)
     pdl: bool = False  # our decode kernels launched with programmatic dependent launch (sm_90+, eager launches):
     #                    each loads its first weight tile before waiting for the kernel before it, and lets the
     #                    next one launch once its main loop is done
-    pdl_trigger_early: bool = False  # with pdl: let the next kernel launch right after the wait (lost: run 18;
-    #                                  the attention's early trigger is what costs, docs/PERF.md row 47)
     pdl_gemv_early: bool = False  # with pdl: the batch-1 decode GEMVs (wqkv, wo, w13, w2) let the next kernel
     #                               launch right after their wait, the attention still after its main loop. The
     #                               next kernel's programs then take SM slots only once every program of the GEMV
     #                               is placed, and load their first tiles (the attention: its K/V) under its last
-    #                               wave: -2.2 % decode; the attention's early trigger alone cost +6 % (runs 63-64)
+    #                               wave: -2.2 % decode; the attention's early trigger cost +6 % (docs/PERF.md)
     compiled_glue: bool = False  # under the fullgraph compile, also compile each step's input preparation
     #                              (embedding, RoPE rows, mask) and the greedy pick: a few fused kernels
     #                              instead of ~15 small eager ones per decode step; batch 1 only (batch
-    #                              16: -6 % in run 28)
+    #                              16: -6 %, docs/PERF.md)
     split_mlp: bool = False  # prefill-sized inputs (>= SPLIT_MLP_MIN_ROWS rows) run the MLP over the two halves of
     #                         its hidden dimension: half the gate/up/SwiGLU activations alive at once
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
@@ -63,19 +61,19 @@ def rope_in_qkv(opts: ForwardOptions, cfg: LlamaConfig) -> bool:
 
 
 def pdl_mode(opts: ForwardOptions) -> int:
-    """The kernels' PDL mode (llama_fast.kernels.PDL_*): 0 off, 1 trigger the next kernel early, 2 late.
+    """The kernels' PDL mode (llama_fast.kernels.PDL_*) for the attention and the head: 0 off, 2 trigger the
+    next kernel after the main loop (PDL_TRIGGER_LATE).
 
     Always 0 in code torch.compile traces: decided here, in the traced caller, because inside a triton_op's
     body (traced again by AOTAutograd) torch.compiler.is_compiling() is False. There, a PDL kernel's gdc
     inline asm defeats Inductor's mutation analysis, which then treats every argument as written: a batch-16
-    decode step ran 5 % slower (docs/PERF.md, run 32)."""
-    if not opts.pdl or torch.compiler.is_compiling():
-        return 0
-    return 1 if opts.pdl_trigger_early else 2
+    decode step ran 5 % slower (docs/PERF.md)."""
+    return 2 if opts.pdl and not torch.compiler.is_compiling() else 0
 
 
 def gemv_pdl_mode(opts: ForwardOptions) -> int:
-    """pdl_mode for the batch-1 decode GEMVs: early where ForwardOptions.pdl_gemv_early asks for it."""
+    """pdl_mode for the batch-1 decode GEMVs: 1 (PDL_TRIGGER_EARLY) where ForwardOptions.pdl_gemv_early asks
+    for it."""
     mode = pdl_mode(opts)
     return 1 if mode and opts.pdl_gemv_early else mode
 
@@ -368,7 +366,7 @@ class Transformer(nn.Module):
 
     def step_glue(self, B: int) -> tuple[Callable, Callable | None]:
         """(input preparation, greedy pick or None for the eager one) of a call with B rows. compiled_glue's
-        compiled pair serves batch 1 only: measured to win there (run 22), it cost 6 % at batch 16 (run 28)."""
+        compiled pair serves batch 1 only: measured to win there, it cost 6 % at batch 16 (docs/PERF.md)."""
         if B == 1 and self.compiled_prepare is not None:
             return self.compiled_prepare, self.compiled_pick
         return prepare_inputs, None

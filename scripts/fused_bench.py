@@ -1,160 +1,232 @@
-"""Device probe: the fused decode kernels at Llama-7B decode shapes against the plain Triton GEMV, and the
-split-K attention (chunk / warps) against masked SDPA. Each call is timed inside a CUDA graph of 10 calls,
-weights rotated over 4 copies so L2 never holds them (as in a real step).
+"""Micro-benchmark: the fused decode GEMV forms at a model's decode shapes (Llama-7B by default) against the plain
+Triton GEMV, and the split-K decode attention against masked SDPA over chunk / warps configs. Each call is timed
+inside a CUDA graph of 10 calls, weights rotated over 4 copies so L2 never holds them (as in a real step).
 
-  python scripts/fused_bench.py | tee $OUT/fused_bench.log
-  python scripts/fused_bench.py --sweep-configs   # also: every GEMV form over a wider config grid than the
-                                                  # autotuner's, best vs the pinned shapes (run 61 swept a
-                                                  # since-removed PIPELINE option too, at commit 8b2a841)
+  python scripts/fused_bench.py
+  python scripts/fused_bench.py --sweep-configs   # also the forms the step runs (and the qkv+RoPE GEMV) over
+                                                  # a wider config grid than the autotuner's: the four best
+                                                  # configs, then the pinned shapes' own times
   python scripts/fused_bench.py --sweep-configs --gemv-only   # without the attention part
+  python scripts/fused_bench.py --device cpu --shape tiny --cache 80 --attended 70 --reps 1 --calls 1
+    (Triton's interpreter on the CPU: checks that every launch builds and runs, times nothing useful)
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 
 import torch
 import torch.nn.functional as F
-import triton
 
-from lab_util import graph_time, rotating
-from llama_fast import kernels as kn
+from bench_util import decode_gemv_shapes, kernel_device, rotating, time_per_call
+from llama_fast.config import NAMED_SHAPES
+
+# the forms each decode GEMV is timed in: plain, then the fused form(s) that replace it
+GEMV_FORMS = {"wqkv": ("gemv", "rmsnorm"), "wo": ("gemv", "residual"), "w13": ("gemv", "swiglu"),
+              "w2": ("gemv", "residual"), "head": ("gemv", "rmsnorm")}
+# the form the decode step runs for each GEMV (wqkv: the qkv+RoPE kernel, swept on its own), swept with
+# --sweep-configs
+STEP_FORMS = {"wo": "residual", "w13": "swiglu", "w2": "residual", "head": "rmsnorm"}
+# (BLOCK_N, BLOCK_K, num_warps) of --sweep-configs; the pinned configs of the step's forms are among them
+GEMV_GRID = list(itertools.product((8, 16), (256, 512, 1024), (4, 8)))
+QKV_GRID = list(itertools.product((8, 16, 32), (256, 512), (4, 8)))
+ATTN_GRID = list(itertools.product((32, 64, 128), (2, 4, 8)))  # (slots per program, warps)
 
 
-def bench(fn, reps=30):
-    return graph_time(fn, reps) * 1e6  # us per call
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="fused_bench.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="llama-7b", choices=sorted(NAMED_SHAPES), help="model whose shapes are timed")
+    ap.add_argument("--cache", type=int, default=1200, help="attention: KV cache slots")
+    ap.add_argument("--attended", type=int, default=1100, help="attention: slots attended (the rest masked)")
+    ap.add_argument("--sweep-configs", action="store_true", help="also sweep each step form over a config grid")
+    ap.add_argument("--gemv-only", action="store_true", help="leave out the attention part")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                    help="cpu: the kernels in Triton's interpreter (a check, not a timing)")
+    ap.add_argument("--reps", type=int, default=30, help="timed repetitions (median)")
+    ap.add_argument("--calls", type=int, default=10, help="calls per timed repetition (per CUDA graph)")
+    args = ap.parse_args(argv)
+    if not 1 <= args.attended <= args.cache:
+        ap.error("--attended must be between 1 and --cache")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("no CUDA GPU here (--device cpu runs the kernels in Triton's interpreter)")
+    if args.reps < 1 or args.calls < 1:
+        ap.error("--reps and --calls must be at least 1")
+    return args
 
 
-def main():
+def form_switches(form: str) -> tuple[int, int]:
+    """(PROLOGUE, EPILOGUE) of the fused GEMV kernel for a form."""
+    from llama_fast.kernels.gemv import (EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, PROLOGUE_NONE,
+                                         PROLOGUE_RMSNORM)
+
+    return {"gemv": (PROLOGUE_NONE, EPILOGUE_NONE), "rmsnorm": (PROLOGUE_RMSNORM, EPILOGUE_NONE),
+            "residual": (PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS), "swiglu": (PROLOGUE_RMSNORM, EPILOGUE_SWIGLU)}[form]
+
+
+def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: list[tuple]) -> list[str]:
+    """Report lines of a config sweep: the four best (us per call, bn, bk, warps) results, then those of the
+    pinned configs."""
+    results = sorted(results)
+    lines = [f"      {name} {form} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
+             for t, bn, bk, w in results[:4]]
+    lines += [f"      {name} {form} at {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
+              for t, bn, bk, w in results if (bn, bk, w) in pinned]
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    dev = kernel_device(args.device)
     torch.manual_seed(0)
-    dev, dt = torch.device("cuda"), torch.float16
-    D, I, eps = 4096, 11008, 1e-6
-    x = torch.randn(1, D, device=dev, dtype=dt)
-    act = torch.randn(1, I, device=dev, dtype=dt)
-    g = torch.ones(D, device=dev, dtype=dt)
-    ss = kn.ss_partials(x)
-    res = torch.randn(1, D, device=dev, dtype=dt)
-    P, L = kn.PROLOGUE_RMSNORM, kn.PROLOGUE_RMSNORM_LATE
-    N0, RS, SW = kn.EPILOGUE_NONE, kn.EPILOGUE_RESIDUAL_SS, kn.EPILOGUE_SWIGLU
-    total = {}
-    cases = {
-        "wqkv": (12288, D, [("plain", x, kn.PROLOGUE_NONE, N0), ("rmsnorm", x, P, N0), ("rmsnorm-late", x, L, N0)]),
-        "wo": (D, D, [("plain", x, kn.PROLOGUE_NONE, N0), ("residual-ss", x, kn.PROLOGUE_NONE, RS)]),
-        "w13": (2 * I, D, [("plain", x, kn.PROLOGUE_NONE, N0), ("swiglu", x, P, SW), ("swiglu-late", x, L, SW)]),
-        "w2": (D, I, [("plain", act, kn.PROLOGUE_NONE, N0), ("residual-ss", act, kn.PROLOGUE_NONE, RS)]),
-        "out": (32000, D, [("plain", x, kn.PROLOGUE_NONE, N0), ("rmsnorm", x, P, N0), ("rmsnorm-late", x, L, N0)]),
-    }
-    if "--sweep-configs" in sys.argv:
-        sweep_qkv(x, g, ss, eps)
-    for name, (N, K, kinds) in cases.items():
+    cfg = NAMED_SHAPES[args.shape]
+
+    def bench(fn, reps=args.reps):
+        return time_per_call(fn, dev, reps, args.calls) * 1e6  # us per call
+
+    gemvs(args, cfg, dev, bench)
+    if not args.gemv_only:
+        attention(args, cfg, dev, bench)
+    return 0
+
+
+def gemvs(args, cfg, dev, bench):
+    """Each decode GEMV plain and fused (the op's eager launch: pinned configs); with --sweep-configs, the
+    step's forms over GEMV_GRID and the qkv+RoPE GEMV over QKV_GRID."""
+    from llama_fast.kernels.gemv import _launch_fused, ss_partials
+
+    dt, eps = torch.float16, cfg.norm_eps
+    x = torch.randn(1, cfg.dim, device=dev, dtype=dt)
+    act = torch.randn(1, cfg.intermediate_size, device=dev, dtype=dt)
+    g = torch.ones(cfg.dim, device=dev, dtype=dt)
+    ss = ss_partials(x)
+    res = torch.randn(1, cfg.dim, device=dev, dtype=dt)
+    if args.sweep_configs:
+        sweep_qkv(args, cfg, x, g, ss, bench)
+    for name, (N, K) in decode_gemv_shapes(cfg).items():
         w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
-        for label, xin, pro, epi in kinds:
-            n = N // 2 if epi == SW else N
-            t = bench(lambda: kn._launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
-            total[label.split("-")[0] if label != "plain" else "plain"] = None
-            print(f"{name:5s} {label:13s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
-            swept = label in ("residual-ss", "swiglu") or (name, label) == ("out", "rmsnorm")  # the forms the step runs
-            if "--sweep-configs" in sys.argv and swept:
-                sweep_configs(name, label, N, K, n, w, xin, g, res, ss if pro else xin, eps, pro, epi)
-    if "--gemv-only" in sys.argv:
-        return
-    # attention: B=1, H=32, S=1200, 1100 valid slots
-    B, H, S, Dh = 1, 32, 1200, 128
+        xin = act if name == "w2" else x
+        for form in GEMV_FORMS[name]:
+            pro, epi = form_switches(form)
+            n = N // 2 if form == "swiglu" else N
+            t = bench(lambda: _launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
+            print(f"{name:5s} {form:9s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
+            if args.sweep_configs and STEP_FORMS.get(name) == form:
+                sweep_gemv(args, name, form, N, K, n, w, xin, g, res, ss if pro else xin, eps, bench)
+
+
+def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
+    """The same launch with explicit configs (no autotuner) over GEMV_GRID (num_stages does nothing for these
+    loads: Triton emits no cp.async for them)."""
+    import triton
+
+    from llama_fast.kernels.configs import gemv_config
+    from llama_fast.kernels.gemv import SS_GROUP, _gemv_fused_kernel
+
+    pro, epi = form_switches(form)
+    y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    so = torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
+    nss = triton.next_power_of_2(ss.numel()) if pro else 1
+    results = []
+    for bn, bk, warps in GEMV_GRID:
+        def call():
+            _gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
+                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
+                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
+        try:
+            results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
+        except Exception as e:  # out of resources for a config: skip it, say so
+            print(f"      {name} {form} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    pinned = gemv_config(form, n)
+    for line in best_and_pinned(name, form, N * K * 2, results,
+                                [(pinned["BLOCK_N"], pinned["BLOCK_K"], pinned["num_warps"])]):
+        print(line, flush=True)
+
+
+def sweep_qkv(args, cfg, x, g, ss, bench):
+    """The wqkv GEMV with RoPE and the cache write: the op (pinned config), then QKV_GRID."""
+    import triton
+
+    from llama_fast.kernels.configs import QKV_ROPE_CONFIG
+    from llama_fast.kernels.qkv_rope import _gemv_qkv_rope_kernel, gemv_rmsnorm_qkv_rope
+
+    dev, dt = x.device, x.dtype
+    H, Hkv, D, S, K = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache, cfg.dim
+    N = (H + 2 * Hkv) * D
+    w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
+    kc = torch.zeros(1, Hkv, S, D, device=dev, dtype=dt)
+    vc = torch.zeros_like(kc)
+    cos, sin = torch.rand(D, device=dev, dtype=dt), torch.rand(D, device=dev, dtype=dt)
+    pos = torch.tensor([args.attended - 1], device=dev)
+    t = bench(lambda: gemv_rmsnorm_qkv_rope(x, ss, g, w(), cfg.norm_eps, cos, sin, kc, vc, pos, H))
+    print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {QKV_ROPE_CONFIG}", flush=True)
+    q = torch.empty(1, H * D, device=dev, dtype=dt)
+    results = []
+    for bn, bk, warps in QKV_GRID:
+        if D % bn:
+            continue  # a program's rows must stay within one head
+
+        def call():
+            _gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // bn),)](
+                x, w(), q, kc, vc, g, ss, cos, sin, pos, N, K, ss.numel(), K, cfg.norm_eps, H, Hkv, kc.stride(1),
+                kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0, BLOCK_N=bn,
+                BLOCK_K=bk, num_warps=warps, num_stages=2)
+        try:
+            results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
+        except Exception as e:  # out of resources for a config: skip it, say so
+            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    pinned = [(QKV_ROPE_CONFIG["BLOCK_N"], QKV_ROPE_CONFIG["BLOCK_K"], QKV_ROPE_CONFIG["num_warps"])]
+    for line in best_and_pinned("wqkv", "qkv_rope", N * K * 2, results, pinned):
+        print(line, flush=True)
+
+
+def attention(args, cfg, dev, bench):
+    """Masked SDPA, both decode attention ops (eager launches: the pinned config), then the two-kernel form's
+    split and combine kernels over ATTN_GRID."""
+    import triton
+
+    from llama_fast.kernels import decode_attention, decode_attention_one_launch
+    from llama_fast.kernels.attention import _decode_attn_combine_kernel, _decode_attn_split_kernel
+    from llama_fast.kernels.configs import ATTN_EAGER_CONFIG
+
+    dt, B, H, Hkv, Dh, S = torch.float16, 1, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache
     q = torch.randn(B, H, 1, Dh, device=dev, dtype=dt)
-    kv = rotating(lambda: (torch.randn(B, H, S, Dh, device=dev, dtype=dt), torch.randn(B, H, S, Dh, device=dev, dtype=dt)))
+    kv = rotating(lambda: (torch.randn(B, Hkv, S, Dh, device=dev, dtype=dt),
+                           torch.randn(B, Hkv, S, Dh, device=dev, dtype=dt)))
     mask = torch.zeros(B, S, dtype=torch.bool, device=dev)
-    mask[:, :1100] = True
+    mask[:, :args.attended] = True
     m4 = mask[:, None, None, :]
 
     def sdpa():
         k, v = kv()
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=m4)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m4, enable_gqa=H != Hkv)
     print(f"attn  sdpa-masked   {bench(sdpa):7.1f} us", flush=True)
-    print(f"attn  decode_attention (chunk {kn.ATTN_CHUNK}) {bench(lambda: kn.decode_attention(q, *kv(), mask, Dh ** -0.5)):7.1f} us")
+    pinned = f"chunk {ATTN_EAGER_CONFIG['CHUNK']}, {ATTN_EAGER_CONFIG['num_warps']} warps"
+    t = bench(lambda: decode_attention(q, *kv(), mask, Dh ** -0.5))
+    print(f"attn  decode_attention ({pinned}) {t:7.1f} us", flush=True)
     cnt = torch.zeros(B * H, dtype=torch.int32, device=dev)
-    t1 = bench(lambda: kn.decode_attention_one_launch(q, *kv(), mask, Dh ** -0.5, cnt))
-    print(f"attn  decode_attention_one_launch (chunk {kn.ATTN_CHUNK}) {t1:7.1f} us")
-    for chunk in (32, 64, 128):
-        for warps in (2, 4, 8):
-            nsplit = triton.cdiv(S, chunk)
-            m = torch.empty(B * H * nsplit, device=dev)
-            l = torch.empty_like(m)
-            acc = torch.empty(B * H * nsplit, Dh, device=dev)
-            o = torch.empty(B, H, 1, Dh, device=dev, dtype=dt)
+    t = bench(lambda: decode_attention_one_launch(q, *kv(), mask, Dh ** -0.5, cnt))
+    print(f"attn  decode_attention_one_launch ({pinned}) {t:7.1f} us", flush=True)
+    for chunk, warps in ATTN_GRID:
+        nsplit = triton.cdiv(S, chunk)
+        m = torch.empty(B * H * nsplit, device=dev)
+        l = torch.empty_like(m)
+        acc = torch.empty(B * H * nsplit, Dh, device=dev)
+        o = torch.empty(B, H, 1, Dh, device=dev, dtype=dt)
 
-            def split():
-                k, v = kv()
-                kn._decode_attn_split_kernel[(B * H, nsplit)](
-                    q, k, v, mask, m, l, acc, S, H, 1, Dh ** -0.5, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                    k.stride(2), mask.stride(0), nsplit, D=Dh, CHUNK=chunk, num_warps=warps)
+        def split():
+            k, v = kv()
+            _decode_attn_split_kernel[(B * H, nsplit)](
+                q, k, v, mask, m, l, acc, S, H, H // Hkv, Dh ** -0.5, q.stride(0), q.stride(1), k.stride(0),
+                k.stride(1), k.stride(2), mask.stride(0), nsplit, D=Dh, CHUNK=chunk, USE_PDL=0,
+                NEWEST_AFTER_WAIT=False, num_warps=warps)
 
-            def combine():
-                kn._decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=Dh,
-                                                         SPLITS=triton.next_power_of_2(nsplit), num_warps=warps)
-            ts, tc = bench(split), bench(combine)
-            print(f"attn  chunk {chunk:3d} warps {warps}: split {ts:6.1f} us + combine {tc:5.1f} us", flush=True)
-
-
-def sweep_configs(name, label, N, K, n, w, x, g, res, ss, eps, pro, epi):
-    """The same launch with explicit configs (no autotuner) over a wider grid; prints the best few and the pinned
-    shapes (report)."""
-    results = []
-    stages = 2  # no effect on these loads: Triton emits no cp.async for them
-    for bn, bk, warps in itertools.product((8, 16), (256, 512, 1024), (4, 8)):
-        y = torch.empty((1, n), device=x.device, dtype=x.dtype)
-        so = torch.empty((triton.cdiv(n, kn.SS_GROUP),), device=x.device, dtype=torch.float32)
-        nss = triton.next_power_of_2(ss.numel()) if pro else 1
-        if epi == kn.EPILOGUE_RESIDUAL_SS and bn < kn.SS_GROUP:
-            continue  # partials need BLOCK_N to be a multiple of SS_GROUP
-
-        def call():
-            kn._gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
-                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
-                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=stages)
-        try:
-            results.append((bench(call, reps=10), bn, bk, warps))
-        except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      {name} {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
-    report(name, label, N * K * 2, results)
-
-
-def report(name, label, nbytes, results):
-    """The four best configs, then the pinned shapes' own figures from the same sweep."""
-    results.sort()
-    for t, bn, bk, warps in results[:4]:
-        print(f"      {name} {label} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
-    for t, bn, bk, warps in results:
-        if (bn, bk, warps) in ((8, 512, 4), (16, 512, 4), (16, 256, 4), (8, 1024, 8)):
-            print(f"      {name} {label} at {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {warps}")
-    sys.stdout.flush()
-
-
-def sweep_qkv(x, g, ss, eps):
-    """The wqkv GEMV with RoPE and the cache write (Llama-7B: 32 heads of 128, no GQA) over the same grid."""
-    dev, dt = x.device, x.dtype
-    H, D, S, K = 32, 128, 1200, x.shape[1]
-    N = 3 * H * D
-    w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
-    kc = torch.zeros(1, H, S, D, device=dev, dtype=dt)
-    vc = torch.zeros_like(kc)
-    cos, sin = torch.rand(D, device=dev, dtype=dt), torch.rand(D, device=dev, dtype=dt)
-    pos = torch.tensor([1000], device=dev)
-    t = bench(lambda: kn.gemv_rmsnorm_qkv_rope(x, ss, g, w(), eps, cos, sin, kc, vc, pos, H))
-    print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {kn.QKV_ROPE_CONFIG}", flush=True)
-    q = torch.empty(1, H * D, device=dev, dtype=dt)
-    results = []
-    for bn, bk, warps in itertools.product((8, 16, 32), (256, 512), (4, 8)):
-        def call():
-            kn._gemv_qkv_rope_kernel.fn[(3 * H * (D // bn),)](
-                x, w(), q, kc, vc, g, ss, cos, sin, pos, N, K, ss.numel(), K, eps, H, H, kc.stride(1), kc.stride(2),
-                D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk,
-                num_warps=warps, num_stages=2)
-        try:
-            results.append((bench(call, reps=10), bn, bk, warps))
-        except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
-    report("wqkv", "qkv_rope", N * K * 2, results)
+        def combine():
+            _decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=Dh, SPLITS=triton.next_power_of_2(nsplit),
+                                                  USE_PDL=0, num_warps=warps)
+        ts, tc = bench(split), bench(combine)
+        print(f"attn  chunk {chunk:3d} warps {warps}: split {ts:6.1f} us + combine {tc:5.1f} us", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,14 @@
-"""Performance lab: one process, one GPU, several variants of the seed workload, ratios in one run.
+"""Performance lab: several variants of one workload in one process on one device, with their ratios, for
+docs/PERF.md: tok/s, % of the measured roofline, peak MB, warm-up s, output hash, and optionally a
+teacher-forced check, prefill / decode split, memory breakdown, recompile check, compile times, config trials.
 
-  python scripts/perf_lab.py --variants hf,hf-static,rope,graphs --log $OUT/lab.log
-Prints a table (tok/s, % roofline, peak MB, warm-up s, hash, teacher-forced check) for docs/PERF.md.
+  python scripts/perf_lab.py --variants hf-static,fused-prefill-graph,fused-gemv-early --breakdown --log lab.log
+  python scripts/perf_lab.py --variants fused-gemv-early --config-trials fused-gemv-early --trial-set 4
+  python scripts/perf_lab.py --device cpu --model random:tiny --dtype fp32 --prompt 12 --new 4 --variants hf,kv
+
+Variants: harness.VARIANTS keys, or specs built on one (bench_util.resolve_variants): base+flag / base~flag
+switch a ForwardOptions flag on / off (e.g. fused-prefill-graph~attention_one_launch), base@C takes C-token
+prefill chunks (e.g. fused-glue@1024).
 """
 from __future__ import annotations
 
@@ -14,17 +21,19 @@ import time
 
 import torch
 
-from lab_util import lab_variants, logger
+from bench_util import config_override, logger, resolve_variants
 from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure, measure_ceilings,
                                 memory_budget_bytes, roofline_tok_per_s, teacher_forced_check)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="perf_lab.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:llama-7b")
     ap.add_argument("--dtype", default="fp16")
-    ap.add_argument("--variants", default="hf,hf-static,tensor-pos,rope,gate-up,graphs")
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    ap.add_argument("--variants", default="hf,hf-static,tensor-pos,rope,gate-up,graphs",
+                    help="comma-separated variant keys or specs (base+flag, base~flag, base@chunk)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt", type=int, default=1000)
     ap.add_argument("--new", type=int, default=200)
@@ -32,11 +41,12 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--check", action="store_true", help="teacher-forced check of our outputs vs transformers")
-    ap.add_argument("--log", default=None)
+    ap.add_argument("--log", default=None, help="also append the output to this file")
     ap.add_argument("--chunk", type=int, default=0, help="override the prefill chunk of our variants")
     ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
     ap.add_argument("--memory", action="store_true",
-                    help="also print resident memory after warm-up and the peaks of prefill and of a whole run")
+                    help="also print resident memory after warm-up and the peaks of prefill and of a whole run "
+                         "(CUDA)")
     ap.add_argument("--recompile", default="",
                     help="comma-separated prompt lengths run after the timed runs at the same cache length: "
                          "prints compiled graphs added and each first call's time (no recompile expected)")
@@ -44,25 +54,46 @@ def main(argv=None):
                     help="fresh empty inductor and Triton cache directories: the first variant's warm-up is cold")
     ap.add_argument("--compile-times", action="store_true",
                     help="after each variant, print torch._dynamo's compile-time breakdown")
-    ap.add_argument("--rmsnorm-late", action="store_true",
-                    help="fused RMSNorm GEMVs apply 1/rms after the dot product (kernels.PROLOGUE_RMSNORM_LATE)")
     ap.add_argument("--profile-warmup", default=None, metavar="PATH",
                     help="cProfile the first variant's warm-up + timed runs; pstats dump to PATH, top lines printed")
     ap.add_argument("--autotune-picks", action="store_true",
                     help="after each variant, print the configs Triton's autotuner picked for our kernels "
-                         "(eager launches only; Inductor tunes the kernels it compiles itself)")
+                         "(eager launches with LLAMA_FAST_GEMV_AUTOTUNE=1; Inductor tunes the kernels it compiles "
+                         "itself)")
     ap.add_argument("--config-trials", default=None, metavar="VARIANT",
-                    help="the variant's decode under each of CONFIG_TRIALS (kernels.CONFIG_OVERRIDE) in this "
-                         "process: decode ms/step per trial, the pinned configs first and last")
+                    help="the variant's decode under each trial of --trial-set (kernels.configs.CONFIG_OVERRIDE) "
+                         "in this process: decode ms/step per trial, the pinned configs first and last")
+    ap.add_argument("--trial-set", type=int, default=1, choices=sorted(TRIAL_SETS),
+                    help="which of TRIAL_SETS --config-trials runs")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
                     help="the first variant's decode N more times, each after the KV caches (and every buffer "
                          "setup_caches makes) were freed, the allocator emptied and a growing pad allocated")
-    ap.add_argument("--trial-set", type=int, default=1, choices=sorted(TRIAL_SETS),
-                    help="which of TRIAL_SETS --config-trials runs (sets 3 and 6 were removed with their kernel "
-                         "options)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("no CUDA GPU here (--device cpu runs the same measurements on the CPU)")
+    if args.memory and args.device != "cuda":
+        ap.error("--memory reads the CUDA allocator: it needs --device cuda")
+    if min(args.batch, args.prompt, args.new, args.runs) < 1 or args.warmup < 0:
+        ap.error("--batch, --prompt, --new and --runs must be at least 1, --warmup at least 0")
+    if args.breakdown and args.new < 2:
+        ap.error("--breakdown needs --new of at least 2 (a decode step after the prefill's token)")
+    try:
+        parse_dtype(args.dtype)
+        keys = args.variants.split(",")
+        args.variants = resolve_variants(keys, VARIANTS)
+        if args.config_trials:
+            args.config_trials = resolve_variants([args.config_trials], VARIANTS)[args.config_trials]
+    except ValueError as e:
+        ap.error(str(e))
+    if args.config_trials is not None and args.config_trials.is_transformers:
+        ap.error("--config-trials: a transformers baseline runs none of our kernels")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.cold:
         import tempfile
 
@@ -72,32 +103,30 @@ def main(argv=None):
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
-    if args.rmsnorm_late:
-        from llama_fast import kernels
-
-        kernels.RMSNORM_MODE = kernels.PROLOGUE_RMSNORM_LATE
     say = logger(args.log)
 
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
     dtype = parse_dtype(args.dtype)
     w = Workload(args.batch, args.prompt, args.new, args.cache)
     ceil = measure_ceilings(dev, dtype)
     say(f"# {device_name(dev)} torch {torch.__version__} | {args.model} {args.dtype} batch {w.batch} "
         f"prompt {w.prompt_len} new {w.new_tokens} cache {w.cache}")
-    say(f"# ceilings: matmul {ceil.matmul_flops / 1e12:.0f} TFLOP/s, copy {ceil.copy_bytes / 1e12:.2f} TB/s")
-    keys = args.variants.split(",")
-    lab_variants(keys, VARIANTS)  # base+flag[+flag...], base@chunk
+    say(f"# ceilings: matmul {ceil.matmul_flops / 1e12:.2f} TFLOP/s, copy {ceil.copy_bytes / 1e12:.2f} TB/s")
+    variants = args.variants
+    if args.chunk:
+        variants = {k: v if v.is_transformers else dataclasses.replace(v, prefill_chunk=args.chunk)
+                    for k, v in variants.items()}
     rows, outputs = [], {}
-    hf_keys = [k for k in keys if VARIANTS[k].is_transformers]
-    ours = [k for k in keys if not VARIANTS[k].is_transformers]
-    roof = None
+    hf_keys = [k for k, v in variants.items() if v.is_transformers]
+    ours = [k for k, v in variants.items() if not v.is_transformers]
     if hf_keys or args.check:
         hf = load_hf_model(args.model, dev, dtype)
         from llama_fast.loading import IdTokenizer
         tok = IdTokenizer(hf.config.vocab_size, None, 0)
         for k in hf_keys:
             t0 = time.time()
-            m = measure(hf_runner(hf, tok, VARIANTS[k], w), w, args.warmup, args.runs)
+            m = measure(hf_runner(hf, tok, variants[k], w), w, args.warmup, args.runs)
             rows.append((k, m))
             outputs[k] = m.output_ids
             say(f"{k}: {m.tok_per_s:.1f} tok/s, mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash} "
@@ -105,17 +134,16 @@ def main(argv=None):
         if not args.check:
             del hf
             gc.collect()
-            torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.empty_cache()
     cfg, model, tok = load_weights(args.model, dev, dtype)
     from llama_fast.generate import LlamaFast
     fast = LlamaFast(model, tok, args.model)
-    pad = torch.empty(int(args.pad_mb * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held: run 42)
+    pad = torch.empty(int(args.pad_mb * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held for the run)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil)
     say(f"# roofline {roof:.1f} tok/s")
-    if args.chunk:
-        for k in ours:
-            VARIANTS[k] = dataclasses.replace(VARIANTS[k], prefill_chunk=args.chunk)
     for i, k in enumerate(ours):
+        variant = variants[k]
         t0 = time.time()
         prof = None
         if args.profile_warmup and i == 0:
@@ -124,11 +152,11 @@ def main(argv=None):
             prof = cProfile.Profile()
             prof.enable()
         try:
-            m = measure(fast_runner(fast, VARIANTS[k], w), w, args.warmup, args.runs)
+            m = measure(fast_runner(fast, variant, w), w, args.warmup, args.runs)
             if prof is not None:
                 prof.disable()
                 profile_report(say, k, prof, args.profile_warmup)
-        except Exception as e:  # keep the lab going; the failure is printed
+        except Exception as e:  # the other variants still run; the failure is printed
             import traceback
 
             say(f"{k}: FAILED {type(e).__name__}: {str(e)[-3000:]}")
@@ -140,49 +168,62 @@ def main(argv=None):
         if args.check:
             ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
             chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
-        floor, pools = memory_budget_bytes(cfg, dtype, w, 0), fast.graph_pool_bytes()
-        say(f"{k}: after the runs: allocated {(torch.cuda.memory_allocated() - floor) / 1e6:.1f} MB over the floor, "
-            f"our CUDA-graph pools {pools / 1e6:.1f} MB, reserved "
-            f"{(torch.cuda.memory_reserved() - floor) / 1e6:.1f} MB over the floor")
-        if pools:
-            pool_report(say, k)
+        if cuda:
+            floor, pools = memory_budget_bytes(cfg, dtype, w, 0), fast.graph_pool_bytes()
+            say(f"{k}: after the runs: allocated {(torch.cuda.memory_allocated() - floor) / 1e6:.1f} MB over the "
+                f"floor, our CUDA-graph pools {pools / 1e6:.1f} MB, reserved "
+                f"{(torch.cuda.memory_reserved() - floor) / 1e6:.1f} MB over the floor")
+            if pools:
+                pool_report(say, k)
         if args.breakdown:
-            pre, step = prefill_and_step(fast, VARIANTS[k], w, m)
+            pre, step = prefill_and_step(fast, variant, w, m)
             say(f"{k}: prefill {pre * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/step")
-            fast_runner(fast, VARIANTS[k], w)
+            fast_runner(fast, variant, w)
         if args.compile_times:
             from torch._dynamo.utils import compile_times
 
             say(f"{k}: compile times (dynamo + inductor, cumulative in this process):\n{compile_times(repr='str')}")
         if args.memory:
-            memory_report(say, k, cfg, dtype, w, fast, VARIANTS[k])
+            memory_report(say, k, cfg, dtype, w, fast, variant)
         if args.autotune_picks:
-            from llama_fast import kernels as kn
+            from llama_fast.kernels.gemv import _gemv_fused_kernel
+            from llama_fast.kernels.qkv_rope import _gemv_qkv_rope_kernel
 
-            for kern in (kn._gemv_fused_kernel, kn._gemv_qkv_rope_kernel):
+            for kern in (_gemv_fused_kernel, _gemv_qkv_rope_kernel):
                 for key, cfg_ in getattr(kern, "cache", {}).items():
                     say(f"{k}: autotune {kern.fn.__name__} {key[:4]} -> {cfg_}")
         if args.recompile:
-            recompile_report(say, k, fast, VARIANTS[k], w, [int(p) for p in args.recompile.split(",")])
+            recompile_report(say, k, fast, variant, w, [int(p) for p in args.recompile.split(",")])
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
-        config_trials(say, fast, VARIANTS[args.config_trials], w, roof,
-                      TRIAL_SETS[args.trial_set])
-    if args.realloc_trials:
-        realloc_trials(say, fast, VARIANTS[keys[0]], w, roof, args.realloc_trials)
-    say("| variant | tok/s | % roofline | max MB | warm-up s | hash |")
-    say("|---|---|---|---|---|---|")
-    for k, m in rows:
-        say(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | {m.warmup_s:.1f} | {m.hash} |")
+        config_trials(say, fast, args.config_trials, w, roof, TRIAL_SETS[args.trial_set])
+    if args.realloc_trials and ours:
+        realloc_trials(say, fast, variants[ours[0]], w, roof, args.realloc_trials)
+    for line in results_table(rows, roof):
+        say(line)
     return 0
+
+
+def results_table(rows: list, roof: float) -> list[str]:
+    """The markdown table of (variant key, Measurement) rows, in run order."""
+    lines = ["| variant | tok/s | % roofline | max MB | warm-up s | hash |", "|---|---|---|---|---|---|"]
+    for k, m in rows:
+        lines.append(f"| {k} | {m.tok_per_s:.1f} | {100 * m.tok_per_s / roof:.1f} | {m.max_mem_mb:.0f} | "
+                     f"{m.warmup_s:.1f} | {m.hash} |")
+    return lines
 
 
 def _cfg(bn, bk, stages, warps=4):
     return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
-# form or form@K -> config (kernels.CONFIG_OVERRIDE); wo is residual@4096, w2 residual@11008 at Llama-7B
+# Trial sets of --config-trials: trial name -> {form or form@K: config} (bench_util.trial_lookup; forms as in
+# llama_fast/kernels/configs.py; at Llama-7B wo is residual@4096, w2 residual@11008). Each starts and ends with
+# the pinned configs, so the drift inside one process shows. The numbers are those docs/PERF.md cites; sets 3
+# and 6 tried kernel options that were removed (docs/PERF.md, tried and rejected).
+
+# set 1: each form's neighbouring configs and attention tiles (adopted: eager attention at 128/4)
 CONFIG_TRIALS = {
     "pinned": {},
     "residual s4": {"residual": _cfg(8, 512, 4)},
@@ -198,7 +239,7 @@ CONFIG_TRIALS = {
     "attn 128/4": {"attention": {"CHUNK": 128, "num_warps": 4}},
     "pinned again": {},
 }
-# second set (run 21), after attention moved to 128/4: the wo GEMV (least efficient), the head, bigger tiles
+# set 2, after attention moved to 128/4: the wo GEMV (the least efficient), the head, bigger tiles (nothing adopted)
 CONFIG_TRIALS_2 = {
     "pinned": {},
     "wo warps 2": {"residual@4096": _cfg(8, 512, 3, warps=2)},
@@ -214,13 +255,8 @@ CONFIG_TRIALS_2 = {
     "pinned again": {},
 }
 
-
-# third set (run 61, commit 8b2a841) and sixth (run 72, commit 2a201e7): removed with the kernel options they tried
-# (PIPELINE, ACC_1D; both slower, docs/PERF.md rows 45 and 49)
-
-# fourth set (run 62, commit ac50a9f): run 61's GEMV grid alone put BK 1024 at 8 warps ahead for w2 (23.2 against
-# 25.0 us) and wo (10.8 against 11.5); row 22's BK 1024 at 4 warps had been 14 % slower in the step. "pinned" was then
-# BK 512 at 4 warps; since run 62 the residual GEMVs are pinned at "residual BK1024 w8"
+# set 4: the residual GEMVs at BK 1024 with 8 warps, which fused_bench.py --sweep-configs put ahead for wo and w2
+# (adopted: "pinned" is now the same as "residual BK1024 w8")
 CONFIG_TRIALS_4 = {
     "pinned": {},
     "residual BK1024 w8": {"residual": _cfg(8, 1024, 3, warps=8)},
@@ -232,9 +268,8 @@ CONFIG_TRIALS_4 = {
     "residual BK1024 w8 again": {"residual": _cfg(8, 1024, 3, warps=8)},
 }
 
-# fifth set (run 63): attention tiles under the wqkv kernel's early trigger (the attention's programs then wait on
-# the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs). Run with a lab flag since folded
-# into fused-gemv-early, the variant to run it with now
+# set 5, on fused-gemv-early: attention tiles under the wqkv GEMV's early trigger (the attention's programs then
+# wait on the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs; pinned 128/4 kept)
 CONFIG_TRIALS_5 = {
     "pinned": {},
     "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
@@ -266,18 +301,14 @@ def pool_report(say, k):
 
 def config_trials(say, fast, variant, w, roof, trials):
     """Decode ms/step of one variant under each trial's config overrides (graphs recaptured per trial)."""
-    from llama_fast import kernels as kn
-
     for name, table in trials.items():
-        kn.CONFIG_OVERRIDE = lambda form, n, K, t=table: t.get(f"{form}@{K}") or t.get(form)
         try:
-            m = measure(fast_runner(fast, variant, w), w, 1, 3)
-            _, step = prefill_and_step(fast, variant, w, m)
+            with config_override(table):
+                m = measure(fast_runner(fast, variant, w), w, 1, 3)
+                _, step = prefill_and_step(fast, variant, w, m)
         except Exception as e:  # a config that does not compile or fit: say so and go on
             say(f"trial {name}: FAILED {type(e).__name__}: {str(e)[:300]}")
             continue
-        finally:
-            kn.CONFIG_OVERRIDE = None
         say(f"trial {name}: decode {step * 1e3:.3f} ms/step, {m.tok_per_s:.1f} tok/s "
             f"({100 * m.tok_per_s / roof:.1f}% roofline), hash {m.hash}")
 

@@ -1,8 +1,10 @@
-"""Device probe: where a decode step's time goes. For each variant: one generate of N new tokens under
+"""Where a decode step's time goes, on one GPU. For each variant: one generate of N new tokens under
 torch.profiler (CUDA activity; kernels inside the captured decode graph are traced individually), then the
-kernels' device time per decode step by kernel name, their sum, and the step's wall time.
+kernels' GPU time per decode step by kernel name (the prefill's subtracted), their sum against the step's
+wall time, each decode GEMV's time and bandwidth in place, and the idle gap after each kind of kernel.
 
-  python scripts/profile_decode.py --variants gemv,fused --log $OUT/profile.log
+  python scripts/profile_decode.py --variants gemv,fused-gemv-early --log profile.log
+Variant keys as in perf_lab.py (harness.VARIANTS keys, or specs such as fused-gemv-early~pdl_gemv_early).
 """
 from __future__ import annotations
 
@@ -13,22 +15,39 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lab_util import lab_variants, logger
+from bench_util import decode_gemv_shapes, logger, resolve_variants
 from llama_fast.generate import LlamaFast
 from llama_fast.harness import VARIANTS, Workload, fast_runner
 from llama_fast.loading import load_weights, parse_dtype
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser()
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="profile_decode.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:llama-7b")
-    ap.add_argument("--variants", default="gemv,fused")
-    ap.add_argument("--new", type=int, default=65)
-    ap.add_argument("--top", type=int, default=18)
+    ap.add_argument("--variants", default="gemv,fused",
+                    help="comma-separated variant keys or specs (base+flag, base~flag, base@chunk)")
+    ap.add_argument("--new", type=int, default=65, help="new tokens per profiled generate (prompt 1000, cache 1200)")
+    ap.add_argument("--top", type=int, default=18, help="kernels listed per decode step")
     ap.add_argument("--prefill-top", type=int, default=0,
-                    help="also print the prefill's (1-new-token run's) top kernels by device time")
-    ap.add_argument("--log", default=None)
+                    help="also print the prefill's (1-new-token run's) top kernels by GPU time")
+    ap.add_argument("--log", default=None, help="also append the output to this file")
     args = ap.parse_args(argv)
+    if args.new < 2:
+        ap.error("--new must be at least 2 (one decode step after the prefill's token)")
+    try:
+        args.variants = resolve_variants(args.variants.split(","), VARIANTS)
+    except ValueError as e:
+        ap.error(f"--variants: {e}")
+    baselines = [k for k, v in args.variants.items() if v.is_transformers]
+    if baselines:
+        ap.error(f"--variants: {', '.join(baselines)}: transformers baselines are not profiled here")
+    if not torch.cuda.is_available():
+        ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
@@ -37,16 +56,14 @@ def main(argv=None):
     dev = torch.device("cuda")
     cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"))
     fast = LlamaFast(model, tok, args.model)
-    keys = args.variants.split(",")
-    lab_variants(keys, VARIANTS)
-    for k in keys:
+    for k, variant in args.variants.items():
         w = Workload(1, 1000, args.new, 1200)
-        run = fast_runner(fast, VARIANTS[k], w)
+        run = fast_runner(fast, variant, w)
         ids = w.prompt()
         run(ids)
         run(ids)
         w1 = Workload(1, 1000, 1, 1200)
-        run1 = fast_runner(fast, VARIANTS[k], w1)
+        run1 = fast_runner(fast, variant, w1)
         run1(ids)
         t = []
         for r in (run1, run, run1, run):
@@ -62,19 +79,11 @@ def main(argv=None):
         with profile(activities=[ProfilerActivity.CUDA]) as prof1:
             run1(ids)
             torch.cuda.synchronize()
-        pre = {e.key: e.device_time_total for e in prof1.key_averages()}
-        rows, total = [], 0.0
-        for e in prof.key_averages():
-            if e.device_time_total <= 0:
-                continue
-            us = (e.device_time_total - pre.get(e.key, 0.0)) / (args.new - 1)  # decode steps only
-            if us <= 0:
-                continue
-            rows.append((us, e.count, e.key))
-            total += us
+        rows = decode_rows(averages(prof), averages(prof1), args.new - 1)
+        total = sum(us for us, _, _ in rows)
         say(f"## {k}: wall {step_ms:.3f} ms/step; kernel time {total / 1e3:.3f} ms/step (sum over kernels, "
             f"prefill subtracted); gap {step_ms - total / 1e3:.3f} ms/step")
-        for us, n, name in sorted(rows, reverse=True)[:args.top]:
+        for us, n, name in rows[:args.top]:
             say(f"  {us:8.1f} us/step  x{n / args.new:6.1f}/step  {name[:110]}")
         try:
             for line in timeline_report(prof, cfg):
@@ -92,11 +101,19 @@ def main(argv=None):
     return 0
 
 
-def gemv_shapes(cfg) -> dict[str, tuple[int, int]]:
-    """(rows, cols) of each decode GEMV's weight, in the order a layer runs them; the head last."""
-    return {"wqkv": (cfg.q_size + 2 * cfg.kv_size, cfg.dim), "wo": (cfg.dim, cfg.q_size),
-            "w13": (2 * cfg.intermediate_size, cfg.dim), "w2": (cfg.dim, cfg.intermediate_size),
-            "head": (cfg.vocab_size, cfg.dim)}
+def averages(prof) -> list[tuple[str, float, int]]:
+    """(kernel name, device us in all, calls) of each kernel a profiler saw."""
+    return [(e.key, e.device_time_total, e.count) for e in prof.key_averages()]
+
+
+def decode_rows(run: list[tuple[str, float, int]], prefill: list[tuple[str, float, int]],
+                steps: int) -> list[tuple[float, int, str]]:
+    """(us per decode step, calls in the run, name) of each kernel, longest first: a whole run's GPU time
+    less the same kernel's time in a 1-new-token run (the prefill), over the run's decode steps. Kernels
+    with no time left are dropped."""
+    pre = {name: us for name, us, _ in prefill}
+    rows = [((us - pre.get(name, 0.0)) / steps, n, name) for name, us, n in run if us > 0]
+    return sorted((r for r in rows if r[0] > 0), reverse=True)
 
 
 def timeline_report(prof, cfg) -> list[str]:
@@ -121,7 +138,7 @@ def timeline_report(prof, cfg) -> list[str]:
     out = [f"  timeline: {extra} GEMV kernels before the first whole step left out"] if extra else []
     gemvs = gemvs[extra:]
     kinds = ["wqkv", "wo", "w13", "w2"]
-    shapes = gemv_shapes(cfg)
+    shapes = decode_gemv_shapes(cfg)
     label = {}
     for i, e in enumerate(gemvs):
         j = i % per_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -42,16 +43,25 @@ def tiny_pair(device, options, cache_length: int):
     return cfg, model, fast, eager
 
 
+def options_of(spec: str):
+    """The ForwardOptions of a variant key, or of key+flag[+flag...] (those flags switched on)."""
+    key, *flags = spec.split("+")
+    return replace(VARIANTS[key].options, **{flag: True for flag in flags})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("device,variant", [("cpu", v) for v in dict.fromkeys([FASTEST, "fused-glue"])] + [
     pytest.param("cuda", v, marks=needs_cuda)
-    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused-rope", "fused-1launch", "fused-eager", "fused-pdl",
-                            "fused-glue", "fused-prefill-graph"])])
+    # fused plus one of fused-eager's two kernels: RoPE in the qkv GEMV (a block of only our kernels, run
+    # eagerly, with the two-kernel attention), or the one-launch attention inside the compiled block (what
+    # fused-eager compiles where the head dim rules out RoPE in the qkv GEMV)
+    for v in dict.fromkeys([FASTEST, "gemv", "fused", "fused+fused_rope_cache", "fused+attention_one_launch",
+                            "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph"])])
 def test_no_recompile_when_the_prompt_length_changes(device, variant, exact_fp32):
     from torch._dynamo.utils import counters
 
-    v = VARIANTS[variant]
-    cfg, model, fast, eager = tiny_pair(device, v.options, 96)
+    options = options_of(variant)
+    cfg, model, fast, eager = tiny_pair(device, options, 96)
     before = counters["stats"]["unique_graphs"]  # counters are process-wide: count from here
     for T in (5, 16, 23, 40):  # shorter than, equal to, and longer than the chunk (with an overlapping tail)
         ids = torch.randint(3, cfg.vocab_size, (1, T))
@@ -65,12 +75,12 @@ def test_no_recompile_when_the_prompt_length_changes(device, variant, exact_fp32
     # one block graph for the prefill chunk shape, one for the decode step (unless the decode block is only
     # our Triton kernels and runs eagerly in the captured step); with compiled glue, the input preparation
     # of both shapes and the greedy pick; nothing new for later lengths
-    glue = 3 if v.options.compiled_glue else 0
+    glue = 3 if options.compiled_glue else 0
     assert graphs_after_first - before == (1 if kernels_only else 2) + glue
     assert counters["stats"]["unique_graphs"] == graphs_after_first
     if device == "cuda":
         assert captured == 1 and len(fast.steps[1]._graphs) == 1  # the decode graph, captured once
-        if v.options.graphed_prefill:  # the 16-token chunk's graph, captured once (at the second prompt)
+        if options.graphed_prefill:  # the 16-token chunk's graph, captured once (at the second prompt)
             assert len(fast.steps[0]._graphs) == 1
         assert fast.graph_pool_bytes() > 0  # counted into measured peaks (harness.Runner.graph_pool_bytes)
 
@@ -80,7 +90,7 @@ def test_no_recompile_when_the_prompt_length_changes(device, variant, exact_fp32
 def test_batched_compiled_decode_launches_no_pdl_kernel(exact_fp32):
     """Above batch 1 the decode step runs the compiled block, whose Triton attention Inductor traces. A kernel
     traced with PDL carries gdc inline asm that Inductor's mutation analysis cannot read: it then assumes every
-    argument written (a batch-16 step 5 % slower, docs/PERF.md run 32). Tokens must also equal eager's."""
+    argument written (a batch-16 step 5 % slower, docs/PERF.md). Tokens must also equal eager's."""
     records = []
 
     class Keep(logging.Handler):

@@ -7,13 +7,13 @@ import torch
 
 from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf, ours_from_hf
 from llama_fast import ForwardOptions
-from llama_fast.harness import VARIANTS
+from llama_fast.harness import ABLATION, VARIANTS
 from llama_fast.kv_cache import KVCache
-from llama_fast.model import apply_rope, pdl_mode
+from llama_fast.model import apply_rope, gemv_pdl_mode, pdl_mode
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 # every distinct code path of the ablation table (compile mode does not change the eager math)
-OPTION_VARIANTS = {k: v.options for k, v in VARIANTS.items() if v.options is not None}
+OPTION_VARIANTS = {k: VARIANTS[k].options for k in ABLATION if VARIANTS[k].options is not None}
 
 
 def _ids(cfg, B=2, T=40, seed=0):
@@ -45,7 +45,8 @@ def test_every_code_path_matches_transformers(name, variant):
 
 
 def test_option_variants_cover_every_flag():
-    """The ablation rows exercise both values of every ForwardOptions flag."""
+    """The ablation rows exercise both values of every ForwardOptions flag: an option no row switches is code
+    the product never runs."""
     for flag in ForwardOptions.__dataclass_fields__:
         assert {getattr(o, flag) for o in OPTION_VARIANTS.values()} == {True, False}, flag
 
@@ -334,9 +335,9 @@ def test_fused_decode_wiring_matches_the_unfused_block(monkeypatch, cfg_name, ro
 
 
 def test_pdl_mode_is_off_in_compiled_code():
-    """A PDL kernel traced by torch.compile defeats Inductor's mutation analysis (docs/PERF.md, run 32), and
+    """A PDL kernel traced by torch.compile defeats Inductor's mutation analysis (docs/PERF.md), and
     inside a triton_op's body is_compiling() no longer says so: the traced caller must pass PDL off."""
-    opts = ForwardOptions(pdl=True)
-    assert pdl_mode(opts) == 2 and pdl_mode(ForwardOptions(pdl=True, pdl_trigger_early=True)) == 1
-    compiled = torch.compile(lambda x: x + pdl_mode(opts), backend="eager", fullgraph=True)
+    opts = ForwardOptions(pdl=True, pdl_gemv_early=True)
+    assert (pdl_mode(opts), gemv_pdl_mode(opts)) == (2, 1)
+    compiled = torch.compile(lambda x: x + pdl_mode(opts) + gemv_pdl_mode(opts), backend="eager", fullgraph=True)
     assert compiled(torch.zeros(1)).item() == 0

@@ -1,0 +1,21 @@
+"""Triton kernels for the memory-bound batch-1 decode step (imported only where they run: model.py imports
+them lazily, so CPU-only code never needs Triton).
+
+Each op is a torch.library.triton_op (llama_fast::<name>), so torch.compile keeps it inside the step graph;
+launched eagerly (the fastest path's decode block, inside the step's CUDA graph) they take pinned configs and
+may use programmatic dependent launch.
+
+  gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials
+  qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
+  attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
+  pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
+  configs.py    launch configs: autotune search space, pinned configs, CONFIG_OVERRIDE
+"""
+from .attention import decode_attention, decode_attention_one_launch
+from .gemv import GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, ss_partials
+from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE
+from .qkv_rope import gemv_rmsnorm_qkv_rope
+
+__all__ = ["GEMV_MAX_ROWS", "PDL_OFF", "PDL_TRIGGER_EARLY", "PDL_TRIGGER_LATE", "decode_attention",
+           "decode_attention_one_launch", "gemv", "gemv_residual_ss", "gemv_rmsnorm", "gemv_rmsnorm_qkv_rope",
+           "gemv_rmsnorm_swiglu", "ss_partials"]

@@ -1,0 +1,175 @@
+"""Split-K decode attention over the static KV cache: one query per row (the decode step).
+
+One program per (batch*head, chunk of the cache), each a softmax over its one tile of the cache; the chunks are
+then combined, by a second kernel (decode_attention) or by the last program of each head to finish
+(decode_attention_one_launch: one kernel per layer fewer; a per-head arrival counter, left at zero for the next
+call). Masked-out slots are never loaded (masked loads), so only the attended prefix of the cache is read.
+
+The kernels are plain @triton.jit with the warps a launch argument (configs.ATTN_*): wrapped in a one-config,
+empty-kwargs triton.autotune, torch 2.11's Inductor called the compiled one-launch kernel's launcher one
+argument short ("launcher() missing 1 required positional argument: '_grid_2'", docs/PERF.md).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, pinned_config
+from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+
+
+@triton.jit
+def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials.
+    With PDL, the next kernel may launch once the chunk's products are done (PDL_TRIGGER_LATE)."""
+    b = bh // H
+    h = bh % H
+    hk = h // G
+    rd = tl.arange(0, D)
+    rs = j * CHUNK + tl.arange(0, CHUNK)
+    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
+    kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
+    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # masked slots are never read
+    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
+    if USE_PDL != 0:
+        gdc_wait()
+    if NEWEST_AFTER_WAIT:  # the cache was loaded before the wait; only the newest attended slot (this step's
+        # token, which the previous kernel may be writing) is read again after it. In a chunk before the
+        # newest slot's, the row read again is its last one, unchanged. (Separate from USE_PDL: Triton's
+        # interpreter, which has no gdc ops, tests this part.)
+        last = tl.max(tl.where(ok, rs, -1), axis=0)
+        # .cg: from L2, never this SM's L1 copy of the stale row loaded above
+        # (no attended slot in this chunk: last = -1 matches no row; slot 0 is read and unused)
+        row = b * sk_b + hk * sk_h + tl.maximum(last, 0) * sk_s + rd
+        k_last = tl.load(k_ptr + row, cache_modifier=".cg")
+        v_last = tl.load(v_ptr + row, cache_modifier=".cg")
+        newest = (rs == last)[:, None]
+        k = tl.where(newest, k_last[None, :], k)
+        v = tl.where(newest, v_last[None, :], v)
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
+    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
+    scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m = tl.max(scores, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp(scores - m_safe)
+    l = tl.sum(p, axis=0)
+    acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    if USE_PDL != 0:
+        gdc_launch_dependents()
+    out = bh * NSPLIT + j
+    tl.store(m_ptr + out, m)
+    tl.store(l_ptr + out, l)
+    tl.store(acc_ptr + out * D + rd, acc)
+
+
+@triton.jit
+def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr):
+    """o of head bh from its NSPLIT partials (read through L2: other programs wrote them)."""
+    rj = tl.arange(0, SPLITS)
+    rd = tl.arange(0, D)
+    jm = rj < NSPLIT
+    m = tl.load(m_ptr + bh * NSPLIT + rj, mask=jm, other=float("-inf"), cache_modifier=".cg")
+    l = tl.load(l_ptr + bh * NSPLIT + rj, mask=jm, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptr + (bh * NSPLIT + rj[:, None]) * D + rd[None, :], mask=jm[:, None], other=0.0,
+                  cache_modifier=".cg")
+    big = tl.max(m, axis=0)  # finite: the current position is always attended
+    w = tl.where(m == float("-inf"), 0.0, tl.exp(m - big))
+    o = tl.sum(acc * w[:, None], axis=0) / tl.sum(l * w, axis=0)
+    tl.store(o_ptr + bh * D + rd, o.to(o_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                              sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
+                              D: tl.constexpr, CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
+                              NEWEST_AFTER_WAIT: tl.constexpr):
+    _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
+
+
+@triton.jit
+def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.constexpr, SPLITS: tl.constexpr,
+                                USE_PDL: tl.constexpr):
+    if USE_PDL != 0:
+        gdc_wait()
+        gdc_launch_dependents()
+    _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, tl.program_id(0), NSPLIT, D, SPLITS)
+
+
+@triton.jit
+def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
+                                   scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
+                                   D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
+                                   USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+    bh = tl.program_id(0)
+    _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
+    arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
+    if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
+        _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
+        tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
+
+
+def _attn_config(S: int, D: int) -> tuple[int, int]:
+    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's."""
+    cfg = pinned_config("attention", S, D)
+    return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
+
+
+def _attn_pdl(q: torch.Tensor, pdl: int) -> int:
+    """The attention's PDL mode: off or PDL_TRIGGER_LATE. Its early trigger (the next kernel launching right
+    after the wait) cost 6 % of the decode step (docs/PERF.md, tried and rejected) and was removed."""
+    if pdl == PDL_TRIGGER_EARLY:
+        raise ValueError("decode attention launches with PDL_OFF or PDL_TRIGGER_LATE, not PDL_TRIGGER_EARLY")
+    return use_pdl(q, pdl)
+
+
+def _attn_buffers(q, S, chunk):
+    B, H, _, D = q.shape
+    nsplit = triton.cdiv(S, chunk)
+    m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
+    acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
+    o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
+    return nsplit, m, torch.empty_like(m), acc, o
+
+
+@triton_op("llama_fast::decode_attention", mutates_args=())
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float, pdl: int = PDL_OFF) -> torch.Tensor:
+    """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D).
+    pdl: PDL_OFF or PDL_TRIGGER_LATE, applied where it can be (pdl.use_pdl). With PDL, only the newest
+    attended slot of each row may be written by the kernel before (the step's)."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    pdl = _attn_pdl(q, pdl)
+    chunk, warps = _attn_config(S, D)
+    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
+    wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
+        q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
+        num_warps=warps, **launch_kwargs(pdl))
+    wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
+                                                         SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
+                                                         **launch_kwargs(pdl))
+    return o
+
+
+@triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
+def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                                scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
+    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
+    B, H, _, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    pdl = _attn_pdl(q, pdl)
+    chunk, warps = _attn_config(S, D)
+    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
+    wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
+        q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
+        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
+        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
+        **launch_kwargs(pdl))
+    return o

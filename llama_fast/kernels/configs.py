@@ -1,0 +1,65 @@
+"""Launch configurations of the decode kernels: the autotune search space, the pinned config of each kernel
+form for eager launches, and the override hook that scripts/perf_lab.py --config-trials uses.
+
+Forms (the names pinned_config and CONFIG_OVERRIDE take): gemv, rmsnorm, residual, swiglu (the fused GEMV's
+forms, n = output rows, K = input width), qkv_rope (n = wqkv rows), attention (n = cache slots, K = head dim;
+a config of CHUNK slots per program and num_warps).
+
+Eager launches (the fastest path's decode block runs uncompiled inside the step's CUDA graph) take one pinned
+config per form instead of Triton's autotuner: the autotuner compiles its 12 configs per shape one after
+another on the first call (about 30 s of a 62 s cold warm-up), and its picks moved between processes. The
+pinned configs are its picks at the Llama-7B decode shapes in a warm H200 process, then the config trials of
+docs/PERF.md. Inside torch.compile, Inductor compiles the configs in parallel and keeps the search;
+LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+import triton
+
+
+def autotune_configs() -> list[triton.Config]:
+    """The GEMVs' search space (12 configs) keeps a cold autotune to a few seconds per shape. num_stages does
+    not pipeline these loads: Triton (3.6 and 3.9, sm_90) emits no cp.async for loads that feed no dot, and
+    loading the weight tiles one or two K iterations ahead by hand was slower in the step (docs/PERF.md)."""
+    return [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=4, num_stages=stages)
+            for bn in (8, 16, 32) for bk in (256, 512) for stages in (2, 3)]
+
+
+def gemv_config(form: str, n: int) -> dict:
+    """The pinned config of an eager fused GEMV of a form with n output rows (BLOCK_N a multiple of the
+    sum-of-squares group). The residual GEMVs (wo, w2) take 1024-wide K tiles at 8 warps: decode 3.749 against
+    3.812 ms/step in one H200 process (at 4 warps that tile was 14 % slower)."""
+    if form == "residual":
+        return {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_N": 16 if n >= 16384 else 8, "BLOCK_K": 512, "num_warps": 4,
+            "num_stages": 2 if form == "swiglu" else 3}  # SwiGLU streams two tiles per stage
+
+
+# the wqkv GEMV with RoPE and the cache write; every BLOCK_N of the search space (8..32) divides the head dim
+QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
+
+# Decode attention. Inside torch.compile: 64-slot tiles (one tile per program, K and V loads issued together)
+# at 2 warps, 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search. Eager launches:
+# 128-slot tiles at 4 warps, half the programs of 64/2: decode 3.851 against 3.894-3.902 ms/step in one H200
+# process.
+ATTN_CHUNK = 64
+ATTN_COMPILED_WARPS = 2
+ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
+
+_PINNED = {"qkv_rope": QKV_ROPE_CONFIG, "attention": ATTN_EAGER_CONFIG}
+
+# (form, n, K) -> a config dict, or None for the pinned one (scripts/perf_lab.py --config-trials sets it)
+CONFIG_OVERRIDE: Callable[[str, int, int], dict | None] | None = None
+
+
+def pinned_config(form: str, n: int, K: int) -> dict | None:
+    """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the pinned one), or None where the
+    kernel's own search applies: inside torch.compile, or with LLAMA_FAST_GEMV_AUTOTUNE=1."""
+    if torch.compiler.is_compiling() or os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") == "1":
+        return None
+    override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
+    return override or _PINNED.get(form) or gemv_config(form, n)

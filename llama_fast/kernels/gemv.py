@@ -1,0 +1,163 @@
+"""The fused batch-1 decode GEMV: y (1, N) = x (1, K) @ W (N, K)^T, streaming W once with an fp32 accumulator.
+
+One kernel with an optional fused prologue / epilogue (constexpr switches: the plain GEMV compiles to the bare
+loop). The batch-1 decode block is four of them around attention:
+  wqkv: RMSNorm prologue          wo: residual epilogue + sum-of-squares partials of its output
+  w13:  RMSNorm prologue + SwiGLU epilogue (gate row n and up row n in one program)
+  w2:   residual epilogue + sum-of-squares partials
+(wqkv with RoPE and the K/V cache write in its epilogue: qkv_rope.py.) The RMSNorm statistics come from the
+partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no program re-reads a whole row to
+normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers' fp16 code rounds
+(normed x, gate, up, silu, the product, the projection before the residual add), so only the GEMV's
+summation order differs from the unfused path.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .configs import autotune_configs, pinned_config
+from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+
+# One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
+# 725 for cuBLAS on an H200 (docs/PERF.md), so batches > 1 keep cuBLAS.
+GEMV_MAX_ROWS = 1
+
+PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
+EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU = 0, 1, 2
+SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
+
+
+@triton.jit
+def x_tile(x_ptr, g_ptr, k, k_mask, rstd, PROLOGUE: tl.constexpr):
+    """The K tile k of the GEMV input in fp32, with the RMSNorm prologue applied."""
+    dt = x_ptr.dtype.element_ty
+    xv = tl.load(x_ptr + k, mask=k_mask, other=0.0)
+    if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+        g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+        xv = g * (xv.to(tl.float32) * rstd).to(dt)
+    return xv.to(tl.float32)
+
+
+@triton.jit
+def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
+    """The weight tile at rows rn, columns k (streamed once: evict first) and, with TWO, the tile of the rows
+    `offset` further down (SwiGLU's up rows; RoPE's second half of a head), else the same tile again."""
+    w_off = rn[:, None] * stride_wn + k[None, :]
+    wm = n_mask[:, None] & (k < K)[None, :]
+    w = tl.load(w_ptr + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    w2 = w
+    if TWO:
+        w2 = tl.load(w_ptr + offset * stride_wn + w_off, mask=wm, other=0.0, eviction_policy="evict_first")
+    return w, w2
+
+
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
+@triton.jit
+def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
+                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
+                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    n_mask = rn < N
+    dt = x_ptr.dtype.element_ty
+    # the first K tile of the weights (and of the up rows): nothing writes them, so they load before the wait
+    # for the previous kernel
+    w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
+    if USE_PDL != 0:
+        gdc_wait()  # x, the partials and the residual come from earlier kernels
+    if USE_PDL == 1:
+        gdc_launch_dependents()
+    rstd = 0.0
+    if PROLOGUE == 1:  # RMSNorm statistics from the NSS sum-of-squares partials of x (fp32, from L2), one load;
+        # the scale is needed before the first product
+        rp = tl.arange(0, NSS_BLOCK)
+        ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
+        # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
+        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
+    acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
+    if EPILOGUE == 2:
+        acc_up = w_up.to(tl.float32) * xf[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + rk
+        w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
+        xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
+        acc += w.to(tl.float32) * xf[None, :]
+        if EPILOGUE == 2:
+            acc_up += w_up.to(tl.float32) * xf[None, :]
+    if USE_PDL == 2:
+        gdc_launch_dependents()
+    y = tl.sum(acc, axis=1).to(dt)
+    if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
+        r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+        yf = y.to(tl.float32)
+        part = tl.sum(tl.reshape(yf * yf, (BLOCK_N // 8, 8)), axis=1)  # 8 == SS_GROUP
+        rg = pid * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+        tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
+    if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
+        gate = y.to(tl.float32)
+        up = tl.sum(acc_up, axis=1).to(dt)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dt)
+        y = act * up
+    tl.store(y_ptr + rn, y, mask=n_mask)
+
+
+def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF):
+    """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y)."""
+    pdl = use_pdl(x, pdl)
+    K = x.shape[1]
+    y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
+    ss_out = (torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
+              if epilogue == EPILOGUE_RESIDUAL_SS else y)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_N"]),)
+
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue,
+                                                                            "rmsnorm" if prologue else "gemv")
+    config = pinned_config(form, n, K)
+    kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
+    wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
+                              PROLOGUE=prologue, EPILOGUE=epilogue,
+                              NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
+                              USE_PDL=pdl, **config, **launch_kwargs(pdl))
+    return y, ss_out
+
+
+def ss_partials(x: torch.Tensor) -> torch.Tensor:
+    """Sum-of-squares partials of a (1, K) row in the kernels' format (torch; for the first block's input)."""
+    return x.float().pow(2).view(-1, SS_GROUP).sum(-1)
+
+
+@triton_op("llama_fast::gemv", mutates_args=())
+def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """W @ x: x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype."""
+    return _launch_fused(x, w, x, x, x, 0.0, PROLOGUE_NONE, EPILOGUE_NONE, w.shape[0])[0]
+
+
+@triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
+def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float,
+                 pdl: int = PDL_OFF) -> torch.Tensor:
+    """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N).
+    pdl: a PDL_* mode, applied where it can be (pdl.use_pdl), as in every op below."""
+    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0], pdl)[0]
+
+
+@triton_op("llama_fast::gemv_residual_ss", mutates_args=())
+def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
+                     pdl: int = PDL_OFF) -> tuple[torch.Tensor, torch.Tensor]:
+    """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl)
+
+
+@triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
+def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
+                        eps: float, pdl: int = PDL_OFF) -> torch.Tensor:
+    """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
+    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl)[0]

@@ -1,0 +1,102 @@
+"""The wqkv GEMV of the batch-1 decode step with the RMSNorm prologue and, in its epilogue, RoPE and the K/V
+cache write.
+
+A program computes BLOCK_N/2 rows of one head's first half and the matching rows of its second half (RoPE pairs
+d with d + D/2), rotates q and k, writes q to the output and k, v into the cache slot input_pos. This replaces
+the two kernels per layer that rotated and scattered; the decode block is then nothing but our kernels
+(model.Transformer.fused_block_is_kernels_only).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from .configs import autotune_configs, pinned_config
+from .gemv import w_tiles, x_tile
+from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+
+
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "D"])
+@triton.jit
+def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
+                          N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
+                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    HALF: tl.constexpr = BLOCK_N // 2
+    pid = tl.program_id(0)
+    u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
+    d1 = (pid % (D // BLOCK_N)) * HALF + tl.arange(0, HALF)  # (HALF,) dims in the first half of the head
+    r1 = u * D + d1
+    r2 = r1 + D // 2
+    rk = tl.arange(0, BLOCK_K)
+    dt = x_ptr.dtype.element_ty
+    # the first K tile of the weights loads before the wait for the previous kernel (as in gemv.py)
+    w1, w2 = w_tiles(w_ptr, r1, r1 < N, rk, K, D // 2, stride_wn, True)  # rows r1 and r2 = r1 + D/2
+    if USE_PDL != 0:
+        gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
+    if USE_PDL == 1:
+        gdc_launch_dependents()
+    rp = tl.arange(0, NSS_BLOCK)
+    ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
+    rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
+    acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
+    acc2 = w2.to(tl.float32) * xf[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        k = k0 + rk
+        w1, w2 = w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
+        xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
+        acc1 += w1.to(tl.float32) * xf[None, :]
+        acc2 += w2.to(tl.float32) * xf[None, :]
+    if USE_PDL == 2:
+        gdc_launch_dependents()
+    y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
+    y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
+    # RoPE with the signed sine table (-sin | +sin): x * cos + swap_halves(x) * sin, each product rounded
+    c1 = tl.load(cos_ptr + d1).to(tl.float32)
+    c2 = tl.load(cos_ptr + d1 + D // 2).to(tl.float32)
+    s1 = tl.load(sin_ptr + d1).to(tl.float32)
+    s2 = tl.load(sin_ptr + d1 + D // 2).to(tl.float32)
+    rot1 = ((y1 * c1).to(dt).to(tl.float32) + (y2 * s1).to(dt).to(tl.float32)).to(dt)
+    rot2 = ((y2 * c2).to(dt).to(tl.float32) + (y1 * s2).to(dt).to(tl.float32)).to(dt)
+    pos = tl.load(pos_ptr)
+    if u < H:
+        tl.store(q_ptr + r1, rot1)
+        tl.store(q_ptr + r2, rot2)
+    elif u < H + HKV:
+        kb = kc_ptr + (u - H) * stride_ch + pos * stride_cs
+        tl.store(kb + d1, rot1)
+        tl.store(kb + d1 + D // 2, rot2)
+    else:
+        vb = vc_ptr + (u - H - HKV) * stride_ch + pos * stride_cs
+        tl.store(vb + d1, y1.to(dt))
+        tl.store(vb + d1 + D // 2, y2.to(dt))
+
+
+@triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
+def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wqkv: torch.Tensor, eps: float,
+                          cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                          input_pos: torch.Tensor, n_heads: int, pdl: int = PDL_OFF) -> torch.Tensor:
+    """Batch-1 decode: q (1, H*D) = RoPE(wqkv @ rmsnorm(x) * g)[:H*D]; rotated k and v written into
+    k_cache / v_cache (1, Hkv, S, D) at slot input_pos (1,). cos, sin (D,): this position's tables (sin
+    signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
+    (model.ROPE_MIN_HEAD_DIM). pdl: a PDL_* mode, applied where it can be (pdl.use_pdl)."""
+    D = cos.numel()
+    hkv = k_cache.shape[1]
+    pdl = use_pdl(x, pdl)
+    q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
+
+    def grid(meta):
+        return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
+
+    config = pinned_config("qkv_rope", wqkv.shape[0], x.shape[1])
+    kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
+    wrap_triton(kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
+                              wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
+                              hkv, k_cache.stride(1), k_cache.stride(2), D=D,
+                              NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, **config,
+                              **launch_kwargs(pdl))
+    return q

@@ -1,0 +1,372 @@
+"""scripts/: every maintained tool answers --help, imports without CUDA or Triton, has its pure helpers tested
+here, and runs a tiny case on the CPU where it can (perf_lab on the CPU; the micro-benchmarks in Triton's
+interpreter), so none of them rots unseen."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench"]
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the CPU torch build has none): "
+                                                         "the kernels' launch configs live beside the kernels")
+
+
+def run_tool(name: str, *args: str, timeout: int = 600, **env) -> subprocess.CompletedProcess:
+    """python scripts/<name>.py args, with this checkout's llama_fast and no GPU visible."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **env}
+    full_env.pop("TRITON_INTERPRET", None)  # the tools set it themselves for --device cpu
+    return subprocess.run([sys.executable, str(SCRIPTS / f"{name}.py"), *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def tool(monkeypatch):
+    """import a tool (or bench_util) as `python scripts/<tool>.py` would: scripts/ first on sys.path."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    return importlib.import_module
+
+
+# ------------------------------------------------------------------------------------------- every tool
+def test_scripts_holds_the_maintained_tools_each_listed_in_its_readme():
+    names = {p.name for p in SCRIPTS.iterdir() if not p.name.startswith(".") and p.name != "__pycache__"}
+    assert names == {"README.md", "install.sh", "bench_util.py"} | {f"{t}.py" for t in TOOLS}
+    readme = (SCRIPTS / "README.md").read_text()
+    for name in names - {"README.md"}:
+        assert len(re.findall(rf"^\| `{re.escape(name)}` \|", readme, flags=re.M)) == 1, name
+
+
+@pytest.mark.parametrize("name", TOOLS)
+def test_help_runs(name):
+    r = run_tool(name, "--help", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: {name}.py") and "--" in r.stdout
+
+
+def test_tools_import_without_cuda_or_triton():
+    """Importing a tool loads neither Triton nor llama_fast.kernels (they are imported where the kernels run),
+    so --help and the argument checks work on a CPU box without Triton."""
+    code = ("import sys\nsys.path.insert(0, sys.argv[1])\n"
+            + "".join(f"import {t}\n" for t in TOOLS + ["bench_util"])
+            + "print(sorted(m for m in ('triton', 'llama_fast.kernels') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")
+@pytest.mark.parametrize("name", TOOLS)
+def test_without_a_gpu_each_tool_says_so_in_one_line(name):
+    r = run_tool(name, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    errors = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"{name}.py: error: ") and "CUDA" in errors[0], r.stderr
+
+
+# ------------------------------------------------------------------------------------------- bench_util
+def test_resolve_variants_reads_keys_and_specs(tool):
+    bu = tool("bench_util")
+    from llama_fast.harness import VARIANTS
+
+    got = bu.resolve_variants(["fused-gemv-early", "fused-prefill-graph~pdl~graphed_prefill",
+                               "gate-up+triton_gemv@256", "hf"], VARIANTS)
+    assert list(got) == ["fused-gemv-early", "fused-prefill-graph~pdl~graphed_prefill", "gate-up+triton_gemv@256",
+                         "hf"]
+    assert got["fused-gemv-early"] == VARIANTS["fused-gemv-early"]
+    spec = got["fused-prefill-graph~pdl~graphed_prefill"]
+    base = VARIANTS["fused-prefill-graph"]
+    assert spec.key == "fused-prefill-graph~pdl~graphed_prefill" and spec.compile == base.compile
+    assert not spec.options.pdl and not spec.options.graphed_prefill
+    assert spec.options.compiled_glue and spec.options.split_mlp  # the other flags as in the base
+    chunked = got["gate-up+triton_gemv@256"]
+    assert chunked.options.triton_gemv and chunked.prefill_chunk == 256 and chunked.compile == "static"
+    assert got["hf"].is_transformers
+    assert "fused-prefill-graph~pdl~graphed_prefill" not in VARIANTS  # the harness's table is left alone
+
+
+@pytest.mark.parametrize("key,message", [("nope", "unknown variant 'nope'"),
+                                         ("fused+turbo", "unknown ForwardOptions flag turbo"),
+                                         ("hf+pdl", "transformers baseline"),
+                                         ("fused@x", "positive integer"), ("fused@0", "positive integer")])
+def test_resolve_variants_names_a_bad_key(tool, key, message):
+    bu = tool("bench_util")
+    from llama_fast.harness import VARIANTS
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        bu.resolve_variants(["kv", key], VARIANTS)
+
+
+def test_logger_prints_and_appends(tool, tmp_path, capsys):
+    bu = tool("bench_util")
+    log = tmp_path / "lab.log"
+    log.write_text("earlier\n")
+    say = bu.logger(str(log))
+    say("one")
+    say("two")
+    assert capsys.readouterr().out == "one\ntwo\n"
+    assert log.read_text() == "earlier\none\ntwo\n"
+    bu.logger(None)("three")
+    assert capsys.readouterr().out == "three\n" and log.read_text().endswith("two\n")
+
+
+def test_shapes_rotation_and_the_cpu_timer(tool):
+    bu = tool("bench_util")
+    from llama_fast.config import NAMED_SHAPES
+
+    assert bu.decode_gemv_shapes(NAMED_SHAPES["llama-7b"]) == {
+        "wqkv": (12288, 4096), "wo": (4096, 4096), "w13": (22016, 4096), "w2": (4096, 11008), "head": (32000, 4096)}
+    assert bu.decode_gemv_shapes(NAMED_SHAPES["tiny"])["wqkv"] == (128 + 2 * 64, 128)  # GQA: 2 of 4 heads
+    made = iter(range(100))
+    nxt = bu.rotating(lambda: next(made), 3)
+    assert [nxt() for _ in range(7)] == [1, 2, 0, 1, 2, 0, 1]
+    calls = []
+    t = bu.time_per_call(lambda: calls.append(1), torch.device("cpu"), reps=4, calls=5)
+    assert len(calls) == 1 + 4 * 5 and 0 < t < 0.01
+
+
+def test_kernel_device_sets_the_interpreter_before_the_kernels_load(tool, monkeypatch):
+    bu = tool("bench_util")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setitem(sys.modules, "llama_fast.kernels", types.ModuleType("llama_fast.kernels"))
+    with pytest.raises(RuntimeError, match="imported before"):
+        bu.kernel_device("cpu")
+    monkeypatch.delitem(sys.modules, "llama_fast.kernels")
+    assert bu.kernel_device("cpu") == torch.device("cpu") and os.environ["TRITON_INTERPRET"] == "1"
+
+
+@needs_triton
+def test_config_override_reaches_the_launch_configs_and_is_undone(tool):
+    bu = tool("bench_util")
+    from llama_fast.kernels import configs
+
+    wide = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2}
+    lookup = bu.trial_lookup({"residual@4096": wide, "attention": {"CHUNK": 64, "num_warps": 2}})
+    assert lookup("residual", 4096, 4096) == wide and lookup("residual", 4096, 11008) is None
+    assert lookup("attention", 1200, 128) == {"CHUNK": 64, "num_warps": 2} and lookup("swiglu", 1, 2) is None
+    pinned_w2 = configs.pinned_config("residual", 4096, 11008)
+    with pytest.raises(KeyError):
+        with bu.config_override({"residual@4096": wide}):
+            assert configs.pinned_config("residual", 4096, 4096) == wide  # wo
+            assert configs.pinned_config("residual", 4096, 11008) == pinned_w2  # w2 keeps its pinned config
+            raise KeyError("a trial that fails")
+    assert configs.CONFIG_OVERRIDE is None
+    assert configs.pinned_config("residual", 4096, 4096) == configs.gemv_config("residual", 4096)
+
+
+# ------------------------------------------------------------------------------------------- perf_lab
+def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
+    perf_lab = tool("perf_lab")
+    forms = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope", "attention"}
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5]
+    for number, trials in perf_lab.TRIAL_SETS.items():
+        names = list(trials)
+        assert trials[names[0]] == {} and "pinned again" in names, number
+        for name, table in trials.items():
+            for key, config in table.items():
+                form, _, width = key.partition("@")
+                assert form in forms and (not width or width.isdigit()), (number, name, key)
+                if form == "attention":
+                    assert set(config) == {"CHUNK", "num_warps"}, (number, name)
+                else:
+                    assert set(config) == {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}, (number, name)
+                    assert config["BLOCK_N"] % 8 == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
+
+
+def test_perf_lab_arguments(tool, capsys):
+    perf_lab = tool("perf_lab")
+    args = perf_lab.parse_args(["--device", "cpu", "--variants", "kv,fused@64", "--config-trials", "fused-eager"])
+    assert list(args.variants) == ["kv", "fused@64"] and args.variants["fused@64"].prefill_chunk == 64
+    assert args.config_trials.key == "fused-eager" and args.trial_set == 1
+    for bad, message in [(["--variants", "kv,nope"], "unknown variant 'nope'"),
+                         (["--memory"], "--memory reads the CUDA allocator"),
+                         (["--config-trials", "hf"], "transformers baseline"),
+                         (["--dtype", "fp8"], "fp8"), (["--new", "0"], "at least 1"),
+                         (["--trial-set", "3"], "invalid choice")]:
+        with pytest.raises(SystemExit) as exc:
+            perf_lab.parse_args(["--device", "cpu", *bad])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and message in err, (bad, err)
+
+
+def test_perf_lab_results_table(tool):
+    perf_lab = tool("perf_lab")
+    m = types.SimpleNamespace(tok_per_s=50.0, max_mem_mb=1234.4, warmup_s=2.25, hash="abc123")
+    assert perf_lab.results_table([("kv", m)], roof=200.0) == [
+        "| variant | tok/s | % roofline | max MB | warm-up s | hash |", "|---|---|---|---|---|---|",
+        "| kv | 50.0 | 25.0 | 1234 | 2.2 | abc123 |"]
+
+
+@pytest.mark.slow
+def test_perf_lab_measures_a_tiny_workload_on_the_cpu(tmp_path):
+    """transformers and two of our variants (one a spec) in one process: one output hash for all, our outputs
+    pass the teacher-forced check, the prefill / decode split and (with Triton installed) a config trial set."""
+    log = tmp_path / "lab.log"
+    trials = ["--config-trials", "kv", "--trial-set", "5"] if HAS_TRITON else []
+    r = run_tool("perf_lab", "--device", "cpu", "--model", "random:tiny", "--dtype", "fp32", "--prompt", "12",
+                 "--new", "4", "--cache", "32", "--runs", "1", "--variants", "hf,kv,qkv+fused_gate_up@8",
+                 "--breakdown", "--check", "--log", str(log), *trials)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    table = [line.split("|")[1:-1] for line in r.stdout.splitlines() if re.match(r"\| (hf|kv|qkv)", line)]
+    assert [row[0].strip() for row in table] == ["hf", "kv", "qkv+fused_gate_up@8"]
+    assert len({row[5].strip() for row in table}) == 1 and all(float(row[1]) > 0 for row in table)
+    assert r.stdout.count("tf-check ok") == 2 and r.stdout.count("ms/step") == 2 + (5 if trials else 0)
+    assert log.read_text() == r.stdout
+
+
+# ------------------------------------------------------------------------------------------- profile_decode
+@pytest.mark.parametrize("bad,message", [(["--variants", "fused,nope"], "unknown variant 'nope'"),
+                                         (["--variants", "hf-static,fused"], "hf-static: transformers baselines"),
+                                         (["--new", "1"], "--new must be at least 2")])
+def test_profile_decode_arguments(tool, capsys, bad, message):
+    pd = tool("profile_decode")
+    with pytest.raises(SystemExit) as exc:
+        pd.parse_args(bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_profile_decode_rows_per_decode_step(tool):
+    pd = tool("profile_decode")
+    run = [("gemv", 100.0, 10), ("attn", 50.0, 5), ("idle", 0.0, 1), ("prefill-only", 20.0, 2)]
+    prefill = [("gemv", 40.0, 2), ("prefill-only", 20.0, 2)]
+    rows = pd.decode_rows(run, prefill, steps=3)
+    assert [(round(us, 3), n, name) for us, n, name in rows] == [(20.0, 10, "gemv"), (16.667, 5, "attn")]
+
+
+def test_profile_decode_timeline_labels_each_gemv_and_the_gaps(tool):
+    """A synthetic trace of a 2-layer model: one stray GEMV, then two decode steps (wqkv, attention, wo, w13,
+    w2 per layer, then the head), each kernel followed by a 1 us gap."""
+    pd = tool("profile_decode")
+    from llama_fast.config import NAMED_SHAPES
+
+    cfg = NAMED_SHAPES["tiny"]
+    durs = {"wqkv": 10.0, "wo": 4.0, "w13": 20.0, "w2": 8.0, "head": 30.0}
+    events, ts = [], 0.0
+
+    def kernel(name, dur):
+        nonlocal ts
+        events.append({"cat": "kernel", "name": name, "ts": ts, "dur": dur})
+        ts += dur + 1.0
+
+    kernel("_gemv_fused_kernel", 5.0)  # before the first whole step
+    for _ in range(2):
+        for _ in range(cfg.n_layers):
+            kernel("_gemv_qkv_rope_kernel", durs["wqkv"])
+            kernel("_decode_attn_one_launch_kernel", 3.0)
+            for kind in ("wo", "w13", "w2"):
+                kernel("_gemv_fused_kernel", durs[kind])
+        kernel("_gemv_fused_kernel", durs["head"])
+    events.append({"cat": "cpu_op", "name": "aten::mm", "ts": 0.0, "dur": 1.0})
+
+    class Profile:
+        def export_chrome_trace(self, path):
+            Path(path).write_text(json.dumps({"traceEvents": events}))
+
+    lines = pd.timeline_report(Profile(), cfg)
+    assert lines[0] == "  timeline: 1 GEMV kernels before the first whole step left out"
+    shapes = pd.decode_gemv_shapes(cfg)
+    for kind, dur in durs.items():
+        n, k = shapes[kind]
+        count = 2 * (cfg.n_layers if kind != "head" else 1)
+        assert f"    {kind:5s} {dur:7.1f} us  {n * k * 2 / dur / 1e3:6.0f} GB/s  (x{count})" in lines, kind
+    gaps = [line for line in lines if "  after " in line]
+    assert gaps and all(line.strip().startswith("1.00 us") for line in gaps)
+    assert any(line.endswith("after _decode_attn_one_launch_kernel") for line in gaps)
+    assert pd.timeline_report(Profile(), NAMED_SHAPES["llama-7b"]) == [
+        "  timeline: 19 GEMV kernels, fewer than one step's 129: per-kind split skipped"]
+
+
+# ------------------------------------------------------------------------------------------- micro-benchmarks
+@pytest.fixture(scope="module")
+def interpreter():
+    """Skips when Triton's interpreter here cannot run the kernels (tests/test_kernels.py's probe says why)."""
+    if not HAS_TRITON:
+        pytest.skip("triton is not installed (the CPU torch build has none): the micro-benchmarks run the "
+                    "kernels in Triton's interpreter on the CPU")
+    from test_kernels import LOOP_PROBE
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    probe = subprocess.run([sys.executable, "-c", LOOP_PROBE], env=env, capture_output=True, text=True,
+                           timeout=120).stdout.strip()
+    if probe != "ok":
+        pytest.skip(f"Triton's interpreter here: {probe}")
+
+
+def test_micro_benchmark_tables(tool):
+    gemv_bench, fused_bench, attn_bench = tool("gemv_bench"), tool("fused_bench"), tool("attn_bench")
+    assert gemv_bench.row("wo", "linear", 10e-6, 4096 * 4096 * 2, 1.5e-4) == (
+        "wo    linear               10.0 us    3355 GB/s rel err 1.5e-04")
+    assert set(fused_bench.STEP_FORMS) <= set(fused_bench.GEMV_FORMS)
+    assert all(form in fused_bench.GEMV_FORMS[name] for name, form in fused_bench.STEP_FORMS.items())
+    results = [(t, 8, bk, 4) for t, bk in ((5.0, 256), (3.0, 512), (4.0, 1024), (6.0, 128), (7.0, 64))]
+    lines = fused_bench.best_and_pinned("wo", "residual", 2e6, results, [(8, 64, 4)])
+    assert [line.split()[3] for line in lines] == ["3.0", "4.0", "5.0", "6.0", "7.0"]
+    assert lines[0].split()[2] == "best" and lines[-1].split()[2] == "at" and lines[-1].endswith("BK64 warps 4")
+    rows = attn_bench.configs_to_time()
+    assert rows[0] == ("pinned", None) and len(rows) == 13 and len({name for name, _ in rows}) == 13
+    with pytest.raises(SystemExit):
+        gemv_bench.parse_args(["--device", "cpu", "--forms", "linear,cutlass"])
+
+
+@needs_triton
+def test_the_sweeps_hold_the_pinned_configs(tool):
+    fused_bench, attn_bench = tool("fused_bench"), tool("attn_bench")
+    from llama_fast.kernels import configs
+
+    for name, form in fused_bench.STEP_FORMS.items():
+        pinned = configs.gemv_config(form, 32000 if name == "head" else 4096)
+        assert (pinned["BLOCK_N"], pinned["BLOCK_K"], pinned["num_warps"]) in fused_bench.GEMV_GRID, name
+    q = configs.QKV_ROPE_CONFIG
+    assert (q["BLOCK_N"], q["BLOCK_K"], q["num_warps"]) in fused_bench.QKV_GRID
+    assert configs.ATTN_EAGER_CONFIG in [config for _, config in attn_bench.configs_to_time()]
+
+
+@pytest.mark.slow
+def test_gemv_bench_in_the_interpreter(interpreter):
+    r = run_tool("gemv_bench", "--device", "cpu", "--shape", "tiny", "--forms", "linear,triton-gemv", "--reps", "1",
+                 "--calls", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = {tuple(line.split()[:2]): float(line.split()[-1]) for line in r.stdout.splitlines() if "rel err" in line}
+    assert set(errs) == {(n, f) for n in ("wqkv", "wo", "w13", "w2", "head") for f in ("linear", "triton-gemv")}
+    assert max(errs.values()) < 1e-2, errs
+
+
+@pytest.mark.slow
+def test_fused_bench_in_the_interpreter(interpreter):
+    """Every launch the micro-benchmark makes (the ops, the raw kernels over the sweep grids, attention over
+    its grid) builds and runs: a config that fails is reported, and none may."""
+    r = run_tool("fused_bench", "--device", "cpu", "--shape", "tiny", "--cache", "80", "--attended", "70",
+                 "--reps", "1", "--calls", "1", "--sweep-configs")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.splitlines()
+    assert not [line for line in out if re.search(r"BN\d+ BK\d+ w\d+: \w+", line)], r.stdout
+    for name, forms in [("wqkv", "gemv rmsnorm"), ("wo", "gemv residual"), ("w13", "gemv swiglu"),
+                        ("w2", "gemv residual"), ("head", "gemv rmsnorm")]:
+        timed = [m[1] for m in (re.match(rf"{name} +(\w+) +[\d.]+ us", line) for line in out) if m]
+        assert timed == forms.split(), name
+    assert len([line for line in out if " best " in line]) == 5 * 4  # the four step forms and qkv+RoPE
+    assert len([line for line in out if " at " in line]) == 5  # each one's pinned config, timed in the sweep
+    assert len([line for line in out if re.match(r"attn  chunk +\d+ warps \d: split", line)]) == 9
+    assert any(line.startswith("attn  decode_attention_one_launch (chunk 128, 4 warps)") for line in out)
+
+
+@pytest.mark.slow
+def test_attn_bench_in_the_interpreter(interpreter):
+    r = run_tool("attn_bench", "--device", "cpu", "--shape", "tiny", "--cache", "80", "--attended", "70",
+                 "--layers", "2", "--reps", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
+    assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
+    assert r.stdout.splitlines()[0].startswith("pinned chunk 128/4")
