@@ -88,7 +88,7 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early"]
-FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (PERF.md, row 48)
+FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (docs/PERF.md, ablation)
 
 
 def variant_for(preallocate: bool, compile: str) -> Variant:
