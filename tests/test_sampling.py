@@ -148,3 +148,18 @@ def test_compiled_fullgraph_step_draws_the_eager_tokens():
         kw.update(max_new_tokens=12, do_sample=True, seed=77)
         for ids in (PROMPT, PROMPT.expand(2, -1)):
             assert torch.equal(eager.generate(ids, **kw), compiled.generate(ids, **kw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the fused path and its CUDA graph")
+def test_cuda_graphed_fastest_path_samples_repeatably_and_top_k_1_is_greedy():
+    """On the GPU the sampled pick runs inside the captured decode graph of the fastest path: the same seed gives
+    the same tokens, and top_k=1 gives the greedy tokens of the same graph path."""
+    fastest = VARIANTS[FASTEST]
+    m = llama_fast.load_model("random:tiny", "cuda", "float16", compile="fullgraph", options=fastest.options,
+                              prefill_chunk=fastest.prefill_chunk)
+    ids = PROMPT.expand(1, -1)
+    kw = dict(max_new_tokens=24, do_sample=True, temperature=0.8, top_p=0.95, seed=5)
+    a, b = m.generate(ids, **kw), m.generate(ids, **kw)
+    assert torch.equal(a, b)
+    greedy = m.generate(ids, max_new_tokens=24)
+    assert torch.equal(m.generate(ids, max_new_tokens=24, do_sample=True, top_k=1, temperature=0.5, seed=1), greedy)
