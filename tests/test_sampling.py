@@ -137,13 +137,12 @@ def test_sample_on_hand_made_logits_keeps_only_the_filtered_tokens():
 
 @pytest.mark.slow
 def test_compiled_fullgraph_step_draws_the_eager_tokens():
-    """The step compiled (regional compile + compiled pick on CPU) draws the same tokens as eager code for the
-    same seed: the noise is integer-exact and the float work agrees here."""
+    """The step compiled (regional compile; the sampled pick itself runs eagerly) draws the same tokens as eager
+    code for the same seed: the noise is integer-exact and the float work agrees here."""
     fastest = VARIANTS[FASTEST]
     eager = llama_fast.load_model("random:tiny", "cpu", "float32")
     compiled = llama_fast.load_model("random:tiny", "cpu", "float32", compile="fullgraph",
                                      options=fastest.options, prefill_chunk=fastest.prefill_chunk)
-    assert fastest.options.compiled_glue  # batch 1 runs the compiled pick
     for kw in (dict(temperature=0.9, top_p=0.95), dict(temperature=1.2)):
         kw.update(max_new_tokens=12, do_sample=True, seed=77)
         for ids in (PROMPT, PROMPT.expand(2, -1)):
