@@ -128,8 +128,9 @@ def main(argv=None) -> int:
         started = time.time()
         with open(log, "w") as f:
             rc = subprocess.run(cmd, cwd=checkout, env=side_env(checkout), stdout=f, stderr=subprocess.STDOUT).returncode
-        entry = dict(process=name, side=side, index=i, started=started, seconds=round(time.time() - started, 2),
-                     exit=rc, json=str(out_json), log=str(log))
+        ended = time.time()
+        entry = dict(process=name, side=side, index=i, started=started, ended=ended,
+                     seconds=round(ended - started, 2), exit=rc, json=str(out_json), log=str(log))
         ran.append(entry)
         tail = (log.read_text().strip().splitlines() or [""])[-1]
         print(f"[gate] {name}: exit {rc} in {entry['seconds']:.0f} s: {tail}", flush=True)

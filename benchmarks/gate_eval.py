@@ -61,9 +61,10 @@ def worker(a) -> int:
     import bench_support as bs
     import inject
     from llama_fast import harness
-    from llama_fast.api import load_model
+    from llama_fast.api import limit_cublas_workspace, load_model
 
     started = time.perf_counter()
+    limit_cublas_workspace()  # as the suite's processes run
     device = torch.device(a.device)
     model = a.model or bs.default_model(a.device)[0]
     dtype = torch.float16 if device.type == "cuda" else torch.float32
