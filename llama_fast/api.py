@@ -71,11 +71,11 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)
-    tokenizer = load_tokenizer(name)  # first: its imports are not the weights' memory
-    warm_up_meta_device()  # nor is torch's one-time meta-device setup
     scheme = quantization_of(name, quantize)
+    warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory
     with PeakMemory(dev) as mem:
         _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize)
+    tokenizer = load_tokenizer(name)
     fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)
     fast.quantize = scheme
