@@ -105,7 +105,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              "decode GEMVs", _FASTEST_OPTIONS, quantize="int4:g128"),
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early", "int8", "int4"]
+            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early",
+            "int8", "int4"]
 FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (docs/PERF.md, ablation)
 
 

@@ -393,7 +393,8 @@ def random_config(name: str) -> LlamaConfig:
     return NAMED_SHAPES[shape]
 
 
-def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0, quantize: str | QuantScheme | None = None):
+def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
+                 quantize: str | QuantScheme | None = None):
     """(config, Transformer, tokenizer) for any accepted model name; the tokenizer is load_tokenizer(name).
     quantize: see build_weights."""
     cfg, model = build_weights(name, device, dtype, seed=seed, quantize=quantize)
@@ -469,14 +470,14 @@ def read_quantization(checkpoint: Path) -> dict | None:
     return {**info, "scheme": scheme.name}
 
 
-def _layer_schemes_of(info: dict, cfg: LlamaConfig, where: str) -> dict[str, QuantScheme | None]:
+def _layer_schemes_of(info: dict, cfg: LlamaConfig) -> dict[str, QuantScheme | None]:
     """quantization.json's per-layer entries -> {layer: QuantScheme or None}, refusing a layer list that is
     not the model's."""
     expected = set(cfg.linear_shapes()) - ({"output"} if cfg.tie_word_embeddings else set())
     layers = info["layers"]
     if set(layers) != expected:
         extra, missing = sorted(set(layers) - expected), sorted(expected - set(layers))
-        raise QuantError(f"{where}: its layers do not match the model's config (missing {missing[:3]}, "
+        raise QuantError(f"its layers do not match the model's config (missing {missing[:3]}, "
                          f"unexpected {extra[:3]})")
     schemes = {}
     for name, entry in layers.items():
@@ -492,7 +493,7 @@ def build_quantized_model(cfg: LlamaConfig, info: dict, get: Callable[[str], tor
     with torch.device("meta"):
         model = Transformer(cfg)
     try:
-        quant.install_quant_linears_(model, _layer_schemes_of(info, cfg, QUANTIZATION_FILE), dtype)
+        quant.install_quant_linears_(model, _layer_schemes_of(info, cfg), dtype)
     except QuantError as e:
         raise QuantError(f"{QUANTIZATION_FILE}: {e}") from None
     names = [n for n in model.state_dict() if not (n == "output.weight" and cfg.tie_word_embeddings)]
@@ -518,7 +519,8 @@ def save_quantized(name: str, dst: str | Path, quantize: str | QuantScheme, devi
       tokenizer files     copied from the source checkpoint when it has them
 
     Everything is written into a temporary directory beside dst and renamed into place at the end: an error
-    leaves nothing behind. Returns a summary: scheme, bytes of model.safetensors, the load peak."""
+    leaves nothing behind. Returns {"scheme": canonical name, "bytes": size of model.safetensors, "checkpoint":
+    dst}."""
     dst = Path(dst)
     scheme = quant.parse_scheme(quantize)
     if dst.exists():

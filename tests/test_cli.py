@@ -575,3 +575,39 @@ def test_quantized_checkpoint_as_model(tmp_path, capsys):
     assert [r["quantize"] for r in rows] == ["int8"] * 3
     assert rows[0]["hash"] == rows[1]["hash"] == rows[2]["hash"]  # the saved weights are the ones quantized at load
     assert "| int8 weights" in capsys.readouterr().out
+
+
+def test_one_load_per_weight_scheme_the_previous_model_freed_first(tmp_path, capsys, monkeypatch):
+    """Rows over other weights (an ablation's int8 / int4) load the model again, once per scheme, in the rows'
+    order; the previous model is gone before the next one loads."""
+    import gc
+    import weakref
+
+    from llama_fast import api
+
+    rows = [harness.Variant("eager", "eager", ForwardOptions()),
+            harness.Variant("eager-int8", "eager, int8 weights", ForwardOptions(), quantize="int8"),
+            harness.Variant("eager-too", "eager again", ForwardOptions())]
+    for v in rows:
+        monkeypatch.setitem(harness.VARIANTS, v.key, v)
+    assert [(q, [v.key for v in vs]) for q, vs in runner.by_quantize(rows)] == \
+        [(None, ["eager", "eager-too"]), ("int8", ["eager-int8"])]
+    loads, previous = [], []
+    real_load = api.load_model
+
+    def load_model(*args, **kw):
+        gc.collect()
+        loads.append((kw.get("quantize"), all(r() is None for r in previous)))
+        fast = real_load(*args, **kw)
+        previous.append(weakref.ref(fast))
+        return fast
+
+    monkeypatch.setattr(api, "load_model", load_model)
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--compare", "--compare-variants", "eager,eager-int8,eager-too,hf-static",
+                     "--output", str(out)]) == 0
+    assert loads == [(None, True), ("int8", True)]
+    got = [(r["variant"], r["quantize"]) for r in read_rows(out)]
+    assert got == [("hf-static", "none"), ("eager", "none"), ("eager-too", "none"), ("eager-int8", "int8")]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| llama_fast (eager-int8) |")]
+    assert len(table) == 1  # a row with its own scheme keeps its own name

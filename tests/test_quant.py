@@ -532,7 +532,8 @@ def test_int4_g32_quality_on_smollm2(embedded_checkpoint, smollm_nll):
 
     The embedded weights come from a Q4_1 GGUF: 4-bit values with a scale and a minimum per 32 weights along K,
     the same layout as int4:g32. Round-to-nearest over those de-quantized weights finds the same grid again, so
-    the NLL agrees far closer than +2 % (measured: the same to 7 digits); a wrong packing, group or rounding would not."""
+    the NLL agrees far closer than +2 % (measured: the same to 7 digits); a wrong packing, group or rounding
+    would not."""
     ids, ref = smollm_nll
     fast = llama_fast.load_model(loading.EMBEDDED_MODEL, device="cpu", dtype="fp32", quantize="int4:g32")
     nll = mean_nll(fast, ids)

@@ -133,7 +133,8 @@ def _compare_table(run: BenchmarkRun, i: int, w: harness.Workload) -> str:
     for v in plan.variants:
         r = run.results[(v.key, i)]
         m = r.measurement
-        name = names[v.key] if v.quantize is None or v.key in ("int8", "int4") else f"{names[v.key]}, {v.quantize}"
+        given = v.quantize is not None and v.quantize != harness.VARIANTS[v.key].quantize  # by --quantize
+        name = f"{names[v.key]}, {v.quantize}" if given else names[v.key]
         if m is None:
             rows.append([name, v.key, "OOM", "-", "-", "-", "-", "-", "-"])
             continue

@@ -96,12 +96,17 @@ class BenchmarkRun:
                 self._sweep(variants, lambda v, w: harness.hf_runner(hf, plan.tokenizer, v, w), bar)
                 del hf
                 _free_memory(plan.device)
-            for quantize, variants in by_quantize(v for v in plan.variants if not v.is_transformers):
+            groups = by_quantize(v for v in plan.variants if not v.is_transformers)
+            for i, (quantize, variants) in enumerate(groups):
+                if i:  # compiled steps of the previous model may hold its tensors: dropped before the next loads
+                    torch._dynamo.reset()
+                    _free_memory(plan.device)
                 fast = api.load_model(args.model, plan.device, plan.dtype, seed=args.weights_seed,
                                       quantize=quantize)
+                weights = harness.weight_bytes(plan.cfg, plan.dtype, quantize=fast.quantize)
                 progress.note(f"[{args.model}] {fast.quantize or plan.dtype_name} weights loaded: "
-                              f"{harness.weight_bytes(plan.cfg, plan.dtype, quantize=fast.quantize) / harness.MB:.1f} "
-                              f"MB, peak {fast.load_peak_bytes / harness.MB:.1f} MB while loading")
+                              f"{weights / harness.MB:.1f} MB, peak {fast.load_peak_bytes / harness.MB:.1f} MB "
+                              "while loading")
                 self._sweep(variants, lambda v, w: harness.fast_runner(fast, v, w), bar)
                 del fast
                 _free_memory(plan.device)
