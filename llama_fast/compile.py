@@ -63,7 +63,7 @@ def make_steps(mode: str, prefill: Callable, decode: Callable, model):
     # nothing but ~10 s of cold compile, and eager launches can use PDL
     model.compiled_fused_block = (None if model.fused_block_is_kernels_only()
                                   else torch.compile(run_fused_layer, fullgraph=True, dynamic=False))
-    if model.output.weight.device.type == "cuda":
+    if model.tok_embeddings.weight.device.type == "cuda":
         pool = GraphPool()  # the prefill graph's activations and the decode step's share memory
         decode = GraphedDecode(decode, pool)
         if model.options.graphed_prefill:

@@ -83,8 +83,11 @@ class LlamaFast:
         self.tokenizer = tokenizer
         self.config: LlamaConfig = model.config
         self.name = name
-        self.device = model.output.weight.device
-        self.dtype = model.output.weight.dtype
+        # the embedding, never quantized: a quantized head's .weight would be dequantized just to be read
+        self.device = model.tok_embeddings.weight.device
+        self.dtype = model.tok_embeddings.weight.dtype
+        self.quantize: str | None = None  # the weight scheme (llama_fast.quant), set by api.load_model
+        self.load_peak_bytes: int | None = None  # peak memory of the load, set by api.load_model
         self.cache_length = cache_length
         self.check_every = check_every
         self.options = ForwardOptions()
