@@ -21,7 +21,6 @@ tests/test_gate_stats.py.
 """
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -175,15 +174,10 @@ def install(fast, call: Callable[[], object], fraction: float, steps: int, devic
             verify_calls: int = 2) -> tuple[Calibration, str]:
     """Calibrate and leave fast.step_hook set so that `call` (one synchronized generate) takes (1 + fraction)x as
     long. Returns (calibration, the sleep's kind). The caller clears fast.step_hook afterwards."""
-    from llama_fast.harness import DeviceTimer
+    from llama_fast.harness import median_seconds
 
     def timed(n: int) -> float:
-        ts = []
-        for _ in range(n):
-            with DeviceTimer(device) as t:
-                call()
-            ts.append(t.seconds)
-        return statistics.median(ts)
+        return median_seconds(call, device, n)
 
     s = sleeper(device)
     fast.step_hook = None

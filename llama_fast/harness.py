@@ -386,6 +386,16 @@ class Ceilings:
     copy_bytes: float  # bytes/s of a large device copy, read + write counted
 
 
+def median_seconds(fn: Callable[[], object], device: torch.device, reps: int) -> float:
+    """Median wall time of `reps` calls of fn, each timed by DeviceTimer (the device drained at both ends)."""
+    ts = []
+    for _ in range(reps):
+        with DeviceTimer(device) as t:
+            fn()
+        ts.append(t.seconds)
+    return statistics.median(ts)
+
+
 def measure_ceilings(device: torch.device, dtype: torch.dtype) -> Ceilings:
     """Measure the two ceilings on this device in this process (median of several runs)."""
     cuda = device.type == "cuda"
@@ -397,13 +407,8 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype) -> Ceilings:
     dst = torch.empty_like(src)
 
     def timed(fn, reps):
-        fn()
-        ts = []
-        for _ in range(reps):
-            with DeviceTimer(device) as t:
-                fn()
-            ts.append(t.seconds)
-        return statistics.median(ts)
+        fn()  # warm: first-call setup (cuBLAS handle, allocation) is not the rate
+        return median_seconds(fn, device, reps)
 
     mm = timed(lambda: a @ b, 10)
     cp = timed(lambda: dst.copy_(src), 10)
