@@ -50,10 +50,10 @@ QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 
 # per thread and row, so every row of the tile sits in each thread and x is loaded, normalized and summed once
 # per program instead of once per row: 2048 int8 / 4096 int4 weights per row at 4 warps, 2 KB, the bytes of
 # the residual GEMVs' tile above. With 8 rows the int4 loop compiles (sm_90) to 4.0 instructions per weight,
-# 4.4 with the RMSNorm prologue, in 134 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
+# 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
 # two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice the rows: int8 takes 8
 # warps there (255 registers at 4). Chosen from compiled code, not yet timed: scripts/fused_bench.py
-# --weights fp16,int8,int4 --sweep-configs times them against QUANT_GRID.
+# --weights fp16,int8,int4 --sweep-configs times them against its QUANT_GRID.
 QUANT_CONFIGS = {
     "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 2},

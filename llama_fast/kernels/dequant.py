@@ -16,12 +16,14 @@ f = c + q / 16 for int4 (c = 16 for even j, 1 for odd j: two nibbles share one s
 out once per row or group through sums of x:
   int8: sum_k q_k x_k = 256 sum_k f_k x_k - 384 sum_k x_k                       (per row, then * s[n])
   int4: sum_{k in g} w_k x_k = 16 s (sum_k f_k x_k - sum_k c_k x_k) + o sum_k x_k   (per group g)
-A weight then costs one LOP3, one FFMA and a shift (a pair of int4 weights shares one): 4.4 instructions per
-int4 weight with the RMSNorm prologue, 4.0 without, in the same compile. q sits at the top of f's mantissa, so
-f * x keeps fp32's precision; taking out the constant part loses at most a few bits of it (1e-6 relative).
+A weight then costs one LOP3, one FFMA and a shift (a pair of int4 weights shares one). Compiled for sm_90 at
+the pinned configs (configs.QUANT_CONFIGS), the K loop takes 4.0 instructions per int4 weight, 4.4 with the
+RMSNorm prologue, 3.8 in the two-tile forms (SwiGLU, qkv+RoPE); 4.2-4.8 per int8 weight. q sits at the top of
+f's mantissa, so f * x keeps fp32's precision; taking out the constant part costs a few bits of it (errors of a
+few 1e-6 of the output: tests/test_kernels.py).
 
-The exponent bit patterns come in as kernel arguments (ONE_BITS, SIXTEEN_BITS): as literals, ptxas re-creates
-the second constant of every LOP3 with a MOV (one more instruction per weight).
+The exponent bit patterns come in as kernel arguments (ONE_BITS, SIXTEEN_BITS): as literals, ptxas re-created
+the second constant of every LOP3 with a MOV (about one more instruction per two weights).
 """
 from __future__ import annotations
 

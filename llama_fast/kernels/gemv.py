@@ -10,6 +10,9 @@ partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no pr
 normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers' fp16 code rounds
 (normed x, gate, up, silu, the product, the projection before the residual add), so only the GEMV's
 summation order differs from the unfused path.
+
+The weights are in the model dtype or quantized (constexpr WFMT: int8 per row, int4 in groups), the latter read
+as packed words and dequantized in registers in fp32 (dequant.py), with the same prologue and epilogues.
 """
 from __future__ import annotations
 

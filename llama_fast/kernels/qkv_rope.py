@@ -4,7 +4,7 @@ cache write.
 A program computes BLOCK_N/2 rows of one head's first half and the matching rows of its second half (RoPE pairs
 d with d + D/2), rotates q and k, writes q to the output and k, v into the cache slot input_pos. This replaces
 the two kernels per layer that rotated and scattered; the decode block is then nothing but our kernels
-(model.Transformer.fused_block_is_kernels_only).
+(model.Transformer.fused_block_is_kernels_only). wqkv may be quantized, as in gemv.py (dequant.py).
 """
 from __future__ import annotations
 
