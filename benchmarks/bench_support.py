@@ -51,12 +51,23 @@ def is_random(model: str) -> bool:
 SEED_WORKLOAD = Workload(batch=1, prompt_len=1000, new_tokens=200, cache_length=1200)
 CPU_WORKLOAD = Workload(batch=1, prompt_len=32, new_tokens=16)
 
-# The default (fast) set: the key rows of the ablation table on the seed workload, then the fastest path
-# over a few batch sizes and prompt lengths. Prompt lengths stay within llama-7b's 2048 positions.
-# transformers both ways, the cuBLAS CUDA-graph path (what batches > 1 run) and the fastest path
-KEY_VARIANTS = ["hf", "hf-static", "graphs", FASTEST]
+# The default (fast) set: transformers' fastest form (static cache, auto-compiled: the row to beat) and the fastest
+# path on the seed workload, then the fastest path over a few batch sizes and prompt lengths (batches > 1 run its
+# cuBLAS CUDA-graph path). Prompt lengths stay within llama-7b's 2048 positions. Plain transformers (`hf`, 49 s of
+# the suite's 294 s on an H200, docs/PERF.md run 66) and the cuBLAS graph row at batch 1 (`graphs`, 28 s) stay in
+# the sweep and --bench-variants; the correctness reference does not need the `hf` row (computed on demand).
+KEY_VARIANTS = ["hf-static", FASTEST]
 GPU_EXTRA = [Workload(4, 1000, 200), Workload(16, 1000, 200), Workload(1, 200, 200), Workload(1, 1600, 200)]
 CPU_EXTRA = [Workload(4, 32, 16), Workload(16, 32, 16), Workload(1, 8, 16), Workload(1, 128, 16)]
+
+# The pull-request gate's cases (benchmarks/gate.py; .github/workflows/gpu-bench.yml passes them as -k, which any
+# merge base's suite understands): the fastest path on the seed workload (the gate's targets are measured there),
+# at batch 16 (the batched path) and on the longest prompt (prefill in several chunks, the longest attention).
+# Three processes per side of these fit the job's 15 minutes on one H200; the rest of the default set is
+# checked for correctness in the same job, untimed.
+GATE_K = ("fused-gemv-early-b1-p1000-n200-fp16 or fused-gemv-early-b16-p1000-n200-fp16 or "
+          "fused-gemv-early-b1-p1600-n200-fp16")
+GATE_ROUNDS = 5  # timed rounds per gated case and process
 
 # --bench-sweep: every ablation row (plus hf-static) over batch sizes and prompt lengths.
 SWEEP_VARIANTS = ["hf", "hf-static"] + [v for v in ABLATION if v != "hf"]
@@ -177,6 +188,18 @@ def storage_searched(storage: object, compare: object) -> str:
 # its cache by concatenation (a transient copy of one layer's K/V per step) and keeps more buffers.
 LLAMA_FAST_ALLOWANCE_MB = 256
 TRANSFORMERS_ALLOWANCE_MB = 1024
+
+
+# Device memory left free beside both models before transformers may stay on the device while ours is timed.
+RESIDENT_HEADROOM_MB = 4096
+
+
+def transformers_may_stay(total_bytes: int, transformers_bytes: int, budget_bytes: int) -> bool:
+    """Whether transformers (needed by the correctness checks) may stay on the device while a llama_fast case whose
+    peak may reach budget_bytes is timed: the device must hold both with RESIDENT_HEADROOM_MB to spare. Staying
+    saves parking a 7B model on the CPU and bringing it back (2 x 13.5 GB of copies in fp16) for every case; its
+    bytes are then taken off the case's measured peak, which so still holds one model."""
+    return total_bytes - transformers_bytes >= budget_bytes + RESIDENT_HEADROOM_MB * MB
 
 
 def prefill_activation_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, chunk: int | None) -> int:

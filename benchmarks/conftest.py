@@ -6,13 +6,13 @@ See docs/BENCHMARKS.md. Without CUDA every case is skipped unless --bench-device
 from __future__ import annotations
 
 import gc
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import bench_support as bs
+import inject
 from llama_fast import harness
 from llama_fast.api import load_model, output_hash
 
@@ -55,17 +55,22 @@ def pytest_addoption(parser):
                 help="full sweep: every ablation row x batch 1..64 x prompt 100..4000 (hours on one GPU)")
     g.addoption("--bench-variants", default=None,
                 help="comma list of variants (harness.VARIANTS keys), each over the default set's workloads")
-    g.addoption("--bench-rounds", type=int, default=3, help="timed rounds per case (default 3)")
+    g.addoption("--bench-rounds", type=int, default=3, help="timed rounds per llama_fast case (default 3)")
     g.addoption("--bench-warmup", type=int, default=1,
-                help="untimed warm-up rounds inside pedantic, after the compile call (default 1)")
+                help="untimed warm-up rounds inside pedantic, after the compile call (default 1; a prefill that "
+                     "fits one chunk captures its CUDA graph in the second call)")
+    g.addoption("--bench-reference-rounds", type=int, default=1,
+                help="timed rounds per transformers case, no warm-up round (default 1: transformers is the "
+                     "reference, never gated; its warm-up call already ran the whole workload)")
     g.addoption("--bench-update-hashes", action="store_true",
                 help="record this run's output hashes in the hash file instead of checking them")
     g.addoption("--bench-hashes", default=str(bs.HASH_FILE), help="expected-hash file (default: %(default)s)")
     g.addoption("--bench-shard", default=None, metavar="I/N",
                 help="run only cases k with k %% N == I (one process per GPU; see benchmarks/shard.py)")
     g.addoption("--bench-inject-slowdown", type=float, default=0.0, metavar="FRACTION",
-                help="TEST ONLY: busy-wait after every decode step so a llama_fast call takes (1+FRACTION)x as "
-                     "long (calibrated per case); proves the regression gate fires")
+                help="TEST ONLY: a calibrated delay after every decode step (a GPU sleep kernel on the step's "
+                     "stream; a host sleep on CPU) so a llama_fast call takes (1+FRACTION)x as long; proves the "
+                     "regression gate fires (benchmarks/inject.py)")
     g.addoption("--bench-threads", type=int, default=None, help="CPU mode: torch.set_num_threads")
 
 
@@ -101,6 +106,11 @@ def pytest_configure(config):
     if bad:
         raise pytest.UsageError(f"--bench-dtype: unknown {bad} (choose from {', '.join(bs.DTYPE_NAMES)})")
     st[KEY_DTYPES] = dtypes
+    if config.getoption("bench_inject_slowdown") < 0:
+        raise pytest.UsageError("--bench-inject-slowdown: the fraction must be >= 0")
+    for name in ("bench_rounds", "bench_reference_rounds"):
+        if config.getoption(name) < 1:
+            raise pytest.UsageError(f"--{name.replace('_', '-')}: at least 1 timed round")
     variants = config.getoption("bench_variants")
     if variants:
         variants = [v.strip() for v in variants.split(",") if v.strip()]
@@ -159,7 +169,8 @@ def pytest_report_header(config):
     lines = [f"llama_fast benchmarks: model={model} ({why}); device={device}: {dev_name}; "
              f"dtype={','.join(st[KEY_DTYPES])}",
              f"  cases: {len(st[KEY_CASES])} ({'sweep' if config.getoption('bench_sweep') else 'default set'}); "
-             f"rounds={config.getoption('bench_rounds')} warmup={config.getoption('bench_warmup')}; "
+             f"rounds={config.getoption('bench_rounds')} warmup={config.getoption('bench_warmup')} "
+             f"(transformers: {config.getoption('bench_reference_rounds')}, no warm-up round); "
              f"storage={_storage(config)}; hashes={config.getoption('bench_hashes')}"]
     if st[KEY_NOTHING_TO_COMPARE]:
         lines.append(f"  --benchmark-compare: {nothing_to_compare(st[KEY_SKIP])}")
@@ -244,9 +255,10 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 
 # ------------------------------------------------------------------------------------------- run context
 class BenchContext:
-    """Loads each model once per run and keeps at most one model per dtype on the device while timing:
-    transformers is parked on the CPU while llama_fast is measured (and llama_fast is dropped if a transformers
-    row runs after it), so each peak-memory figure holds one model."""
+    """Loads each model once per run, and each peak-memory figure holds one model: llama_fast is dropped while a
+    transformers row is timed; while llama_fast is timed, transformers (needed by the correctness checks) stays on
+    the device where bench_support.transformers_may_stay allows it, its bytes (measured as it arrived on the
+    device) taken off the measured peak; otherwise it is parked on the CPU."""
 
     def __init__(self, config):
         st = config.stash
@@ -259,12 +271,14 @@ class BenchContext:
         self.inject = config.getoption("bench_inject_slowdown") or 0.0
         self.rounds = config.getoption("bench_rounds")
         self.warmup = config.getoption("bench_warmup")
+        self.reference_rounds = config.getoption("bench_reference_rounds")
         self._cfg = None
         self._tokenizer = None
         self._dtype = None
         self._fast = None
         self._hf = None
         self._hf_on_device = False
+        self._hf_bytes = 0  # device bytes transformers' weights took when they arrived on the device
         self._refs: dict = {}
         self._ceilings: dict = {}
 
@@ -300,12 +314,30 @@ class BenchContext:
             self._free()
             self._dtype = dtype
 
-    def fast(self, dtype):
+    def fast(self, dtype, budget_bytes: int = 0):
+        """Our model on the device, for a case whose peak may reach budget_bytes (see the class docstring)."""
         self._switch_dtype(dtype)
-        self.park_hf()
+        if not self._room_for_hf(budget_bytes):
+            self.park_hf()
         if self._fast is None:
             self._fast = load_model(self.model, self.device, dtype)
         return self._fast
+
+    def _allocated(self) -> int:
+        return torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+
+    def _room_for_hf(self, budget_bytes: int) -> bool:
+        if self.device.type != "cuda" or self._hf is None or not self._hf_on_device:
+            return False
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return bs.transformers_may_stay(total, self._hf_bytes, budget_bytes)
+
+    @property
+    def other_model_bytes(self) -> int:
+        """Device bytes of transformers' weights while they sit beside our model (0 when parked or not loaded)."""
+        if self.device.type != "cuda" or self._hf is None or not self._hf_on_device:
+            return 0
+        return self._hf_bytes
 
     def hf(self, dtype, exclusive: bool = False):
         """The transformers model on the device (exclusive: our model dropped first, for its timing)."""
@@ -316,10 +348,13 @@ class BenchContext:
             self._fast = None
             torch._dynamo.reset()
             self._free()
-        if self._hf is None:
-            self._hf = load_hf_model(self.model, self.device, dtype)
-        elif not self._hf_on_device:
-            self._hf.to(self.device)
+        if self._hf is None or not self._hf_on_device:
+            before = self._allocated()
+            if self._hf is None:
+                self._hf = load_hf_model(self.model, self.device, dtype)
+            else:
+                self._hf.to(self.device)
+            self._hf_bytes = self._allocated() - before
         self._hf_on_device = True
         return self._hf
 
@@ -362,27 +397,15 @@ class BenchContext:
         return self._ceilings[dtype]
 
     # --- injected slowdown (test only)
-    def inject_slowdown(self, fast, call, case: bs.Case) -> float:
-        """Calibrate one call, then busy-wait after each decode step so a call takes (1 + inject) x as long.
-        The device is drained first, so the wait cannot hide behind queued GPU work."""
+    def inject_slowdown(self, fast, call, case: bs.Case) -> dict:
+        """Set fast.step_hook to a calibrated delay after each decode step (benchmarks/inject.py) so that a call
+        takes (1 + inject) x as long; the extra_info fields that say what was installed ({} when nothing is)."""
         if not self.inject or case.workload.new_tokens < 2:
-            return 0.0
-        times = []
-        for _ in range(3):  # median of three: one noisy call must not undersize the injection
-            with harness.DeviceTimer(self.device) as t:
-                call()
-            times.append(t.seconds)
-        per_step = self.inject * sorted(times)[1] / (case.workload.new_tokens - 1)
-        device = self.device
-
-        def hook():
-            harness.synchronize(device)
-            end = time.perf_counter() + per_step
-            while time.perf_counter() < end:
-                pass
-
-        fast.step_hook = hook
-        return per_step
+            return {}
+        cal, kind = inject.install(fast, call, self.inject, case.workload.new_tokens - 1, self.device)
+        return dict(injected_slowdown=self.inject, injected_measured=cal.measured, injected_units_per_step=cal.units,
+                    injected_sleep_rate_per_s=cal.rate.per_s, injected_tried=[list(t) for t in cal.tried],
+                    injection=kind)
 
     def finish(self) -> list[str]:
         return self.book.save() if self.update else []

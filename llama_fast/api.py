@@ -7,8 +7,9 @@ import os
 import torch
 
 from .generate import LlamaFast
-from .loading import load_weights, parse_dtype
+from .loading import build_weights, load_tokenizer, parse_dtype, quantization_of, warm_up_meta_device
 from .model import ForwardOptions
+from .quant import QuantScheme
 
 
 # cuBLAS keeps one workspace per handle and stream, 32 MiB by default on Hopper. Prefill GEMMs of
@@ -50,18 +51,36 @@ def check_dtype_on_device(dtype: torch.dtype, device: torch.device):
 def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = None, *, seed: int = 0, compile: str = "no",
                options: ForwardOptions | None = None, prefill_chunk: int | None = None,
-               cache_length: int | None = None) -> LlamaFast:
+               cache_length: int | None = None, quantize: str | QuantScheme | None = None) -> LlamaFast:
     """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
 
     dtype: a torch.dtype or one of the names the CLI's --dtype takes (loading.DTYPE_NAMES: fp16|float16|half,
     bf16|bfloat16, fp32|float32|float); default fp16 on GPU, fp32 on CPU. The tokenizer is
-    loading.load_tokenizer(name)'s: a checkpoint without tokenizer files gets the id tokenizer, with a warning."""
+    loading.load_tokenizer(name)'s: a checkpoint without tokenizer files gets the id tokenizer, with a warning.
+
+    quantize: None, or a weight-only scheme of llama_fast.quant: "int8" (one scale per output channel), "int4"
+    (= "int4:g128"), "int4:g32", "int4:g64", "int4:g128" (a scale and an offset per group along K). Each linear
+    weight is quantized (round-to-nearest) as it is loaded; a full-precision copy of the model never exists.
+    A quantized checkpoint directory (`llama-fast quantize`) loads as saved, with quantize None or its scheme.
+
+    The returned object's `quantize` is the scheme its weights carry (canonical name, or None) and
+    `load_peak_bytes` the most memory the weights' load held at once beyond what the process held before it
+    (CUDA: max_memory_allocated; CPU: peak resident set size, which counts only newly touched pages)."""
+    from .harness import PeakMemory  # harness imports this module
+
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)
-    _, model, tokenizer = load_weights(name, dev, dt, seed=seed)
-    return LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
+    scheme = quantization_of(name, quantize)
+    warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory
+    with PeakMemory(dev) as mem:
+        _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize)
+    tokenizer = load_tokenizer(name)
+    fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)
+    fast.quantize = scheme
+    fast.load_peak_bytes = mem.growth
+    return fast
 
 
 def output_hash(tokenizer, output_ids: torch.Tensor) -> str:

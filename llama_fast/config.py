@@ -68,6 +68,20 @@ class LlamaConfig:
             n += self.vocab_size * self.dim
         return n
 
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """The model's linear layers by module name -> (out_features, in_features), in load order: per block
+        attention.wqkv, attention.wo, feed_forward.w13, feed_forward.w2, then the output head (listed even when
+        it is tied to the embedding). What weight-only quantization replaces (llama_fast.quant)."""
+        shapes = {}
+        for i in range(self.n_layers):
+            p = f"layers.{i}."
+            shapes[p + "attention.wqkv"] = (self.q_size + 2 * self.kv_size, self.dim)
+            shapes[p + "attention.wo"] = (self.dim, self.q_size)
+            shapes[p + "feed_forward.w13"] = (2 * self.intermediate_size, self.dim)
+            shapes[p + "feed_forward.w2"] = (self.dim, self.intermediate_size)
+        shapes["output"] = (self.vocab_size, self.dim)
+        return shapes
+
     def kv_cache_bytes(self, batch: int, seq_len: int, dtype: torch.dtype) -> int:
         elem = torch.empty((), dtype=dtype).element_size()
         return 2 * self.n_layers * batch * self.n_kv_heads * seq_len * self.head_dim * elem

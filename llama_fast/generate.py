@@ -47,11 +47,15 @@ def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, 
                 eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
                 sampler: SamplerState | None = None):
     """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)). The pick is
-    last_token_pick, or its compiled copy where Transformer.step_glue gives one; a sampled token is seeded at
-    its own slot, input_pos + 1."""
+    last_token_pick, or its compiled copy where Transformer.step_glue gives one; a sampled token is drawn by
+    eager ops, seeded at its own slot, input_pos + 1."""
     logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
+    if sampler is not None:
+        # eager ops (captured in the step's CUDA graph like the rest): Inductor fuses the top-p cumsum and the
+        # final argmax over the vocabulary into one split scan kernel, which it cannot generate on CUDA
+        return last_token_pick(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos + 1)
     _, pick = model.step_glue(tok.shape[0])
-    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos + 1)
+    return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
 
 
 def _sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,

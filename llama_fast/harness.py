@@ -1,7 +1,8 @@
 """One timing / hash / memory / roofline harness, shared by the CLI and benchmarks/.
 
 Variants are the rows of the ablation table: each names real code (ForwardOptions + compile mode +
-prefill chunking) or a transformers baseline. Memory is in MB = 1e6 bytes, as in the seed table.
+prefill chunking + the weights' quantization) or a transformers baseline. Memory is in MB = 1e6 bytes, as in
+the seed table.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import quant
 from .api import output_hash
 from .config import LlamaConfig
 from .model import ForwardOptions
@@ -30,10 +32,19 @@ class Variant:
     compile: str = "no"
     prefill_chunk: int | None = None
     hf_cache: str | None = None  # transformers baselines: None (dynamic cache) or "static"
+    # weight-only quantization (llama_fast.quant scheme, canonical name) or None: the model dtype. A transformers
+    # row with a scheme runs the same weights dequantized
+    quantize: str | None = None
 
     @property
     def is_transformers(self) -> bool:
         return self.options is None
+
+    @property
+    def roofline_quantize(self) -> str | None:
+        """The scheme whose bytes the row's decode reads (its roofline's): its own for llama_fast; None for
+        transformers, which runs even a quantized model's weights dequantized, in the model dtype."""
+        return None if self.is_transformers else self.quantize
 
 
 _SEED1 = ForwardOptions(fused_qkv=False, fused_gate_up=False, static_mask=False, tensor_positions=False,
@@ -52,9 +63,13 @@ _FUSED = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=Tr
 _FUSED_KERNELS = replace(_FUSED, fused_rope_cache=True, attention_one_launch=True)
 
 
-def _graphed(key: str, label: str, options: ForwardOptions) -> Variant:
+_FASTEST_OPTIONS = replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
+                           pdl_gemv_early=True)
+
+
+def _graphed(key: str, label: str, options: ForwardOptions, quantize: str | None = None) -> Variant:
     """A row of the fullgraph mode: regional compile, one CUDA graph per decode step, 512-token prefill chunks."""
-    return Variant(key, label, options, compile="fullgraph", prefill_chunk=512)
+    return Variant(key, label, options, compile="fullgraph", prefill_chunk=512, quantize=quantize)
 
 
 VARIANTS: dict[str, Variant] = {v.key: v for v in [
@@ -83,23 +98,28 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True)),
     _graphed("fused-gemv-early", "+ the decode GEMVs let the next kernel launch right after their wait (the "
              "attention's K/V loads run under the wqkv GEMV's last wave)",
-             replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
-                     pdl_gemv_early=True)),
+             _FASTEST_OPTIONS),
+    _graphed("int8", "+ int8 weights (symmetric, one scale per output channel), dequantized in the decode GEMVs",
+             _FASTEST_OPTIONS, quantize="int8"),
+    _graphed("int4", "int4 weights instead (a scale and an offset per 128 weights along K), dequantized in the "
+             "decode GEMVs", _FASTEST_OPTIONS, quantize="int4:g128"),
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early"]
+            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early",
+            "int8", "int4"]
 FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (docs/PERF.md, ablation)
 
 
-def variant_for(preallocate: bool, compile: str) -> Variant:
+def variant_for(preallocate: bool, compile: str, quantize: str | None = None) -> Variant:
     """The CLI's seed semantics: no --preallocate = transformers; --preallocate = llama_fast (fastest code
-    path) compiled as asked."""
+    path) compiled as asked. quantize: the weights' scheme (canonical name) or None."""
     if not preallocate:
-        return VARIANTS["hf"] if compile == "no" else VARIANTS["hf-static"]
+        v = VARIANTS["hf"] if compile == "no" else VARIANTS["hf-static"]
+        return v if quantize is None else replace(v, quantize=quantize)
     fastest = VARIANTS[FASTEST]
     chunk = fastest.prefill_chunk if compile == "fullgraph" else None
     return Variant(f"llama_fast-{compile}", f"llama_fast, compile={compile}", fastest.options, compile=compile,
-                   prefill_chunk=chunk)
+                   prefill_chunk=chunk, quantize=quantize)
 
 
 def fallback_reason(variant: Variant, device: torch.device | str) -> str | None:
@@ -241,19 +261,23 @@ class DeviceTimer:
 
 class PeakMemory:
     """Peak memory of a region in bytes: max_memory_allocated on GPU, peak RSS (VmHWM) on CPU, plus held():
-    memory the allocator's peak does not see (a runner's CUDA-graph pools: Runner.graph_pool_bytes)."""
+    memory the allocator's peak does not see (a runner's CUDA-graph pools: Runner.graph_pool_bytes).
+    `start` is what was in use when the region began (memory_allocated / RSS), `growth` the peak above it."""
 
     def __init__(self, device: torch.device, held: Callable[[], int] | None = None):
         self.device = device
         self.held = held
         self.peak = 0
+        self.start = 0
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
         else:
             _reset_peak_rss()
+            self.start = _rss()
         return self
 
     def __exit__(self, *exc):
@@ -266,6 +290,11 @@ class PeakMemory:
             self.peak += self.held()
         return False
 
+    @property
+    def growth(self) -> int:
+        """The peak above what was in use at the start: the region's own most memory at once."""
+        return max(0, self.peak - self.start)
+
 
 def _reset_peak_rss():
     try:  # Linux: writing 5 to clear_refs resets VmHWM to the current RSS
@@ -275,16 +304,30 @@ def _reset_peak_rss():
         pass
 
 
-def _peak_rss() -> int:
+def _status_kb(field: str) -> int | None:
+    """A size field of /proc/self/status (VmHWM, VmRSS) in bytes; None where there is no procfs."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss() -> int:
+    peak = _status_kb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _rss() -> int:
+    """The current RSS; where it cannot be read, the peak so far (then growth is measured from there)."""
+    rss = _status_kb("VmRSS")
+    return rss if rss is not None else _peak_rss()
 
 
 @dataclass
@@ -367,29 +410,39 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype) -> Ceilings:
     return Ceilings(matmul_flops=2 * n ** 3 / mm, copy_bytes=2 * src.numel() * src.element_size() / cp)
 
 
-def weight_bytes(cfg: LlamaConfig, dtype: torch.dtype, include_embedding: bool = True) -> int:
+def weight_bytes(cfg: LlamaConfig, dtype: torch.dtype, include_embedding: bool = True,
+                 quantize: str | None = None) -> int:
+    """Bytes of the weights in dtype; with a quantization scheme, as llama_fast.quant stores them (quantized
+    linears with their scales and offsets, everything else in dtype: quant.quantized_bytes)."""
+    if quantize is not None:
+        return quant.quantized_bytes(cfg, quantize, dtype, include_embedding=include_embedding)
     elem = torch.empty((), dtype=dtype).element_size()
     return cfg.num_parameters(include_embedding=include_embedding) * elem
 
 
-def roofline_tok_per_s(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, ceilings: Ceilings) -> float:
+def roofline_tok_per_s(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, ceilings: Ceilings,
+                       quantize: str | None = None) -> float:
     """tokens / (prefill FLOPs / matmul rate + sum over decode steps of bytes / copy bandwidth).
 
-    Per-step bytes = non-embedding weight bytes (output head included) + the KV cache read at that step."""
+    Per-step bytes = non-embedding weight bytes (output head included) + the KV cache read at that step. With a
+    quantization scheme the weight bytes are those really read: quantized weights + scales + offsets (the
+    prefill FLOPs are the same: it multiplies dequantized weights)."""
     n_params = cfg.num_parameters(include_embedding=False)
     B, T, N = w.batch, w.prompt_len, w.new_tokens
     prefill_flops = 2 * n_params * B * T + 2 * cfg.n_layers * B * T * T * cfg.n_heads * cfg.head_dim
     elem = torch.empty((), dtype=dtype).element_size()
-    wbytes = n_params * elem
+    wbytes = weight_bytes(cfg, dtype, include_embedding=False, quantize=quantize)
     kv_per_pos = 2 * cfg.n_layers * B * cfg.n_kv_heads * cfg.head_dim * elem
     decode_bytes = sum(wbytes + kv_per_pos * (T + i) for i in range(1, N))
     seconds = prefill_flops / ceilings.matmul_flops + decode_bytes / ceilings.copy_bytes
     return B * N / seconds
 
 
-def memory_budget_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, allowance_bytes: int) -> int:
-    """Weights + KV cache for the workload + a stated allowance."""
-    return weight_bytes(cfg, dtype) + cfg.kv_cache_bytes(w.batch, w.cache, dtype) + allowance_bytes
+def memory_budget_bytes(cfg: LlamaConfig, dtype: torch.dtype, w: Workload, allowance_bytes: int,
+                        quantize: str | None = None) -> int:
+    """Weights (as stored: quantized with a scheme) + KV cache for the workload + a stated allowance."""
+    return (weight_bytes(cfg, dtype, quantize=quantize) + cfg.kv_cache_bytes(w.batch, w.cache, dtype)
+            + allowance_bytes)
 
 
 def device_name(device: torch.device) -> str:

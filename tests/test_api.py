@@ -96,6 +96,21 @@ def test_load_model_passes_options_through():
     assert fast.model.max_seq_len == 64
 
 
+def test_load_model_quantize_and_load_peak():
+    """quantize= quantizes while loading; the result names its scheme and the load's peak memory."""
+    from llama_fast.quant import QuantError, QuantLinear
+
+    plain = llama_fast.load_model("random:tiny", device="cpu")
+    assert plain.quantize is None and plain.load_peak_bytes >= 0
+    fast = llama_fast.load_model("random:tiny", device="cpu", quantize="int8")
+    assert fast.quantize == "int8" and isinstance(fast.model.layers[0].attention.wo, QuantLinear)
+    assert fast.dtype == torch.float32 and fast.device == torch.device("cpu")
+    out = fast.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, min_new_tokens=3)
+    assert out.shape == (1, 6)
+    with pytest.raises(QuantError, match="unknown quantization scheme 'int2' \\(choose from int8, int4"):
+        llama_fast.load_model("random:tiny", device="cpu", quantize="int2")
+
+
 def test_unknown_compile_mode():
     with pytest.raises(ValueError, match="unknown compile mode 'max'"):
         llama_fast.load_model("random:tiny", device="cpu", compile="max")  # refused before any work

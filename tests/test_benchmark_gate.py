@@ -87,6 +87,9 @@ def test_gate_fails_on_injected_slowdown_and_passes_unchanged(tmp_path):
     assert rc != 0, out
     assert "Performance has regressed" in out, out
     assert re.search(rf"test_generate\[{GATE_CASE}\].*median", out), out
+    slow = json.loads(saved(store, "slow").read_text())["benchmarks"][0]["extra_info"]
+    assert slow["injected_slowdown"] == float(INJECT) and slow["injection"].startswith("host sleep")
+    assert slow["injected_units_per_step"] > 0 and slow["injected_tried"], slow
 
     rc, out = run_bench(tmp_path, *GATE, storage, hashes, *compare, "--benchmark-save=same")
     assert rc == 0, out
@@ -203,6 +206,43 @@ def test_no_baseline_message_names_the_gpu_and_where_it_looked(tmp_path):
     assert bs.storage_searched("elasticsearch+https://host/index", True) == "elasticsearch+https://host/index"
 
 
+# ------------------------------------------------------------------------------------------- the statistical gate
+def test_statistical_gate_interleaves_base_and_head_processes_and_reports(tmp_path):
+    """benchmarks/gate.py end to end on CPU: two processes per side (base = head = this checkout), the head's with an
+    injected +1000 %, which must FAIL a 200 % minimum effect (CPU timings wander by tens of percent)."""
+    out = tmp_path / "gate"
+    cmd = [sys.executable, str(BENCH / "gate.py"), "--base", str(REPO), "--head", str(REPO), "--out", str(out),
+           "--pairs", "2", "--min-effect", "200", f"--head-args=--bench-inject-slowdown={INJECT}", "--",
+           *CPU[4:], "--bench-variants", "tensor-pos", "-k", GATE_CASE, "--bench-rounds", "3", "--bench-warmup", "0",
+           f"--bench-hashes={tmp_path / 'hashes.json'}"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True,
+                       timeout=4 * TIMEOUT)
+    log = r.stdout + r.stderr
+    assert r.returncode == 1, log
+    result = json.loads((out / "gate.json").read_text())
+    ran = result["processes"]
+    assert [p["process"] for p in ran] == ["base-1", "head-1", "base-2", "head-2"] == result["order"]
+    assert all(a["started"] < a["ended"] <= b["started"] for a, b in zip(ran, ran[1:])), ran  # one at a time
+    assert all(p["exit"] == 0 for p in ran)
+    for name in ("base-1", "base-2"):
+        assert not json.loads((out / f"{name}.json").read_text())["machine_info"]["llama_fast"]["injected_slowdown"]
+    head = json.loads((out / "head-1.json").read_text())
+    assert head["machine_info"]["llama_fast"]["injected_slowdown"] == float(INJECT)
+    assert len(head["benchmarks"][0]["stats"]["data"]) == 3  # the rounds the statistic resamples
+    (case,) = result["cases"]
+    assert case["case"] == GATE_CASE and case["verdict"] == "FAIL" and case["low"] > 2.0, case
+    md = (out / "report.md").read_text()
+    assert md in r.stdout
+    assert "run in this order: base-1, head-1, base-2, head-2" in md and f"| {GATE_CASE} |" in md and "**FAIL**" in md
+    # report.py --gate over the same files gives the same verdict; far above the injected slowdown, a PASS
+    files = ["--base", str(out / "base-1.json"), str(out / "base-2.json"),
+             "--head", str(out / "head-1.json"), str(out / "head-2.json")]
+    rc, text = run_report("--gate", *files, "--min-effect", "200")
+    assert rc == 1 and "**FAIL**" in text, text
+    rc, text = run_report("--gate", *files, "--min-effect", "100000")
+    assert rc == 0 and "**PASS**" in text, text
+
+
 # ------------------------------------------------------------------------------------------- hashes, for real
 def test_hash_file_flow_missing_record_then_changed_output_and_reference(tmp_path):
     hashes = tmp_path / "hashes.json"
@@ -289,9 +329,11 @@ def test_default_and_sweep_cases():
 
     cases = bs.build_cases("cuda", ["fp16"])
     ids = [c.id for c in cases]
-    for v in ("hf", "hf-static", "graphs", FASTEST):
-        assert f"{v}-b1-p1000-n200-fp16" in ids
-    assert {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16"} <= set(ids)
+    assert ids == ["hf-static-b1-p1000-n200-fp16"] + [f"{FASTEST}-{w}-n200-fp16" for w in (
+        "b1-p1000", "b4-p1000", "b16-p1000", "b1-p200", "b1-p1600")]  # hf and graphs: sweep / --bench-variants
+    assert "hf-b1-p1000-n200-fp16" in [c.id for c in bs.build_cases("cuda", ["fp16"], variants=["hf", "graphs"])]
+    gated = [i for i in ids if any(term in i for term in bs.GATE_K.split(" or "))]
+    assert gated == [f"{FASTEST}-b1-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16", f"{FASTEST}-b1-p1600-n200-fp16"]
     assert [c.v.is_transformers for c in cases] == sorted((c.v.is_transformers for c in cases), reverse=True)
     assert all(c.workload.cache == c.workload.prompt_len + c.workload.new_tokens for c in cases)
     assert cases[0].workload_key == "b1-p1000-n200-c1200"
@@ -304,7 +346,23 @@ def test_default_and_sweep_cases():
     assert [c.dtype for c in sweep] == sorted((c.dtype for c in sweep), key=["fp16", "fp32"].index)
 
     cpu = bs.build_cases("cpu", ["fp32"])
-    assert len(cpu) == 8 and all(c.workload.prompt_len <= 128 for c in cpu)
+    assert len(cpu) == 6 and all(c.workload.prompt_len <= 128 for c in cpu)
+
+
+def test_gate_selection_expressions_select_the_gated_cases_and_the_rest(tmp_path):
+    """The workflow's -k expressions, parsed by pytest itself over the GPU default set (collected without CUDA)."""
+    from llama_fast.harness import FASTEST
+
+    env = clean_env(tmp_path)
+    base = [sys.executable, "-m", "pytest", str(BENCH), "-p", "no:xdist", "-p", "no:cacheprovider", "--collect-only",
+            "-q", f"--benchmark-storage=file://{tmp_path / 'store'}"]
+    exprs = [bs.GATE_K, f"{FASTEST} and not ({bs.GATE_K})"]
+    procs = [subprocess.Popen(base + ["-k", e], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for e in exprs]
+    gated, rest = [collected(p.communicate(timeout=TIMEOUT)[0]) for p in procs]
+    assert gated == {f"{FASTEST}-b1-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16",
+                     f"{FASTEST}-b1-p1600-n200-fp16"}
+    assert rest == {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16"}
 
 
 def test_shard_parse_and_select():

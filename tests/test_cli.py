@@ -29,10 +29,11 @@ TINY = ["--model", "random:tiny", "--prompt-lengths", "16", "--new-tokens", "8",
 ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--compile", "--profile", "--profile-dir",
              "--sweep", "--batch-sizes", "--prompt-lengths", "--new-tokens", "--cache-length", "--warmup-runs",
              "--num-runs", "--output", "--ablation", "--compare", "--compare-variants", "--weights-seed", "--sample",
-             "--temperature", "--top-k", "--top-p", "--seed", "--prompt"]
+             "--temperature", "--top-k", "--top-p", "--seed", "--prompt", "--quantize"]
 # on CPU these ablation rows name CUDA-only code (CUDA graphs, Triton kernels, PDL) and run its fallback
 CPU_FALLBACK_ROWS = ["graphs", "gemv", "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph",
-                     "fused-gemv-early"]
+                     "fused-gemv-early", "int8", "int4"]
+QUANTIZED_ROWS = {"int8": "int8", "int4": "int4:g128"}  # the ablation's rows over quantized weights
 
 
 def cli_env() -> dict:
@@ -146,6 +147,8 @@ def test_compare_table_on_cpu(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_ablation_smollm2_fp32_same_hash_in_every_row(tmp_path):
+    """Every full-precision row computes the same tokens (the same hash); the int8 and int4 rows run the fastest
+    path over quantized weights (loaded once per scheme), recorded in the quantize column."""
     embedded_model_or_skip()
     out = tmp_path / "r.csv"
     res = run_cli("--ablation", "--dtype", "fp32", "--device", "cpu", "--prompt-lengths", "32", "--new-tokens", "24",
@@ -156,21 +159,27 @@ def test_ablation_smollm2_fp32_same_hash_in_every_row(tmp_path):
     assert lines[i - 2].startswith("model smollm2-135m | batch 1 | prompt 32 | new tokens 24 | cache length 56 | fp32")
     table = [line.split("|")[1:-1] for line in lines[i + 2:i + 2 + len(harness.ABLATION)]]
     assert [c[0].strip() for c in table] == [harness.VARIANTS[k].label for k in harness.ABLATION]
-    hashes = [c[4].strip() for c in table]
-    assert len(set(hashes)) == 1, dict(zip(harness.ABLATION, hashes))
+    hashes = dict(zip(harness.ABLATION, (c[4].strip() for c in table)))
+    full = {k: h for k, h in hashes.items() if k not in QUANTIZED_ROWS}
+    assert len(set(full.values())) == 1, hashes
+    assert all(re.fullmatch(r"[0-9a-f]{8}", hashes[k]) for k in QUANTIZED_ROWS)
     # rows of CUDA-only code paths ran their CPU fallback under the same label: marked, and a note each
     marked = [k for k, c in zip(harness.ABLATION, table) if c[2].strip().endswith("(fallback)")]
     assert marked == CPU_FALLBACK_ROWS
     notes = [line for line in lines if line.startswith("(fallback) ")]
     assert [n.split()[1].rstrip(":") for n in notes] == CPU_FALLBACK_ROWS
-    assert notes[-1] == "(fallback) fused-gemv-early: CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
+    assert notes[-1] == "(fallback) int4: CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     rows = read_rows(out)
     assert [r["variant"] for r in rows] == harness.ABLATION
     for r in rows:
         assert_well_formed(r, status="fallback" if r["variant"] in CPU_FALLBACK_ROWS else "ok")
+        assert r["quantize"] == QUANTIZED_ROWS.get(r["variant"], "none")
     hf = rows[0]["hash"]
-    assert all(r["hash"] == hf for r in rows), {r["variant"]: r["hash"] for r in rows}
-    assert hf == hashes[0]
+    assert all(r["hash"] == hf for r in rows if r["variant"] not in QUANTIZED_ROWS), {r["variant"]: r["hash"]
+                                                                                     for r in rows}
+    assert hf == hashes["hf"]
+    loads = [line for line in res.stderr.splitlines() if " weights loaded: " in line]
+    assert [line.split("]")[1].split()[0] for line in loads] == ["fp32", "int8", "int4:g128"]
 
 
 def test_profile_writes_a_trace(tmp_path, capsys):
@@ -290,6 +299,15 @@ BAD_ARGS = {
     "top-p above 1": (["--model", "random:tiny", "--sample", "--top-p", "1.5"], "top_p must lie in (0, 1]"),
     "top-p zero": (["--model", "random:tiny", "--sample", "--top-p", "0"], "top_p must lie in (0, 1]"),
     "top-k zero": (["--model", "random:tiny", "--sample", "--top-k", "0"], "top_k must be"),
+    "unknown scheme": (["--model", "random:tiny", "--quantize", "int3"],
+                       "--quantize: unknown quantization scheme 'int3' (choose from int8, int4, int4:g32, int4:g64, "
+                       "int4:g128)"),
+    "quantize with ablation": (["--model", "random:tiny", "--quantize", "int8", "--ablation"],
+                               "--quantize does not apply to --ablation"),
+    "re-quantize a quantized checkpoint": (["--model", "<int8 checkpoint>", "--quantize", "int4"],
+                                           "holds int8 weights; --quantize int4:g128 cannot re-quantize them"),
+    "ablation of a quantized checkpoint": (["--model", "<int8 checkpoint>", "--ablation"],
+                                           "holds int8 weights: the ablation runs full-precision weights"),
 }
 
 
@@ -302,6 +320,10 @@ def test_bad_argument_is_one_line_exit_2_and_csv_untouched(case, tmp_path, capsy
         _half_matmul_unsupported(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     args = [_non_llama_checkpoint(tmp_path) if a == "<non-llama>" else a for a in args]
+    if "<int8 checkpoint>" in args:
+        ckpt = tmp_path / "int8"
+        loading.save_quantized("random:tiny", ckpt, "int8", "cpu", torch.float32)
+        args = [str(ckpt) if a == "<int8 checkpoint>" else a for a in args]
     out = tmp_path / "r.csv"
     out.write_text(",".join(report.CSV_COLUMNS) + "\n" + ",".join(str(i) for i in range(len(report.CSV_COLUMNS)))
                    + "\n")
@@ -502,3 +524,90 @@ def test_sampled_run_records_its_parameters_and_hashes_the_same_twice(tmp_path, 
     rows = read_rows(out)
     assert [r["sampling"] for r in rows] == ["sampled temperature=0.8 top_p=0.95 seed=0"] * 2 + ["greedy"]
     assert rows[0]["hash"] == rows[1]["hash"] != rows[2]["hash"]
+
+
+# ------------------------------------------------------------------------------------------- quantization
+def test_quantized_run_records_its_scheme(tmp_path, capsys):
+    """--quantize: the llama_fast row runs quantized weights, named in the header and the CSV's quantize column;
+    a full-precision run says none."""
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--preallocate", "--quantize", "int4", "--output", str(out)]) == 0
+    assert cli.main([*TINY, "--preallocate", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("| fp32 | cpu (") == 2 and captured.out.count("| greedy | int4:g128 weights") == 1
+    rows = read_rows(out)
+    assert [r["quantize"] for r in rows] == ["int4:g128", "none"]
+    assert_well_formed(rows[0], status="fallback")
+    assert rows[0]["hash"] != rows[1]["hash"]  # other weights, other tokens (random tiny, 8 tokens)
+    assert "[random:tiny] int4:g128 weights loaded: " in captured.err and "peak" in captured.err
+
+
+def test_compare_with_quantize_runs_transformers_on_the_dequantized_weights(tmp_path, capsys, monkeypatch):
+    """--compare --quantize: the llama_fast row runs the quantized weights, the transformers rows the same weights
+    dequantized, so all three compute the same tokens; % roofline counts the bytes each one reads."""
+    eager = harness.Variant("eager", "eager", ForwardOptions())
+    monkeypatch.setitem(harness.VARIANTS, eager.key, eager)
+    monkeypatch.setattr(harness, "FASTEST", eager.key)
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--compare", "--quantize", "int8", "--output", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    rows = read_rows(out)
+    assert [(r["variant"], r["quantize"]) for r in rows] == [("hf", "int8"), ("hf-static", "int8"), ("eager", "int8")]
+    assert len({r["hash"] for r in rows}) == 1
+    roof = [line for line in stdout.splitlines() if line.startswith("roofline ")][0]
+    assert re.match(r"roofline [\d.]+ tok/s; int8 weights [\d.]+ tok/s \(measured now: ", roof), roof
+    dense, int8 = (float(x) for x in re.findall(r"([\d.]+) tok/s", roof))
+    assert int8 > dense
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert table[1].startswith("| llama_fast (fastest), int8 | eager |")
+
+
+def test_quantized_checkpoint_as_model(tmp_path, capsys):
+    """--model DIR of `llama-fast quantize`: runs its own scheme (no --quantize needed, or the same one)."""
+    ckpt = tmp_path / "q"
+    assert cli.main(["quantize", "random:tiny", str(ckpt), "--quantize", "int8", "--dtype", "fp32"]) == 0
+    out = tmp_path / "r.csv"
+    with pytest.warns(UserWarning, match="no tokenizer files"):
+        assert cli.main([*TINY, "--model", str(ckpt), "--preallocate", "--output", str(out)]) == 0
+    assert cli.main([*TINY, "--model", str(ckpt), "--preallocate", "--quantize", "int8", "--output", str(out)]) == 0
+    assert cli.main([*TINY, "--preallocate", "--quantize", "int8", "--output", str(out)]) == 0
+    rows = read_rows(out)
+    assert [r["quantize"] for r in rows] == ["int8"] * 3
+    assert rows[0]["hash"] == rows[1]["hash"] == rows[2]["hash"]  # the saved weights are the ones quantized at load
+    assert "| int8 weights" in capsys.readouterr().out
+
+
+def test_one_load_per_weight_scheme_the_previous_model_freed_first(tmp_path, capsys, monkeypatch):
+    """Rows over other weights (an ablation's int8 / int4) load the model again, once per scheme, in the rows'
+    order; the previous model is gone before the next one loads."""
+    import gc
+    import weakref
+
+    from llama_fast import api
+
+    rows = [harness.Variant("eager", "eager", ForwardOptions()),
+            harness.Variant("eager-int8", "eager, int8 weights", ForwardOptions(), quantize="int8"),
+            harness.Variant("eager-too", "eager again", ForwardOptions())]
+    for v in rows:
+        monkeypatch.setitem(harness.VARIANTS, v.key, v)
+    assert [(q, [v.key for v in vs]) for q, vs in runner.by_quantize(rows)] == \
+        [(None, ["eager", "eager-too"]), ("int8", ["eager-int8"])]
+    loads, previous = [], []
+    real_load = api.load_model
+
+    def load_model(*args, **kw):
+        gc.collect()
+        loads.append((kw.get("quantize"), all(r() is None for r in previous)))
+        fast = real_load(*args, **kw)
+        previous.append(weakref.ref(fast))
+        return fast
+
+    monkeypatch.setattr(api, "load_model", load_model)
+    out = tmp_path / "r.csv"
+    assert cli.main([*TINY, "--compare", "--compare-variants", "eager,eager-int8,eager-too,hf-static",
+                     "--output", str(out)]) == 0
+    assert loads == [(None, True), ("int8", True)]
+    got = [(r["variant"], r["quantize"]) for r in read_rows(out)]
+    assert got == [("hf-static", "none"), ("eager", "none"), ("eager-too", "none"), ("eager-int8", "int8")]
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| llama_fast (eager-int8) |")]
+    assert len(table) == 1  # a row with its own scheme keeps its own name

@@ -93,6 +93,26 @@ def test_num_parameters_counts_the_transformers_model(name):
     assert cfg.num_parameters(include_embedding=False) == sum(unique.values()) - embedding
 
 
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_linear_shapes_are_the_models_linear_layers(name):
+    """cfg.linear_shapes(): every nn.Linear of our Transformer, (out, in) as its weight; the rest of the parameters
+    are the embedding, norms and biases."""
+    from llama_fast.model import Transformer
+
+    cfg = TINY_CONFIGS[name]
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    linears = {n: tuple(m.weight.shape) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert cfg.linear_shapes() == linears
+    assert list(cfg.linear_shapes())[:4] == ["layers.0.attention.wqkv", "layers.0.attention.wo",
+                                             "layers.0.feed_forward.w13", "layers.0.feed_forward.w2"]
+    biases = (cfg.q_size + 2 * cfg.kv_size + cfg.dim if cfg.attention_bias else 0) + \
+        (2 * cfg.intermediate_size + cfg.dim if cfg.mlp_bias else 0)
+    rest = cfg.n_layers * (2 * cfg.dim + biases) + cfg.dim  # norms and biases
+    embedding = 0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.dim  # a tied head is the embedding
+    assert sum(n * k for n, k in linears.values()) + rest + embedding == cfg.num_parameters()
+
+
 def test_named_shape_table():
     tiny = NAMED_SHAPES["tiny"]
     assert (tiny.vocab_size, tiny.dim, tiny.n_layers, tiny.n_heads, tiny.n_kv_heads) == (512, 128, 2, 4, 2)

@@ -36,6 +36,75 @@ def test_roofline_matches_a_hand_count_for_llama_7b():
     assert 3.0 < harness.roofline_tok_per_s(cfg, torch.float16, Workload(4, 1000, 200), c) / got < 4.0
 
 
+# Llama-7B's linear layers: per block wqkv (12288 x 4096), wo (4096 x 4096), w13 (22016 x 4096),
+# w2 (4096 x 11008), then the untied head (32000 x 4096). Every K (4096, 11008) is a multiple of 128.
+LLAMA_7B_LINEAR = 32 * (12288 * 4096 + 4096 * 4096 + 22016 * 4096 + 4096 * 11008) + 32000 * 4096
+LLAMA_7B_ROWS = 32 * (12288 + 4096 + 22016 + 4096) + 32000  # output channels: int8 scales
+LLAMA_7B_OTHER = 32 * 2 * 4096 + 4096  # the norms, in fp16 with any scheme (the embedding on top)
+
+
+def test_quantized_weight_bytes_by_hand_for_llama_7b():
+    cfg = NAMED_SHAPES["llama-7b"]
+    assert LLAMA_7B_LINEAR + LLAMA_7B_OTHER == cfg.num_parameters(include_embedding=False)
+    int8 = LLAMA_7B_LINEAR + 2 * LLAMA_7B_ROWS + 2 * LLAMA_7B_OTHER
+    int4 = LLAMA_7B_LINEAR // 2 + 2 * 2 * LLAMA_7B_LINEAR // 128 + 2 * LLAMA_7B_OTHER  # + fp16 scales and offsets
+    embedding = 2 * 32000 * 4096
+    assert harness.weight_bytes(cfg, torch.float16, include_embedding=False, quantize="int8") == int8
+    assert harness.weight_bytes(cfg, torch.float16, include_embedding=False, quantize="int4:g128") == int4
+    assert harness.weight_bytes(cfg, torch.float16, quantize="int4:g128") == int4 + embedding
+    assert harness.weight_bytes(cfg, torch.float16, quantize="int4:g32") > int4 + embedding  # 4x the scales
+    assert harness.weight_bytes(cfg, torch.float16) == 13_476_831_232  # without a scheme: unchanged
+    assert int8 / 13.21e9 == pytest.approx(0.5, abs=0.01) and int4 / 13.21e9 == pytest.approx(0.266, abs=0.001)
+
+
+def test_quantized_bytes_follow_the_group_fallback_and_a_tied_head():
+    from llama_fast import quant
+    from llama_fast.config import LlamaConfig
+
+    # K = 96 (w2): group 128 falls back to 32; a tied head stays in the model dtype, counted once
+    cfg = LlamaConfig(vocab_size=100, dim=64, n_layers=1, n_heads=4, intermediate_size=96, tie_word_embeddings=True)
+    g = {"wqkv": 64, "wo": 64, "w13": 64, "w2": 32}
+    shapes = {"wqkv": (192, 64), "wo": (64, 64), "w13": (192, 64), "w2": (64, 96)}
+    linear = sum(n * k // 2 + 2 * 4 * n * (k // g[name]) for name, (n, k) in shapes.items())
+    other = cfg.num_parameters() - sum(n * k for n, k in shapes.values())  # norms + the tied embedding/head
+    with pytest.warns(quant.QuantWarning):
+        quant.layer_schemes(cfg, "int4")
+    assert harness.weight_bytes(cfg, torch.float32, quantize="int4") == linear + 4 * other
+
+
+def test_quantized_roofline_counts_the_bytes_read():
+    cfg = NAMED_SHAPES["llama-7b"]
+    w = Workload(1, 1000, 200)
+    c = Ceilings(matmul_flops=781e12, copy_bytes=4.25e12)
+    n = cfg.num_parameters(include_embedding=False)
+    prefill = 2 * n * 1000 + 2 * 32 * 1000 * 1000 * 4096  # the same FLOPs: prefill multiplies dequantized weights
+    kv_per_pos = 2 * 32 * 32 * 128 * 2
+    for scheme, low, high in [("int8", 470, 600), ("int4:g128", 800, 1000)]:
+        wbytes = harness.weight_bytes(cfg, torch.float16, include_embedding=False, quantize=scheme)
+        decode = sum(wbytes + kv_per_pos * (1000 + i) for i in range(1, 200))
+        got = harness.roofline_tok_per_s(cfg, torch.float16, w, c, quantize=scheme)
+        assert got == pytest.approx(200 / (prefill / 781e12 + decode / 4.25e12), rel=1e-12)
+        assert low < got < high, (scheme, got)
+    assert harness.roofline_tok_per_s(cfg, torch.float16, w, c, quantize=None) == \
+        harness.roofline_tok_per_s(cfg, torch.float16, w, c)
+    budget = harness.memory_budget_bytes(cfg, torch.float16, w, 64_000_000, quantize="int4:g128")
+    assert budget == harness.weight_bytes(cfg, torch.float16, quantize="int4:g128") + 629_145_600 + 64_000_000
+
+
+def test_ablation_ends_with_the_quantized_rows_of_the_fastest_path():
+    assert harness.ABLATION[-3:] == [harness.FASTEST, "int8", "int4"] and len(harness.ABLATION) == 18
+    fastest = harness.VARIANTS[harness.FASTEST]
+    for key, scheme in [("int8", "int8"), ("int4", "int4:g128")]:
+        v = harness.VARIANTS[key]
+        assert (v.options, v.compile, v.prefill_chunk, v.hf_cache) == \
+            (fastest.options, fastest.compile, fastest.prefill_chunk, fastest.hf_cache)
+        assert v.quantize == scheme and v.roofline_quantize == scheme
+    assert all(harness.VARIANTS[k].quantize is None for k in harness.ABLATION[:-2])
+    hf = harness.variant_for(False, "no", quantize="int8")
+    assert hf.is_transformers and hf.quantize == "int8" and hf.roofline_quantize is None  # dequantized weights
+    assert harness.variant_for(True, "static", quantize="int4:g64").quantize == "int4:g64"
+
+
 def test_memory_budget_is_weights_plus_cache_plus_allowance():
     cfg = NAMED_SHAPES["llama-7b"]
     w = Workload(1, 1000, 200)
@@ -93,7 +162,8 @@ CPU_FALLBACK = {  # what of each ablation row's code path needs CUDA; rows not l
     "graphs": "CUDA graphs", "gemv": "CUDA graphs, Triton kernels", "fused": "CUDA graphs, Triton kernels",
     "fused-eager": "CUDA graphs, Triton kernels", "fused-pdl": "CUDA graphs, Triton kernels, PDL",
     "fused-glue": "CUDA graphs, Triton kernels, PDL", "fused-prefill-graph": "CUDA graphs, Triton kernels, PDL",
-    "fused-gemv-early": "CUDA graphs, Triton kernels, PDL"}
+    "fused-gemv-early": "CUDA graphs, Triton kernels, PDL", "int8": "CUDA graphs, Triton kernels, PDL",
+    "int4": "CUDA graphs, Triton kernels, PDL"}
 
 
 @pytest.mark.parametrize("key", harness.ABLATION)

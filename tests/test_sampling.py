@@ -137,14 +137,28 @@ def test_sample_on_hand_made_logits_keeps_only_the_filtered_tokens():
 
 @pytest.mark.slow
 def test_compiled_fullgraph_step_draws_the_eager_tokens():
-    """The step compiled (regional compile + compiled pick on CPU) draws the same tokens as eager code for the
-    same seed: the noise is integer-exact and the float work agrees here."""
+    """The step compiled (regional compile; the sampled pick itself runs eagerly) draws the same tokens as eager
+    code for the same seed: the noise is integer-exact and the float work agrees here."""
     fastest = VARIANTS[FASTEST]
     eager = llama_fast.load_model("random:tiny", "cpu", "float32")
     compiled = llama_fast.load_model("random:tiny", "cpu", "float32", compile="fullgraph",
                                      options=fastest.options, prefill_chunk=fastest.prefill_chunk)
-    assert fastest.options.compiled_glue  # batch 1 runs the compiled pick
     for kw in (dict(temperature=0.9, top_p=0.95), dict(temperature=1.2)):
         kw.update(max_new_tokens=12, do_sample=True, seed=77)
         for ids in (PROMPT, PROMPT.expand(2, -1)):
             assert torch.equal(eager.generate(ids, **kw), compiled.generate(ids, **kw))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the fused path and its CUDA graph")
+def test_cuda_graphed_fastest_path_samples_repeatably_and_top_k_1_is_greedy():
+    """On the GPU the sampled pick runs inside the captured decode graph of the fastest path: the same seed gives
+    the same tokens, and top_k=1 gives the greedy tokens of the same graph path."""
+    fastest = VARIANTS[FASTEST]
+    m = llama_fast.load_model("random:tiny", "cuda", "float16", compile="fullgraph", options=fastest.options,
+                              prefill_chunk=fastest.prefill_chunk)
+    ids = PROMPT.expand(1, -1)
+    kw = dict(max_new_tokens=24, do_sample=True, temperature=0.8, top_p=0.95, seed=5)
+    a, b = m.generate(ids, **kw), m.generate(ids, **kw)
+    assert torch.equal(a, b)
+    greedy = m.generate(ids, max_new_tokens=24)
+    assert torch.equal(m.generate(ids, max_new_tokens=24, do_sample=True, top_k=1, temperature=0.5, seed=1), greedy)

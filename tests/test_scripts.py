@@ -18,7 +18,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench"]
+TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench", "pick_bench"]
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the CPU torch build has none): "
                                                          "the kernels' launch configs live beside the kernels")
@@ -370,3 +370,24 @@ def test_attn_bench_in_the_interpreter(interpreter):
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
     assert r.stdout.splitlines()[0].startswith("pinned chunk 128/4")
+
+
+# ------------------------------------------------------------------------------------------- pick_bench
+def test_pick_bench_times_greedy_and_sampled_on_the_cpu():
+    """The greedy and the sampled pick in one process: a row per (batch, pick), the greedy row's ratio 1."""
+    r = run_tool("pick_bench", "--device", "cpu", "--model", "random:tiny", "--prompt-len", "12", "--new-tokens", "4",
+                 "--batch-sizes", "1,2", "--rounds", "2", "--num-runs", "1", "--top-k", "5", timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split(" | ") for line in r.stdout.splitlines() if re.match(r"^\| [12] \| ", line)]
+    assert [(row[0], row[1].split()[0]) for row in rows] == [("| 1", "greedy"), ("| 1", "sampled"),
+                                                             ("| 2", "greedy"), ("| 2", "sampled")]
+    assert all(row[1] == "sampled temperature=0.8 top_k=5 top_p=0.95 seed=0" for row in rows[1::2])
+    assert [row[4] for row in rows[::2]] == ["1.000 |", "1.000 |"]
+    assert all(len(row[3].split(", ")) == 2 for row in rows)
+
+
+@pytest.mark.parametrize("bad, message", [(["--top-p", "2"], "top_p must lie"), (["--rounds", "0"], "at least 1"),
+                                          (["--batch-sizes", "1,x"], "invalid literal")])
+def test_pick_bench_refuses_bad_arguments(bad, message):
+    r = run_tool("pick_bench", "--device", "cpu", *bad, timeout=120)
+    assert r.returncode == 2 and message in r.stderr, r.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .. import api, harness, loading
+from .. import api, harness, loading, quant
 from ..compile import COMPILE_MODES
 from ..config import ConfigError, LlamaConfig
 from ..harness import Variant, Workload
@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but an error is exactly one line on stderr ('llama-fast: error: ...'), exit 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {' '.join(str(message).split())}\n")
+        self.exit(2, f"{PROG}: error: {' '.join(str(message).split())}\n")
 
 
 def _int_at_least(minimum: int, what: str):
@@ -83,6 +83,20 @@ def _dtype(text: str) -> torch.dtype:
         return loading.parse_dtype(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _scheme(text: str) -> str:
+    """A quantization scheme of llama_fast.quant, the names load_model(quantize=...) accepts -> its canonical
+    name ('int4' -> 'int4:g128')."""
+    try:
+        return quant.parse_scheme(text).name
+    except quant.QuantError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+QUANTIZE_HELP = (f"weight-only quantization: {quant.SCHEME_CHOICES} (int8: one scale per output channel; int4: a "
+                 "scale and an offset per group of 128, 64 or 32 weights along K, int4 = int4:g128); each linear "
+                 "weight is quantized as it is loaded (round-to-nearest)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None, metavar="P",
                    help="with --sample: keep the smallest set of tokens whose probability reaches P, in (0, 1]")
     p.add_argument("--seed", type=int, default=None, metavar="S", help="with --sample: the draw's seed (default: 0)")
+    p.add_argument("--quantize", type=_scheme, default=None, metavar="SCHEME",
+                   help=f"{QUANTIZE_HELP}. For runs and --compare: the llama_fast rows run the quantized weights "
+                        "and the transformers rows the same weights dequantized (the same numbers in float); "
+                        "recorded in the CSV's quantize column. A quantized checkpoint (llama-fast quantize) "
+                        "given as --model runs its own scheme. --ablation has its own int8 and int4 rows "
+                        "(default: none, the weights in --dtype)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "
                         "text; replaces the random-token prompt and --prompt-lengths")
@@ -187,6 +207,7 @@ class Plan:
     points: list[Workload]
     output: Path
     commit: str
+    quantize: str | None = None  # the weights' scheme of the run (--quantize or a quantized checkpoint's)
 
 
 def model_config(name: str) -> LlamaConfig:
@@ -284,10 +305,12 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
     try:
         cfg = model_config(args.model)
         tokenizer = loading.load_tokenizer(args.model)
-    except (loading.ModelNotFoundError, ConfigError) as e:
+        quantize = loading.quantization_of(args.model)  # a quantized checkpoint's scheme
+    except (loading.ModelNotFoundError, ConfigError, quant.QuantError) as e:
         parser.error(str(e))
     except (OSError, ValueError, KeyError) as e:  # unreadable config.json / tokenizer files
         parser.error(f"cannot read model {args.model!r}: {type(e).__name__}: {e}")
+    quantize = _quantize(parser, args, quantize)
 
     batch_sizes = args.batch_sizes or (SWEEP_BATCH_SIZES if args.sweep == "batch" else DEFAULT_BATCH_SIZES)
     prompt_lengths = args.prompt_lengths or (SWEEP_PROMPT_LENGTHS if args.sweep == "length"
@@ -324,8 +347,23 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
         mode, variants = "run", [harness.variant_for(args.preallocate, args.compile)]
     if args.profile:
         mode = "profile"
+    if quantize is not None:  # rows with a scheme of their own (the ablation's int8 / int4) keep it
+        variants = [v if v.quantize is not None else replace(v, quantize=quantize) for v in variants]
 
     points = _points(args, batch_sizes, prompt_lengths, text_ids, sampling)
     commit = harness.git_commit(cwd=os.path.dirname(os.path.abspath(__file__)))
     return Plan(args, mode, device, dtype, loading.dtype_name(dtype), cfg, tokenizer, variants, points, output,
-                commit)
+                commit, quantize)
+
+
+def _quantize(parser: argparse.ArgumentParser, args: argparse.Namespace, saved: str | None) -> str | None:
+    """The run's weight scheme: --quantize, or the scheme a quantized checkpoint was saved with (then --quantize
+    may only repeat it); refused with --ablation, whose rows choose their own weights."""
+    if saved is not None and args.quantize not in (None, saved):
+        parser.error(f"--model {args.model} holds {saved} weights; --quantize {args.quantize} cannot re-quantize "
+                     "them (drop --quantize, or give the full-precision model)")
+    quantize = args.quantize or saved
+    if quantize is not None and args.ablation:
+        what = f"--model {args.model} holds {saved} weights" if saved else "--quantize does not apply to --ablation"
+        parser.error(f"{what}: the ablation runs full-precision weights and has its own int8 and int4 rows")
+    return quantize

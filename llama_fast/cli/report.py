@@ -1,6 +1,9 @@
 """What a run leaves behind: CSV rows (appended as each point finishes), the markdown tables, a sample of the
 generated text and, for --sweep, a bar chart.
 
+A row's quantize column: the weights' scheme (llama_fast.quant: int8, int4:g128, ...; a transformers row with a
+scheme ran the same weights dequantized), or none.
+
 A row's status: ok; OOM (the point ran out of memory: no numbers); fallback (the variant names CUDA-only code,
 CUDA graphs, Triton kernels or PDL, and ran its fallback on this device: harness.fallback_reason). In the
 tables a fallback row's tok_per_s carries FALLBACK_MARK and a note under the table says what did not run.
@@ -21,7 +24,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = ["timestamp", "commit", "mode", "model", "device", "dtype", "variant", "changes", "compile",
                "batch", "prompt_len", "new_tokens", "cache_length", "tok_per_s", "tok_per_s_best", "max_mem_mb",
-               "warmup_s", "roofline_pct", "hash", "status", "sampling"]
+               "warmup_s", "roofline_pct", "hash", "status", "sampling", "quantize"]
 SAMPLE_CHARS = 200
 FALLBACK_MARK = "(fallback)"
 
@@ -44,7 +47,7 @@ def csv_row(run: BenchmarkRun, r: Result) -> dict:
     row = dict(timestamp=run.timestamp, commit=p.commit, mode=p.mode, model=p.args.model,
                device=run.device_label, dtype=p.dtype_name, variant=r.variant.key, changes=r.variant.label,
                compile=r.variant.compile, batch=w.batch, prompt_len=w.prompt_len, new_tokens=w.new_tokens,
-               cache_length=w.cache, status=r.status, sampling=w.pick)
+               cache_length=w.cache, status=r.status, sampling=w.pick, quantize=r.variant.quantize or "none")
     if m is not None:
         row.update(tok_per_s=f"{m.tok_per_s:.3f}", tok_per_s_best=f"{m.tok_per_s_best:.3f}",
                    max_mem_mb=f"{m.max_mem_mb:.1f}", warmup_s=f"{m.warmup_s:.3f}", hash=m.hash)
@@ -99,8 +102,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def header_line(plan: Plan, w: harness.Workload) -> str:
+    weights = f" | {plan.quantize} weights" if plan.quantize else ""
     return (f"model {plan.args.model} | batch {w.batch} | prompt {w.prompt_len} | new tokens {w.new_tokens} | "
-            f"cache length {w.cache} | {plan.dtype_name} | {harness.device_name(plan.device)} | {w.pick}")
+            f"cache length {w.cache} | {plan.dtype_name} | {harness.device_name(plan.device)} | {w.pick}{weights}")
 
 
 def _ablation_table(run: BenchmarkRun, i: int) -> str:
@@ -117,8 +121,11 @@ def _ablation_table(run: BenchmarkRun, i: int) -> str:
 def _compare_table(run: BenchmarkRun, i: int, w: harness.Workload) -> str:
     plan = run.plan
     ref = run.results[("hf-static", i)].measurement
-    roof = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, run.ceilings)
     c = run.ceilings
+    roofs = {}  # the roofline of each weight scheme of the llama_fast rows (transformers: the model dtype)
+    for q in [None] + [v.roofline_quantize for v in plan.variants]:
+        if q not in roofs:
+            roofs[q] = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, c, q)
     names = {k: f"llama_fast ({k})" for k in harness.VARIANTS}
     names.update({harness.FASTEST: "llama_fast (fastest)", "hf": "transformers default",
                   "hf-static": "transformers static cache"})
@@ -126,14 +133,17 @@ def _compare_table(run: BenchmarkRun, i: int, w: harness.Workload) -> str:
     for v in plan.variants:
         r = run.results[(v.key, i)]
         m = r.measurement
+        given = v.quantize is not None and v.quantize != harness.VARIANTS[v.key].quantize  # by --quantize
+        name = f"{names[v.key]}, {v.quantize}" if given else names[v.key]
         if m is None:
-            rows.append([names[v.key], v.key, "OOM", "-", "-", "-", "-", "-", "-"])
+            rows.append([name, v.key, "OOM", "-", "-", "-", "-", "-", "-"])
             continue
         ratio = f"{m.tok_per_s / ref.tok_per_s:.2f}x" if ref is not None else "-"
-        rows.append([names[v.key], v.key, _tok_per_s(r), _fmt(m.tok_per_s_best), _fmt(r.roofline_pct),
+        rows.append([name, v.key, _tok_per_s(r), _fmt(m.tok_per_s_best), _fmt(r.roofline_pct),
                      _fmt(m.max_mem_mb), _fmt(m.warmup_s, 2), m.hash, ratio])
-    return "\n".join([f"roofline {roof:.1f} tok/s (measured now: matmul {c.matmul_flops / 1e12:.2f} TFLOP/s, "
-                      f"copy {c.copy_bytes / 1e9:.1f} GB/s)", "",
+    quantized = "".join(f"; {q} weights {roof:.1f} tok/s" for q, roof in roofs.items() if q is not None)
+    return "\n".join([f"roofline {roofs[None]:.1f} tok/s{quantized} (measured now: matmul "
+                      f"{c.matmul_flops / 1e12:.2f} TFLOP/s, copy {c.copy_bytes / 1e9:.1f} GB/s)", "",
                       _table(["implementation", "variant", "tok_per_s", "tok_per_s_best", "% roofline",
                               "max_mem_mb", "warmup_s", "hash", "vs hf-static"], rows)])
 

@@ -1,8 +1,9 @@
 """Running a Plan: each variant at each workload point, timed (or profiled) by llama_fast.harness.
 
 Transformers rows run first on one transformers model, then every llama_fast row on one LlamaFast configured
-per row, so each model is loaded once. A point that runs out of memory becomes an OOM row and the run goes
-on; any other error propagates, after the rows already finished were appended to the CSV.
+per row, so each model is loaded once per weight quantization (Variant.quantize: the rows of one scheme share
+a load, the previous model freed before the next loads). A point that runs out of memory becomes an OOM row
+and the run goes on; any other error propagates, after the rows already finished were appended to the CSV.
 """
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ class Result:
         return "fallback" if self.fallback else "ok"
 
 
+def by_quantize(variants) -> list[tuple[str | None, list[Variant]]]:
+    """The variants grouped by their weights' scheme, in order of first appearance (one model load per group)."""
+    groups: dict[str | None, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.quantize, []).append(v)
+    return list(groups.items())
+
+
 def point_label(w: Workload) -> str:
     return f"b={w.batch} p={w.prompt_len} n={w.new_tokens} cache={w.cache}"
 
@@ -75,21 +84,30 @@ class BenchmarkRun:
     # -------------------------------------------------------------------- all points
     def run(self):
         plan = self.plan
-        hf_variants = [v for v in plan.variants if v.is_transformers]
-        fast_variants = [v for v in plan.variants if not v.is_transformers]
+        args = plan.args
         if plan.mode == "compare":
             progress.note("measuring the roofline ceilings (matmul rate, copy bandwidth) on this device")
             self.ceilings = harness.measure_ceilings(plan.device, plan.dtype)
         total = len(plan.variants) * len(plan.points)
         with progress.bar(total, "configurations", unit="cfg") as bar:
-            if hf_variants:
-                hf = loading.load_hf_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.weights_seed)
-                self._sweep(hf_variants, lambda v, w: harness.hf_runner(hf, plan.tokenizer, v, w), bar)
+            for quantize, variants in by_quantize(v for v in plan.variants if v.is_transformers):
+                hf = loading.load_hf_model(args.model, plan.device, plan.dtype, seed=args.weights_seed,
+                                           quantize=quantize)
+                self._sweep(variants, lambda v, w: harness.hf_runner(hf, plan.tokenizer, v, w), bar)
                 del hf
                 _free_memory(plan.device)
-            if fast_variants:
-                fast = api.load_model(plan.args.model, plan.device, plan.dtype, seed=plan.args.weights_seed)
-                self._sweep(fast_variants, lambda v, w: harness.fast_runner(fast, v, w), bar)
+            groups = by_quantize(v for v in plan.variants if not v.is_transformers)
+            for i, (quantize, variants) in enumerate(groups):
+                if i:  # compiled steps of the previous model may hold its tensors: dropped before the next loads
+                    torch._dynamo.reset()
+                    _free_memory(plan.device)
+                fast = api.load_model(args.model, plan.device, plan.dtype, seed=args.weights_seed,
+                                      quantize=quantize)
+                weights = harness.weight_bytes(plan.cfg, plan.dtype, quantize=fast.quantize)
+                progress.note(f"[{args.model}] {fast.quantize or plan.dtype_name} weights loaded: "
+                              f"{weights / harness.MB:.1f} MB, peak {fast.load_peak_bytes / harness.MB:.1f} MB "
+                              "while loading")
+                self._sweep(variants, lambda v, w: harness.fast_runner(fast, v, w), bar)
                 del fast
                 _free_memory(plan.device)
 
@@ -127,7 +145,7 @@ class BenchmarkRun:
                           f"included), {m.tok_per_s:.1f} tok/s" + (f"; fallback: {result.fallback}"
                                                                    if result.fallback else ""))
             if self.ceilings is not None:
-                roof = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, self.ceilings)
+                roof = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, self.ceilings, m.variant.roofline_quantize)
                 result.roofline_pct = 100.0 * m.tok_per_s / roof
         self.results[(result.variant.key, index)] = result
         report.append_row(plan.output, report.csv_row(self, result))
