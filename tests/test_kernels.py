@@ -428,6 +428,10 @@ def test_reference_quantizer_follows_the_weight_format():
     assert q8.dtype == torch.int8 and q8.abs().max() == 127 and s8.shape == (5,)
     assert (q8.double().abs().amax(1) == 127).all()
     assert (dequantize(q8, s8) - w.double()).abs().max() <= s8.max() / 2 + 1e-6
+    from llama_fast import quant  # the product's quantizer writes the same tensors (fp32 weights)
+
+    assert all(torch.equal(a, b) for a, b in zip(quant.quantize_int8(w), (q8, s8)))
+    assert all(torch.equal(a, b) for a, b in zip(quant.quantize_int4(w, 32), quantize_int4(w, 32)))
 
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,

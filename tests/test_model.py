@@ -353,69 +353,42 @@ def test_pdl_mode_is_off_in_compiled_code():
 
 
 # ------------------------------------------------------------------------------------------- quantized layers
-class RefQuantLinear(nn.Module):
-    """A quantized nn.Linear in llama_fast/quant.py's weight format, made by the test-side quantizer
-    (tests/test_kernels.py): what model.py reads of a quantized layer (qweight, scales, offsets, group, bias) and
-    its torch path (forward = linear by the dequantized weight)."""
+def quantized(model, scheme: str):
+    """model with its linear layers quantized by llama_fast.quant (the tiny shapes' K of 64 and 96 take int4
+    groups 64 and 32: the fallback warns, expectedly)."""
+    import warnings
 
-    def __init__(self, linear: nn.Linear, bits: int):
-        super().__init__()
-        from test_kernels import quantize_int4, quantize_int8
+    from llama_fast.quant import QuantWarning, quantize_model_
 
-        w = linear.weight.detach()
-        self.out_features, self.in_features = w.shape
-        self.bits = bits
-        self.group = next((g for g in (128, 64, 32) if self.in_features % g == 0), None) if bits == 4 else None
-        q, s, *o = quantize_int8(w) if bits == 8 else quantize_int4(w, self.group)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scales", s.to(w.dtype))
-        self.register_buffer("offsets", o[0].to(w.dtype) if o else None)
-        self.bias = linear.bias
-
-    def dequantize(self) -> torch.Tensor:
-        from test_kernels import dequantize
-
-        return dequantize(self.qweight, self.scales, self.offsets, self.group or 0).to(self.scales.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequantize(), self.bias)
-
-
-def quantize_linears(model, bits: int):
-    """model with wqkv, wo, w13, w2 and the head replaced by RefQuantLinear (int4 groups: the largest of 128, 64,
-    32 dividing each layer's K: 64 and 32 in the tiny shapes), as llama_fast.quant does."""
-    for layer in model.layers:
-        a, f = layer.attention, layer.feed_forward
-        a.wqkv, a.wo = RefQuantLinear(a.wqkv, bits), RefQuantLinear(a.wo, bits)
-        f.w13, f.w2 = RefQuantLinear(f.w13, bits), RefQuantLinear(f.w2, bits)
-    model.output = RefQuantLinear(model.output, bits)
-    return model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantWarning)
+        return quantize_model_(model, scheme).requires_grad_(False)
 
 
 def dequantized_copy(model):
-    """The unquantized twin of a quantize_linears model: nn.Linear layers holding the dequantized weights."""
+    """The unquantized twin of a quantized model: nn.Linear layers holding the dequantized weights."""
     import copy
 
+    from llama_fast.quant import quant_linears
+
     twin = copy.deepcopy(model)
-    for parent in [*(m for layer in twin.layers for m in (layer.attention, layer.feed_forward)), twin]:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, RefQuantLinear):
-                lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                lin.weight = nn.Parameter(child.dequantize(), requires_grad=False)
-                lin.bias = child.bias
-                setattr(parent, name, lin)
+    for name, layer in quant_linears(twin).items():
+        parent_name, _, attr = name.rpartition(".")
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        lin.weight = nn.Parameter(layer.dequantize(), requires_grad=False)
+        lin.bias = layer.bias
+        setattr(twin.get_submodule(parent_name), attr, lin)
     return twin
 
 
-@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
 @pytest.mark.parametrize("variant", sorted(OPTION_VARIANTS))
-def test_quantized_layers_run_every_code_path(variant, bits):
+def test_quantized_layers_run_every_code_path(variant, scheme):
     """On the CPU every ablation row's code path runs a model with quantized layers: the paths that take row or
     column slices of a weight (unfused q/k/v or gate/up, the split MLP of long prefills) run a quantized layer
     as one product instead, and prefill + decode equals the unquantized model holding the dequantized weights."""
     cfg = TINY_CONFIGS["gqa"]
-    model = ours_from_hf(make_hf(cfg, seed=4), cfg)
-    model = quantize_linears(model, bits).requires_grad_(False)
+    model = quantized(ours_from_hf(make_hf(cfg, seed=4), cfg), scheme)
     twin = dequantized_copy(model)
     options = OPTION_VARIANTS[variant]
     model.options = twin.options = options
@@ -440,7 +413,8 @@ def test_fused_decode_hands_the_kernels_the_quantized_tensors(monkeypatch):
 
     def weight(w, scales=None, offsets=None, group=0):
         assert scales is not None, "a quantized layer reached a kernel without its scales"
-        assert (offsets is None) == (w.dtype == torch.int8) and group == (0 if offsets is None else group)
+        assert (offsets is None) == (w.dtype == torch.int8)
+        assert group == 0 if offsets is None else group in (32, 64)
         got.append(w)
         return dequantize(w, scales, offsets, group).float()
 
@@ -474,12 +448,12 @@ def test_fused_decode_hands_the_kernels_the_quantized_tensors(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
     monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
     cfg = TINY_CONFIGS["head-dim-32"]
-    for bits in (8, 4):
-        model = quantize_linears(ours_from_hf(make_hf(cfg, seed=5), cfg), bits).requires_grad_(False)
+    for scheme in ("int8", "int4"):
+        model = quantized(ours_from_hf(make_hf(cfg, seed=5), cfg), scheme)
         ids = _ids(cfg, B=1, T=12, seed=5)
         model.options = ForwardOptions()
         ref = _prefill_then_decode(model, ids, prefill_len=8)
-        qweights = {id(m.qweight) for m in model.modules() if isinstance(m, RefQuantLinear)}
+        qweights = {id(m.qweight) for m in model.modules() if hasattr(m, "qweight")}
         for options in (ForwardOptions(triton_gemv=True),  # model.linear: every decode projection
                         ForwardOptions(triton_gemv=True, fused_decode=True),
                         ForwardOptions(triton_gemv=True, fused_decode=True, fused_rope_cache=True)):
@@ -496,7 +470,7 @@ from llama_fast import model as model_module
 from llama_fast.kernels import configs
 from llama_fast.model import ForwardOptions
 from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
-from test_model import _ids, _prefill_then_decode, quantize_linears
+from test_model import _ids, _prefill_then_decode, quantized
 
 model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
 # few programs with small K tiles: the interpreter's time goes with programs times tile operations (the pinned
@@ -504,8 +478,7 @@ model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU
 configs.CONFIG_OVERRIDE = lambda form, n, K: {"BLOCK_N": 32 if form.startswith("qkv") else 64, "BLOCK_K": 256,
                                               "num_warps": 4, "num_stages": 1} if "int" in form else None
 cfg = TINY_CONFIGS[sys.argv[1]]
-bits = int(sys.argv[2])
-model = quantize_linears(ours_from_hf(make_hf(cfg, seed=6), cfg), bits).requires_grad_(False)
+model = quantized(ours_from_hf(make_hf(cfg, seed=6), cfg), sys.argv[2])
 ids = _ids(cfg, B=1, T=10, seed=6)
 model.options = ForwardOptions()
 ref = _prefill_then_decode(model, ids, prefill_len=8)  # the torch path: dequantize, then linear
@@ -523,13 +496,13 @@ print("ok")
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
                            "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("cfg_name,bits", [("head-dim-32", 4), ("gqa", 8)])
-def test_quantized_decode_through_the_kernels_in_the_interpreter(cfg_name, bits):
+@pytest.mark.parametrize("cfg_name,scheme", [("head-dim-32", "int4"), ("gqa", "int8")])
+def test_quantized_decode_through_the_kernels_in_the_interpreter(cfg_name, scheme):
     """A tiny model with quantized layers (int4 with groups 32 and 64 in one model; int8), its decode steps
     through the real kernels in Triton's interpreter (model.linear's GEMV; the fused block with RoPE and the cache
     write in the qkv GEMV, and the head) against the torch path on the same quantized weights."""
     tests = Path(__file__).resolve().parent
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
-    r = subprocess.run([sys.executable, "-c", MODEL_CHECK, cfg_name, str(bits)], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", MODEL_CHECK, cfg_name, scheme], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
