@@ -554,3 +554,15 @@ def test_quantized_weight_arguments_are_checked():
     for args, match in bad:
         with pytest.raises(ValueError, match=match):
             weight_format(x, *args)
+
+
+@needs_triton
+def test_ops_take_optional_quantization_arguments():
+    """Each GEMV op keeps its torch.library name and arguments and ends with the optional quantized-weight
+    arguments (None / 0: the model dtype), which torch.library records as Tensor? and int defaults."""
+    import llama_fast.kernels  # noqa: F401  (registers the ops)
+
+    for name in ("gemv", "gemv_rmsnorm", "gemv_residual_ss", "gemv_rmsnorm_swiglu", "gemv_rmsnorm_qkv_rope"):
+        schema = str(getattr(torch.ops.llama_fast, name).default._schema)
+        assert schema.startswith(f"llama_fast::{name}(Tensor x, "), schema
+        assert "Tensor? scales=None, Tensor? offsets=None, SymInt group=0) ->" in schema, schema
