@@ -83,6 +83,21 @@ def triton_kernels_apply(x: torch.Tensor) -> bool:
     return x.is_cuda
 
 
+def is_quantized(layer: nn.Module) -> bool:
+    """Whether a linear layer holds quantized weights (llama_fast.quant.QuantLinear: qweight, scales, offsets,
+    group); such a layer runs as layer(x) except in the decode kernels, which read its tensors directly."""
+    return getattr(layer, "qweight", None) is not None
+
+
+def kernel_weight(layer: nn.Module) -> tuple[torch.Tensor, dict]:
+    """(weight, extra op arguments) of a linear layer for the decode kernels: its weight and nothing, or a quantized
+    layer's qweight and scales / offsets / group (offsets None for int8, group 0 without groups)."""
+    if not is_quantized(layer):
+        return layer.weight, {}
+    return layer.qweight, {"scales": layer.scales, "offsets": getattr(layer, "offsets", None),
+                           "group": layer.group or 0}
+
+
 def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Tensor:
     """layer(x), or our Triton GEMV when asked for and x has only a few rows (the decode step)."""
     rows = x.numel() // x.shape[-1]
@@ -90,7 +105,8 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
         from .kernels import GEMV_MAX_ROWS, gemv
 
         if rows <= GEMV_MAX_ROWS:
-            y = gemv(x.reshape(rows, x.shape[-1]), layer.weight).view(*x.shape[:-1], -1)
+            w, quant = kernel_weight(layer)
+            y = gemv(x.reshape(rows, x.shape[-1]), w, **quant).view(*x.shape[:-1], -1)
             return y if layer.bias is None else y + layer.bias
     return layer(x)
 
@@ -129,7 +145,7 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor, opts: ForwardOptions):
         c = self.cfg
-        if opts.fused_qkv:
+        if opts.fused_qkv or is_quantized(self.wqkv):  # no row slices of a quantized weight: one product
             return linear(x, self.wqkv, opts).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         w, b = self.wqkv.weight, self.wqkv.bias
         q = F.linear(x, w[: c.q_size], None if b is None else b[: c.q_size])
@@ -183,9 +199,12 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=cfg.mlp_bias)  # down
 
     def forward(self, x: torch.Tensor, opts: ForwardOptions) -> torch.Tensor:
-        if opts.split_mlp and x.numel() // x.shape[-1] >= SPLIT_MLP_MIN_ROWS and self.hidden % 2 == 0:
+        # a quantized w13 / w2 has no row or column slices: it runs as one product (layer(x) or the decode GEMV)
+        sliceable = not (is_quantized(self.w13) or is_quantized(self.w2))
+        if (opts.split_mlp and x.numel() // x.shape[-1] >= SPLIT_MLP_MIN_ROWS and self.hidden % 2 == 0
+                and sliceable):
             return self._forward_halves(x)
-        if opts.fused_gate_up:
+        if opts.fused_gate_up or not sliceable:
             gate, up = linear(x, self.w13, opts).chunk(2, dim=-1)
             act = F.silu(gate) * up
         else:
@@ -229,22 +248,26 @@ class Block(nn.Module):
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         x2, pdl = x.view(1, -1), gemv_pdl_mode(opts)
+        wqkv, qkv_quant = kernel_weight(a.wqkv)  # a quantized layer's tensors go to the kernels as they are
         if rope_in_qkv(opts, c):
             from .kernels import gemv_rmsnorm_qkv_rope
 
             cache = a.kv_cache
-            q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps,
+            q = gemv_rmsnorm_qkv_rope(x2, ss, self.attention_norm.weight, wqkv, self.attention_norm.eps,
                                       rope[0].reshape(-1), rope[1].reshape(-1), cache.k_cache, cache.v_cache,
-                                      input_pos, c.n_heads, pdl)  # (1, q_size); k, v written into the cache
+                                      input_pos, c.n_heads, pdl, **qkv_quant)  # (1, q_size); k, v into the cache
             q = q.view(1, 1, c.n_heads, c.head_dim).transpose(1, 2)  # (1, H, 1, D)
             y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (1, 1, q_size)
         else:
-            qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, a.wqkv.weight, self.attention_norm.eps, pdl)
+            qkv = gemv_rmsnorm(x2, ss, self.attention_norm.weight, wqkv, self.attention_norm.eps, pdl, **qkv_quant)
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
-        h, ss = gemv_residual_ss(y.reshape(1, -1), a.wo.weight, x2, pdl)
-        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, f.w13.weight, self.ffn_norm.eps, pdl)
-        out, ss = gemv_residual_ss(act, f.w2.weight, h, pdl)
+        wo, wo_quant = kernel_weight(a.wo)
+        h, ss = gemv_residual_ss(y.reshape(1, -1), wo, x2, pdl, **wo_quant)
+        w13, w13_quant = kernel_weight(f.w13)
+        act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, w13, self.ffn_norm.eps, pdl, **w13_quant)
+        w2, w2_quant = kernel_weight(f.w2)
+        out, ss = gemv_residual_ss(act, w2, h, pdl, **w2_quant)
         return out.view(1, 1, -1), ss
 
 
@@ -301,7 +324,8 @@ class Transformer(nn.Module):
         if (batch, max_seq_len) == (self.batch_size, self.max_seq_len):
             return
         cfg = self.config
-        dev, dtype = self.output.weight.device, self.output.weight.dtype
+        # the embeddings keep the model dtype when the linear layers are quantized
+        dev, dtype = self.tok_embeddings.weight.device, self.tok_embeddings.weight.dtype
         self.batch_size, self.max_seq_len = batch, max_seq_len
         self.cache_version += 1
         for layer in self.layers:
@@ -379,8 +403,9 @@ class Transformer(nn.Module):
         run_block = self.compiled_fused_block or run_fused_layer
         for layer in self.layers:
             x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
-        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, self.output.weight, self.norm.eps,
-                            pdl_mode(opts)).view(1, 1, -1)
+        head, head_quant = kernel_weight(self.output)
+        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
+                            **head_quant).view(1, 1, -1)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv

@@ -7,6 +7,10 @@ inside a CUDA graph of 10 calls, weights rotated over 4 copies so L2 never holds
                                                   # a wider config grid than the autotuner's: the four best
                                                   # configs, then the pinned shapes' own times
   python scripts/fused_bench.py --sweep-configs --gemv-only   # without the attention part
+  python scripts/fused_bench.py --weights fp16,int8,int4 --gemv-only [--sweep-configs]
+                                                  # also each fused form with int8 and int4 (group 128) weights,
+                                                  # GB/s counting the bytes it reads (qweight, scales, offsets);
+                                                  # with --sweep-configs over QUANT_GRID, then the pinned configs
   python scripts/fused_bench.py --device cpu --shape tiny --cache 80 --attended 70 --reps 1 --calls 1
     (Triton's interpreter on the CPU: checks that every launch builds and runs, times nothing useful)
 """
@@ -32,6 +36,11 @@ STEP_FORMS = {"wo": "residual", "w13": "swiglu", "w2": "residual", "head": "rmsn
 GEMV_GRID = list(itertools.product((8, 16), (256, 512, 1024), (4, 8)))
 QKV_GRID = list(itertools.product((8, 16, 32), (256, 512), (4, 8)))
 ATTN_GRID = list(itertools.product((32, 64, 128), (2, 4, 8)))  # (slots per program, warps)
+WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where it divides K, else 64 or 32
+# (BLOCK_N, BLOCK_K, num_warps) of --sweep-configs for quantized weights: K tiles around 16 bytes per thread and
+# row (configs.QUANT_CONFIGS); the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
+QUANT_GRID = {"int8": list(itertools.product((8, 16), (1024, 2048, 4096), (4, 8))),
+              "int4": list(itertools.product((8, 16), (2048, 4096, 8192), (4, 8)))}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--attended", type=int, default=1100, help="attention: slots attended (the rest masked)")
     ap.add_argument("--sweep-configs", action="store_true", help="also sweep each step form over a config grid")
     ap.add_argument("--gemv-only", action="store_true", help="leave out the attention part")
+    ap.add_argument("--weights", default="fp16", help=f"comma-separated weight formats to time, of: "
+                                                      f"{', '.join(WEIGHTS)} (int4: group 128)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: the kernels in Triton's interpreter (a check, not a timing)")
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions (median)")
@@ -52,6 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("no CUDA GPU here (--device cpu runs the kernels in Triton's interpreter)")
     if args.reps < 1 or args.calls < 1:
         ap.error("--reps and --calls must be at least 1")
+    args.weights = args.weights.split(",")
+    unknown = [w for w in args.weights if w not in WEIGHTS]
+    if unknown:
+        ap.error(f"--weights: unknown {', '.join(unknown)} (choose from {', '.join(WEIGHTS)})")
     return args
 
 
@@ -73,6 +88,24 @@ def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: li
     lines += [f"      {name} {form} at {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
               for t, bn, bk, w in results if (bn, bk, w) in pinned]
     return lines
+
+
+def quant_weight(fmt: str, N: int, K: int, device, dtype) -> tuple[torch.Tensor, dict]:
+    """(qweight, the ops' scales / offsets / group) of a random (N, K) weight in a quantized format
+    (llama_fast/quant.py's layout; the values do not change the time)."""
+    if fmt == "int8":
+        return (torch.randint(-127, 128, (N, K), dtype=torch.int8, device=device),
+                {"scales": torch.rand(N, device=device, dtype=dtype) * 0.01})
+    group = next(g for g in (128, 64, 32) if K % g == 0)  # quant.py's fallback for a K that 128 does not divide
+    groups = (N, K // group)
+    return (torch.randint(0, 256, (N, K // 2), dtype=torch.uint8, device=device),
+            {"scales": torch.rand(groups, device=device, dtype=dtype) * 0.01,
+             "offsets": -torch.rand(groups, device=device, dtype=dtype) * 0.08, "group": group})
+
+
+def weight_bytes(w: torch.Tensor, quant: dict) -> int:
+    """The bytes a GEMV reads of its weight: the (q)weight, and the scales and offsets of a quantized one."""
+    return sum(t.numel() * t.element_size() for t in (w, *quant.values()) if torch.is_tensor(t))
 
 
 def main(argv=None) -> int:
@@ -101,18 +134,97 @@ def gemvs(args, cfg, dev, bench):
     g = torch.ones(cfg.dim, device=dev, dtype=dt)
     ss = ss_partials(x)
     res = torch.randn(1, cfg.dim, device=dev, dtype=dt)
-    if args.sweep_configs:
+    if args.sweep_configs and "fp16" in args.weights:
         sweep_qkv(args, cfg, x, g, ss, bench)
     for name, (N, K) in decode_gemv_shapes(cfg).items():
-        w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
         xin = act if name == "w2" else x
-        for form in GEMV_FORMS[name]:
-            pro, epi = form_switches(form)
-            n = N // 2 if form == "swiglu" else N
-            t = bench(lambda: _launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
-            print(f"{name:5s} {form:9s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
-            if args.sweep_configs and STEP_FORMS.get(name) == form:
-                sweep_gemv(args, name, form, N, K, n, w, xin, g, res, ss if pro else xin, eps, bench)
+        if "fp16" in args.weights:
+            w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
+            for form in GEMV_FORMS[name]:
+                pro, epi = form_switches(form)
+                n = N // 2 if form == "swiglu" else N
+                t = bench(lambda: _launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
+                print(f"{name:5s} {form:9s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
+                if args.sweep_configs and STEP_FORMS.get(name) == form:
+                    sweep_gemv(args, name, form, N, K, n, w, xin, g, res, ss if pro else xin, eps, bench)
+        for fmt in (f for f in args.weights if f != "fp16"):
+            quantized_gemv(args, name, fmt, N, K, xin, g, res, ss, eps, bench)
+    for fmt in (f for f in args.weights if f != "fp16"):
+        quantized_qkv(args, cfg, fmt, x, g, ss, bench)
+
+
+def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
+    """The GEMV `name` with quantized weights in each fused form (the op's eager launch: pinned configs), GB/s
+    counting the bytes it reads; with --sweep-configs, the step's form over QUANT_GRID[fmt]."""
+    from bench_util import config_override
+    from llama_fast.kernels.configs import pinned_config
+    from llama_fast.kernels.gemv import _launch_fused
+
+    dev, dt = x.device, x.dtype
+    wq = rotating(lambda: quant_weight(fmt, N, K, dev, dt))
+    nbytes = weight_bytes(*wq())
+    for form in GEMV_FORMS[name]:
+        pro, epi = form_switches(form)
+        n = N // 2 if form == "swiglu" else N
+
+        def call():
+            q, quant = wq()
+            return _launch_fused(x, q, g, res, ss if pro else x, eps, pro, epi, n, 0, **quant)
+        t = bench(call)
+        print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
+        if args.sweep_configs and STEP_FORMS.get(name) == form:
+            results = []
+            for bn, bk, warps in QUANT_GRID[fmt]:
+                with config_override({f"{form}_{fmt}": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
+                                                        "num_stages": 2}}):
+                    try:
+                        results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
+                    except Exception as e:  # out of resources for a config: skip it, say so
+                        print(f"      {name} {form}/{fmt} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+            p = pinned_config(f"{form}_{fmt}", n, K)
+            for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
+                                        [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
+                print(line, flush=True)
+
+
+def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
+    """The wqkv GEMV with RoPE and the cache write, quantized weights: the op (pinned config); with
+    --sweep-configs over QUANT_GRID[fmt] (the BLOCK_N that divide the head dim)."""
+    from bench_util import config_override
+    from llama_fast.kernels.configs import pinned_config
+    from llama_fast.kernels.qkv_rope import gemv_rmsnorm_qkv_rope
+
+    dev, dt = x.device, x.dtype
+    H, Hkv, D, S, K = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache, cfg.dim
+    N = (H + 2 * Hkv) * D
+    wq = rotating(lambda: quant_weight(fmt, N, K, dev, dt))
+    nbytes = weight_bytes(*wq())
+    kc = torch.zeros(1, Hkv, S, D, device=dev, dtype=dt)
+    vc = torch.zeros_like(kc)
+    cos, sin = torch.rand(D, device=dev, dtype=dt), torch.rand(D, device=dev, dtype=dt)
+    pos = torch.tensor([args.attended - 1], device=dev)
+
+    def call():
+        q, quant = wq()
+        return gemv_rmsnorm_qkv_rope(x, ss, g, q, cfg.norm_eps, cos, sin, kc, vc, pos, H, 0, **quant)
+    t = bench(call)
+    p = pinned_config(f"qkv_rope_{fmt}", N, K)
+    print(f"wqkv  {'qkv_rope/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s  {p}", flush=True)
+    if not args.sweep_configs:
+        return
+    results = []
+    for bn, bk, warps in QUANT_GRID[fmt]:
+        if D % bn:
+            continue  # a program's rows must stay within one head
+        with config_override({f"qkv_rope_{fmt}": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
+                                                   "num_stages": 2}}):
+            try:
+                results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
+            except Exception as e:  # out of resources for a config: skip it, say so
+                print(f"      wqkv qkv_rope/{fmt} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
+                                [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
+        print(line, flush=True)
 
 
 def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
@@ -131,8 +243,8 @@ def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
     for bn, bk, warps in GEMV_GRID:
         def call():
             _gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
-                x, w(), y, g, res, ss, so, n, K, ss.numel(), K, eps, PROLOGUE=pro, EPILOGUE=epi, NSS_BLOCK=nss,
-                USE_PDL=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
+                x, w(), y, g, res, ss, so, y, y, n, K, K, ss.numel(), K, 0, eps, 0, 0, PROLOGUE=pro, EPILOGUE=epi,
+                NSS_BLOCK=nss, USE_PDL=0, WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
         try:
             results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so
@@ -168,9 +280,9 @@ def sweep_qkv(args, cfg, x, g, ss, bench):
 
         def call():
             _gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // bn),)](
-                x, w(), q, kc, vc, g, ss, cos, sin, pos, N, K, ss.numel(), K, cfg.norm_eps, H, Hkv, kc.stride(1),
-                kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0, BLOCK_N=bn,
-                BLOCK_K=bk, num_warps=warps, num_stages=2)
+                x, w(), q, kc, vc, g, ss, cos, sin, pos, q, q, N, K, K, ss.numel(), K, 0, cfg.norm_eps, 0, 0, H, Hkv,
+                kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0,
+                WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
         try:
             results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so

@@ -1,5 +1,7 @@
 """Triton kernels (llama_fast/kernels/) against torch references, in Triton's interpreter on the CPU, and their
-launch policy (pinned configs, the override hook, PDL modes).
+launch policy (pinned configs, the override hook, PDL modes). Quantized weights (int8 per row, int4 in groups) are
+made here by a reference quantizer that follows the weight format of llama_fast/quant.py, and checked against
+dequantize-then-matmul.
 
 The CPU torch build ships no Triton: there these tests skip, saying so. Where Triton is installed (a GPU
 box, or `pip install triton` beside the CPU build) they run the real kernels' code on CPU tensors."""
@@ -35,10 +37,10 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     K = x.shape[1]
     y = torch.empty(1, N, dtype=x.dtype)
     ss_out = torch.full((triton.cdiv(N, SS_GROUP),), float("nan"))
-    _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, N, K, ss.numel(), w.stride(0), eps,
-                                                     PROLOGUE=prologue, EPILOGUE=epilogue,
+    _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, N, K, K, ss.numel(), w.stride(0),
+                                                     0, eps, 0, 0, PROLOGUE=prologue, EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-                                                     BLOCK_N=16, BLOCK_K=256)
+                                                     WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)
     return y, ss_out
 
 
@@ -91,9 +93,9 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     kc, vc = torch.zeros(1, Hkv, S, D, dtype=dt), torch.zeros(1, Hkv, S, D, dtype=dt)
     q = torch.empty(1, H * D, dtype=dt)
     qr._gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // 16),)](
-        x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), N, K, ss.numel(), w.stride(0), 1e-5, H, Hkv,
-        kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-        BLOCK_N=16, BLOCK_K=256)
+        x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), q, q, N, K, K, ss.numel(), w.stride(0), 0, 1e-5, 0, 0,
+        H, Hkv, kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
+        WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)
     qkv = (rmsnorm(x, g, 1e-5).float() @ w.float().T).to(dt)
     rq, rk, rv = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
 
@@ -160,6 +162,189 @@ print("ok")
 """
 
 
+U = 2.0 ** -24  # fp32 unit roundoff
+
+
+def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(qweight int8 (N, K), scales (N,)) of w (N, K): symmetric, one scale per row, round to nearest."""
+    scales = w.abs().amax(dim=1) / 127
+    q = torch.round(w / torch.where(scales > 0, scales, 1)[:, None]).clamp(-127, 127)
+    return q.to(torch.int8), scales
+
+
+def quantize_int4(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(qweight uint8 (N, K / 2), scales, offsets (N, K / group)) of w (N, K): per group along K, round to nearest
+    between the group's min and max (scale = (max - min) / 15, offset = min; a scale-0 group gives q = 0); byte j
+    of a row holds element 2j in its low nibble and 2j + 1 in its high nibble."""
+    N, K = w.shape
+    wg = w.reshape(N, K // group, group)
+    lo, hi = wg.amin(dim=-1), wg.amax(dim=-1)
+    scales = (hi - lo) / 15
+    q = torch.round((wg - lo[..., None]) / torch.where(scales > 0, scales, 1)[..., None]).clamp(0, 15)
+    q = q.masked_fill((scales == 0)[..., None], 0).to(torch.uint8).reshape(N, K)
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous(), scales, lo
+
+
+def int4_values(qweight: torch.Tensor) -> torch.Tensor:
+    """The (N, K) values 0..15 of a packed int4 qweight."""
+    return torch.stack([qweight & 15, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1)
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None = None,
+               group: int = 0) -> torch.Tensor:
+    """The float64 weight (N, K) of either format: q * scale (+ offset per group)."""
+    if offsets is None:
+        return qweight.double() * scales.double()[:, None]
+    q = int4_values(qweight).double()
+    N, K = q.shape
+    w = q.view(N, K // group, group) * scales.double()[..., None] + offsets.double()[..., None]
+    return w.view(N, K)
+
+
+def fp32_magnitude(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                   offsets: torch.Tensor | None = None, group: int = 0) -> torch.Tensor:
+    """Per output row (N,), the sum of the magnitudes of what the quantized GEMV adds in fp32 for x (K,)
+    (kernels/dequant.py): int8 |s| (256 f + 384) |x| with f = 1 + (q + 128) / 256; int4, per group,
+    16 |s| (f + c) |x| + |o| |x| with f = c + q / 16, c = 16 (even k) or 1 (odd k). Its rounding errors stay
+    within a few units of U * sqrt(K) * this (random-sign roundings), far below one quantization step."""
+    ax = x.double().abs().reshape(-1)
+    if offsets is None:
+        f = 1 + (qweight.double() + 128) / 256
+        return scales.double().abs() * ((256 * f + 384) @ ax)
+    K = ax.numel()
+    c = torch.where(torch.arange(K) % 2 == 0, 16.0, 1.0).double()
+    f = c + int4_values(qweight).double() / 16
+    per = ((f + c) * ax).view(f.shape[0], K // group, group).sum(-1)  # (N, groups)
+    axg = ax.view(K // group, group).sum(-1)
+    return (16 * scales.double().abs() * per + offsets.double().abs() * axg).sum(-1)
+
+
+QCHECK = r"""
+import sys
+import torch, triton
+import torch.nn.functional as F
+import llama_fast.kernels as kn
+from llama_fast.kernels import configs
+from test_kernels import U, dequantize, fp32_magnitude, quantize_int4, quantize_int8
+
+torch.manual_seed(0)
+mode = sys.argv[1]
+# loop: small tiles, so K (384) spans a whole K tile and a tail and every launch runs the kernels' loops;
+# pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here)
+SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
+SMALL_QKV = {**SMALL, "BLOCK_N": 16}
+seen = []
+
+
+def override(form, n, K):
+    seen.append(form)
+    return (SMALL_QKV if form.startswith("qkv_rope") else SMALL) if mode == "loop" else None
+
+
+configs.CONFIG_OVERRIDE = override
+worst = {}
+
+
+def check(name, y, ref, atol):
+    # |y - ref| within atol everywhere: ref in float64 from the dequantized weights, atol from fp32 rounding
+    err = (y.double().reshape(ref.shape) - ref).abs()
+    ratio = (err / atol).max().item()
+    worst[name] = max(worst.get(name, 0.0), ratio)
+    assert ratio <= 1, (name, ratio, err.max().item())
+
+
+def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm (fp32 here)
+    return g * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def quantize(w, fmt):
+    if fmt == "int8":
+        q, s = quantize_int8(w)
+        return q, dict(scales=s)
+    group = int(fmt[len("int4:g"):])
+    q, s, o = quantize_int4(w, group)
+    return q, dict(scales=s, offsets=o, group=group)
+
+
+def proj(x, q, quant):
+    # (reference projection (N,), its fp32 tolerance (N,)) of x (K,) by a quantized weight
+    ref = dequantize(q, **quant) @ x.double().reshape(-1)
+    return ref, 2 * x.numel() ** 0.5 * U * fp32_magnitude(x, q, **quant)
+
+
+N, K, eps = 37, 384, 1e-5  # odd N (a partial row block); K a multiple of every group and a partial K tile
+x = torch.randn(1, K)
+g = 1 + 0.1 * torch.randn(K)
+res = torch.randn(1, N)
+ss = x.pow(2).view(-1, 8).sum(-1)
+xn = rmsnorm(x, g, eps)
+for fmt in ("int8", "int4:g32", "int4:g64", "int4:g128"):
+    q, quant = quantize(0.05 * torch.randn(N, K), fmt)
+    q13, quant13 = quantize(0.05 * torch.randn(2 * N, K), fmt)
+    ref, tol = proj(x, q, quant)
+    check(f"gemv {fmt}", kn.gemv(x, q, **quant), ref, tol)
+    rref, rtol = proj(xn, q, quant)
+    check(f"rmsnorm {fmt}", kn.gemv_rmsnorm(x, ss, g, q, eps, **quant), rref, rtol)
+    y, part = kn.gemv_residual_ss(x, q, res, **quant)
+    yref = res.double().reshape(-1) + ref
+    ytol = tol + U * yref.abs()
+    check(f"residual {fmt}", y, yref, ytol)
+    pad = 8 * part.numel() - N
+    check(f"residual partials {fmt}", part, F.pad(yref.pow(2), (0, pad)).view(-1, 8).sum(-1),
+          F.pad(2 * yref.abs() * ytol + 8 * U * yref.pow(2), (0, pad)).view(-1, 8).sum(-1))
+    gu, gutol = proj(xn, q13, quant13)
+    gate, up, gtol, utol = gu[:N], gu[N:], gutol[:N], gutol[N:]
+    act = F.silu(gate)
+    check(f"swiglu {fmt}", kn.gemv_rmsnorm_swiglu(x, ss, g, q13, eps, **quant13), act * up,
+          1.1 * gtol * up.abs() + act.abs() * utol + 8 * U * (act * up).abs())
+    if fmt == "int4:g32":  # the tolerance catches a single weight one quantization step off
+        k = int(x.abs().argmax())
+        bad = q.clone()
+        bad[0, k // 2] ^= 1 << (4 * (k % 2))
+        err = (kn.gemv(x, bad, **quant).double().reshape(-1) - ref).abs()
+        assert err[0] > tol[0] and (err[1:] <= tol[1:]).all(), (err[0].item(), tol[0].item())
+# the qkv GEMV with RoPE and the cache write, GQA (4 query heads over 2 kv heads)
+H, Hkv, D, S, pos = 4, 2, 32, 24, 13
+Nq = (H + 2 * Hkv) * D
+ang = torch.rand(D // 2) * 3
+cos = torch.cat([ang.cos(), ang.cos()])
+sin = torch.cat([-ang.sin(), ang.sin()])  # the signed table
+c1, c2, s1, s2 = cos[:D // 2].double(), cos[D // 2:].double(), sin[:D // 2].double(), sin[D // 2:].double()
+for fmt in ("int8", "int4:g32", "int4:g64", "int4:g128"):
+    q, quant = quantize(0.05 * torch.randn(Nq, K), fmt)
+    kc, vc = torch.zeros(1, Hkv, S, D), torch.zeros(1, Hkv, S, D)
+    qout = kn.gemv_rmsnorm_qkv_rope(x, ss, g, q, eps, cos, sin, kc, vc, torch.tensor([pos]), H, **quant)
+    p, ptol = proj(xn, q, quant)
+    p, ptol = p.view(-1, D), ptol.view(-1, D)  # (H + 2 Hkv, D): heads of q, then k, then v
+    a, b, ta, tb = p[:, :D // 2], p[:, D // 2:], ptol[:, :D // 2], ptol[:, D // 2:]
+    rot = torch.cat([a * c1 + b * s1, b * c2 + a * s2], dim=-1)
+    rtol = torch.cat([c1.abs() * ta + s1.abs() * tb + 4 * U * (a * c1).abs() + 4 * U * (b * s1).abs(),
+                      c2.abs() * tb + s2.abs() * ta + 4 * U * (b * c2).abs() + 4 * U * (a * s2).abs()], dim=-1)
+    check(f"qkv_rope q {fmt}", qout.view(H, D), rot[:H], rtol[:H])
+    check(f"qkv_rope k {fmt}", kc[0, :, pos], rot[H:H + Hkv], rtol[H:H + Hkv])
+    check(f"qkv_rope v {fmt}", vc[0, :, pos], p[H + Hkv:], ptol[H + Hkv:])
+    others = torch.ones(S, dtype=torch.bool)
+    others[pos] = False
+    assert not kc[0, :, others].any() and not vc[0, :, others].any()  # only slot pos was written
+# fp16 activations, scales and offsets (the model dtype): the rounding steps of the fp16 path
+xh, resh, gh = x.half(), res.half(), g.half()
+for fmt in ("int8", "int4:g128"):
+    q, quant = quantize(0.05 * torch.randn(N, K), fmt)
+    quant = {k: v.half() if torch.is_tensor(v) else v for k, v in quant.items()}
+    ref = dequantize(q, **quant) @ xh.double().reshape(-1)
+    y = kn.gemv_residual_ss(xh, q, resh, **quant)[0]
+    yref = resh.double().reshape(-1) + ref.half().double()
+    err = ((y.double().reshape(-1) - yref).norm() / yref.norm()).item()
+    assert err < 2e-3, (fmt, err)  # fp16 rounding of the projection and of the sum
+    print(f"fp16 residual {fmt}: relative error {err:.1e}")
+for name, ratio in worst.items():
+    print(f"{name}: worst error / tolerance {ratio:.2e}")
+assert set(seen) == {"gemv_int8", "rmsnorm_int8", "residual_int8", "swiglu_int8", "qkv_rope_int8", "gemv_int4",
+                     "rmsnorm_int4", "residual_int4", "swiglu_int4", "qkv_rope_int4"}, set(seen)
+print("ok")
+"""
+
+
 # Triton 3.6's interpreter (the device stack's) hands a scalar kernel argument over as a 1-element array, and
 # `range(BLOCK_K, K, BLOCK_K)` then fails under NumPy >= 2.4 ("only 0-dimensional arrays can be converted to
 # Python scalars"); Triton 3.9 passes 0-d values. This kernel asks the installed pair directly.
@@ -210,6 +395,43 @@ def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
     r = subprocess.run([sys.executable, "-c", "import sys\n" + CHECK, dtype], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
+                           "interpreter wherever triton is installed, and for real on a GPU")
+@pytest.mark.parametrize("mode", ["loop", "pinned"])
+def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
+    """Every fused op with int8 and int4 (groups 32, 64, 128) weights, fp32 activations, against the float64
+    product with the dequantized weight: the plain GEMV, the RMSNorm prologue, the residual and SwiGLU
+    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops) and the pinned ones."""
+    env = {**interpreter_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    r = subprocess.run([sys.executable, "-c", QCHECK, mode], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+def test_reference_quantizer_follows_the_weight_format():
+    """The test-side quantizer writes what llama_fast/quant.py's format says (nibble order, scale and offset,
+    scale-0 groups, int8 range): the kernels' checks above rest on it."""
+    w = torch.tensor([[0.0, 1.5, 0.7, 0.3] * 8, [2.0] * 32])  # group 32: row 1 is constant (scale 0)
+    q, s, o = quantize_int4(w, 32)
+    assert q.dtype == torch.uint8 and q.shape == (2, 16) and s.shape == o.shape == (2, 1)
+    assert torch.allclose(s[0], torch.tensor(0.1)) and o[0, 0] == 0 and s[1, 0] == 0 and o[1, 0] == 2
+    assert q[0, 0] == 0 | (15 << 4) and q[0, 1] == 7 | (3 << 4)  # elements 0, 1 | 2, 3: low nibble first
+    assert not q[1].any()
+    assert torch.allclose(dequantize(q, s, o, 32), w.double(), atol=1e-6)
+    w = torch.randn(5, 64)
+    for group in (32, 64):
+        q, s, o = quantize_int4(w, group)
+        assert (dequantize(q, s, o, group) - w.double()).abs().max() <= s.max() / 2 + 1e-6  # round to nearest
+    q8, s8 = quantize_int8(w)
+    assert q8.dtype == torch.int8 and q8.abs().max() == 127 and s8.shape == (5,)
+    assert (q8.double().abs().amax(1) == 127).all()
+    assert (dequantize(q8, s8) - w.double()).abs().max() <= s8.max() / 2 + 1e-6
+    from llama_fast import quant  # the product's quantizer writes the same tensors (fp32 weights)
+
+    assert all(torch.equal(a, b) for a, b in zip(quant.quantize_int8(w), (q8, s8)))
+    assert all(torch.equal(a, b) for a, b in zip(quant.quantize_int4(w, 32), quantize_int4(w, 32)))
 
 
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
@@ -282,3 +504,65 @@ def test_pdl_modes_the_model_asks_for():
         kn.decode_attention(q, k, k, mask, 0.25, kn.PDL_TRIGGER_EARLY)
     with pytest.raises(ValueError, match="PDL_TRIGGER_LATE"):
         kn.decode_attention_one_launch(q, k, k, mask, 0.25, torch.zeros(2, dtype=torch.int32), kn.PDL_TRIGGER_EARLY)
+
+
+@needs_triton
+def test_quantized_pinned_configs(monkeypatch):
+    """The quantized GEMV forms take QUANT_CONFIGS (a K tile of 16 bytes per thread and row: 2048 int8, 4096 int4
+    weights at 4 warps), the qkv+RoPE forms a BLOCK_N that divides every head dim the fused path takes; the
+    model-dtype forms keep their configs; CONFIG_OVERRIDE sees the quantized form names."""
+    from llama_fast.kernels import configs
+    from llama_fast.model import ROPE_MIN_HEAD_DIM
+
+    monkeypatch.delenv("LLAMA_FAST_GEMV_AUTOTUNE", raising=False)
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", None)
+    for fmt, bk in (("int8", 2048), ("int4", 4096)):
+        for form in ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"):
+            c = configs.pinned_config(f"{form}_{fmt}", 4096, 4096)
+            assert c["BLOCK_K"] == bk and c["BLOCK_N"] % 8 == 0, (form, fmt, c)
+            bytes_per_thread = c["BLOCK_K"] * (1 if fmt == "int8" else 0.5) / (32 * c["num_warps"])
+            assert bytes_per_thread == 16 or (form in ("swiglu", "qkv_rope") and bytes_per_thread == 8), (form, c)
+        assert ROPE_MIN_HEAD_DIM % configs.pinned_config(f"qkv_rope_{fmt}", 12288, 4096)["BLOCK_N"] == 0
+    assert configs.pinned_config("residual", 4096, 11008)["BLOCK_K"] == 1024  # unchanged
+    assert configs.pinned_config("qkv_rope", 12288, 4096) == configs.QKV_ROPE_CONFIG
+    asked = []
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: asked.append(form))
+    configs.pinned_config("swiglu_int4", 11008, 4096)
+    assert asked == ["swiglu_int4"]
+
+
+@needs_triton
+def test_quantized_weight_arguments_are_checked():
+    """A quantized weight whose tensors do not fit the format is refused with one clear error, before any
+    launch (kernels/dequant.weight_format)."""
+    from llama_fast.kernels.dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
+
+    x = torch.zeros(1, 256)
+    w = torch.zeros(8, 256)
+    q8, s8 = quantize_int8(torch.randn(8, 256))
+    q4, s4, o4 = quantize_int4(torch.randn(8, 256), 64)
+    assert weight_format(x, w, None, None, 0, 8)[:2] == (WFMT_DENSE, 0)
+    fmt, group, words, kw = weight_format(x, q8, s8, None, 0, 8)
+    assert (fmt, group, words.dtype, words.shape, kw) == (WFMT_INT8, 0, torch.int32, (8, 64), 64)
+    fmt, group, words, kw = weight_format(x, q4, s4, o4, 64, 8)
+    assert (fmt, group, words.dtype, words.shape, kw) == (WFMT_INT4, 64, torch.int32, (8, 32), 32)
+    assert words.data_ptr() == q4.data_ptr()  # a view of the packed bytes, not a copy
+    bad = [((q4, s4, o4, 48, 8), "group one of"), ((q4, s4, o4, 128, 8), r"\(8, 2\)"),
+           ((q4, s4, None, 64, 8), "int8 weights"), ((q8, s8, None, 32, 8), "no group"),
+           ((q8, s8[:4], None, 0, 8), "scales"), ((w, None, o4, 0, 8), "need scales"),
+           ((q4.view(torch.int8), s4, o4, 64, 8), "uint8"), ((q8, s8, None, 0, 16), r"int8 \(16, 256\)")]
+    for args, match in bad:
+        with pytest.raises(ValueError, match=match):
+            weight_format(x, *args)
+
+
+@needs_triton
+def test_ops_take_optional_quantization_arguments():
+    """Each GEMV op keeps its torch.library name and arguments and ends with the optional quantized-weight
+    arguments (None / 0: the model dtype), which torch.library records as Tensor? and int defaults."""
+    import llama_fast.kernels  # noqa: F401  (registers the ops)
+
+    for name in ("gemv", "gemv_rmsnorm", "gemv_residual_ss", "gemv_rmsnorm_swiglu", "gemv_rmsnorm_qkv_rope"):
+        schema = str(getattr(torch.ops.llama_fast, name).default._schema)
+        assert schema.startswith(f"llama_fast::{name}(Tensor x, "), schema
+        assert "Tensor? scales=None, Tensor? offsets=None, SymInt group=0) ->" in schema, schema

@@ -1,9 +1,18 @@
 """llama_fast.model: logits parity with transformers.LlamaForCausalLM (fp32, weights through our converter),
-every ForwardOptions code path, the static KV cache (prefill + decode == one full forward), left padding."""
+every ForwardOptions code path, the static KV cache (prefill + decode == one full forward), left padding, and the
+dispatch of quantized linear layers (every code path, the fused decode kernels)."""
 from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf, ours_from_hf
 from llama_fast import ForwardOptions
@@ -341,3 +350,159 @@ def test_pdl_mode_is_off_in_compiled_code():
     assert (pdl_mode(opts), gemv_pdl_mode(opts)) == (2, 1)
     compiled = torch.compile(lambda x: x + pdl_mode(opts) + gemv_pdl_mode(opts), backend="eager", fullgraph=True)
     assert compiled(torch.zeros(1)).item() == 0
+
+
+# ------------------------------------------------------------------------------------------- quantized layers
+def quantized(model, scheme: str):
+    """model with its linear layers quantized by llama_fast.quant (the tiny shapes' K of 64 and 96 take int4
+    groups 64 and 32: the fallback warns, expectedly)."""
+    import warnings
+
+    from llama_fast.quant import QuantWarning, quantize_model_
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", QuantWarning)
+        return quantize_model_(model, scheme).requires_grad_(False)
+
+
+def dequantized_copy(model):
+    """The unquantized twin of a quantized model: nn.Linear layers holding the dequantized weights."""
+    import copy
+
+    from llama_fast.quant import quant_linears
+
+    twin = copy.deepcopy(model)
+    for name, layer in quant_linears(twin).items():
+        parent_name, _, attr = name.rpartition(".")
+        lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        lin.weight = nn.Parameter(layer.dequantize(), requires_grad=False)
+        lin.bias = layer.bias
+        setattr(twin.get_submodule(parent_name), attr, lin)
+    return twin
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+@pytest.mark.parametrize("variant", sorted(OPTION_VARIANTS))
+def test_quantized_layers_run_every_code_path(variant, scheme):
+    """On the CPU every ablation row's code path runs a model with quantized layers: the paths that take row or
+    column slices of a weight (unfused q/k/v or gate/up, the split MLP of long prefills) run a quantized layer
+    as one product instead, and prefill + decode equals the unquantized model holding the dequantized weights."""
+    cfg = TINY_CONFIGS["gqa"]
+    model = quantized(ours_from_hf(make_hf(cfg, seed=4), cfg), scheme)
+    twin = dequantized_copy(model)
+    options = OPTION_VARIANTS[variant]
+    model.options = twin.options = options
+    ids = _ids(cfg, B=2, T=80, seed=4)  # 72 prefill rows: past SPLIT_MLP_MIN_ROWS
+    got = _prefill_then_decode(model, ids, prefill_len=72, tensor_positions=options.tensor_positions)
+    ref = _prefill_then_decode(twin, ids, prefill_len=72, tensor_positions=options.tensor_positions)
+    assert ref.abs().max() > 0.5
+    torch.testing.assert_close(got, ref, **TOL)
+
+
+def test_fused_decode_hands_the_kernels_the_quantized_tensors(monkeypatch):
+    """The fused decode block, the head and model.linear give the kernels each quantized layer's qweight, scales,
+    offsets and group (Triton kernels replaced by dequantize-then-matmul: the kernels themselves are checked in
+    tests/test_kernels.py and, through the model, in the interpreter test below)."""
+    import types
+
+    from llama_fast import model as model_module
+    from llama_fast.model import apply_rope
+    from test_kernels import dequantize
+
+    got = []  # the qweight of every kernel call
+
+    def weight(w, scales=None, offsets=None, group=0):
+        assert scales is not None, "a quantized layer reached a kernel without its scales"
+        assert (offsets is None) == (w.dtype == torch.int8)
+        assert group == 0 if offsets is None else group in (32, 64)
+        got.append(w)
+        return dequantize(w, scales, offsets, group).float()
+
+    def rmsnorm_from(x, ss, g, eps):
+        return g * (x.float() * torch.rsqrt(ss.sum() / x.shape[-1] + eps)).to(x.dtype)
+
+    fake = types.ModuleType("llama_fast.kernels")
+    fake.GEMV_MAX_ROWS = 1
+    fake.ss_partials = lambda y: y.float().pow(2).view(-1, 8).sum(-1)
+    fake.gemv = lambda x, w, **q: x @ weight(w, **q).T
+    fake.gemv_rmsnorm = lambda x, ss, g, w, eps, pdl=0, **q: rmsnorm_from(x, ss, g, eps) @ weight(w, **q).T
+
+    def residual_ss(x, w, res, pdl=0, **q):
+        y = res + x @ weight(w, **q).T
+        return y, fake.ss_partials(y)
+
+    def swiglu(x, ss, g, w13, eps, pdl=0, **q):
+        gate, up = (rmsnorm_from(x, ss, g, eps) @ weight(w13, **q).T).chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    def qkv_rope(x, ss, g, w, eps, cos, sin, k_cache, v_cache, input_pos, n_heads, pdl=0, **q):
+        D, hkv = cos.numel(), k_cache.shape[1]
+        qq, k, v = (rmsnorm_from(x, ss, g, eps) @ weight(w, **q).T).split([n_heads * D, hkv * D, hkv * D], dim=-1)
+        cs = (cos.view(1, 1, 1, D), sin.view(1, 1, 1, D))
+        qq = apply_rope(qq.view(1, 1, n_heads, D).transpose(1, 2), *cs, use_cat=False)
+        k_cache.index_copy_(2, input_pos, apply_rope(k.view(1, 1, hkv, D).transpose(1, 2), *cs, use_cat=False))
+        v_cache.index_copy_(2, input_pos, v.view(1, 1, hkv, D).transpose(1, 2))
+        return qq.transpose(1, 2).reshape(1, -1)
+
+    fake.gemv_residual_ss, fake.gemv_rmsnorm_swiglu, fake.gemv_rmsnorm_qkv_rope = residual_ss, swiglu, qkv_rope
+    monkeypatch.setitem(sys.modules, "llama_fast.kernels", fake)
+    monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
+    cfg = TINY_CONFIGS["head-dim-32"]
+    for scheme in ("int8", "int4"):
+        model = quantized(ours_from_hf(make_hf(cfg, seed=5), cfg), scheme)
+        ids = _ids(cfg, B=1, T=12, seed=5)
+        model.options = ForwardOptions()
+        ref = _prefill_then_decode(model, ids, prefill_len=8)
+        qweights = {id(m.qweight) for m in model.modules() if hasattr(m, "qweight")}
+        for options in (ForwardOptions(triton_gemv=True),  # model.linear: every decode projection
+                        ForwardOptions(triton_gemv=True, fused_decode=True),
+                        ForwardOptions(triton_gemv=True, fused_decode=True, fused_rope_cache=True)):
+            got.clear()
+            model.options = options
+            torch.testing.assert_close(_prefill_then_decode(model, ids, prefill_len=8), ref, **TOL)
+            assert {id(w) for w in got} == qweights and len(got) == 4 * (cfg.n_layers * 4 + 1), (options, len(got))
+
+
+MODEL_CHECK = r"""
+import sys
+import torch
+from llama_fast import model as model_module
+from llama_fast.kernels import configs
+from llama_fast.model import ForwardOptions
+from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
+from test_model import _ids, _prefill_then_decode, quantized
+
+model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
+# few programs with small K tiles: the interpreter's time goes with programs times tile operations (the pinned
+# configs: tests/test_kernels.py)
+configs.CONFIG_OVERRIDE = lambda form, n, K: {"BLOCK_N": 32 if form.startswith("qkv") else 64, "BLOCK_K": 256,
+                                              "num_warps": 4, "num_stages": 1} if "int" in form else None
+cfg = TINY_CONFIGS[sys.argv[1]]
+model = quantized(ours_from_hf(make_hf(cfg, seed=6), cfg), sys.argv[2])
+ids = _ids(cfg, B=1, T=10, seed=6)
+model.options = ForwardOptions()
+ref = _prefill_then_decode(model, ids, prefill_len=8)  # the torch path: dequantize, then linear
+for options in (ForwardOptions(triton_gemv=True),
+                ForwardOptions(triton_gemv=True, fused_decode=True, fused_rope_cache=True, decode_attention=True)):
+    model.options = options
+    got = _prefill_then_decode(model, ids, prefill_len=8)
+    # fp32 throughout; each kernel's error is a few 1e-6 of its output (tests/test_kernels.py), through two blocks
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    print(options, (got - ref).abs().max().item())
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
+                           "interpreter wherever triton is installed, and for real on a GPU")
+@pytest.mark.parametrize("cfg_name,scheme", [("head-dim-32", "int4"), ("gqa", "int8")])
+def test_quantized_decode_through_the_kernels_in_the_interpreter(cfg_name, scheme):
+    """A tiny model with quantized layers (int4 with groups 32 and 64 in one model; int8), its decode steps
+    through the real kernels in Triton's interpreter (model.linear's GEMV; the fused block with RoPE and the cache
+    write in the qkv GEMV, and the head) against the torch path on the same quantized weights."""
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
+    r = subprocess.run([sys.executable, "-c", MODEL_CHECK, cfg_name, scheme], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

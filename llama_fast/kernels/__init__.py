@@ -7,6 +7,7 @@ may use programmatic dependent launch.
 
   gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
+  dequant.py    int8 / int4 weights in those GEMVs (the ops' scales / offsets / group arguments)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
   configs.py    launch configs: autotune search space, pinned configs, CONFIG_OVERRIDE

@@ -3,7 +3,8 @@ form for eager launches, and the override hook that scripts/perf_lab.py --config
 
 Forms (the names pinned_config and CONFIG_OVERRIDE take): gemv, rmsnorm, residual, swiglu (the fused GEMV's
 forms, n = output rows, K = input width), qkv_rope (n = wqkv rows), attention (n = cache slots, K = head dim;
-a config of CHUNK slots per program and num_warps).
+a config of CHUNK slots per program and num_warps). The GEMV forms of quantized weights carry the format:
+rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py).
 
 Eager launches (the fastest path's decode block runs uncompiled inside the step's CUDA graph) take one pinned
 config per form instead of Triton's autotuner: the autotuner compiles its 12 configs per shape one after
@@ -32,7 +33,10 @@ def autotune_configs() -> list[triton.Config]:
 def gemv_config(form: str, n: int) -> dict:
     """The pinned config of an eager fused GEMV of a form with n output rows (BLOCK_N a multiple of the
     sum-of-squares group). The residual GEMVs (wo, w2) take 1024-wide K tiles at 8 warps: decode 3.749 against
-    3.812 ms/step in one H200 process (at 4 warps that tile was 14 % slower)."""
+    3.812 ms/step in one H200 process (at 4 warps that tile was 14 % slower). Quantized forms: QUANT_CONFIGS."""
+    fmt = form.rpartition("_")[2]
+    if fmt in ("int8", "int4"):
+        return QUANT_CONFIGS.get(form) or QUANT_CONFIGS[fmt]
     if form == "residual":
         return {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 8, "num_stages": 3}
     return {"BLOCK_N": 16 if n >= 16384 else 8, "BLOCK_K": 512, "num_warps": 4,
@@ -41,6 +45,22 @@ def gemv_config(form: str, n: int) -> dict:
 
 # the wqkv GEMV with RoPE and the cache write; every BLOCK_N of the search space (8..32) divides the head dim
 QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
+
+# Quantized weights (kernels/dequant.py). A K tile spans exactly the threads of a program, 16 bytes (one load)
+# per thread and row, so every row of the tile sits in each thread and x is loaded, normalized and summed once
+# per program instead of once per row: 2048 int8 / 4096 int4 weights per row at 4 warps, 2 KB, the bytes of
+# the residual GEMVs' tile above. With 8 rows the int4 loop compiles (sm_90) to 4.0 instructions per weight,
+# 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
+# two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice the rows: int8 takes 8
+# warps there (255 registers at 4). Chosen from compiled code, not yet timed: scripts/fused_bench.py
+# --weights fp16,int8,int4 --sweep-configs times them against its QUANT_GRID.
+QUANT_CONFIGS = {
+    "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
+    "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 2},
+    "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
+    "int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
+    "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
+}
 
 # Decode attention. Inside torch.compile: 64-slot tiles (one tile per program, K and V loads issued together)
 # at 2 warps, 7.9 us against 9.7 with 4 (scripts/fused_bench.py, H200); one config, no search. Eager launches:

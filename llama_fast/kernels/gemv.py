@@ -10,6 +10,9 @@ partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no pr
 normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers' fp16 code rounds
 (normed x, gate, up, silu, the product, the projection before the residual add), so only the GEMV's
 summation order differs from the unfused path.
+
+The weights are in the model dtype or quantized (constexpr WFMT: int8 per row, int4 in groups), the latter read
+as packed words and dequantized in registers in fp32 (dequant.py), with the same prologue and epilogues.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, group_tiles, int4_dot, int4_groups,
+                      int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -54,19 +59,39 @@ def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
     return w, w2
 
 
-@triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE"])
 @triton.jit
-def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, N, K, NSS, stride_wn, eps,
-                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr,
-                       USE_PDL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr):
+    """The K tile k0..k0 + NW * PER of the GEMV input (x_tile) as PER (NW,) tensors: element j of each quantized
+    weight word (dequant.split_words)."""
+    k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
+    return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
+
+
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
+@triton.jit
+def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
+                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, PROLOGUE: tl.constexpr,
+                       EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
+                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
-    # the first K tile of the weights (and of the up rows): nothing writes them, so they load before the wait
-    # for the previous kernel
-    w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
+    # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
+    # before the wait for the previous kernel
+    if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+        s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, 0, K // GROUP, N, stride_sn, EPILOGUE == 2,
+                                       BLOCK_K // GROUP)
+    elif WFMT == 1:  # int8: words of 4 weights, a scale per row
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
+        scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+        scale_up = scale
+        if EPILOGUE == 2:
+            scale_up = tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)
+    else:
+        w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -78,20 +103,59 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
-    acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
-    if EPILOGUE == 2:
-        acc_up = w_up.to(tl.float32) * xf[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        k = k0 + rk
-        w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
-        xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
-        acc += w.to(tl.float32) * xf[None, :]
+    if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
+        NG: tl.constexpr = BLOCK_K // GROUP
+        WG: tl.constexpr = GROUP // 8
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+        xsum, csum = int4_x_sums(xs, NG, WG)
+        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
         if EPILOGUE == 2:
-            acc_up += w_up.to(tl.float32) * xf[None, :]
-    if USE_PDL == 2:
-        gdc_launch_dependents()
-    y = tl.sum(acc, axis=1).to(dt)
+            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+            s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, N, stride_sn,
+                                           EPILOGUE == 2, NG)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
+            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+            if EPILOGUE == 2:
+                acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
+                                      BLOCK_N, NG, WG)
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        y = tl.sum(acc, axis=1).to(dt)
+    elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+        xacc = x_sum4(xs)
+        acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
+        if EPILOGUE == 2:
+            acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+            xacc += x_sum4(xs)
+            acc = int8_fma(acc, w, xs, one_bits)
+            if EPILOGUE == 2:
+                acc_up = int8_fma(acc_up, w_up, xs, one_bits)
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        xtot = 384.0 * tl.sum(xacc, axis=0)
+        y = (scale * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
+    else:
+        xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
+        acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
+        if EPILOGUE == 2:
+            acc_up = w_up.to(tl.float32) * xf[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            k = k0 + rk
+            w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
+            xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
+            acc += w.to(tl.float32) * xf[None, :]
+            if EPILOGUE == 2:
+                acc_up += w_up.to(tl.float32) * xf[None, :]
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        y = tl.sum(acc, axis=1).to(dt)
     if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
@@ -101,32 +165,44 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
     if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
         gate = y.to(tl.float32)
-        up = tl.sum(acc_up, axis=1).to(dt)
+        if WFMT == 2:
+            up = tl.sum(acc_up, axis=1).to(dt)
+        elif WFMT == 1:
+            up = (scale_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
+        else:
+            up = tl.sum(acc_up, axis=1).to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF):
-    """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y)."""
+def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF,
+                  scales=None, offsets=None, group: int = 0):
+    """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y). With
+    scales, w is a quantized weight (dequant.weight_format)."""
     pdl = use_pdl(x, pdl)
     K = x.shape[1]
+    wfmt, group, wk, kw = weight_format(x, w, scales, offsets, group, 2 * n if epilogue == EPILOGUE_SWIGLU else n)
     y = torch.empty((1, n), device=x.device, dtype=x.dtype)
     # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
     ss_out = (torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
               if epilogue == EPILOGUE_RESIDUAL_SS else y)
+    # unused pointer arguments get y (never read)
+    s = scales if scales is not None else y
+    o = offsets if offsets is not None else s
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
     form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue,
                                                                             "rmsnorm" if prologue else "gemv")
-    config = pinned_config(form, n, K)
+    config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
-    wrap_triton(kernel)[grid](x, w, y, g, res, ss_in, ss_out, n, K, ss_in.numel(), w.stride(0), eps,
+    wrap_triton(kernel)[grid](x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
+                              s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS,
                               PROLOGUE=prologue, EPILOGUE=epilogue,
                               NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
-                              USE_PDL=pdl, **config, **launch_kwargs(pdl))
+                              USE_PDL=pdl, WFMT=wfmt, GROUP=group, **config, **launch_kwargs(pdl))
     return y, ss_out
 
 
@@ -136,28 +212,38 @@ def ss_partials(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton_op("llama_fast::gemv", mutates_args=())
-def gemv(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """W @ x: x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype."""
-    return _launch_fused(x, w, x, x, x, 0.0, PROLOGUE_NONE, EPILOGUE_NONE, w.shape[0])[0]
+def gemv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+         group: int = 0) -> torch.Tensor:
+    """W @ x: x (1, K) contiguous, w (N, K) contiguous -> (1, N) in x.dtype.
+    Quantized weights (llama_fast/quant.py): w the qweight, scales (N,) for int8; scales and offsets
+    (N, K // group) for int4 (dequant.weight_format). The same three arguments in every op below."""
+    return _launch_fused(x, w, x, x, x, 0.0, PROLOGUE_NONE, EPILOGUE_NONE, w.shape[0], PDL_OFF, scales, offsets,
+                         group)[0]
 
 
 @triton_op("llama_fast::gemv_rmsnorm", mutates_args=())
 def gemv_rmsnorm(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w: torch.Tensor, eps: float,
-                 pdl: int = PDL_OFF) -> torch.Tensor:
+                 pdl: int = PDL_OFF, scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                 group: int = 0) -> torch.Tensor:
     """W @ rmsnorm(x) * g: x (1, K), ss its sum-of-squares partials, g (K,), w (N, K) -> (1, N).
     pdl: a PDL_* mode, applied where it can be (pdl.use_pdl), as in every op below."""
-    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0], pdl)[0]
+    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0], pdl, scales, offsets,
+                         group)[0]
 
 
 @triton_op("llama_fast::gemv_residual_ss", mutates_args=())
-def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor,
-                     pdl: int = PDL_OFF) -> tuple[torch.Tensor, torch.Tensor]:
+def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: int = PDL_OFF,
+                     scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                     group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
-    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl)
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl, scales,
+                         offsets, group)
 
 
 @triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
 def gemv_rmsnorm_swiglu(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, w13: torch.Tensor,
-                        eps: float, pdl: int = PDL_OFF) -> torch.Tensor:
+                        eps: float, pdl: int = PDL_OFF, scales: torch.Tensor | None = None,
+                        offsets: torch.Tensor | None = None, group: int = 0) -> torch.Tensor:
     """silu(gate) * up of h = rmsnorm(x) * g: w13 (2I, K) = [gate; up] -> (1, I)."""
-    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl)[0]
+    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl, scales,
+                         offsets, group)[0]

@@ -4,7 +4,7 @@ cache write.
 A program computes BLOCK_N/2 rows of one head's first half and the matching rows of its second half (RoPE pairs
 d with d + D/2), rotates q and k, writes q to the output and k, v into the cache slot input_pos. This replaces
 the two kernels per layer that rotated and scattered; the decode block is then nothing but our kernels
-(model.Transformer.fused_block_is_kernels_only).
+(model.Transformer.fused_block_is_kernels_only). wqkv may be quantized, as in gemv.py (dequant.py).
 """
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .gemv import w_tiles, x_tile
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, group_tiles, int4_dot, int4_groups, int4_x_sums, int8_fma,
+                      weight_format, words, x_sum4)
+from .gemv import w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
-@triton.autotune(configs=autotune_configs(), key=["N", "K", "D"])
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "D", "WFMT", "GROUP"])
 @triton.jit
-def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr,
-                          N, K, NSS, stride_wn, eps, H, HKV, stride_ch, stride_cs,
-                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
+                          N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
+                          stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -32,8 +34,18 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     r2 = r1 + D // 2
     rk = tl.arange(0, BLOCK_K)
     dt = x_ptr.dtype.element_ty
-    # the first K tile of the weights loads before the wait for the previous kernel (as in gemv.py)
-    w1, w2 = w_tiles(w_ptr, r1, r1 < N, rk, K, D // 2, stride_wn, True)  # rows r1 and r2 = r1 + D/2
+    # the first K tile of the weights (and their scales) loads before the wait for the previous kernel (as in
+    # gemv.py); rows r1 and r2 = r1 + D/2
+    if WFMT == 2:
+        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+        s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, 0, K // GROUP, D // 2, stride_sn, True,
+                                     BLOCK_K // GROUP)
+    elif WFMT == 1:
+        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+        scale1 = tl.load(s_ptr + r1).to(tl.float32)
+        scale2 = tl.load(s_ptr + r2).to(tl.float32)
+    else:
+        w1, w2 = w_tiles(w_ptr, r1, r1 < N, rk, K, D // 2, stride_wn, True)
     if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
@@ -42,19 +54,55 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
     rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
-    acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
-    acc2 = w2.to(tl.float32) * xf[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        k = k0 + rk
-        w1, w2 = w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
-        xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
-        acc1 += w1.to(tl.float32) * xf[None, :]
-        acc2 += w2.to(tl.float32) * xf[None, :]
-    if USE_PDL == 2:
-        gdc_launch_dependents()
-    y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
-    y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
+    if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
+        NG: tl.constexpr = BLOCK_K // GROUP
+        WG: tl.constexpr = GROUP // 8
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
+        xsum, csum = int4_x_sums(xs, NG, WG)
+        acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
+        acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+            s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, k0 // GROUP, K // GROUP, D // 2, stride_sn, True,
+                                         NG)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
+            acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
+            acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
+        y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
+    elif WFMT == 1:  # as gemv.py's int8 path
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
+        xacc = x_sum4(xs)
+        acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
+        acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
+            xacc += x_sum4(xs)
+            acc1 = int8_fma(acc1, w1, xs, one_bits)
+            acc2 = int8_fma(acc2, w2, xs, one_bits)
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        xtot = 384.0 * tl.sum(xacc, axis=0)
+        y1 = (scale1 * (256.0 * tl.sum(acc1, axis=1) - xtot)).to(dt).to(tl.float32)
+        y2 = (scale2 * (256.0 * tl.sum(acc2, axis=1) - xtot)).to(dt).to(tl.float32)
+    else:
+        xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
+        acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
+        acc2 = w2.to(tl.float32) * xf[None, :]
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            k = k0 + rk
+            w1, w2 = w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
+            xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
+            acc1 += w1.to(tl.float32) * xf[None, :]
+            acc2 += w2.to(tl.float32) * xf[None, :]
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
+        y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     # RoPE with the signed sine table (-sin | +sin): x * cos + swap_halves(x) * sin, each product rounded
     c1 = tl.load(cos_ptr + d1).to(tl.float32)
     c2 = tl.load(cos_ptr + d1 + D // 2).to(tl.float32)
@@ -79,24 +127,31 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
 @triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
 def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wqkv: torch.Tensor, eps: float,
                           cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          input_pos: torch.Tensor, n_heads: int, pdl: int = PDL_OFF) -> torch.Tensor:
+                          input_pos: torch.Tensor, n_heads: int, pdl: int = PDL_OFF,
+                          scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                          group: int = 0) -> torch.Tensor:
     """Batch-1 decode: q (1, H*D) = RoPE(wqkv @ rmsnorm(x) * g)[:H*D]; rotated k and v written into
     k_cache / v_cache (1, Hkv, S, D) at slot input_pos (1,). cos, sin (D,): this position's tables (sin
     signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
-    (model.ROPE_MIN_HEAD_DIM). pdl: a PDL_* mode, applied where it can be (pdl.use_pdl)."""
+    (model.ROPE_MIN_HEAD_DIM). pdl: a PDL_* mode, applied where it can be (pdl.use_pdl). scales, offsets,
+    group: a quantized wqkv, as in gemv.gemv."""
     D = cos.numel()
     hkv = k_cache.shape[1]
     pdl = use_pdl(x, pdl)
     q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
+    wfmt, group, wk, kw = weight_format(x, wqkv, scales, offsets, group, wqkv.shape[0])
+    s = scales if scales is not None else q  # unused pointer arguments get q (never read)
+    o = offsets if offsets is not None else s
 
     def grid(meta):
         return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
 
-    config = pinned_config("qkv_rope", wqkv.shape[0], x.shape[1])
+    config = pinned_config("qkv_rope" + ("", "_int8", "_int4")[wfmt], wqkv.shape[0], x.shape[1])
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
-    wrap_triton(kernel)[grid](x, wqkv, q, k_cache, v_cache, g, ss, cos, sin, input_pos,
-                              wqkv.shape[0], x.shape[1], ss.numel(), wqkv.stride(0), eps, n_heads,
+    wrap_triton(kernel)[grid](x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o,
+                              wqkv.shape[0], x.shape[1], kw, ss.numel(), wk.stride(0),
+                              s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads,
                               hkv, k_cache.stride(1), k_cache.stride(2), D=D,
-                              NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, **config,
-                              **launch_kwargs(pdl))
+                              NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
+                              **config, **launch_kwargs(pdl))
     return q

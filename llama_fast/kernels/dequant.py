@@ -1,0 +1,183 @@
+"""Weight-only int8 / int4 tiles of the decode GEMVs (gemv.py, qkv_rope.py): the packed weights read as 32-bit
+words and turned into products with x in registers, in fp32.
+
+The formats (llama_fast/quant.py): int8 qweight (N, K) with one scale per row, w = q * s[n]; int4 qweight uint8
+(N, K / 2), element 2j in the low nibble of byte j and 2j + 1 in the high one, with a scale and an offset per
+group of GROUP elements along K, w = q * s[n, k // GROUP] + o[n, k // GROUP]. The kernels read qweight as int32
+words (little-endian): element j of a word sits in bits 8j..8j+7 (int8, 4 per word) or 4j..4j+3 (int4, 8 per
+word), and a thread's 16-byte load holds 16 or 32 weights of a row.
+
+Why not q.to(float32) and q * s + o per element: that form compiled (sm_90, ptxas) to about 8.5 instructions per
+int4 weight and 5.5 per int8 weight (I2F conversions, byte extractions, per-element scaling), and an H200 streams
+about 37 int4 (18 int8) weights per SM clock, against 128 instructions issued per SM clock: the GEMV would be
+bound by instruction issue near 40 % of the bandwidth. Here each weight becomes a float by masking its bits under
+the exponent of 1.0 (or 16.0), f = 1 + u / 256 for int8 (u = q + 128, the byte with its sign bit flipped) and
+f = c + q / 16 for int4 (c = 16 for even j, 1 for odd j: two nibbles share one shift), and the constant parts come
+out once per row or group through sums of x:
+  int8: sum_k q_k x_k = 256 sum_k f_k x_k - 384 sum_k x_k                       (per row, then * s[n])
+  int4: sum_{k in g} w_k x_k = 16 s (sum_k f_k x_k - sum_k c_k x_k) + o sum_k x_k   (per group g)
+A weight then costs one LOP3, one FFMA and a shift (a pair of int4 weights shares one). Compiled for sm_90 at
+the pinned configs (configs.QUANT_CONFIGS), the K loop takes 4.0 instructions per int4 weight, 4.4 with the
+RMSNorm prologue, 3.8 in the two-tile forms (SwiGLU, qkv+RoPE); 4.2-4.8 per int8 weight. q sits at the top of
+f's mantissa, so f * x keeps fp32's precision; taking out the constant part costs a few bits of it (errors of a
+few 1e-6 of the output: tests/test_kernels.py).
+
+The exponent bit patterns come in as kernel arguments (ONE_BITS, SIXTEEN_BITS): as literals, ptxas re-created
+the second constant of every LOP3 with a MOV (about one more instruction per two weights).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+ONE_BITS, SIXTEEN_BITS = 0x3F800000, 0x41800000  # fp32 1.0 and 16.0
+QUANT_GROUPS = (32, 64, 128)  # the int4 groups the kernels are built and tested for
+# the weight format (the kernels' constexpr WFMT)
+WFMT_DENSE, WFMT_INT8, WFMT_INT4 = 0, 1, 2
+
+
+def weight_format(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor | None, offsets: torch.Tensor | None,
+                  group: int, rows: int) -> tuple[int, int, torch.Tensor, int]:
+    """(WFMT, GROUP, the weight as the kernel reads it, its K in words) of a GEMV of x (1, K) by w with `rows`
+    rows: w itself for the model dtype (scales None), its int32 words for int8 (scales (rows,)) and for int4
+    (offsets given, scales and offsets (rows, K // group)). Raises ValueError on a mismatch."""
+    K = x.shape[-1]
+    if scales is None:
+        if offsets is not None or group:
+            raise ValueError("offsets and group need scales (a quantized weight)")
+        return WFMT_DENSE, 0, w, K
+    if offsets is None:  # int8, one scale per row
+        if w.dtype != torch.int8 or w.shape != (rows, K) or group:
+            raise ValueError(f"int8 weights: qweight int8 ({rows}, {K}), scales ({rows},), no group; got "
+                             f"{w.dtype} {tuple(w.shape)}, group {group}")
+        if scales.shape != (rows,) or K % 4:
+            raise ValueError(f"int8 weights: scales ({rows},) and K a multiple of 4; got scales "
+                             f"{tuple(scales.shape)}, K {K}")
+        return WFMT_INT8, 0, w.view(torch.int32), K // 4
+    if group not in QUANT_GROUPS or K % group:
+        raise ValueError(f"int4 weights: group one of {QUANT_GROUPS} dividing K = {K}; got {group}")
+    if w.dtype != torch.uint8 or w.shape != (rows, K // 2):
+        raise ValueError(f"int4 weights: qweight uint8 ({rows}, {K // 2}); got {w.dtype} {tuple(w.shape)}")
+    if scales.shape != (rows, K // group) or offsets.shape != scales.shape or offsets.stride() != scales.stride():
+        raise ValueError(f"int4 weights: scales and offsets ({rows}, {K // group}) with the same strides; got "
+                         f"{tuple(scales.shape)}, {tuple(offsets.shape)}")
+    return WFMT_INT4, group, w.view(torch.int32), K // 8
+
+
+@triton.jit
+def words(w_ptr, rn, n_mask, kw0, KW, offset, stride_wn, TWO: tl.constexpr, NW: tl.constexpr):
+    """The (BLOCK_N, NW) uint32 words of rows rn from word kw0 on (streamed once: evict first) and, with TWO, those
+    of the rows `offset` further down (SwiGLU's up rows; RoPE's second half of a head), else the same again.
+    KW (words per row) bounds the tile: a multiple of 16 where the launcher specializes it, so the loads keep
+    16 bytes per thread."""
+    rw = kw0 + tl.arange(0, NW)
+    off = rn[:, None] * stride_wn + rw[None, :]
+    m = n_mask[:, None] & (rw < KW)[None, :]
+    w = tl.load(w_ptr + off, mask=m, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+    w2 = w
+    if TWO:
+        w2 = tl.load(w_ptr + offset * stride_wn + off, mask=m, other=0,
+                     eviction_policy="evict_first").to(tl.uint32, bitcast=True)
+    return w, w2
+
+
+@triton.jit
+def group_tiles(s_ptr, o_ptr, rn, n_mask, g0, KG, offset, stride_sn, TWO: tl.constexpr, NG: tl.constexpr):
+    """int4: the (BLOCK_N, NG) scales and offsets (fp32) of rows rn from group g0 on and, with TWO, those of the
+    rows `offset` further down (else the same again). KG: groups per row."""
+    rg = g0 + tl.arange(0, NG)
+    off = rn[:, None] * stride_sn + rg[None, :]
+    m = n_mask[:, None] & (rg < KG)[None, :]
+    s = tl.load(s_ptr + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    o = tl.load(o_ptr + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    s2, o2 = s, o
+    if TWO:
+        s2 = tl.load(s_ptr + offset * stride_sn + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        o2 = tl.load(o_ptr + offset * stride_sn + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    return s, o, s2, o2
+
+
+@triton.jit
+def split_words(xt, NW: tl.constexpr, PER: tl.constexpr):
+    """The (NW, PER) tile of x (PER elements per weight word) as a tuple of PER (NW,) tensors, element j of each
+    word (splits in registers)."""
+    if PER == 4:
+        a, b = tl.split(tl.reshape(xt, (NW, 2, 2)))  # j even | j odd
+        x0, x2 = tl.split(a)
+        x1, x3 = tl.split(b)
+        return x0, x1, x2, x3
+    else:
+        a, b = tl.split(tl.reshape(xt, (NW, 4, 2)))  # 0 2 4 6 | 1 3 5 7
+        a0, a1 = tl.split(tl.reshape(a, (NW, 2, 2)))  # 0 4 | 2 6
+        b0, b1 = tl.split(tl.reshape(b, (NW, 2, 2)))  # 1 5 | 3 7
+        x0, x4 = tl.split(a0)
+        x2, x6 = tl.split(a1)
+        x1, x5 = tl.split(b0)
+        x3, x7 = tl.split(b1)
+        return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def f32_bits(ws, MASK: tl.constexpr, exp_bits):
+    """The float whose mantissa bits are ws's bits under MASK and whose exponent bits are exp_bits's."""
+    return ((ws & MASK) | exp_bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def int8_fma(acc, w, xs, one_bits):
+    """acc + sum_j f_j * x_j over the 4 bytes of each word (BLOCK_N, NW): f = 1 + (q + 128) / 256, the byte with
+    its sign bit flipped shifted to bits 15..22 under 1.0's exponent."""
+    MASK: tl.constexpr = 0xFF << 15
+    u = w ^ 0x80808080
+    acc += f32_bits(u << 15, MASK, one_bits) * xs[0][None, :]
+    acc += f32_bits(u << 7, MASK, one_bits) * xs[1][None, :]
+    acc += f32_bits(u >> 1, MASK, one_bits) * xs[2][None, :]
+    acc += f32_bits(u >> 9, MASK, one_bits) * xs[3][None, :]
+    return acc
+
+
+@triton.jit
+def int4_dot(w, xs, one_bits, sixteen_bits):
+    """sum_j f_j * x_j over the 8 nibbles of each word (BLOCK_N, NW): nibble j at bits 15..18 under 16.0's exponent
+    (even j, f = 16 + q / 16) or at bits 19..22 under 1.0's (odd j, f = 1 + q / 16); nibbles 2i and 2i + 1 share
+    one shift."""
+    EVEN: tl.constexpr = 0xF << 15
+    ODD: tl.constexpr = 0xF << 19
+    w15 = w << 15
+    w7 = w << 7
+    w1 = w >> 1
+    w9 = w >> 9
+    p = f32_bits(w15, EVEN, sixteen_bits) * xs[0][None, :]
+    p += f32_bits(w15, ODD, one_bits) * xs[1][None, :]
+    p += f32_bits(w7, EVEN, sixteen_bits) * xs[2][None, :]
+    p += f32_bits(w7, ODD, one_bits) * xs[3][None, :]
+    p += f32_bits(w1, EVEN, sixteen_bits) * xs[4][None, :]
+    p += f32_bits(w1, ODD, one_bits) * xs[5][None, :]
+    p += f32_bits(w9, EVEN, sixteen_bits) * xs[6][None, :]
+    p += f32_bits(w9, ODD, one_bits) * xs[7][None, :]
+    return p
+
+
+@triton.jit
+def x_sum4(xs):
+    """sum_j x_j per word (NW,), for the int8 rows' constant part."""
+    return (xs[0] + xs[1]) + (xs[2] + xs[3])
+
+
+@triton.jit
+def int4_x_sums(xs, NG: tl.constexpr, WG: tl.constexpr):
+    """Per group of WG words (NG,): (sum_k x_k, sum_k c_k x_k) with c_k = 16 for even j, 1 for odd j."""
+    even = (xs[0] + xs[2]) + (xs[4] + xs[6])
+    odd = (xs[1] + xs[3]) + (xs[5] + xs[7])
+    xsum = tl.sum(tl.reshape(even + odd, (NG, WG)), axis=1)
+    csum = tl.sum(tl.reshape(16.0 * even + odd, (NG, WG)), axis=1)
+    return xsum, csum
+
+
+@triton.jit
+def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr):
+    """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 16 s (sum f x - sum c x) +
+    o sum x, the dequantized product q * s + o summed over the group."""
+    fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
+    return s * (16.0 * (fsum - csum[None, :])) + o * xsum[None, :]
