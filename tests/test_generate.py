@@ -14,7 +14,7 @@ from llama_fast.config import NAMED_SHAPES
 from llama_fast.harness import VARIANTS
 from llama_fast.loading import RandomSource, build_model
 
-OPTION_VARIANTS = {k: v.options for k, v in VARIANTS.items() if v.options is not None}
+OPTION_VARIANTS = {k: v.options for k, v in VARIANTS.items() if v.options is not None and v.quantize is None}
 PAD = 0
 
 
