@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from llama_fast.config import LlamaConfig
+from llama_fast import quant
 from llama_fast.harness import ABLATION, FASTEST, MB, VARIANTS, Variant, Workload
+from llama_fast.sampling import Sampling
 
 HERE = Path(__file__).resolve().parent
 HASH_FILE = HERE / "expected_hashes.json"
@@ -57,6 +59,11 @@ CPU_WORKLOAD = Workload(batch=1, prompt_len=32, new_tokens=16)
 # the suite's 294 s on an H200, docs/PERF.md run 66) and the cuBLAS graph row at batch 1 (`graphs`, 28 s) stay in
 # the sweep and --bench-variants; the correctness reference does not need the `hf` row (computed on demand).
 KEY_VARIANTS = ["hf-static", FASTEST]
+# Sampling (temperature 0.8, nucleus 0.95, seeded: the same tokens in every run) on the fastest path at the seed
+# workload: the cost of the sampled pick against the greedy case beside it. Its id names it before the workload
+# (`fused-gemv-early-sampled-b1-...`) so that no -k expression naming a greedy case (GATE_K) selects it too.
+SAMPLING = Sampling(temperature=0.8, top_p=0.95, seed=0)
+SAMPLED_VARIANTS = [FASTEST]
 GPU_EXTRA = [Workload(4, 1000, 200), Workload(16, 1000, 200), Workload(1, 200, 200), Workload(1, 1600, 200)]
 CPU_EXTRA = [Workload(4, 32, 16), Workload(16, 32, 16), Workload(1, 8, 16), Workload(1, 128, 16)]
 
@@ -77,11 +84,21 @@ GPU_SWEEP_NEW, CPU_SWEEP_NEW = 200, 16
 CPU_SWEEP_PROMPTS = [8, 16, 32, 64, 128, 256]
 
 
+_OWN_SCHEME = "(the variant's own)"  # Case.quantize's default: VARIANTS[variant].quantize
+
+
 @dataclass(frozen=True)
 class Case:
     variant: str
     workload: Workload
     dtype: str  # fp16 | bf16 | fp32
+    # the weights' llama_fast.quant scheme (canonical name) or None: the model dtype. Default: the variant's own
+    # (the int8 / int4 ablation rows carry theirs); --bench-quantize adds cases with another scheme
+    quantize: str | None = field(default=_OWN_SCHEME)
+
+    def __post_init__(self):
+        q = VARIANTS[self.variant].quantize if self.quantize == _OWN_SCHEME else self.quantize
+        object.__setattr__(self, "quantize", quant.scheme_name(q))
 
     @property
     def v(self) -> Variant:
@@ -92,17 +109,51 @@ class Case:
         return DTYPE_NAMES[self.dtype]
 
     @property
+    def sampled(self) -> bool:
+        return self.workload.sampling is not None
+
+    @property
     def workload_key(self) -> str:
-        return workload_key(self.workload)
+        """The hash book's and the references' key: the workload (sampling included) and the weights' scheme."""
+        return workload_key(self.workload) + (f"-{scheme_suffix(self.quantize)}" if self.quantize else "")
 
     @property
     def id(self) -> str:
         w = self.workload
-        return f"{self.variant}-b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-{self.dtype}"
+        sampled = "-sampled" if self.sampled else ""
+        own = self.quantize is None or self.quantize == self.v.quantize  # an ablation row's scheme is its name
+        suffix = "" if own else f"-{scheme_suffix(self.quantize)}"
+        return f"{self.variant}{sampled}-b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-{self.dtype}{suffix}"
+
+
+def scheme_suffix(scheme: str) -> str:
+    """'int8' -> 'int8', 'int4:g128' -> 'int4g128' (no ':' in test ids and keys)."""
+    return scheme.replace(":", "")
 
 
 def workload_key(w: Workload) -> str:
-    return f"b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-c{w.cache}"
+    key = f"b{w.batch}-p{w.prompt_len}-n{w.new_tokens}-c{w.cache}"
+    s = w.sampling
+    if s is not None:
+        key += f"-sampled-t{s.temperature:g}" + (f"-topk{s.top_k}" if s.top_k is not None else "") + \
+               (f"-topp{s.top_p:g}" if s.top_p is not None else "") + f"-seed{s.seed}"
+    return key
+
+
+def parse_quantize(text: str | None) -> list[str]:
+    """--bench-quantize: a comma list of llama_fast.quant schemes -> canonical names, in order, without repeats.
+    Raises ValueError with one line naming the bad scheme."""
+    out: list[str] = []
+    for name in (x.strip() for x in (text or "").split(",")):
+        if not name:
+            continue
+        try:
+            canonical = quant.parse_scheme(name).name
+        except quant.QuantError as e:
+            raise ValueError(f"--bench-quantize: {e}") from None
+        if canonical not in out:
+            out.append(canonical)
+    return out
 
 
 def _dedup(cases: list[Case]) -> list[Case]:
@@ -114,23 +165,40 @@ def _dedup(cases: list[Case]) -> list[Case]:
     return out
 
 
-def build_cases(device: str, dtypes: list[str], sweep: bool = False, variants: list[str] | None = None) -> list[Case]:
+def build_cases(device: str, dtypes: list[str], sweep: bool = False, variants: list[str] | None = None,
+                quantize: list[str] | None = None) -> list[Case]:
     """The cases to parametrize, ordered per dtype with transformers rows first (so transformers is
-    measured before our model is loaded: each peak-memory figure holds one model only)."""
+    measured before our model is loaded: each peak-memory figure holds one model only), then llama_fast's grouped
+    by weights (model dtype first, then each scheme: each group loads its model once).
+
+    The default set and the sweep add the sampled case (SAMPLING on the fastest path, seed workload); explicit
+    --bench-variants add it when they name the fastest path. quantize: canonical scheme names; every llama_fast
+    case whose variant has no scheme of its own is also run over each scheme's weights."""
     cpu = device == "cpu"
     seed = CPU_WORKLOAD if cpu else SEED_WORKLOAD
+    sampled = replace(seed, sampling=SAMPLING)
     if sweep:
         new = CPU_SWEEP_NEW if cpu else GPU_SWEEP_NEW
         prompt = seed.prompt_len
         workloads = [seed] + [Workload(b, prompt, new) for b in SWEEP_BATCHES] + \
                     [Workload(1, p, new) for p in (CPU_SWEEP_PROMPTS if cpu else SWEEP_PROMPTS)]
-        pairs = [(v, w) for v in (variants or SWEEP_VARIANTS) for w in workloads]
+        rows = variants or SWEEP_VARIANTS
+        pairs = [(v, w) for v in rows for w in workloads]
     elif variants:  # explicit rows: each over the default set's workloads
+        rows = variants
         pairs = [(v, w) for v in variants for w in [seed] + (CPU_EXTRA if cpu else GPU_EXTRA)]
     else:
+        rows = KEY_VARIANTS
         pairs = [(v, seed) for v in KEY_VARIANTS] + [(FASTEST, w) for w in (CPU_EXTRA if cpu else GPU_EXTRA)]
-    cases = [Case(v, w, d) for d in dtypes for v, w in pairs]
-    cases.sort(key=lambda c: (dtypes.index(c.dtype), not c.v.is_transformers))  # stable: keeps the rest
+    pairs += [(v, sampled) for v in SAMPLED_VARIANTS if v in rows]
+    base = [Case(v, w, d) for d in dtypes for v, w in pairs]
+    cases = list(base)
+    schemes: list[str | None] = [None]
+    for q in (quant.scheme_name(q) for q in quantize or []):
+        schemes.append(q)
+        cases += [replace(c, quantize=q) for c in base if not c.v.is_transformers and c.v.quantize is None]
+    schemes += [c.quantize for c in cases if c.quantize not in schemes]  # the ablation rows' own schemes
+    cases.sort(key=lambda c: (dtypes.index(c.dtype), not c.v.is_transformers, schemes.index(c.quantize)))
     return _dedup(cases)
 
 
@@ -229,6 +297,34 @@ def allowance_bytes(variant: Variant, cfg: LlamaConfig, dtype: torch.dtype, w: W
 TEACHER_FORCED_TOL = {torch.float16: 0.05, torch.bfloat16: 0.4}
 TEACHER_FORCED_ROWS = 8  # rows per reference forward (bounds the (rows, T, vocab) logits)
 
+# Nucleus check (sampled cases): the probability mass the reference ranks above each sampled token must stay below
+# top_p + this. A token at the nucleus' edge moves in or out with the rounding noise of the reference's logits
+# (see TEACHER_FORCED_TOL: ~1e-3..1e-2 in half precision over 32 layers, which moves a cumulative mass by about
+# as much); a token sampled from outside the nucleus is usually far outside it (the tail holds 1 - top_p = 5 %).
+# fp32 agrees to rounding of the softmax only.
+NUCLEUS_TOL = {torch.float16: 0.02, torch.bfloat16: 0.02, torch.float32: 1e-4}
+
+
+@torch.no_grad()
+def nucleus_check(logits: torch.Tensor, chosen: torch.Tensor, temperature: float, top_p: float | None,
+                  tol: float) -> tuple[bool, int | None, float]:
+    """Whether every sampled token lies in the reference's nucleus, up to tol.
+
+    logits (B, N, V): the reference's logits predicting each of the N new tokens (teacher-forced over our output);
+    chosen (B, N): the tokens we sampled. Temperature then top-p are applied as llama_fast.sampling.sample does
+    (a token is kept while the probability ranked above it is below top_p); the check requires that mass to be
+    < top_p + tol. top_p None (no nucleus) accepts every token. Returns (ok, first bad new-token step or None,
+    the largest mass ranked above a sampled token)."""
+    probs = (logits.float() / temperature).softmax(-1)
+    p_chosen = probs.gather(-1, chosen[..., None].to(probs.device))  # (B, N, 1)
+    above = torch.where(probs > p_chosen, probs, torch.zeros_like(probs)).sum(-1)  # (B, N)
+    worst = float(above.max()) if above.numel() else 0.0
+    if top_p is None:
+        return True, None, worst
+    bad = (above >= top_p + tol).any(0).nonzero()
+    first = int(bad[0]) if len(bad) else None
+    return first is None, first, worst
+
 REFERENCE = "hf"  # the reference row: plain transformers generate (dynamic cache, eager)
 ANY = "*"  # an entry's value shared by every variant unless a variant has its own
 
@@ -310,7 +406,7 @@ def update_hint(case_id: str) -> str:
 
 def check_output(*, case: Case, model: str, family: str, book: HashBook, output_ids: torch.Tensor, our_hash: str,
                  reference: Callable[[], Reference], teacher_forced: Callable[[torch.Tensor, float], tuple],
-                 update: bool) -> list[str]:
+                 update: bool, nucleus: Callable[[torch.Tensor, float], tuple] | None = None) -> list[str]:
     """Correctness of one case. Raises CorrectnessFailure naming what broke; returns notes for extra_info.
 
     fp32: our hash must equal transformers' hash computed in the same run (TF32 off).
@@ -320,7 +416,21 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
     process to the next, transformers' own included (H200, 2026-11-26: the reference's hash for the seed
     workload went 8c9788f7 -> e6e727dd between two identical runs; kernel choices differ per process and
     near-tied random logits flip). There the teacher-forced check is the assertion and the recorded hash is
-    reported, not enforced. Real weights, fp32 and the CPU stay strict."""
+    reported, not enforced. Real weights, fp32 and the CPU stay strict.
+
+    Quantized cases (case.quantize) follow the same rules against transformers running the same quantized weights
+    dequantized (the context loads it so), under keys that name the scheme.
+
+    Sampled cases (case.sampled): transformers' greedy reference and the fp32 "equals transformers" rule do not
+    apply (transformers samples with its own generator). Instead: (a) the hash, seeded, is enforced against the
+    recorded one like a greedy case's (fp32, the CPU, real weights), and on a GPU with random fp16/bf16 weights
+    reported, not enforced (same reason as greedy); (b) nucleus(output_ids, tol) (every dtype and model): the
+    reference runs over our output, temperature and top-p are applied to its logits at each generated position,
+    and every sampled token must lie inside that nucleus: the mass ranked above it < top_p + NUCLEUS_TOL
+    (nucleus_check)."""
+    if case.sampled:
+        return _check_sampled(case=case, model=model, family=family, book=book, our_hash=our_hash,
+                              output_ids=output_ids, nucleus=nucleus, update=update)
     wkey, dtype, variant = case.workload_key, case.dtype, case.variant
     label = f"{case.id} ({model}, {family})"
     expected = book.expected(model, wkey, dtype, family, variant)
@@ -388,5 +498,43 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
         raise CorrectnessFailure(
             f"OUR OUTPUT CHANGED for {label}: hash {our_hash} != recorded {expected}, while transformers' own hash "
             f"{ref.hash} is unchanged ({known})")
+    notes.append(f"hash {our_hash} as recorded")
+    return notes
+
+
+def _check_sampled(*, case: Case, model: str, family: str, book: HashBook, our_hash: str, output_ids: torch.Tensor,
+                   nucleus: Callable[[torch.Tensor, float], tuple] | None, update: bool) -> list[str]:
+    """check_output for a sampled case (see its docstring)."""
+    if nucleus is None:
+        raise ValueError(f"{case.id}: a sampled case needs the nucleus check")
+    wkey, dtype, variant = case.workload_key, case.dtype, case.variant
+    label = f"{case.id} ({model}, {family})"
+    s = case.workload.sampling
+    tol = NUCLEUS_TOL[case.torch_dtype]
+    ok, step, mass = nucleus(output_ids, tol)
+    if not ok:
+        raise CorrectnessFailure(
+            f"OUR OUTPUT CHANGED for {label}: nucleus check against transformers failed at new-token step {step}: "
+            f"a sampled token has probability mass {mass:.4f} ranked above it (top_p {s.top_p} + tolerance {tol})")
+    notes = [f"in transformers' nucleus (largest mass above a sampled token {mass:.4f} < top_p {s.top_p} + {tol})"]
+    if update:
+        book.record(model, wkey, dtype, family, variant, our_hash)
+        notes.append("hash recorded")
+        return notes
+    expected = book.expected(model, wkey, dtype, family, variant)
+    if is_random(model) and family != "cpu" and dtype != "fp32":  # not reproducible across processes
+        if expected is None or our_hash != expected:
+            notes.append(f"hash {our_hash} (recorded {expected or 'none'}; {dtype} random weights on a GPU: "
+                         "reported, not enforced)")
+        else:
+            notes.append(f"hash {our_hash} as recorded")
+        return notes
+    if expected is None:
+        raise CorrectnessFailure(f"no recorded hash for {label} in {book.path.name} (ours: {our_hash}); "
+                                 + update_hint(case.id))
+    if our_hash != expected:
+        raise CorrectnessFailure(
+            f"OUR OUTPUT CHANGED for {label}: seeded sampled hash {our_hash} != recorded {expected} (every token "
+            f"still lies in transformers' nucleus: a changed draw, not necessarily wrong logits)")
     notes.append(f"hash {our_hash} as recorded")
     return notes

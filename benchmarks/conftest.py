@@ -55,6 +55,9 @@ def pytest_addoption(parser):
                 help="full sweep: every ablation row x batch 1..64 x prompt 100..4000 (hours on one GPU)")
     g.addoption("--bench-variants", default=None,
                 help="comma list of variants (harness.VARIANTS keys), each over the default set's workloads")
+    g.addoption("--bench-quantize", default=None, metavar="SCHEMES",
+                help="comma list of llama_fast.quant schemes (int8, int4, int4:g32, int4:g64, int4:g128): every "
+                     "llama_fast case also runs over each scheme's weights (id suffix -int8, -int4g128, ...)")
     g.addoption("--bench-rounds", type=int, default=3, help="timed rounds per llama_fast case (default 3)")
     g.addoption("--bench-warmup", type=int, default=1,
                 help="untimed warm-up rounds inside pedantic, after the compile call (default 1; a prefill that "
@@ -117,7 +120,12 @@ def pytest_configure(config):
         unknown = [v for v in variants if v not in harness.VARIANTS]
         if unknown:
             raise pytest.UsageError(f"--bench-variants: unknown {unknown} (known: {', '.join(harness.VARIANTS)})")
-    st[KEY_CASES] = bs.build_cases(device, dtypes, config.getoption("bench_sweep"), variants)
+    try:
+        schemes = bs.parse_quantize(config.getoption("bench_quantize"))
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    st[KEY_QUANTIZE] = schemes
+    st[KEY_CASES] = bs.build_cases(device, dtypes, config.getoption("bench_sweep"), variants, schemes)
     shard = config.getoption("bench_shard")
     if shard:
         try:
@@ -144,6 +152,7 @@ KEY_SKIP = pytest.StashKey[object]()
 KEY_MODEL = pytest.StashKey[tuple]()
 KEY_DTYPES = pytest.StashKey[list]()
 KEY_CASES = pytest.StashKey[list]()
+KEY_QUANTIZE = pytest.StashKey[list]()
 KEY_SHARD = pytest.StashKey[tuple]()
 KEY_SLUG = pytest.StashKey[object]()
 KEY_USER_STORAGE = pytest.StashKey[object]()
@@ -167,7 +176,8 @@ def pytest_report_header(config):
     device = st[KEY_DEVICE]
     dev_name = st[KEY_SKIP] or harness.device_name(torch.device(device if device == "cpu" else "cuda"))
     lines = [f"llama_fast benchmarks: model={model} ({why}); device={device}: {dev_name}; "
-             f"dtype={','.join(st[KEY_DTYPES])}",
+             f"dtype={','.join(st[KEY_DTYPES])}"
+             + (f"; quantize={','.join(st[KEY_QUANTIZE])}" if st[KEY_QUANTIZE] else ""),
              f"  cases: {len(st[KEY_CASES])} ({'sweep' if config.getoption('bench_sweep') else 'default set'}); "
              f"rounds={config.getoption('bench_rounds')} warmup={config.getoption('bench_warmup')} "
              f"(transformers: {config.getoption('bench_reference_rounds')}, no warm-up round); "
@@ -255,7 +265,8 @@ def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info
 
 # ------------------------------------------------------------------------------------------- run context
 class BenchContext:
-    """Loads each model once per run, and each peak-memory figure holds one model: llama_fast is dropped while a
+    """Loads each model once per run and weights (dtype, quantization scheme: the previous pair's models are dropped
+    before the next loads), and each peak-memory figure holds one model: llama_fast is dropped while a
     transformers row is timed; while llama_fast is timed, transformers (needed by the correctness checks) stays on
     the device where bench_support.transformers_may_stay allows it, its bytes (measured as it arrived on the
     device) taken off the measured peak; otherwise it is parked on the CPU."""
@@ -274,7 +285,7 @@ class BenchContext:
         self.reference_rounds = config.getoption("bench_reference_rounds")
         self._cfg = None
         self._tokenizer = None
-        self._dtype = None
+        self._weights = None  # (dtype, quantize) of the models held
         self._fast = None
         self._hf = None
         self._hf_on_device = False
@@ -306,21 +317,26 @@ class BenchContext:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _switch_dtype(self, dtype):
-        if dtype != self._dtype:
-            self._fast = self._hf = None
-            self._hf_on_device = False
-            torch._dynamo.reset()
-            self._free()
-            self._dtype = dtype
+    def _drop_models(self):
+        self._fast = self._hf = None
+        self._hf_on_device = False
+        torch._dynamo.reset()
+        self._free()
 
-    def fast(self, dtype, budget_bytes: int = 0):
-        """Our model on the device, for a case whose peak may reach budget_bytes (see the class docstring)."""
-        self._switch_dtype(dtype)
+    def _switch_weights(self, dtype, quantize: str | None):
+        """Hold the models of one (dtype, scheme) at a time: the previous pair is dropped before another loads."""
+        if (dtype, quantize) != self._weights:
+            self._drop_models()
+            self._weights = (dtype, quantize)
+
+    def fast(self, dtype, quantize: str | None = None, budget_bytes: int = 0):
+        """Our model over the scheme's weights on the device, for a case whose peak may reach budget_bytes (see the
+        class docstring)."""
+        self._switch_weights(dtype, quantize)
         if not self._room_for_hf(budget_bytes):
             self.park_hf()
         if self._fast is None:
-            self._fast = load_model(self.model, self.device, dtype)
+            self._fast = load_model(self.model, self.device, dtype, quantize=quantize)
         return self._fast
 
     def _allocated(self) -> int:
@@ -339,11 +355,12 @@ class BenchContext:
             return 0
         return self._hf_bytes
 
-    def hf(self, dtype, exclusive: bool = False):
-        """The transformers model on the device (exclusive: our model dropped first, for its timing)."""
+    def hf(self, dtype, quantize: str | None = None, exclusive: bool = False):
+        """The transformers model on the device (exclusive: our model dropped first, for its timing); with a scheme,
+        over the same quantized weights dequantized, so that a check compares like with like."""
         from llama_fast.loading import load_hf_model
 
-        self._switch_dtype(dtype)
+        self._switch_weights(dtype, quantize)
         if exclusive and self._fast is not None:
             self._fast = None
             torch._dynamo.reset()
@@ -351,7 +368,7 @@ class BenchContext:
         if self._hf is None or not self._hf_on_device:
             before = self._allocated()
             if self._hf is None:
-                self._hf = load_hf_model(self.model, self.device, dtype)
+                self._hf = load_hf_model(self.model, self.device, dtype, quantize=quantize)
             else:
                 self._hf.to(self.device)
             self._hf_bytes = self._allocated() - before
@@ -366,11 +383,11 @@ class BenchContext:
 
     # --- reference and checks
     def reference(self, case: bs.Case) -> bs.Reference:
-        """transformers' plain greedy generate on this workload (computed once per workload and dtype)."""
+        """transformers' plain greedy generate on this workload (computed once per workload, scheme and dtype)."""
         key = (case.workload_key, case.dtype)
         if key not in self._refs:
-            runner = harness.hf_runner(self.hf(case.torch_dtype), self.tokenizer, harness.VARIANTS[bs.REFERENCE],
-                                       case.workload)
+            hf = self.hf(case.torch_dtype, case.quantize)
+            runner = harness.hf_runner(hf, self.tokenizer, harness.VARIANTS[bs.REFERENCE], case.workload)
             out = runner(case.workload.prompt()).cpu()
             self._refs[key] = bs.Reference(out, output_hash(self.tokenizer, out))
         return self._refs[key]
@@ -379,12 +396,28 @@ class BenchContext:
         self._refs[(case.workload_key, case.dtype)] = bs.Reference(out, h)
 
     def teacher_forced(self, case: bs.Case, output_ids: torch.Tensor, tol: float):
-        hf = self.hf(case.torch_dtype)
+        hf = self.hf(case.torch_dtype, case.quantize)
         ok, first, worst = True, None, 0.0
         for r in range(0, output_ids.shape[0], bs.TEACHER_FORCED_ROWS):
             ok_r, first_r, gap_r = harness.teacher_forced_check(hf, output_ids[r:r + bs.TEACHER_FORCED_ROWS],
                                                                 case.workload.prompt_len, tol)
             worst = max(worst, gap_r)
+            if not ok_r and (first is None or first_r < first):
+                ok, first = False, first_r
+        return ok, first, worst
+
+    @torch.no_grad()
+    def nucleus(self, case: bs.Case, output_ids: torch.Tensor, tol: float):
+        """bench_support.nucleus_check of a sampled case's output against transformers' logits, teacher-forced over
+        it (as teacher_forced does), a few rows per forward."""
+        hf = self.hf(case.torch_dtype, case.quantize)
+        s, prompt_len = case.workload.sampling, case.workload.prompt_len
+        ok, first, worst = True, None, 0.0
+        for r in range(0, output_ids.shape[0], bs.TEACHER_FORCED_ROWS):
+            ids = output_ids[r:r + bs.TEACHER_FORCED_ROWS].to(hf.device)
+            logits = hf(ids).logits[:, prompt_len - 1:-1]  # (rows, N, V): predicts each new token
+            ok_r, first_r, worst_r = bs.nucleus_check(logits, ids[:, prompt_len:], s.temperature, s.top_p, tol)
+            worst = max(worst, worst_r)
             if not ok_r and (first is None or first_r < first):
                 ok, first = False, first_r
         return ok, first, worst

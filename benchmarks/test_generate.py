@@ -1,4 +1,5 @@
-"""One benchmark per case (variant x batch x prompt length x new tokens x dtype): time, memory, correctness.
+"""One benchmark per case (variant x batch x prompt length x new tokens x pick x dtype x weights' scheme): time,
+memory, correctness.
 
 Parametrized in conftest.py (pytest_generate_tests); see docs/BENCHMARKS.md.
 """
@@ -28,15 +29,17 @@ def test_generate(benchmark, bench_ctx, case):
 
     timed = not benchmark.disabled  # --benchmark-disable / xdist: one plain call, correctness only
     ceilings = ctx.ceilings(dtype) if timed else None  # once per run and dtype, before the models load
-    budget = harness.memory_budget_bytes(cfg, dtype, w, bs.allowance_bytes(variant, cfg, dtype, w))
+    # transformers runs even a quantized case's weights dequantized, in the model dtype: its bytes are the dtype's
+    quantize = None if variant.is_transformers else case.quantize
+    budget = harness.memory_budget_bytes(cfg, dtype, w, bs.allowance_bytes(variant, cfg, dtype, w), quantize=quantize)
     if variant.is_transformers:
         torch_reset()
-        runner = harness.hf_runner(ctx.hf(dtype, exclusive=True), ctx.tokenizer, variant, w)
+        runner = harness.hf_runner(ctx.hf(dtype, case.quantize, exclusive=True), ctx.tokenizer, variant, w)
         fast = None
         # the reference, never gated: its warm-up call ran the whole workload (allocator grown, compiled)
         rounds, warmup_rounds = ctx.reference_rounds, 0
     else:
-        fast = ctx.fast(dtype, budget)
+        fast = ctx.fast(dtype, case.quantize, budget)
         torch_reset()  # drop the previous case's compiled graphs (and their CUDA-graph memory)
         runner = harness.fast_runner(fast, variant, w)
         rounds, warmup_rounds = ctx.rounds, ctx.warmup
@@ -64,14 +67,15 @@ def test_generate(benchmark, bench_ctx, case):
 
     tokens = w.batch * w.new_tokens
     assert out.shape == (w.batch, w.prompt_len + w.new_tokens), f"expected exactly {w.new_tokens} new tokens"
-    roofline = harness.roofline_tok_per_s(cfg, dtype, w, ceilings) if ceilings else None
+    roofline = harness.roofline_tok_per_s(cfg, dtype, w, ceilings, quantize=quantize) if ceilings else None
     stats = getattr(benchmark, "stats", None)
     median = statistics.median(stats.stats.data) if stats else None
     tok_s = tokens / median if median else None
     benchmark.extra_info.update(
         model=ctx.model, variant=case.variant, label=variant.label, compile=variant.compile,
         prefill_chunk=variant.prefill_chunk, batch=w.batch, prompt_len=w.prompt_len, new_tokens=w.new_tokens,
-        cache_length=w.cache, dtype=case.dtype, tokens=tokens,
+        cache_length=w.cache, dtype=case.dtype, quantize=case.quantize, pick=w.pick, tokens=tokens,
+        load_peak_mb=fast.load_peak_bytes / bs.MB if fast is not None else None,
         tok_per_s=tok_s, tok_per_s_best=tokens / min(stats.stats.data) if stats else None,
         roofline_tok_per_s=roofline, roofline_fraction=tok_s / roofline if tok_s and roofline else None,
         max_mem_mb=peak / bs.MB, mem_budget_mb=budget / bs.MB,
@@ -87,7 +91,8 @@ def test_generate(benchmark, bench_ctx, case):
     notes = bs.check_output(
         case=case, model=ctx.model, family=ctx.family, book=ctx.book, output_ids=out, our_hash=our_hash,
         reference=lambda: ctx.reference(case),
-        teacher_forced=lambda ids, tol: ctx.teacher_forced(case, ids, tol), update=ctx.update)
+        teacher_forced=lambda ids, tol: ctx.teacher_forced(case, ids, tol), update=ctx.update,
+        nucleus=lambda ids, tol: ctx.nucleus(case, ids, tol))
     benchmark.extra_info["correctness"] = "; ".join(notes)
     benchmark.extra_info["check_s"] = time.perf_counter() - checked
 

@@ -330,23 +330,156 @@ def test_default_and_sweep_cases():
     cases = bs.build_cases("cuda", ["fp16"])
     ids = [c.id for c in cases]
     assert ids == ["hf-static-b1-p1000-n200-fp16"] + [f"{FASTEST}-{w}-n200-fp16" for w in (
-        "b1-p1000", "b4-p1000", "b16-p1000", "b1-p200", "b1-p1600")]  # hf and graphs: sweep / --bench-variants
+        "b1-p1000", "b4-p1000", "b16-p1000", "b1-p200", "b1-p1600")] + [
+        f"{FASTEST}-sampled-b1-p1000-n200-fp16"]  # hf and graphs: sweep / --bench-variants
     assert "hf-b1-p1000-n200-fp16" in [c.id for c in bs.build_cases("cuda", ["fp16"], variants=["hf", "graphs"])]
     gated = [i for i in ids if any(term in i for term in bs.GATE_K.split(" or "))]
     assert gated == [f"{FASTEST}-b1-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16", f"{FASTEST}-b1-p1600-n200-fp16"]
     assert [c.v.is_transformers for c in cases] == sorted((c.v.is_transformers for c in cases), reverse=True)
     assert all(c.workload.cache == c.workload.prompt_len + c.workload.new_tokens for c in cases)
+    assert cases[-1].workload.sampling == bs.SAMPLING and cases[-1].sampled and not cases[1].sampled
     assert cases[0].workload_key == "b1-p1000-n200-c1200"
 
     sweep = bs.build_cases("cuda", ["fp16", "fp32"], sweep=True)
     assert {c.variant for c in sweep} == set(ABLATION) | {"hf-static"}
+    assert {c.quantize for c in sweep if c.variant in ("int8", "int4")} == {"int8", "int4:g128"}  # their own
+    assert all(c.quantize is None for c in sweep if c.variant not in ("int8", "int4"))
+    assert sum(c.sampled for c in sweep) == 2  # fp16 and fp32
     assert {c.workload.batch for c in sweep} == {1, 2, 4, 8, 16, 32, 64}
     assert {c.workload.prompt_len for c in sweep} >= {100, 200, 400, 800, 1600, 4000}
     assert len({c.id for c in sweep}) == len(sweep)
     assert [c.dtype for c in sweep] == sorted((c.dtype for c in sweep), key=["fp16", "fp32"].index)
 
     cpu = bs.build_cases("cpu", ["fp32"])
-    assert len(cpu) == 6 and all(c.workload.prompt_len <= 128 for c in cpu)
+    assert len(cpu) == 7 and all(c.workload.prompt_len <= 128 for c in cpu)
+
+
+def test_sampled_and_quantized_cases_ids_keys_and_dedup():
+    from llama_fast.harness import FASTEST
+
+    greedy = bs.build_cases("cpu", ["fp32"])
+    cases = bs.build_cases("cpu", ["fp32"], quantize=["int4", "int8", "int4:g128"])  # int4 = int4:g128
+    ids = [c.id for c in cases]
+    assert len(ids) == len(set(ids)) == 3 * len(greedy) - 2  # hf-static is not quantized
+    assert ids[:len(greedy)] == [c.id for c in greedy]  # transformers, then llama_fast per scheme
+    assert [c.quantize for c in cases[len(greedy):]] == ["int4:g128"] * 6 + ["int8"] * 6
+    assert f"{FASTEST}-b1-p32-n16-fp32-int4g128" in ids and f"{FASTEST}-b1-p32-n16-fp32-int8" in ids
+    assert f"{FASTEST}-sampled-b1-p32-n16-fp32-int8" in ids
+    keys = {(c.workload_key, c.dtype, c.variant) for c in cases}
+    assert len(keys) == len(cases)  # the hash book and the references never mix greedy/sampled or schemes
+    by_id = {c.id: c for c in cases}
+    g, smp = by_id[f"{FASTEST}-b1-p32-n16-fp32"], by_id[f"{FASTEST}-sampled-b1-p32-n16-fp32"]
+    assert g.workload_key == "b1-p32-n16-c48" and smp.workload_key == "b1-p32-n16-c48-sampled-t0.8-topp0.95-seed0"
+    assert by_id[f"{FASTEST}-b1-p32-n16-fp32-int8"].workload_key == "b1-p32-n16-c48-int8"
+    assert by_id[f"{FASTEST}-sampled-b1-p32-n16-fp32-int4g128"].workload_key.endswith("-seed0-int4g128")
+    assert by_id["hf-static-b1-p32-n16-fp32"].quantize is None
+
+    # the ablation rows carry their own scheme (no suffix) and are not re-quantized
+    rows = bs.build_cases("cpu", ["fp32"], variants=["int8", "int4", "kv"], quantize=["int8"])
+    own = {c.id: c.quantize for c in rows if c.variant in ("int8", "int4")}
+    assert own["int8-b1-p32-n16-fp32"] == "int8" and own["int4-b1-p32-n16-fp32"] == "int4:g128"
+    assert all(not i.endswith(("-int8", "-int4g128")) for i in own)
+    assert "kv-b1-p32-n16-fp32-int8" in [c.id for c in rows]
+    assert not any(c.sampled for c in rows)  # --bench-variants without the fastest path: no sampled case
+    assert bs.Case("int8", bs.CPU_WORKLOAD, "fp32").workload_key == "b1-p32-n16-c48-int8"
+
+    assert bs.parse_quantize("int4, int8,int4:g128,,") == ["int4:g128", "int8"]
+    assert bs.parse_quantize(None) == []
+    with pytest.raises(ValueError, match=r"^--bench-quantize: unknown quantization scheme 'int3'"):
+        bs.parse_quantize("int8,int3")
+
+
+def test_nucleus_check_accepts_tokens_inside_and_rejects_outside():
+    import torch
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log()[None, None, :].repeat(1, 4, 1)  # (B=1, N=4, V=4)
+    inside = torch.tensor([[0, 1, 2, 0]])
+    assert bs.nucleus_check(logits, inside, 1.0, 0.9, 1e-4)[:2] == (True, None)  # mass above token 2: 0.8 < 0.9
+    ok, step, mass = bs.nucleus_check(logits, torch.tensor([[0, 1, 3, 2]]), 1.0, 0.9, 1e-4)
+    assert (ok, step) == (False, 2) and mass == pytest.approx(0.95)  # token 3: 0.95 above it
+    # a token at the edge: 0.8 above it against top_p 0.79 passes the fp16 tolerance, not the fp32 one
+    assert bs.nucleus_check(logits, inside, 1.0, 0.79, bs.NUCLEUS_TOL[torch.float16])[0]
+    assert bs.nucleus_check(logits, inside, 1.0, 0.79, bs.NUCLEUS_TOL[torch.float32])[:2] == (False, 2)
+    # temperature is applied first: sharper logits push token 2 out of the 0.9 nucleus
+    assert bs.nucleus_check(logits, inside, 0.25, 0.9, 1e-4)[:2] == (False, 2)
+    assert bs.nucleus_check(logits, torch.tensor([[3, 3, 3, 3]]), 1.0, None, 1e-4)[0]  # no top_p: every token
+
+
+def _check_sampled(book, h, nucleus=(True, None, 0.5), update=False, family="cpu", dtype="fp32"):
+    import torch
+    from llama_fast.harness import FASTEST, Workload
+
+    case = bs.Case(FASTEST, Workload(1, 4, 3, sampling=bs.SAMPLING), dtype)
+
+    def no_reference():
+        raise AssertionError("a sampled case never asks for transformers' greedy output")
+
+    return bs.check_output(case=case, model="random:tiny", family=family, book=book,
+                           output_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7]]), our_hash=h, reference=no_reference,
+                           teacher_forced=lambda ids, tol: no_reference(), update=update,
+                           nucleus=lambda ids, tol: nucleus), case
+
+
+def test_sampled_correctness_verdicts(tmp_path):
+    path = tmp_path / "h.json"
+    with pytest.raises(bs.CorrectnessFailure, match="no recorded hash.*sampled"):
+        _check_sampled(bs.HashBook(path), "aaaa")
+    book = bs.HashBook(path)
+    notes, case = _check_sampled(book, "aaaa", update=True)
+    assert "hash recorded" in notes and book.save()
+    assert json.loads(path.read_text())["random:tiny"][case.workload_key]["fp32"]["cpu"] == {case.variant: "aaaa"}
+    assert any("nucleus" in n for n in _check_sampled(bs.HashBook(path), "aaaa")[0])
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*seeded sampled hash bbbb != recorded aaaa"):
+        _check_sampled(bs.HashBook(path), "bbbb")
+    with pytest.raises(bs.CorrectnessFailure, match="OUR OUTPUT CHANGED.*nucleus check.*step 1.*0.9900"):
+        _check_sampled(bs.HashBook(path), "aaaa", nucleus=(False, 1, 0.99))
+    # fp16 random weights on a GPU: the nucleus check is enforced, the hash only reported
+    notes, _ = _check_sampled(bs.HashBook(path), "bbbb", family="H200", dtype="fp16")
+    assert any("reported, not enforced" in n for n in notes), notes
+    with pytest.raises(bs.CorrectnessFailure, match="nucleus check"):
+        _check_sampled(bs.HashBook(path), "bbbb", nucleus=(False, 0, 0.99), family="H200", dtype="fp16")
+
+
+def test_bench_quantize_runs_a_case_over_int8_weights(tmp_path):
+    """One tiny llama_fast case over int8 weights, timed (1 round): fp32 equals transformers over the same weights
+    dequantized; the saved run says which weights and what their load peaked at. An unknown scheme: one line."""
+    from llama_fast.harness import FASTEST
+
+    case = f"{FASTEST}-b1-p32-n16-fp32-int8"
+    out_json = tmp_path / "run.json"
+    rc, out = run_bench(tmp_path, "--bench-quantize", "int8", "-k", case, "--bench-rounds", "1", "--bench-warmup", "0",
+                        f"--bench-hashes={tmp_path / 'h.json'}", f"--benchmark-storage=file://{tmp_path / 'store'}",
+                        f"--benchmark-json={out_json}")
+    assert rc == 0, out
+    assert "1 passed" in out and "quantize=int8" in out, out
+    (bench,) = json.loads(out_json.read_text())["benchmarks"]
+    extra = bench["extra_info"]
+    assert bench["param"] == case and extra["quantize"] == "int8" and extra["load_peak_mb"] is not None, extra
+    assert extra["correctness"].startswith("equals transformers"), extra
+    assert extra["roofline_tok_per_s"] > 0 and extra["pick"] == "greedy"
+
+    rc, out = run_bench(tmp_path, "--collect-only", "-q", "--bench-quantize", "int8,int3")
+    assert rc == 4 and "--bench-quantize: unknown quantization scheme 'int3'" in out, out
+
+
+def test_sampled_case_runs_on_cpu_against_its_recorded_hash(tmp_path):
+    """The sampled case on CPU (fp32): in transformers' nucleus, then its seeded hash recorded and enforced."""
+    from llama_fast.harness import FASTEST
+
+    case = f"{FASTEST}-sampled-b1-p32-n16-fp32"
+    hashes = tmp_path / "h.json"
+    args = ["--benchmark-disable", "-k", case, f"--bench-hashes={hashes}"]
+    rc, out = run_bench(tmp_path, *args, "--bench-update-hashes")
+    assert rc == 0 and "1 passed" in out, out
+    entry = json.loads(hashes.read_text())["random:tiny"]["b1-p32-n16-c48-sampled-t0.8-topp0.95-seed0"]["fp32"]["cpu"]
+    assert set(entry) == {FASTEST}  # no transformers hash: it samples with its own generator
+    assert entry == bs.HashBook().entry("random:tiny", "b1-p32-n16-c48-sampled-t0.8-topp0.95-seed0", "fp32", "cpu")
+    entry[FASTEST] = "00000000"
+    hashes.write_text(json.dumps({"random:tiny": {"b1-p32-n16-c48-sampled-t0.8-topp0.95-seed0": {"fp32": {
+        "cpu": entry}}}}))
+    rc, out = run_bench(tmp_path, *args)
+    assert rc == 1 and f"OUR OUTPUT CHANGED for {case}" in out, out
 
 
 def test_gate_selection_expressions_select_the_gated_cases_and_the_rest(tmp_path):
@@ -362,7 +495,9 @@ def test_gate_selection_expressions_select_the_gated_cases_and_the_rest(tmp_path
     gated, rest = [collected(p.communicate(timeout=TIMEOUT)[0]) for p in procs]
     assert gated == {f"{FASTEST}-b1-p1000-n200-fp16", f"{FASTEST}-b16-p1000-n200-fp16",
                      f"{FASTEST}-b1-p1600-n200-fp16"}
-    assert rest == {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16"}
+    # the sampled case is not gated (its id does not contain a gated one) but checked with the rest
+    assert rest == {f"{FASTEST}-b4-p1000-n200-fp16", f"{FASTEST}-b1-p200-n200-fp16",
+                    f"{FASTEST}-sampled-b1-p1000-n200-fp16"}
 
 
 def test_shard_parse_and_select():
