@@ -7,7 +7,8 @@ import os
 import torch
 
 from .generate import LlamaFast
-from .loading import build_weights, load_tokenizer, parse_dtype, quantization_of, warm_up_meta_device
+from .loading import (build_weights, load_tokenizer, parse_dtype, quantization_of, random_config, read_config,
+                      resolve_checkpoint, warm_up_meta_device)
 from .model import ForwardOptions
 from .quant import QuantScheme
 
@@ -51,7 +52,8 @@ def check_dtype_on_device(dtype: torch.dtype, device: torch.device):
 def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = None, *, seed: int = 0, compile: str = "no",
                options: ForwardOptions | None = None, prefill_chunk: int | None = None,
-               cache_length: int | None = None, quantize: str | QuantScheme | None = None) -> LlamaFast:
+               cache_length: int | None = None, quantize: str | QuantScheme | None = None,
+               tp: int = 1) -> LlamaFast:
     """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
 
     dtype: a torch.dtype or one of the names the CLI's --dtype takes (loading.DTYPE_NAMES: fp16|float16|half,
@@ -65,16 +67,34 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
 
     The returned object's `quantize` is the scheme its weights carry (canonical name, or None) and
     `load_peak_bytes` the most memory the weights' load held at once beyond what the process held before it
-    (CUDA: max_memory_allocated; CPU: peak resident set size, which counts only newly touched pages)."""
+    (CUDA: max_memory_allocated; CPU: peak resident set size, which counts only newly touched pages).
+
+    tp: tensor-parallel degree (llama_fast.parallel). With tp > 1 this process is one of tp ranks: inside an
+    initialized default process group of tp processes, or one initialized here from torchrun's environment
+    (gloo on CPU, nccl on CUDA, device cuda:LOCAL_RANK); it loads only its shard, and every rank generates the
+    same tokens. tp must divide n_heads and intermediate_size (parallel.ParallelError otherwise)."""
     from .harness import PeakMemory  # harness imports this module
 
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)
     scheme = quantization_of(name, quantize)
+    rank, group = 0, None
+    if tp != 1:
+        import torch.distributed as dist
+
+        from . import parallel
+
+        cfg = random_config(name) if name.startswith("random:") else read_config(resolve_checkpoint(name), name)
+        parallel.check_tp(cfg, tp)  # before any rendezvous: every rank refuses the same way
+        dev = parallel.rank_device(dev)
+        rank, _ = parallel.init_from_env(tp, dev)
+        group = dist.group.WORLD
     warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory
     with PeakMemory(dev) as mem:
-        _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize)
+        _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize, tp=tp, rank=rank)
+    if tp != 1:
+        parallel.install_group_(model, group, tp)
     tokenizer = load_tokenizer(name)
     fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)

@@ -162,6 +162,14 @@ class SafetensorsSource:
             raise KeyError(f"checkpoint has no tensor {name!r}")
         return self._handles[self._files[name]].get_tensor(name)
 
+    def read_ranges(self, name: str, dim: int, ranges: list[tuple[int, int]]) -> torch.Tensor:
+        """The ranges [lo, hi) of a tensor along dim (0 or 1), concatenated; only they are read (get_slice)."""
+        if name not in self._files:
+            raise KeyError(f"checkpoint has no tensor {name!r}")
+        sl = self._handles[self._files[name]].get_slice(name)
+        parts = [sl[lo:hi] if dim == 0 else sl[:, lo:hi] for lo, hi in ranges]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
 
 class TorchBinSource:
     """pytorch_model*.bin shards, loaded with mmap so the file is not copied into memory up front."""
@@ -402,12 +410,18 @@ def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
 
 
 def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
-                  quantize: str | QuantScheme | None = None) -> tuple[LlamaConfig, Transformer]:
+                  quantize: str | QuantScheme | None = None, tp: int = 1,
+                  rank: int = 0) -> tuple[LlamaConfig, Transformer]:
     """(config, Transformer) for any accepted model name, without the tokenizer.
 
     quantize: None or a scheme of llama_fast.quant (int8, int4, int4:g32, int4:g64, int4:g128): each linear weight
     is quantized as it is converted. A quantized checkpoint directory loads as saved; quantize must then be None
-    or its own scheme (QuantError otherwise: quantized weights are not quantized again)."""
+    or its own scheme (QuantError otherwise: quantized weights are not quantized again).
+
+    tp > 1: only rank's tensor-parallel shard is built (llama_fast.parallel), a model of
+    parallel.shard_config(config, tp); the returned config is the whole model's."""
+    if tp > 1:
+        return _build_shard(name, device, dtype, seed, quantize, tp, rank)
     scheme = None if quantize is None else quant.parse_scheme(quantize)
     if name.startswith("random:"):
         cfg = random_config(name)
@@ -421,6 +435,31 @@ def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
         raise QuantError(f"{name} holds {info['scheme']} weights; they cannot be quantized again as {scheme.name} "
                          "(load it without quantize, or quantize its full-precision checkpoint)")
     return cfg, build_quantized_model(cfg, info, checkpoint_source(checkpoint), device, dtype)
+
+
+def _build_shard(name: str, device, dtype: torch.dtype, seed: int, quantize, tp: int,
+                 rank: int) -> tuple[LlamaConfig, Transformer]:
+    """build_weights of one tensor-parallel rank: each tensor read as the rank's slice (safetensors get_slice),
+    or, from a source of whole tensors, one tensor at a time, sliced and dropped."""
+    from . import parallel
+
+    if quantize is not None:
+        raise parallel.ParallelError("tensor parallelism does not shard quantized weights yet; drop quantize or tp")
+    if name.startswith("random:"):
+        cfg = random_config(name)
+        source = RandomSource(cfg, seed, device, dtype)
+    else:
+        checkpoint = resolve_checkpoint(name)
+        cfg = read_config(checkpoint, name)
+        if read_quantization(checkpoint) is not None:
+            raise parallel.ParallelError(f"{name} is a quantized checkpoint: tensor parallelism does not shard "
+                                         "quantized weights yet")
+        source = checkpoint_source(checkpoint)
+    parallel.check_tp(cfg, tp)
+    parallel.warn_replication(cfg, tp)
+    read = getattr(source, "read_ranges", None) or parallel.whole_tensor_reader(source)
+    model = build_model(parallel.shard_config(cfg, tp), parallel.ShardedSource(cfg, rank, tp, read), device, dtype)
+    return cfg, model
 
 
 def quantization_of(name: str, quantize: str | QuantScheme | None = None) -> str | None:

@@ -236,10 +236,19 @@ class Block(nn.Module):
         self.attention = Attention(cfg)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
+        self.tp_group = None  # tensor parallel (llama_fast.parallel): wo and w2 outputs are partial sums
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
-        h = x + self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts)
-        return h + self.feed_forward(self.ffn_norm(h), opts)
+        h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts))
+        return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts))
+
+    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+        """A shard's wo / w2 output summed over the tensor-parallel ranks; as is without tensor parallelism."""
+        if self.tp_group is None:
+            return partial
+        from .parallel import all_reduce_sum
+
+        return all_reduce_sum(partial, self.tp_group)
 
     def fused_decode(self, x, ss, rope, mask, input_pos, start, opts: ForwardOptions):
         """One token, x (1, 1, dim) with ss its sum-of-squares partials: rmsnorm+wqkv, attention,
@@ -314,6 +323,7 @@ class Transformer(nn.Module):
         self.compiled_pick: Callable | None = None  # generate.last_token_pick compiled (compiled_glue)
         # the fused decode kernels have no bias inputs
         self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
+        self.tp = 1  # tensor-parallel degree: cfg is then one rank's shard (llama_fast.parallel.install_group_)
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
