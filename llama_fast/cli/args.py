@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import api, harness, loading, quant
+from .. import api, harness, loading, parallel, quant
 from ..compile import COMPILE_MODES
 from ..config import ConfigError, LlamaConfig
 from ..harness import Variant, Workload
@@ -177,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "recorded in the CSV's quantize column. A quantized checkpoint (llama-fast quantize) "
                         "given as --model runs its own scheme. --ablation has its own int8 and int4 rows "
                         "(default: none, the weights in --dtype)")
+    p.add_argument("--tp", type=_positive_int, default=1, metavar="N",
+                   help="tensor parallelism over N processes, launched by torchrun --nproc-per-node N (gloo on "
+                        "CPU, nccl on GPUs, one GPU per rank): each rank loads only its shard of the weights; N "
+                        "must divide the attention heads and the intermediate size; with --preallocate only; "
+                        "rank 0 prints and writes the CSV (default: 1)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "
                         "text; replaces the random-token prompt and --prompt-lengths")
@@ -208,6 +214,8 @@ class Plan:
     output: Path
     commit: str
     quantize: str | None = None  # the weights' scheme of the run (--quantize or a quantized checkpoint's)
+    tp: int = 1  # tensor-parallel degree (--tp)
+    rank: int = 0  # this process's rank among the tp ones (only rank 0 prints and writes rows)
 
 
 def model_config(name: str) -> LlamaConfig:
@@ -351,9 +359,35 @@ def validate(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Plan:
         variants = [v if v.quantize is not None else replace(v, quantize=quantize) for v in variants]
 
     points = _points(args, batch_sizes, prompt_lengths, text_ids, sampling)
+    device, rank = _tensor_parallel(parser, args, cfg, device, quantize)
     commit = harness.git_commit(cwd=os.path.dirname(os.path.abspath(__file__)))
     return Plan(args, mode, device, dtype, loading.dtype_name(dtype), cfg, tokenizer, variants, points, output,
-                commit, quantize)
+                commit, quantize, args.tp, rank)
+
+
+def _tensor_parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, cfg: LlamaConfig,
+                     device: torch.device, quantize: str | None) -> tuple[torch.device, int]:
+    """(this rank's device, its rank) for --tp: checked identically on every rank before the process group is
+    joined, so a bad --tp stops every rank with the same line and none waits for the others. A rank other than
+    0 prints nothing on stdout: rank 0 reports for all."""
+    if args.tp == 1:
+        return device, 0
+    if not args.preallocate or args.ablation or args.compare:
+        parser.error(f"--tp {args.tp} runs llama_fast only: give --preallocate, without --ablation or --compare "
+                     "(transformers rows do not run tensor parallel)")
+    if quantize is not None:
+        parser.error(f"--tp {args.tp}: tensor parallelism does not shard quantized weights yet")
+    try:
+        parallel.check_tp(cfg, args.tp)
+        device = parallel.rank_device(device)
+        rank, _ = parallel.init_from_env(args.tp, device)
+    except parallel.ParallelError as e:
+        parser.error(f"--tp {args.tp}: {e}" if not str(e).startswith("tp ") else f"--{e}")
+    except (RuntimeError, ValueError) as e:  # the rendezvous itself failing (address in use, timeout)
+        parser.error(f"--tp {args.tp}: cannot join the process group: {' '.join(str(e).split())[:300]}")
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the rest of this process
+    return device, rank
 
 
 def _quantize(parser: argparse.ArgumentParser, args: argparse.Namespace, saved: str | None) -> str | None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 CSV_COLUMNS = ["timestamp", "commit", "mode", "model", "device", "dtype", "variant", "changes", "compile",
                "batch", "prompt_len", "new_tokens", "cache_length", "tok_per_s", "tok_per_s_best", "max_mem_mb",
-               "warmup_s", "roofline_pct", "hash", "status", "sampling", "quantize"]
+               "warmup_s", "roofline_pct", "hash", "status", "sampling", "quantize", "tp"]
 SAMPLE_CHARS = 200
 FALLBACK_MARK = "(fallback)"
 
@@ -47,7 +47,7 @@ def csv_row(run: BenchmarkRun, r: Result) -> dict:
     row = dict(timestamp=run.timestamp, commit=p.commit, mode=p.mode, model=p.args.model,
                device=run.device_label, dtype=p.dtype_name, variant=r.variant.key, changes=r.variant.label,
                compile=r.variant.compile, batch=w.batch, prompt_len=w.prompt_len, new_tokens=w.new_tokens,
-               cache_length=w.cache, status=r.status, sampling=w.pick, quantize=r.variant.quantize or "none")
+               cache_length=w.cache, status=r.status, sampling=w.pick, quantize=r.variant.quantize or "none", tp=p.tp)
     if m is not None:
         row.update(tok_per_s=f"{m.tok_per_s:.3f}", tok_per_s_best=f"{m.tok_per_s_best:.3f}",
                    max_mem_mb=f"{m.max_mem_mb:.1f}", warmup_s=f"{m.warmup_s:.3f}", hash=m.hash)

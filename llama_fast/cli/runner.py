@@ -102,7 +102,7 @@ class BenchmarkRun:
                     torch._dynamo.reset()
                     _free_memory(plan.device)
                 fast = api.load_model(args.model, plan.device, plan.dtype, seed=args.weights_seed,
-                                      quantize=quantize)
+                                      quantize=quantize, tp=plan.tp)
                 weights = harness.weight_bytes(plan.cfg, plan.dtype, quantize=fast.quantize)
                 progress.note(f"[{args.model}] {fast.quantize or plan.dtype_name} weights loaded: "
                               f"{weights / harness.MB:.1f} MB, peak {fast.load_peak_bytes / harness.MB:.1f} MB "
@@ -148,7 +148,8 @@ class BenchmarkRun:
                 roof = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, self.ceilings, m.variant.roofline_quantize)
                 result.roofline_pct = 100.0 * m.tok_per_s / roof
         self.results[(result.variant.key, index)] = result
-        report.append_row(plan.output, report.csv_row(self, result))
+        if plan.rank == 0:  # tensor parallel: the ranks ran the same generation, rank 0 records it
+            report.append_row(plan.output, report.csv_row(self, result))
 
     def _measure(self, runner: harness.Runner, w: Workload) -> Measurement:
         a = self.plan.args
