@@ -1,0 +1,188 @@
+"""Tensor parallelism (llama_fast.parallel): the sharding math in one process, then real runs under torchrun on
+CPU (gloo, 2 processes) whose hashes must equal the single-process run's."""
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core_helpers import TINY_CONFIGS, make_hf
+from llama_fast import parallel
+from llama_fast.cli import main
+from llama_fast.config import NAMED_SHAPES
+from llama_fast.loading import RandomSource, SafetensorsSource, build_model
+from llama_fast.model import ForwardOptions, prepare_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 120
+RUN_FLAGS = ["--preallocate", "--dtype", "fp32", "--prompt-lengths", "8", "--new-tokens", "8", "--warmup-runs",
+             "0", "--num-runs", "1"]
+
+
+# ------------------------------------------------------------------------------------------- sharding math
+def _build(cfg, source, tp: int, rank: int):
+    if tp == 1:
+        return build_model(cfg, source, "cpu", torch.float32)
+    return build_model(parallel.shard_config(cfg, tp), parallel.ShardedSource(cfg, rank, tp, _reader(source)),
+                       "cpu", torch.float32)
+
+
+def _reader(source):
+    return getattr(source, "read_ranges", None) or parallel.whole_tensor_reader(source)
+
+
+def _block_outputs(model, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attention output, MLP output) of block 0 on idx, before any all-reduce (a shard's partial sums)."""
+    model.setup_caches(1, 16)
+    pos = torch.arange(idx.shape[1])
+    x, rope, mask = prepare_inputs(model, idx, pos, 0)
+    layer, opts = model.layers[0], ForwardOptions()
+    h = layer.attention_norm(x)
+    return (layer.attention(h, rope, mask, pos, 0, opts),
+            layer.feed_forward(layer.ffn_norm(torch.randn(x.shape, generator=torch.Generator().manual_seed(1))), opts))
+
+
+# (config, tp): KV heads split (gqa/2, mha/4), one KV head per rank replicated (gqa/4, mqa/2), one KV head per
+# query head (head-dim-32: 6 heads, 3 KV heads over 2 ranks), biases (split q/k/v, rank 0's wo / w2 bias)
+SHARD_CASES = [("gqa", 2), ("mha", 4), ("gqa", 4), ("mqa", 2), ("head-dim-32", 2), ("mlp-bias", 2), ("tied", 2)]
+
+
+@pytest.mark.parametrize("name,tp", SHARD_CASES, ids=[f"{n}-tp{t}" for n, t in SHARD_CASES])
+def test_shards_sum_to_the_whole_block(name, tp):
+    cfg = TINY_CONFIGS[name]
+    source = RandomSource(cfg, 0, "cpu", torch.float32)
+    idx = torch.randint(0, cfg.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
+    attn, mlp = _block_outputs(_build(cfg, source, 1, 0), idx)
+    parts = [_block_outputs(_build(cfg, source, tp, r), idx) for r in range(tp)]
+    torch.testing.assert_close(sum(p[0] for p in parts), attn, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sum(p[1] for p in parts), mlp, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(parts[0][0], attn)  # a shard alone is a partial sum
+
+
+def test_shard_weights_concatenate_to_the_full_weights():
+    cfg, tp = TINY_CONFIGS["gqa"], 2
+    source = RandomSource(cfg, 0, "cpu", torch.float32)
+    full = _build(cfg, source, 1, 0).layers[1]
+    shards = [_build(cfg, source, tp, r).layers[1] for r in range(tp)]
+    q, kv, n = cfg.q_size, cfg.kv_size, cfg.intermediate_size
+    w = full.attention.wqkv.weight
+    local_q, local_kv = q // tp, kv // tp
+    cat = lambda ts, dim=0: torch.cat(ts, dim=dim)  # noqa: E731
+    qkv = [s.attention.wqkv.weight for s in shards]
+    assert torch.equal(cat([t[:local_q] for t in qkv]), w[:q])
+    assert torch.equal(cat([t[local_q:local_q + local_kv] for t in qkv]), w[q:q + kv])
+    assert torch.equal(cat([t[local_q + local_kv:] for t in qkv]), w[q + kv:])
+    assert torch.equal(cat([s.attention.wo.weight for s in shards], 1), full.attention.wo.weight)
+    w13 = [s.feed_forward.w13.weight for s in shards]
+    assert torch.equal(cat([t[: n // tp] for t in w13]), full.feed_forward.w13.weight[:n])
+    assert torch.equal(cat([t[n // tp:] for t in w13]), full.feed_forward.w13.weight[n:])
+    assert torch.equal(cat([s.feed_forward.w2.weight for s in shards], 1), full.feed_forward.w2.weight)
+    for s in shards:  # replicated
+        assert torch.equal(s.attention_norm.weight, full.attention_norm.weight)
+
+
+def test_safetensors_slices_equal_whole_tensor_slices(tmp_path):
+    cfg = TINY_CONFIGS["head-dim-32"]  # non-contiguous KV rows (one KV head per query head)
+    make_hf(cfg).save_pretrained(tmp_path)
+    st = SafetensorsSource(tmp_path)
+    for rank in range(2):
+        sliced = parallel.ShardedSource(cfg, rank, 2, st.read_ranges)
+        whole = parallel.ShardedSource(cfg, rank, 2, parallel.whole_tensor_reader(st))
+        for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.o_proj.weight",
+                     "model.layers.0.mlp.down_proj.weight", "model.embed_tokens.weight"):
+            assert torch.equal(sliced(name), whole(name)), name
+
+
+def test_shard_config_and_kv_heads():
+    tiny = NAMED_SHAPES["tiny"]  # 4 heads, 2 KV heads, intermediate 352
+    local = parallel.shard_config(tiny, 2)
+    assert (local.n_heads, local.n_kv_heads, local.head_dim, local.intermediate_size) == (2, 1, 32, 176)
+    assert (local.q_size, local.kv_size) == (64, 32)
+    assert parallel.kv_heads_of_rank(tiny, 1, 2) == [1]
+    assert parallel.kv_heads_of_rank(tiny, 3, 4) == [1] and parallel.kv_replicated(tiny, 4)
+    assert parallel.kv_heads_of_rank(TINY_CONFIGS["head-dim-32"], 1, 2) == [1, 2, 2]
+    with pytest.raises(parallel.ParallelError, match="does not divide the model's 4 attention heads"):
+        parallel.shard_config(tiny, 3)
+    with pytest.raises(parallel.ParallelError, match="intermediate size 352"):
+        parallel.check_tp(tiny.with_overrides(n_heads=6, n_kv_heads=6), 3)
+
+
+def test_replicated_kv_heads_are_announced():
+    with pytest.warns(UserWarning, match="does not divide the model's 1 KV heads"):
+        parallel.warn_replication(TINY_CONFIGS["mqa"], 2)
+
+
+# ------------------------------------------------------------------------------------------- torchrun
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                              "MASTER_PORT")}
+    return {**env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _run(tp: int, *args: str) -> subprocess.CompletedProcess:
+    """run_llama.py alone (tp 1) or under torchrun with 2 processes on CPU; killed after TIMEOUT_S (no hang)."""
+    launch = [sys.executable]
+    if tp != 1:
+        launch += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.run([*launch, str(ROOT / "run_llama.py"), "--device", "cpu", "--tp", str(tp), *args],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _hash(tp: int, model: str, out: Path) -> str:
+    res = _run(tp, "--model", model, *RUN_FLAGS, "--output", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (row,) = _rows(out)  # rank 0 alone writes the row
+    assert row["tp"] == str(tp) and float(row["tok_per_s"]) > 0
+    assert res.stdout.count("rows appended to") == 1  # rank 0 alone prints the report
+    return row["hash"]
+
+
+def test_tp2_hash_equals_tp1_random_tiny(tmp_path):
+    assert _hash(2, "random:tiny", tmp_path / "tp2.csv") == _hash(1, "random:tiny", tmp_path / "tp1.csv")
+
+
+def test_tp2_hash_equals_tp1_gqa_checkpoint(tmp_path):
+    ckpt = tmp_path / "gqa"
+    make_hf(TINY_CONFIGS["gqa"]).save_pretrained(ckpt)  # safetensors: each rank reads its slices
+    assert _hash(2, str(ckpt), tmp_path / "tp2.csv") == _hash(1, str(ckpt), tmp_path / "tp1.csv")
+
+
+@pytest.mark.parametrize("tp,message", [
+    (3, "llama-fast: error: --tp 3 does not divide the model's 4 attention heads"),
+    (4, "llama-fast: error: --tp 4 needs 4 processes, torchrun started 2"),
+])
+def test_bad_tp_stops_every_rank_with_one_line(tmp_path, tp, message):
+    out = tmp_path / "rows.csv"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    res = subprocess.run([*launch, str(ROOT / "run_llama.py"), "--model", "random:tiny", "--device", "cpu",
+                          "--tp", str(tp), *RUN_FLAGS, "--output", str(out)],
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode != 0
+    errors = [line for line in res.stderr.splitlines() if line.startswith("llama-fast: error:")]
+    assert len(errors) == 2 and all(line.startswith(message) for line in errors), res.stderr[-2000:]
+    assert res.stderr.count("exitcode  : 2") == 2  # both ranks exited 2
+    assert not out.exists()
+
+
+def test_tp_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "random:tiny", "--device", "cpu", "--tp", "2", *RUN_FLAGS, "--output",
+              str(tmp_path / "rows.csv")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["llama-fast: error: --tp 2 needs a process group of 2 processes: launch it with torchrun "
+                   "--nproc-per-node N (N = --tp)"]
+    assert not (tmp_path / "rows.csv").exists()
