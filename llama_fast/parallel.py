@@ -19,6 +19,7 @@ dropped at once, so the whole model never sits in one process.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from dataclasses import replace
@@ -171,9 +172,16 @@ def init_from_env(tp: int, device: torch.device) -> tuple[int, int]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # the group made here is torn down here: left to interpreter shutdown, its threads may abort the process
+        atexit.register(_destroy_group)
     if world != tp:
         raise ParallelError(f"tp {tp} needs a process group of {tp} processes; this one has {world}")
     return rank, world
+
+
+def _destroy_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device: torch.device) -> torch.device:
