@@ -221,3 +221,35 @@ def test_tp_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
     assert err == ["llama-fast: error: --tp 2 needs a process group of 2 processes: launch it with torchrun "
                    "--nproc-per-node N (N = --tp)"]
     assert not (tmp_path / "rows.csv").exists()
+
+
+GENERATE_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from llama_fast import load_model
+from llama_fast.api import output_hash
+
+dist.init_process_group("gloo")  # load_model uses the group it finds
+fast = load_model("random:tiny", "cpu", "fp32", tp=2)
+ids = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
+out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
+print(f"rank {dist.get_rank()} kv_heads {fast.config.n_kv_heads} hash {output_hash(fast.tokenizer, out)}")
+dist.destroy_process_group()
+"""
+
+
+def test_load_model_in_an_initialized_group(tmp_path):
+    from llama_fast import load_model
+    from llama_fast.api import output_hash
+
+    fast = load_model("random:tiny", "cpu", "fp32")
+    ids = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
+    expected = output_hash(fast.tokenizer, fast.generate(ids, max_new_tokens=6, min_new_tokens=6))
+    script = tmp_path / "generate.py"
+    script.write_text(GENERATE_SCRIPT)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          str(script)], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = sorted(line for line in res.stdout.splitlines() if line.startswith("rank "))
+    assert lines == [f"rank {r} kv_heads 1 hash {expected}" for r in range(2)]

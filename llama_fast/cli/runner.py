@@ -103,8 +103,10 @@ class BenchmarkRun:
                     _free_memory(plan.device)
                 fast = api.load_model(args.model, plan.device, plan.dtype, seed=args.weights_seed,
                                       quantize=quantize, tp=plan.tp)
-                weights = harness.weight_bytes(plan.cfg, plan.dtype, quantize=fast.quantize)
-                progress.note(f"[{args.model}] {fast.quantize or plan.dtype_name} weights loaded: "
+                # tensor parallel: fast.config is this rank's shard (replicated embedding and head included)
+                weights = harness.weight_bytes(fast.config, plan.dtype, quantize=fast.quantize)
+                per_rank = f" on rank {plan.rank} of {plan.tp}" if plan.tp > 1 else ""
+                progress.note(f"[{args.model}] {fast.quantize or plan.dtype_name} weights loaded{per_rank}: "
                               f"{weights / harness.MB:.1f} MB, peak {fast.load_peak_bytes / harness.MB:.1f} MB "
                               "while loading")
                 self._sweep(variants, lambda v, w: harness.fast_runner(fast, v, w), bar)
