@@ -476,11 +476,7 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
         notes.append("hash recorded")
         return notes
     if is_random(model) and family != "cpu":  # not reproducible across processes: see the docstring
-        if expected is None or our_hash != expected:
-            notes.append(f"hash {our_hash} (recorded {expected or 'none'}; fp16 random weights on a GPU: "
-                         "reported, not enforced)")
-        else:
-            notes.append(f"hash {our_hash} as recorded")
+        notes.append(reported_hash(our_hash, expected, "fp16"))
         return notes
     if expected is None:
         raise CorrectnessFailure(f"no recorded hash for {label} in {book.path.name} (ours: {our_hash}); "
@@ -500,6 +496,13 @@ def check_output(*, case: Case, model: str, family: str, book: HashBook, output_
             f"{ref.hash} is unchanged ({known})")
     notes.append(f"hash {our_hash} as recorded")
     return notes
+
+
+def reported_hash(our_hash: str, expected: str | None, dtype: str) -> str:
+    """The note for a hash that is reported, not enforced (random low-precision weights on a GPU)."""
+    if expected is not None and our_hash == expected:
+        return f"hash {our_hash} as recorded"
+    return f"hash {our_hash} (recorded {expected or 'none'}; {dtype} random weights on a GPU: reported, not enforced)"
 
 
 def _check_sampled(*, case: Case, model: str, family: str, book: HashBook, our_hash: str, output_ids: torch.Tensor,
@@ -523,11 +526,7 @@ def _check_sampled(*, case: Case, model: str, family: str, book: HashBook, our_h
         return notes
     expected = book.expected(model, wkey, dtype, family, variant)
     if is_random(model) and family != "cpu" and dtype != "fp32":  # not reproducible across processes
-        if expected is None or our_hash != expected:
-            notes.append(f"hash {our_hash} (recorded {expected or 'none'}; {dtype} random weights on a GPU: "
-                         "reported, not enforced)")
-        else:
-            notes.append(f"hash {our_hash} as recorded")
+        notes.append(reported_hash(our_hash, expected, dtype))
         return notes
     if expected is None:
         raise CorrectnessFailure(f"no recorded hash for {label} in {book.path.name} (ours: {our_hash}); "
