@@ -209,10 +209,11 @@ def test_no_baseline_message_names_the_gpu_and_where_it_looked(tmp_path):
 # ------------------------------------------------------------------------------------------- the statistical gate
 def test_statistical_gate_interleaves_base_and_head_processes_and_reports(tmp_path):
     """benchmarks/gate.py end to end on CPU: two processes per side (base = head = this checkout), the head's with an
-    injected +1000 %, which must FAIL a 200 % minimum effect (CPU timings wander by tens of percent)."""
+    injected +1000 %, which must FAIL a 50 % minimum effect (CPU timings wander by tens of percent, and on a
+    loaded 2-core machine the host-side injection has read as low as +470 %)."""
     out = tmp_path / "gate"
     cmd = [sys.executable, str(BENCH / "gate.py"), "--base", str(REPO), "--head", str(REPO), "--out", str(out),
-           "--pairs", "2", "--min-effect", "200", f"--head-args=--bench-inject-slowdown={INJECT}", "--",
+           "--pairs", "2", "--min-effect", "50", f"--head-args=--bench-inject-slowdown={INJECT}", "--",
            *CPU[4:], "--bench-variants", "tensor-pos", "-k", GATE_CASE, "--bench-rounds", "3", "--bench-warmup", "0",
            f"--bench-hashes={tmp_path / 'hashes.json'}"]
     r = subprocess.run(cmd, cwd=tmp_path, env=clean_env(tmp_path), capture_output=True, text=True,
@@ -230,14 +231,14 @@ def test_statistical_gate_interleaves_base_and_head_processes_and_reports(tmp_pa
     assert head["machine_info"]["llama_fast"]["injected_slowdown"] == float(INJECT)
     assert len(head["benchmarks"][0]["stats"]["data"]) == 3  # the rounds the statistic resamples
     (case,) = result["cases"]
-    assert case["case"] == GATE_CASE and case["verdict"] == "FAIL" and case["low"] > 2.0, case
+    assert case["case"] == GATE_CASE and case["verdict"] == "FAIL" and case["low"] > 0.5, case
     md = (out / "report.md").read_text()
     assert md in r.stdout
     assert "run in this order: base-1, head-1, base-2, head-2" in md and f"| {GATE_CASE} |" in md and "**FAIL**" in md
     # report.py --gate over the same files gives the same verdict; far above the injected slowdown, a PASS
     files = ["--base", str(out / "base-1.json"), str(out / "base-2.json"),
              "--head", str(out / "head-1.json"), str(out / "head-2.json")]
-    rc, text = run_report("--gate", *files, "--min-effect", "200")
+    rc, text = run_report("--gate", *files, "--min-effect", "50")
     assert rc == 1 and "**FAIL**" in text, text
     rc, text = run_report("--gate", *files, "--min-effect", "100000")
     assert rc == 0 and "**PASS**" in text, text
