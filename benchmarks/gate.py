@@ -73,22 +73,13 @@ def stop(out: Path, code: int, headline: str, detail: str, ran: list[dict]) -> i
 
 
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pytest_args: list[str] = []
-    if "--" in argv:
-        k = argv.index("--")
-        argv, pytest_args = argv[:k], argv[k + 1:]
+    argv, pytest_args = gate_stats.split_passthrough(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", required=True, help="the base checkout (a directory with benchmarks/ and llama_fast/)")
     p.add_argument("--head", required=True, help="the head checkout")
     p.add_argument("--out", required=True, help="directory for the per-process JSON and logs, report.md, gate.json")
     p.add_argument("--pairs", type=int, default=3, help="processes per side, interleaved (default 3)")
-    p.add_argument("--min-effect", type=float, default=100 * gate_stats.DEFAULT_MIN_EFFECT, metavar="PCT",
-                   help="FAIL when a case's whole interval lies above +PCT%% (default %(default)g)")
-    p.add_argument("--confidence", type=float, default=100 * gate_stats.DEFAULT_CONFIDENCE, metavar="PCT",
-                   help="the interval's confidence level (default %(default)g)")
-    p.add_argument("--resamples", type=int, default=gate_stats.DEFAULT_RESAMPLES, help="bootstrap resamples")
-    p.add_argument("--seed", default="0", help="bootstrap seed (the same timings and seed, the same verdict)")
+    gate_stats.add_options(p)
     p.add_argument("--head-args", default="", metavar="ARGS",
                    help="extra pytest arguments for the head's processes only, e.g. --head-args=--bench-inject-slowdown=0.03 "
                         "(test only: proves the gate fires)")

@@ -331,10 +331,7 @@ def main(argv=None) -> int:
         w.add_argument("--levels", type=parse_levels, default=list(LEVELS))
         w.add_argument("--threads", type=int, default=None)
         return worker(w.parse_args(argv[1:]))
-    suite_args: list[str] = []
-    if "--" in argv:
-        k = argv.index("--")
-        argv, suite_args = argv[:k], argv[k + 1:]
+    argv, suite_args = gate_stats.split_passthrough(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory for every log, JSON and markdown file")
     p.add_argument("--stages", default="eval,suite", help="comma list of eval, suite, gate (default eval,suite)")

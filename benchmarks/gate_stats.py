@@ -22,6 +22,7 @@ Standard library only (random.Random with a string seed: the same stream on ever
 """
 from __future__ import annotations
 
+import argparse
 import math
 import random
 import statistics
@@ -133,3 +134,23 @@ def compare(base: Sequence[Sequence[float]], head: Sequence[Sequence[float]], *,
                       base_s=lb, head_s=lh, base_processes=len(b), head_processes=len(h),
                       base_rounds=sum(map(len, b)), head_rounds=sum(map(len, h)), confidence=confidence,
                       min_effect=min_effect)
+
+
+def add_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The statistic's command-line options (--min-effect, --confidence, --resamples, --seed), shared by
+    gate.py and report.py --gate; prefix starts each help text (e.g. '--gate: ')."""
+    p.add_argument("--min-effect", type=float, default=100 * DEFAULT_MIN_EFFECT, metavar="PCT",
+                   help=f"{prefix}FAIL when a case's whole interval lies above +PCT%% (default %(default)g)")
+    p.add_argument("--confidence", type=float, default=100 * DEFAULT_CONFIDENCE, metavar="PCT",
+                   help=f"{prefix}the interval's confidence level (default %(default)g)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help=f"{prefix}bootstrap resamples")
+    p.add_argument("--seed", default="0", help=f"{prefix}bootstrap seed (the same timings and seed, the same verdict)")
+
+
+def split_passthrough(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(own arguments, arguments after '--' handed on to each pytest process)."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    k = argv.index("--")
+    return argv[:k], argv[k + 1:]

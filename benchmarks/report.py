@@ -357,12 +357,7 @@ def main(argv=None) -> int:
     p.add_argument("--gate", action="store_true", help="statistical gate over --base and --head process files")
     p.add_argument("--base", nargs="+", default=[], metavar="JSON", help="--gate: one JSON per base process")
     p.add_argument("--head", nargs="+", default=[], metavar="JSON", help="--gate: one JSON per head process")
-    p.add_argument("--min-effect", type=float, default=100 * gate_stats.DEFAULT_MIN_EFFECT, metavar="PCT",
-                   help="--gate: FAIL when the whole interval lies above +PCT%% (default %(default)g)")
-    p.add_argument("--confidence", type=float, default=100 * gate_stats.DEFAULT_CONFIDENCE, metavar="PCT",
-                   help="--gate: the interval's confidence level (default %(default)g)")
-    p.add_argument("--resamples", type=int, default=gate_stats.DEFAULT_RESAMPLES, help="--gate: bootstrap resamples")
-    p.add_argument("--seed", default="0", help="--gate: bootstrap seed (the same seed, the same verdict)")
+    gate_stats.add_options(p, prefix="--gate: ")
     p.add_argument("--trend", metavar="STORAGE", help="plot tok/s over the saved main runs under STORAGE (--out PNG)")
     p.add_argument("--name", default="main", help="--trend: the saved runs' name (NNNN_<name>.json)")
     p.add_argument("--out", help="also write the markdown here (--trend: the PNG)")
