@@ -198,6 +198,10 @@ NAMED_SHAPES: dict[str, LlamaConfig] = {
                             norm_eps=1e-6, max_position_embeddings=2048, name="llama-7b"),
     "llama2-7b": LlamaConfig(vocab_size=32000, dim=4096, n_layers=32, n_heads=32, intermediate_size=11008,
                              norm_eps=1e-5, max_position_embeddings=4096, name="llama2-7b"),
+    # 138 GB in fp16: the tensor-parallel shape (llama_fast.parallel), 8 KV heads (GQA)
+    "llama2-70b": LlamaConfig(vocab_size=32000, dim=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                              intermediate_size=28672, norm_eps=1e-5, max_position_embeddings=4096,
+                              name="llama2-70b"),
     "llama3-8b": LlamaConfig(vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
                              intermediate_size=14336, norm_eps=1e-5, rope_theta=500000.0,
                              rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072,
