@@ -94,7 +94,7 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     with PeakMemory(dev) as mem:
         _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize, tp=tp, rank=rank)
     if tp != 1:
-        parallel.install_group_(model, group, tp)
+        parallel.install_group_(model, group, tp, rank)
     tokenizer = load_tokenizer(name)
     fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)

@@ -237,6 +237,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
         self.tp_group = None  # tensor parallel (llama_fast.parallel): wo and w2 outputs are partial sums
+        self.tp_rank = 0
+        self.tp_zeros: torch.Tensor | None = None  # (1, dim): the fused residual GEMVs' residual on ranks > 0
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts))
@@ -253,7 +255,7 @@ class Block(nn.Module):
     def fused_decode(self, x, ss, rope, mask, input_pos, start, opts: ForwardOptions):
         """One token, x (1, 1, dim) with ss its sum-of-squares partials: rmsnorm+wqkv, attention,
         wo+residual (+partials), rmsnorm+w13+SwiGLU, w2+residual (+partials) -> (x, ss) for the next block."""
-        from .kernels import gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu
+        from .kernels import gemv_rmsnorm, gemv_rmsnorm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         x2, pdl = x.view(1, -1), gemv_pdl_mode(opts)
@@ -272,12 +274,23 @@ class Block(nn.Module):
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
         wo, wo_quant = kernel_weight(a.wo)
-        h, ss = gemv_residual_ss(y.reshape(1, -1), wo, x2, pdl, **wo_quant)
+        h, ss = self._residual_gemv(y.reshape(1, -1), wo, x2, pdl, wo_quant)
         w13, w13_quant = kernel_weight(f.w13)
         act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, w13, self.ffn_norm.eps, pdl, **w13_quant)
         w2, w2_quant = kernel_weight(f.w2)
-        out, ss = gemv_residual_ss(act, w2, h, pdl, **w2_quant)
+        out, ss = self._residual_gemv(act, w2, h, pdl, w2_quant)
         return out.view(1, 1, -1), ss
+
+    def _residual_gemv(self, y, w, res, pdl, quant):
+        """(res + W @ y, its sum-of-squares partials). Tensor parallel: rank 0 adds the residual, the others
+        zeros, so one all-reduce of the GEMVs' outputs gives the sum; its partials are then taken again."""
+        from .kernels import gemv_residual_ss, row_ss_partials
+
+        if self.tp_group is None:
+            return gemv_residual_ss(y, w, res, pdl, **quant)
+        part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
+        h = self._reduce(part)
+        return h, row_ss_partials(h)
 
 
 def run_layer(layer: Block, x, rope, mask, input_pos, start, opts: ForwardOptions) -> torch.Tensor:

@@ -5,8 +5,9 @@ Each of the N ranks holds a shard of every block:
     row, so the per-rank layout is the one a model with n_heads/N heads expects);
   - attention.wo: the input columns of its heads; feed_forward.w13: its slice of the gate rows, then the same
     slice of the up rows; feed_forward.w2: the matching input columns;
-  - the partial products of wo and w2 are summed over the ranks by one all-reduce each (Block.forward), through
-    torch.distributed._functional_collectives so torch.compile traces them;
+  - the partial products of wo and w2 are summed over the ranks by one all-reduce each (Block.forward and the
+    fused Block.fused_decode), through torch.distributed._functional_collectives so torch.compile traces them
+    and the decode step's CUDA graph captures them;
   - the embedding, the norms and the output head are replicated (every rank computes the full logits, so every
     rank picks the same token without another collective); a bias of wo / w2 is held by rank 0 only (zeros
     elsewhere), so the sum adds it once.
@@ -23,6 +24,7 @@ import atexit
 import os
 import warnings
 from dataclasses import replace
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -171,12 +173,26 @@ def init_from_env(tp: int, device: torch.device) -> tuple[int, int]:
             raise ParallelError(f"tp {tp} needs {tp} processes, torchrun started {world}: {TORCHRUN_HINT}")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
         # the group made here is torn down here: left to interpreter shutdown, its threads may abort the process
         atexit.register(_destroy_group)
     if world != tp:
         raise ParallelError(f"tp {tp} needs a process group of {tp} processes; this one has {world}")
     return rank, world
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective may wait for a rank before the group fails (LLAMA_FAST_DIST_TIMEOUT seconds,
+    default 300: a cold compile on one rank can keep the others waiting at their first collective for minutes).
+    A rank that dies is caught sooner by torchrun, which stops the other ranks as soon as one exits non-zero."""
+    raw = os.environ.get("LLAMA_FAST_DIST_TIMEOUT", "300")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ParallelError(f"LLAMA_FAST_DIST_TIMEOUT must be a number of seconds > 0, got {raw!r}")
+    return timedelta(seconds=seconds)
 
 
 def _destroy_group():
@@ -195,17 +211,20 @@ def rank_device(device: torch.device) -> torch.device:
 
 
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
-    """The sum of t over the group's ranks (a functional collective: traceable by torch.compile)."""
-    return funcol.all_reduce(t, "sum", group)
+    """The sum of t over the group's ranks (a functional collective: traceable by torch.compile; run eagerly,
+    as in the fused decode block, it is waited for here so the Triton ops after it get a plain tensor)."""
+    out = funcol.all_reduce(t, "sum", group)
+    return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
-def install_group_(model, group, tp: int):
-    """Make a model built from a rank's shard sum its wo and w2 outputs over group; the fused Triton decode
-    blocks (which have no collective) are switched off for it."""
+def install_group_(model, group, tp: int, rank: int = 0):
+    """Make a model built from rank's shard sum its wo and w2 outputs over group (one all-reduce each, in the
+    compiled blocks and in the fused batch-1 decode block alike)."""
     model.tp = tp
     if tp == 1:
         return model
+    w = model.tok_embeddings.weight
+    zeros = torch.zeros(1, model.config.dim, dtype=w.dtype, device=w.device)
     for layer in model.layers:
-        layer.tp_group = group
-    model.fusable = False
+        layer.tp_group, layer.tp_rank, layer.tp_zeros = group, rank, zeros
     return model

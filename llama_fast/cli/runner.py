@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .. import api, harness, loading, progress
+from .. import api, harness, loading, parallel, progress
 from ..harness import Measurement, Variant, Workload
 from . import report
 from .args import Plan
@@ -85,7 +85,8 @@ class BenchmarkRun:
     def run(self):
         plan = self.plan
         args = plan.args
-        if plan.mode == "compare":
+        # tensor parallel on GPUs: every run is set against the per-rank roofline (each rank reads its shard)
+        if plan.mode == "compare" or (plan.tp > 1 and plan.device.type == "cuda"):
             progress.note("measuring the roofline ceilings (matmul rate, copy bandwidth) on this device")
             self.ceilings = harness.measure_ceilings(plan.device, plan.dtype)
         total = len(plan.variants) * len(plan.points)
@@ -147,8 +148,13 @@ class BenchmarkRun:
                           f"included), {m.tok_per_s:.1f} tok/s" + (f"; fallback: {result.fallback}"
                                                                    if result.fallback else ""))
             if self.ceilings is not None:
-                roof = harness.roofline_tok_per_s(plan.cfg, plan.dtype, w, self.ceilings, m.variant.roofline_quantize)
+                cfg = plan.cfg if plan.tp == 1 else parallel.shard_config(plan.cfg, plan.tp)
+                roof = harness.roofline_tok_per_s(cfg, plan.dtype, w, self.ceilings, m.variant.roofline_quantize)
                 result.roofline_pct = 100.0 * m.tok_per_s / roof
+                if plan.tp > 1:
+                    progress.note(f"[{m.variant.key} {point_label(w)}] {result.roofline_pct:.1f} % of the roofline of "
+                                  f"{plan.tp} ranks ({roof:.1f} tok/s: each rank reads its shard at "
+                                  f"{self.ceilings.copy_bytes / 1e9:.0f} GB/s)")
         self.results[(result.variant.key, index)] = result
         if plan.rank == 0:  # tensor parallel: the ranks ran the same generation, rank 0 records it
             report.append_row(plan.output, report.csv_row(self, result))

@@ -5,7 +5,8 @@ Each op is a torch.library.triton_op (llama_fast::<name>), so torch.compile keep
 launched eagerly (the fastest path's decode block, inside the step's CUDA graph) they take pinned configs and
 may use programmatic dependent launch.
 
-  gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials
+  gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials,
+                row_ss_partials (a tensor-parallel all-reduce's output)
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
   dequant.py    int8 / int4 weights in those GEMVs (the ops' scales / offsets / group arguments)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
@@ -13,10 +14,11 @@ may use programmatic dependent launch.
   configs.py    launch configs: autotune search space, pinned configs, CONFIG_OVERRIDE
 """
 from .attention import decode_attention, decode_attention_one_launch
-from .gemv import GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, ss_partials
+from .gemv import (GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, row_ss_partials,
+                   ss_partials)
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE
 from .qkv_rope import gemv_rmsnorm_qkv_rope
 
 __all__ = ["GEMV_MAX_ROWS", "PDL_OFF", "PDL_TRIGGER_EARLY", "PDL_TRIGGER_LATE", "decode_attention",
            "decode_attention_one_launch", "gemv", "gemv_residual_ss", "gemv_rmsnorm", "gemv_rmsnorm_qkv_rope",
-           "gemv_rmsnorm_swiglu", "ss_partials"]
+           "gemv_rmsnorm_swiglu", "row_ss_partials", "ss_partials"]

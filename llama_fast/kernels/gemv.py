@@ -211,6 +211,24 @@ def ss_partials(x: torch.Tensor) -> torch.Tensor:
     return x.float().pow(2).view(-1, SS_GROUP).sum(-1)
 
 
+@triton.jit
+def _ss_partials_kernel(x_ptr, ss_ptr, NG, BLOCK: tl.constexpr):
+    rg = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # BLOCK groups of 8 == SS_GROUP values
+    m = rg < NG
+    x = tl.load(x_ptr + rg[:, None] * 8 + tl.arange(0, 8)[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+    tl.store(ss_ptr + rg, tl.sum(x * x, axis=1), mask=m)
+
+
+@triton_op("llama_fast::row_ss_partials", mutates_args=())
+def row_ss_partials(x: torch.Tensor) -> torch.Tensor:
+    """ss_partials in one launch, for a row made outside the GEMVs (a tensor-parallel all-reduce's output):
+    x (1, K) contiguous, K a multiple of SS_GROUP -> (K / SS_GROUP,) fp32."""
+    ng = x.numel() // SS_GROUP
+    ss = torch.empty((ng,), device=x.device, dtype=torch.float32)
+    wrap_triton(_ss_partials_kernel)[(triton.cdiv(ng, 128),)](x, ss, ng, BLOCK=128)
+    return ss
+
+
 @triton_op("llama_fast::gemv", mutates_args=())
 def gemv(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
          group: int = 0) -> torch.Tensor:
