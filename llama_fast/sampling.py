@@ -1,8 +1,9 @@
 """Sampling on the device: temperature, top-k and top-p with transformers' meanings and order, seeded.
 
-The pick runs inside the decode step's CUDA graph with no host sync and no generator state (eager ops: Inductor
-cannot generate the fused top-p scan + argmax on CUDA). The random numbers are a counter-based hash of
-(seed, cache position, row, token id) in integer tensor ops, so:
+The pick runs inside the decode step's CUDA graph with no host sync and no generator state. On CUDA it is
+llama_fast.kernels.sampling (no sort: thresholds by radix select, then a Gumbel-max over the kept tokens, in a
+fixed number of launches); elsewhere it is the torch ops of sample() (a stable sort, softmax and cumsum). The
+random numbers are a counter-based hash of (seed, cache position, row, token id) in integer ops, so:
   - a graph replay needs no RNG offset bookkeeping: the position tensor the step already carries is the counter;
   - the noise is bit-identical on every device and in every compile mode (integer ops only), so the same seed,
     inputs and dtype give the same tokens run after run. Across compile modes the logits themselves may differ in
