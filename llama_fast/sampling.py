@@ -1,8 +1,9 @@
 """Sampling on the device: temperature, top-k and top-p with transformers' meanings and order, seeded.
 
-The pick runs inside the decode step's CUDA graph with no host sync and no generator state (eager ops: Inductor
-cannot generate the fused top-p scan + argmax on CUDA). The random numbers are a counter-based hash of
-(seed, cache position, row, token id) in integer tensor ops, so:
+The pick runs inside the decode step's CUDA graph with no host sync and no generator state. On CUDA it is
+llama_fast.kernels.sampling (no sort: thresholds by radix select, then a Gumbel-max over the kept tokens, in a
+fixed number of launches); elsewhere it is the torch ops of sample() (a stable sort, softmax and cumsum). The
+random numbers are a counter-based hash of (seed, cache position, row, token id) in integer ops, so:
   - a graph replay needs no RNG offset bookkeeping: the position tensor the step already carries is the counter;
   - the noise is bit-identical on every device and in every compile mode (integer ops only), so the same seed,
     inputs and dtype give the same tokens run after run. Across compile modes the logits themselves may differ in
@@ -85,17 +86,10 @@ def uniform_noise(seed: torch.Tensor, position: torch.Tensor, rows: int, vocab: 
     return ((h >> 9).float() + 0.5) * (1.0 / (1 << 23))
 
 
-def sample(logits: torch.Tensor, state: SamplerState, position: torch.Tensor) -> torch.Tensor:
-    """One token per row from logits (B, V) fp32 -> (B,) int64: temperature, then top-k, then top-p, then a draw.
-
-    Ties: top-k keeps the k first of a stable descending sort of the raw logits (temperature keeps the order), so
-    top_k=1 is exactly the greedy argmax (its first maximum) at any temperature."""
-    B, V = logits.shape
-    temperature, top_p = state.floats[0], state.floats[1]
-    top_k, seed = state.ints[0], state.ints[1]
-    gumbel = -torch.log(-torch.log(uniform_noise(seed, position, B, V)))  # (B, V)
-    if not (state.use_top_k or state.use_top_p):
-        return (logits / temperature + gumbel).argmax(-1)
+def _sorted_keep(logits: torch.Tensor, state: SamplerState):
+    """The torch filters over a stable descending sort: (order, scaled, keep), each (B, V) in sorted order."""
+    V = logits.shape[-1]
+    temperature, top_p, top_k = state.floats[0], state.floats[1], state.ints[0]
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # (B, V)
     scaled = sorted_logits / temperature
     keep = torch.ones_like(scaled, dtype=torch.bool)
@@ -109,5 +103,40 @@ def sample(logits: torch.Tensor, state: SamplerState, position: torch.Tensor) ->
         before = probs.cumsum(-1) - probs
         keep = keep & (before < top_p)
         keep[:, 0] = True
+    return order, scaled, keep.expand_as(scaled)
+
+
+def kept_tokens(logits: torch.Tensor, state: SamplerState) -> torch.Tensor:
+    """(B, V) bool in token order: the tokens the top-k / top-p filters keep (the torch path's)."""
+    order, _, keep = _sorted_keep(logits, state)
+    return torch.zeros_like(keep).scatter(-1, order, keep)
+
+
+def sample(logits: torch.Tensor, state: SamplerState, position: torch.Tensor) -> torch.Tensor:
+    """One token per row from logits (B, V) fp32 -> (B,) int64: temperature, then top-k, then top-p, then a draw.
+
+    Ties: top-k keeps the k first of a stable descending sort of the raw logits (temperature keeps the order), so
+    top_k=1 is exactly the greedy argmax (its first maximum) at any temperature.
+
+    Where llama_fast.kernels run (CUDA), the pick is llama_fast.kernels.sampling's: the same noise and filters
+    without a sort, in a fixed number of launches (its docstring says where the two can differ: a top-p mass
+    within fp32 rounding of p, or two exactly equal scores). Elsewhere it runs as the torch ops below."""
+    if _use_kernels(logits):
+        from .kernels.sampling import sample_pick
+
+        return sample_pick(logits, state.floats, state.ints, position, state.use_top_k, state.use_top_p)
+    B, V = logits.shape
+    temperature, seed = state.floats[0], state.ints[1]
+    gumbel = -torch.log(-torch.log(uniform_noise(seed, position, B, V)))  # (B, V)
+    if not (state.use_top_k or state.use_top_p):
+        return (logits / temperature + gumbel).argmax(-1)
+    order, scaled, keep = _sorted_keep(logits, state)
     scores = torch.where(keep, scaled + gumbel.gather(-1, order), float("-inf"))
     return order.gather(-1, scores.argmax(-1, keepdim=True))[:, 0]
+
+
+def _use_kernels(logits: torch.Tensor) -> bool:
+    """Whether the pick runs as llama_fast.kernels.sampling (where the model's Triton kernels run)."""
+    from .model import triton_kernels_apply
+
+    return triton_kernels_apply(logits)

@@ -10,6 +10,7 @@ may use programmatic dependent launch.
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
   dequant.py    int8 / int4 weights in those GEMVs (the ops' scales / offsets / group arguments)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
+  sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
   configs.py    launch configs: autotune search space, pinned configs, CONFIG_OVERRIDE
 """
@@ -18,7 +19,8 @@ from .gemv import (GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rms
                    ss_partials)
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE
 from .qkv_rope import gemv_rmsnorm_qkv_rope
+from .sampling import sample_pick
 
 __all__ = ["GEMV_MAX_ROWS", "PDL_OFF", "PDL_TRIGGER_EARLY", "PDL_TRIGGER_LATE", "decode_attention",
            "decode_attention_one_launch", "gemv", "gemv_residual_ss", "gemv_rmsnorm", "gemv_rmsnorm_qkv_rope",
-           "gemv_rmsnorm_swiglu", "row_ss_partials", "ss_partials"]
+           "gemv_rmsnorm_swiglu", "row_ss_partials", "sample_pick", "ss_partials"]

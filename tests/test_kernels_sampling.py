@@ -1,0 +1,132 @@
+"""The sampled pick's Triton kernels (llama_fast/kernels/sampling.py) against the torch path of
+llama_fast.sampling.sample, in Triton's interpreter on the CPU: the noise bit for bit, and for many seeds,
+positions and settings the same keep mask (kept_tokens) and the same token, over fp32 / fp16 / bf16 logits (fp16
+and bf16 logits tie often: the top-k and top-p boundaries fall inside runs of equal logits).
+
+Each check runs in a subprocess: TRITON_INTERPRET must be set before Triton is imported."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+PRELUDE = r"""
+import sys
+import torch
+from llama_fast import sampling as S
+from llama_fast.kernels import sampling as K
+
+CPU = torch.device("cpu")
+SETTINGS = [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.9), dict(temperature=1.3, top_k=50),
+            dict(temperature=0.8, top_k=20, top_p=0.8), dict(top_k=1, temperature=5.0)]
+failures = []
+
+
+def check(x, setting, seed, position, chunk, what):
+    # x: logits (B, V) in any float dtype; the torch path gets them in fp32, as generate gives them
+    B, V = x.shape
+    st = S.Sampling(seed=seed, **setting).state(CPU, V)
+    pos = torch.tensor([position])
+    keep = torch.zeros(B, V, dtype=torch.int8)
+    tok = K.pick(x, st.floats, st.ints, pos, st.use_top_k, st.use_top_p, chunk=chunk, keep_out=keep)
+    ref = S.sample(x.float(), st, pos)
+    ref_keep = S.kept_tokens(x.float(), st) if (st.use_top_k or st.use_top_p) else torch.ones(B, V, dtype=torch.bool)
+    if not torch.equal(keep.bool(), ref_keep):
+        failures.append(f"{what} {setting} seed {seed}: keep masks differ in {int((keep.bool() != ref_keep).sum())}")
+    if not torch.equal(tok, ref):
+        failures.append(f"{what} {setting} seed {seed}: tokens {tok.tolist()} != {ref.tolist()}")
+    if setting.get("top_k") == 1 and not torch.equal(tok, x.float().argmax(-1)):
+        failures.append(f"{what} top_k=1 is not the argmax")
+    return tok
+
+
+def finish():
+    print("\n".join(failures) if failures else "ok")
+"""
+
+NOISE = PRELUDE + r"""
+for seed in (0, 3, 2 ** 31 - 1):
+    for position in (0, 17, 1000, 2 ** 31 + 5):
+        for rows, vocab in ((1, 100), (3, 1000), (2, 32000)):
+            ints = torch.tensor([1, seed], dtype=torch.long)
+            pos = torch.tensor([position])
+            if not torch.equal(K.uniform_noise(ints, pos, rows, vocab), S.uniform_noise(ints[1], pos, rows, vocab)):
+                failures.append(f"noise differs: seed {seed} position {position} {rows}x{vocab}")
+finish()
+"""
+
+PICKS = PRELUDE + r"""
+dtype = getattr(torch, sys.argv[1])
+g = torch.Generator().manual_seed(0)
+for setting in SETTINGS:
+    for seed, position in ((1, 5), (29, 1000)):
+        # 4 blocks of 256 per row, and one partial block
+        check((3 * torch.randn(3, 1000, generator=g)).to(dtype), setting, seed, position, 256, f"{dtype} 3x1000")
+        check((3 * torch.randn(1, 100, generator=g)).to(dtype), setting, seed, position, 256, f"{dtype} 1x100")
+# a larger vocabulary at the default chunk (the 32k case of Llama-2)
+for setting in (dict(top_p=0.9), dict(temperature=1.3, top_k=50)):
+    check((3 * torch.randn(1, 32000, generator=g)).to(dtype), setting, 7, 123, K.CHUNK, f"{dtype} 1x32000")
+finish()
+"""
+
+TIES = PRELUDE + r"""
+g = torch.Generator().manual_seed(1)
+for trial in range(2):
+    # integer logits in [-3, 3]: every boundary falls inside a run of ties; some tokens suppressed to -inf,
+    # as generate does with EOS before min_new_tokens
+    x = torch.randint(-3, 4, (3, 700), generator=g).float()
+    x[:, 5 * trial] = float("-inf")
+    x[1, :50] = -0.0  # -0.0 and +0.0 are one value
+    for setting in (dict(top_k=1, temperature=0.3), dict(top_k=1, temperature=7.0), dict(top_k=7), dict(top_k=300),
+                    dict(top_p=0.5), dict(top_p=0.97), dict(top_k=40, top_p=0.3), dict(top_k=699, top_p=0.99),
+                    dict(temperature=2.0)):
+        check(x, setting, trial, 40 + trial, 128, f"ties trial {trial}")
+    # many draws over a tied top-k set: the tokens spread over exactly the kept ones
+    st = S.Sampling(top_k=10, seed=trial).state(CPU, 700)
+    toks = torch.cat([K.pick(x, st.floats, st.ints, torch.tensor([p]), True, False, chunk=128) for p in range(8)])
+    kept = S.kept_tokens(x, st).repeat(8, 1)
+    if not bool(kept.gather(1, toks[:, None]).all()):
+        failures.append("a token outside the top-k set was drawn")
+# sample() takes the kernel path where the model's kernels run (here: forced on CPU tensors)
+S._use_kernels = lambda t: True
+x = 3 * torch.randn(2, 500, generator=g)
+st = S.Sampling(temperature=0.9, top_p=0.95, seed=4).state(CPU, 500)
+S._use_kernels = lambda t: False
+ref = S.sample(x, st, torch.tensor([9]))
+S._use_kernels = lambda t: True
+if not torch.equal(S.sample(x, st, torch.tensor([9])), ref):
+    failures.append("sample() on the kernel path differs from its torch path")
+finish()
+"""
+
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="triton is not installed (the CPU torch build has none); the kernels run in "
+                                         "Triton's interpreter wherever triton is installed, and for real on a GPU")
+
+
+def _run(script: str, *args: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+@needs_triton
+def test_noise_is_the_torch_noise_bit_for_bit():
+    _run(NOISE)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_pick_keeps_and_draws_what_the_torch_path_does(dtype):
+    _run(PICKS, dtype)
+
+
+@needs_triton
+def test_ties_suppressed_tokens_and_the_dispatch():
+    _run(TIES)
