@@ -89,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(str(e))
     if args.config_trials is not None and args.config_trials.is_transformers:
         ap.error("--config-trials: a transformers baseline runs none of our kernels")
+    quantized = [k for k, v in args.variants.items() if v.quantize is not None]
+    if quantized:  # every variant here runs the one model loaded in the model dtype
+        ap.error(f"--variants {','.join(quantized)}: quantized weights are another model; time them with "
+                 "run_llama.py --compare --compare-variants hf-static,fused-gemv-early,int8,int4")
     return args
 
 

@@ -194,7 +194,8 @@ def test_perf_lab_arguments(tool, capsys):
                          (["--memory"], "--memory reads the CUDA allocator"),
                          (["--config-trials", "hf"], "transformers baseline"),
                          (["--dtype", "fp8"], "fp8"), (["--new", "0"], "at least 1"),
-                         (["--trial-set", "3"], "invalid choice")]:
+                         (["--trial-set", "3"], "invalid choice"),
+                         (["--variants", "fused-gemv-early,int8"], "quantized weights are another model")]:
         with pytest.raises(SystemExit) as exc:
             perf_lab.parse_args(["--device", "cpu", *bad])
         err = capsys.readouterr().err
