@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--check", action="store_true", help="teacher-forced check of our outputs vs transformers")
     ap.add_argument("--log", default=None, help="also append the output to this file")
     ap.add_argument("--chunk", type=int, default=0, help="override the prefill chunk of our variants")
+    ap.add_argument("--quantize", default=None, metavar="SCHEME",
+                    help="load llama_fast's model with weight-only quantization (int8, int4, int4:gG): every "
+                         "llama_fast variant runs on it, the roofline counts the bytes really read; transformers "
+                         "rows keep the model dtype")
     ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
     ap.add_argument("--memory", action="store_true",
                     help="also print resident memory after warm-up and the peaks of prefill and of a whole run "
@@ -90,9 +94,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.config_trials is not None and args.config_trials.is_transformers:
         ap.error("--config-trials: a transformers baseline runs none of our kernels")
     quantized = [k for k, v in args.variants.items() if v.quantize is not None]
-    if quantized:  # every variant here runs the one model loaded in the model dtype
-        ap.error(f"--variants {','.join(quantized)}: quantized weights are another model; time them with "
-                 "run_llama.py --compare --compare-variants hf-static,fused-gemv-early,int8,int4")
+    if quantized:  # every variant here runs the one model loaded (a variant cannot change its weights)
+        ap.error(f"--variants {','.join(quantized)}: every variant runs the one model loaded; give "
+                 "--quantize SCHEME with a fp16 variant (e.g. --quantize int8 --variants fused-gemv-early)")
+    if args.quantize is not None:
+        from llama_fast.quant import QuantError, parse_scheme
+
+        try:
+            args.quantize = parse_scheme(args.quantize).name
+        except QuantError as e:
+            ap.error(f"--quantize: {e}")
     return args
 
 
@@ -140,12 +151,12 @@ def main(argv=None):
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
-    cfg, model, tok = load_weights(args.model, dev, dtype)
+    cfg, model, tok = load_weights(args.model, dev, dtype, quantize=args.quantize)
     from llama_fast.generate import LlamaFast
     fast = LlamaFast(model, tok, args.model)
     pad = torch.empty(int(args.pad_mb * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held for the run)
-    roof = roofline_tok_per_s(cfg, dtype, w, ceil)
-    say(f"# roofline {roof:.1f} tok/s")
+    roof = roofline_tok_per_s(cfg, dtype, w, ceil, args.quantize)
+    say(f"# roofline {roof:.1f} tok/s" + (f" ({args.quantize} weights)" if args.quantize else ""))
     for i, k in enumerate(ours):
         variant = variants[k]
         t0 = time.time()
@@ -173,7 +184,7 @@ def main(argv=None):
             ok, first, gap = teacher_forced_check(hf, m.output_ids, w.prompt_len, tol=0.05)
             chk = f" tf-check {'ok' if ok else 'FAIL at ' + str(first)} max gap {gap:.4f}"
         if cuda:
-            floor, pools = memory_budget_bytes(cfg, dtype, w, 0), fast.graph_pool_bytes()
+            floor, pools = memory_budget_bytes(cfg, dtype, w, 0, args.quantize), fast.graph_pool_bytes()
             say(f"{k}: after the runs: allocated {(torch.cuda.memory_allocated() - floor) / 1e6:.1f} MB over the "
                 f"floor, our CUDA-graph pools {pools / 1e6:.1f} MB, reserved "
                 f"{(torch.cuda.memory_reserved() - floor) / 1e6:.1f} MB over the floor")
@@ -188,7 +199,7 @@ def main(argv=None):
 
             say(f"{k}: compile times (dynamo + inductor, cumulative in this process):\n{compile_times(repr='str')}")
         if args.memory:
-            memory_report(say, k, cfg, dtype, w, fast, variant)
+            memory_report(say, k, cfg, dtype, w, fast, variant, args.quantize)
         if args.autotune_picks:
             from llama_fast.kernels.gemv import _gemv_fused_kernel
             from llama_fast.kernels.qkv_rope import _gemv_qkv_rope_kernel
@@ -352,11 +363,11 @@ def profile_report(say, k, prof, path):
         say(f"{k}: warm-up profile by {order}:\n{buf.getvalue()[-9000:]}")
 
 
-def memory_report(say, k, cfg, dtype, w, fast, variant):
+def memory_report(say, k, cfg, dtype, w, fast, variant, quantize=None):
     """Where the peak over the weights + KV-cache floor comes from: resident memory after warm-up, the peaks
     of a prefill-only and of a whole run, and (from an allocator trace of a fresh warm-up + run) the blocks
     alive at the peak, grouped by the llama_fast / torch line that allocated them."""
-    floor = memory_budget_bytes(cfg, dtype, w, 0)
+    floor = memory_budget_bytes(cfg, dtype, w, 0, quantize)
     extra = torch.cuda.memory_allocated() - sum(
         t.numel() * t.element_size() for t in list(fast.model.parameters()) + list(fast.model.buffers()))
     say(f"{k}: memory MB floor {floor / 1e6:.0f}; allocated beyond our params and buffers (KV cache included; counts any transformers "

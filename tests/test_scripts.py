@@ -190,12 +190,14 @@ def test_perf_lab_arguments(tool, capsys):
     args = perf_lab.parse_args(["--device", "cpu", "--variants", "kv,fused@64", "--config-trials", "fused-eager"])
     assert list(args.variants) == ["kv", "fused@64"] and args.variants["fused@64"].prefill_chunk == 64
     assert args.config_trials.key == "fused-eager" and args.trial_set == 1
+    assert perf_lab.parse_args(["--device", "cpu", "--quantize", "int4"]).quantize == "int4:g128"
     for bad, message in [(["--variants", "kv,nope"], "unknown variant 'nope'"),
                          (["--memory"], "--memory reads the CUDA allocator"),
                          (["--config-trials", "hf"], "transformers baseline"),
                          (["--dtype", "fp8"], "fp8"), (["--new", "0"], "at least 1"),
                          (["--trial-set", "3"], "invalid choice"),
-                         (["--variants", "fused-gemv-early,int8"], "quantized weights are another model")]:
+                         (["--variants", "fused-gemv-early,int8"], "give --quantize SCHEME"),
+                         (["--quantize", "int3"], "--quantize:")]:
         with pytest.raises(SystemExit) as exc:
             perf_lab.parse_args(["--device", "cpu", *bad])
         err = capsys.readouterr().err
@@ -225,6 +227,20 @@ def test_perf_lab_measures_a_tiny_workload_on_the_cpu(tmp_path):
     assert len({row[5].strip() for row in table}) == 1 and all(float(row[1]) > 0 for row in table)
     assert r.stdout.count("tf-check ok") == 2 and r.stdout.count("ms/step") == 2 + (5 if trials else 0)
     assert log.read_text() == r.stdout
+
+
+def test_perf_lab_runs_quantized_weights_on_the_cpu():
+    """--quantize loads the one model quantized: its roofline counts the quantized bytes (higher than fp32's)."""
+    common = ["--device", "cpu", "--model", "random:tiny", "--dtype", "fp32", "--prompt", "12", "--new", "4",
+              "--cache", "32", "--runs", "1", "--variants", "kv"]
+    roofs = {}
+    for q in ([], ["--quantize", "int8"]):
+        r = run_tool("perf_lab", *common, *q)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        line = next(x for x in r.stdout.splitlines() if x.startswith("# roofline"))
+        roofs[bool(q)] = float(line.split()[2])
+        assert ("(int8 weights)" in line) == bool(q)
+    assert roofs[True] > roofs[False]
 
 
 # ------------------------------------------------------------------------------------------- profile_decode
