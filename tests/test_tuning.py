@@ -148,6 +148,19 @@ print(json.dumps([configs.pinned_config(*s) for s in {SHAPES[:3]!r}]))
     assert json.loads(r.stdout) == list(chosen.values())
 
 
+def test_config_cache_keeps_what_another_process_wrote_meanwhile(gpu):
+    from llama_fast.kernels import configs, tuning
+
+    gpu(A10G)
+    configs.pinned_config("gemv", 12288, 4096)
+    other = tuning.ConfigCache(A10G)  # another process, started before this one's choice
+    other.configs.clear()
+    other.put("swiglu", 11008, 4096, {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2})
+    configs.pinned_config("residual", 4096, 4096)
+    assert set(json.loads(tuning.cache_path(A10G).read_text())["configs"]) == {
+        "gemv|12288|4096", "swiglu|11008|4096", "residual|4096|4096"}
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"schema": 0, "gpu": "x", "configs": {}}',
                                      '{"schema": 1, "gpu": "NVIDIA A10G|sm86|80", "configs": {"gemv|1|1": 3}}'])
 def test_config_cache_corrupt_file_is_ignored_with_one_warning_and_rewritten(gpu, content):

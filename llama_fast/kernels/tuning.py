@@ -62,7 +62,7 @@ class ConfigCache:
         self.gpu, self.path = gpu, cache_path(gpu)
         self.configs = self._read()
 
-    def _read(self) -> dict[str, dict]:
+    def _read(self, quiet: bool = False) -> dict[str, dict]:
         if not self.path.exists():
             return {}
         try:
@@ -74,6 +74,8 @@ class ConfigCache:
                 raise ValueError("a config is not a dict of ints")
             return dict(found)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            if quiet:
+                return {}
             warnings.warn(f"llama_fast: ignoring the kernel config cache {self.path} ({e}); it will be rewritten",
                           TuningWarning, stacklevel=2)
             return {}
@@ -82,8 +84,10 @@ class ConfigCache:
         return self.configs.get(entry_key(form, n, K))
 
     def put(self, form: str, n: int, K: int, config: dict):
-        """Keep a choice and write the file (whole, replacing the old one: a reader never sees half of it)."""
+        """Keep a choice and write the file (whole, replacing the old one: a reader never sees half of it), with
+        the choices other processes wrote meanwhile (benchmark shards on several GPUs of one kind share it)."""
         self.configs[entry_key(form, n, K)] = dict(config)
+        self.configs = {**self._read(quiet=True), **self.configs}
         data = {"schema": SCHEMA, "gpu": self.gpu, "triton": triton.__version__, "configs": self.configs}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
