@@ -583,6 +583,33 @@ def test_memory_allowance_is_stated_not_per_case():
     assert fast < 1e9  # the seed workload: well under a GB on top of weights + KV cache
 
 
+
+# The users' runner is an A10G (24 GB): every default case's budget must leave it 2 GB. Known not to: batch 16 at
+# a 1200-slot cache, 25.0 GB (13.5 GB of weights + 10.1 GB of KV cache + 1.5 GB of prefill activations and
+# allowance); its weights and cache alone (23.5 GB) exceed 22 GB. Strict: the mark must go when the case fits.
+A10G_LIMIT_BYTES = 22e9
+OVER_A10G = {"fused-gemv-early-b16-p1000-n200-fp16": "25.0 GB budget: weights 13.5 + KV cache 10.1 + 1.5 GB"}
+
+
+def _default_gpu_cases():
+    return [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=OVER_A10G[c.id])]
+                         if c.id in OVER_A10G else []) for c in bs.build_cases("cuda", ["fp16"])]
+
+
+@pytest.mark.parametrize("case", _default_gpu_cases())
+def test_default_case_memory_budget_fits_a_24gb_card(case):
+    """The default benchmark suite on a GPU (fp16, llama-7b shape): each case's memory budget (weights + KV
+    cache + allowance, as benchmarks/test_generate.py gates it) is below 22 GB, computed from the shape alone."""
+    import torch
+
+    from llama_fast import harness
+    from llama_fast.config import NAMED_SHAPES
+
+    cfg, dtype, w = NAMED_SHAPES["llama-7b"], torch.float16, case.workload
+    quantize = None if case.v.is_transformers else case.quantize
+    budget = harness.memory_budget_bytes(cfg, dtype, w, bs.allowance_bytes(case.v, cfg, dtype, w), quantize=quantize)
+    assert budget < A10G_LIMIT_BYTES, f"{case.id}: {budget / 1e9:.2f} GB budget"
+
 def write_run(path: Path, medians: dict, gpu="NVIDIA H100 80GB HBM3", commit="abc") -> Path:
     path.write_text(json.dumps({
         "machine_info": {"llama_fast": {"gpu_name": gpu, "commit": commit}},

@@ -1,20 +1,24 @@
-"""Launch configurations of the decode kernels: the autotune search space, the pinned config of each kernel
-form for eager launches, and the override hook that scripts/perf_lab.py --config-trials uses.
+"""Launch configurations of the decode kernels: the autotune search space, the table of measured configs per
+GPU, and the override hook that scripts/perf_lab.py --config-trials uses.
 
 Forms (the names pinned_config and CONFIG_OVERRIDE take): gemv, rmsnorm, residual, swiglu (the fused GEMV's
 forms, n = output rows, K = input width), qkv_rope (n = wqkv rows), attention (n = cache slots, K = head dim;
 a config of CHUNK slots per program and num_warps). The GEMV forms of quantized weights carry the format:
 rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py).
 
-Eager launches (the fastest path's decode block runs uncompiled inside the step's CUDA graph) take one pinned
-config per form instead of Triton's autotuner: the autotuner compiles its 12 configs per shape one after
-another on the first call (about 30 s of a 62 s cold warm-up), and its picks moved between processes. The
-pinned configs are its picks at the Llama-7B decode shapes in a warm H200 process, then the config trials of
-docs/PERF.md. Inside torch.compile, Inductor compiles the configs in parallel and keeps the search;
-LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
+Eager launches (the fastest path's decode block runs uncompiled inside the step's CUDA graph) take one config
+per form instead of Triton's autotuner: the autotuner compiles its 12 configs per shape one after another on
+the first call (about 30 s of a 62 s cold warm-up), and its picks moved between processes. Which config:
+CONFIG_TABLE, keyed by the GPU (gpu_key: name, compute capability, SM count), holds the configs measured on
+that GPU; the H200's are the autotuner's picks at the Llama-7B decode shapes in a warm H200 process, then the
+config trials of docs/PERF.md. On a GPU the table does not hold (or with LLAMA_FAST_CONFIG_TABLE=0), the first
+eager launch of each (form, n, K) times a few candidates and caches the fastest on disk (kernels/tuning.py).
+Off a GPU (Triton's interpreter) the H200's configs apply. Inside torch.compile, Inductor compiles the
+configs in parallel and keeps the search; LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -70,16 +74,64 @@ ATTN_CHUNK = 64
 ATTN_COMPILED_WARPS = 2
 ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 
-_PINNED = {"qkv_rope": QKV_ROPE_CONFIG, "attention": ATTN_EAGER_CONFIG}
 
-# (form, n, K) -> a config dict, or None for the pinned one (scripts/perf_lab.py --config-trials sets it)
+def h200_config(form: str, n: int, K: int) -> dict:
+    """The configs measured on the H200 (the table's first entry; also the fallback of an unmeasured GPU inside
+    a CUDA-graph capture, and the configs off a GPU): the pins above."""
+    if form == "qkv_rope":
+        return QKV_ROPE_CONFIG
+    if form == "attention":
+        return ATTN_EAGER_CONFIG
+    return gemv_config(form, n)
+
+
+H200 = "NVIDIA H200|sm90|132"
+# gpu_key -> (form, n, K) -> config: the GPUs whose configs were measured. Another GPU's entry can be built
+# from its tuning cache file (kernels/tuning.py: "configs" maps "form|n|K" to the chosen config).
+CONFIG_TABLE: dict[str, Callable[[str, int, int], dict]] = {H200: h200_config}
+
+# (form, n, K) -> a config dict, or None for the table's (scripts/perf_lab.py --config-trials sets it)
 CONFIG_OVERRIDE: Callable[[str, int, int], dict | None] | None = None
 
 
+def gpu_key(name: str, capability: tuple[int, int], sm_count: int) -> str:
+    """The table's and the tuning cache's key of a GPU: 'NVIDIA H200|sm90|132'."""
+    return f"{name}|sm{capability[0]}{capability[1]}|{sm_count}"
+
+
+@functools.lru_cache(maxsize=None)
+def _device_key(index: int) -> str:
+    props = torch.cuda.get_device_properties(index)
+    return gpu_key(props.name, (props.major, props.minor), props.multi_processor_count)
+
+
+def current_gpu_key() -> str | None:
+    """The current CUDA device's gpu_key, or None off a GPU and under Triton's CPU interpreter."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1" or not torch.cuda.is_available():
+        return None
+    return _device_key(torch.cuda.current_device())
+
+
+def table_enabled() -> bool:
+    """LLAMA_FAST_CONFIG_TABLE=0 hides CONFIG_TABLE: every GPU takes the unmeasured GPU's path (autotune and
+    cache), so a measured GPU can show what an unmeasured one gets."""
+    return os.environ.get("LLAMA_FAST_CONFIG_TABLE", "1") != "0"
+
+
 def pinned_config(form: str, n: int, K: int) -> dict | None:
-    """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the pinned one), or None where the
-    kernel's own search applies: inside torch.compile, or with LLAMA_FAST_GEMV_AUTOTUNE=1."""
+    """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the table's for this GPU, else the
+    tuned one), or None where the kernel's own search applies: inside torch.compile, or with
+    LLAMA_FAST_GEMV_AUTOTUNE=1."""
     if torch.compiler.is_compiling() or os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") == "1":
         return None
     override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
-    return override or _PINNED.get(form) or gemv_config(form, n)
+    if override:
+        return override
+    key = current_gpu_key()
+    if key is None:
+        return h200_config(form, n, K)
+    if table_enabled() and key in CONFIG_TABLE:
+        return CONFIG_TABLE[key](form, n, K)
+    from . import tuning  # the unmeasured GPU's path only
+
+    return tuning.tuned_config(key, form, n, K)

@@ -13,6 +13,10 @@ trigger early on the fastest path, so the next kernel's first loads run under th
 and the head trigger late. A kernel whose trigger came right after its wait put the next kernel's programs on
 the SMs for the whole of its run: every kernel early lost 2 %, the attention early alone cost 6 %
 (docs/PERF.md, tried and rejected).
+
+PDL needs compute capability 9.0 or newer (Hopper on): on an Ampere card (an A10G is 8.6) every kernel launches
+without it, and the same kernels, the same configs and the same CUDA graphs run. LLAMA_FAST_PDL=0 turns it off
+everywhere, so a Hopper GPU can measure what the fastest path gets on a card without it.
 """
 from __future__ import annotations
 
@@ -29,14 +33,29 @@ except ImportError:  # pragma: no cover - older Triton: the USE_PDL branches are
 PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE = 0, 1, 2
 
 
+def device_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
+def gpu_has_pdl(capability: tuple[int, int]) -> bool:
+    """Programmatic dependent launch exists from compute capability 9.0 on."""
+    return capability[0] >= 9
+
+
+def pdl_enabled() -> bool:
+    """LLAMA_FAST_PDL=0 launches every kernel without PDL (what a GPU without it runs)."""
+    return os.environ.get("LLAMA_FAST_PDL", "1") != "0"
+
+
 def use_pdl(x: torch.Tensor, pdl: int) -> int:
     """The PDL mode to launch with: pdl where it applies (a CUDA device of compute capability >= 9, a Triton
-    with grid dependency control, not Triton's CPU interpreter, which has no gdc ops), else PDL_OFF."""
+    with grid dependency control, not Triton's CPU interpreter, which has no gdc ops, not LLAMA_FAST_PDL=0),
+    else PDL_OFF."""
     # not inside torch.compile: its launches carry no PDL attribute, and Inductor cannot analyse the gdc inline
     # asm (it then treats every argument as mutated). This check sees Dynamo's tracing only, not a triton_op's
     # body traced by AOTAutograd: compiled callers pass PDL_OFF themselves (model.pdl_mode)
     ok = (x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
-          and not torch.compiler.is_compiling() and torch.cuda.get_device_capability(x.device)[0] >= 9)
+          and not torch.compiler.is_compiling() and pdl_enabled() and gpu_has_pdl(device_capability(x.device)))
     return int(pdl) if ok else PDL_OFF
 
 
