@@ -12,7 +12,8 @@ may use programmatic dependent launch.
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
-  configs.py    launch configs: autotune search space, pinned configs, CONFIG_OVERRIDE
+  configs.py    launch configs per GPU (CONFIG_TABLE), autotune search space, CONFIG_OVERRIDE
+  tuning.py     configs for GPUs the table does not hold: a short autotune, cached on disk
 """
 from .attention import decode_attention, decode_attention_one_launch
 from .gemv import (GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, row_ss_partials,
