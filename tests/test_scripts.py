@@ -19,6 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench", "pick_bench"]
+OFFLINE_TOOLS = ["sass_probe"]  # need no GPU at all: they compile for one
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the CPU torch build has none): "
                                                          "the kernels' launch configs live beside the kernels")
@@ -42,13 +43,13 @@ def tool(monkeypatch):
 # ------------------------------------------------------------------------------------------- every tool
 def test_scripts_holds_the_maintained_tools_each_listed_in_its_readme():
     names = {p.name for p in SCRIPTS.iterdir() if not p.name.startswith(".") and p.name != "__pycache__"}
-    assert names == {"README.md", "install.sh", "bench_util.py"} | {f"{t}.py" for t in TOOLS}
+    assert names == {"README.md", "install.sh", "bench_util.py"} | {f"{t}.py" for t in TOOLS + OFFLINE_TOOLS}
     readme = (SCRIPTS / "README.md").read_text()
     for name in names - {"README.md"}:
         assert len(re.findall(rf"^\| `{re.escape(name)}` \|", readme, flags=re.M)) == 1, name
 
 
-@pytest.mark.parametrize("name", TOOLS)
+@pytest.mark.parametrize("name", TOOLS + OFFLINE_TOOLS)
 def test_help_runs(name):
     r = run_tool(name, "--help", timeout=120)
     assert r.returncode == 0, r.stderr
@@ -59,7 +60,7 @@ def test_tools_import_without_cuda_or_triton():
     """Importing a tool loads neither Triton nor llama_fast.kernels (they are imported where the kernels run),
     so --help and the argument checks work on a CPU box without Triton."""
     code = ("import sys\nsys.path.insert(0, sys.argv[1])\n"
-            + "".join(f"import {t}\n" for t in TOOLS + ["bench_util"])
+            + "".join(f"import {t}\n" for t in TOOLS + OFFLINE_TOOLS + ["bench_util"])
             + "print(sorted(m for m in ('triton', 'llama_fast.kernels') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code, str(SCRIPTS)], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
@@ -408,3 +409,42 @@ def test_pick_bench_times_greedy_and_sampled_on_the_cpu():
 def test_pick_bench_refuses_bad_arguments(bad, message):
     r = run_tool("pick_bench", "--device", "cpu", *bad, timeout=120)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+# ------------------------------------------------------------------------------------------- sass_probe
+def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
+    probe = tool("sass_probe")
+    assert [probe.programs_per_sm(r, 4) for r in (168, 169, 211, 128)] == [3, 2, 2, 4]
+    assert probe.programs_per_sm(168, 2) == 6
+    sass = ("\tcode for sm_90a\n        /*0000*/                   LDC R1, c[0x0][0x28] ;   /* 0x00000a00ff017b82 */\n"
+            "                                                     /* 0x000e300000000800 */\n"
+            "        /*0010*/              @!P0 LDG.E.U8 R6, desc[UR6][R2.64] ;   /* 0x0000000602068981 */\n")
+    assert probe.count_instructions(sass) == 2
+
+
+def test_sass_probe_refuses_bad_arguments():
+    r = run_tool("sass_probe", "--ptxas", "/nonexistent/ptxas", timeout=120)
+    assert r.returncode == 2 and "sass_probe.py: error: --ptxas /nonexistent/ptxas" in r.stderr, r.stderr
+
+
+def _bundled_ptxas() -> bool:
+    if not HAS_TRITON:
+        return False
+    bindir = Path(importlib.util.find_spec("triton").origin).parent / "backends" / "nvidia" / "bin"
+    return (bindir / "cuobjdump").exists() and any((bindir / name).exists() for name in ("ptxas", "ptxas-blackwell"))
+
+
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
+def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
+    """The fastest path's attention launch, compiled for sm_90 without a GPU: the register cap holds (3 programs
+    of 4 warps per SM, docs/PERF.md), so the seed's 320 programs fit one wave on 132 SMs."""
+    from llama_fast.kernels.configs import ATTN_PDL_MAXNREG
+
+    r = run_tool("sass_probe", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = r.stdout.strip()
+    m = re.search(r"\| (\d+) registers, (\d+) B stack \| (\d+) instructions \| (\d+) programs/SM", line)
+    assert m and line.startswith("_decode_attn_one_launch_kernel sm_90 | Triton "), line
+    registers, _, instructions, per_sm = map(int, m.groups())
+    assert f"CHUNK 128, 4 warps, PDL 2, maxnreg {ATTN_PDL_MAXNREG}" in line and "grid 32x10" in line
+    assert registers <= ATTN_PDL_MAXNREG and per_sm == 3 and instructions > 1000, line

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, pinned_config
+from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, pinned_config
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -128,6 +128,12 @@ def _attn_pdl(q: torch.Tensor, pdl: int) -> int:
     return use_pdl(q, pdl)
 
 
+def _chunk_launch_kwargs(pdl: int) -> dict:
+    """The launch options of a chunk kernel for pdl (a use_pdl result): with PDL, launch_pdl and the register cap
+    (configs.ATTN_PDL_MAXNREG: 3 programs per SM instead of 2)."""
+    return {**launch_kwargs(pdl), "maxnreg": ATTN_PDL_MAXNREG} if pdl else {}
+
+
 def _attn_buffers(q, S, chunk):
     B, H, _, D = q.shape
     nsplit = triton.cdiv(S, chunk)
@@ -151,7 +157,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
         q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
-        num_warps=warps, **launch_kwargs(pdl))
+        num_warps=warps, **_chunk_launch_kwargs(pdl))
     wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
                                                          SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                          **launch_kwargs(pdl))
@@ -162,14 +168,20 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                                 scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
     """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
+    grid, args, kwargs, o = one_launch_call(q, k, v, mask, scale, counters, _attn_pdl(q, pdl))
+    wrap_triton(_decode_attn_one_launch_kernel)[grid](*args, **kwargs)
+    return o
+
+
+def one_launch_call(q, k, v, mask, scale: float, counters, pdl: int) -> tuple[tuple, tuple, dict, torch.Tensor]:
+    """(grid, arguments, keywords, output) of decode_attention_one_launch's kernel launch, pdl already decided (a
+    use_pdl result). Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    pdl = _attn_pdl(q, pdl)
     chunk, warps = _attn_config(S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
-    wrap_triton(_decode_attn_one_launch_kernel)[(B * H, nsplit)](
-        q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
-        k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk,
-        SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
-        **launch_kwargs(pdl))
-    return o
+    args = (q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), k.stride(2), mask.stride(0), nsplit)
+    kwargs = dict(D=D, CHUNK=chunk, SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
+                  num_warps=warps, **_chunk_launch_kwargs(pdl))
+    return (B * H, nsplit), args, kwargs, o
