@@ -13,7 +13,7 @@ import torch
 from .compile import COMPILE_MODES, make_steps
 from .config import LlamaConfig
 from .model import ForwardOptions, Transformer
-from .sampling import Sampling, SamplerState, sample
+from .sampling import Sampling, SamplerState, kernels_apply, sample
 
 
 class GenerationError(ValueError):
@@ -43,17 +43,30 @@ def last_token_pick(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Ten
     return next_token(logits[:, -1].float(), done, eos_ids, pad_id, suppress_eos, sampler, position)
 
 
+def sampled_pick(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
+                 suppress_eos: bool, sampler: SamplerState, input_pos: torch.Tensor):
+    """last_token_pick with sampler, seeded at the new token's slot input_pos + 1. Where the sampling kernels run
+    it is one op (llama_fast.kernels.sampling.sample_next) reading the logits in the model dtype: the cast, the
+    position add, the EOS suppression and next_token's where / isin / or would each be a launch of their own."""
+    if kernels_apply(logits):
+        from .kernels.sampling import sample_next
+
+        return sample_next(logits[:, -1], done, eos_ids, pad_id, sampler.floats, sampler.ints, input_pos,
+                           sampler.use_top_k, sampler.use_top_p, suppress_eos)
+    return last_token_pick(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos + 1)
+
+
 def decode_step(model: Transformer, tok: torch.Tensor, input_pos: torch.Tensor, done: torch.Tensor,
                 eos_ids: torch.Tensor, pad_id: torch.Tensor, start: int, suppress_eos: bool,
                 sampler: SamplerState | None = None):
     """One token per row: tok (B,) at slot input_pos (1,) -> (next tok (B,), done (B,)). The pick is
     last_token_pick, or its compiled copy where Transformer.step_glue gives one; a sampled token is drawn by
-    eager ops, seeded at its own slot, input_pos + 1."""
+    sampled_pick, seeded at its own slot, input_pos + 1."""
     logits = model(tok[:, None], input_pos, start)  # (B, 1, V)
     if sampler is not None:
-        # eager ops (captured in the step's CUDA graph like the rest): Inductor fuses the top-p cumsum and the
-        # final argmax over the vocabulary into one split scan kernel, which it cannot generate on CUDA
-        return last_token_pick(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos + 1)
+        # not compiled (captured in the step's CUDA graph like the rest): Inductor fuses the torch path's top-p
+        # cumsum and final argmax into one split scan kernel, which it cannot generate on CUDA
+        return sampled_pick(logits, done, eos_ids, pad_id, suppress_eos, sampler, input_pos)
     _, pick = model.step_glue(tok.shape[0])
     return (pick or last_token_pick)(logits, done, eos_ids, pad_id, suppress_eos)
 

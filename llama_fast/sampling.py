@@ -1,8 +1,9 @@
 """Sampling on the device: temperature, top-k and top-p with transformers' meanings and order, seeded.
 
 The pick runs inside the decode step's CUDA graph with no host sync and no generator state. On CUDA it is
-llama_fast.kernels.sampling (no sort: thresholds by radix select, then a Gumbel-max over the kept tokens, in a
-fixed number of launches); elsewhere it is the torch ops of sample() (a stable sort, softmax and cumsum). The
+llama_fast.kernels.sampling (no sort: thresholds by radix select, 8 bits a launch, then a Gumbel-max over the
+kept tokens; in a decode step the same launches also apply the EOS / pad bookkeeping, see
+generate.sampled_pick); elsewhere it is the torch ops of sample() (a stable sort, softmax and cumsum). The
 random numbers are a counter-based hash of (seed, cache position, row, token id) in integer ops, so:
   - a graph replay needs no RNG offset bookkeeping: the position tensor the step already carries is the counter;
   - the noise is bit-identical on every device and in every compile mode (integer ops only), so the same seed,
@@ -133,6 +134,11 @@ def sample(logits: torch.Tensor, state: SamplerState, position: torch.Tensor) ->
     order, scaled, keep = _sorted_keep(logits, state)
     scores = torch.where(keep, scaled + gumbel.gather(-1, order), float("-inf"))
     return order.gather(-1, scores.argmax(-1, keepdim=True))[:, 0]
+
+
+def kernels_apply(logits: torch.Tensor) -> bool:
+    """Whether sampling from logits runs as llama_fast.kernels.sampling (see _use_kernels)."""
+    return _use_kernels(logits)
 
 
 def _use_kernels(logits: torch.Tensor) -> bool:

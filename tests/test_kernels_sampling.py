@@ -1,7 +1,9 @@
 """The sampled pick's Triton kernels (llama_fast/kernels/sampling.py) against the torch path of
 llama_fast.sampling.sample, in Triton's interpreter on the CPU: the noise bit for bit, and for many seeds,
 positions and settings the same keep mask (kept_tokens) and the same token, over fp32 / fp16 / bf16 logits (fp16
-and bf16 logits tie often: the top-k and top-p boundaries fall inside runs of equal logits).
+and bf16 logits tie often: the top-k and top-p boundaries fall inside runs of equal logits); the decode step's
+fused pick (pick_next: position offset, EOS suppression, pad and done flags) against generate's torch path; and
+the number of launches each filter combination takes (every launch goes through the module's _launch).
 
 Each check runs in a subprocess: TRITON_INTERPRET must be set before Triton is imported."""
 from __future__ import annotations
@@ -26,6 +28,26 @@ CPU = torch.device("cpu")
 SETTINGS = [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.9), dict(temperature=1.3, top_k=50),
             dict(temperature=0.8, top_k=20, top_p=0.8), dict(top_k=1, temperature=5.0)]
 failures = []
+# launches per (top-k, top-p): 4 radix rounds (8 bits each) per filter, then the draw (temperature only: the
+# draw alone, after a memset)
+LAUNCHES = {(False, False): 1, (True, False): 5, (False, True): 5, (True, True): 9}
+launched = []
+_real_launch = K._launch
+
+
+def _counting_launch(kernel, grid, *args, **meta):
+    launched.append(kernel)
+    _real_launch(kernel, grid, *args, **meta)
+
+
+K._launch = _counting_launch
+
+
+def check_launches(st, what):
+    want = LAUNCHES[(st.use_top_k, st.use_top_p)]
+    if len(launched) != want:
+        failures.append(f"{what}: {len(launched)} launches, expected {want}")
+    launched.clear()
 
 
 def check(x, setting, seed, position, chunk, what):
@@ -34,7 +56,9 @@ def check(x, setting, seed, position, chunk, what):
     st = S.Sampling(seed=seed, **setting).state(CPU, V)
     pos = torch.tensor([position])
     keep = torch.zeros(B, V, dtype=torch.int8)
+    launched.clear()
     tok = K.pick(x, st.floats, st.ints, pos, st.use_top_k, st.use_top_p, chunk=chunk, keep_out=keep)
+    check_launches(st, f"{what} {setting}")
     ref = S.sample(x.float(), st, pos)
     ref_keep = S.kept_tokens(x.float(), st) if (st.use_top_k or st.use_top_p) else torch.ones(B, V, dtype=torch.bool)
     if not torch.equal(keep.bool(), ref_keep):
@@ -105,6 +129,40 @@ if not torch.equal(S.sample(x, st, torch.tensor([9])), ref):
 finish()
 """
 
+NEXT = PRELUDE + r"""
+from llama_fast import generate as G
+
+g = torch.Generator().manual_seed(2)
+pad = torch.tensor(3)
+done = torch.tensor([False, True, False, False])
+for dtype in (torch.float16, torch.bfloat16):
+    for setting in (dict(temperature=0.8, top_p=0.95), dict(top_k=5), dict(temperature=1.3), dict(top_k=1),
+                    dict(temperature=0.9, top_k=20, top_p=0.8)):
+        for suppress in (False, True):
+            # logits (B, 1, V) in the model dtype, as the decode step has them; row 0's EOS id is its argmax, so
+            # top_k=1 draws EOS there unless it is suppressed
+            logits = (3 * torch.randn(4, 1, 900, generator=g)).to(dtype)
+            eos = torch.tensor([int(logits[0, 0].float().argmax()), 7])
+            st = S.Sampling(seed=5, **setting).state(CPU, 900)
+            pos = torch.tensor([40])
+            what = f"{dtype} {setting} suppress {suppress}"
+            ref = G.last_token_pick(logits, done, eos, pad, suppress, st, pos + 1)  # the torch path
+            launched.clear()
+            got = K.pick_next(logits[:, -1], done, eos, pad, st.floats, st.ints, pos, st.use_top_k, st.use_top_p,
+                              suppress, chunk=256)
+            check_launches(st, what)
+            S._use_kernels = lambda t: True  # generate's sampled branch takes the kernel op (one block a row)
+            fused = G.sampled_pick(logits, done, eos, pad, suppress, st, pos)
+            S._use_kernels = lambda t: False
+            check_launches(st, what + " (sampled_pick)")
+            for name, out in (("pick_next", got), ("sampled_pick", fused)):
+                if not (torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])):
+                    failures.append(f"{what} {name}: {out} != {ref}")
+            if setting == dict(top_k=1) and bool(ref[1][0]) == suppress:
+                failures.append(f"{what}: row 0's EOS draw is not what the check expects")
+finish()
+"""
+
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (the CPU torch build has none); the kernels run in "
                                          "Triton's interpreter wherever triton is installed, and for real on a GPU")
@@ -130,3 +188,8 @@ def test_pick_keeps_and_draws_what_the_torch_path_does(dtype):
 @needs_triton
 def test_ties_suppressed_tokens_and_the_dispatch():
     _run(TIES)
+
+
+@needs_triton
+def test_decode_pick_with_eos_and_pad_matches_the_torch_step():
+    _run(NEXT)
