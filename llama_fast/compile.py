@@ -90,8 +90,10 @@ class _StepGraphs:
         self._pool = pool
         self.pool_bytes = 0
 
-    def _replay(self, key, tensors: tuple, run: Callable):
-        """run(*tensors) through the graph of key (tensors: the step's tensor inputs, in run's order)."""
+    def _replay(self, key, tensors: tuple, run: Callable, sticky: int = 0):
+        """run(*tensors) through the graph of key (tensors: the step's tensor inputs, in run's order). The last
+        `sticky` inputs stay the same over many calls (a generate call's sampling parameters): each is copied
+        into the graph only when another tensor, or the same one written in place, comes back."""
         entry = self._graphs.get(key)
         if entry is None:
             if key not in self._seen:  # first call: compile + warm up outside any capture
@@ -111,10 +113,9 @@ class _StepGraphs:
                 reserved = torch.cuda.memory_reserved()
                 static_out = run(*static_in)
             self.pool_bytes += torch.cuda.memory_reserved() - reserved
-            entry = self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = entry
-        for dst, src in zip(static_in, tensors):
-            dst.copy_(src)
+            entry = self._graphs[key] = (graph, static_in, static_out, [None] * sticky)
+        graph, static_in, static_out, copied = entry
+        copy_inputs(static_in, tensors, copied)
         graph.replay()
         return static_out
 
@@ -122,6 +123,19 @@ class _StepGraphs:
         self._graphs.clear()
         self._seen.clear()
         self.pool_bytes = 0
+
+
+def copy_inputs(static_in: list, tensors: tuple, copied: list):
+    """Copy a step's inputs into a graph's static buffers; the last len(copied) are sticky: copied only when
+    another tensor, or the same one written in place since, comes back (copied[i] records what was copied)."""
+    n = len(tensors) - len(copied)
+    for dst, src in zip(static_in[:n], tensors[:n]):
+        dst.copy_(src)
+    for i, (dst, src) in enumerate(zip(static_in[n:], tensors[n:])):
+        # the tensor itself is held (not its id, which a later tensor could reuse once this one is freed)
+        if copied[i] is None or copied[i][0] is not src or copied[i][1] != src._version:
+            dst.copy_(src)
+            copied[i] = (src, src._version)
 
 
 class GraphPool:
@@ -159,7 +173,7 @@ class GraphedDecode(_StepGraphs):
             return self._replay(key, tensors, lambda *t: self.step(model, *t, start, suppress_eos))
         return self._replay(key, tensors + (sampler.floats, sampler.ints),
                             lambda *t: self.step(model, *t[:5], start, suppress_eos,
-                                                 sampler._replace(floats=t[5], ints=t[6])))
+                                                 sampler._replace(floats=t[5], ints=t[6])), sticky=2)
 
 
 class GraphedPrefill(_StepGraphs):

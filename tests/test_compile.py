@@ -124,3 +124,25 @@ def test_configure_inductor_leaves_the_fx_graph_cache_setting_alone():
     with torch._inductor.config.patch(fx_graph_cache=False):
         configure_inductor()
         assert torch._inductor.config.fx_graph_cache is False
+
+
+def test_sticky_graph_inputs_are_copied_only_when_they_change():
+    """A graphed sampled step copies its sampling parameters only when they change: a new tensor (even one
+    with a freed tensor's id), or the same tensor written in place."""
+    from llama_fast.compile import copy_inputs
+
+    static = [torch.zeros(2), torch.zeros(2)]
+    copied = [None]
+    tok, params = torch.tensor([1.0, 2.0]), torch.tensor([0.8, 0.9])
+    copy_inputs(static, (tok, params), copied)
+    assert static[1].tolist() == params.tolist()
+    static[1].fill_(-1)  # a copy now would be visible
+    copy_inputs(static, (tok + 1, params), copied)
+    assert static[0].tolist() == [2.0, 3.0] and static[1].tolist() == [-1, -1]  # params unchanged: not copied
+    params.mul_(2)  # in place: its version moves
+    copy_inputs(static, (tok, params), copied)
+    assert static[1].tolist() == pytest.approx([1.6, 1.8])
+    del params
+    fresh = torch.tensor([0.5, 0.5])  # another tensor (the held one keeps its id from being reused): copied
+    copy_inputs(static, (tok, fresh), copied)
+    assert static[1].tolist() == [0.5, 0.5]
