@@ -193,7 +193,8 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int) -> t
                         dtype=torch.float32) if split > 1 else y)
     wrap_triton(_gemm_kernel)[(n_tiles, split)](
         x, w, y, part, res, g, rstd, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0), res.stride(0),
-        PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
+        PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_K=bk, **cfg)
     if split > 1:
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
             part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
