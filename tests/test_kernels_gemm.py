@@ -188,3 +188,37 @@ def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
 
     assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(small_m_gemm=True)), "cpu") == \
         "CUDA only, not run on cpu: Triton kernels"
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", [90, 86])
+def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
+    """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
+    pointers and strides at launch: the weight loads are cp.async in a num_stages-deep shared-memory ring, the
+    product runs on the tensor cores (wgmma / mma.sync), and the ring fits an sm_86 card's 99 KB."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llama_fast.kernels import gemm as gm
+
+    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "M", "N", "K", "K_SPLIT",
+             "stride_xm", "stride_wn", "stride_ym", "stride_rm"]
+    types = ["*fp16"] * 3 + ["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 8
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n != "M"}  # M: 3 rows, say
+    for (bm, form), cfg in [((16, "gemm"), gm.GEMM_CONFIGS[(16, "gemm")]),
+                            ((64, "swiglu"), gm.GEMM_CONFIGS[(64, "swiglu")])]:
+        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", BLOCK_M=bm,
+                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+        src = ASTSource(gm._gemm_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
+                        constexprs=const, attrs=aligned)
+        try:
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+        except RuntimeError as e:  # no ptxas for this target in this Triton install
+            pytest.skip(f"Triton cannot compile for sm_{arch} here: {str(e)[:200]}")
+        ptx = k.asm["ptx"]
+        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm) * cfg["BLOCK_K"] * 2
+        assert "cp.async" in ptx, (arch, form)
+        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form)
+        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, k.metadata.shared)
