@@ -103,6 +103,11 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              _FASTEST_OPTIONS, quantize="int8"),
     _graphed("int4", "int4 weights instead (a scale and an offset per 128 weights along K), dequantized in the "
              "decode GEMVs", _FASTEST_OPTIONS, quantize="int4:g128"),
+    # not an ablation row until a GPU comparison shows the gain: batch 1 runs the fastest path unchanged, batches
+    # 2-64 take the small-M GEMM (kernels/gemm.py) instead of cuBLAS
+    _graphed("fused-gemm", "+ batch 2-64 decode projections by a small-M tensor-core GEMM (split-K; RMSNorm "
+             "prologue, SwiGLU and residual epilogues) instead of cuBLAS",
+             replace(_FASTEST_OPTIONS, small_m_gemm=True)),
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
             "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early",
@@ -134,7 +139,7 @@ def fallback_reason(variant: Variant, device: torch.device | str) -> str | None:
     missing = []
     if variant.compile == "fullgraph":
         missing.append("CUDA graphs")
-    if opts.triton_gemv or opts.fused_decode or opts.decode_attention:
+    if opts.triton_gemv or opts.fused_decode or opts.decode_attention or opts.small_m_gemm:
         missing.append("Triton kernels")
     if opts.pdl:
         missing.append("PDL")

@@ -48,6 +48,9 @@ class ForwardOptions:
     #                         its hidden dimension: half the gate/up/SwiGLU activations alive at once
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
     #                               CUDA graph (no host launch work per block)
+    small_m_gemm: bool = False  # calls of 2..64 rows (decode at batch 2-64) through llama_fast.kernels.gemm on CUDA:
+    #                            every dense projection in model.linear, and a block's wqkv / w13 with the RMSNorm
+    #                            prologue, w13 with the SwiGLU epilogue, wo and w2 with the residual add
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -108,7 +111,26 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
             w, quant = kernel_weight(layer)
             y = gemv(x.reshape(rows, x.shape[-1]), w, **quant).view(*x.shape[:-1], -1)
             return y if layer.bias is None else y + layer.bias
+    if small_m_gemm_applies(x, opts) and not is_quantized(layer):
+        from .kernels import small_m_gemm
+
+        y = small_m_gemm(x.reshape(rows, x.shape[-1]), layer.weight).view(*x.shape[:-1], -1)
+        return y if layer.bias is None else y + layer.bias
     return layer(x)
+
+
+def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions) -> bool:
+    """Whether ForwardOptions.small_m_gemm sends x's product to the small-M GEMM: on CUDA, 2..64 rows."""
+    if not (opts.small_m_gemm and triton_kernels_apply(x)):
+        return False
+    from .kernels import GEMM_MAX_ROWS, GEMM_MIN_ROWS
+
+    return GEMM_MIN_ROWS <= x.numel() // x.shape[-1] <= GEMM_MAX_ROWS
+
+
+def rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The per-row 1 / RMS of x (..., K) -> (rows,) fp32, as RMSNorm computes it (the GEMM's RMSNorm prologue)."""
+    return torch.rsqrt(x.float().pow(2).mean(-1) + eps).reshape(-1)
 
 
 class RMSNorm(nn.Module):
@@ -241,8 +263,36 @@ class Block(nn.Module):
         self.tp_zeros: torch.Tensor | None = None  # (1, dim): the fused residual GEMVs' residual on ranks > 0
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        if self._small_m_fusable(x, opts):
+            return self._small_m_forward(x, rope, mask, input_pos, start, opts)
         h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts))
         return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts))
+
+    def _small_m_fusable(self, x: torch.Tensor, opts: ForwardOptions) -> bool:
+        """Whether the block runs as _small_m_forward: the small-M GEMM applies, one copy of dense weights without
+        biases (no tensor parallelism: wo / w2 would need the all-reduce before the residual add), fused q/k/v and
+        gate/up."""
+        a, f = self.attention, self.feed_forward
+        layers = (a.wqkv, a.wo, f.w13, f.w2)
+        return (small_m_gemm_applies(x, opts) and self.tp_group is None and opts.fused_qkv and opts.fused_gate_up
+                and all(not is_quantized(m) and m.bias is None for m in layers))
+
+    def _small_m_forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
+        """The block over x (B, T, dim) of 2..64 rows by the small-M GEMM: RMSNorm in the wqkv and w13 prologues,
+        SwiGLU in the w13 epilogue, the residual adds in the wo and w2 epilogues; RoPE, the cache write and the
+        attention as in Attention.attend."""
+        from .kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
+
+        a, f, c = self.attention, self.feed_forward, self.attention.cfg
+        B, T, dim = x.shape
+        x2 = x.reshape(B * T, dim)
+        an, fn = self.attention_norm, self.ffn_norm
+        qkv = small_m_gemm(x2, a.wqkv.weight, rms_rstd(x2, an.eps), an.weight)
+        q, k, v = qkv.view(B, T, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (B, T, q_size)
+        h = small_m_gemm_residual(y.reshape(B * T, -1), a.wo.weight, x2)
+        act = small_m_gemm_swiglu(h, f.w13.weight, rms_rstd(h, fn.eps), fn.weight)
+        return small_m_gemm_residual(act, f.w2.weight, h).view(B, T, dim)
 
     def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
         """A shard's wo / w2 output summed over the tensor-parallel ranks; as is without tensor parallelism."""

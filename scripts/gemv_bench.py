@@ -7,10 +7,14 @@ over 4 copies so L2 never holds them (as in a real step).
   python scripts/gemv_bench.py --forms linear,triton-gemv
   python scripts/gemv_bench.py --device cpu --shape tiny --forms linear,triton-gemv --reps 1 --calls 1
     (Triton's interpreter on the CPU: checks that the launches build and match, times nothing useful)
+  python scripts/gemv_bench.py --gemm 2,4,8,16,32,64 [--gemm-sweep]
+    (batch 2-64: F.linear against the small-M GEMM, plain and in the form the fused-gemm step runs it; with
+    --gemm-sweep also that form over GEMM_GRID, the best configs and the pinned one)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from typing import Callable
 
@@ -21,6 +25,10 @@ from bench_util import decode_gemv_shapes, kernel_device, rotating, time_per_cal
 from llama_fast.config import NAMED_SHAPES
 
 FORMS = ("linear", "inductor-linear", "inductor-reduce", "triton-gemv")
+# the small-M GEMM's form in the fused-gemm step (model.Block._small_m_forward; the head through model.linear)
+GEMM_STEP_FORMS = {"wqkv": "rmsnorm", "wo": "residual", "w13": "rmsnorm-swiglu", "w2": "residual", "head": "gemm"}
+# (BLOCK_N, BLOCK_K, num_warps, num_stages) of --gemm-sweep
+GEMM_GRID = list(itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (2, 3, 4)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,7 +39,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="cpu: the Triton kernel in Triton's interpreter (a check, not a timing)")
     ap.add_argument("--reps", type=int, default=50, help="timed repetitions (median)")
     ap.add_argument("--calls", type=int, default=10, help="calls per timed repetition (per CUDA graph)")
+    ap.add_argument("--gemm", default=None, metavar="ROWS",
+                    help="comma-separated row counts (2..64): time the small-M GEMM against F.linear instead")
+    ap.add_argument("--gemm-sweep", action="store_true", help="with --gemm: also sweep each step form's configs")
     args = ap.parse_args(argv)
+    if args.gemm is not None:
+        try:
+            args.gemm = [int(m) for m in args.gemm.split(",")]
+        except ValueError:
+            ap.error(f"--gemm: comma-separated integers, got {args.gemm!r}")
+        if not all(2 <= m <= 64 for m in args.gemm):
+            ap.error("--gemm: row counts from 2 to 64")
+    elif args.gemm_sweep:
+        ap.error("--gemm-sweep needs --gemm")
     args.forms = args.forms.split(",")
     unknown = [f for f in args.forms if f not in FORMS]
     if unknown:
@@ -62,11 +82,71 @@ def row(name: str, form: str, seconds: float, nbytes: int, err: float | None = N
     return line if err is None else f"{line} rel err {err:.1e}"
 
 
+def gemm_fn(form: str, M: int, N: int, K: int, dev) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """y = the small-M GEMM of x (M, K) and w (N, K) in the named form: rmsnorm with the prologue, residual with
+    a residual added, rmsnorm-swiglu with both of w = [gate; up] (its extra inputs made here, not per call)."""
+    from llama_fast.kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
+
+    g, rstd = torch.ones(K, device=dev, dtype=torch.float16), torch.ones(M, device=dev)
+    res = torch.zeros(M, N, device=dev, dtype=torch.float16)
+    return {"gemm": small_m_gemm, "rmsnorm": lambda x, w: small_m_gemm(x, w, rstd, g),
+            "residual": lambda x, w: small_m_gemm_residual(x, w, res),
+            "rmsnorm-swiglu": lambda x, w: small_m_gemm_swiglu(x, w, rstd, g)}[form]
+
+
+def gemm_main(args, dev, shapes) -> int:
+    """--gemm: at each row count, F.linear (cuBLAS) against the small-M GEMM, plain and in its step form."""
+    import triton
+
+    from llama_fast.kernels import gemm as gm
+
+    for M in args.gemm:
+        total = {}
+        for name, (N, K) in shapes.items():
+            w = rotating(lambda: torch.randn(N, K, device=dev, dtype=torch.float16) * 0.02)
+            x = torch.randn(M, K, device=dev, dtype=torch.float16)
+            w0 = w()
+            ref = F.linear(x.float(), w0.float())
+            step = GEMM_STEP_FORMS[name]
+            for form in ("linear", "gemm") + ((step,) if step != "gemm" else ()):
+                f = F.linear if form == "linear" else gemm_fn(form, M, N, K, dev)
+                err = ((f(x, w0).float() - ref).norm() / ref.norm()).item() if form in ("linear", "gemm") else None
+                t = time_per_call(lambda: f(x, w()), dev, args.reps, args.calls)
+                for key in {form, "step" if form == step else form}:
+                    total[key] = total.get(key, 0.0) + t
+                print(row(name, f"M={M} {form}", t, N * K * 2, err), flush=True)
+            if args.gemm_sweep:
+                key = (gm.block_m(M), "swiglu" if step.endswith("swiglu") else "gemm")
+                pinned, times = gm.GEMM_CONFIGS[key], []
+                f = gemm_fn(step, M, N, K, dev)
+                for bn, bk, warps, stages in GEMM_GRID:
+                    gm.GEMM_CONFIGS[key] = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+                    try:
+                        times.append((time_per_call(lambda: f(x, w()), dev, args.reps, args.calls), bn, bk, warps,
+                                      stages))
+                    except triton.runtime.errors.OutOfResources:  # more shared memory than the GPU has
+                        continue
+                    finally:
+                        gm.GEMM_CONFIGS[key] = pinned
+                for t, bn, bk, warps, stages in sorted(times)[:3]:
+                    print("  " + row(name, f"M={M} {step}", t, N * K * 2).strip()
+                          + f"  BN{bn} BK{bk} warps {warps} stages {stages}", flush=True)
+                print(f"  pinned: BN{pinned['BLOCK_N']} BK{pinned['BLOCK_K']} warps {pinned['num_warps']} "
+                      f"stages {pinned['num_stages']}", flush=True)
+        wb = sum(N * K * 2 for N, K in shapes.values())
+        print(f"M={M} per layer-set totals (one of each shape):")
+        for form in ("linear", "gemm", "step"):
+            print("  " + row("", form, total[form], wb).strip())
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
     torch.manual_seed(0)
     shapes = decode_gemv_shapes(NAMED_SHAPES[args.shape])
+    if args.gemm:
+        return gemm_main(args, dev, shapes)
     fns = {form: form_fn(form) for form in args.forms}
     total = dict.fromkeys(args.forms, 0.0)
     for name, (N, K) in shapes.items():

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,10 +57,16 @@ def test_every_code_path_matches_transformers(name, variant):
 
 
 def test_option_variants_cover_every_flag():
-    """The ablation rows exercise both values of every ForwardOptions flag: an option no row switches is code
-    the product never runs."""
+    """The ablation rows, and the variants kept beside them for a GPU comparison (fused-gemm: the small-M GEMM),
+    exercise both values of every ForwardOptions flag: an option no row switches is code the product never runs.
+    Such a variant switches only flags of its own: every ablation row keeps them off."""
+    compared = {k: v.options for k, v in VARIANTS.items()
+                if k not in ABLATION and v.options is not None and v.quantize is None}
     for flag in ForwardOptions.__dataclass_fields__:
-        assert {getattr(o, flag) for o in OPTION_VARIANTS.values()} == {True, False}, flag
+        values = {getattr(o, flag) for o in OPTION_VARIANTS.values()}
+        if values != {True, False}:
+            assert values == {False} and any(getattr(o, flag) for o in compared.values()), flag
+    assert compared["fused-gemm"] == replace(VARIANTS["fused-gemv-early"].options, small_m_gemm=True)
 
 
 @pytest.mark.parametrize("name", ["llama3-rope", "linear-rope", "attn-bias", "mlp-bias"])

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from llama_fast.config import NAMED_SHAPES
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench", "pick_bench"]
@@ -359,6 +361,30 @@ def test_gemv_bench_in_the_interpreter(interpreter):
     errs = {tuple(line.split()[:2]): float(line.split()[-1]) for line in r.stdout.splitlines() if "rel err" in line}
     assert set(errs) == {(n, f) for n in ("wqkv", "wo", "w13", "w2", "head") for f in ("linear", "triton-gemv")}
     assert max(errs.values()) < 1e-2, errs
+
+
+@pytest.mark.slow
+def test_gemv_bench_gemm_mode_in_the_interpreter(interpreter):
+    """--gemm: F.linear against the small-M GEMM, plain and in each shape's step form, at two row counts."""
+    r = run_tool("gemv_bench", "--device", "cpu", "--shape", "tiny", "--gemm", "3,17", "--reps", "1", "--calls", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line.split() for line in r.stdout.splitlines()]
+    errs = {(s[0], s[1], s[2]): float(s[-1]) for s in lines if "rel err" in " ".join(s)}
+    assert set(errs) == {(n, f"M={m}", f) for n in ("wqkv", "wo", "w13", "w2", "head") for m in (3, 17)
+                         for f in ("linear", "gemm")}
+    assert max(errs.values()) < 1e-2, errs
+    steps = {(s[0], s[2]) for s in lines if len(s) > 2 and s[1] == "M=17"}
+    assert {("wqkv", "rmsnorm"), ("wo", "residual"), ("w13", "rmsnorm-swiglu"), ("w2", "residual")} <= steps
+    assert r.stdout.count("per layer-set totals") == 2
+
+
+def test_gemv_bench_gemm_arguments(tool):
+    gemv_bench = tool("gemv_bench")
+    assert gemv_bench.parse_args(["--device", "cpu", "--gemm", "2,64"]).gemm == [2, 64]
+    for bad in (["--gemm", "1,8"], ["--gemm", "65"], ["--gemm", "x"], ["--gemm-sweep"]):
+        with pytest.raises(SystemExit):
+            gemv_bench.parse_args(["--device", "cpu", *bad])
+    assert set(gemv_bench.GEMM_STEP_FORMS) == set(gemv_bench.decode_gemv_shapes(NAMED_SHAPES["tiny"]))
 
 
 @pytest.mark.slow

@@ -1,0 +1,230 @@
+"""The small-M decode GEMM: y (M, N) = x (M, K) @ W (N, K)^T for 2 <= M <= 64 rows (a decode step at batch 2-64),
+streaming W once on the tensor cores with an fp32 accumulator.
+
+At batch > 1 a decode projection reads the same 13 GB of weights as at batch 1 and does M times the math: still
+memory-bound up to M = 64, so the weights are streamed once and each tile is used for every row. The GEMV's
+multiply-and-sum (gemv.py) re-reads a weight tile per row; here the product is a tl.dot, and the operands are
+swapped ("swap AB", as CUTLASS / TensorRT-LLM / vLLM do for small M): each program multiplies a BLOCK_N x BLOCK_K
+weight tile by the transposed BLOCK_K x BLOCK_M input tile, so the weight rows fill the MMA's M side (64 per
+warpgroup) and the few input rows its N side, padded to BLOCK_M (16, 32 or 64; masked loads, zero rows).
+Loads that feed a tl.dot are pipelined by Triton (cp.async / TMA, num_stages deep), which the GEMV's loads are
+not (configs.autotune_configs).
+
+When the cdiv(N, BLOCK_N) output tiles are too few to fill the GPU (wo, w2: 4096 rows = 64 tiles on 132 SMs),
+K is split over SPLIT_K programs per tile: each writes its fp32 partial product to a workspace and a second small
+kernel sums them in a fixed order (deterministic: the same bits every run) and applies the epilogue.
+
+Fused around the product, with the rounding of the unfused torch path (as gemv.py):
+  prologue: RMSNorm, g * (x * rstd).to(dtype), with the per-row rstd (M,) fp32 computed by the caller
+  epilogues: + residual (wo, w2); SwiGLU, silu(gate) * up with the gate row n and the up row n + N/2 of [gate; up]
+  in one program (w13).
+RoPE and the K/V cache write stay in torch (model.Attention.attend) on this path; no PDL; dense weights only
+(quantized layers keep their own path).
+
+The launch configs are pinned per row bucket in GEMM_CONFIGS below (chosen from the tile arithmetic, to fit
+the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
+
+PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
+EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
+
+# Pinned configs by BLOCK_M (the rows padded to 16, 32 or 64) and form ("swiglu" streams two weight tiles per
+# stage). Shared memory per stage: (BLOCK_N + BLOCK_M) * BLOCK_K * 2 bytes (+ BLOCK_N * BLOCK_K * 2 for SwiGLU);
+# every config stays under 96 KB over its stages. Not yet timed: they belong in kernels/configs.py with the
+# other pinned configs once scripts/gemv_bench.py --gemm has measured them.
+GEMM_CONFIGS = {
+    (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 80 KB
+    (16, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},   # 72 KB
+    (32, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},    # 72 KB
+    (32, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},   # 60 KB
+    (64, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},     # 64 KB
+    (64, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},   # 72 KB
+}
+MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
+REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
+
+
+def block_m(rows: int) -> int:
+    """The padded row count of a tl.dot for rows (2..64): 16, 32 or 64."""
+    return max(16, triton.next_power_of_2(rows))
+
+
+def gemm_config(rows: int, swiglu: bool) -> dict:
+    """The pinned launch config (BLOCK_N, BLOCK_K, num_warps, num_stages) for rows input rows."""
+    return GEMM_CONFIGS[(block_m(rows), "swiglu" if swiglu else "gemm")]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device; on the CPU (Triton's interpreter) a nominal 8."""
+    if device.type != "cuda":
+        return 8
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_split_k(n_tiles: int, K: int, block_k: int, sms: int) -> int:
+    """K splits per output tile: about one program per SM in all (the tiles alone when they fill the GPU), each
+    split at least MIN_SPLIT_K_TILES K tiles long."""
+    k_tiles = triton.cdiv(K, block_k)
+    split = max(1, min(round(sms / n_tiles), k_tiles // MIN_SPLIT_K_TILES))
+    return triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))  # no empty split
+
+
+@triton.jit
+def _finish(acc, acc_up, y_ptrs, r_ptrs, mask, EPILOGUE: tl.constexpr):
+    """Round the fp32 product to the output dtype where torch rounds it, apply the epilogue, store."""
+    dt = y_ptrs.dtype.element_ty
+    y = acc.to(dt)
+    if EPILOGUE == 1:  # + residual, added in fp32 and rounded as torch's fp16 add
+        r = tl.load(r_ptrs, mask=mask, other=0.0)
+        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
+        gate = y.to(tl.float32)
+        up = acc_up.to(dt)
+        act = (gate / (1.0 + tl.exp(-gate))).to(dt)
+        y = act * up
+    tl.store(y_ptrs, y, mask=mask)
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn,
+                 stride_ym, stride_rm, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr,
+                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
+    split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    n_mask = rn < N
+    m_mask = rm < M
+    dt = x_ptr.dtype.element_ty
+    k_lo = pid_k * K_SPLIT
+    k_hi = tl.minimum(K, k_lo + K_SPLIT)
+    if PROLOGUE == 1:
+        rstd = tl.load(rstd_ptr + rm, mask=m_mask, other=0.0)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_up = acc
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + rk
+        k_mask = k < k_hi
+        w_off = rn[:, None] * stride_wn + k[None, :]
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        w = tl.load(w_ptr + w_off, mask=w_mask, other=0.0, eviction_policy="evict_first")  # streamed once
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                    other=0.0)
+        if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+            x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
+        xt = tl.trans(x)
+        acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+        if EPILOGUE == 2:
+            w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
+    out_mask = n_mask[:, None] & m_mask[None, :]
+    if SPLIT_K == 1:
+        _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
+                res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
+    else:  # fp32 partials (SPLIT_K, M, NW): NW = N, or 2N with the up rows after the gate rows
+        NW = N * 2 if EPILOGUE == 2 else N
+        p_ptrs = part_ptr + (pid_k * M + rm[None, :]) * NW + rn[:, None]
+        tl.store(p_ptrs, acc, mask=out_mask)
+        if EPILOGUE == 2:
+            tl.store(p_ptrs + N, acc_up, mask=out_mask)
+
+
+@triton.jit
+def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, M, N, stride_ym, stride_rm, EPILOGUE: tl.constexpr,
+                           SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """Row m, columns rn: the SPLIT_K partials summed in split order (deterministic), then the epilogue."""
+    m = tl.program_id(1)
+    rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rn < N
+    NW = N * 2 if EPILOGUE == 2 else N
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    acc_up = acc
+    for s in tl.static_range(SPLIT_K):
+        p = part_ptr + (s * M + m) * NW + rn
+        acc += tl.load(p, mask=mask, other=0.0)
+        if EPILOGUE == 2:
+            acc_up += tl.load(p + N, mask=mask, other=0.0)
+    _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
+
+
+def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int) -> torch.Tensor:
+    """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k."""
+    M, K = x.shape
+    if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
+        raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
+    if w.shape[1] != K:
+        raise ValueError(f"weight of {w.shape[1]} columns for an input of {K}")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    w = w if w.stride(1) == 1 else w.contiguous()
+    n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
+    cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU))
+    bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    n_tiles = triton.cdiv(n, bn)
+    split = split_k or choose_split_k(n_tiles, K, bk, sm_count(x.device))
+    k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
+    split = triton.cdiv(K, k_split)
+    # fp32 models: a true fp32 product, not TF32 (fp16 / bf16 products are exact either way)
+    precision = "ieee" if x.dtype == torch.float32 else "tf32"
+    y = torch.empty((M, n), device=x.device, dtype=x.dtype)
+    # unused pointer arguments get y (never read)
+    res = res if res is not None else y
+    g = g if g is not None else y
+    rstd = rstd if rstd is not None else y
+    part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
+                        dtype=torch.float32) if split > 1 else y)
+    wrap_triton(_gemm_kernel)[(n_tiles, split)](
+        x, w, y, part, res, g, rstd, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0), res.stride(0),
+        PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
+        BLOCK_K=bk, **cfg)
+    if split > 1:
+        wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
+            part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
+            num_warps=4)
+    return y
+
+
+def _prologue(rstd, g) -> int:
+    if (rstd is None) != (g is None):
+        raise ValueError("the RMSNorm prologue takes both rstd and g")
+    return PROLOGUE_NONE if rstd is None else PROLOGUE_RMSNORM
+
+
+@triton_op("llama_fast::small_m_gemm", mutates_args=())
+def small_m_gemm(x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor | None = None, g: torch.Tensor | None = None,
+                 split_k: int = 0) -> torch.Tensor:
+    """x (M, K) @ w (N, K)^T -> (M, N) in x.dtype, 2 <= M <= 64. With rstd (M,) fp32 and g (K,): the RMSNorm
+    prologue, x's row m taken as g * (x[m] * rstd[m]).to(dtype). split_k: K splits per output tile (0: one
+    program per SM in all, choose_split_k), as in every op below."""
+    return _launch(x, w, None, g, rstd, _prologue(rstd, g), EPILOGUE_NONE, split_k)
+
+
+@triton_op("llama_fast::small_m_gemm_residual", mutates_args=())
+def small_m_gemm_residual(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, split_k: int = 0) -> torch.Tensor:
+    """res + x @ w^T: x (M, K), w (N, K), res (M, N) -> (M, N), the product rounded before the add."""
+    return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, split_k)
+
+
+@triton_op("llama_fast::small_m_gemm_swiglu", mutates_args=())
+def small_m_gemm_swiglu(x: torch.Tensor, w13: torch.Tensor, rstd: torch.Tensor | None = None,
+                        g: torch.Tensor | None = None, split_k: int = 0) -> torch.Tensor:
+    """silu(gate) * up of x @ w13^T, w13 (2I, K) = [gate; up] -> (M, I); the RMSNorm prologue as small_m_gemm."""
+    return _launch(x, w13, None, g, rstd, _prologue(rstd, g), EPILOGUE_SWIGLU, split_k)

@@ -1,0 +1,224 @@
+"""The small-M decode GEMM (llama_fast/kernels/gemm.py) against torch references in Triton's interpreter on the CPU
+(every form, rows 2..64 with N and K tails, split-K on and off), its launch policy (row buckets, split-K choice,
+shared memory of the pinned configs), and its wiring: ForwardOptions.small_m_gemm routes a model's calls of 2..64
+rows through it (the decode of a tiny model in the interpreter matches the torch path) behind the fused-gemm
+variant, which leaves the ablation table and the fastest path as they are."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llama_fast import harness
+
+REPO = Path(__file__).resolve().parents[1]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="triton is not installed (the CPU torch build has none); the kernels run in "
+                                         "Triton's interpreter wherever triton is installed, and for real on a GPU")
+
+GEMM_CHECK = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from llama_fast.kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
+
+torch.manual_seed(0)
+dt = getattr(torch, sys.argv[1])
+tol = 1e-6 if dt == torch.float32 else 2e-3
+
+
+def rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
+    xf = x.float()
+    return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+ms = [2, 3, 16, 17, 64] if dt == torch.float32 else [3, 17]
+for M in ms:
+    for N, K in [(96, 300), (37, 520)]:  # tails in N (37 < BLOCK_N) and K (300, 520: no multiple of 64 or 128)
+        x = torch.randn(M, K).to(dt)
+        w = (0.05 * torch.randn(N, K)).to(dt)
+        w13 = (0.05 * torch.randn(2 * N, K)).to(dt)
+        res = torch.randn(M, N).to(dt)
+        g = (1 + 0.1 * torch.randn(K)).to(dt)
+        rstd = torch.rsqrt(x.float().pow(2).mean(-1) + 1e-5)
+        h = rmsnorm(x, g, 1e-5)
+        gate, up = (x.double() @ w13.double().T).to(dt).chunk(2, dim=-1)
+        ngate, nup = (h.double() @ w13.double().T).to(dt).chunk(2, dim=-1)
+        refs = {"gemm": x.double() @ w.double().T,
+                "rmsnorm": h.double() @ w.double().T,
+                "residual": (res.double() + (x.double() @ w.double().T).to(dt).double()),
+                "swiglu": (F.silu(gate.float()).to(dt) * up).double(),
+                "rmsnorm swiglu": (F.silu(ngate.float()).to(dt) * nup).double()}
+        for split in (1, 3, 0):  # no split; three K splits (the fixed-order reduce); the op's own choice
+            outs = {"gemm": small_m_gemm(x, w, split_k=split),
+                    "rmsnorm": small_m_gemm(x, w, rstd, g, split_k=split),
+                    "residual": small_m_gemm_residual(x, w, res, split_k=split),
+                    "swiglu": small_m_gemm_swiglu(x, w13, split_k=split),
+                    "rmsnorm swiglu": small_m_gemm_swiglu(x, w13, rstd, g, split_k=split)}
+            for name, y in outs.items():
+                assert y.dtype == dt and y.shape == refs[name].shape, (name, y.shape)
+                err = rel(y, refs[name])
+                assert err < tol, (name, M, N, K, split, err)
+                print(f"{name} M={M} N={N} K={K} split={split}: {err:.1e}")
+            # the split-K reduce runs in a fixed order: the same bits on every call
+            assert torch.equal(small_m_gemm_residual(x, w, res, split_k=split), outs["residual"])
+print("ok")
+"""
+
+# a tiny model's prefill (3 x 8 = 24 rows) and batch-3 decode steps with the small-M GEMM in Triton's interpreter
+# against the torch path, fp32; the block path (RMSNorm prologue, SwiGLU and residual epilogues) where the layers
+# allow it, model.linear's plain GEMM (the head; with biases, every projection) otherwise
+MODEL_CHECK = r"""
+import sys
+import torch
+import llama_fast.kernels as kn
+from llama_fast import model as model_module
+from llama_fast.model import ForwardOptions
+from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
+from test_model import _ids, _prefill_then_decode
+
+model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
+calls = {}
+for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
+    def counted(*args, _op=getattr(kn, name), _name=name, **kwargs):
+        calls[_name] = calls.get(_name, 0) + 1
+        return _op(*args, **kwargs)
+    setattr(kn, name, counted)
+cfg = TINY_CONFIGS[sys.argv[1]]
+model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
+ids = _ids(cfg, B=3, T=11, seed=6)
+with torch.no_grad():
+    model.options = ForwardOptions()
+    ref = _prefill_then_decode(model, ids, prefill_len=8)
+    assert not calls
+    model.options = ForwardOptions(small_m_gemm=True)
+    got = _prefill_then_decode(model, ids, prefill_len=8)
+forwards = 1 + 3  # the prefill, then three decode steps
+blocks = forwards * cfg.n_layers
+if cfg.mlp_bias or cfg.attention_bias:  # no fused block: every projection and the head through model.linear
+    assert calls == {"small_m_gemm": 4 * blocks + forwards}, calls
+else:  # wqkv (+ RMSNorm), wo and w2 (+ residual), w13 (+ RMSNorm, SwiGLU) per block; the head in model.linear
+    assert calls == {"small_m_gemm": blocks + forwards, "small_m_gemm_residual": 2 * blocks,
+                     "small_m_gemm_swiglu": blocks}, calls
+assert ref.abs().max() > 0.5
+torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+print(sys.argv[1], (got - ref).abs().max().item())
+print("ok")
+"""
+
+
+def run_interpreted(script: str, *args: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    r = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_small_m_gemm_matches_torch_in_the_interpreter(dtype):
+    run_interpreted(GEMM_CHECK, dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg_name", ["gqa", "head-dim-48", "mlp-bias"])
+def test_small_m_decode_through_the_gemm_in_the_interpreter(cfg_name):
+    run_interpreted(MODEL_CHECK, cfg_name)
+
+
+@needs_triton
+def test_launch_policy():
+    from llama_fast.kernels import gemm as gm
+    
+    assert [gm.block_m(m) for m in (2, 3, 16, 17, 32, 33, 64)] == [16, 16, 16, 32, 32, 64, 64]
+    for (bm, form), cfg in gm.GEMM_CONFIGS.items():  # each fits the ~100 KB of shared memory of an sm_86 card
+        tiles = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm
+        assert tiles * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= 96 * 1024, (bm, form)
+        assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16  # tl.dot's smallest tile
+    # Llama-7B on 132 SMs, 64-wide output tiles, 128-wide K tiles: wo / w2 (64 tiles) split in two, wqkv (192
+    # tiles), w13 (172) and the head not at all; on 80 SMs nothing splits
+    assert gm.choose_split_k(64, 4096, 128, 132) == 2 and gm.choose_split_k(64, 11008, 128, 132) == 2
+    assert gm.choose_split_k(192, 4096, 128, 132) == gm.choose_split_k(500, 4096, 128, 132) == 1
+    assert gm.choose_split_k(64, 4096, 128, 80) == 1
+    # few tiles: as many splits as keep MIN_SPLIT_K_TILES K tiles each, and no empty split
+    assert gm.choose_split_k(1, 4096, 128, 132) == 4096 // 128 // gm.MIN_SPLIT_K_TILES
+    assert gm.choose_split_k(2, 512, 128, 132) == 1
+    for split in range(1, 40):
+        k_tiles = 37
+        s = gm.choose_split_k(1, k_tiles * 64, 64, split)
+        per = -(-k_tiles // s)
+        assert (s - 1) * per < k_tiles, (split, s)
+
+
+@needs_triton
+def test_bad_shapes_are_refused():
+    from llama_fast.kernels import small_m_gemm, small_m_gemm_swiglu
+
+    w = torch.zeros(8, 32)
+    for rows in (1, 65):
+        with pytest.raises(ValueError, match="2..64 rows"):
+            small_m_gemm(torch.zeros(rows, 32), w)
+    with pytest.raises(ValueError, match="columns"):
+        small_m_gemm(torch.zeros(4, 16), w)
+    with pytest.raises(ValueError, match="both rstd and g"):
+        small_m_gemm_swiglu(torch.zeros(4, 32), w, rstd=torch.ones(4))
+
+
+def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
+    v = harness.VARIANTS["fused-gemm"]
+    fastest = harness.VARIANTS[harness.FASTEST]
+    assert harness.FASTEST == "fused-gemv-early" and "fused-gemm" not in harness.ABLATION
+    assert not fastest.options.small_m_gemm and not any(harness.VARIANTS[k].options.small_m_gemm
+                                                       for k in harness.ABLATION if harness.VARIANTS[k].options)
+    # the fastest path's options, compile mode and prefill chunks, with the one new flag
+    from dataclasses import replace
+
+    assert v.options == replace(fastest.options, small_m_gemm=True)
+    assert (v.compile, v.prefill_chunk, v.quantize) == (fastest.compile, fastest.prefill_chunk, fastest.quantize)
+    assert harness.fallback_reason(v, "cpu") == "CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
+    from llama_fast import ForwardOptions
+
+    assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(small_m_gemm=True)), "cpu") == \
+        "CUDA only, not run on cpu: Triton kernels"
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", [90, 86])
+def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
+    """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
+    pointers and strides at launch: the weight loads are cp.async in a num_stages-deep shared-memory ring, the
+    product runs on the tensor cores (wgmma / mma.sync), and the ring fits an sm_86 card's 99 KB."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from llama_fast.kernels import gemm as gm
+
+    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "M", "N", "K", "K_SPLIT",
+             "stride_xm", "stride_wn", "stride_ym", "stride_rm"]
+    types = ["*fp16"] * 3 + ["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 8
+    aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n != "M"}  # M: 3 rows, say
+    for (bm, form), cfg in [((16, "gemm"), gm.GEMM_CONFIGS[(16, "gemm")]),
+                            ((64, "swiglu"), gm.GEMM_CONFIGS[(64, "swiglu")])]:
+        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", BLOCK_M=bm,
+                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+        src = ASTSource(gm._gemm_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
+                        constexprs=const, attrs=aligned)
+        try:
+            k = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+        except RuntimeError as e:  # no ptxas for this target in this Triton install
+            pytest.skip(f"Triton cannot compile for sm_{arch} here: {str(e)[:200]}")
+        ptx = k.asm["ptx"]
+        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm) * cfg["BLOCK_K"] * 2
+        assert "cp.async" in ptx, (arch, form)
+        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form)
+        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, k.metadata.shared)
