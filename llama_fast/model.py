@@ -337,6 +337,7 @@ class Transformer(nn.Module):
         # the fused decode kernels have no bias inputs
         self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
         self.tp = 1  # tensor-parallel degree: cfg is then one rank's shard (llama_fast.parallel.install_group_)
+        self.tp_head_group = None  # a vocabulary-parallel head's group: its logits slices are all-gathered
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -409,7 +410,15 @@ class Transformer(nn.Module):
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
+        if self.tp_head_group is not None:
+            return self._gather_vocab(linear(self.norm(x), self.output, opts))
         return linear(self.norm(x), self.output, opts)
+
+    def _gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """A vocabulary-parallel head's logits slices (..., V/N) of all ranks -> the logits (..., V)."""
+        from .parallel import all_gather_vocab
+
+        return all_gather_vocab(logits, self.tp_head_group, self.config.vocab_size)
 
     def step_glue(self, B: int) -> tuple[Callable, Callable | None]:
         """(input preparation, greedy pick or None for the eager one) of a call with B rows. compiled_glue's
@@ -427,8 +436,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
         head, head_quant = kernel_weight(self.output)
-        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
-                            **head_quant).view(1, 1, -1)
+        logits = gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
+                              **head_quant).view(1, 1, -1)
+        return logits if self.tp_head_group is None else self._gather_vocab(logits)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv
