@@ -53,7 +53,7 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
                dtype: str | torch.dtype | None = None, *, seed: int = 0, compile: str = "no",
                options: ForwardOptions | None = None, prefill_chunk: int | None = None,
                cache_length: int | None = None, quantize: str | QuantScheme | None = None,
-               tp: int = 1, tp_head: str | None = None) -> LlamaFast:
+               tp: int = 1, tp_head: str | None = None, tp_allreduce: str | None = None) -> LlamaFast:
     """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
 
     dtype: a torch.dtype or one of the names the CLI's --dtype takes (loading.DTYPE_NAMES: fp16|float16|half,
@@ -78,14 +78,18 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
 
     tp_head: the output head's layout with tp > 1: "replicated" (every rank holds the whole head and computes
     all logits) or "vocab" (each rank holds a slice of the vocabulary's rows, the logits are all-gathered);
-    None: $LLAMA_FAST_TP_HEAD, else "replicated"."""
+    None: $LLAMA_FAST_TP_HEAD, else "replicated".
+
+    tp_allreduce: how the blocks' all-reduces run with tp > 1: "nccl" (the process group's backend) or "symm"
+    (CUDA only: messages up to parallel.SYMM_MAX_BYTES by a one-shot all-reduce over symmetric memory, the
+    larger ones through NCCL); None: $LLAMA_FAST_TP_ALLREDUCE, else "nccl"."""
     from .harness import PeakMemory  # harness imports this module
 
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)
     scheme = quantization_of(name, quantize)
-    rank, group, head = 0, None, "replicated"
+    rank, group, head, allreduce = 0, None, "replicated", "nccl"
     if tp != 1:
         import torch.distributed as dist
 
@@ -98,13 +102,14 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
         parallel.check_head(cfg, tp, head)
         parallel.check_quant_split(cfg, tp, tp_layer_schemes(name, quantize))
         dev = parallel.rank_device(dev)
+        allreduce = parallel.allreduce_mode(dev, tp_allreduce)
         rank, _ = parallel.init_from_env(tp, dev)
         group = dist.group.WORLD
     warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory
     with PeakMemory(dev) as mem:
         _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize, tp=tp, rank=rank, tp_head=head)
     if tp != 1:
-        parallel.install_group_(model, group, tp, rank, head)
+        parallel.install_group_(model, group, tp, rank, head, allreduce)
     tokenizer = load_tokenizer(name)
     fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)

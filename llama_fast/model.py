@@ -239,15 +239,19 @@ class Block(nn.Module):
         self.tp_group = None  # tensor parallel (llama_fast.parallel): wo and w2 outputs are partial sums
         self.tp_rank = 0
         self.tp_zeros: torch.Tensor | None = None  # (1, dim): the fused residual GEMVs' residual on ranks > 0
+        self.tp_symm = None  # parallel.SymmAllReduce when the small all-reduces run one-shot over symmetric memory
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
-        h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts))
-        return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts))
+        h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts), 0)
+        return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts), 1)
 
-    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
-        """A shard's wo / w2 output summed over the tensor-parallel ranks; as is without tensor parallelism."""
+    def _reduce(self, partial: torch.Tensor, site: int) -> torch.Tensor:
+        """A shard's wo (site 0) / w2 (site 1) output summed over the tensor-parallel ranks; as is without tensor
+        parallelism."""
         if self.tp_group is None:
             return partial
+        if self.tp_symm is not None:
+            return self.tp_symm(partial, site)
         from .parallel import all_reduce_sum
 
         return all_reduce_sum(partial, self.tp_group)
@@ -274,14 +278,14 @@ class Block(nn.Module):
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
         wo, wo_quant = kernel_weight(a.wo)
-        h, ss = self._residual_gemv(y.reshape(1, -1), wo, x2, pdl, wo_quant)
+        h, ss = self._residual_gemv(y.reshape(1, -1), wo, x2, pdl, wo_quant, 0)
         w13, w13_quant = kernel_weight(f.w13)
         act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, w13, self.ffn_norm.eps, pdl, **w13_quant)
         w2, w2_quant = kernel_weight(f.w2)
-        out, ss = self._residual_gemv(act, w2, h, pdl, w2_quant)
+        out, ss = self._residual_gemv(act, w2, h, pdl, w2_quant, 1)
         return out.view(1, 1, -1), ss
 
-    def _residual_gemv(self, y, w, res, pdl, quant):
+    def _residual_gemv(self, y, w, res, pdl, quant, site: int):
         """(res + W @ y, its sum-of-squares partials). Tensor parallel: rank 0 adds the residual, the others
         zeros, so one all-reduce of the GEMVs' outputs gives the sum; its partials are then taken again."""
         from .kernels import gemv_residual_ss, row_ss_partials
@@ -289,7 +293,7 @@ class Block(nn.Module):
         if self.tp_group is None:
             return gemv_residual_ss(y, w, res, pdl, **quant)
         part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
-        h = self._reduce(part)
+        h = self._reduce(part, site)
         return h, row_ss_partials(h)
 
 

@@ -371,6 +371,86 @@ def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
+# --------------------------------------------------------------------------------------- one-shot all-reduce
+ALLREDUCE_NCCL, ALLREDUCE_SYMM = "nccl", "symm"
+ALLREDUCE_MODES = (ALLREDUCE_NCCL, ALLREDUCE_SYMM)
+ALLREDUCE_ENV = "LLAMA_FAST_TP_ALLREDUCE"
+# Messages up to this size go through the one-shot all-reduce (a batch-1 decode step's are dim * 2 bytes: 8 KB
+# at Llama-7B); larger ones (prefill chunks) through NCCL, whose ring reads each byte once per rank instead of
+# once per peer.
+SYMM_MAX_BYTES = 1 << 19
+
+
+def allreduce_mode(device: torch.device, value: str | None = None) -> str:
+    """How the blocks' all-reduces run: value, else $LLAMA_FAST_TP_ALLREDUCE, else ALLREDUCE_NCCL (the process
+    group's backend: NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM, the one-shot all-reduce over symmetric memory
+    (SymmAllReduce), needs CUDA and a torch with torch.ops.symm_mem's one-shot all-reduce; refused otherwise
+    (ParallelError), before any rank meets the others."""
+    raw = value if value is not None else os.environ.get(ALLREDUCE_ENV, "") or ALLREDUCE_NCCL
+    if raw not in ALLREDUCE_MODES:
+        where = "tp_allreduce" if value is not None else ALLREDUCE_ENV
+        raise ParallelError(f"{where} must be one of {', '.join(ALLREDUCE_MODES)}, got {raw!r}")
+    if raw == ALLREDUCE_SYMM:
+        if device.type != "cuda":
+            raise ParallelError(f"{ALLREDUCE_ENV}={raw} needs CUDA GPUs: the one-shot all-reduce runs over "
+                                f"symmetric GPU memory, which gloo on {device.type} does not have")
+        if _symm_op() is None:
+            raise ParallelError(f"{ALLREDUCE_ENV}={raw}: torch {torch.__version__} has no "
+                                "torch.ops.symm_mem.one_shot_all_reduce (use nccl)")
+    return raw
+
+
+def _symm_op() -> str | None:
+    """The one-shot all-reduce of torch.ops.symm_mem this torch has: the copying one (the input copied into the
+    symmetric buffer by the kernel itself), else the plain one (copied before it), else None."""
+    for name in ("one_shot_all_reduce_copy", "one_shot_all_reduce"):
+        if hasattr(torch.ops.symm_mem, name):
+            return name
+    return None
+
+
+class SymmAllReduce:
+    """A one-shot all-reduce over symmetric memory (torch.distributed._symmetric_memory) for the small messages
+    of the decode step, where NCCL's ring costs ~25 us per 8 KB message inside the CUDA graph (docs/PERF.md):
+    each rank writes its partial sum into its symmetric buffer and one kernel sums all peers' buffers.
+
+    Two persistent buffers of SYMM_MAX_BYTES, allocated and rendezvoused here (a collective: every rank builds
+    this at the same point, install_group_), one per call site (the attention's all-reduce, then the MLP's): two
+    consecutive all-reduces never share a buffer, so a rank writing the next message cannot overwrite one a
+    peer is still reading. A message is copied into a view of the buffer's first elements, so the op's inputs
+    are fixed addresses: CUDA-graph capturable, traceable by torch.compile (a custom op with a meta kernel).
+    A larger message, or one of another dtype, goes through NCCL (all_reduce_sum)."""
+
+    def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group, self.group_name, self.op = group, group.group_name, _symm_op()
+        self.dtype = dtype
+        numel = SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size()
+        enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
+        if enable is not None:  # needed by older torch; deprecated (a FutureWarning) where the setup is automatic
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                enable(self.group_name)
+        self.buffers = []
+        for _ in range(sites):
+            buf = symm_mem.empty(numel, dtype=dtype, device=device)
+            symm_mem.rendezvous(buf, self.group_name)
+            self.buffers.append(buf)
+
+    def __call__(self, t: torch.Tensor, site: int) -> torch.Tensor:
+        buf = self.buffers[site]
+        if t.numel() > buf.numel() or t.dtype != self.dtype:
+            return all_reduce_sum(t, self.group)
+        x, view = t.contiguous().view(-1), buf[: t.numel()]
+        if self.op == "one_shot_all_reduce_copy":
+            out = torch.ops.symm_mem.one_shot_all_reduce_copy(view, x, "sum", self.group_name)
+        else:
+            view.copy_(x)
+            out = torch.ops.symm_mem.one_shot_all_reduce(view, "sum", self.group_name)
+        return out.view(t.shape)
+
+
 def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:
     """The ranks' vocabulary slices of the logits t (..., V/N) concatenated along the last dim, cut to
     vocab_size (a padded last rank's zero rows dropped); waited for like all_reduce_sum."""
@@ -379,16 +459,19 @@ def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:
     return out if out.shape[-1] == vocab_size else out[..., :vocab_size]
 
 
-def install_group_(model, group, tp: int, rank: int = 0, head: str = HEAD_REPLICATED):
+def install_group_(model, group, tp: int, rank: int = 0, head: str = HEAD_REPLICATED,
+                   allreduce: str = ALLREDUCE_NCCL):
     """Make a model built from rank's shard sum its wo and w2 outputs over group (one all-reduce each, in the
-    compiled blocks and in the fused batch-1 decode block alike); with HEAD_VOCAB, all-gather its logits."""
+    compiled blocks and in the fused batch-1 decode block alike; ALLREDUCE_SYMM: small ones by SymmAllReduce);
+    with HEAD_VOCAB, all-gather its logits. A collective with ALLREDUCE_SYMM: every rank calls it."""
     model.tp = tp
     if tp == 1:
         return model
     w = model.tok_embeddings.weight
     zeros = torch.zeros(1, model.config.dim, dtype=w.dtype, device=w.device)
+    symm = SymmAllReduce(group, w.device, w.dtype) if allreduce == ALLREDUCE_SYMM else None
     for layer in model.layers:
-        layer.tp_group, layer.tp_rank, layer.tp_zeros = group, rank, zeros
+        layer.tp_group, layer.tp_rank, layer.tp_zeros, layer.tp_symm = group, rank, zeros, symm
     if head == HEAD_VOCAB:
         model.tp_head_group = group
     return model

@@ -224,6 +224,49 @@ def test_head_mode_knob(monkeypatch):
         parallel.check_head(TINY_CONFIGS["gqa"].with_overrides(vocab_size=5), 4, "vocab")
 
 
+def test_allreduce_mode_knob(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(parallel.ALLREDUCE_ENV, raising=False)
+    assert parallel.allreduce_mode(cpu) == "nccl" and parallel.allreduce_mode(cuda) == "nccl"
+    assert parallel.allreduce_mode(cuda, "symm") == "symm"  # the ops exist in this torch (their CUDA kernels on GPUs)
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "symm")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE=symm needs CUDA GPUs: the one-shot "
+                                                     "all-reduce runs over symmetric GPU memory, which gloo on cpu"):
+        parallel.allreduce_mode(cpu)
+    assert parallel.allreduce_mode(cpu, "nccl") == "nccl"  # the argument wins over the environment
+    monkeypatch.setattr(parallel, "_symm_op", lambda: None)
+    with pytest.raises(parallel.ParallelError, match=r"torch .* has no torch.ops.symm_mem.one_shot_all_reduce"):
+        parallel.allreduce_mode(cuda)
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "ring")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE must be one of nccl, symm, got 'ring'"):
+        parallel.allreduce_mode(cpu)
+
+
+def test_symm_allreduce_dispatch(monkeypatch):
+    """SymmAllReduce's routing, its op replaced by a stand-in (the kernels run on GPUs only): a small message is
+    copied into the first elements of its call site's buffer, the two sites use different buffers, a message
+    over SYMM_MAX_BYTES or of another dtype goes through all_reduce_sum."""
+    calls = []
+
+    def one_shot_copy(buf, x, op, group_name):
+        calls.append((buf, group_name))
+        buf.copy_(x)
+        return 2 * buf  # what two ranks holding the same partial sum get
+
+    monkeypatch.setattr(torch.ops.symm_mem, "one_shot_all_reduce_copy", one_shot_copy, raising=False)
+    monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: ("nccl", t))
+    ar = object.__new__(parallel.SymmAllReduce)
+    ar.group, ar.group_name, ar.op, ar.dtype = "group", "0", "one_shot_all_reduce_copy", torch.float32
+    ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+    x = torch.randn(1, 1, 64)
+    for site in (0, 1):
+        torch.testing.assert_close(ar(x, site), 2 * x)
+        buf, name = calls[-1]
+        assert name == "0" and buf.data_ptr() == ar.buffers[site].data_ptr() and buf.numel() == 64
+    big = torch.randn(parallel.SYMM_MAX_BYTES // 4 + 1)
+    assert ar(big, 0)[0] == "nccl" and ar(x.double(), 1)[0] == "nccl" and len(calls) == 2
+
+
 # ------------------------------------------------------------------------------------------- torchrun
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
@@ -360,6 +403,18 @@ def test_bad_tp_under_torchrun_ends_without_a_hang(tmp_path):
     errors = [line for line in res.stderr.splitlines() if line.startswith("llama-fast: error:")]
     assert errors and set(errors) == {BAD_TP[0][2]}, res.stderr[-2000:]
     assert not out.exists()
+
+
+def test_symm_allreduce_on_cpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "symm")
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "random:tiny", "--device", "cpu", "--tp", "2", *RUN_FLAGS, "--output",
+              str(tmp_path / "rows.csv")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "llama-fast: error: --tp 2: LLAMA_FAST_TP_ALLREDUCE=symm needs CUDA GPUs: the one-shot all-reduce runs over "
+        "symmetric GPU memory, which gloo on cpu does not have"]
+    assert not (tmp_path / "rows.csv").exists()
 
 
 def test_tp_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
