@@ -221,6 +221,29 @@ def shard_select(items: list, i: int, n: int) -> tuple[list, list]:
 
 
 # ------------------------------------------------------------------------------------------- baselines
+# ------------------------------------------------------------------------------------------- tensor parallel
+def check_bench_tp(tp: int, world: tuple[int, int, int] | None, shard: str | None) -> None:
+    """--bench-tp N: refuse (ValueError, one line) N < 1, N > 1 outside torchrun or under a world size other
+    than N, and N > 1 with --bench-shard (the ranks of one run share every case)."""
+    if tp < 1:
+        raise ValueError(f"--bench-tp {tp}: need N >= 1")
+    if tp == 1:
+        return
+    launch = f"torchrun --nproc-per-node {tp} -m pytest benchmarks/ --bench-tp {tp} ..."
+    if world is None:
+        raise ValueError(f"--bench-tp {tp} runs one process per rank: launch it as {launch}")
+    if world[1] != tp:
+        raise ValueError(f"--bench-tp {tp} needs {tp} processes, torchrun started {world[1]}: launch it as {launch}")
+    if shard:
+        raise ValueError(f"--bench-tp {tp} and --bench-shard do not combine: the ranks run every case together")
+
+
+def tp_cases(cases: list[Case], tp: int) -> list[Case]:
+    """The cases a --bench-tp N run times: llama_fast's (transformers rows do not run tensor parallel; transformers
+    still serves the correctness checks, whole, on each rank)."""
+    return cases if tp == 1 else [c for c in cases if not c.v.is_transformers]
+
+
 def no_baseline_message(device_name: str, family: str, compare: object, searched: str,
                         save_options: tuple[str, ...] = ()) -> str:
     """The fail-closed error of `--benchmark-compare` when the storage holds nothing to compare against.
@@ -252,8 +275,11 @@ def storage_searched(storage: object, compare: object) -> str:
 # ------------------------------------------------------------------------------------------- memory
 # Budget = weights + KV cache for the workload (harness.memory_budget_bytes) + an allowance. The allowance is
 # a stated constant plus the prefill activations of the largest chunk, computed from the shape (no per-case
-# numbers). llama_fast: RoPE tables, masks, logits, CUDA-graph pool, allocator rounding. transformers builds
-# its cache by concatenation (a transient copy of one layer's K/V per step) and keeps more buffers.
+# numbers). Under --bench-tp N each rank's peak is set against its own budget: the shape is the rank's shard
+# (parallel.shard_config: its weights, its KV heads, its slice of the MLP; a vocabulary-parallel head counted
+# whole, which overstates the budget by (N-1)/N of the head). llama_fast: RoPE tables, masks, logits, CUDA-graph
+# pool, allocator rounding. transformers builds its cache by concatenation (a transient copy of one layer's K/V
+# per step) and keeps more buffers.
 LLAMA_FAST_ALLOWANCE_MB = 256
 TRANSFORMERS_ALLOWANCE_MB = 1024
 

@@ -13,7 +13,7 @@ import torch
 
 import bench_support as bs
 import inject
-from llama_fast import harness
+from llama_fast import harness, parallel
 from llama_fast.api import load_model, output_hash
 
 NO_CUDA_REASON = "CUDA not available; use --bench-device cpu to test the machinery"
@@ -75,6 +75,12 @@ def pytest_addoption(parser):
                      "stream; a host sleep on CPU) so a llama_fast call takes (1+FRACTION)x as long; proves the "
                      "regression gate fires (benchmarks/inject.py)")
     g.addoption("--bench-threads", type=int, default=None, help="CPU mode: torch.set_num_threads")
+    g.addoption("--bench-tp", type=int, default=1, metavar="N",
+                help="tensor parallel over N ranks, launched by torchrun --nproc-per-node N -m pytest benchmarks/ "
+                     "--bench-tp N: every llama_fast case loads the rank's shard (transformers rows are dropped; "
+                     "it still checks correctness, whole, on each rank); memory is per rank against its shard's "
+                     "budget; rank 0 alone saves the benchmark JSON and hashes; baselines under "
+                     ".benchmarks/<gpu>-tpN/ (default: 1)")
 
 
 # ------------------------------------------------------------------------------------------- configure
@@ -126,6 +132,7 @@ def pytest_configure(config):
         raise pytest.UsageError(str(e)) from None
     st[KEY_QUANTIZE] = schemes
     st[KEY_CASES] = bs.build_cases(device, dtypes, config.getoption("bench_sweep"), variants, schemes)
+    _configure_tp(config, model, device)
     shard = config.getoption("bench_shard")
     if shard:
         try:
@@ -140,11 +147,39 @@ def pytest_configure(config):
     # Baselines per GPU model: pytest-benchmark's storage (read in its own trylast pytest_configure) moves to
     # .benchmarks/<gpu-slug>/ unless the user chose a storage, so an A10G baseline never meets an H100 run.
     slug = None if st[KEY_SKIP] else harness.device_slug(device)
+    if slug and st[KEY_TP] > 1:  # a tensor-parallel run is never compared with a one-GPU baseline
+        slug = f"{slug}-tp{st[KEY_TP]}"
     st[KEY_SLUG] = slug
     chosen = config.option.benchmark_storage
     st[KEY_USER_STORAGE] = None if chosen == DEFAULT_STORAGE else chosen
     if slug and chosen == DEFAULT_STORAGE:
         config.option.benchmark_storage = f"file://{config.rootpath / '.benchmarks' / slug}"
+
+
+def _configure_tp(config, model: str, device: str):
+    """--bench-tp: checked (UsageError, one line) before any rank meets the others; the cases reduced to
+    llama_fast's; a rank other than 0 writes no benchmark JSON and saves no run."""
+    st = config.stash
+    tp, world = config.getoption("bench_tp"), parallel.env_world()
+    st[KEY_TP], st[KEY_RANK] = tp, (world[0] if world and tp > 1 else 0)
+    try:
+        bs.check_bench_tp(tp, world, config.getoption("bench_shard"))
+        if tp > 1:
+            from llama_fast.loading import random_config, read_config, resolve_checkpoint
+
+            cfg = random_config(model) if bs.is_random(model) else read_config(resolve_checkpoint(model), model)
+            parallel.check_tp(cfg, tp)
+            parallel.check_head(cfg, tp, parallel.head_mode())
+            parallel.allreduce_mode(torch.device(device))
+    except (ValueError, parallel.ParallelError) as e:
+        msg = str(e)
+        raise pytest.UsageError(f"--bench-{msg}" if msg.startswith("tp ") else msg) from None
+    st[KEY_CASES] = bs.tp_cases(st[KEY_CASES], tp)
+    if st[KEY_RANK] != 0:
+        if config.option.benchmark_json is not None:
+            config.option.benchmark_json.close()
+        config.option.benchmark_json = None
+        config.option.benchmark_save = config.option.benchmark_autosave = None
 
 
 KEY_DEVICE = pytest.StashKey[str]()
@@ -158,6 +193,8 @@ KEY_SLUG = pytest.StashKey[object]()
 KEY_USER_STORAGE = pytest.StashKey[object]()
 KEY_NOTHING_TO_COMPARE = pytest.StashKey[bool]()
 KEY_CTX = pytest.StashKey[object]()
+KEY_TP = pytest.StashKey[int]()
+KEY_RANK = pytest.StashKey[int]()
 
 
 def _is_bench_run(config) -> bool:
@@ -188,6 +225,8 @@ def pytest_report_header(config):
         lines.append(f"  TEST ONLY: injected slowdown +{config.getoption('bench_inject_slowdown'):.0%} per llama_fast call")
     if KEY_SHARD in st:
         lines.append(f"  shard {st[KEY_SHARD][0]}/{st[KEY_SHARD][1]}")
+    if st[KEY_TP] > 1:
+        lines.append(f"  tensor parallel: rank {st[KEY_RANK]} of {st[KEY_TP]} (llama_fast cases only; memory per rank)")
     return lines
 
 
@@ -248,7 +287,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     info = harness.environment_info(device if device == "cpu" or not st[KEY_SKIP] else "cpu")
     info.update(commit=harness.git_commit(str(config.rootpath)), model=st[KEY_MODEL][0],
                 dtypes=st[KEY_DTYPES], storage_slug=st[KEY_SLUG], shard=config.getoption("bench_shard"),
-                injected_slowdown=config.getoption("bench_inject_slowdown") or None)
+                injected_slowdown=config.getoption("bench_inject_slowdown") or None, tp=st[KEY_TP])
     machine_info["llama_fast"] = info
 
 
@@ -276,6 +315,11 @@ class BenchContext:
         self.config = config
         self.model, _ = st[KEY_MODEL]
         self.device = torch.device("cuda" if st[KEY_DEVICE] == "cuda" else "cpu")
+        self.tp, self.rank = st[KEY_TP], st[KEY_RANK]
+        if self.tp > 1:  # each rank on its own GPU (cuda:LOCAL_RANK)
+            self.device = parallel.rank_device(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
         self.family = harness.device_family(self.device)
         self.book = bs.HashBook(config.getoption("bench_hashes"))
         self.update = config.getoption("bench_update_hashes")
@@ -296,11 +340,15 @@ class BenchContext:
     # --- model config / tokenizer without loading weights
     @property
     def cfg(self):
+        """The model's config; under --bench-tp N the rank's shard (its weights, KV heads and MLP slice: what its
+        memory budget and its roofline count)."""
         if self._cfg is None:
             from llama_fast.loading import random_config, read_config, resolve_checkpoint
 
             self._cfg = (random_config(self.model) if bs.is_random(self.model)
                          else read_config(resolve_checkpoint(self.model), self.model))
+            if self.tp > 1:
+                self._cfg = parallel.shard_config(self._cfg, self.tp, parallel.head_mode())
         return self._cfg
 
     @property
@@ -336,7 +384,10 @@ class BenchContext:
         if not self._room_for_hf(budget_bytes):
             self.park_hf()
         if self._fast is None:
-            self._fast = load_model(self.model, self.device, dtype, quantize=quantize)
+            try:
+                self._fast = load_model(self.model, self.device, dtype, quantize=quantize, tp=self.tp)
+            except parallel.ParallelError as e:  # refused identically on every rank, before any collective
+                pytest.skip(f"--bench-tp {self.tp}: {e}")
         return self._fast
 
     def _allocated(self) -> int:
@@ -441,7 +492,7 @@ class BenchContext:
                     injection=kind)
 
     def finish(self) -> list[str]:
-        return self.book.save() if self.update else []
+        return self.book.save() if self.update and self.rank == 0 else []
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 
 from .generate import LlamaFast
 from .loading import (build_weights, load_tokenizer, parse_dtype, quantization_of, random_config, read_config,
-                      resolve_checkpoint, warm_up_meta_device)
+                      resolve_checkpoint, tp_layer_schemes, warm_up_meta_device)
 from .model import ForwardOptions
 from .quant import QuantScheme
 
@@ -53,7 +53,7 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
                dtype: str | torch.dtype | None = None, *, seed: int = 0, compile: str = "no",
                options: ForwardOptions | None = None, prefill_chunk: int | None = None,
                cache_length: int | None = None, quantize: str | QuantScheme | None = None,
-               tp: int = 1) -> LlamaFast:
+               tp: int = 1, tp_head: str | None = None, tp_allreduce: str | None = None) -> LlamaFast:
     """Load any accepted model name (see llama_fast.loading) and return a LlamaFast.
 
     dtype: a torch.dtype or one of the names the CLI's --dtype takes (loading.DTYPE_NAMES: fp16|float16|half,
@@ -72,29 +72,44 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     tp: tensor-parallel degree (llama_fast.parallel). With tp > 1 this process is one of tp ranks: inside an
     initialized default process group of tp processes, or one initialized here from torchrun's environment
     (gloo on CPU, nccl on CUDA, device cuda:LOCAL_RANK); it loads only its shard, and every rank generates the
-    same tokens. tp must divide n_heads and intermediate_size (parallel.ParallelError otherwise)."""
+    same tokens. tp must divide n_heads and intermediate_size (parallel.ParallelError otherwise). Quantized
+    weights (quantize, or a quantized checkpoint) shard too; int4 needs each rank's K of wo and w2 to be a multiple
+    of the group (ParallelError otherwise).
+
+    tp_head: the output head's layout with tp > 1: "replicated" (every rank holds the whole head and computes
+    all logits) or "vocab" (each rank holds a slice of the vocabulary's rows, the logits are all-gathered);
+    None: $LLAMA_FAST_TP_HEAD, else "replicated".
+
+    tp_allreduce: how the blocks' all-reduces run with tp > 1: "nccl" (the process group's backend) or "symm"
+    (CUDA only: messages up to parallel.SYMM_MAX_BYTES by a one-shot all-reduce over symmetric memory, the
+    larger ones through NCCL); None: $LLAMA_FAST_TP_ALLREDUCE, else "nccl"."""
     from .harness import PeakMemory  # harness imports this module
 
     dev = resolve_device(device)
     dt = parse_dtype(dtype if dtype is not None else ("fp16" if dev.type == "cuda" else "fp32"))
     check_dtype_on_device(dt, dev)
     scheme = quantization_of(name, quantize)
-    rank, group = 0, None
+    rank, group, head, allreduce = 0, None, "replicated", "nccl"
     if tp != 1:
         import torch.distributed as dist
 
         from . import parallel
 
         cfg = random_config(name) if name.startswith("random:") else read_config(resolve_checkpoint(name), name)
-        parallel.check_tp(cfg, tp)  # before any rendezvous: every rank refuses the same way
+        head = parallel.head_mode(tp_head)
+        # before any rendezvous: every rank refuses the same way
+        parallel.check_tp(cfg, tp)
+        parallel.check_head(cfg, tp, head)
+        parallel.check_quant_split(cfg, tp, tp_layer_schemes(name, quantize))
         dev = parallel.rank_device(dev)
+        allreduce = parallel.allreduce_mode(dev, tp_allreduce)
         rank, _ = parallel.init_from_env(tp, dev)
         group = dist.group.WORLD
     warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory
     with PeakMemory(dev) as mem:
-        _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize, tp=tp, rank=rank)
+        _, model = build_weights(name, dev, dt, seed=seed, quantize=quantize, tp=tp, rank=rank, tp_head=head)
     if tp != 1:
-        parallel.install_group_(model, group, tp, rank)
+        parallel.install_group_(model, group, tp, rank, head, allreduce)
     tokenizer = load_tokenizer(name)
     fast = LlamaFast(model, tokenizer, name, options=options, compile=compile, prefill_chunk=prefill_chunk,
                      cache_length=cache_length)

@@ -109,19 +109,30 @@ def warm_up_meta_device():
 
 
 def build_model(cfg: LlamaConfig, get: Callable[[str], torch.Tensor], device, dtype,
-                quantize: str | QuantScheme | None = None) -> Transformer:
+                quantize: str | QuantScheme | None = None, *, schemes: dict[str, QuantScheme | None] | None = None,
+                quantize_weight: Callable[[str, torch.Tensor, QuantScheme], dict] | None = None,
+                head_rows: int | None = None) -> Transformer:
     """Skeleton on meta, then assign converted tensors: one copy of the weights, ever. With quantize, each
     linear weight is quantized right after its conversion (quant.layer_schemes: which layers, which group) and
-    only its quantized buffers are kept."""
+    only its quantized buffers are kept.
+
+    For a tensor-parallel shard (llama_fast.parallel): schemes, the whole model's layer schemes (instead of
+    quantize's for cfg, the shard's); quantize_weight(layer, weight, scheme), the quantizer (default
+    quant.quantize_tensor); head_rows, the rows of a vocabulary-parallel head (the head built untied, that size)."""
     with torch.device("meta"):
         model = Transformer(cfg)
-    schemes = {} if quantize is None else quant.layer_schemes(cfg, quantize)
+        if head_rows is not None:
+            model.output = torch.nn.Linear(cfg.dim, head_rows, bias=False)
+    if schemes is None:
+        schemes = {} if quantize is None else quant.layer_schemes(cfg, quantize)
     quant.install_quant_linears_(model, schemes, dtype)
     state = {}
     for name, tensor in convert(cfg, get, device, dtype):
         layer, _, leaf = name.rpartition(".")
         if leaf == "weight" and schemes.get(layer) is not None:
-            state.update({f"{layer}.{k}": v for k, v in quant.quantize_tensor(tensor, schemes[layer]).items()})
+            q = (quantize_weight(layer, tensor, schemes[layer]) if quantize_weight is not None
+                 else quant.quantize_tensor(tensor, schemes[layer]))
+            state.update({f"{layer}.{k}": v for k, v in q.items()})
         else:
             state[name] = tensor
         del tensor
@@ -410,8 +421,8 @@ def load_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
 
 
 def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
-                  quantize: str | QuantScheme | None = None, tp: int = 1,
-                  rank: int = 0) -> tuple[LlamaConfig, Transformer]:
+                  quantize: str | QuantScheme | None = None, tp: int = 1, rank: int = 0,
+                  tp_head: str = "replicated") -> tuple[LlamaConfig, Transformer]:
     """(config, Transformer) for any accepted model name, without the tokenizer.
 
     quantize: None or a scheme of llama_fast.quant (int8, int4, int4:g32, int4:g64, int4:g128): each linear weight
@@ -419,9 +430,10 @@ def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
     or its own scheme (QuantError otherwise: quantized weights are not quantized again).
 
     tp > 1: only rank's tensor-parallel shard is built (llama_fast.parallel), a model of
-    parallel.shard_config(config, tp); the returned config is the whole model's."""
+    parallel.shard_config(config, tp, tp_head), quantized weights and quantized checkpoints included; tp_head:
+    the output head's layout (parallel.HEAD_MODES). The returned config is the whole model's."""
     if tp > 1:
-        return _build_shard(name, device, dtype, seed, quantize, tp, rank)
+        return _build_shard(name, device, dtype, seed, quantize, tp, rank, tp_head)
     scheme = None if quantize is None else quant.parse_scheme(quantize)
     if name.startswith("random:"):
         cfg = random_config(name)
@@ -437,29 +449,64 @@ def build_weights(name: str, device, dtype: torch.dtype, seed: int = 0,
     return cfg, build_quantized_model(cfg, info, checkpoint_source(checkpoint), device, dtype)
 
 
-def _build_shard(name: str, device, dtype: torch.dtype, seed: int, quantize, tp: int,
-                 rank: int) -> tuple[LlamaConfig, Transformer]:
+def _build_shard(name: str, device, dtype: torch.dtype, seed: int, quantize, tp: int, rank: int,
+                 head: str) -> tuple[LlamaConfig, Transformer]:
     """build_weights of one tensor-parallel rank: each tensor read as the rank's slice (safetensors get_slice),
-    or, from a source of whole tensors, one tensor at a time, sliced and dropped."""
+    or, from a source of whole tensors, one tensor at a time, sliced and dropped. Quantized weights shard as
+    llama_fast.parallel describes; a quantized checkpoint directory is sliced in its own format."""
     from . import parallel
 
-    if quantize is not None:
-        raise parallel.ParallelError("tensor parallelism does not shard quantized weights yet; drop quantize or tp")
+    scheme = None if quantize is None else quant.parse_scheme(quantize)
+    info = None
     if name.startswith("random:"):
         cfg = random_config(name)
         source = RandomSource(cfg, seed, device, dtype)
     else:
         checkpoint = resolve_checkpoint(name)
         cfg = read_config(checkpoint, name)
-        if read_quantization(checkpoint) is not None:
-            raise parallel.ParallelError(f"{name} is a quantized checkpoint: tensor parallelism does not shard "
-                                         "quantized weights yet")
+        info = read_quantization(checkpoint)
+        if info is not None and scheme is not None and scheme.name != info["scheme"]:
+            raise QuantError(f"{name} holds {info['scheme']} weights; they cannot be quantized again as "
+                             f"{scheme.name} (load it without quantize, or quantize its full-precision checkpoint)")
         source = checkpoint_source(checkpoint)
     parallel.check_tp(cfg, tp)
+    parallel.check_head(cfg, tp, head)
+    schemes = quant_layer_schemes(cfg, info, scheme)
+    parallel.check_quant_split(cfg, tp, schemes)
     parallel.warn_replication(cfg, tp)
     read = getattr(source, "read_ranges", None) or parallel.whole_tensor_reader(source)
-    model = build_model(parallel.shard_config(cfg, tp), parallel.ShardedSource(cfg, rank, tp, read), device, dtype)
+    local = parallel.shard_config(cfg, tp, head)
+    rows = parallel.head_rows(cfg, tp) if head == parallel.HEAD_VOCAB else None
+    if info is not None:
+        sharded = parallel.QuantizedShardSource(cfg, rank, tp, read, schemes, head=head)
+        return cfg, build_quantized_model(local, info, sharded, device, dtype, schemes=schemes, head_rows=rows)
+    sharded = parallel.ShardedSource(cfg, rank, tp, read, scheme=scheme, head=head)
+    model = build_model(local, sharded, device, dtype, schemes=schemes or {},
+                        quantize_weight=sharded.quantize_weight, head_rows=rows)
     return cfg, model
+
+
+def quant_layer_schemes(cfg: LlamaConfig, info: dict | None, scheme: QuantScheme | None,
+                        warn: bool = True) -> dict[str, QuantScheme | None] | None:
+    """{layer: scheme} of the whole model: a quantized checkpoint's (info, its quantization.json), else
+    quant.layer_schemes(cfg, scheme) (with warn, its fallback warnings); None without quantization."""
+    if info is not None:
+        try:
+            return _layer_schemes_of(info, cfg)
+        except QuantError as e:
+            raise QuantError(f"{QUANTIZATION_FILE}: {e}") from None
+    return None if scheme is None else quant.layer_schemes(cfg, scheme, warn=warn)
+
+
+def tp_layer_schemes(name: str, quantize: str | QuantScheme | None) -> dict[str, QuantScheme | None] | None:
+    """quant_layer_schemes of a model name (a quantized checkpoint's own, or quantize's), without warnings and
+    without loading weights: what parallel.check_quant_split checks before the ranks meet."""
+    if name.startswith("random:"):
+        cfg, info = random_config(name), None
+    else:
+        checkpoint = resolve_checkpoint(name)
+        cfg, info = read_config(checkpoint, name), read_quantization(checkpoint)
+    return quant_layer_schemes(cfg, info, None if quantize is None else quant.parse_scheme(quantize), warn=False)
 
 
 def quantization_of(name: str, quantize: str | QuantScheme | None = None) -> str | None:
@@ -526,13 +573,17 @@ def _layer_schemes_of(info: dict, cfg: LlamaConfig) -> dict[str, QuantScheme | N
 
 
 def build_quantized_model(cfg: LlamaConfig, info: dict, get: Callable[[str], torch.Tensor], device,
-                          dtype) -> Transformer:
+                          dtype, *, schemes: dict[str, QuantScheme | None] | None = None,
+                          head_rows: int | None = None) -> Transformer:
     """A Transformer from a quantized checkpoint (tensors under our own names): the quantized buffers as saved,
-    every floating-point tensor (scales, offsets, norms, embedding, biases) cast to dtype."""
+    every floating-point tensor (scales, offsets, norms, embedding, biases) cast to dtype. For a tensor-parallel
+    shard: schemes, the whole model's layer schemes (quant_layer_schemes), and head_rows as in build_model."""
     with torch.device("meta"):
         model = Transformer(cfg)
+        if head_rows is not None:
+            model.output = torch.nn.Linear(cfg.dim, head_rows, bias=False)
     try:
-        quant.install_quant_linears_(model, _layer_schemes_of(info, cfg), dtype)
+        quant.install_quant_linears_(model, schemes if schemes is not None else _layer_schemes_of(info, cfg), dtype)
     except QuantError as e:
         raise QuantError(f"{QUANTIZATION_FILE}: {e}") from None
     names = [n for n in model.state_dict() if not (n == "output.weight" and cfg.tie_word_embeddings)]

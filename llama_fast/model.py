@@ -261,12 +261,13 @@ class Block(nn.Module):
         self.tp_group = None  # tensor parallel (llama_fast.parallel): wo and w2 outputs are partial sums
         self.tp_rank = 0
         self.tp_zeros: torch.Tensor | None = None  # (1, dim): the fused residual GEMVs' residual on ranks > 0
+        self.tp_symm = None  # parallel.SymmAllReduce when the small all-reduces run one-shot over symmetric memory
 
     def forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         if self._small_m_fusable(x, opts):
             return self._small_m_forward(x, rope, mask, input_pos, start, opts)
-        h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts))
-        return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts))
+        h = x + self._reduce(self.attention(self.attention_norm(x), rope, mask, input_pos, start, opts), 0)
+        return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts), 1)
 
     def _small_m_fusable(self, x: torch.Tensor, opts: ForwardOptions) -> bool:
         """Whether the block runs as _small_m_forward: the small-M GEMM applies, one copy of dense weights without
@@ -294,10 +295,13 @@ class Block(nn.Module):
         act = small_m_gemm_swiglu(h, f.w13.weight, rms_rstd(h, fn.eps), fn.weight)
         return small_m_gemm_residual(act, f.w2.weight, h).view(B, T, dim)
 
-    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
-        """A shard's wo / w2 output summed over the tensor-parallel ranks; as is without tensor parallelism."""
+    def _reduce(self, partial: torch.Tensor, site: int) -> torch.Tensor:
+        """A shard's wo (site 0) / w2 (site 1) output summed over the tensor-parallel ranks; as is without tensor
+        parallelism."""
         if self.tp_group is None:
             return partial
+        if self.tp_symm is not None:
+            return self.tp_symm(partial, site)
         from .parallel import all_reduce_sum
 
         return all_reduce_sum(partial, self.tp_group)
@@ -324,14 +328,14 @@ class Block(nn.Module):
             q, k, v = qkv.view(1, 1, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
             y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (1, 1, q_size)
         wo, wo_quant = kernel_weight(a.wo)
-        h, ss = self._residual_gemv(y.reshape(1, -1), wo, x2, pdl, wo_quant)
+        h, ss = self._residual_gemv(y.reshape(1, -1), wo, x2, pdl, wo_quant, 0)
         w13, w13_quant = kernel_weight(f.w13)
         act = gemv_rmsnorm_swiglu(h, ss, self.ffn_norm.weight, w13, self.ffn_norm.eps, pdl, **w13_quant)
         w2, w2_quant = kernel_weight(f.w2)
-        out, ss = self._residual_gemv(act, w2, h, pdl, w2_quant)
+        out, ss = self._residual_gemv(act, w2, h, pdl, w2_quant, 1)
         return out.view(1, 1, -1), ss
 
-    def _residual_gemv(self, y, w, res, pdl, quant):
+    def _residual_gemv(self, y, w, res, pdl, quant, site: int):
         """(res + W @ y, its sum-of-squares partials). Tensor parallel: rank 0 adds the residual, the others
         zeros, so one all-reduce of the GEMVs' outputs gives the sum; its partials are then taken again."""
         from .kernels import gemv_residual_ss, row_ss_partials
@@ -339,7 +343,7 @@ class Block(nn.Module):
         if self.tp_group is None:
             return gemv_residual_ss(y, w, res, pdl, **quant)
         part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
-        h = self._reduce(part)
+        h = self._reduce(part, site)
         return h, row_ss_partials(h)
 
 
@@ -387,6 +391,7 @@ class Transformer(nn.Module):
         # the fused decode kernels have no bias inputs
         self.fusable = not (cfg.attention_bias or cfg.mlp_bias)
         self.tp = 1  # tensor-parallel degree: cfg is then one rank's shard (llama_fast.parallel.install_group_)
+        self.tp_head_group = None  # a vocabulary-parallel head's group: its logits slices are all-gathered
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:
@@ -459,7 +464,15 @@ class Transformer(nn.Module):
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
+        if self.tp_head_group is not None:
+            return self._gather_vocab(linear(self.norm(x), self.output, opts))
         return linear(self.norm(x), self.output, opts)
+
+    def _gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
+        """A vocabulary-parallel head's logits slices (..., V/N) of all ranks -> the logits (..., V)."""
+        from .parallel import all_gather_vocab
+
+        return all_gather_vocab(logits, self.tp_head_group, self.config.vocab_size)
 
     def step_glue(self, B: int) -> tuple[Callable, Callable | None]:
         """(input preparation, greedy pick or None for the eager one) of a call with B rows. compiled_glue's
@@ -477,8 +490,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x, ss = run_block(layer, x, ss, rope, mask, input_pos, start, opts)
         head, head_quant = kernel_weight(self.output)
-        return gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
-                            **head_quant).view(1, 1, -1)
+        logits = gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
+                              **head_quant).view(1, 1, -1)
+        return logits if self.tp_head_group is None else self._gather_vocab(logits)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv

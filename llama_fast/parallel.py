@@ -8,15 +8,24 @@ Each of the N ranks holds a shard of every block:
   - the partial products of wo and w2 are summed over the ranks by one all-reduce each (Block.forward and the
     fused Block.fused_decode), through torch.distributed._functional_collectives so torch.compile traces them
     and the decode step's CUDA graph captures them;
-  - the embedding, the norms and the output head are replicated (every rank computes the full logits, so every
-    rank picks the same token without another collective); a bias of wo / w2 is held by rank 0 only (zeros
-    elsewhere), so the sum adds it once.
+  - the embedding and the norms are replicated; a bias of wo / w2 is held by rank 0 only (zeros elsewhere), so
+    the sum adds it once;
+  - the output head is replicated (HEAD_REPLICATED, the default: every rank computes the full logits and picks
+    the same token without another collective) or vocabulary-parallel (HEAD_VOCAB, LLAMA_FAST_TP_HEAD=vocab or
+    load_model(tp_head="vocab")): each rank holds ceil(V/N) rows of the head (the last rank's tail padded with
+    zero rows; a head tied to the embedding is untied, the embedding staying whole) and the logits are
+    all-gathered before the pick.
+Quantized weights (llama_fast.quant) shard the same way: int8 scales are per output row, so they are split with
+the rows of wqkv / w13 and replicated for wo / w2, whose rows are whole (their scales come from the full rows, so
+a rank reads its wo / w2 whole, one at a time, to quantize them); int4 groups run along K, so wo / w2 (split
+along K) need each rank's K to be a multiple of the group (ParallelError otherwise: check_quant_split).
 KV heads are split when n_kv_heads % N == 0; otherwise they are replicated (a warning says so): each rank holds
 the KV heads its query heads read. A rank runs the model config shard_config() returns.
 
 Each rank reads only its slices: a safetensors checkpoint through safe_open(...).get_slice; a source that can
 only hand out whole tensors (random:<shape>, pytorch_model*.bin) gives one full projection at a time, sliced and
-dropped at once, so the whole model never sits in one process.
+dropped at once, so the whole model never sits in one process. A quantized checkpoint directory (our tensor
+names, llama-fast quantize) is sliced the same way by QuantizedShardSource.
 """
 from __future__ import annotations
 
@@ -31,13 +40,31 @@ import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 
+from . import quant
 from .config import LlamaConfig
+from .quant import QuantScheme
 
 TORCHRUN_HINT = "launch it with torchrun --nproc-per-node N (N = --tp)"
 
 
+HEAD_REPLICATED, HEAD_VOCAB = "replicated", "vocab"
+HEAD_MODES = (HEAD_REPLICATED, HEAD_VOCAB)
+HEAD_ENV = "LLAMA_FAST_TP_HEAD"  # the output head's layout when load_model(tp_head=None)
+SPLIT_K_LAYERS = ("attention.wo", "feed_forward.w2")  # split along their input (K), their rows whole
+
+
 class ParallelError(ValueError):
     """A tensor-parallel setting that cannot run: a degree not dividing the model, no process group, ..."""
+
+
+def head_mode(value: str | None = None) -> str:
+    """The output head's layout under tensor parallelism: value, else $LLAMA_FAST_TP_HEAD, else HEAD_REPLICATED
+    (ParallelError for anything but HEAD_MODES)."""
+    raw = value if value is not None else os.environ.get(HEAD_ENV, "") or HEAD_REPLICATED
+    if raw not in HEAD_MODES:
+        where = "tp_head" if value is not None else HEAD_ENV
+        raise ParallelError(f"{where} must be one of {', '.join(HEAD_MODES)}, got {raw!r}")
+    return raw
 
 
 def check_tp(cfg: LlamaConfig, tp: int):
@@ -68,13 +95,53 @@ def kv_replicated(cfg: LlamaConfig, tp: int) -> bool:
     return tp > 1 and cfg.n_kv_heads % tp != 0
 
 
-def shard_config(cfg: LlamaConfig, tp: int) -> LlamaConfig:
-    """The config one rank runs: n_heads/tp heads, its KV heads, intermediate_size/tp (head_dim unchanged)."""
+def shard_config(cfg: LlamaConfig, tp: int, head: str = HEAD_REPLICATED) -> LlamaConfig:
+    """The config one rank runs: n_heads/tp heads, its KV heads, intermediate_size/tp (head_dim unchanged).
+    With HEAD_VOCAB the head is untied from the embedding (its rows are a slice, head_rows(cfg, tp); the
+    embedding and vocab_size stay whole)."""
     check_tp(cfg, tp)
     if tp == 1:
         return cfg
+    untie = {"tie_word_embeddings": False} if head == HEAD_VOCAB else {}
     return replace(cfg, n_heads=cfg.n_heads // tp, n_kv_heads=len(kv_heads_of_rank(cfg, 0, tp)),
-                   head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size // tp)
+                   head_dim=cfg.head_dim, intermediate_size=cfg.intermediate_size // tp, **untie)
+
+
+def head_rows(cfg: LlamaConfig, tp: int) -> int:
+    """Rows of a vocabulary-parallel head on each rank: ceil(vocab_size / tp) (the last rank's padded)."""
+    return -(-cfg.vocab_size // tp)
+
+
+def vocab_range(cfg: LlamaConfig, rank: int, tp: int) -> tuple[int, int]:
+    """The vocabulary rows [lo, hi) rank's head holds (hi - lo < head_rows on a padded last rank)."""
+    per = head_rows(cfg, tp)
+    return min(rank * per, cfg.vocab_size), min((rank + 1) * per, cfg.vocab_size)
+
+
+def check_head(cfg: LlamaConfig, tp: int, head: str):
+    """Refuse a vocabulary-parallel head that would leave a rank without vocabulary rows (ParallelError)."""
+    if head == HEAD_VOCAB and tp > 1 and (tp - 1) * head_rows(cfg, tp) >= cfg.vocab_size:
+        raise ParallelError(f"tp {tp}: a vocabulary of {cfg.vocab_size} leaves the last rank no rows of a "
+                            "vocabulary-parallel head (use the replicated head)")
+
+
+def check_quant_split(cfg: LlamaConfig, tp: int, schemes: dict[str, QuantScheme | None] | None):
+    """Refuse (ParallelError) int4 layers split along K (wo, w2) whose per-rank K is not a multiple of their
+    group: a group would straddle two ranks. schemes: {layer: scheme} of the whole model (quant.layer_schemes or
+    a quantized checkpoint's), None without quantization."""
+    if tp == 1 or not schemes:
+        return
+    for layer, s in schemes.items():
+        if s is None or s.bits != 4 or not layer.endswith(SPLIT_K_LAYERS):
+            continue
+        kind = layer.rsplit(".", 1)[-1]
+        k = cfg.q_size if kind == "wo" else cfg.intermediate_size
+        local = k // tp
+        if local % s.group:
+            fits = [f"int4:g{g}" for g in quant.INT4_GROUPS if local % g == 0]
+            hint = f"choose {' or '.join(fits)}" if fits else "no int4 group divides it: use int8"
+            raise ParallelError(f"tp {tp} splits the {kind} K = {k} into {local} per rank, not a multiple of its "
+                                f"int4 group {s.group}: {hint}, or another tp")
 
 
 def _head_ranges(heads: list[int], head_dim: int) -> list[tuple[int, int]]:
@@ -105,12 +172,31 @@ def whole_tensor_reader(get: Callable[[str], torch.Tensor]) -> Reader:
     return read
 
 
+def _shift(ranges: list[tuple[int, int]], by: int) -> list[tuple[int, int]]:
+    return [(lo + by, hi + by) for lo, hi in ranges]
+
+
+def _scaled(ranges: list[tuple[int, int]], div: int) -> list[tuple[int, int]]:
+    """Ranges of K columns -> the same ranges in units of div columns (int4 bytes: 2, groups: G)."""
+    return [(lo // div, hi // div) for lo, hi in ranges]
+
+
+def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """t with zero rows appended up to rows (a padded last rank of a vocabulary-parallel head)."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+
+
 class ShardedSource:
-    """HF-named tensors of one rank's shard, as a source for loading.build_model with shard_config(cfg, tp).
+    """HF-named tensors of one rank's shard, as a source for loading.build_model with shard_config(cfg, tp, head).
 
-    Reads through `read` (a Reader) only the ranges the rank holds; replicated tensors are read whole."""
+    Reads through `read` (a Reader) only the ranges the rank holds; replicated tensors are read whole. With an
+    int8 scheme, wo / w2 are read whole (their per-row scales come from the full rows) and quantize_weight keeps
+    the rank's columns of the quantized weight."""
 
-    def __init__(self, cfg: LlamaConfig, rank: int, tp: int, read: Reader):
+    def __init__(self, cfg: LlamaConfig, rank: int, tp: int, read: Reader, *, scheme: QuantScheme | None = None,
+                 head: str = HEAD_REPLICATED):
         check_tp(cfg, tp)
         self.cfg, self.rank, self.tp, self.read = cfg, rank, tp, read
         d, heads = cfg.head_dim, cfg.n_heads // tp
@@ -118,6 +204,23 @@ class ShardedSource:
         self.kv_ranges = _head_ranges(kv_heads_of_rank(cfg, rank, tp), d)
         per = cfg.intermediate_size // tp
         self.mlp_ranges = [(rank * per, (rank + 1) * per)]
+        self.whole_k = scheme is not None and scheme.bits == 8
+        self.vocab_head = head == HEAD_VOCAB
+
+    def k_columns(self, kind: str) -> tuple[int, list[tuple[int, int]]]:
+        """(full K, the rank's K ranges) of wo (kind "wo" / "o_proj") or w2 ("w2" / "down_proj")."""
+        if kind in ("wo", "o_proj"):
+            return self.cfg.q_size, self.q_ranges
+        return self.cfg.intermediate_size, self.mlp_ranges
+
+    def head(self, name: str) -> torch.Tensor:
+        """The rank's rows of a vocabulary-parallel head tensor `name` (padded with zero rows to head_rows)."""
+        lo, hi = vocab_range(self.cfg, self.rank, self.tp)
+        return _pad_rows(self.read(name, 0, [(lo, hi)]), head_rows(self.cfg, self.tp))
+
+    def rank0_bias(self, name: str) -> torch.Tensor:
+        bias = self.read(name, 0, [(0, self.cfg.dim)])  # summed by the all-reduce: rank 0's alone counts
+        return bias if self.rank == 0 else torch.zeros_like(bias)
 
     def __call__(self, name: str) -> torch.Tensor:
         leaf = name.rsplit(".", 2)[-2:]  # e.g. ["q_proj", "weight"]
@@ -129,11 +232,62 @@ class ShardedSource:
         if proj in ("gate_proj", "up_proj"):
             return self.read(name, 0, self.mlp_ranges)
         if proj in ("o_proj", "down_proj"):
-            if kind == "weight":
-                return self.read(name, 1, self.q_ranges if proj == "o_proj" else self.mlp_ranges)
-            bias = self.read(name, 0, [(0, self.cfg.dim)])  # summed by the all-reduce: rank 0's alone counts
-            return bias if self.rank == 0 else torch.zeros_like(bias)
+            if kind == "bias":
+                return self.rank0_bias(name)
+            k, cols = self.k_columns(proj)
+            return self.read(name, 1, [(0, k)] if self.whole_k else cols)
+        if name == "lm_head.weight" and self.vocab_head:
+            return self.head("model.embed_tokens.weight" if self.cfg.tie_word_embeddings else name)
         return self.read(name, 0, [(0, _rows(self.cfg, name))])
+
+    def quantize_weight(self, layer: str, weight: torch.Tensor, scheme: QuantScheme) -> dict[str, torch.Tensor]:
+        """quant.quantize_tensor of the rank's weight of `layer` (our name); an int8 wo / w2, read whole, is
+        quantized whole and its qweight cut to the rank's columns (its scales, per whole row, kept)."""
+        out = quant.quantize_tensor(weight, scheme)
+        if self.whole_k and layer.endswith(SPLIT_K_LAYERS):
+            _, cols = self.k_columns(layer.rsplit(".", 1)[-1])
+            q = out["qweight"]
+            out["qweight"] = torch.cat([q[:, lo:hi] for lo, hi in cols], dim=1)
+            del q
+        return out
+
+
+class QuantizedShardSource(ShardedSource):
+    """Tensors of one rank's shard of a quantized checkpoint (our tensor names, llama_fast.quant's format), as a
+    source for loading.build_quantized_model with shard_config(cfg, tp, head): the rows of wqkv / w13 (qweight,
+    scales, offsets, bias alike); the K columns of wo / w2 (int4 qweight: K/2 packed bytes; int4 scales and
+    offsets: K/G groups; int8 scales, per whole row: whole); rank 0's wo / w2 bias; with HEAD_VOCAB the head's
+    vocabulary rows (a tied head's from the embedding); everything else whole. schemes: {layer: scheme} of the
+    checkpoint (check_quant_split has accepted them)."""
+
+    def __init__(self, cfg: LlamaConfig, rank: int, tp: int, read: Reader,
+                 schemes: dict[str, QuantScheme | None], head: str = HEAD_REPLICATED):
+        super().__init__(cfg, rank, tp, read, head=head)
+        self.schemes = schemes
+
+    def __call__(self, name: str) -> torch.Tensor:
+        layer, _, leaf = name.rpartition(".")
+        kind = layer.rsplit(".", 1)[-1]
+        c = self.cfg
+        if kind == "wqkv":
+            q, kv = c.q_size, c.kv_size
+            return self.read(name, 0, self.q_ranges + _shift(self.kv_ranges, q) + _shift(self.kv_ranges, q + kv))
+        if kind == "w13":
+            return self.read(name, 0, self.mlp_ranges + _shift(self.mlp_ranges, c.intermediate_size))
+        if kind in ("wo", "w2"):
+            if leaf == "bias":
+                return self.rank0_bias(name)
+            _, cols = self.k_columns(kind)
+            scheme = self.schemes.get(layer)
+            if leaf == "weight" or (scheme.bits == 8 and leaf == "qweight"):
+                return self.read(name, 1, cols)
+            if scheme.bits == 8:  # scales, one per whole row
+                return self.read(name, 0, [(0, c.dim)])
+            return self.read(name, 1, _scaled(cols, 2 if leaf == "qweight" else scheme.group))
+        if kind == "output" and self.vocab_head:
+            return self.head("tok_embeddings.weight" if c.tie_word_embeddings else name)
+        rows = c.vocab_size if kind in ("output", "tok_embeddings") else c.dim
+        return self.read(name, 0, [(0, rows)])
 
 
 def _rows(cfg: LlamaConfig, name: str) -> int:
@@ -217,14 +371,107 @@ def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
-def install_group_(model, group, tp: int, rank: int = 0):
+# --------------------------------------------------------------------------------------- one-shot all-reduce
+ALLREDUCE_NCCL, ALLREDUCE_SYMM = "nccl", "symm"
+ALLREDUCE_MODES = (ALLREDUCE_NCCL, ALLREDUCE_SYMM)
+ALLREDUCE_ENV = "LLAMA_FAST_TP_ALLREDUCE"
+# Messages up to this size go through the one-shot all-reduce (a batch-1 decode step's are dim * 2 bytes: 8 KB
+# at Llama-7B); larger ones (prefill chunks) through NCCL, whose ring reads each byte once per rank instead of
+# once per peer.
+SYMM_MAX_BYTES = 1 << 19
+
+
+def allreduce_mode(device: torch.device, value: str | None = None) -> str:
+    """How the blocks' all-reduces run: value, else $LLAMA_FAST_TP_ALLREDUCE, else ALLREDUCE_NCCL (the process
+    group's backend: NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM, the one-shot all-reduce over symmetric memory
+    (SymmAllReduce), needs CUDA and a torch with torch.ops.symm_mem's one-shot all-reduce; refused otherwise
+    (ParallelError), before any rank meets the others."""
+    raw = value if value is not None else os.environ.get(ALLREDUCE_ENV, "") or ALLREDUCE_NCCL
+    if raw not in ALLREDUCE_MODES:
+        where = "tp_allreduce" if value is not None else ALLREDUCE_ENV
+        raise ParallelError(f"{where} must be one of {', '.join(ALLREDUCE_MODES)}, got {raw!r}")
+    if raw == ALLREDUCE_SYMM:
+        if device.type != "cuda":
+            raise ParallelError(f"{ALLREDUCE_ENV}={raw} needs CUDA GPUs: the one-shot all-reduce runs over "
+                                f"symmetric GPU memory, which gloo on {device.type} does not have")
+        if _symm_op() is None:
+            raise ParallelError(f"{ALLREDUCE_ENV}={raw}: torch {torch.__version__} has no "
+                                "torch.ops.symm_mem.one_shot_all_reduce (use nccl)")
+    return raw
+
+
+def _symm_op() -> str | None:
+    """The one-shot all-reduce of torch.ops.symm_mem this torch has: the copying one (the input copied into the
+    symmetric buffer by the kernel itself), else the plain one (copied before it), else None."""
+    for name in ("one_shot_all_reduce_copy", "one_shot_all_reduce"):
+        if hasattr(torch.ops.symm_mem, name):
+            return name
+    return None
+
+
+class SymmAllReduce:
+    """A one-shot all-reduce over symmetric memory (torch.distributed._symmetric_memory) for the small messages
+    of the decode step, where NCCL's ring costs ~25 us per 8 KB message inside the CUDA graph (docs/PERF.md):
+    each rank writes its partial sum into its symmetric buffer and one kernel sums all peers' buffers.
+
+    Two persistent buffers of SYMM_MAX_BYTES, allocated and rendezvoused here (a collective: every rank builds
+    this at the same point, install_group_), one per call site (the attention's all-reduce, then the MLP's): two
+    consecutive all-reduces never share a buffer, so a rank writing the next message cannot overwrite one a
+    peer is still reading. A message is copied into a view of the buffer's first elements, so the op's inputs
+    are fixed addresses: CUDA-graph capturable, traceable by torch.compile (a custom op with a meta kernel).
+    A larger message, or one of another dtype, goes through NCCL (all_reduce_sum)."""
+
+    def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group, self.group_name, self.op = group, group.group_name, _symm_op()
+        self.dtype = dtype
+        numel = SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size()
+        enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
+        if enable is not None:  # needed by older torch; deprecated (a FutureWarning) where the setup is automatic
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                enable(self.group_name)
+        self.buffers = []
+        for _ in range(sites):
+            buf = symm_mem.empty(numel, dtype=dtype, device=device)
+            symm_mem.rendezvous(buf, self.group_name)
+            self.buffers.append(buf)
+
+    def __call__(self, t: torch.Tensor, site: int) -> torch.Tensor:
+        buf = self.buffers[site]
+        if t.numel() > buf.numel() or t.dtype != self.dtype:
+            return all_reduce_sum(t, self.group)
+        x, view = t.contiguous().view(-1), buf[: t.numel()]
+        if self.op == "one_shot_all_reduce_copy":
+            out = torch.ops.symm_mem.one_shot_all_reduce_copy(view, x, "sum", self.group_name)
+        else:
+            view.copy_(x)
+            out = torch.ops.symm_mem.one_shot_all_reduce(view, "sum", self.group_name)
+        return out.view(t.shape)
+
+
+def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:
+    """The ranks' vocabulary slices of the logits t (..., V/N) concatenated along the last dim, cut to
+    vocab_size (a padded last rank's zero rows dropped); waited for like all_reduce_sum."""
+    out = funcol.all_gather_tensor(t.contiguous(), t.dim() - 1, group)
+    out = out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
+    return out if out.shape[-1] == vocab_size else out[..., :vocab_size]
+
+
+def install_group_(model, group, tp: int, rank: int = 0, head: str = HEAD_REPLICATED,
+                   allreduce: str = ALLREDUCE_NCCL):
     """Make a model built from rank's shard sum its wo and w2 outputs over group (one all-reduce each, in the
-    compiled blocks and in the fused batch-1 decode block alike)."""
+    compiled blocks and in the fused batch-1 decode block alike; ALLREDUCE_SYMM: small ones by SymmAllReduce);
+    with HEAD_VOCAB, all-gather its logits. A collective with ALLREDUCE_SYMM: every rank calls it."""
     model.tp = tp
     if tp == 1:
         return model
     w = model.tok_embeddings.weight
     zeros = torch.zeros(1, model.config.dim, dtype=w.dtype, device=w.device)
+    symm = SymmAllReduce(group, w.device, w.dtype) if allreduce == ALLREDUCE_SYMM else None
     for layer in model.layers:
-        layer.tp_group, layer.tp_rank, layer.tp_zeros = group, rank, zeros
+        layer.tp_group, layer.tp_rank, layer.tp_zeros, layer.tp_symm = group, rank, zeros, symm
+    if head == HEAD_VOCAB:
+        model.tp_head_group = group
     return model

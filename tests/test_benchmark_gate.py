@@ -464,6 +464,43 @@ def test_bench_quantize_runs_a_case_over_int8_weights(tmp_path):
     assert rc == 4 and "--bench-quantize: unknown quantization scheme 'int3'" in out, out
 
 
+def test_bench_tp_runs_a_case_under_torchrun_on_two_ranks(tmp_path):
+    """--bench-tp 2 under torchrun (gloo, 2 CPU processes): the fastest path's case loads each rank's shard, its
+    fp32 output equals transformers' (the same hash as one process), its memory budget is the rank's shard's, and
+    rank 0 alone writes the JSON. Outside torchrun: one line, exit 4."""
+    import torch
+
+    from llama_fast import parallel
+    from llama_fast.config import NAMED_SHAPES
+    from llama_fast.harness import FASTEST, VARIANTS, memory_budget_bytes
+
+    case = f"{FASTEST}-b1-p32-n16-fp32"
+    out_json = tmp_path / "run.json"
+    args = [*CPU, "--bench-tp", "2", "-k", case, "--bench-rounds", "1", "--bench-warmup", "0",
+            f"--bench-hashes={tmp_path / 'h.json'}", f"--benchmark-storage=file://{tmp_path / 'store'}",
+            f"--benchmark-json={out_json}"]
+    env = {k: v for k, v in clean_env(tmp_path).items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+                        "pytest", str(BENCH), *args], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert out.count("1 passed") == 2 and "tensor parallel: rank 1 of 2" in out, out[-4000:]
+    data = json.loads(out_json.read_text())
+    (bench,) = data["benchmarks"]
+    extra = bench["extra_info"]
+    assert bench["param"] == case and data["machine_info"]["llama_fast"]["tp"] == 2
+    assert extra["correctness"].startswith("equals transformers"), extra
+    shard, w = parallel.shard_config(NAMED_SHAPES["tiny"], 2), bs.CPU_WORKLOAD
+    allowance = bs.allowance_bytes(VARIANTS[FASTEST], shard, torch.float32, w)
+    budget = memory_budget_bytes(shard, torch.float32, w, allowance)  # the rank's shard: 260.1 MB, the whole 262.6
+    assert extra["mem_budget_mb"] == pytest.approx(budget / bs.MB)
+
+    rc, out = run_bench(tmp_path, "--collect-only", "-q", "--bench-tp", "2")
+    assert rc == 4 and ("--bench-tp 2 runs one process per rank: launch it as torchrun --nproc-per-node 2 -m pytest "
+                        "benchmarks/ --bench-tp 2 ...") in out, out
+
+
 def test_sampled_case_runs_on_cpu_against_its_recorded_hash(tmp_path):
     """The sampled case on CPU (fp32): in transformers' nucleus, then its seeded hash recorded and enforced."""
     from llama_fast.harness import FASTEST

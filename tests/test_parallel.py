@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from core_helpers import TINY_CONFIGS, make_hf
-from llama_fast import parallel
+from llama_fast import parallel, quant
 from llama_fast.cli import main
 from llama_fast.config import NAMED_SHAPES
-from llama_fast.loading import RandomSource, SafetensorsSource, build_model
+from llama_fast.loading import RandomSource, SafetensorsSource, build_model, build_weights, save_quantized
 from llama_fast.model import ForwardOptions, prepare_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,6 +117,156 @@ def test_replicated_kv_heads_are_announced():
         parallel.warn_replication(TINY_CONFIGS["mqa"], 2)
 
 
+# GQA with intermediate 128: each rank's K of wo (32) and w2 (64) is a multiple of the int4 group 32
+GQA_INT4 = TINY_CONFIGS["gqa"].with_overrides(intermediate_size=128, name="gqa-int4")
+
+
+@pytest.fixture(scope="module")
+def gqa_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """The GQA_INT4 checkpoint (safetensors) and its quantized checkpoint directories (save_quantized)."""
+    root = tmp_path_factory.mktemp("gqa")
+    dirs = {"full": root / "full"}
+    make_hf(GQA_INT4).save_pretrained(dirs["full"])
+    for scheme in ("int8", "int4:g32"):
+        dirs[scheme] = root / scheme.replace(":", "-")
+        save_quantized(str(dirs["full"]), dirs[scheme], scheme, "cpu", torch.float32)
+    return dirs
+
+
+def _outputs(model, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(attention, MLP, head) outputs of block 0 and the head on idx's embeddings, before any collective."""
+    model.setup_caches(1, 16)
+    pos = torch.arange(idx.shape[1])
+    x, rope, mask = prepare_inputs(model, idx, pos, 0)
+    layer, opts = model.layers[0], ForwardOptions()
+    return (layer.attention(layer.attention_norm(x), rope, mask, pos, 0, opts),
+            layer.feed_forward(layer.ffn_norm(x), opts), model.output(model.norm(x)))
+
+
+QUANT_SHARD_CASES = [("int8", "replicated"), ("int8", "vocab"), ("int4:g32", "replicated"), ("int4:g32", "vocab")]
+
+
+@pytest.mark.parametrize("scheme,head", QUANT_SHARD_CASES, ids=[f"{s}-{h}" for s, h in QUANT_SHARD_CASES])
+def test_quantized_shards_sum_to_the_whole_model(gqa_checkpoints, scheme, head):
+    """Each rank quantizes its shard as the whole model quantizes those rows (int8: per whole row, int4: the
+    same groups), so the dequantized partial products sum to the whole; a quantized checkpoint directory sliced
+    in its own format gives the very same tensors."""
+    src, cfg, tp = str(gqa_checkpoints["full"]), GQA_INT4, 2
+    _, full = build_weights(src, "cpu", torch.float32, quantize=scheme)
+    idx = torch.randint(0, cfg.vocab_size, (1, 6), generator=torch.Generator().manual_seed(0))
+    attn, mlp, logits = _outputs(full, idx)
+    shards = [build_weights(src, "cpu", torch.float32, quantize=scheme, tp=tp, rank=r, tp_head=head)[1]
+              for r in range(tp)]
+    parts = [_outputs(m, idx) for m in shards]
+    torch.testing.assert_close(sum(p[0] for p in parts), attn, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sum(p[1] for p in parts), mlp, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(parts[0][1], mlp)  # a shard alone is a partial sum
+    if head == "vocab":  # 97 rows: 49 per rank, the last padded with one zero row
+        assert [p[2].shape[-1] for p in parts] == [49, 49]
+        torch.testing.assert_close(torch.cat([p[2] for p in parts], -1)[..., :cfg.vocab_size], logits)
+        assert torch.all(parts[1][2][..., -1] == 0)
+    else:
+        assert all(torch.equal(p[2], logits) for p in parts)
+    for r, shard in enumerate(shards):
+        _, saved = build_weights(str(gqa_checkpoints[scheme]), "cpu", torch.float32, tp=tp, rank=r, tp_head=head)
+        mine, theirs = shard.state_dict(), saved.state_dict()
+        assert mine.keys() == theirs.keys()
+        for name in mine:
+            assert torch.equal(mine[name], theirs[name]), (r, name)
+
+
+def test_int8_split_layers_keep_whole_row_scales(gqa_checkpoints):
+    src = str(gqa_checkpoints["full"])
+    _, full = build_weights(src, "cpu", torch.float32, quantize="int8")
+    shards = [build_weights(src, "cpu", torch.float32, quantize="int8", tp=2, rank=r)[1] for r in range(2)]
+    for layer in ("attention.wo", "feed_forward.w2"):
+        whole = full.layers[0].get_submodule(layer)
+        local = [s.layers[0].get_submodule(layer) for s in shards]
+        assert all(torch.equal(m.scales, whole.scales) for m in local)  # replicated: the rows are whole
+        assert torch.equal(torch.cat([m.qweight for m in local], 1), whole.qweight)
+    wqkv = [s.layers[0].attention.wqkv.scales for s in shards]
+    assert wqkv[0].shape[0] == full.layers[0].attention.wqkv.scales.shape[0] // 2  # split with the rows
+
+
+def test_vocab_head_unties_a_tied_head(tmp_path):
+    cfg = TINY_CONFIGS["tied"]
+    make_hf(cfg).save_pretrained(tmp_path)
+    _, full = build_weights(str(tmp_path), "cpu", torch.float32)
+    for r, (lo, hi) in enumerate([(0, 49), (49, 97)]):
+        _, shard = build_weights(str(tmp_path), "cpu", torch.float32, tp=2, rank=r, tp_head="vocab")
+        assert torch.equal(shard.tok_embeddings.weight, full.tok_embeddings.weight)  # the embedding stays whole
+        assert shard.output.weight is not shard.tok_embeddings.weight
+        assert torch.equal(shard.output.weight[: hi - lo], full.tok_embeddings.weight[lo:hi])
+        assert shard.output.weight.shape[0] == 49
+
+
+def test_int4_groups_must_not_straddle_ranks():
+    tiny = NAMED_SHAPES["tiny"]  # w2 K 352: 176 per rank, no int4 group divides it
+    with pytest.raises(parallel.ParallelError, match=r"tp 2 splits the w2 K = 352 into 176 per rank, not a multiple "
+                                                     r"of its int4 group 32: no int4 group divides it: use int8"):
+        parallel.check_quant_split(tiny, 2, quant.layer_schemes(tiny, "int4:g32", warn=False))
+    with pytest.raises(parallel.ParallelError, match=r"wo K = 64 into 32 per rank.*group 64: choose int4:g32, or"):
+        parallel.check_quant_split(GQA_INT4, 2, quant.layer_schemes(GQA_INT4, "int4:g64", warn=False))
+    parallel.check_quant_split(GQA_INT4, 2, quant.layer_schemes(GQA_INT4, "int4:g32", warn=False))
+    parallel.check_quant_split(tiny, 2, quant.layer_schemes(tiny, "int8", warn=False))  # rows whole: any K
+
+
+def test_head_mode_knob(monkeypatch):
+    monkeypatch.delenv(parallel.HEAD_ENV, raising=False)
+    assert parallel.head_mode() == "replicated"
+    monkeypatch.setenv(parallel.HEAD_ENV, "vocab")
+    assert parallel.head_mode() == "vocab" and parallel.head_mode("replicated") == "replicated"
+    monkeypatch.setenv(parallel.HEAD_ENV, "columns")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_HEAD must be one of replicated, vocab, got "
+                                                     "'columns'"):
+        parallel.head_mode()
+    with pytest.raises(parallel.ParallelError, match="leaves the last rank no rows"):
+        parallel.check_head(TINY_CONFIGS["gqa"].with_overrides(vocab_size=5), 4, "vocab")
+
+
+def test_allreduce_mode_knob(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(parallel.ALLREDUCE_ENV, raising=False)
+    assert parallel.allreduce_mode(cpu) == "nccl" and parallel.allreduce_mode(cuda) == "nccl"
+    assert parallel.allreduce_mode(cuda, "symm") == "symm"  # the ops exist in this torch (their CUDA kernels on GPUs)
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "symm")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE=symm needs CUDA GPUs: the one-shot "
+                                                     "all-reduce runs over symmetric GPU memory, which gloo on cpu"):
+        parallel.allreduce_mode(cpu)
+    assert parallel.allreduce_mode(cpu, "nccl") == "nccl"  # the argument wins over the environment
+    monkeypatch.setattr(parallel, "_symm_op", lambda: None)
+    with pytest.raises(parallel.ParallelError, match=r"torch .* has no torch.ops.symm_mem.one_shot_all_reduce"):
+        parallel.allreduce_mode(cuda)
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "ring")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE must be one of nccl, symm, got 'ring'"):
+        parallel.allreduce_mode(cpu)
+
+
+def test_symm_allreduce_dispatch(monkeypatch):
+    """SymmAllReduce's routing, its op replaced by a stand-in (the kernels run on GPUs only): a small message is
+    copied into the first elements of its call site's buffer, the two sites use different buffers, a message
+    over SYMM_MAX_BYTES or of another dtype goes through all_reduce_sum."""
+    calls = []
+
+    def one_shot_copy(buf, x, op, group_name):
+        calls.append((buf, group_name))
+        buf.copy_(x)
+        return 2 * buf  # what two ranks holding the same partial sum get
+
+    monkeypatch.setattr(torch.ops.symm_mem, "one_shot_all_reduce_copy", one_shot_copy, raising=False)
+    monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: ("nccl", t))
+    ar = object.__new__(parallel.SymmAllReduce)
+    ar.group, ar.group_name, ar.op, ar.dtype = "group", "0", "one_shot_all_reduce_copy", torch.float32
+    ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+    x = torch.randn(1, 1, 64)
+    for site in (0, 1):
+        torch.testing.assert_close(ar(x, site), 2 * x)
+        buf, name = calls[-1]
+        assert name == "0" and buf.data_ptr() == ar.buffers[site].data_ptr() and buf.numel() == 64
+    big = torch.randn(parallel.SYMM_MAX_BYTES // 4 + 1)
+    assert ar(big, 0)[0] == "nccl" and ar(x.double(), 1)[0] == "nccl" and len(calls) == 2
+
+
 # ------------------------------------------------------------------------------------------- torchrun
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
@@ -125,13 +275,15 @@ def _env() -> dict:
             "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def _run(tp: int, *args: str) -> subprocess.CompletedProcess:
-    """run_llama.py alone (tp 1) or under torchrun with 2 processes on CPU; killed after TIMEOUT_S (no hang)."""
+def _run(tp: int, *args: str, head: str = "replicated") -> subprocess.CompletedProcess:
+    """run_llama.py alone (tp 1) or under torchrun with 2 processes on CPU, the output head's layout given by
+    LLAMA_FAST_TP_HEAD; killed after TIMEOUT_S (no hang)."""
     launch = [sys.executable]
     if tp != 1:
         launch += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     return subprocess.run([*launch, str(ROOT / "run_llama.py"), "--device", "cpu", "--tp", str(tp), *args],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
+                          cwd=ROOT, env={**_env(), parallel.HEAD_ENV: head}, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -139,11 +291,13 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _hash(tp: int, model: str, out: Path, *extra: str) -> str:
-    res = _run(tp, "--model", model, *RUN_FLAGS, *extra, "--output", str(out))
+def _hash(tp: int, model: str, out: Path, *extra: str, head: str = "replicated") -> str:
+    res = _run(tp, "--model", model, *RUN_FLAGS, *extra, "--output", str(out), head=head)
     assert res.returncode == 0, res.stderr[-3000:]
     (row,) = _rows(out)  # rank 0 alone writes the row
     assert row["tp"] == str(tp) and float(row["tok_per_s"]) > 0
+    if "--quantize" in extra:
+        assert row["quantize"] == quant.scheme_name(extra[extra.index("--quantize") + 1])
     assert res.stdout.count("rows appended to") == 1  # rank 0 alone prints the report
     return row["hash"]
 
@@ -168,12 +322,52 @@ def test_tp2_hash_equals_tp1_gqa_checkpoint(tmp_path):
     assert _hash(2, str(ckpt), tmp_path / "tp2.csv") == _hash(1, str(ckpt), tmp_path / "tp1.csv")
 
 
-BAD_TP = [(3, "llama-fast: error: --tp 3 does not divide the model's 4 attention heads"),
-          (4, "llama-fast: error: --tp 4 needs 4 processes, torchrun started 2: ")]
+# (model, --quantize or a quantized checkpoint, head): int8 and int4 over random:tiny and the GQA checkpoint, in
+# both head layouts (the GQA vocabulary of 97 pads the vocabulary-parallel head's last rank), a quantized
+# checkpoint directory among them; each tp 2 hash must equal the tp 1 hash of the same weights (the
+# full-precision model quantized at load). random:tiny's int4 is refused (BAD_TP): no group fits its w2 shard.
+TP_HASH_CASES = [("random:tiny", "int8", "vocab"), ("gqa", "int8", "replicated"), ("gqa", "int4:g32", "vocab"),
+                 ("gqa-int4-dir", "int4:g32", "replicated")]
 
 
-@pytest.mark.parametrize("tp,message", BAD_TP, ids=["indivisible", "world-mismatch"])
-def test_bad_tp_stops_each_rank_with_one_line(tmp_path, tp, message):
+@pytest.fixture(scope="module")
+def tp1_hashes(tmp_path_factory):
+    """The tp 1 hash of (model, scheme), computed once."""
+    hashes: dict[tuple[str, str | None], str] = {}
+
+    def get(model: str, scheme: str | None) -> str:
+        if (model, scheme) not in hashes:
+            extra = () if scheme is None else ("--quantize", scheme)
+            hashes[model, scheme] = _hash(1, model, tmp_path_factory.mktemp("tp1") / "rows.csv", *extra)
+        return hashes[model, scheme]
+    return get
+
+
+@pytest.mark.parametrize("model,scheme,head", TP_HASH_CASES, ids=[f"{m}-{s}-{h}" for m, s, h in TP_HASH_CASES])
+def test_tp2_hash_equals_tp1_quantized_and_head_layouts(tmp_path, gqa_checkpoints, tp1_hashes, model, scheme, head):
+    source = str(gqa_checkpoints["full"]) if model.startswith("gqa") else model
+    expected = tp1_hashes(source, scheme)
+    if model.endswith("-dir"):  # a quantized checkpoint directory: its own scheme, no --quantize
+        got = _hash(2, str(gqa_checkpoints[scheme]), tmp_path / "tp2.csv", head=head)
+    else:
+        got = _hash(2, source, tmp_path / "tp2.csv", *(() if scheme is None else ("--quantize", scheme)), head=head)
+    assert got == expected
+
+
+def test_tp2_compiled_vocab_head_hash_equals_tp1(tmp_path, tiny_tp1_hash):
+    # the logits' all-gather traced by torch.compile (a functional collective) after the compiled blocks
+    assert _hash(2, "random:tiny", tmp_path / "tp2.csv", "--compile", "static", head="vocab") == tiny_tp1_hash
+
+
+BAD_TP = [(3, (), "llama-fast: error: --tp 3 does not divide the model's 4 attention heads"),
+          (4, (), "llama-fast: error: --tp 4 needs 4 processes, torchrun started 2: "),
+          (2, ("--quantize", "int4:g32"), "llama-fast: error: --tp 2 splits the w2 K = 352 into 176 per rank, not "
+                                          "a multiple of its int4 group 32: no int4 group divides it: use int8, or "
+                                          "another tp")]
+
+
+@pytest.mark.parametrize("tp,extra,message", BAD_TP, ids=["indivisible", "world-mismatch", "int4-group-straddles"])
+def test_bad_tp_stops_each_rank_with_one_line(tmp_path, tp, extra, message):
     """Each of two ranks, started as torchrun starts them (its environment), exits 2 with the same one line
     without waiting for the other."""
     out = tmp_path / "rows.csv"
@@ -182,7 +376,8 @@ def test_bad_tp_stops_each_rank_with_one_line(tmp_path, tp, message):
         env = {**_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}
         procs.append(subprocess.Popen([sys.executable, str(ROOT / "run_llama.py"), "--model", "random:tiny",
-                                       "--device", "cpu", "--tp", str(tp), *RUN_FLAGS, "--output", str(out)],
+                                       "--device", "cpu", "--tp", str(tp), *RUN_FLAGS, *extra, "--output",
+                                       str(out)],
                                       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         results = [(p.communicate(timeout=TIMEOUT_S), p.returncode) for p in procs]
@@ -206,8 +401,20 @@ def test_bad_tp_under_torchrun_ends_without_a_hang(tmp_path):
     assert res.returncode != 0
     # torchrun stops the other rank once one has failed: it may or may not have printed its line by then
     errors = [line for line in res.stderr.splitlines() if line.startswith("llama-fast: error:")]
-    assert errors and set(errors) == {BAD_TP[0][1]}, res.stderr[-2000:]
+    assert errors and set(errors) == {BAD_TP[0][2]}, res.stderr[-2000:]
     assert not out.exists()
+
+
+def test_symm_allreduce_on_cpu_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(parallel.ALLREDUCE_ENV, "symm")
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", "random:tiny", "--device", "cpu", "--tp", "2", *RUN_FLAGS, "--output",
+              str(tmp_path / "rows.csv")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "llama-fast: error: --tp 2: LLAMA_FAST_TP_ALLREDUCE=symm needs CUDA GPUs: the one-shot all-reduce runs over "
+        "symmetric GPU memory, which gloo on cpu does not have"]
+    assert not (tmp_path / "rows.csv").exists()
 
 
 def test_tp_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):

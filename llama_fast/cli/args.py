@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tensor parallelism over N processes, launched by torchrun --nproc-per-node N (gloo on "
                         "CPU, nccl on GPUs, one GPU per rank): each rank loads only its shard of the weights; N "
                         "must divide the attention heads and the intermediate size; with --preallocate only; "
+                        "quantized weights shard too (int4: each rank's K of wo and w2 a multiple of the group); "
+                        "the output head is replicated, or vocabulary-parallel with LLAMA_FAST_TP_HEAD=vocab; "
+                        "small all-reduces one-shot over symmetric GPU memory with LLAMA_FAST_TP_ALLREDUCE=symm; "
                         "rank 0 prints and writes the CSV (default: 1)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "
@@ -375,11 +378,12 @@ def _tensor_parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     if not args.preallocate or args.ablation or args.compare:
         parser.error(f"--tp {args.tp} runs llama_fast only: give --preallocate, without --ablation or --compare "
                      "(transformers rows do not run tensor parallel)")
-    if quantize is not None:
-        parser.error(f"--tp {args.tp}: tensor parallelism does not shard quantized weights yet")
     try:
         parallel.check_tp(cfg, args.tp)
+        parallel.check_head(cfg, args.tp, parallel.head_mode())  # LLAMA_FAST_TP_HEAD
+        parallel.check_quant_split(cfg, args.tp, loading.tp_layer_schemes(args.model, quantize))
         device = parallel.rank_device(device)
+        parallel.allreduce_mode(device)  # LLAMA_FAST_TP_ALLREDUCE
         rank, _ = parallel.init_from_env(args.tp, device)
     except parallel.ParallelError as e:
         parser.error(f"--tp {args.tp}: {e}" if not str(e).startswith("tp ") else f"--{e}")
