@@ -32,7 +32,7 @@ def h200_pins(form: str, n: int) -> dict:
     """The configs every eager launch took before configs were keyed by GPU (written out here, not imported:
     the H200's table entry must keep launching exactly these)."""
     quant = {"int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
-             "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 2},
+             "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2},
              "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
              "int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
              "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3}}
