@@ -338,10 +338,12 @@ class Block(nn.Module):
     def _residual_gemv(self, y, w, res, pdl, quant, site: int):
         """(res + W @ y, its sum-of-squares partials). Tensor parallel: rank 0 adds the residual, the others
         zeros, so one all-reduce of the GEMVs' outputs gives the sum; its partials are then taken again."""
-        from .kernels import gemv_residual_ss, row_ss_partials
+        from .kernels import gemv_residual_ss
 
         if self.tp_group is None:
             return gemv_residual_ss(y, w, res, pdl, **quant)
+        from .kernels import row_ss_partials
+
         part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
         h = self._reduce(part, site)
         return h, row_ss_partials(h)
