@@ -253,6 +253,15 @@ def test_launch_policy():
         tiles = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm
         assert tiles * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= 96 * 1024, (bm, form)
         assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16  # tl.dot's smallest tile
+    assert gm.GEMM_QUANT_CONFIGS.keys() == gm.GEMM_CONFIGS.keys()
+    for (bm, form), cfg in gm.GEMM_QUANT_CONFIGS.items():  # int8 weights: 1 byte each (int4: half of that)
+        stage = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * cfg["BLOCK_K"] + bm * cfg["BLOCK_K"] * 2
+        assert stage * cfg["num_stages"] <= 96 * 1024, (bm, form)
+        assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16
+        # int4: a power-of-two BLOCK_K is a multiple or a divisor of every group
+        assert all(cfg["BLOCK_K"] % g == 0 or g % cfg["BLOCK_K"] == 0 for g in (32, 64, 128)), (bm, form)
+    assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
+    assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(16, "gemm")]
     # Llama-7B on 132 SMs, 64-wide output tiles, 128-wide K tiles: wo / w2 (64 tiles) split in two, wqkv (192
     # tiles), w13 (172) and the head not at all; on 80 SMs nothing splits
     assert gm.choose_split_k(64, 4096, 128, 132) == 2 and gm.choose_split_k(64, 11008, 128, 132) == 2
@@ -280,6 +289,14 @@ def test_bad_shapes_are_refused():
         small_m_gemm(torch.zeros(4, 16), w)
     with pytest.raises(ValueError, match="both rstd and g"):
         small_m_gemm_swiglu(torch.zeros(4, 32), w, rstd=torch.ones(4))
+    # quantized weights: the GEMV's format checks (dequant.weight_format)
+    q8, q4 = torch.zeros(8, 32, dtype=torch.int8), torch.zeros(8, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="int8 weights"):
+        small_m_gemm(torch.zeros(4, 32), q8, scales=torch.ones(7))
+    with pytest.raises(ValueError, match="int4 weights: group"):
+        small_m_gemm(torch.zeros(4, 32), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=16)
+    with pytest.raises(ValueError, match="int4 weights: qweight"):
+        small_m_gemm(torch.zeros(4, 64), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=32)
 
 
 def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
@@ -304,22 +321,26 @@ def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
 @pytest.mark.parametrize("arch", [90, 86])
 def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
-    pointers and strides at launch: the weight loads are cp.async in a num_stages-deep shared-memory ring, the
-    product runs on the tensor cores (wgmma / mma.sync), and the ring fits an sm_86 card's 99 KB."""
+    pointers and strides at launch: the weight loads (dense, or packed int8 / int4 dequantized in registers) are
+    cp.async in a num_stages-deep shared-memory ring, the product runs on the tensor cores (wgmma / mma.sync),
+    and the ring fits an sm_86 card's 99 KB."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from llama_fast.kernels import gemm as gm
 
-    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "M", "N", "K", "K_SPLIT",
-             "stride_xm", "stride_wn", "stride_ym", "stride_rm"]
-    types = ["*fp16"] * 3 + ["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 8
+    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N", "K",
+             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn"]
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n != "M"}  # M: 3 rows, say
-    for (bm, form), cfg in [((16, "gemm"), gm.GEMM_CONFIGS[(16, "gemm")]),
-                            ((64, "swiglu"), gm.GEMM_CONFIGS[(64, "swiglu")])]:
-        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", BLOCK_M=bm,
-                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+    wtypes = {gm.WFMT_DENSE: "*fp16", gm.WFMT_INT8: "*i8", gm.WFMT_INT4: "*u8"}
+    for (bm, form), wfmt, group in [((16, "gemm"), gm.WFMT_DENSE, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0),
+                                    ((16, "gemm"), gm.WFMT_INT8, 0), ((16, "swiglu"), gm.WFMT_INT8, 0),
+                                    ((16, "gemm"), gm.WFMT_INT4, 32), ((32, "swiglu"), gm.WFMT_INT4, 128)]:
+        cfg = gm.gemm_config(bm, form == "swiglu", wfmt)
+        types = ["*fp16", wtypes[wfmt], "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
+        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", WFMT=wfmt,
+                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
         src = ASTSource(gm._gemm_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
                         constexprs=const, attrs=aligned)
         try:
@@ -328,7 +349,9 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
         except RuntimeError as e:  # no ptxas for this target in this Triton install
             pytest.skip(f"Triton cannot compile for sm_{arch} here: {str(e)[:200]}")
         ptx = k.asm["ptx"]
-        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm) * cfg["BLOCK_K"] * 2
-        assert "cp.async" in ptx, (arch, form)
-        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form)
-        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, k.metadata.shared)
+        wbytes = {gm.WFMT_DENSE: 2, gm.WFMT_INT8: 1, gm.WFMT_INT4: 0.5}[wfmt]
+        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * wbytes + bm * 2) * cfg["BLOCK_K"]
+        assert "cp.async" in ptx, (arch, form, wfmt)
+        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form, wfmt)
+        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, wfmt,
+                                                                                    k.metadata.shared)
