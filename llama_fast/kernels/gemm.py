@@ -36,7 +36,8 @@ batch 2-16 about 2-3x the fp16 path's bytes):
         weights) or a divisor of it (one group per tile), both powers of two.
 
 The launch configs are pinned per row bucket in GEMM_CONFIGS below (chosen from the tile arithmetic, to fit
-the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them).
+the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them, and
+with --weights int8,int4 the quantized ones, GEMM_QUANT_CONFIGS).
 """
 from __future__ import annotations
 
