@@ -49,8 +49,9 @@ class ForwardOptions:
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
     #                               CUDA graph (no host launch work per block)
     small_m_gemm: bool = False  # calls of 2..64 rows (decode at batch 2-64) through llama_fast.kernels.gemm on CUDA:
-    #                            every dense projection in model.linear, and a block's wqkv / w13 with the RMSNorm
-    #                            prologue, w13 with the SwiGLU epilogue, wo and w2 with the residual add
+    #                            every projection in model.linear (dense, or quantized and dequantized in the
+    #                            kernel), and a block's wqkv / w13 with the RMSNorm prologue, w13 with the SwiGLU
+    #                            epilogue, wo and w2 with the residual add
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -111,10 +112,11 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
             w, quant = kernel_weight(layer)
             y = gemv(x.reshape(rows, x.shape[-1]), w, **quant).view(*x.shape[:-1], -1)
             return y if layer.bias is None else y + layer.bias
-    if small_m_gemm_applies(x, opts) and not is_quantized(layer):
+    if small_m_gemm_applies(x, opts):
         from .kernels import small_m_gemm
 
-        y = small_m_gemm(x.reshape(rows, x.shape[-1]), layer.weight).view(*x.shape[:-1], -1)
+        w, quant = kernel_weight(layer)  # a quantized layer's packed tensors: dequantized in the kernel
+        y = small_m_gemm(x.reshape(rows, x.shape[-1]), w, **quant).view(*x.shape[:-1], -1)
         return y if layer.bias is None else y + layer.bias
     return layer(x)
 
@@ -270,30 +272,34 @@ class Block(nn.Module):
         return h + self._reduce(self.feed_forward(self.ffn_norm(h), opts), 1)
 
     def _small_m_fusable(self, x: torch.Tensor, opts: ForwardOptions) -> bool:
-        """Whether the block runs as _small_m_forward: the small-M GEMM applies, one copy of dense weights without
-        biases (no tensor parallelism: wo / w2 would need the all-reduce before the residual add), fused q/k/v and
-        gate/up."""
+        """Whether the block runs as _small_m_forward: the small-M GEMM applies, one copy of the weights (dense or
+        quantized) without biases (no tensor parallelism: wo / w2 would need the all-reduce before the residual
+        add), fused q/k/v and gate/up."""
         a, f = self.attention, self.feed_forward
         layers = (a.wqkv, a.wo, f.w13, f.w2)
         return (small_m_gemm_applies(x, opts) and self.tp_group is None and opts.fused_qkv and opts.fused_gate_up
-                and all(not is_quantized(m) and m.bias is None for m in layers))
+                and all(m.bias is None for m in layers))
 
     def _small_m_forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         """The block over x (B, T, dim) of 2..64 rows by the small-M GEMM: RMSNorm in the wqkv and w13 prologues,
         SwiGLU in the w13 epilogue, the residual adds in the wo and w2 epilogues; RoPE, the cache write and the
-        attention as in Attention.attend."""
+        attention as in Attention.attend. Quantized layers hand the kernels their packed tensors (kernel_weight)."""
         from .kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
 
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         B, T, dim = x.shape
         x2 = x.reshape(B * T, dim)
         an, fn = self.attention_norm, self.ffn_norm
-        qkv = small_m_gemm(x2, a.wqkv.weight, rms_rstd(x2, an.eps), an.weight)
+        wqkv, qkv_quant = kernel_weight(a.wqkv)
+        qkv = small_m_gemm(x2, wqkv, rms_rstd(x2, an.eps), an.weight, **qkv_quant)
         q, k, v = qkv.view(B, T, -1).split([c.q_size, c.kv_size, c.kv_size], dim=-1)
         y = a.attend(q, k, v, rope, mask, input_pos, start, opts)  # (B, T, q_size)
-        h = small_m_gemm_residual(y.reshape(B * T, -1), a.wo.weight, x2)
-        act = small_m_gemm_swiglu(h, f.w13.weight, rms_rstd(h, fn.eps), fn.weight)
-        return small_m_gemm_residual(act, f.w2.weight, h).view(B, T, dim)
+        wo, wo_quant = kernel_weight(a.wo)
+        h = small_m_gemm_residual(y.reshape(B * T, -1), wo, x2, **wo_quant)
+        w13, w13_quant = kernel_weight(f.w13)
+        act = small_m_gemm_swiglu(h, w13, rms_rstd(h, fn.eps), fn.weight, **w13_quant)
+        w2, w2_quant = kernel_weight(f.w2)
+        return small_m_gemm_residual(act, w2, h, **w2_quant).view(B, T, dim)
 
     def _reduce(self, partial: torch.Tensor, site: int) -> torch.Tensor:
         """A shard's wo (site 0) / w2 (site 1) output summed over the tensor-parallel ranks; as is without tensor

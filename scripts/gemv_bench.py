@@ -7,9 +7,11 @@ over 4 copies so L2 never holds them (as in a real step).
   python scripts/gemv_bench.py --forms linear,triton-gemv
   python scripts/gemv_bench.py --device cpu --shape tiny --forms linear,triton-gemv --reps 1 --calls 1
     (Triton's interpreter on the CPU: checks that the launches build and match, times nothing useful)
-  python scripts/gemv_bench.py --gemm 2,4,8,16,32,64 [--gemm-sweep]
+  python scripts/gemv_bench.py --gemm 2,4,8,16,32,64 [--gemm-sweep] [--weights fp16,int8,int4]
     (batch 2-64: F.linear against the small-M GEMM, plain and in the form the fused-gemm step runs it; with
-    --gemm-sweep also that form over GEMM_GRID, the best configs and the pinned one)
+    --gemm-sweep also that form over GEMM_GRID, the best configs and the pinned one; with --weights int8 / int4
+    (llama_fast.quant schemes) also over quantized weights, against F.linear of fp16 weights and QuantLinear's
+    dequantize-then-F.linear, GB/s counting the bytes read: qweight + scales (+ offsets))
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_util import decode_gemv_shapes, kernel_device, rotating, time_per_call
+from llama_fast import quant
 from llama_fast.config import NAMED_SHAPES
 
 FORMS = ("linear", "inductor-linear", "inductor-reduce", "triton-gemv")
@@ -42,7 +45,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--gemm", default=None, metavar="ROWS",
                     help="comma-separated row counts (2..64): time the small-M GEMM against F.linear instead")
     ap.add_argument("--gemm-sweep", action="store_true", help="with --gemm: also sweep each step form's configs")
+    ap.add_argument("--weights", default="fp16", metavar="KINDS",
+                    help=f"with --gemm: comma-separated weight kinds, fp16 or a scheme of {quant.SCHEME_CHOICES} "
+                         "(default: fp16)")
     args = ap.parse_args(argv)
+    args.weights = args.weights.split(",")
+    for kind in args.weights:
+        if kind != "fp16":
+            try:
+                quant.parse_scheme(kind)
+            except quant.QuantError as e:
+                ap.error(f"--weights: {e}")
+    if args.gemm is None and args.weights != ["fp16"]:
+        ap.error("--weights needs --gemm")
     if args.gemm is not None:
         try:
             args.gemm = [int(m) for m in args.gemm.split(",")]
@@ -82,61 +97,109 @@ def row(name: str, form: str, seconds: float, nbytes: int, err: float | None = N
     return line if err is None else f"{line} rel err {err:.1e}"
 
 
-def gemm_fn(form: str, M: int, N: int, K: int, dev) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def gemm_fn(form: str, M: int, N: int, K: int, dev) -> Callable[..., torch.Tensor]:
     """y = the small-M GEMM of x (M, K) and w (N, K) in the named form: rmsnorm with the prologue, residual with
-    a residual added, rmsnorm-swiglu with both of w = [gate; up] (its extra inputs made here, not per call)."""
+    a residual added, rmsnorm-swiglu with both of w = [gate; up] (its extra inputs made here, not per call).
+    Quantized w: its scales / offsets / group as keyword arguments."""
     from llama_fast.kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
 
     g, rstd = torch.ones(K, device=dev, dtype=torch.float16), torch.ones(M, device=dev)
     res = torch.zeros(M, N, device=dev, dtype=torch.float16)
-    return {"gemm": small_m_gemm, "rmsnorm": lambda x, w: small_m_gemm(x, w, rstd, g),
-            "residual": lambda x, w: small_m_gemm_residual(x, w, res),
-            "rmsnorm-swiglu": lambda x, w: small_m_gemm_swiglu(x, w, rstd, g)}[form]
+    return {"gemm": small_m_gemm, "rmsnorm": lambda x, w, **q: small_m_gemm(x, w, rstd, g, **q),
+            "residual": lambda x, w, **q: small_m_gemm_residual(x, w, res, **q),
+            "rmsnorm-swiglu": lambda x, w, **q: small_m_gemm_swiglu(x, w, rstd, g, **q)}[form]
+
+
+def weight_maker(kind: str, N: int, K: int, dev) -> tuple[Callable[[], tuple], str]:
+    """(a function making a random (N, K) weight of the kind as (w, op keyword arguments, its fp16 twin), the
+    scheme it got: int4 falls back to a smaller group where K asks for it, quant.QuantScheme.for_in_features)."""
+    scheme = None if kind == "fp16" else quant.parse_scheme(kind).for_in_features(K)
+
+    def make():
+        w = torch.randn(N, K, device=dev, dtype=torch.float16) * 0.02
+        if scheme is None:
+            return w, {}, w
+        t = quant.quantize_tensor(w, scheme)
+        q = {"scales": t["scales"]}
+        if scheme.bits == 4:
+            q.update(offsets=t["offsets"], group=scheme.group)
+        return t["qweight"], q, w
+    return make, "fp16" if scheme is None else scheme.name
+
+
+def dequantized(w: torch.Tensor, q: dict) -> torch.Tensor:
+    """The model-dtype weight of a quantized one (QuantLinear.dequantize)."""
+    if "offsets" in q:
+        return quant.dequantize_int4(w, q["scales"], q["offsets"])
+    return quant.dequantize_int8(w, q["scales"])
 
 
 def gemm_main(args, dev, shapes) -> int:
-    """--gemm: at each row count, F.linear (cuBLAS) against the small-M GEMM, plain and in its step form."""
+    """--gemm: at each row count and weight kind, F.linear (cuBLAS) against the small-M GEMM, plain and in its
+    step form; quantized kinds also against QuantLinear's dequantize-then-F.linear."""
     import triton
 
     from llama_fast.kernels import gemm as gm
 
-    for M in args.gemm:
-        total = {}
-        for name, (N, K) in shapes.items():
-            w = rotating(lambda: torch.randn(N, K, device=dev, dtype=torch.float16) * 0.02)
-            x = torch.randn(M, K, device=dev, dtype=torch.float16)
-            w0 = w()
-            ref = F.linear(x.float(), w0.float())
-            step = GEMM_STEP_FORMS[name]
-            for form in ("linear", "gemm") + ((step,) if step != "gemm" else ()):
-                f = F.linear if form == "linear" else gemm_fn(form, M, N, K, dev)
-                err = ((f(x, w0).float() - ref).norm() / ref.norm()).item() if form in ("linear", "gemm") else None
-                t = time_per_call(lambda: f(x, w()), dev, args.reps, args.calls)
-                for key in {form, "step" if form == step else form}:
-                    total[key] = total.get(key, 0.0) + t
-                print(row(name, f"M={M} {form}", t, N * K * 2, err), flush=True)
-            if args.gemm_sweep:
-                key = (gm.block_m(M), "swiglu" if step.endswith("swiglu") else "gemm")
-                pinned, times = gm.GEMM_CONFIGS[key], []
-                f = gemm_fn(step, M, N, K, dev)
-                for bn, bk, warps, stages in GEMM_GRID:
-                    gm.GEMM_CONFIGS[key] = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
-                    try:
-                        times.append((time_per_call(lambda: f(x, w()), dev, args.reps, args.calls), bn, bk, warps,
-                                      stages))
-                    except triton.runtime.errors.OutOfResources:  # more shared memory than the GPU has
-                        continue
-                    finally:
-                        gm.GEMM_CONFIGS[key] = pinned
-                for t, bn, bk, warps, stages in sorted(times)[:3]:
-                    print("  " + row(name, f"M={M} {step}", t, N * K * 2).strip()
-                          + f"  BN{bn} BK{bk} warps {warps} stages {stages}", flush=True)
-                print(f"  pinned: BN{pinned['BLOCK_N']} BK{pinned['BLOCK_K']} warps {pinned['num_warps']} "
-                      f"stages {pinned['num_stages']}", flush=True)
-        wb = sum(N * K * 2 for N, K in shapes.values())
-        print(f"M={M} per layer-set totals (one of each shape):")
-        for form in ("linear", "gemm", "step"):
-            print("  " + row("", form, total[form], wb).strip())
+    for kind in args.weights:
+        for M in args.gemm:
+            total, wb = {}, 0
+            for name, (N, K) in shapes.items():
+                make, got = weight_maker(kind, N, K, dev)
+                w = rotating(make)
+                x = torch.randn(M, K, device=dev, dtype=torch.float16)
+                w0, q0, dense0 = w()
+                nbytes = w0.nbytes + sum(t.nbytes for t in q0.values() if isinstance(t, torch.Tensor))
+                wb += nbytes
+                ref = F.linear(x.float(), (dequantized(w0, q0) if q0 else w0).float())
+                step = GEMM_STEP_FORMS[name]
+                forms = ("linear",) + (("dequant-linear",) if q0 else ()) + ("gemm",) + \
+                    ((step,) if step != "gemm" else ())
+                tag = "" if kind == "fp16" else f" {got}"
+                for form in forms:
+                    if form == "linear":  # the fp16 weight, whatever the kind: the speed to beat
+                        f, call = F.linear, (lambda: f(x, w()[2]))
+                        err = ((f(x, dense0).float() - ref).norm() / ref.norm()).item() if not q0 else None
+                        nb = dense0.nbytes
+                    elif form == "dequant-linear":
+                        def f(x, wq, **q):
+                            return F.linear(x, dequantized(wq, q))
+                        call = (lambda: (lambda wq, q, _: f(x, wq, **q))(*w()))
+                        err, nb = None, nbytes
+                    else:
+                        f = gemm_fn(form, M, N, K, dev)
+                        call = (lambda: (lambda wq, q, _: f(x, wq, **q))(*w()))
+                        err = ((f(x, w0, **q0).float() - ref).norm() / ref.norm()).item() if form == "gemm" else None
+                        nb = nbytes
+                    t = time_per_call(call, dev, args.reps, args.calls)
+                    for key in {form, "step" if form == step else form}:
+                        total[key] = total.get(key, 0.0) + t
+                    label = f"{form} fp16" if form == "linear" and tag else form + tag
+                    print(row(name, f"M={M} {label}", t, nb, err), flush=True)
+                if args.gemm_sweep:
+                    table = gm.GEMM_CONFIGS if not q0 else gm.GEMM_QUANT_CONFIGS
+                    key = (gm.block_m(M), "swiglu" if step.endswith("swiglu") else "gemm")
+                    pinned, times = table[key], []
+                    f = gemm_fn(step, M, N, K, dev)
+                    for bn, bk, warps, stages in GEMM_GRID:
+                        table[key] = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+                        try:
+                            times.append((time_per_call(lambda: (lambda wq, q, _: f(x, wq, **q))(*w()), dev,
+                                                        args.reps, args.calls), bn, bk, warps, stages))
+                        except triton.runtime.errors.OutOfResources:  # more shared memory than the GPU has
+                            continue
+                        finally:
+                            table[key] = pinned
+                    for t, bn, bk, warps, stages in sorted(times)[:3]:
+                        print("  " + row(name, f"M={M} {step}{tag}", t, nbytes).strip()
+                              + f"  BN{bn} BK{bk} warps {warps} stages {stages}", flush=True)
+                    print(f"  pinned: BN{pinned['BLOCK_N']} BK{pinned['BLOCK_K']} warps {pinned['num_warps']} "
+                          f"stages {pinned['num_stages']}", flush=True)
+            print(f"M={M} per layer-set totals (one of each shape){'' if kind == 'fp16' else ', ' + kind}:")
+            dense_wb = sum(N * K * 2 for N, K in shapes.values())
+            for form in ("linear", "dequant-linear", "gemm", "step"):
+                if form in total:
+                    print("  " + row("", form, total[form], dense_wb if form == "linear" else wb).strip())
     return 0
 
 

@@ -1,8 +1,9 @@
 """The small-M decode GEMM (llama_fast/kernels/gemm.py) against torch references in Triton's interpreter on the CPU
-(every form, rows 2..64 with N and K tails, split-K on and off), its launch policy (row buckets, split-K choice,
-shared memory of the pinned configs), and its wiring: ForwardOptions.small_m_gemm routes a model's calls of 2..64
-rows through it (the decode of a tiny model in the interpreter matches the torch path) behind the fused-gemm
-variant, which leaves the ablation table and the fastest path as they are."""
+(every form, rows 2..64 with N and K tails, split-K on and off; int8 and int4 weights at groups 32 / 64 / 128
+against dequantize-then-matmul), its launch policy (row buckets, split-K choice, shared memory of the pinned
+configs), and its wiring: ForwardOptions.small_m_gemm routes a model's calls of 2..64 rows through it (the decode
+of a tiny model in the interpreter, dense or quantized, matches the torch path) behind the fused-gemm variant,
+which leaves the ablation table and the fastest path as they are."""
 from __future__ import annotations
 
 import importlib.util
@@ -74,6 +75,87 @@ for M in ms:
 print("ok")
 """
 
+# quantized weights (llama_fast/quant.py's formats) against dequantize-then-matmul: quant.dequantize_int8 /
+# dequantize_int4 give the weight in the model dtype, then x @ W^T in float64. int8's N/K tails as dense (K a
+# multiple of 4, dequant.weight_format); int4's K a multiple of the group with a tail against BLOCK_K where the
+# group allows one. The pinned configs' BLOCK_K (128 here) is a multiple of every group (2 or 4 groups per tile
+# at group 64 / 32); a second pass with BLOCK_K 32 takes the other case (the tile a part of a group of 64 or 128,
+# K splits inside a group).
+QGEMM_CHECK = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from llama_fast import quant
+from llama_fast.kernels import gemm as gm
+from llama_fast.kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
+
+torch.manual_seed(0)
+dt = getattr(torch, sys.argv[1])
+scheme = quant.parse_scheme(sys.argv[2])
+tol = 1e-6 if dt == torch.float32 else 2e-3
+
+
+def rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
+    xf = x.float()
+    return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def quantized(w):  # (op arguments, the dequantized weight in dt)
+    if scheme.bits == 8:
+        q, s = quant.quantize_int8(w)
+        return dict(w=q, scales=s), quant.dequantize_int8(q, s)
+    q, s, o = quant.quantize_int4(w, scheme.group)
+    return dict(w=q, scales=s, offsets=o, group=scheme.group), quant.dequantize_int4(q, s, o)
+
+
+G = scheme.group or 1
+# int4: K 160 = 1.25 tiles of 128 at group 32, 192 = 1.5 tiles at group 64; 384 = 3 tiles at group 128
+shapes = [(96, 300), (37, 520)] if scheme.bits == 8 else [(96, {32: 160, 64: 192, 128: 384}[G]), (37, 2 * G)]
+passes = [("pinned", None), ("BLOCK_K 32", 32)]
+checked = 0
+for label, bk in passes:
+    if bk is not None:  # BLOCK_K 32 in every bucket these rows use
+        for key in list(gm.GEMM_QUANT_CONFIGS):
+            gm.GEMM_QUANT_CONFIGS[key] = {**gm.GEMM_QUANT_CONFIGS[key], "BLOCK_K": bk}
+    for M in ([2, 3, 16, 17] if bk is None else [3, 17]):
+        for N, K in shapes:
+            x = torch.randn(M, K).to(dt)
+            w, W = quantized((0.05 * torch.randn(N, K)).to(dt))
+            w13, W13 = quantized((0.05 * torch.randn(2 * N, K)).to(dt))
+            res = torch.randn(M, N).to(dt)
+            g = (1 + 0.1 * torch.randn(K)).to(dt)
+            rstd = torch.rsqrt(x.float().pow(2).mean(-1) + 1e-5)
+            h = rmsnorm(x, g, 1e-5)
+            Wd, W13d = W.double(), W13.double()
+            gate, up = (x.double() @ W13d.T).to(dt).chunk(2, dim=-1)
+            ngate, nup = (h.double() @ W13d.T).to(dt).chunk(2, dim=-1)
+            refs = {"gemm": x.double() @ Wd.T,
+                    "rmsnorm": h.double() @ Wd.T,
+                    "residual": (res.double() + (x.double() @ Wd.T).to(dt).double()),
+                    "swiglu": (F.silu(gate.float()).to(dt) * up).double(),
+                    "rmsnorm swiglu": (F.silu(ngate.float()).to(dt) * nup).double()}
+            q, q13 = dict(w), dict(w13)
+            wq, w13q = q.pop("w"), q13.pop("w")
+            for split in (1, 3):  # split-K off; on (3 or fewer splits: the K tiles there are)
+                outs = {"gemm": small_m_gemm(x, wq, split_k=split, **q),
+                        "rmsnorm": small_m_gemm(x, wq, rstd, g, split_k=split, **q),
+                        "residual": small_m_gemm_residual(x, wq, res, split_k=split, **q),
+                        "swiglu": small_m_gemm_swiglu(x, w13q, split_k=split, **q13),
+                        "rmsnorm swiglu": small_m_gemm_swiglu(x, w13q, rstd, g, split_k=split, **q13)}
+                for name, y in outs.items():
+                    assert y.dtype == dt and y.shape == refs[name].shape, (name, y.shape)
+                    err = rel(y, refs[name])
+                    assert err < tol, (label, name, M, N, K, split, err)
+                    checked += 1
+                print(f"{label} M={M} N={N} K={K} split={split}: max {max(rel(y, refs[n]) for n, y in outs.items()):.1e}")
+assert checked == 5 * 2 * 2 * (4 + 2), checked
+print("ok")
+"""
+
 # a tiny model's prefill (3 x 8 = 24 rows) and batch-3 decode steps with the small-M GEMM in Triton's interpreter
 # against the torch path, fp32; the block path (RMSNorm prologue, SwiGLU and residual epilogues) where the layers
 # allow it, model.linear's plain GEMM (the head; with biases, every projection) otherwise
@@ -95,6 +177,19 @@ for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
     setattr(kn, name, counted)
 cfg = TINY_CONFIGS[sys.argv[1]]
 model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
+if len(sys.argv) > 2:  # quantized layers (the tiny K of 64 and 96 are multiples of every group up to 32)
+    from llama_fast.quant import quant_linears, quantize_model_
+
+    quantize_model_(model, sys.argv[2]).requires_grad_(False)
+    groups = {m.group for m in quant_linears(model).values()}
+    assert len(quant_linears(model)) == 4 * cfg.n_layers + (not cfg.tie_word_embeddings), quant_linears(model)
+    assert groups == ({None} if sys.argv[2] == "int8" else {int(sys.argv[2].rpartition("g")[2])}), groups
+    # every call hands the kernel the packed weight and its scales
+    for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
+        def packed(*args, _op=getattr(kn, name), **kwargs):
+            assert args[1].dtype in (torch.int8, torch.uint8) and kwargs["scales"] is not None, args[1].dtype
+            return _op(*args, **kwargs)
+        setattr(kn, name, packed)
 ids = _ids(cfg, B=3, T=11, seed=6)
 with torch.no_grad():
     model.options = ForwardOptions()
@@ -129,9 +224,24 @@ def test_small_m_gemm_matches_torch_in_the_interpreter(dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("scheme", ["int8", "int4:g32", "int4:g64", "int4:g128"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_small_m_gemm_quantized_matches_dequantize_then_matmul_in_the_interpreter(dtype, scheme):
+    run_interpreted(QGEMM_CHECK, dtype, scheme)
+
+
+@needs_triton
 @pytest.mark.parametrize("cfg_name", ["gqa", "head-dim-48", "mlp-bias"])
 def test_small_m_decode_through_the_gemm_in_the_interpreter(cfg_name):
     run_interpreted(MODEL_CHECK, cfg_name)
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["int8", "int4:g32"])
+def test_quantized_small_m_decode_through_the_gemm_in_the_interpreter(scheme):
+    """The fused-gemm path with quantized layers (tiny model, batch 3): the block's four GEMMs and the head take
+    the packed weights and match the torch path (QuantLinear: dequantize, then F.linear)."""
+    run_interpreted(MODEL_CHECK, "gqa", scheme)
 
 
 @needs_triton
@@ -143,6 +253,15 @@ def test_launch_policy():
         tiles = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm
         assert tiles * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= 96 * 1024, (bm, form)
         assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16  # tl.dot's smallest tile
+    assert gm.GEMM_QUANT_CONFIGS.keys() == gm.GEMM_CONFIGS.keys()
+    for (bm, form), cfg in gm.GEMM_QUANT_CONFIGS.items():  # int8 weights: 1 byte each (int4: half of that)
+        stage = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * cfg["BLOCK_K"] + bm * cfg["BLOCK_K"] * 2
+        assert stage * cfg["num_stages"] <= 96 * 1024, (bm, form)
+        assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16
+        # int4: a power-of-two BLOCK_K is a multiple or a divisor of every group
+        assert all(cfg["BLOCK_K"] % g == 0 or g % cfg["BLOCK_K"] == 0 for g in (32, 64, 128)), (bm, form)
+    assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
+    assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(16, "gemm")]
     # Llama-7B on 132 SMs, 64-wide output tiles, 128-wide K tiles: wo / w2 (64 tiles) split in two, wqkv (192
     # tiles), w13 (172) and the head not at all; on 80 SMs nothing splits
     assert gm.choose_split_k(64, 4096, 128, 132) == 2 and gm.choose_split_k(64, 11008, 128, 132) == 2
@@ -170,6 +289,14 @@ def test_bad_shapes_are_refused():
         small_m_gemm(torch.zeros(4, 16), w)
     with pytest.raises(ValueError, match="both rstd and g"):
         small_m_gemm_swiglu(torch.zeros(4, 32), w, rstd=torch.ones(4))
+    # quantized weights: the GEMV's format checks (dequant.weight_format)
+    q8, q4 = torch.zeros(8, 32, dtype=torch.int8), torch.zeros(8, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="int8 weights"):
+        small_m_gemm(torch.zeros(4, 32), q8, scales=torch.ones(7))
+    with pytest.raises(ValueError, match="int4 weights: group"):
+        small_m_gemm(torch.zeros(4, 32), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=16)
+    with pytest.raises(ValueError, match="int4 weights: qweight"):
+        small_m_gemm(torch.zeros(4, 64), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=32)
 
 
 def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
@@ -194,22 +321,26 @@ def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
 @pytest.mark.parametrize("arch", [90, 86])
 def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
-    pointers and strides at launch: the weight loads are cp.async in a num_stages-deep shared-memory ring, the
-    product runs on the tensor cores (wgmma / mma.sync), and the ring fits an sm_86 card's 99 KB."""
+    pointers and strides at launch: the weight loads (dense, or packed int8 / int4 dequantized in registers) are
+    cp.async in a num_stages-deep shared-memory ring, the product runs on the tensor cores (wgmma / mma.sync),
+    and the ring fits an sm_86 card's 99 KB."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from llama_fast.kernels import gemm as gm
 
-    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "M", "N", "K", "K_SPLIT",
-             "stride_xm", "stride_wn", "stride_ym", "stride_rm"]
-    types = ["*fp16"] * 3 + ["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 8
+    names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N", "K",
+             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn"]
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n != "M"}  # M: 3 rows, say
-    for (bm, form), cfg in [((16, "gemm"), gm.GEMM_CONFIGS[(16, "gemm")]),
-                            ((64, "swiglu"), gm.GEMM_CONFIGS[(64, "swiglu")])]:
-        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", BLOCK_M=bm,
-                     BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+    wtypes = {gm.WFMT_DENSE: "*fp16", gm.WFMT_INT8: "*i8", gm.WFMT_INT4: "*u8"}
+    for (bm, form), wfmt, group in [((16, "gemm"), gm.WFMT_DENSE, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0),
+                                    ((16, "gemm"), gm.WFMT_INT8, 0), ((16, "swiglu"), gm.WFMT_INT8, 0),
+                                    ((16, "gemm"), gm.WFMT_INT4, 32), ((32, "swiglu"), gm.WFMT_INT4, 128)]:
+        cfg = gm.gemm_config(bm, form == "swiglu", wfmt)
+        types = ["*fp16", wtypes[wfmt], "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
+        const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", WFMT=wfmt,
+                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
         src = ASTSource(gm._gemm_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
                         constexprs=const, attrs=aligned)
         try:
@@ -218,7 +349,9 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
         except RuntimeError as e:  # no ptxas for this target in this Triton install
             pytest.skip(f"Triton cannot compile for sm_{arch} here: {str(e)[:200]}")
         ptx = k.asm["ptx"]
-        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm) * cfg["BLOCK_K"] * 2
-        assert "cp.async" in ptx, (arch, form)
-        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form)
-        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, k.metadata.shared)
+        wbytes = {gm.WFMT_DENSE: 2, gm.WFMT_INT8: 1, gm.WFMT_INT4: 0.5}[wfmt]
+        stage = ((2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * wbytes + bm * 2) * cfg["BLOCK_K"]
+        assert "cp.async" in ptx, (arch, form, wfmt)
+        assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form, wfmt)
+        assert (cfg["num_stages"] - 1) * stage <= k.metadata.shared <= 99 * 1024, (arch, form, wfmt,
+                                                                                    k.metadata.shared)

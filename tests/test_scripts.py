@@ -378,10 +378,34 @@ def test_gemv_bench_gemm_mode_in_the_interpreter(interpreter):
     assert r.stdout.count("per layer-set totals") == 2
 
 
+@pytest.mark.slow
+def test_gemv_bench_gemm_mode_quantized_weights_in_the_interpreter(interpreter):
+    """--gemm --weights int8,int4: each shape's fp16 F.linear, QuantLinear's dequantize-then-F.linear and the small-M
+    GEMM over the packed weights (the int4 group falling back where K asks for it), with the GEMM's error against
+    the dequantized weight."""
+    r = run_tool("gemv_bench", "--device", "cpu", "--shape", "tiny", "--gemm", "3", "--weights", "int8,int4",
+                 "--reps", "1", "--calls", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line.split() for line in r.stdout.splitlines()]
+    errs = {(s[0], s[3]): float(s[-1]) for s in lines if "rel err" in " ".join(s)}
+    names = ("wqkv", "wo", "w13", "w2", "head")
+    # tiny: w2's K of 352 takes group 32, every other K (128) the asked 128
+    assert set(errs) == {(n, "int8") for n in names} | {(n, "int4:g32" if n == "w2" else "int4:g128")
+                                                          for n in names}, set(errs)
+    assert max(errs.values()) < 1e-2, errs
+    forms = {(s[0], s[2], s[3]) for s in lines if len(s) > 3 and s[1] == "M=3"}
+    assert {("w13", "linear", "fp16"), ("w13", "dequant-linear", "int8"), ("w13", "rmsnorm-swiglu", "int8"),
+            ("wo", "residual", "int4:g128")} <= forms, forms
+    assert r.stdout.count("per layer-set totals") == 2
+
+
 def test_gemv_bench_gemm_arguments(tool):
     gemv_bench = tool("gemv_bench")
     assert gemv_bench.parse_args(["--device", "cpu", "--gemm", "2,64"]).gemm == [2, 64]
-    for bad in (["--gemm", "1,8"], ["--gemm", "65"], ["--gemm", "x"], ["--gemm-sweep"]):
+    assert gemv_bench.parse_args(["--device", "cpu", "--gemm", "2", "--weights", "fp16,int8,int4:g32"]).weights == \
+        ["fp16", "int8", "int4:g32"]
+    for bad in (["--gemm", "1,8"], ["--gemm", "65"], ["--gemm", "x"], ["--gemm-sweep"], ["--weights", "int8"],
+                ["--gemm", "2", "--weights", "int3"]):
         with pytest.raises(SystemExit):
             gemv_bench.parse_args(["--device", "cpu", *bad])
     assert set(gemv_bench.GEMM_STEP_FORMS) == set(gemv_bench.decode_gemv_shapes(NAMED_SHAPES["tiny"]))

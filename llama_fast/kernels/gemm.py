@@ -18,11 +18,26 @@ Fused around the product, with the rounding of the unfused torch path (as gemv.p
   prologue: RMSNorm, g * (x * rstd).to(dtype), with the per-row rstd (M,) fp32 computed by the caller
   epilogues: + residual (wo, w2); SwiGLU, silu(gate) * up with the gate row n and the up row n + N/2 of [gate; up]
   in one program (w13).
-RoPE and the K/V cache write stay in torch (model.Attention.attend) on this path; no PDL; dense weights only
-(quantized layers keep their own path).
+RoPE and the K/V cache write stay in torch (model.Attention.attend) on this path; no PDL.
+
+Quantized weights (the formats of llama_fast/quant.py, validated by dequant.weight_format; constexpr WFMT) are
+loaded packed and turned into the model dtype in registers right before the tl.dot, so a dequantized copy of the
+weight never exists in memory (QuantLinear.forward's dequantize-then-F.linear writes and reads one every call: at
+batch 2-16 about 2-3x the fp16 path's bytes):
+  int8: the tile is q itself converted to the model dtype (exact: |q| <= 127 fits fp16's and bf16's significand)
+        and the per-row scale multiplies the fp32 accumulator once after the K loop (exact up to rounding, since
+        the scale is constant along K). That is one multiply per output instead of one per weight, the products
+        q * x are exact in the fp32 accumulator, and it is what the batch-1 GEMV does (the scale on the fp32 sum):
+        the result is closer to q * s * x in exact arithmetic than the reference that rounds q * s to fp16 first.
+  int4: bytes of two weights (low nibble first) unpacked and interleaved back into K order, then q * s + o in
+        fp32 with the scale and offset of each weight's group, rounded once to the model dtype: the weights
+        dequantize.int4 would write, bit for bit up to FMA contraction. The scale and offset vary along K, so they
+        are applied per weight; BLOCK_K is a multiple of the group (the tile's groups broadcast along their
+        weights) or a divisor of it (one group per tile), both powers of two.
 
 The launch configs are pinned per row bucket in GEMM_CONFIGS below (chosen from the tile arithmetic, to fit
-the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them).
+the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them, and
+with --weights int8,int4 the quantized ones, GEMM_QUANT_CONFIGS).
 """
 from __future__ import annotations
 
@@ -32,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
+
+from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
 
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
 
@@ -50,6 +67,17 @@ GEMM_CONFIGS = {
     (64, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},     # 64 KB
     (64, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},   # 72 KB
 }
+# Quantized weights: the same row buckets and forms with a weight tile of 1 byte (int8) or half a byte (int4) per
+# element in shared memory, so longer K tiles fit; the shared memory above is counted for int8 (the larger).
+# Per stage: BLOCK_N * BLOCK_K (x2 for SwiGLU) + BLOCK_M * BLOCK_K * 2 bytes. Not yet timed either.
+GEMM_QUANT_CONFIGS = {
+    (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 48 KB
+    (16, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},  # 80 KB
+    (32, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 64 KB
+    (32, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},  # 72 KB
+    (64, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},    # 72 KB
+    (64, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},   # 64 KB
+}
 MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
 REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
 
@@ -59,9 +87,11 @@ def block_m(rows: int) -> int:
     return max(16, triton.next_power_of_2(rows))
 
 
-def gemm_config(rows: int, swiglu: bool) -> dict:
-    """The pinned launch config (BLOCK_N, BLOCK_K, num_warps, num_stages) for rows input rows."""
-    return GEMM_CONFIGS[(block_m(rows), "swiglu" if swiglu else "gemm")]
+def gemm_config(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE) -> dict:
+    """The pinned launch config (BLOCK_N, BLOCK_K, num_warps, num_stages) for rows input rows and weights of
+    format wfmt (dequant.WFMT_*)."""
+    table = GEMM_CONFIGS if wfmt == WFMT_DENSE else GEMM_QUANT_CONFIGS
+    return table[(block_m(rows), "swiglu" if swiglu else "gemm")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,11 +131,38 @@ def _finish(acc, acc_up, y_ptrs, r_ptrs, mask, EPILOGUE: tl.constexpr):
 
 
 @triton.jit
-def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, M, N, K, K_SPLIT, stride_xm, stride_wn,
-                 stride_ym, stride_rm, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr,
-                 PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The int4 weights of rows `rows`, columns k0..k0 + BLOCK_K (k0 a multiple of BLOCK_K), dequantized in fp32
+    (BLOCK_N, BLOCK_K): bytes (BLOCK_N, BLOCK_K / 2) unpacked low nibble first, q * s + o with the scale and
+    offset of each weight's group. Columns past k_hi (even: K is a multiple of the group) come out 0."""
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    b_mask = n_mask[:, None] & (kb < k_hi // 2)[None, :]
+    b = tl.load(w_ptr + rows[:, None] * stride_wn + kb[None, :], mask=b_mask, other=0,
+                eviction_policy="evict_first")  # streamed once
+    q = tl.interleave(b & 0xF, b >> 4).to(tl.float32)  # byte j -> k = 2j (low), 2j + 1 (high)
+    GW: tl.constexpr = GROUP if GROUP < BLOCK_K else BLOCK_K  # a tile's weights per group
+    NG: tl.constexpr = BLOCK_K // GW  # groups per tile (1 when BLOCK_K divides the group)
+    rg = k0 // GROUP + tl.arange(0, NG)
+    g_off = rows[:, None] * stride_sn + rg[None, :]
+    g_mask = n_mask[:, None] & (rg * GROUP < k_hi)[None, :]
+    s = tl.load(s_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    o = tl.load(o_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if NG > 1:  # each group's scale and offset along its GW weights
+        s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GW)), (BLOCK_N, BLOCK_K))
+        o = tl.reshape(tl.broadcast_to(o[:, :, None], (BLOCK_N, NG, GW)), (BLOCK_N, BLOCK_K))
+    return q * s + o  # NG == 1: (BLOCK_N, 1) broadcast along the tile
+
+
+@triton.jit
+def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
+                 stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, PROLOGUE: tl.constexpr,
+                 EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, WFMT: tl.constexpr,
+                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
-    split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T."""
+    split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
+    quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
+    _int4_tile); stride_wn in elements of w_ptr (bytes for quantized weights), stride_sn the int4 scales'."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -125,7 +182,11 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, M, N, 
         k_mask = k < k_hi
         w_off = rn[:, None] * stride_wn + k[None, :]
         w_mask = n_mask[:, None] & k_mask[None, :]
-        w = tl.load(w_ptr + w_off, mask=w_mask, other=0.0, eviction_policy="evict_first")  # streamed once
+        if WFMT == 2:
+            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
+                           BLOCK_K).to(dt)
+        else:  # the model dtype, or int8's q converted exactly
+            w = tl.load(w_ptr + w_off, mask=w_mask, other=0, eviction_policy="evict_first").to(dt)  # streamed once
         x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                     other=0.0)
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
@@ -134,8 +195,17 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, M, N, 
         xt = tl.trans(x)
         acc = tl.dot(w, xt, acc, input_precision=PRECISION)
         if EPILOGUE == 2:
-            w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=w_mask, other=0.0, eviction_policy="evict_first")
+            if WFMT == 2:
+                w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
+                                  BLOCK_N, BLOCK_K).to(dt)
+            else:
+                w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=w_mask, other=0,
+                               eviction_policy="evict_first").to(dt)
             acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
+    if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums
+        acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+        if EPILOGUE == 2:
+            acc_up = acc_up * tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
     out_mask = n_mask[:, None] & m_mask[None, :]
     if SPLIT_K == 1:
         _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
@@ -166,17 +236,20 @@ def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, M, N, stride_ym, stride_rm,
     _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
 
 
-def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int) -> torch.Tensor:
-    """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k."""
+def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales=None, offsets=None,
+            group: int = 0) -> torch.Tensor:
+    """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k. With scales,
+    w is a quantized weight (dequant.weight_format)."""
     M, K = x.shape
     if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
         raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
-    if w.shape[1] != K:
+    if scales is None and w.shape[1] != K:
         raise ValueError(f"weight of {w.shape[1]} columns for an input of {K}")
+    wfmt, group, _, _ = weight_format(x, w, scales, offsets, group, w.shape[0])  # the packed w as it is
     x = x if x.stride(1) == 1 else x.contiguous()
     w = w if w.stride(1) == 1 else w.contiguous()
     n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
-    cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU))
+    cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU, wfmt))
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     n_tiles = triton.cdiv(n, bn)
     split = split_k or choose_split_k(n_tiles, K, bk, sm_count(x.device))
@@ -189,12 +262,16 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int) -> t
     res = res if res is not None else y
     g = g if g is not None else y
     rstd = rstd if rstd is not None else y
+    if wfmt == WFMT_INT4 and offsets.stride(1) != 1:  # scales and offsets share strides (weight_format)
+        scales, offsets = scales.contiguous(), offsets.contiguous()
+    s = y if scales is None else scales.contiguous() if wfmt == WFMT_INT8 else scales
+    o = offsets if offsets is not None else s
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
     wrap_triton(_gemm_kernel)[(n_tiles, split)](
-        x, w, y, part, res, g, rstd, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0), res.stride(0),
-        PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, BLOCK_M=bm, BLOCK_N=bn,
-        BLOCK_K=bk, **cfg)
+        x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0), res.stride(0),
+        s.stride(0) if wfmt == WFMT_INT4 else 0, PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split,
+        PRECISION=precision, WFMT=wfmt, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
     if split > 1:
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
             part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
@@ -210,21 +287,28 @@ def _prologue(rstd, g) -> int:
 
 @triton_op("llama_fast::small_m_gemm", mutates_args=())
 def small_m_gemm(x: torch.Tensor, w: torch.Tensor, rstd: torch.Tensor | None = None, g: torch.Tensor | None = None,
-                 split_k: int = 0) -> torch.Tensor:
+                 split_k: int = 0, scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                 group: int = 0) -> torch.Tensor:
     """x (M, K) @ w (N, K)^T -> (M, N) in x.dtype, 2 <= M <= 64. With rstd (M,) fp32 and g (K,): the RMSNorm
     prologue, x's row m taken as g * (x[m] * rstd[m]).to(dtype). split_k: K splits per output tile (0: one
-    program per SM in all, choose_split_k), as in every op below."""
-    return _launch(x, w, None, g, rstd, _prologue(rstd, g), EPILOGUE_NONE, split_k)
+    program per SM in all, choose_split_k), as in every op below.
+    Quantized weights (llama_fast/quant.py), as the GEMV ops take them: w the qweight, scales (N,) for int8;
+    scales and offsets (N, K // group) for int4 (dequant.weight_format). The same three arguments in every op
+    below."""
+    return _launch(x, w, None, g, rstd, _prologue(rstd, g), EPILOGUE_NONE, split_k, scales, offsets, group)
 
 
 @triton_op("llama_fast::small_m_gemm_residual", mutates_args=())
-def small_m_gemm_residual(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, split_k: int = 0) -> torch.Tensor:
+def small_m_gemm_residual(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, split_k: int = 0,
+                          scales: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                          group: int = 0) -> torch.Tensor:
     """res + x @ w^T: x (M, K), w (N, K), res (M, N) -> (M, N), the product rounded before the add."""
-    return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, split_k)
+    return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, split_k, scales, offsets, group)
 
 
 @triton_op("llama_fast::small_m_gemm_swiglu", mutates_args=())
 def small_m_gemm_swiglu(x: torch.Tensor, w13: torch.Tensor, rstd: torch.Tensor | None = None,
-                        g: torch.Tensor | None = None, split_k: int = 0) -> torch.Tensor:
+                        g: torch.Tensor | None = None, split_k: int = 0, scales: torch.Tensor | None = None,
+                        offsets: torch.Tensor | None = None, group: int = 0) -> torch.Tensor:
     """silu(gate) * up of x @ w13^T, w13 (2I, K) = [gate; up] -> (M, I); the RMSNorm prologue as small_m_gemm."""
-    return _launch(x, w13, None, g, rstd, _prologue(rstd, g), EPILOGUE_SWIGLU, split_k)
+    return _launch(x, w13, None, g, rstd, _prologue(rstd, g), EPILOGUE_SWIGLU, split_k, scales, offsets, group)
