@@ -10,7 +10,7 @@ may use programmatic dependent launch.
   gemm.py       the small-M decode GEMM (batch 2-64, tensor cores, split-K): small_m_gemm (RMSNorm prologue),
                 small_m_gemm_residual, small_m_gemm_swiglu
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
-  dequant.py    int8 / int4 weights in those GEMVs (the ops' scales / offsets / group arguments)
+  dequant.py    int8 / int4 weights in those GEMVs and in the small-M GEMM (scales / offsets / group arguments)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
