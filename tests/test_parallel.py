@@ -441,7 +441,10 @@ dist.init_process_group("gloo")  # load_model uses the group it finds
 fast = load_model("random:tiny", "cpu", "fp32", tp=2)
 ids = torch.randint(0, 512, (2, 5), generator=torch.Generator().manual_seed(0))
 out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
-print(f"rank {dist.get_rank()} kv_heads {fast.config.n_kv_heads} hash {output_hash(fast.tokenizer, out)}")
+# one write per line: two ranks share the pipe, and print's text and newline are two writes
+sys.stdout.write(f"rank {dist.get_rank()} kv_heads {fast.config.n_kv_heads} hash {output_hash(fast.tokenizer, out)}\\n")
+sys.stdout.flush()
+dist.barrier()  # as README says: without it gloo sometimes aborts a rank that tears down while its peer does
 dist.destroy_process_group()
 """
 
