@@ -22,6 +22,17 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (the CPU torch build has none); the kernels run in "
                                          "Triton's interpreter wherever triton is installed, and for real on a GPU")
 
+# the two checks' shared helpers (each check runs as its own interpreter process)
+HELPERS = r"""
+def rel(y, ref):
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
+    xf = x.float()
+    return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+"""
+
 GEMM_CHECK = r"""
 import sys
 import torch
@@ -33,14 +44,7 @@ dt = getattr(torch, sys.argv[1])
 tol = 1e-6 if dt == torch.float32 else 2e-3
 
 
-def rel(y, ref):
-    return ((y.double() - ref).norm() / ref.norm()).item()
-
-
-def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
-    xf = x.float()
-    return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
+{HELPERS}
 
 ms = [2, 3, 16, 17, 64] if dt == torch.float32 else [3, 17]
 for M in ms:
@@ -95,14 +99,7 @@ scheme = quant.parse_scheme(sys.argv[2])
 tol = 1e-6 if dt == torch.float32 else 2e-3
 
 
-def rel(y, ref):
-    return ((y.double() - ref).norm() / ref.norm()).item()
-
-
-def rmsnorm(x, g, eps):  # transformers' LlamaRMSNorm
-    xf = x.float()
-    return g * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
+{HELPERS}
 
 def quantized(w):  # (op arguments, the dequantized weight in dt)
     if scheme.bits == 8:
@@ -220,14 +217,14 @@ def run_interpreted(script: str, *args: str) -> None:
 @needs_triton
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_small_m_gemm_matches_torch_in_the_interpreter(dtype):
-    run_interpreted(GEMM_CHECK, dtype)
+    run_interpreted(GEMM_CHECK.replace("{HELPERS}", HELPERS), dtype)
 
 
 @needs_triton
 @pytest.mark.parametrize("scheme", ["int8", "int4:g32", "int4:g64", "int4:g128"])
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_small_m_gemm_quantized_matches_dequantize_then_matmul_in_the_interpreter(dtype, scheme):
-    run_interpreted(QGEMM_CHECK, dtype, scheme)
+    run_interpreted(QGEMM_CHECK.replace("{HELPERS}", HELPERS), dtype, scheme)
 
 
 @needs_triton
