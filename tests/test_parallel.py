@@ -444,8 +444,9 @@ out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
 # one write per line: two ranks share the pipe, and print's text and newline are two writes
 sys.stdout.write(f"rank {dist.get_rank()} kv_heads {fast.config.n_kv_heads} hash {output_hash(fast.tokenizer, out)}\\n")
 sys.stdout.flush()
-dist.barrier()  # as README says: without it gloo sometimes aborts a rank that tears down while its peer does
-dist.destroy_process_group()
+# as README says: destroy_process_group sometimes aborts a gloo rank ("terminate called without an active
+# exception"; a plain torch script too); a barrier, then leaving the group to the process's exit, does not
+dist.barrier()
 """
 
 
