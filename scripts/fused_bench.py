@@ -156,7 +156,6 @@ def gemvs(args, cfg, dev, bench):
 def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
     """The GEMV `name` with quantized weights in each fused form (the op's eager launch: pinned configs), GB/s
     counting the bytes it reads; with --sweep-configs, the step's form over QUANT_GRID[fmt]."""
-    from bench_util import config_override
     from llama_fast.kernels.configs import pinned_config
     from llama_fast.kernels.gemv import _launch_fused
 
@@ -173,24 +172,33 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
         t = bench(call)
         print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
         if args.sweep_configs and STEP_FORMS.get(name) == form:
-            results = []
-            for bn, bk, warps in QUANT_GRID[fmt]:
-                with config_override({f"{form}_{fmt}": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
-                                                        "num_stages": 2}}):
-                    try:
-                        results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
-                    except Exception as e:  # out of resources for a config: skip it, say so
-                        print(f"      {name} {form}/{fmt} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+            results = sweep_quant_grid(f"{form}_{fmt}", f"{name} {form}/{fmt}", fmt, call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
                                         [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
                 print(line, flush=True)
 
 
+def sweep_quant_grid(form: str, label: str, fmt: str, call, bench, reps: int, keep=None) -> list[tuple]:
+    """(us per call, bn, bk, warps) of call under each QUANT_GRID[fmt] config of form (those keep(bn) accepts);
+    a config the GPU cannot run is skipped with a line."""
+    from bench_util import config_override
+
+    results = []
+    for bn, bk, warps in QUANT_GRID[fmt]:
+        if keep is not None and not keep(bn):
+            continue
+        with config_override({form: {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2}}):
+            try:
+                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps))
+            except Exception as e:  # out of resources for a config: skip it, say so
+                print(f"      {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    return results
+
+
 def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     """The wqkv GEMV with RoPE and the cache write, quantized weights: the op (pinned config); with
     --sweep-configs over QUANT_GRID[fmt] (the BLOCK_N that divide the head dim)."""
-    from bench_util import config_override
     from llama_fast.kernels.configs import pinned_config
     from llama_fast.kernels.qkv_rope import gemv_rmsnorm_qkv_rope
 
@@ -212,16 +220,9 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     print(f"wqkv  {'qkv_rope/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s  {p}", flush=True)
     if not args.sweep_configs:
         return
-    results = []
-    for bn, bk, warps in QUANT_GRID[fmt]:
-        if D % bn:
-            continue  # a program's rows must stay within one head
-        with config_override({f"qkv_rope_{fmt}": {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps,
-                                                   "num_stages": 2}}):
-            try:
-                results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
-            except Exception as e:  # out of resources for a config: skip it, say so
-                print(f"      wqkv qkv_rope/{fmt} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    # a program's rows must stay within one head
+    results = sweep_quant_grid(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", fmt, call, bench, args.reps,
+                               keep=lambda bn: D % bn == 0)
     for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
                                 [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
         print(line, flush=True)
