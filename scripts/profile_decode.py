@@ -30,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--top", type=int, default=18, help="kernels listed per decode step")
     ap.add_argument("--prefill-top", type=int, default=0,
                     help="also print the prefill's (1-new-token run's) top kernels by GPU time")
+    ap.add_argument("--quantize", default=None, metavar="SCHEME",
+                    help="profile on weight-only quantized weights (int8, int4, int4:gG); the variants are fp16 "
+                         "ones (their kernels dequantize in registers)")
     ap.add_argument("--log", default=None, help="also append the output to this file")
     args = ap.parse_args(argv)
     if args.new < 2:
@@ -41,6 +44,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     baselines = [k for k, v in args.variants.items() if v.is_transformers]
     if baselines:
         ap.error(f"--variants: {', '.join(baselines)}: transformers baselines are not profiled here")
+    quantized = [k for k, v in args.variants.items() if v.quantize is not None]
+    if quantized:  # every variant here runs the one model loaded (a variant cannot change its weights)
+        ap.error(f"--variants {','.join(quantized)}: every variant runs the one model loaded; give "
+                 "--quantize SCHEME with a fp16 variant (e.g. --quantize int4 --variants fused-gemv-early)")
+    if args.quantize is not None:
+        from llama_fast.quant import QuantError, parse_scheme
+
+        try:
+            args.quantize = parse_scheme(args.quantize).name
+        except QuantError as e:
+            ap.error(f"--quantize: {e}")
     if not torch.cuda.is_available():
         ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
     return args
@@ -54,7 +68,7 @@ def main(argv=None):
     say = logger(args.log)
 
     dev = torch.device("cuda")
-    cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"))
+    cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"), quantize=args.quantize)
     fast = LlamaFast(model, tok, args.model)
     for k, variant in args.variants.items():
         w = Workload(1, 1000, args.new, 1200)

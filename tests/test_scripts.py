@@ -249,7 +249,9 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
 # ------------------------------------------------------------------------------------------- profile_decode
 @pytest.mark.parametrize("bad,message", [(["--variants", "fused,nope"], "unknown variant 'nope'"),
                                          (["--variants", "hf-static,fused"], "hf-static: transformers baselines"),
-                                         (["--new", "1"], "--new must be at least 2")])
+                                         (["--new", "1"], "--new must be at least 2"),
+                                         (["--variants", "int8"], "int8: every variant runs the one model"),
+                                         (["--quantize", "int3"], "--quantize: ")])
 def test_profile_decode_arguments(tool, capsys, bad, message):
     pd = tool("profile_decode")
     with pytest.raises(SystemExit) as exc:
