@@ -245,7 +245,12 @@ class QuantLinear(nn.Module):
         return sum(t.nbytes for t in (self.qweight, self.scales, self.offsets) if t is not None)
 
     def dequantize(self) -> torch.Tensor:
-        """The (N, K) weight in the model dtype."""
+        """The (N, K) weight in the model dtype. On CUDA one Triton kernel (kernels.dequant.dequantize_weight: the
+        same fp32 arithmetic, at the copy bandwidth), elsewhere the torch ops below."""
+        if self.qweight.is_cuda:
+            from .kernels.dequant import dequantize_weight
+
+            return dequantize_weight(self.qweight, self.scales, self.offsets, self.group or 0)
         if self.bits == 8:
             return dequantize_int8(self.qweight, self.scales)
         return dequantize_int4(self.qweight, self.scales, self.offsets)

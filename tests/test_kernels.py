@@ -412,6 +412,53 @@ def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 
+DEQUANT_CHECK = r"""
+import torch
+from llama_fast.kernels.dequant import dequantize_weight
+from llama_fast.quant import QuantScheme, dequantize_int4, dequantize_int8, quantize_tensor
+
+
+def same(got, ref):
+    # bit for bit, except bf16: Triton's interpreter (numpy has no bf16) truncates fp32 to bf16 where the GPU and
+    # torch round to nearest, so there the check is one bf16 ulp (2 ** -7 relative)
+    assert got.dtype == ref.dtype and got.shape == ref.shape
+    if ref.dtype != torch.bfloat16:
+        return torch.equal(got, ref)
+    return bool(((got.float() - ref.float()).abs() <= ref.float().abs() * 2 ** -7).all())
+
+
+torch.manual_seed(0)
+for dt in (torch.float32, torch.float16, torch.bfloat16):
+    w = torch.randn(40, 576).to(dt)  # 40 rows: a partial row tile; 576 = 288 int4 bytes: a partial byte tile
+    d = quantize_tensor(w, QuantScheme(8, None))
+    assert same(dequantize_weight(d["qweight"], d["scales"], None, 0),
+                dequantize_int8(d["qweight"], d["scales"])), ("int8", dt)
+    for g in (32, 64):
+        d = quantize_tensor(w, QuantScheme(4, g))
+        assert same(dequantize_weight(d["qweight"], d["scales"], d["offsets"], g),
+                    dequantize_int4(d["qweight"], d["scales"], d["offsets"])), ("int4", g, dt)
+for bad in [(d["qweight"], d["scales"], d["offsets"], 128), (d["qweight"], d["scales"], None, 0)]:
+    try:
+        dequantize_weight(*bad)
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a mismatched scheme was accepted")
+print("ok")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
+                           "interpreter wherever triton is installed, and for real on a GPU")
+def test_dequantize_weight_matches_quant_py(interpreter_env):
+    """The prefill's whole-weight dequantization kernel gives quant.py's torch dequantization (int8, int4 groups
+    32 / 64; fp32 and fp16 bit for bit, bf16 to an ulp; tails in rows and bytes) and refuses a mismatched scheme."""
+    r = subprocess.run([sys.executable, "-c", DEQUANT_CHECK], env=interpreter_env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
 def test_reference_quantizer_follows_the_weight_format():
     """The test-side quantizer writes what llama_fast/quant.py's format says (nibble order, scale and offset,
     scale-0 groups, int8 range): the kernels' checks above rest on it."""

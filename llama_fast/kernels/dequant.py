@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import triton_op, wrap_triton
 
 ONE_BITS, SIXTEEN_BITS = 0x3F800000, 0x41800000  # fp32 1.0 and 16.0
 QUANT_GROUPS = (32, 64, 128)  # the int4 groups the kernels are built and tested for
@@ -181,3 +182,60 @@ def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG
     o sum x, the dequantized product q * s + o summed over the group."""
     fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
     return s * (16.0 * (fsum - csum[None, :])) + o * xsum[None, :]
+
+
+# ------------------------------------------------------------------------------------------- whole-weight dequant
+# The prefill multiplies by the dequantized weight (a GEMM over the prompt's rows: cuBLAS on the model dtype). Traced
+# as torch ops (unpack, fp32 multiply-add, cast), Inductor built kernels that moved the weight at about 35 GB/s (the
+# nibble interleave defeats its vectorization): a 1000-token int4 prefill spent 190 of its 210 ms dequantizing.
+# This kernel reads each byte once and writes the weight once, in the same fp32 arithmetic as quant.py's.
+DEQUANT_BLOCK_N, DEQUANT_BLOCK_B = 16, 256  # rows x packed bytes (int4) or weights (int8) per program
+
+
+@triton.jit
+def _dequant_kernel(q_ptr, s_ptr, o_ptr, out_ptr, N, KB, stride_sn, GROUP: tl.constexpr, INT4: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """out (N, K) = the weight of q (N, KB): int8 (KB = K) q * s[n]; int4 (KB = K / 2 bytes, two nibbles each)
+    q * s[n, k // GROUP] + o[n, k // GROUP], in fp32, rounded once to out's dtype."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    m = (rn < N)[:, None] & (rb < KB)[None, :]
+    q = tl.load(q_ptr + rn[:, None].to(tl.int64) * KB + rb[None, :], mask=m, other=0)
+    if INT4:
+        g = (2 * rb) // GROUP  # both nibbles of a byte lie in one group (GROUP is even)
+        so = rn[:, None].to(tl.int64) * stride_sn + g[None, :]
+        s = tl.load(s_ptr + so, mask=m, other=0.0).to(tl.float32)
+        o = tl.load(o_ptr + so, mask=m, other=0.0).to(tl.float32)
+        lo = (q & 15).to(tl.float32) * s + o
+        hi = (q >> 4).to(tl.float32) * s + o
+        w = tl.reshape(tl.join(lo, hi), (BLOCK_N, 2 * BLOCK_B))  # element 2j low nibble, 2j + 1 high
+        rk = 2 * tl.program_id(1) * BLOCK_B + tl.arange(0, 2 * BLOCK_B)
+        mk = (rn < N)[:, None] & (rk < 2 * KB)[None, :]
+        tl.store(out_ptr + rn[:, None].to(tl.int64) * (2 * KB) + rk[None, :], w.to(out_ptr.dtype.element_ty), mask=mk)
+    else:
+        s = tl.load(s_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        w = q.to(tl.float32) * s[:, None]
+        tl.store(out_ptr + rn[:, None].to(tl.int64) * KB + rb[None, :], w.to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton_op("llama_fast::dequantize_weight", mutates_args=())
+def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor | None,
+                      group: int) -> torch.Tensor:
+    """The (N, K) weight in scales' dtype of a quantized linear (llama_fast.quant's format): int8 qweight (N, K)
+    with scales (N,) (offsets None, group 0), or int4 qweight uint8 (N, K / 2) with scales and offsets (N, K / G)."""
+    n, kb = qweight.shape
+    int4 = offsets is not None
+    if not qweight.is_contiguous():
+        raise ValueError("dequantize_weight: qweight must be contiguous")
+    if int4 and (group % 2 or (2 * kb) % group or scales.shape != (n, 2 * kb // group)
+                 or offsets.shape != scales.shape or offsets.stride() != scales.stride() or scales.stride(1) != 1):
+        raise ValueError(f"dequantize_weight: int4 needs an even group dividing K and scales / offsets "
+                         f"({n}, K / group); got group {group}, scales {tuple(scales.shape)}")
+    if not int4 and (group or scales.shape != (n,)):
+        raise ValueError(f"dequantize_weight: int8 needs scales ({n},) and no group; got {tuple(scales.shape)}")
+    out = torch.empty((n, 2 * kb if int4 else kb), dtype=scales.dtype, device=qweight.device)
+    grid = (triton.cdiv(n, DEQUANT_BLOCK_N), triton.cdiv(kb, DEQUANT_BLOCK_B))
+    wrap_triton(_dequant_kernel)[grid](qweight, scales, offsets if int4 else scales, out, n, kb,
+                                       scales.stride(0), GROUP=group if int4 else 2, INT4=int4,
+                                       BLOCK_N=DEQUANT_BLOCK_N, BLOCK_B=DEQUANT_BLOCK_B, num_warps=4)
+    return out
