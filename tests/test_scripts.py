@@ -456,7 +456,23 @@ def test_pick_bench_times_greedy_and_sampled_on_the_cpu():
     assert all(len(row[3].split(", ")) == 2 for row in rows)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                    reason="triton is not installed (the CPU torch build has none): the sweep runs the pick's kernels "
+                           "in Triton's interpreter")
+def test_pick_bench_kernel_sweep_checks_every_setting_on_the_cpu():
+    """--kernel-sweep in the interpreter: a row per (filters, vocab, batch, chunk, warps), untimed, and every
+    setting's tokens equal to the pinned chunk's (the tool exits non-zero otherwise)."""
+    r = run_tool("pick_bench", "--device", "cpu", "--kernel-sweep", "--vocabs", "700", "--batch-sizes", "2",
+                 "--chunks", "64,256", "--warps", "2,4", timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if re.match(r"^\| T=0\.8", line)]
+    assert len(rows) == 4 * 2 * 2 and "untimed" in r.stdout
+    assert {row.split(" | ")[0] for row in rows} == {"| T=0.8", "| T=0.8 top_k=50", "| T=0.8 top_p=0.95",
+                                                     "| T=0.8 top_k=50 top_p=0.95"}
+
+
 @pytest.mark.parametrize("bad, message", [(["--top-p", "2"], "top_p must lie"), (["--rounds", "0"], "at least 1"),
+                                          (["--kernel-sweep", "--chunks", "100"], "powers of 2"),
                                           (["--batch-sizes", "1,x"], "invalid literal")])
 def test_pick_bench_refuses_bad_arguments(bad, message):
     r = run_tool("pick_bench", "--device", "cpu", *bad, timeout=120)

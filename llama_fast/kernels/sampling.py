@@ -384,7 +384,7 @@ def uniform_noise(ints: torch.Tensor, position: torch.Tensor, rows: int, vocab: 
 
 def _pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, position: torch.Tensor,
           pos_offset: int, use_top_k: bool, use_top_p: bool, chunk: int, keep_out: torch.Tensor | None,
-          glue: tuple | None):
+          glue: tuple | None, warps: int = 4):
     """(tok (B,) int64, done (B,) bool or None). glue: None, or (done, eos_ids, pad_id, suppress_eos)."""
     B, V = logits.shape
     x = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -414,7 +414,8 @@ def _pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, positi
     n_eos = eos_ids.numel() if glue is not None else 0
     nep = triton.next_power_of_2(max(n_eos, 1))
     grid = (B, nb)
-    meta = dict(ROUNDS=ROUNDS, SUPPRESS=suppress, NEP=nep, CHUNK=chunk, BLOCK=block, NBP=nbp, G=min(GROUP, nbp))
+    meta = dict(ROUNDS=ROUNDS, SUPPRESS=suppress, NEP=nep, CHUNK=chunk, BLOCK=block, NBP=nbp, G=min(GROUP, nbp),
+                num_warps=warps)
     if use_top_k:
         for r in range(ROUNDS):
             _launch(_round_kernel, grid, x, x.stride(0), eos_ids, n_eos, floats, ints, cnt[0], mass, ref, z,
@@ -434,11 +435,12 @@ def _pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, positi
 
 
 def pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, position: torch.Tensor, use_top_k: bool,
-         use_top_p: bool, chunk: int = CHUNK, keep_out: torch.Tensor | None = None) -> torch.Tensor:
+         use_top_p: bool, chunk: int = CHUNK, keep_out: torch.Tensor | None = None,
+         warps: int = 4) -> torch.Tensor:
     """One token per row of logits (B, V) (any float dtype) -> (B,) int64; floats, ints, use_*: a
-    SamplerState's. chunk: tokens per program (a power of 2). keep_out (B, V) int8, if given, receives the
-    filters' keep mask."""
-    return _pick(logits, floats, ints, position, 0, use_top_k, use_top_p, chunk, keep_out, None)[0]
+    SamplerState's. chunk: tokens per program (a power of 2); warps: per program. keep_out (B, V) int8, if
+    given, receives the filters' keep mask."""
+    return _pick(logits, floats, ints, position, 0, use_top_k, use_top_p, chunk, keep_out, None, warps)[0]
 
 
 def pick_next(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
