@@ -112,7 +112,7 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
             w, quant = kernel_weight(layer)
             y = gemv(x.reshape(rows, x.shape[-1]), w, **quant).view(*x.shape[:-1], -1)
             return y if layer.bias is None else y + layer.bias
-    if small_m_gemm_applies(x, opts):
+    if small_m_gemm_applies(x, opts, is_quantized(layer)):
         from .kernels import small_m_gemm
 
         w, quant = kernel_weight(layer)  # a quantized layer's packed tensors: dequantized in the kernel
@@ -121,9 +121,11 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
     return layer(x)
 
 
-def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions) -> bool:
-    """Whether ForwardOptions.small_m_gemm sends x's product to the small-M GEMM: on CUDA, 2..64 rows."""
-    if not (opts.small_m_gemm and triton_kernels_apply(x)):
+def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions, quantized: bool = False) -> bool:
+    """Whether x's product goes to the small-M GEMM: on CUDA, 2..64 rows, with ForwardOptions.small_m_gemm or a
+    quantized weight (the GEMM dequantizes its tiles in registers; the other way, layer(x), dequantizes the whole
+    weight to the model dtype on every call and multiplies that: three times the bytes of the fp16 product)."""
+    if not ((opts.small_m_gemm or quantized) and triton_kernels_apply(x)):
         return False
     from .kernels import GEMM_MAX_ROWS, GEMM_MIN_ROWS
 
@@ -277,8 +279,8 @@ class Block(nn.Module):
         add), fused q/k/v and gate/up."""
         a, f = self.attention, self.feed_forward
         layers = (a.wqkv, a.wo, f.w13, f.w2)
-        return (small_m_gemm_applies(x, opts) and self.tp_group is None and opts.fused_qkv and opts.fused_gate_up
-                and all(m.bias is None for m in layers))
+        return (small_m_gemm_applies(x, opts, any(is_quantized(m) for m in layers)) and self.tp_group is None
+                and opts.fused_qkv and opts.fused_gate_up and all(m.bias is None for m in layers))
 
     def _small_m_forward(self, x, rope, mask, input_pos, start, opts: ForwardOptions):
         """The block over x (B, T, dim) of 2..64 rows by the small-M GEMM: RMSNorm in the wqkv and w13 prologues,

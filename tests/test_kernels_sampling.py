@@ -193,3 +193,14 @@ def test_ties_suppressed_tokens_and_the_dispatch():
 @needs_triton
 def test_decode_pick_with_eos_and_pad_matches_the_torch_step():
     _run(NEXT)
+
+
+@needs_triton
+def test_chunk_for_spreads_a_row_over_more_programs_at_small_batches():
+    """The measured points (pick_bench.py --kernel-sweep on an H200) get their fastest chunks: about 128 programs
+    per row at batch 1, about 256 programs in all at batch 8, within 256..CHUNK tokens each."""
+    from llama_fast.kernels import sampling as K
+
+    assert [K.chunk_for(1, 32000), K.chunk_for(1, 128256), K.chunk_for(8, 32000), K.chunk_for(8, 128256)] == \
+        [256, 1024, 1024, 2048]
+    assert K.chunk_for(64, 32000) == K.CHUNK and K.chunk_for(1, 49152) == 512 and K.chunk_for(3, 100) == 256

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-CHUNK = 2048  # tokens per program
+CHUNK = 2048  # tokens per program: the largest chunk_for picks
 BLOCK = 256  # tokens per tile inside a program
 RADIX = 8  # key bits decided per launch (256-bin histograms)
 BINS = 1 << RADIX
@@ -369,6 +369,16 @@ def _noise_kernel(ints_ptr, pos_ptr, out_ptr, V, BLOCK: tl.constexpr):
     tl.store(out_ptr + row * V + offs, u, mask=offs < V)
 
 
+def chunk_for(batch: int, vocab: int) -> int:
+    """Tokens per program for a (batch, vocab) pick: about 128 programs per row at batch 1-2, fewer per row as the
+    batch grows (about 256 programs in all), 256 to CHUNK tokens each. Each launch's programs first read every
+    histogram of their row (NB of them), so more programs per row cost more in that read than they gain in
+    parallelism once the batch fills the SMs. On an H200 (pick_bench.py --kernel-sweep, docs/PERF.md) this was
+    within 10 % or 1 us of the fastest chunk at every measured point (32k / 128k vocabulary, batch 1 / 8)."""
+    per_row = max(16, min(128, 256 // max(batch, 1)))
+    return max(256, min(CHUNK, triton.next_power_of_2(triton.cdiv(vocab, per_row))))
+
+
 def _launch(kernel, grid, *args, **meta):
     """Every launch of the pick goes through here (tests count them)."""
     wrap_triton(kernel)[grid](*args, **meta)
@@ -388,7 +398,7 @@ def _pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, positi
     """(tok (B,) int64, done (B,) bool or None). glue: None, or (done, eos_ids, pad_id, suppress_eos)."""
     B, V = logits.shape
     x = logits if logits.stride(1) == 1 else logits.contiguous()
-    chunk = max(min(chunk, triton.next_power_of_2(V)), 16)
+    chunk = max(min(chunk or chunk_for(B, V), triton.next_power_of_2(V)), 16)
     block = min(BLOCK, chunk)
     nb = triton.cdiv(V, chunk)
     nbp = triton.next_power_of_2(nb)
@@ -435,17 +445,17 @@ def _pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, positi
 
 
 def pick(logits: torch.Tensor, floats: torch.Tensor, ints: torch.Tensor, position: torch.Tensor, use_top_k: bool,
-         use_top_p: bool, chunk: int = CHUNK, keep_out: torch.Tensor | None = None,
+         use_top_p: bool, chunk: int | None = None, keep_out: torch.Tensor | None = None,
          warps: int = 4) -> torch.Tensor:
     """One token per row of logits (B, V) (any float dtype) -> (B,) int64; floats, ints, use_*: a
-    SamplerState's. chunk: tokens per program (a power of 2); warps: per program. keep_out (B, V) int8, if
-    given, receives the filters' keep mask."""
+    SamplerState's. chunk: tokens per program (a power of 2; None: chunk_for); warps: per program. keep_out
+    (B, V) int8, if given, receives the filters' keep mask."""
     return _pick(logits, floats, ints, position, 0, use_top_k, use_top_p, chunk, keep_out, None, warps)[0]
 
 
 def pick_next(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
               floats: torch.Tensor, ints: torch.Tensor, input_pos: torch.Tensor, use_top_k: bool, use_top_p: bool,
-              suppress_eos: bool, chunk: int = CHUNK,
+              suppress_eos: bool, chunk: int | None = None,
               keep_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """generate.next_token with a sampler, drawn at cache slot input_pos (1,) + 1, from logits (B, V) in any
     float dtype -> (tok (B,) int64, done (B,) bool): finished rows emit pad_id, a row that draws one of
