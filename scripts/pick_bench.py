@@ -98,7 +98,7 @@ def kernel_sweep(a) -> list[dict]:
     pos = torch.tensor([1000], device=device)
     rows = []
     print(f"sampled pick alone | {loading.dtype_name(dtype)} | {harness.device_name(device)} | "
-          f"{'us per pick, ' + str(a.calls) + ' graph replays' if timed else 'untimed (interpreter check)'} | "
+          f"{'us per pick (bench_util.time_per_call)' if timed else 'untimed (interpreter check)'} | "
           f"pinned chunk {ks.CHUNK}, 4 warps")
     print("\n| filters | vocab | batch | chunk | warps | us | vs pinned |\n|---|---|---|---|---|---|---|")
     for label, smp in FILTERS.items():
