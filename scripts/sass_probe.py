@@ -4,7 +4,7 @@ and the programs per SM the registers allow. No GPU needed: Triton compiles for 
 
 The launch is decode_attention_one_launch's own (kernels/attention.py: the pinned eager config and the PDL
 launch options) at a seed-like shape: Llama-7B's 32 heads of 128, an fp16 cache of --cache slots, batch 1.
-A schedule that depends on the ptxas version (docs/PERF.md, "the kernel package costs 2.3 %") is compared here
+A schedule that depends on the ptxas version (docs/PERF.md, "The kernel package's attention registers") is compared here
 before it is timed on a GPU.
 
   python scripts/sass_probe.py                      # the fastest path's launch (PDL, late trigger), sm_90

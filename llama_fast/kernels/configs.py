@@ -77,10 +77,10 @@ ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
-# stops at 168 on its own (3 per SM, one wave): the 34.6 against 37.8 us launches of docs/PERF.md ("the kernel
-# package costs 2.3 %"). The cap gives that count whichever ptxas Triton runs (12.8 and 13.0 then emit the same
-# SASS, no spill; Triton 3.9's 13.4: 184 -> 168, 16 B spilled). PDL-off launches take 167 and stay uncapped
-# (scripts/sass_probe.py prints the counts).
+# stops at 168 on its own (3 per SM, one wave): the 34.6 against 37.8 us launches of docs/PERF.md ("The kernel
+# package's attention registers"). The cap gives that count whichever ptxas Triton runs (12.8 and 13.0 then emit
+# the same SASS, no spill; Triton 3.9's 13.4: 184 -> 168, 16 B spilled); timed on an H200 it gives the old speed.
+# PDL-off launches take 167 and stay uncapped (scripts/sass_probe.py prints the counts).
 ATTN_PDL_MAXNREG = 168
 
 
