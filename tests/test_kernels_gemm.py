@@ -165,7 +165,6 @@ from llama_fast.model import ForwardOptions
 from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
 from test_model import _ids, _prefill_then_decode
 
-model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
 calls = {}
 for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
     def counted(*args, _op=getattr(kn, name), _name=name, **kwargs):
@@ -190,9 +189,13 @@ if len(sys.argv) > 2:  # quantized layers (the tiny K of 64 and 96 are multiples
 ids = _ids(cfg, B=3, T=11, seed=6)
 with torch.no_grad():
     model.options = ForwardOptions()
+    model_module.triton_kernels_apply = lambda x: False  # the reference: the torch path
     ref = _prefill_then_decode(model, ids, prefill_len=8)
     assert not calls
-    model.options = ForwardOptions(small_m_gemm=True)
+    model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
+    # dense weights take the GEMM when ForwardOptions asks; quantized ones whenever the kernels apply (layer(x)
+    # would dequantize each whole weight on every call)
+    model.options = ForwardOptions() if len(sys.argv) > 2 else ForwardOptions(small_m_gemm=True)
     got = _prefill_then_decode(model, ids, prefill_len=8)
 forwards = 1 + 3  # the prefill, then three decode steps
 blocks = forwards * cfg.n_layers
