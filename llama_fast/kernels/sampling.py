@@ -1,9 +1,10 @@
 """The sampled pick on the device without a sort: temperature, top-k, top-p and the Gumbel-max draw in a fixed
 number of launches per (B, V), with llama_fast/sampling.py's semantics and noise.
 
-Every launch splits each row's vocabulary over NB = cdiv(V, CHUNK) programs (CHUNK = 2048: 16 programs per row
-at a 32k vocabulary, 64 at 128k), so a row is never read by one SM alone; each program reads its CHUNK logits
-once per launch (in the model's dtype: the kernels convert to fp32 as they load, so the step needs no cast).
+Every launch splits each row's vocabulary over NB = cdiv(V, chunk) programs (chunk_for: 256 tokens, 125 programs
+a row, at batch 1 and a 32k vocabulary; 1024 at 128k; fewer programs a row as the batch grows), so a row is never
+read by one SM alone; each program reads its chunk of logits once per launch (in the model's dtype: the kernels
+convert to fp32 as they load, so the step needs no cast).
 
   temperature only  a zeroed arrival counter (a memset) and _draw_kernel: counter-hash noise in registers, the
                     Gumbel transform, each block's first maximum of logits / T + gumbel; the last program of a
