@@ -57,6 +57,22 @@ def resolve_variants(keys: list[str], variants: dict) -> dict:
     return out
 
 
+def check_quantize(ap, args) -> None:
+    """For tools that load one model for all their variants (--variants, --quantize): refuse variants that carry
+    their own weights' scheme (ap.error names them) and canonicalize args.quantize (an unknown scheme: ap.error)."""
+    quantized = [k for k, v in args.variants.items() if v.quantize is not None]
+    if quantized:  # every variant here runs the one model loaded (a variant cannot change its weights)
+        ap.error(f"--variants {','.join(quantized)}: every variant runs the one model loaded; give "
+                 "--quantize SCHEME with a fp16 variant (e.g. --quantize int8 --variants fused-gemv-early)")
+    if args.quantize is not None:
+        from llama_fast.quant import QuantError, parse_scheme
+
+        try:
+            args.quantize = parse_scheme(args.quantize).name
+        except QuantError as e:
+            ap.error(f"--quantize: {e}")
+
+
 def decode_gemv_shapes(cfg) -> dict[str, tuple[int, int]]:
     """(rows, cols) of each decode GEMV's weight of a LlamaConfig, in the order a layer runs them; the head last."""
     return {"wqkv": (cfg.q_size + 2 * cfg.kv_size, cfg.dim), "wo": (cfg.dim, cfg.q_size),

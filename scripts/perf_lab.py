@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from bench_util import config_override, logger, resolve_variants
+from bench_util import check_quantize, config_override, logger, resolve_variants
 from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure, measure_ceilings,
                                 memory_budget_bytes, roofline_tok_per_s, teacher_forced_check)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
@@ -93,17 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(str(e))
     if args.config_trials is not None and args.config_trials.is_transformers:
         ap.error("--config-trials: a transformers baseline runs none of our kernels")
-    quantized = [k for k, v in args.variants.items() if v.quantize is not None]
-    if quantized:  # every variant here runs the one model loaded (a variant cannot change its weights)
-        ap.error(f"--variants {','.join(quantized)}: every variant runs the one model loaded; give "
-                 "--quantize SCHEME with a fp16 variant (e.g. --quantize int8 --variants fused-gemv-early)")
-    if args.quantize is not None:
-        from llama_fast.quant import QuantError, parse_scheme
-
-        try:
-            args.quantize = parse_scheme(args.quantize).name
-        except QuantError as e:
-            ap.error(f"--quantize: {e}")
+    check_quantize(ap, args)
     return args
 
 

@@ -15,7 +15,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench_util import decode_gemv_shapes, logger, resolve_variants
+from bench_util import check_quantize, decode_gemv_shapes, logger, resolve_variants
 from llama_fast.generate import LlamaFast
 from llama_fast.harness import VARIANTS, Workload, fast_runner
 from llama_fast.loading import load_weights, parse_dtype
@@ -44,17 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     baselines = [k for k, v in args.variants.items() if v.is_transformers]
     if baselines:
         ap.error(f"--variants: {', '.join(baselines)}: transformers baselines are not profiled here")
-    quantized = [k for k, v in args.variants.items() if v.quantize is not None]
-    if quantized:  # every variant here runs the one model loaded (a variant cannot change its weights)
-        ap.error(f"--variants {','.join(quantized)}: every variant runs the one model loaded; give "
-                 "--quantize SCHEME with a fp16 variant (e.g. --quantize int4 --variants fused-gemv-early)")
-    if args.quantize is not None:
-        from llama_fast.quant import QuantError, parse_scheme
-
-        try:
-            args.quantize = parse_scheme(args.quantize).name
-        except QuantError as e:
-            ap.error(f"--quantize: {e}")
+    check_quantize(ap, args)
     if not torch.cuda.is_available():
         ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
     return args
