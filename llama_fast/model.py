@@ -474,12 +474,13 @@ class Transformer(nn.Module):
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
         if logits_index is not None:
             x = x.index_select(1, logits_index)  # (B, 1, dim): skip the head for the other positions
-        if self.tp_head_group is not None:
-            return self._gather_vocab(linear(self.norm(x), self.output, opts))
-        return linear(self.norm(x), self.output, opts)
+        return self._gather_vocab(linear(self.norm(x), self.output, opts))
 
     def _gather_vocab(self, logits: torch.Tensor) -> torch.Tensor:
-        """A vocabulary-parallel head's logits slices (..., V/N) of all ranks -> the logits (..., V)."""
+        """A vocabulary-parallel head's logits slices (..., V/N) of all ranks -> the logits (..., V); any other
+        head's logits as they are."""
+        if self.tp_head_group is None:
+            return logits
         from .parallel import all_gather_vocab
 
         return all_gather_vocab(logits, self.tp_head_group, self.config.vocab_size)
@@ -502,7 +503,7 @@ class Transformer(nn.Module):
         head, head_quant = kernel_weight(self.output)
         logits = gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
                               **head_quant).view(1, 1, -1)
-        return logits if self.tp_head_group is None else self._gather_vocab(logits)
+        return self._gather_vocab(logits)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv

@@ -43,7 +43,12 @@ def weight_format(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor | None,
     """(WFMT, GROUP, the weight as the kernel reads it, its K in words) of a GEMV of x (1, K) by w with `rows`
     rows: w itself for the model dtype (scales None), its int32 words for int8 (scales (rows,)) and for int4
     (offsets given, scales and offsets (rows, K // group)). Raises ValueError on a mismatch."""
-    K = x.shape[-1]
+    return check_format(x.shape[-1], w, scales, offsets, group, rows)
+
+
+def check_format(K: int, w: torch.Tensor, scales: torch.Tensor | None, offsets: torch.Tensor | None, group: int,
+                 rows: int) -> tuple[int, int, torch.Tensor, int]:
+    """weight_format for a weight of K columns (no input at hand: dequantize_weight)."""
     if scales is None:
         if offsets is not None or group:
             raise ValueError("offsets and group need scales (a quantized weight)")
@@ -225,14 +230,9 @@ def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, offsets: torc
     with scales (N,) (offsets None, group 0), or int4 qweight uint8 (N, K / 2) with scales and offsets (N, K / G)."""
     n, kb = qweight.shape
     int4 = offsets is not None
-    if not qweight.is_contiguous():
-        raise ValueError("dequantize_weight: qweight must be contiguous")
-    if int4 and (group % 2 or (2 * kb) % group or scales.shape != (n, 2 * kb // group)
-                 or offsets.shape != scales.shape or offsets.stride() != scales.stride() or scales.stride(1) != 1):
-        raise ValueError(f"dequantize_weight: int4 needs an even group dividing K and scales / offsets "
-                         f"({n}, K / group); got group {group}, scales {tuple(scales.shape)}")
-    if not int4 and (group or scales.shape != (n,)):
-        raise ValueError(f"dequantize_weight: int8 needs scales ({n},) and no group; got {tuple(scales.shape)}")
+    check_format(2 * kb if int4 else kb, qweight, scales, offsets, group, n)  # ValueError on a mismatch
+    if not qweight.is_contiguous() or (int4 and scales.stride(1) != 1):
+        raise ValueError("dequantize_weight: qweight and int4 scales / offsets must be contiguous along K")
     out = torch.empty((n, 2 * kb if int4 else kb), dtype=scales.dtype, device=qweight.device)
     grid = (triton.cdiv(n, DEQUANT_BLOCK_N), triton.cdiv(kb, DEQUANT_BLOCK_B))
     wrap_triton(_dequant_kernel)[grid](qweight, scales, offsets if int4 else scales, out, n, kb,
