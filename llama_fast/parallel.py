@@ -57,14 +57,18 @@ class ParallelError(ValueError):
     """A tensor-parallel setting that cannot run: a degree not dividing the model, no process group, ..."""
 
 
+def _choice(value: str | None, param: str, env: str, modes: tuple[str, ...]) -> str:
+    """value, else $env, else modes[0] (the default); ParallelError naming param or env for anything else."""
+    raw = value if value is not None else os.environ.get(env, "") or modes[0]
+    if raw not in modes:
+        raise ParallelError(f"{param if value is not None else env} must be one of {', '.join(modes)}, got {raw!r}")
+    return raw
+
+
 def head_mode(value: str | None = None) -> str:
     """The output head's layout under tensor parallelism: value, else $LLAMA_FAST_TP_HEAD, else HEAD_REPLICATED
     (ParallelError for anything but HEAD_MODES)."""
-    raw = value if value is not None else os.environ.get(HEAD_ENV, "") or HEAD_REPLICATED
-    if raw not in HEAD_MODES:
-        where = "tp_head" if value is not None else HEAD_ENV
-        raise ParallelError(f"{where} must be one of {', '.join(HEAD_MODES)}, got {raw!r}")
-    return raw
+    return _choice(value, "tp_head", HEAD_ENV, HEAD_MODES)
 
 
 def check_tp(cfg: LlamaConfig, tp: int):
@@ -367,7 +371,11 @@ def rank_device(device: torch.device) -> torch.device:
 def all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
     """The sum of t over the group's ranks (a functional collective: traceable by torch.compile; run eagerly,
     as in the fused decode block, it is waited for here so the Triton ops after it get a plain tensor)."""
-    out = funcol.all_reduce(t, "sum", group)
+    return _waited(funcol.all_reduce(t, "sum", group))
+
+
+def _waited(out: torch.Tensor) -> torch.Tensor:
+    """A functional collective's result as a plain tensor (an eager call returns one still in flight)."""
     return out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
 
 
@@ -386,10 +394,7 @@ def allreduce_mode(device: torch.device, value: str | None = None) -> str:
     group's backend: NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM, the one-shot all-reduce over symmetric memory
     (SymmAllReduce), needs CUDA and a torch with torch.ops.symm_mem's one-shot all-reduce; refused otherwise
     (ParallelError), before any rank meets the others."""
-    raw = value if value is not None else os.environ.get(ALLREDUCE_ENV, "") or ALLREDUCE_NCCL
-    if raw not in ALLREDUCE_MODES:
-        where = "tp_allreduce" if value is not None else ALLREDUCE_ENV
-        raise ParallelError(f"{where} must be one of {', '.join(ALLREDUCE_MODES)}, got {raw!r}")
+    raw = _choice(value, "tp_allreduce", ALLREDUCE_ENV, ALLREDUCE_MODES)
     if raw == ALLREDUCE_SYMM:
         if device.type != "cuda":
             raise ParallelError(f"{ALLREDUCE_ENV}={raw} needs CUDA GPUs: the one-shot all-reduce runs over "
@@ -454,8 +459,7 @@ class SymmAllReduce:
 def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:
     """The ranks' vocabulary slices of the logits t (..., V/N) concatenated along the last dim, cut to
     vocab_size (a padded last rank's zero rows dropped); waited for like all_reduce_sum."""
-    out = funcol.all_gather_tensor(t.contiguous(), t.dim() - 1, group)
-    out = out.wait() if isinstance(out, funcol.AsyncCollectiveTensor) else out
+    out = _waited(funcol.all_gather_tensor(t.contiguous(), t.dim() - 1, group))
     return out if out.shape[-1] == vocab_size else out[..., :vocab_size]
 
 
