@@ -168,9 +168,7 @@ def _configure_tp(config, model: str, device: str):
             from llama_fast.loading import random_config, read_config, resolve_checkpoint
 
             cfg = random_config(model) if bs.is_random(model) else read_config(resolve_checkpoint(model), model)
-            parallel.check_tp(cfg, tp)
-            parallel.check_head(cfg, tp, parallel.head_mode())
-            parallel.allreduce_mode(torch.device(device))
+            parallel.check_plan(cfg, tp, torch.device(device))  # with $LLAMA_FAST_TP_HEAD / _ALLREDUCE
     except (ValueError, parallel.ParallelError) as e:
         msg = str(e)
         raise pytest.UsageError(f"--bench-{msg}" if msg.startswith("tp ") else msg) from None

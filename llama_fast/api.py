@@ -96,13 +96,9 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
         from . import parallel
 
         cfg = random_config(name) if name.startswith("random:") else read_config(resolve_checkpoint(name), name)
-        head = parallel.head_mode(tp_head)
         # before any rendezvous: every rank refuses the same way
-        parallel.check_tp(cfg, tp)
-        parallel.check_head(cfg, tp, head)
-        parallel.check_quant_split(cfg, tp, tp_layer_schemes(name, quantize))
+        head, allreduce = parallel.check_plan(cfg, tp, dev, tp_head, tp_allreduce, tp_layer_schemes(name, quantize))
         dev = parallel.rank_device(dev)
-        allreduce = parallel.allreduce_mode(dev, tp_allreduce)
         rank, _ = parallel.init_from_env(tp, dev)
         group = dist.group.WORLD
     warm_up_meta_device()  # torch's one-time meta-device setup is not the load's memory

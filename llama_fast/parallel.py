@@ -148,6 +148,20 @@ def check_quant_split(cfg: LlamaConfig, tp: int, schemes: dict[str, QuantScheme 
                                 f"int4 group {s.group}: {hint}, or another tp")
 
 
+def check_plan(cfg: LlamaConfig, tp: int, device: torch.device, tp_head: str | None = None,
+               tp_allreduce: str | None = None,
+               schemes: dict[str, QuantScheme | None] | None = None) -> tuple[str, str]:
+    """Every check of a tensor-parallel request that needs no other rank (ParallelError on the first that fails),
+    made by each rank before they meet, so all refuse alike: tp against the shape, the head layout (tp_head, else
+    $LLAMA_FAST_TP_HEAD), int4 groups against the split K (schemes: quant layer schemes, None unquantized), the
+    all-reduce (tp_allreduce, else $LLAMA_FAST_TP_ALLREDUCE) on device. -> (head layout, all-reduce mode)."""
+    check_tp(cfg, tp)
+    head = head_mode(tp_head)
+    check_head(cfg, tp, head)
+    check_quant_split(cfg, tp, schemes)
+    return head, allreduce_mode(device, tp_allreduce)
+
+
 def _head_ranges(heads: list[int], head_dim: int) -> list[tuple[int, int]]:
     """Row ranges [lo, hi) of the given heads, contiguous heads merged."""
     ranges: list[tuple[int, int]] = []

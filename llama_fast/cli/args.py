@@ -379,11 +379,9 @@ def _tensor_parallel(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         parser.error(f"--tp {args.tp} runs llama_fast only: give --preallocate, without --ablation or --compare "
                      "(transformers rows do not run tensor parallel)")
     try:
-        parallel.check_tp(cfg, args.tp)
-        parallel.check_head(cfg, args.tp, parallel.head_mode())  # LLAMA_FAST_TP_HEAD
-        parallel.check_quant_split(cfg, args.tp, loading.tp_layer_schemes(args.model, quantize))
+        # LLAMA_FAST_TP_HEAD and LLAMA_FAST_TP_ALLREDUCE checked too
+        parallel.check_plan(cfg, args.tp, device, schemes=loading.tp_layer_schemes(args.model, quantize))
         device = parallel.rank_device(device)
-        parallel.allreduce_mode(device)  # LLAMA_FAST_TP_ALLREDUCE
         rank, _ = parallel.init_from_env(args.tp, device)
     except parallel.ParallelError as e:
         parser.error(f"--tp {args.tp}: {e}" if not str(e).startswith("tp ") else f"--{e}")
