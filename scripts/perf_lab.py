@@ -23,7 +23,7 @@ import torch
 
 from bench_util import check_quantize, config_override, logger, resolve_variants
 from llama_fast.harness import (VARIANTS, Workload, device_name, fast_runner, hf_runner, measure, measure_ceilings,
-                                memory_budget_bytes, roofline_tok_per_s, teacher_forced_check)
+                                memory_budget_bytes, roofline_tok_per_s, teacher_forced_check, weight_bytes)
 from llama_fast.loading import load_hf_model, load_weights, parse_dtype
 
 
@@ -146,7 +146,9 @@ def main(argv=None):
     fast = LlamaFast(model, tok, args.model)
     pad = torch.empty(int(args.pad_mb * 1e6), dtype=torch.uint8, device=dev)  # noqa: F841 (held for the run)
     roof = roofline_tok_per_s(cfg, dtype, w, ceil, args.quantize)
-    say(f"# roofline {roof:.1f} tok/s" + (f" ({args.quantize} weights)" if args.quantize else ""))
+    read_mb = weight_bytes(cfg, dtype, include_embedding=False, quantize=args.quantize) / 1e6
+    say(f"# roofline {roof:.1f} tok/s, weights read a step {read_mb:.3f} MB"
+        + (f" ({args.quantize} weights)" if args.quantize else ""))
     for i, k in enumerate(ours):
         variant = variants[k]
         t0 = time.time()

@@ -233,17 +233,20 @@ def test_perf_lab_measures_a_tiny_workload_on_the_cpu(tmp_path):
 
 
 def test_perf_lab_runs_quantized_weights_on_the_cpu():
-    """--quantize loads the one model quantized: its roofline counts the quantized bytes (higher than fp32's)."""
+    """--quantize loads the one model quantized: its roofline counts the quantized bytes (fewer than fp32's; the
+    tok/s figure itself rests on a bandwidth measured in each process, too noisy on a shared CPU to compare)."""
     common = ["--device", "cpu", "--model", "random:tiny", "--dtype", "fp32", "--prompt", "12", "--new", "4",
               "--cache", "32", "--runs", "1", "--variants", "kv"]
-    roofs = {}
+    read_mb = {}
     for q in ([], ["--quantize", "int8"]):
         r = run_tool("perf_lab", *common, *q)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
         line = next(x for x in r.stdout.splitlines() if x.startswith("# roofline"))
-        roofs[bool(q)] = float(line.split()[2])
+        assert float(line.split()[2]) > 0
+        read_mb[bool(q)] = float(re.search(r"weights read a step ([\d.]+) MB", line).group(1))
         assert ("(int8 weights)" in line) == bool(q)
-    assert roofs[True] > roofs[False]
+    # int8 codes + fp32 scales of each output row: a little over a quarter of the fp32 bytes
+    assert 0.25 < read_mb[True] / read_mb[False] < 0.3
 
 
 # ------------------------------------------------------------------------------------------- profile_decode
