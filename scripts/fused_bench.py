@@ -37,10 +37,13 @@ GEMV_GRID = list(itertools.product((8, 16), (256, 512, 1024), (4, 8)))
 QKV_GRID = list(itertools.product((8, 16, 32), (256, 512), (4, 8)))
 ATTN_GRID = list(itertools.product((32, 64, 128), (2, 4, 8)))  # (slots per program, warps)
 WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where it divides K, else 64 or 32
-# (BLOCK_N, BLOCK_K, num_warps) of --sweep-configs for quantized weights: K tiles around 16 bytes per thread and
-# row (configs.QUANT_CONFIGS); the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
-QUANT_GRID = {"int8": list(itertools.product((8, 16), (1024, 2048, 4096), (4, 8))),
-              "int4": list(itertools.product((8, 16), (2048, 4096, 8192), (4, 8)))}
+# (BLOCK_N, BLOCK_K, num_warps, PREFETCH) of --sweep-configs for quantized weights: K tiles of 16 or 8 bytes per
+# thread and row (configs.QUANT_CONFIGS) at 2-8 warps, and those that leave Llama-7B's K (4096) two tiles or more
+# also with the next tile loaded ahead (PREFETCH, kernels/gemv.py); the qkv+RoPE GEMV takes the BLOCK_N that
+# divide a head dim
+QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w, p) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)
+                    for p in (0, 1) if not p or 2 * per * 32 * w // d <= 4096]
+              for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -80,14 +83,14 @@ def form_switches(form: str) -> tuple[int, int]:
 
 
 def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: list[tuple]) -> list[str]:
-    """Report lines of a config sweep: the four best (us per call, bn, bk, warps) results, then those of the
-    pinned configs."""
+    """Report lines of a config sweep: the four best (us per call, bn, bk, warps[, prefetch]) results, then those
+    of the pinned configs (tuples as the results' configs)."""
+    def line(kind, t, bn, bk, w, prefetch=0):
+        return (f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
+                + (" prefetch" if prefetch else ""))
     results = sorted(results)
-    lines = [f"      {name} {form} best {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
-             for t, bn, bk, w in results[:4]]
-    lines += [f"      {name} {form} at {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
-              for t, bn, bk, w in results if (bn, bk, w) in pinned]
-    return lines
+    return ([line("best", *r) for r in results[:4]]
+            + [line("at", *r) for r in results if tuple(r[1:]) in pinned])
 
 
 def quant_weight(fmt: str, N: int, K: int, device, dtype) -> tuple[torch.Tensor, dict]:
@@ -175,24 +178,25 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
             results = sweep_quant_grid(f"{form}_{fmt}", f"{name} {form}/{fmt}", fmt, call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
-                                        [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
+                                        [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
                 print(line, flush=True)
 
 
 def sweep_quant_grid(form: str, label: str, fmt: str, call, bench, reps: int, keep=None) -> list[tuple]:
-    """(us per call, bn, bk, warps) of call under each QUANT_GRID[fmt] config of form (those keep(bn) accepts);
-    a config the GPU cannot run is skipped with a line."""
+    """(us per call, bn, bk, warps, prefetch) of call under each QUANT_GRID[fmt] config of form (those keep(bn)
+    accepts); a config the GPU cannot run is skipped with a line."""
     from bench_util import config_override
 
     results = []
-    for bn, bk, warps in QUANT_GRID[fmt]:
+    for bn, bk, warps, prefetch in QUANT_GRID[fmt]:
         if keep is not None and not keep(bn):
             continue
-        with config_override({form: {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2}}):
+        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2, "PREFETCH": prefetch}
+        with config_override({form: config}):
             try:
-                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps))
+                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps, prefetch))
             except Exception as e:  # out of resources for a config: skip it, say so
-                print(f"      {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+                print(f"      {label} BN{bn} BK{bk} w{warps} prefetch {prefetch}: {type(e).__name__}", flush=True)
     return results
 
 
@@ -224,7 +228,7 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     results = sweep_quant_grid(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", fmt, call, bench, args.reps,
                                keep=lambda bn: D % bn == 0)
     for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
-                                [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"])]):
+                                [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
         print(line, flush=True)
 
 
@@ -245,7 +249,8 @@ def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
         def call():
             _gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
                 x, w(), y, g, res, ss, so, y, y, n, K, K, ss.numel(), K, 0, eps, 0, 0, PROLOGUE=pro, EPILOGUE=epi,
-                NSS_BLOCK=nss, USE_PDL=0, WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
+                NSS_BLOCK=nss, USE_PDL=0, WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, PREFETCH=0, num_warps=warps,
+                num_stages=2)
         try:
             results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so
@@ -283,7 +288,7 @@ def sweep_qkv(args, cfg, x, g, ss, bench):
             _gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // bn),)](
                 x, w(), q, kc, vc, g, ss, cos, sin, pos, q, q, N, K, K, ss.numel(), K, 0, cfg.norm_eps, 0, 0, H, Hkv,
                 kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0,
-                WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps, num_stages=2)
+                WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, PREFETCH=0, num_warps=warps, num_stages=2)
         try:
             results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
         except Exception as e:  # out of resources for a config: skip it, say so

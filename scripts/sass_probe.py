@@ -1,15 +1,20 @@
-"""The decode attention kernel compiled offline for a GPU target: registers, spill stack, SASS instruction count
-and the programs per SM the registers allow. No GPU needed: Triton compiles for the target with its bundled ptxas
-(or --ptxas) and disassembles with its bundled cuobjdump.
+"""A decode kernel compiled offline for a GPU target: registers, spill stack, SASS instruction count, the
+programs per SM the registers allow and, for the batch-1 GEMVs, the instructions of the K loop per weight. No GPU
+needed: Triton compiles for the target with its bundled ptxas (or --ptxas) and disassembles with its bundled
+cuobjdump.
 
-The launch is decode_attention_one_launch's own (kernels/attention.py: the pinned eager config and the PDL
-launch options) at a seed-like shape: Llama-7B's 32 heads of 128, an fp16 cache of --cache slots, batch 1.
-A schedule that depends on the ptxas version (docs/PERF.md, "The kernel package's attention registers") is compared here
-before it is timed on a GPU.
+Each launch is the op's own (the pinned eager config and the PDL launch options: attention.one_launch_call,
+gemv.fused_call, qkv_rope.qkv_rope_call) at Llama-7B's decode shapes: the attention over 32 heads of 128 and an
+fp16 cache of --cache slots; the GEMV forms at their layer's shape (gemv and rmsnorm: wqkv 12288 x 4096, residual:
+wo 4096 x 4096, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv), in fp16 or quantized weights (int4: group 128).
+--config changes the pinned config (as perf_lab.py --config-trials does). A schedule that depends on the ptxas
+version (docs/PERF.md, "The kernel package's attention registers") or a kernel change is compared here before it
+is timed on a GPU.
 
-  python scripts/sass_probe.py                      # the fastest path's launch (PDL, late trigger), sm_90
+  python scripts/sass_probe.py                      # the fastest path's attention launch (PDL, late trigger), sm_90
   python scripts/sass_probe.py --pdl 0 --sass a.sass  # the launch without PDL; the SASS written to a.sass
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
+  python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2,PREFETCH=1
 """
 from __future__ import annotations
 
@@ -21,11 +26,18 @@ import sys
 import tempfile
 
 REGISTERS_PER_SM = 65536  # sm_80 and later
+GEMV_FORMS = ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope")
+WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sass_probe.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kernel", default="attention", choices=("attention",) + GEMV_FORMS,
+                    help="the attention (default) or a fused GEMV form at its Llama-7B layer's shape")
+    ap.add_argument("--weights", default="fp16", choices=WEIGHTS, help="GEMV forms: the weight format (int4: group 128)")
+    ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
+                                                 "BLOCK_N, BLOCK_K, num_warps, num_stages, PREFETCH)")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
@@ -40,6 +52,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--arch {args.arch}: the kernels target sm_80 and later")
     if args.ptxas is not None and not os.access(args.ptxas, os.X_OK):
         ap.error(f"--ptxas {args.ptxas}: not an executable file")
+    if args.kernel == "attention" and (args.config or args.weights != "fp16"):
+        ap.error("--config and --weights are for the GEMV forms")
+    try:
+        args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
+    except ValueError:
+        ap.error(f"--config {args.config!r}: give KEY=INTEGER pairs separated by commas")
     return args
 
 
@@ -52,6 +70,19 @@ def programs_per_sm(registers: int, warps: int) -> int:
 def count_instructions(sass: str) -> int:
     """SASS instructions in cuobjdump -sass output (one `/*addr*/ OPCODE ... ;` line each)."""
     return len(re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", sass, flags=re.M))
+
+
+def k_loop(sass: str) -> int | None:
+    """SASS instructions in the body of the largest loop (a branch back to an earlier address), or None."""
+    lines = re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+(\S.*);", sass, flags=re.M)
+    addrs = [int(a, 16) for a, _ in lines]
+    best = None
+    for a, ins in zip(addrs, lines):
+        m = re.search(r"\bBRA\s+0x([0-9a-f]+)", ins[1])
+        if m and int(m.group(1), 16) < a:
+            n = sum(1 for b in addrs if int(m.group(1), 16) <= b <= a)
+            best = max(best or 0, n)
+    return best
 
 
 def compile_offline(kernel, args: tuple, kwargs: dict, arch: int):
@@ -88,6 +119,57 @@ def seed_launch(heads: int, cache: int, pdl: int):
     return attention._decode_attn_one_launch_kernel, grid, args, kwargs
 
 
+def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
+    """The fused GEMV form's (kernel, grid, arguments, keywords, weights a thread multiplies per K-loop iteration)
+    on CPU tensors of its Llama-7B layer's shape, under the pinned config updated by `config`."""
+    import importlib
+
+    import torch
+
+    from llama_fast.kernels import configs
+    from llama_fast.quant import QuantScheme, quantize_tensor
+
+    gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package exports the op of the same name
+    qkv_rope = importlib.import_module("llama_fast.kernels.qkv_rope")
+    K, H, D = 4096, 32, 128
+    n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
+    rows = 2 * n if form == "swiglu" else n
+    dt = torch.float16
+    quant = {}
+    w = torch.empty((rows, K), dtype=dt)
+    if weights != "fp16":  # the stored format of quant.py, of a small weight, then at full size
+        bits, group = (8, None) if weights == "int8" else (4, 128)
+        small = quantize_tensor(torch.zeros((1, K), dtype=dt), QuantScheme(bits, group))
+        w = torch.empty((rows,) + small["qweight"].shape[1:], dtype=small["qweight"].dtype)
+        quant = {"scales": torch.empty((rows,) + small["scales"].shape[1:], dtype=dt)}
+        if bits == 4:
+            quant.update(offsets=torch.empty_like(quant["scales"]), group=group)
+    x, g = torch.empty((1, K), dtype=dt), torch.empty((K,), dtype=dt)
+    ss = torch.empty((K // gemv.SS_GROUP,), dtype=torch.float32)
+    fmt = "" if weights == "fp16" else "_" + weights
+    pinned = configs.pinned_config(form + fmt, rows if form == "qkv_rope" else n, K)
+    previous = configs.CONFIG_OVERRIDE
+    configs.CONFIG_OVERRIDE = lambda f, nn, kk: {**pinned, **config}
+    try:
+        if form == "qkv_rope":
+            cos = torch.empty((D,), dtype=dt)
+            kc = torch.empty((1, H, cache, D), dtype=dt)
+            kernel, grid, args, kwargs, _ = qkv_rope.qkv_rope_call(
+                x, ss, g, w, 1e-5, cos, cos, kc, kc, torch.zeros((1,), dtype=torch.long), H, pdl, quant.get("scales"),
+                quant.get("offsets"), quant.get("group", 0))
+        else:
+            prologue = gemv.PROLOGUE_RMSNORM if form in ("rmsnorm", "swiglu") else gemv.PROLOGUE_NONE
+            epilogue = {"residual": gemv.EPILOGUE_RESIDUAL_SS, "swiglu": gemv.EPILOGUE_SWIGLU}.get(form,
+                                                                                                  gemv.EPILOGUE_NONE)
+            kernel, grid, args, kwargs, _ = gemv.fused_call(x, w, g, torch.empty((1, n), dtype=dt), ss, 1e-5, prologue,
+                                                            epilogue, n, pdl, quant.get("scales"), quant.get("offsets"),
+                                                            quant.get("group", 0))
+    finally:
+        configs.CONFIG_OVERRIDE = previous
+    per_iteration = (2 if form == "swiglu" else 1) * kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
+    return kernel, grid(kwargs), args, kwargs, per_iteration
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.ptxas is not None:  # Triton reads it when it runs ptxas
@@ -100,7 +182,12 @@ def main(argv=None) -> int:
     except ImportError:
         print("sass_probe.py: error: Triton with its NVIDIA backend is not installed", file=sys.stderr)
         return 2
-    kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
+    if args.kernel == "attention":
+        kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
+        per_iteration = None
+    else:
+        kernel, grid, launch_args, kwargs, per_iteration = gemv_launch(args.kernel, args.weights, args.config,
+                                                                       args.pdl, args.cache)
     compiled = compile_offline(kernel, launch_args, kwargs, args.arch)
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,10 +203,18 @@ def main(argv=None) -> int:
     stack = int(re.search(r"STACK:(\d+)", usage).group(1))
     warps = kwargs["num_warps"]
     per_sm = programs_per_sm(registers, warps)
-    print(f"{kernel.__name__} sm_{args.arch} | Triton {triton.__version__}, ptxas "
-          f"{get_ptxas(args.arch).version} | CHUNK {kwargs['CHUNK']}, {warps} warps, "
-          f"PDL {args.pdl}, maxnreg {kwargs.get('maxnreg')} | {registers} registers, {stack} B stack | "
-          f"{count_instructions(sass)} instructions | {per_sm} programs/SM by registers, grid {grid[0]}x{grid[1]}")
+    head = f"{kernel.__name__} sm_{args.arch} | Triton {triton.__version__}, ptxas {get_ptxas(args.arch).version} | "
+    tail = f" | {per_sm} programs/SM by registers, grid {'x'.join(str(g) for g in grid)}"
+    if per_iteration is None:
+        print(f"{head}CHUNK {kwargs['CHUNK']}, {warps} warps, PDL {args.pdl}, maxnreg {kwargs.get('maxnreg')} | "
+              f"{registers} registers, {stack} B stack | {count_instructions(sass)} instructions{tail}")
+        return 0
+    loop = k_loop(sass)
+    config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PREFETCH")
+                       if k in kwargs)
+    print(f"{head}{args.kernel}/{args.weights} {config}, PDL {args.pdl} | {registers} registers, {stack} B stack | "
+          f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
+          f"({per_iteration} a thread){tail}")
     return 0
 
 

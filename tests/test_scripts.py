@@ -493,9 +493,12 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     assert probe.count_instructions(sass) == 2
 
 
-def test_sass_probe_refuses_bad_arguments():
-    r = run_tool("sass_probe", "--ptxas", "/nonexistent/ptxas", timeout=120)
-    assert r.returncode == 2 and "sass_probe.py: error: --ptxas /nonexistent/ptxas" in r.stderr, r.stderr
+@pytest.mark.parametrize("bad,message", [(["--ptxas", "/nonexistent/ptxas"], "--ptxas /nonexistent/ptxas"),
+                                         (["--config", "BLOCK_K=2048"], "--config and --weights are for the GEMV"),
+                                         (["--kernel", "gemv", "--config", "BLOCK_K"], "--config 'BLOCK_K': give KEY=INTEGER")])
+def test_sass_probe_refuses_bad_arguments(bad, message):
+    r = run_tool("sass_probe", *bad, timeout=120)
+    assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
 
 
 def _bundled_ptxas() -> bool:
@@ -519,3 +522,24 @@ def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
     registers, _, instructions, per_sm = map(int, m.groups())
     assert f"CHUNK 128, 4 warps, PDL 2, maxnreg {ATTN_PDL_MAXNREG}" in line and "grid 32x10" in line
     assert registers <= ATTN_PDL_MAXNREG and per_sm == 3 and instructions > 1000, line
+
+
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
+def test_sass_probe_counts_the_quantized_gemv_k_loop():
+    """The int4 GEMV at its pinned config (kernels/configs.py QUANT_CONFIGS), compiled for sm_90 without a GPU:
+    4 programs of 4 warps per SM and about 4 instructions per weight in the K loop (kernels/dequant.py); with the
+    next tile loaded ahead (PREFETCH) the same loop in more registers."""
+    lines = {}
+    for extra in ([], ["--config", "BLOCK_K=2048,num_warps=2,PREFETCH=1"]):
+        r = run_tool("sass_probe", "--kernel", "gemv", "--weights", "int4", *extra, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        line = r.stdout.strip()
+        m = re.search(r"\| (\d+) registers, (\d+) B stack \| \d+ instructions, K loop (\d+) = ([\d.]+) per weight "
+                      r"\((\d+) a thread\) \| (\d+) programs/SM by registers, grid (\d+)$", line)
+        assert m and line.startswith("_gemv_fused_kernel sm_90 | Triton "), line
+        lines[bool(extra)] = [float(v) for v in m.groups()]
+    registers, stack, loop, per_weight, per_thread, per_sm, grid = lines[False]
+    assert (per_thread, grid, stack) == (8 * 4096 / 128, 12288 / 8, 0) and per_sm == 4 and registers <= 128
+    assert 3.0 < per_weight < 4.5 and per_weight == pytest.approx(loop / per_thread, abs=0.01)
+    registers_p, _, loop_p, _, per_thread_p, _, _ = lines[True]
+    assert per_thread_p == per_thread and registers_p > registers and abs(loop_p - loop) < 0.1 * loop

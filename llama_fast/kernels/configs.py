@@ -57,7 +57,10 @@ QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 
 # 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
 # two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice the rows: int8 takes 8
 # warps there (255 registers at 4). Chosen from compiled code; scripts/fused_bench.py --weights fp16,int8,int4
-# --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form (docs/PERF.md).
+# --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form (docs/PERF.md). A config
+# may add PREFETCH: 1 (the next K tile loaded while this one is dequantized, kernels/gemv.py; 168 registers at
+# 8 rows against 128, scripts/sass_probe.py): it pays only where K spans two tiles or more, and the pins below
+# predate it (0).
 QUANT_CONFIGS = {
     "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     # measured (fused_bench --sweep-configs, H200): 28.4 us at Llama-7B's w13 against 33.1 at 2048 / 8 warps

@@ -72,7 +72,8 @@ def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr,
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
                        stride_wn, stride_sn, eps, one_bits, sixteen_bits, PROLOGUE: tl.constexpr,
                        EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
-                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PREFETCH: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -103,18 +104,33 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    # Quantized K loops. With PREFETCH the next tile's words (and scales) are loaded before this tile is
+    # multiplied (double-buffered in registers: dequantizing takes longer than a load, so one program's loads
+    # overlap its own arithmetic); past the last tile the masks load nothing. Without, each tile loads where it
+    # is used (fewer registers).
     if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
+        if PREFETCH:
+            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+            s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, BLOCK_K // GROUP, K // GROUP, N,
+                                                   stride_sn, EPILOGUE == 2, NG)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
         xsum, csum = int4_x_sums(xs, NG, WG)
         acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
         if EPILOGUE == 2:
             acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
-            s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, N, stride_sn,
-                                           EPILOGUE == 2, NG)
+            if PREFETCH:
+                w, w_up, s, o, s_up, o_up = w_n, w_up_n, s_n, o_n, s_up_n, o_up_n
+                w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 8, KW, N, stride_wn, EPILOGUE == 2,
+                                    BLOCK_K // 8)
+                s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, (k0 + BLOCK_K) // GROUP, K // GROUP,
+                                                       N, stride_sn, EPILOGUE == 2, NG)
+            else:
+                w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+                s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, N, stride_sn,
+                                               EPILOGUE == 2, NG)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
             xsum, csum = int4_x_sums(xs, NG, WG)
             acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
@@ -125,13 +141,20 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
     elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
+        if PREFETCH:
+            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
         if EPILOGUE == 2:
             acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
+            if PREFETCH:
+                w, w_up = w_n, w_up_n
+                w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 4, KW, N, stride_wn, EPILOGUE == 2,
+                                    BLOCK_K // 4)
+            else:
+                w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc = int8_fma(acc, w, xs, one_bits)
@@ -180,7 +203,17 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
                   scales=None, offsets=None, group: int = 0):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y). With
     scales, w is a quantized weight (dequant.weight_format)."""
-    pdl = use_pdl(x, pdl)
+    kernel, grid, args, kwargs, out = fused_call(x, w, g, res, ss_in, eps, prologue, epilogue, n, use_pdl(x, pdl),
+                                                 scales, offsets, group)
+    wrap_triton(kernel)[grid](*args, **kwargs)
+    return out
+
+
+def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int, scales, offsets,
+               group: int) -> tuple:
+    """(kernel, grid, arguments, keywords, outputs) of _launch_fused's launch, pdl already decided (a use_pdl
+    result): the pinned config's kernel, else the autotuned one (the grid then a function of its config). Also
+    what scripts/sass_probe.py compiles offline."""
     K = x.shape[1]
     wfmt, group, wk, kw = weight_format(x, w, scales, offsets, group, 2 * n if epilogue == EPILOGUE_SWIGLU else n)
     y = torch.empty((1, n), device=x.device, dtype=x.dtype)
@@ -198,12 +231,12 @@ def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int,
                                                                             "rmsnorm" if prologue else "gemv")
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
-    wrap_triton(kernel)[grid](x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
-                              s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS,
-                              PROLOGUE=prologue, EPILOGUE=epilogue,
-                              NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1,
-                              USE_PDL=pdl, WFMT=wfmt, GROUP=group, **config, **launch_kwargs(pdl))
-    return y, ss_out
+    args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
+            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS)
+    kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
+                  NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
+                  GROUP=group, **{"PREFETCH": 0, **config}, **launch_kwargs(pdl))
+    return kernel, grid, args, kwargs, (y, ss_out)
 
 
 def ss_partials(x: torch.Tensor) -> torch.Tensor:

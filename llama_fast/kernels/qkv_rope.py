@@ -25,7 +25,8 @@ from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pd
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
                           N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                          PREFETCH: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -54,17 +55,27 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
     rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
+    if WFMT == 2:  # as gemv.py's int4 path (PREFETCH as there): per-group sums, scaled and offset
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
+        if PREFETCH:
+            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+            s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, BLOCK_K // GROUP, K // GROUP, D // 2,
+                                                 stride_sn, True, NG)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
         xsum, csum = int4_x_sums(xs, NG, WG)
         acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
         acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
-            s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, k0 // GROUP, K // GROUP, D // 2, stride_sn, True,
-                                         NG)
+            if PREFETCH:
+                w1, w2, s1, o1, s2, o2 = w1_n, w2_n, s1_n, o1_n, s2_n, o2_n
+                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+                s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, (k0 + BLOCK_K) // GROUP, K // GROUP,
+                                                     D // 2, stride_sn, True, NG)
+            else:
+                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+                s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, k0 // GROUP, K // GROUP, D // 2, stride_sn,
+                                             True, NG)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
             xsum, csum = int4_x_sums(xs, NG, WG)
             acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
@@ -74,12 +85,18 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
         y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     elif WFMT == 1:  # as gemv.py's int8 path
+        if PREFETCH:
+            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
         acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+            if PREFETCH:
+                w1, w2 = w1_n, w2_n
+                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+            else:
+                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc1 = int8_fma(acc1, w1, xs, one_bits)
@@ -135,9 +152,18 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
     signed: -sin on the first half). Every BLOCK_N of the search space (8..32) must divide D
     (model.ROPE_MIN_HEAD_DIM). pdl: a PDL_* mode, applied where it can be (pdl.use_pdl). scales, offsets,
     group: a quantized wqkv, as in gemv.gemv."""
+    kernel, grid, args, kwargs, q = qkv_rope_call(x, ss, g, wqkv, eps, cos, sin, k_cache, v_cache, input_pos, n_heads,
+                                                  use_pdl(x, pdl), scales, offsets, group)
+    wrap_triton(kernel)[grid](*args, **kwargs)
+    return q
+
+
+def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_pos, n_heads: int, pdl: int, scales,
+                  offsets, group: int) -> tuple:
+    """(kernel, grid, arguments, keywords, q) of gemv_rmsnorm_qkv_rope's launch, pdl already decided (a use_pdl
+    result), as gemv.fused_call. Also what scripts/sass_probe.py compiles offline."""
     D = cos.numel()
     hkv = k_cache.shape[1]
-    pdl = use_pdl(x, pdl)
     q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
     wfmt, group, wk, kw = weight_format(x, wqkv, scales, offsets, group, wqkv.shape[0])
     s = scales if scales is not None else q  # unused pointer arguments get q (never read)
@@ -148,10 +174,9 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
 
     config = pinned_config("qkv_rope" + ("", "_int8", "_int4")[wfmt], wqkv.shape[0], x.shape[1])
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
-    wrap_triton(kernel)[grid](x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o,
-                              wqkv.shape[0], x.shape[1], kw, ss.numel(), wk.stride(0),
-                              s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads,
-                              hkv, k_cache.stride(1), k_cache.stride(2), D=D,
-                              NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
-                              **config, **launch_kwargs(pdl))
-    return q
+    args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
+            wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,
+            k_cache.stride(1), k_cache.stride(2))
+    kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
+                  **{"PREFETCH": 0, **config}, **launch_kwargs(pdl))
+    return kernel, grid, args, kwargs, q
