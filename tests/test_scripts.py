@@ -172,8 +172,9 @@ def test_config_override_reaches_the_launch_configs_and_is_undone(tool):
 # ------------------------------------------------------------------------------------------- perf_lab
 def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     perf_lab = tool("perf_lab")
-    forms = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope", "attention"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5]
+    dense = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"}
+    forms = dense | {f"{f}_{fmt}" for f in dense for fmt in ("int8", "int4")} | {"attention"}
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 7]
     for number, trials in perf_lab.TRIAL_SETS.items():
         names = list(trials)
         assert trials[names[0]] == {} and "pinned again" in names, number
@@ -184,8 +185,10 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 if form == "attention":
                     assert set(config) == {"CHUNK", "num_warps"}, (number, name)
                 else:
-                    assert set(config) == {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}, (number, name)
+                    assert set(config) == {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PREFETCH"}, (number, name)
                     assert config["BLOCK_N"] % 8 == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
+                    if config["PREFETCH"]:  # a quantized form whose K tile leaves Llama-7B's K two tiles or more
+                        assert form.endswith(("_int8", "_int4")) and 2 * config["BLOCK_K"] <= 4096, (number, name)
 
 
 def test_perf_lab_arguments(tool, capsys):
