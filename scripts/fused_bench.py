@@ -175,20 +175,22 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
         t = bench(call)
         print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
         if args.sweep_configs and STEP_FORMS.get(name) == form:
-            results = sweep_quant_grid(f"{form}_{fmt}", f"{name} {form}/{fmt}", fmt, call, bench, args.reps)
+            results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", QUANT_GRID[fmt], call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
                                         [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
                 print(line, flush=True)
 
 
-def sweep_quant_grid(form: str, label: str, fmt: str, call, bench, reps: int, keep=None) -> list[tuple]:
-    """(us per call, bn, bk, warps, prefetch) of call under each QUANT_GRID[fmt] config of form (those keep(bn)
-    accepts); a config the GPU cannot run is skipped with a line."""
+def sweep_configs(form: str, label: str, grid: list[tuple], call, bench, reps: int, keep=None) -> list[tuple]:
+    """(us per call, bn, bk, warps, prefetch) of call (an op's eager launch) under each (bn, bk, warps[,
+    prefetch]) config of grid for form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config the
+    GPU cannot run is skipped with a line."""
     from bench_util import config_override
 
     results = []
-    for bn, bk, warps, prefetch in QUANT_GRID[fmt]:
+    for bn, bk, warps, *rest in grid:
+        prefetch = rest[0] if rest else 0
         if keep is not None and not keep(bn):
             continue
         config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2, "PREFETCH": prefetch}
@@ -225,7 +227,7 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     if not args.sweep_configs:
         return
     # a program's rows must stay within one head
-    results = sweep_quant_grid(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", fmt, call, bench, args.reps,
+    results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", QUANT_GRID[fmt], call, bench, args.reps,
                                keep=lambda bn: D % bn == 0)
     for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
                                 [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
@@ -233,40 +235,25 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
 
 
 def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
-    """The same launch with explicit configs (no autotuner) over GEMV_GRID (num_stages does nothing for these
-    loads: Triton emits no cp.async for them)."""
-    import triton
-
+    """The op's eager launch under each GEMV_GRID config (num_stages does nothing for these loads: Triton emits
+    no cp.async for them)."""
     from llama_fast.kernels.configs import gemv_config
-    from llama_fast.kernels.gemv import SS_GROUP, _gemv_fused_kernel
+    from llama_fast.kernels.gemv import _launch_fused
 
     pro, epi = form_switches(form)
-    y = torch.empty((1, n), device=x.device, dtype=x.dtype)
-    so = torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
-    nss = triton.next_power_of_2(ss.numel()) if pro else 1
-    results = []
-    for bn, bk, warps in GEMV_GRID:
-        def call():
-            _gemv_fused_kernel.fn[(triton.cdiv(n, bn),)](
-                x, w(), y, g, res, ss, so, y, y, n, K, K, ss.numel(), K, 0, eps, 0, 0, PROLOGUE=pro, EPILOGUE=epi,
-                NSS_BLOCK=nss, USE_PDL=0, WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, PREFETCH=0, num_warps=warps,
-                num_stages=2)
-        try:
-            results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
-        except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      {name} {form} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+    def call():
+        return _launch_fused(x, w(), g, res, ss, eps, pro, epi, n)
+    results = sweep_configs(form, f"{name} {form}", GEMV_GRID, call, bench, args.reps)
     pinned = gemv_config(form, n)
     for line in best_and_pinned(name, form, N * K * 2, results,
-                                [(pinned["BLOCK_N"], pinned["BLOCK_K"], pinned["num_warps"])]):
+                                [(pinned["BLOCK_N"], pinned["BLOCK_K"], pinned["num_warps"], 0)]):
         print(line, flush=True)
 
 
 def sweep_qkv(args, cfg, x, g, ss, bench):
     """The wqkv GEMV with RoPE and the cache write: the op (pinned config), then QKV_GRID."""
-    import triton
-
     from llama_fast.kernels.configs import QKV_ROPE_CONFIG
-    from llama_fast.kernels.qkv_rope import _gemv_qkv_rope_kernel, gemv_rmsnorm_qkv_rope
+    from llama_fast.kernels.qkv_rope import gemv_rmsnorm_qkv_rope
 
     dev, dt = x.device, x.dtype
     H, Hkv, D, S, K = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache, cfg.dim
@@ -276,24 +263,14 @@ def sweep_qkv(args, cfg, x, g, ss, bench):
     vc = torch.zeros_like(kc)
     cos, sin = torch.rand(D, device=dev, dtype=dt), torch.rand(D, device=dev, dtype=dt)
     pos = torch.tensor([args.attended - 1], device=dev)
-    t = bench(lambda: gemv_rmsnorm_qkv_rope(x, ss, g, w(), cfg.norm_eps, cos, sin, kc, vc, pos, H))
-    print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {QKV_ROPE_CONFIG}", flush=True)
-    q = torch.empty(1, H * D, device=dev, dtype=dt)
-    results = []
-    for bn, bk, warps in QKV_GRID:
-        if D % bn:
-            continue  # a program's rows must stay within one head
 
-        def call():
-            _gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // bn),)](
-                x, w(), q, kc, vc, g, ss, cos, sin, pos, q, q, N, K, K, ss.numel(), K, 0, cfg.norm_eps, 0, 0, H, Hkv,
-                kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=0,
-                WFMT=0, GROUP=0, BLOCK_N=bn, BLOCK_K=bk, PREFETCH=0, num_warps=warps, num_stages=2)
-        try:
-            results.append((bench(call, reps=min(args.reps, 10)), bn, bk, warps))
-        except Exception as e:  # out of resources for a config: skip it, say so
-            print(f"      wqkv qkv_rope BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
-    pinned = [(QKV_ROPE_CONFIG["BLOCK_N"], QKV_ROPE_CONFIG["BLOCK_K"], QKV_ROPE_CONFIG["num_warps"])]
+    def call():
+        return gemv_rmsnorm_qkv_rope(x, ss, g, w(), cfg.norm_eps, cos, sin, kc, vc, pos, H)
+    t = bench(call)
+    print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {QKV_ROPE_CONFIG}", flush=True)
+    # a program's rows must stay within one head
+    results = sweep_configs("qkv_rope", "wqkv qkv_rope", QKV_GRID, call, bench, args.reps, keep=lambda bn: D % bn == 0)
+    pinned = [(QKV_ROPE_CONFIG["BLOCK_N"], QKV_ROPE_CONFIG["BLOCK_K"], QKV_ROPE_CONFIG["num_warps"], 0)]
     for line in best_and_pinned("wqkv", "qkv_rope", N * K * 2, results, pinned):
         print(line, flush=True)
 

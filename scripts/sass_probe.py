@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sass_probe.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--kernel", default="attention", choices=("attention",) + GEMV_FORMS,
                     help="the attention (default) or a fused GEMV form at its Llama-7B layer's shape")
-    ap.add_argument("--weights", default="fp16", choices=WEIGHTS, help="GEMV forms: the weight format (int4: group 128)")
+    ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
+                    help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
                                                  "BLOCK_N, BLOCK_K, num_warps, num_stages, PREFETCH)")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,

@@ -427,7 +427,7 @@ def test_fused_bench_in_the_interpreter(interpreter):
                  "--reps", "1", "--calls", "1", "--sweep-configs")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout.splitlines()
-    assert not [line for line in out if re.search(r"BN\d+ BK\d+ w\d+: \w+", line)], r.stdout
+    assert not [line for line in out if re.search(r"BN\d+ BK\d+ w\d+ prefetch \d: \w+", line)], r.stdout
     for name, forms in [("wqkv", "gemv rmsnorm"), ("wo", "gemv residual"), ("w13", "gemv swiglu"),
                         ("w2", "gemv residual"), ("head", "gemv rmsnorm")]:
         timed = [m[1] for m in (re.match(rf"{name} +(\w+) +[\d.]+ us", line) for line in out) if m]
@@ -496,9 +496,10 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     assert probe.count_instructions(sass) == 2
 
 
-@pytest.mark.parametrize("bad,message", [(["--ptxas", "/nonexistent/ptxas"], "--ptxas /nonexistent/ptxas"),
-                                         (["--config", "BLOCK_K=2048"], "--config and --weights are for the GEMV"),
-                                         (["--kernel", "gemv", "--config", "BLOCK_K"], "--config 'BLOCK_K': give KEY=INTEGER")])
+@pytest.mark.parametrize("bad,message", [
+    (["--ptxas", "/nonexistent/ptxas"], "--ptxas /nonexistent/ptxas"),
+    (["--config", "BLOCK_K=2048"], "--config and --weights are for the GEMV"),
+    (["--kernel", "gemv", "--config", "BLOCK_K"], "--config 'BLOCK_K': give KEY=INTEGER")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
