@@ -37,12 +37,13 @@ GEMV_GRID = list(itertools.product((8, 16), (256, 512, 1024), (4, 8)))
 QKV_GRID = list(itertools.product((8, 16, 32), (256, 512), (4, 8)))
 ATTN_GRID = list(itertools.product((32, 64, 128), (2, 4, 8)))  # (slots per program, warps)
 WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where it divides K, else 64 or 32
-# (BLOCK_N, BLOCK_K, num_warps, PREFETCH) of --sweep-configs for quantized weights: K tiles of 16 or 8 bytes per
-# thread and row (configs.QUANT_CONFIGS) at 2-8 warps, and those that leave Llama-7B's K (4096) two tiles or more
-# also with the next tile loaded ahead (PREFETCH, kernels/gemv.py); the qkv+RoPE GEMV takes the BLOCK_N that
-# divide a head dim
-QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w, p) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)
-                    for p in (0, 1) if not p or 2 * per * 32 * w // d <= 4096]
+# (BLOCK_N, BLOCK_K, num_warps, PREFETCH, SPREAD) of --sweep-configs for quantized weights: K tiles of 16 or 8 bytes
+# per thread and row (configs.QUANT_CONFIGS) at 2-8 warps, each with the words in load order (SPREAD 1) and in
+# SPREAD order (a thread's 4 or 2 words, kernels/dequant.py words), and those that leave Llama-7B's K (4096) two
+# tiles or more also with the next tile loaded ahead (PREFETCH, kernels/gemv.py); the qkv+RoPE GEMV takes the
+# BLOCK_N that divide a head dim
+QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w, p, s) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)
+                    for p, s in ((0, 1), (0, 4 // d), (1, 4 // d)) if not p or 2 * per * 32 * w // d <= 4096]
               for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
 
 
@@ -83,11 +84,11 @@ def form_switches(form: str) -> tuple[int, int]:
 
 
 def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: list[tuple]) -> list[str]:
-    """Report lines of a config sweep: the four best (us per call, bn, bk, warps[, prefetch]) results, then those
-    of the pinned configs (tuples as the results' configs)."""
-    def line(kind, t, bn, bk, w, prefetch=0):
+    """Report lines of a config sweep: the four best (us per call, bn, bk, warps[, prefetch, spread]) results, then
+    those of the pinned configs (tuples as the results' configs)."""
+    def line(kind, t, bn, bk, w, prefetch=0, spread=1):
         return (f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
-                + (" prefetch" if prefetch else ""))
+                + (" prefetch" if prefetch else "") + (f" spread {spread}" if spread > 1 else ""))
     results = sorted(results)
     return ([line("best", *r) for r in results[:4]]
             + [line("at", *r) for r in results if tuple(r[1:]) in pinned])
@@ -178,27 +179,35 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
             results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", QUANT_GRID[fmt], call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
-                                        [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
+                                        [pinned_tuple(p)]):
                 print(line, flush=True)
 
 
+def pinned_tuple(config: dict) -> tuple:
+    """A config dict as the sweeps' result tuples name it: (bn, bk, warps, prefetch, spread)."""
+    return (config["BLOCK_N"], config["BLOCK_K"], config["num_warps"], config.get("PREFETCH", 0),
+            config.get("SPREAD", 1))
+
+
 def sweep_configs(form: str, label: str, grid: list[tuple], call, bench, reps: int, keep=None) -> list[tuple]:
-    """(us per call, bn, bk, warps, prefetch) of call (an op's eager launch) under each (bn, bk, warps[,
-    prefetch]) config of grid for form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config the
-    GPU cannot run is skipped with a line."""
+    """(us per call, bn, bk, warps, prefetch, spread) of call (an op's eager launch) under each (bn, bk, warps[,
+    prefetch, spread]) config of grid for form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config
+    the GPU cannot run is skipped with a line."""
     from bench_util import config_override
 
     results = []
     for bn, bk, warps, *rest in grid:
-        prefetch = rest[0] if rest else 0
+        prefetch, spread = tuple(rest) + (0, 1)[len(rest):]
         if keep is not None and not keep(bn):
             continue
-        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2, "PREFETCH": prefetch}
+        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2, "PREFETCH": prefetch,
+                  "SPREAD": spread}
         with config_override({form: config}):
             try:
-                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps, prefetch))
+                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps, prefetch, spread))
             except Exception as e:  # out of resources for a config: skip it, say so
-                print(f"      {label} BN{bn} BK{bk} w{warps} prefetch {prefetch}: {type(e).__name__}", flush=True)
+                print(f"      {label} BN{bn} BK{bk} w{warps} prefetch {prefetch} spread {spread}: {type(e).__name__}",
+                      flush=True)
     return results
 
 
@@ -230,7 +239,7 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", QUANT_GRID[fmt], call, bench, args.reps,
                                keep=lambda bn: D % bn == 0)
     for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
-                                [(p["BLOCK_N"], p["BLOCK_K"], p["num_warps"], p.get("PREFETCH", 0))]):
+                                [pinned_tuple(p)]):
         print(line, flush=True)
 
 
@@ -246,7 +255,7 @@ def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
     results = sweep_configs(form, f"{name} {form}", GEMV_GRID, call, bench, args.reps)
     pinned = gemv_config(form, n)
     for line in best_and_pinned(name, form, N * K * 2, results,
-                                [(pinned["BLOCK_N"], pinned["BLOCK_K"], pinned["num_warps"], 0)]):
+                                [pinned_tuple(pinned)]):
         print(line, flush=True)
 
 
@@ -270,7 +279,7 @@ def sweep_qkv(args, cfg, x, g, ss, bench):
     print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {QKV_ROPE_CONFIG}", flush=True)
     # a program's rows must stay within one head
     results = sweep_configs("qkv_rope", "wqkv qkv_rope", QKV_GRID, call, bench, args.reps, keep=lambda bn: D % bn == 0)
-    pinned = [(QKV_ROPE_CONFIG["BLOCK_N"], QKV_ROPE_CONFIG["BLOCK_K"], QKV_ROPE_CONFIG["num_warps"], 0)]
+    pinned = [pinned_tuple(QKV_ROPE_CONFIG)]
     for line in best_and_pinned("wqkv", "qkv_rope", N * K * 2, results, pinned):
         print(line, flush=True)
 

@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
-                                                 "BLOCK_N, BLOCK_K, num_warps, num_stages, PREFETCH)")
+                                                 "BLOCK_N, BLOCK_K, num_warps, num_stages, PREFETCH, SPREAD)")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
@@ -73,16 +73,18 @@ def count_instructions(sass: str) -> int:
     return len(re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", sass, flags=re.M))
 
 
-def k_loop(sass: str) -> int | None:
-    """SASS instructions in the body of the largest loop (a branch back to an earlier address), or None."""
+def k_loop(sass: str) -> tuple[int, int] | None:
+    """(SASS instructions, barriers) in the body of the largest loop (a branch back to an earlier address), or
+    None."""
     lines = re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+(\S.*);", sass, flags=re.M)
     addrs = [int(a, 16) for a, _ in lines]
     best = None
     for a, ins in zip(addrs, lines):
         m = re.search(r"\bBRA\s+0x([0-9a-f]+)", ins[1])
         if m and int(m.group(1), 16) < a:
-            n = sum(1 for b in addrs if int(m.group(1), 16) <= b <= a)
-            best = max(best or 0, n)
+            body = [text for b, (_, text) in zip(addrs, lines) if int(m.group(1), 16) <= b <= a]
+            found = (len(body), sum(1 for text in body if re.search(r"\bBAR\.", text)))
+            best = max(best or found, found)
     return best
 
 
@@ -210,12 +212,12 @@ def main(argv=None) -> int:
         print(f"{head}CHUNK {kwargs['CHUNK']}, {warps} warps, PDL {args.pdl}, maxnreg {kwargs.get('maxnreg')} | "
               f"{registers} registers, {stack} B stack | {count_instructions(sass)} instructions{tail}")
         return 0
-    loop = k_loop(sass)
-    config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PREFETCH")
-                       if k in kwargs)
+    loop, barriers = k_loop(sass)
+    config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PREFETCH",
+                                                    "SPREAD") if k in kwargs)
     print(f"{head}{args.kernel}/{args.weights} {config}, PDL {args.pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
-          f"({per_iteration} a thread){tail}")
+          f"({per_iteration} a thread), {barriers} barriers{tail}")
     return 0
 
 

@@ -22,8 +22,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, group_tiles, int4_dot, int4_groups,
-                      int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, check_spread, group_tiles, int4_dot,
+                      int4_groups, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -60,11 +60,18 @@ def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 
 
 @triton.jit
-def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr):
+def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr,
+            SPREAD: tl.constexpr):
     """The K tile k0..k0 + NW * PER of the GEMV input (x_tile) as PER (NW,) tensors: element j of each quantized
-    weight word (dequant.split_words)."""
-    k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
-    return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
+    weight word (dequant.split_words), the words in dequant.word_index order."""
+    if SPREAD == 1:
+        k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
+        return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
+    else:  # (SPREAD, NW / SPREAD, PER) as words() loads its words, flattened to word_index order
+        Q: tl.constexpr = NW // SPREAD
+        k = (k0 + (SPREAD * tl.arange(0, Q)[None, :, None] + tl.arange(0, SPREAD)[:, None, None]) * PER
+             + tl.arange(0, PER)[None, None, :])
+        return split_words(tl.reshape(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), (NW, PER)), NW, PER)
 
 
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
@@ -73,7 +80,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                        stride_wn, stride_sn, eps, one_bits, sixteen_bits, PROLOGUE: tl.constexpr,
                        EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
                        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PREFETCH: tl.constexpr):
+                       PREFETCH: tl.constexpr, SPREAD: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -82,11 +89,11 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
     # before the wait for the previous kernel
     if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
         s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, 0, K // GROUP, N, stride_sn, EPILOGUE == 2,
                                        BLOCK_K // GROUP)
     elif WFMT == 1:  # int8: words of 4 weights, a scale per row
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
         scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
         scale_up = scale
         if EPILOGUE == 2:
@@ -112,38 +119,39 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
         if PREFETCH:
-            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
             s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, BLOCK_K // GROUP, K // GROUP, N,
                                                    stride_sn, EPILOGUE == 2, NG)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-        xsum, csum = int4_x_sums(xs, NG, WG)
-        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
+        xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
+        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
         if EPILOGUE == 2:
-            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG)
+            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG,
+                                 SPREAD)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             if PREFETCH:
                 w, w_up, s, o, s_up, o_up = w_n, w_up_n, s_n, o_n, s_up_n, o_up_n
                 w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 8, KW, N, stride_wn, EPILOGUE == 2,
-                                    BLOCK_K // 8)
+                                    BLOCK_K // 8, SPREAD)
                 s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, (k0 + BLOCK_K) // GROUP, K // GROUP,
                                                        N, stride_sn, EPILOGUE == 2, NG)
             else:
-                w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8)
+                w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
                 s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, N, stride_sn,
                                                EPILOGUE == 2, NG)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
-            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
+            xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
+            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
             if EPILOGUE == 2:
                 acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
-                                      BLOCK_N, NG, WG)
+                                      BLOCK_N, NG, WG, SPREAD)
         if USE_PDL == 2:
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
     elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
         if PREFETCH:
-            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, SPREAD)
         xacc = x_sum4(xs)
         acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
         if EPILOGUE == 2:
@@ -152,10 +160,10 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             if PREFETCH:
                 w, w_up = w_n, w_up_n
                 w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 4, KW, N, stride_wn, EPILOGUE == 2,
-                                    BLOCK_K // 4)
+                                    BLOCK_K // 4, SPREAD)
             else:
-                w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+                w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, SPREAD)
             xacc += x_sum4(xs)
             acc = int8_fma(acc, w, xs, one_bits)
             if EPILOGUE == 2:
@@ -231,11 +239,12 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
                                                                             "rmsnorm" if prologue else "gemv")
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
+    check_spread(config.get("SPREAD", 1), config.get("BLOCK_K", 0), wfmt, group)
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
-                  GROUP=group, **{"PREFETCH": 0, **config}, **launch_kwargs(pdl))
+                  GROUP=group, **{"PREFETCH": 0, "SPREAD": 1, **config}, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
 
 

@@ -14,8 +14,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, group_tiles, int4_dot, int4_groups, int4_x_sums, int8_fma,
-                      weight_format, words, x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, check_spread, group_tiles, int4_dot, int4_groups, int4_x_sums,
+                      int8_fma, weight_format, words, x_sum4)
 from .gemv import w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -26,7 +26,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                           N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                           WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PREFETCH: tl.constexpr):
+                          PREFETCH: tl.constexpr, SPREAD: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -38,11 +38,11 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     # the first K tile of the weights (and their scales) loads before the wait for the previous kernel (as in
     # gemv.py); rows r1 and r2 = r1 + D/2
     if WFMT == 2:
-        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
         s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, 0, K // GROUP, D // 2, stride_sn, True,
                                      BLOCK_K // GROUP)
     elif WFMT == 1:
-        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
         scale1 = tl.load(s_ptr + r1).to(tl.float32)
         scale2 = tl.load(s_ptr + r2).to(tl.float32)
     else:
@@ -59,45 +59,47 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
         if PREFETCH:
-            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
             s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, BLOCK_K // GROUP, K // GROUP, D // 2,
                                                  stride_sn, True, NG)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
-        xsum, csum = int4_x_sums(xs, NG, WG)
-        acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
-        acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
+        xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
+        acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
+        acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG, SPREAD)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             if PREFETCH:
                 w1, w2, s1, o1, s2, o2 = w1_n, w2_n, s1_n, o1_n, s2_n, o2_n
-                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 8, KW, D // 2, stride_wn, True,
+                                   BLOCK_K // 8, SPREAD)
                 s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, (k0 + BLOCK_K) // GROUP, K // GROUP,
                                                      D // 2, stride_sn, True, NG)
             else:
-                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8)
+                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
                 s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, k0 // GROUP, K // GROUP, D // 2, stride_sn,
                                              True, NG)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
-            acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
-            acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
+            xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
+            acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
+            acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG, SPREAD)
         if USE_PDL == 2:
             gdc_launch_dependents()
         y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
         y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     elif WFMT == 1:  # as gemv.py's int8 path
         if PREFETCH:
-            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
+            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4, SPREAD)
         xacc = x_sum4(xs)
         acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
         acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             if PREFETCH:
                 w1, w2 = w1_n, w2_n
-                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 4, KW, D // 2, stride_wn, True,
+                                   BLOCK_K // 4, SPREAD)
             else:
-                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
+                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4, SPREAD)
             xacc += x_sum4(xs)
             acc1 = int8_fma(acc1, w1, xs, one_bits)
             acc2 = int8_fma(acc2, w2, xs, one_bits)
@@ -174,9 +176,10 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
 
     config = pinned_config("qkv_rope" + ("", "_int8", "_int4")[wfmt], wqkv.shape[0], x.shape[1])
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
+    check_spread(config.get("SPREAD", 1), config.get("BLOCK_K", 0), wfmt, group)
     args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
             wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,
             k_cache.stride(1), k_cache.stride(2))
     kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
-                  **{"PREFETCH": 0, **config}, **launch_kwargs(pdl))
+                  **{"PREFETCH": 0, "SPREAD": 1, **config}, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, q
