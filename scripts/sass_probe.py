@@ -1,13 +1,14 @@
 """A decode kernel compiled offline for a GPU target: registers, spill stack, SASS instruction count, the
-programs per SM the registers allow and, for the batch-1 GEMVs, the instructions of the K loop per weight. No GPU
-needed: Triton compiles for the target with its bundled ptxas (or --ptxas) and disassembles with its bundled
-cuobjdump.
+programs per SM the registers allow and, for the GEMVs and the small-M GEMM, the instructions and barriers of the K
+loop (per weight a thread multiplies). No GPU needed: Triton compiles for the target with its bundled ptxas (or
+--ptxas) and disassembles with its bundled cuobjdump.
 
 Each launch is the op's own (the pinned eager config and the PDL launch options: attention.one_launch_call,
-gemv.fused_call, qkv_rope.qkv_rope_call) at Llama-7B's decode shapes: the attention over 32 heads of 128 and an
-fp16 cache of --cache slots; the GEMV forms at their layer's shape (gemv and rmsnorm: wqkv 12288 x 4096, residual:
-wo 4096 x 4096, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv), in fp16 or quantized weights (int4: group 128).
---config changes the pinned config (as perf_lab.py --config-trials does). A schedule that depends on the ptxas
+gemv.fused_call, qkv_rope.qkv_rope_call, gemm.gemm_call) at Llama-7B's decode shapes: the attention over 32 heads
+of 128 and an fp16 cache of --cache slots; the GEMV forms at their layer's shape (gemv and rmsnorm: wqkv 12288 x
+4096, residual: wo 4096 x 4096, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv); the small-M GEMM at wo's shape and
+--rows rows; in fp16 or quantized weights (int4: group 128). --config changes a GEMV's pinned config (as
+perf_lab.py --config-trials does). A schedule that depends on the ptxas
 version (docs/PERF.md, "The kernel package's attention registers") or a kernel change is compared here before it
 is timed on a GPU.
 
@@ -15,6 +16,7 @@ is timed on a GPU.
   python scripts/sass_probe.py --pdl 0 --sass a.sass  # the launch without PDL; the SASS written to a.sass
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
   python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2,PREFETCH=1
+  python scripts/sass_probe.py --kernel gemm --weights int8 --rows 8
 """
 from __future__ import annotations
 
@@ -27,14 +29,17 @@ import tempfile
 
 REGISTERS_PER_SM = 65536  # sm_80 and later
 GEMV_FORMS = ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope")
+H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sass_probe.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", default="attention", choices=("attention",) + GEMV_FORMS,
-                    help="the attention (default) or a fused GEMV form at its Llama-7B layer's shape")
+    ap.add_argument("--kernel", default="attention", choices=("attention",) + GEMV_FORMS + ("gemm",),
+                    help="the attention (default), a fused GEMV form at its Llama-7B layer's shape, or the small-M "
+                         "GEMM (kernels/gemm.py) at wo's 4096 x 4096 and --rows rows")
+    ap.add_argument("--rows", type=int, default=16, help="gemm: the input rows (2-64; default 16)")
     ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
@@ -55,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error(f"--ptxas {args.ptxas}: not an executable file")
     if args.kernel == "attention" and (args.config or args.weights != "fp16"):
         ap.error("--config and --weights are for the GEMV forms")
+    if args.kernel == "gemm" and args.config:
+        ap.error("--config is for the GEMV forms (the small-M GEMM's configs are pinned by row bucket)")
+    if not 2 <= args.rows <= 64:
+        ap.error(f"--rows {args.rows}: the small-M GEMM takes 2..64 rows")
     try:
         args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
     except ValueError:
@@ -173,6 +182,32 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     return kernel, grid(kwargs), args, kwargs, per_iteration
 
 
+def gemm_launch(weights: str, rows: int):
+    """The small-M GEMM's (kernel, grid, arguments, keywords, weights a thread dequantizes per K-loop iteration)
+    on CPU tensors: rows x 4096 by wo's 4096 x 4096, pinned config, split-K as on an H200."""
+    import torch
+
+    from llama_fast.kernels import gemm
+    from llama_fast.quant import QuantScheme, quantize_tensor
+
+    K = N = 4096
+    dt = torch.float16
+    x = torch.empty((rows, K), dtype=dt)
+    w, quant = torch.empty((N, K), dtype=dt), {}
+    if weights != "fp16":  # the stored format of quant.py, of a small weight, then at full size
+        bits, group = (8, None) if weights == "int8" else (4, 128)
+        small = quantize_tensor(torch.zeros((1, K), dtype=dt), QuantScheme(bits, group))
+        w = torch.empty((N,) + small["qweight"].shape[1:], dtype=small["qweight"].dtype)
+        quant = {"scales": torch.empty((N,) + small["scales"].shape[1:], dtype=dt)}
+        if bits == 4:
+            quant.update(offsets=torch.empty_like(quant["scales"]), group=group)
+    grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, None, None, gemm.PROLOGUE_NONE, gemm.EPILOGUE_NONE, 0,
+                                            quant.get("scales"), quant.get("offsets"), quant.get("group", 0),
+                                            H200_SMS)
+    per_iteration = kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
+    return gemm._gemm_kernel, grid, args, kwargs, per_iteration
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.ptxas is not None:  # Triton reads it when it runs ptxas
@@ -188,6 +223,8 @@ def main(argv=None) -> int:
     if args.kernel == "attention":
         kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
         per_iteration = None
+    elif args.kernel == "gemm":
+        kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows)
     else:
         kernel, grid, launch_args, kwargs, per_iteration = gemv_launch(args.kernel, args.weights, args.config,
                                                                        args.pdl, args.cache)
@@ -213,9 +250,10 @@ def main(argv=None) -> int:
               f"{registers} registers, {stack} B stack | {count_instructions(sass)} instructions{tail}")
         return 0
     loop, barriers = k_loop(sass)
-    config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PREFETCH",
-                                                    "SPREAD") if k in kwargs)
-    print(f"{head}{args.kernel}/{args.weights} {config}, PDL {args.pdl} | {registers} registers, {stack} B stack | "
+    config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
+                                                    "PREFETCH", "SPREAD", "SPLIT_K") if k in kwargs)
+    pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
+    print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
           f"({per_iteration} a thread), {barriers} barriers{tail}")
     return 0

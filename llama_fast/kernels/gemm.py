@@ -24,14 +24,18 @@ Quantized weights (the formats of llama_fast/quant.py, validated by dequant.weig
 loaded packed and turned into the model dtype in registers right before the tl.dot, so a dequantized copy of the
 weight never exists in memory (QuantLinear.forward's dequantize-then-F.linear writes and reads one every call: at
 batch 2-16 about 2-3x the fp16 path's bytes):
-  int8: the tile is q itself converted to the model dtype (exact: |q| <= 127 fits fp16's and bf16's significand)
+  int8: the tile is q itself converted to the model dtype (exact: |q| <= 127 fits fp16's and bf16's significand;
+        in fp16 built as 1024 + (q + 128) under fp16's exponent less 1152, with no integer-to-float conversion,
+        a quarter-rate instruction on sm_90, in the loop: scripts/sass_probe.py --kernel gemm --weights int8)
         and the per-row scale multiplies the fp32 accumulator once after the K loop (exact up to rounding, since
         the scale is constant along K). That is one multiply per output instead of one per weight, the products
         q * x are exact in the fp32 accumulator, and it is what the batch-1 GEMV does (the scale on the fp32 sum):
         the result is closer to q * s * x in exact arithmetic than the reference that rounds q * s to fp16 first.
   int4: bytes of two weights (low nibble first) unpacked and interleaved back into K order, then q * s + o in
         fp32 with the scale and offset of each weight's group, rounded once to the model dtype: the weights
-        dequantize.int4 would write, bit for bit up to FMA contraction. The scale and offset vary along K, so they
+        dequantize.int4 would write, bit for bit up to FMA contraction. In fp16 models q is 1024 + q under fp16's
+        exponent less 1024 (exact) and q * s + o one fp16 FMA (two weights an instruction), rounded once as
+        well, without the fp32 round trip. The scale and offset vary along K, so they
         are applied per weight; BLOCK_K is a multiple of the group (the tile's groups broadcast along their
         weights) or a divisor of it (one group per tile), both powers of two.
 
@@ -131,8 +135,24 @@ def _finish(acc, acc_up, y_ptrs, r_ptrs, mask, EPILOGUE: tl.constexpr):
 
 
 @triton.jit
+def _fp16_from_bits(v):
+    """1024 + v in fp16 for integers v in 0..1023 (v under the exponent of 1024.0, 0x6400): exact."""
+    return (v.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _plain_tile(w_ptr, w_off, w_mask, INT8_FP16: tl.constexpr):
+    """A tile of the model dtype's or int8's weights (streamed once); with INT8_FP16 int8's q in fp16, exactly:
+    1024 + (q + 128) under fp16's exponent, less 1152 (no integer-to-float conversion)."""
+    w = tl.load(w_ptr + w_off, mask=w_mask, other=0, eviction_policy="evict_first")
+    if INT8_FP16:
+        w = _fp16_from_bits(w.to(tl.uint8, bitcast=True) ^ 0x80) - 1152.0
+    return w
+
+
+@triton.jit
 def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP16: tl.constexpr):
     """The int4 weights of rows `rows`, columns k0..k0 + BLOCK_K (k0 a multiple of BLOCK_K), dequantized in fp32
     (BLOCK_N, BLOCK_K): bytes (BLOCK_N, BLOCK_K / 2) unpacked low nibble first, q * s + o with the scale and
     offset of each weight's group. Columns past k_hi (even: K is a multiple of the group) come out 0."""
@@ -140,14 +160,19 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
     b_mask = n_mask[:, None] & (kb < k_hi // 2)[None, :]
     b = tl.load(w_ptr + rows[:, None] * stride_wn + kb[None, :], mask=b_mask, other=0,
                 eviction_policy="evict_first")  # streamed once
-    q = tl.interleave(b & 0xF, b >> 4).to(tl.float32)  # byte j -> k = 2j (low), 2j + 1 (high)
+    if FP16:  # q exactly, as 1024 + q under fp16's exponent less 1024 (no integer-to-float conversion)
+        q = tl.interleave(_fp16_from_bits(b & 0xF), _fp16_from_bits(b >> 4)) - 1024.0
+    else:
+        q = tl.interleave(b & 0xF, b >> 4).to(tl.float32)  # byte j -> k = 2j (low), 2j + 1 (high)
     GW: tl.constexpr = GROUP if GROUP < BLOCK_K else BLOCK_K  # a tile's weights per group
     NG: tl.constexpr = BLOCK_K // GW  # groups per tile (1 when BLOCK_K divides the group)
     rg = k0 // GROUP + tl.arange(0, NG)
     g_off = rows[:, None] * stride_sn + rg[None, :]
     g_mask = n_mask[:, None] & (rg * GROUP < k_hi)[None, :]
-    s = tl.load(s_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    o = tl.load(o_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    s = tl.load(s_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first")
+    o = tl.load(o_ptr + g_off, mask=g_mask, other=0.0, eviction_policy="evict_first")
+    if not FP16:
+        s, o = s.to(tl.float32), o.to(tl.float32)
     if NG > 1:  # each group's scale and offset along its GW weights
         s = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_N, NG, GW)), (BLOCK_N, BLOCK_K))
         o = tl.reshape(tl.broadcast_to(o[:, :, None], (BLOCK_N, NG, GW)), (BLOCK_N, BLOCK_K))
@@ -184,9 +209,9 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         w_mask = n_mask[:, None] & k_mask[None, :]
         if WFMT == 2:
             w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
-                           BLOCK_K).to(dt)
+                           BLOCK_K, dt == tl.float16).to(dt)
         else:  # the model dtype, or int8's q converted exactly
-            w = tl.load(w_ptr + w_off, mask=w_mask, other=0, eviction_policy="evict_first").to(dt)  # streamed once
+            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
         x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                     other=0.0)
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
@@ -197,10 +222,9 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         if EPILOGUE == 2:
             if WFMT == 2:
                 w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
-                                  BLOCK_N, BLOCK_K).to(dt)
+                                  BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
             else:
-                w_up = tl.load(w_ptr + N * stride_wn + w_off, mask=w_mask, other=0,
-                               eviction_policy="evict_first").to(dt)
+                w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
             acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
     if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums
         acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
@@ -240,6 +264,22 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
             group: int = 0) -> torch.Tensor:
     """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k. With scales,
     w is a quantized weight (dequant.weight_format)."""
+    grid, args, kwargs, y, part, split = gemm_call(x, w, res, g, rstd, prologue, epilogue, split_k, scales, offsets,
+                                                   group, sm_count(x.device))
+    wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
+    if split > 1:
+        M, n = y.shape
+        res = args[4]  # as launched: y where there is none
+        wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
+            part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
+            num_warps=4)
+    return y
+
+
+def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales, offsets, group: int,
+              sms: int) -> tuple:
+    """(grid, arguments, keywords, y, split-K partials, splits) of _launch's _gemm_kernel launch on a GPU of sms
+    SMs. Also what scripts/sass_probe.py compiles offline."""
     M, K = x.shape
     if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
         raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
@@ -252,7 +292,7 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
     cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU, wfmt))
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     n_tiles = triton.cdiv(n, bn)
-    split = split_k or choose_split_k(n_tiles, K, bk, sm_count(x.device))
+    split = split_k or choose_split_k(n_tiles, K, bk, sms)
     k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
     split = triton.cdiv(K, k_split)
     # fp32 models: a true fp32 product, not TF32 (fp16 / bf16 products are exact either way)
@@ -268,15 +308,11 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
     o = offsets if offsets is not None else s
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
-    wrap_triton(_gemm_kernel)[(n_tiles, split)](
-        x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0), res.stride(0),
-        s.stride(0) if wfmt == WFMT_INT4 else 0, PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split,
-        PRECISION=precision, WFMT=wfmt, GROUP=group, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
-    if split > 1:
-        wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
-            part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-            num_warps=4)
-    return y
+    args = (x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0),
+            res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0)
+    kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
+    return (n_tiles, split), args, kwargs, y, part, split
 
 
 def _prologue(rstd, g) -> int:
