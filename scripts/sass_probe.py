@@ -131,6 +131,25 @@ def seed_launch(heads: int, cache: int, pdl: int):
     return attention._decode_attn_one_launch_kernel, grid, args, kwargs
 
 
+def empty_weight(weights: str, rows: int, K: int):
+    """(weight, the ops' quantization arguments) of rows x K in a format, uninitialized (fp16; int8, or int4 at
+    group 128, as quant.py stores them: its layout read off a quantized 1 x K row)."""
+    import torch
+
+    from llama_fast.quant import QuantScheme, quantize_tensor
+
+    dt = torch.float16
+    if weights == "fp16":
+        return torch.empty((rows, K), dtype=dt), {}
+    bits, group = (8, None) if weights == "int8" else (4, 128)
+    small = quantize_tensor(torch.zeros((1, K), dtype=dt), QuantScheme(bits, group))
+    w = torch.empty((rows,) + small["qweight"].shape[1:], dtype=small["qweight"].dtype)
+    quant = {"scales": torch.empty((rows,) + small["scales"].shape[1:], dtype=dt)}
+    if bits == 4:
+        quant.update(offsets=torch.empty_like(quant["scales"]), group=group)
+    return w, quant
+
+
 def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     """The fused GEMV form's (kernel, grid, arguments, keywords, weights a thread multiplies per K-loop iteration)
     on CPU tensors of its Llama-7B layer's shape, under the pinned config updated by `config`."""
@@ -139,7 +158,6 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     import torch
 
     from llama_fast.kernels import configs
-    from llama_fast.quant import QuantScheme, quantize_tensor
 
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package exports the op of the same name
     qkv_rope = importlib.import_module("llama_fast.kernels.qkv_rope")
@@ -147,15 +165,7 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
     rows = 2 * n if form == "swiglu" else n
     dt = torch.float16
-    quant = {}
-    w = torch.empty((rows, K), dtype=dt)
-    if weights != "fp16":  # the stored format of quant.py, of a small weight, then at full size
-        bits, group = (8, None) if weights == "int8" else (4, 128)
-        small = quantize_tensor(torch.zeros((1, K), dtype=dt), QuantScheme(bits, group))
-        w = torch.empty((rows,) + small["qweight"].shape[1:], dtype=small["qweight"].dtype)
-        quant = {"scales": torch.empty((rows,) + small["scales"].shape[1:], dtype=dt)}
-        if bits == 4:
-            quant.update(offsets=torch.empty_like(quant["scales"]), group=group)
+    w, quant = empty_weight(weights, rows, K)
     x, g = torch.empty((1, K), dtype=dt), torch.empty((K,), dtype=dt)
     ss = torch.empty((K // gemv.SS_GROUP,), dtype=torch.float32)
     fmt = "" if weights == "fp16" else "_" + weights
@@ -188,19 +198,10 @@ def gemm_launch(weights: str, rows: int):
     import torch
 
     from llama_fast.kernels import gemm
-    from llama_fast.quant import QuantScheme, quantize_tensor
 
     K = N = 4096
-    dt = torch.float16
-    x = torch.empty((rows, K), dtype=dt)
-    w, quant = torch.empty((N, K), dtype=dt), {}
-    if weights != "fp16":  # the stored format of quant.py, of a small weight, then at full size
-        bits, group = (8, None) if weights == "int8" else (4, 128)
-        small = quantize_tensor(torch.zeros((1, K), dtype=dt), QuantScheme(bits, group))
-        w = torch.empty((N,) + small["qweight"].shape[1:], dtype=small["qweight"].dtype)
-        quant = {"scales": torch.empty((N,) + small["scales"].shape[1:], dtype=dt)}
-        if bits == 4:
-            quant.update(offsets=torch.empty_like(quant["scales"]), group=group)
+    x = torch.empty((rows, K), dtype=torch.float16)
+    w, quant = empty_weight(weights, N, K)
     grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, None, None, gemm.PROLOGUE_NONE, gemm.EPILOGUE_NONE, 0,
                                             quant.get("scales"), quant.get("offsets"), quant.get("group", 0),
                                             H200_SMS)
