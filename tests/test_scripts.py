@@ -564,14 +564,15 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_sass_probe_finds_no_integer_conversion_in_the_quantized_gemm(weights, tmp_path):
-    """The small-M GEMM of an fp16 model (16 rows, sm_90) builds its int8 / int4 tiles under fp16's exponent:
-    no I2F (a quarter-rate instruction, one a weight before) and no fp32 round trip (F2FP) in the kernel."""
+    """The small-M GEMM of an fp16 model (16 rows, sm_90) builds its int8 / int4 tiles under fp16's exponent, in
+    the permuted K order that loads a thread's bytes at once: no I2F (a quarter-rate instruction, one a weight
+    before) and no fp32 round trip (F2FP) in the kernel, and fewer instructions a weight."""
     sass = tmp_path / "gemm.sass"
     r = run_tool("sass_probe", "--kernel", "gemm", "--weights", weights, "--sass", str(sass), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     line = r.stdout.strip()
     assert line.startswith("_gemm_kernel sm_90 | ") and f"gemm/{weights} BLOCK_M 16," in line, line
     per_weight = float(re.search(r"K loop \d+ = ([\d.]+) per weight", line).group(1))
-    assert per_weight < 7.5, line
+    assert per_weight < {"int8": 5.0, "int4": 6.5}[weights], line  # 6.36 and 7.91 with I2F and K in order
     opcodes = re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass.read_text(), flags=re.M)
     assert opcodes and not {"I2F", "I2FP", "F2FP"} & set(opcodes), sorted(set(opcodes))
