@@ -35,13 +35,13 @@ batch 2-16 about 2-3x the fp16 path's bytes):
         fp32 with the scale and offset of each weight's group, rounded once to the model dtype: the weights
         dequantize.int4 would write, bit for bit up to FMA contraction. In fp16 models q is 1024 + q under fp16's
         exponent less 1024 (exact) and q * s + o one fp16 FMA (two weights an instruction), rounded once as
-        well, without the fp32 round trip.
+        well, without the fp32 round trip. The scale and offset vary along K, so they are applied per weight;
+        BLOCK_K is a multiple of the group (the tile's groups broadcast along their weights) or a divisor of it
+        (one group per tile), both powers of two.
   Both, in fp16 models, take their tile's K order permuted (_k_perm, and x the same way): a thread's part of the
   tensor-core operand is then 4 adjacent bytes of the packed tile (one shared-memory load instead of 2-4 byte
   loads). Compiled for sm_90 at 16 rows: int8 4.42 and int4 5.73 instructions a weight in the K loop, against
-  6.36 and 7.91 with I2F, byte loads and K in order (scripts/sass_probe.py --kernel gemm). The scale and offset vary along K, so they
-        are applied per weight; BLOCK_K is a multiple of the group (the tile's groups broadcast along their
-        weights) or a divisor of it (one group per tile), both powers of two.
+  6.36 and 7.91 with I2F, byte loads and K in order (scripts/sass_probe.py --kernel gemm).
 
 The launch configs are pinned per row bucket in GEMM_CONFIGS below (chosen from the tile arithmetic, to fit
 the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them, and
@@ -172,8 +172,9 @@ def _k_perm(t, R: tl.constexpr, BLOCK_K: tl.constexpr, WFMT: tl.constexpr):
 def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP16: tl.constexpr):
     """The int4 weights of rows `rows`, columns k0..k0 + BLOCK_K (k0 a multiple of BLOCK_K), dequantized in fp32
-    (BLOCK_N, BLOCK_K): bytes (BLOCK_N, BLOCK_K / 2) unpacked low nibble first, q * s + o with the scale and
-    offset of each weight's group. Columns past k_hi (even: K is a multiple of the group) come out 0."""
+    (BLOCK_N, BLOCK_K), or with FP16 in fp16 and _k_perm's order: bytes (BLOCK_N, BLOCK_K / 2) unpacked low
+    nibble first, q * s + o with the scale and offset of each weight's group. Columns past k_hi (even: K is a
+    multiple of the group) come out 0."""
     kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
     b_mask = n_mask[:, None] & (kb < k_hi // 2)[None, :]
     b = tl.load(w_ptr + rows[:, None] * stride_wn + kb[None, :], mask=b_mask, other=0,
