@@ -126,6 +126,35 @@ def test_config_autotune_on_an_unknown_gpu_runs_once_and_is_cached(gpu, tmp_path
     assert data["configs"]["residual|4096|11008"] == first
 
 
+def test_config_autotune_leaves_out_a_config_the_gpu_cannot_run(gpu, recwarn):
+    """A candidate that does not build or fit on this GPU (OutOfResources, a ptxas error) is left out with one
+    warning and the fastest of the rest is kept; when none runs, one clear error."""
+    from triton.runtime.errors import OutOfResources
+
+    from llama_fast.kernels import configs, tuning
+
+    timer = gpu(A10G)
+    cands = tuning.candidates("residual", 4096, 11008)
+    fastest = min(cands, key=timer.cost)
+    cost = timer.cost
+
+    def refuse_the_fastest(c):
+        if c == fastest:
+            raise OutOfResources(300_000, 232_448, "shared memory")
+        return cost(c)
+    timer.cost = refuse_the_fastest
+    chosen = configs.pinned_config("residual", 4096, 11008)
+    assert chosen == min((c for c in cands if c != fastest), key=cost)
+    warned = [str(w.message) for w in recwarn if issubclass(w.category, tuning.TuningWarning)]
+    assert len(warned) == 1 and "left out 1 config(s)" in warned[0] and "OutOfResources" in warned[0], warned
+
+    def refuse_all(c):
+        raise OutOfResources(300_000, 232_448, "shared memory")
+    timer.cost = refuse_all
+    with pytest.raises(RuntimeError, match="no candidate config runs on this GPU"):
+        configs.pinned_config("residual", 4096, 4096)
+
+
 def test_config_cache_is_read_back_by_a_second_process(gpu, tmp_path):
     """Choices written by one process are what a fresh process launches, without timing anything."""
     from llama_fast.kernels import configs

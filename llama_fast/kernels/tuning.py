@@ -29,6 +29,8 @@ from typing import Callable
 
 import torch
 import triton
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources, PTXASError
 
 from . import configs
 
@@ -132,16 +134,27 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
 
 
 def choose(cands: list[dict], time_fn: Callable[[dict], float], desc: str) -> dict:
-    """The candidate with the least time (the first of equals), timing each once under a progress line."""
+    """The candidate with the least time (the first of equals), timing each once under a progress line. A
+    candidate this GPU cannot build or launch (too many registers or too much shared memory for it, a ptxas
+    error) is left out with one warning; none at all is an error."""
     from ..progress import bar
 
-    best, best_t = None, float("inf")
+    best, best_t, failed = None, float("inf"), []
     with bar(len(cands), desc, unit="configs") as b:
         for c in cands:
-            t = time_fn(c)
+            try:
+                t = time_fn(c)
+            except (OutOfResources, PTXASError, CompilationError) as e:
+                failed.append(f"{c}: {type(e).__name__}")
+                t = float("inf")
             if t < best_t:
                 best, best_t = c, t
             b.update()
+    if best is None:
+        raise RuntimeError(f"{desc}: no candidate config runs on this GPU ({'; '.join(failed)})")
+    if failed:
+        warnings.warn(f"llama_fast: {desc}: left out {len(failed)} config(s) this GPU cannot run: "
+                      + "; ".join(failed), TuningWarning, stacklevel=2)
     return best
 
 
