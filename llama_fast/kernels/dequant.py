@@ -84,6 +84,13 @@ def check_spread(spread: int, block_k: int, wfmt: int, group: int):
 
 
 @triton.jit
+def spread_words(NW: tl.constexpr, SPREAD: tl.constexpr):
+    """The words of a tile in SPREAD order (words.__doc__) as (SPREAD, NW / SPREAD): element (a, b) is word
+    SPREAD * b + a, so flattened, element a * NW / SPREAD + b."""
+    return SPREAD * tl.arange(0, NW // SPREAD)[None, :] + tl.arange(0, SPREAD)[:, None]
+
+
+@triton.jit
 def words(w_ptr, rn, n_mask, kw0, KW, offset, stride_wn, TWO: tl.constexpr, NW: tl.constexpr,
           SPREAD: tl.constexpr):
     """The (BLOCK_N, NW) uint32 words of rows rn from word kw0 on (streamed once: evict first) and, with TWO, those
@@ -101,8 +108,7 @@ def words(w_ptr, rn, n_mask, kw0, KW, offset, stride_wn, TWO: tl.constexpr, NW: 
         off = rn[:, None] * stride_wn + rw[None, :]
         m = n_mask[:, None] & (rw < KW)[None, :]
     else:  # loaded as (BLOCK_N, SPREAD, NW / SPREAD), a thread's SPREAD words one vector, then flattened
-        Q: tl.constexpr = NW // SPREAD
-        rw3 = kw0 + SPREAD * tl.arange(0, Q)[None, :] + tl.arange(0, SPREAD)[:, None]  # (SPREAD, Q)
+        rw3 = kw0 + spread_words(NW, SPREAD)
         off = rn[:, None, None] * stride_wn + rw3[None, :, :]
         m = n_mask[:, None, None] & (rw3 < KW)[None, :, :]
     w = tl.load(w_ptr + off, mask=m, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
@@ -130,6 +136,17 @@ def group_tiles(s_ptr, o_ptr, rn, n_mask, g0, KG, offset, stride_sn, TWO: tl.con
         s2 = tl.load(s_ptr + offset * stride_sn + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
         o2 = tl.load(o_ptr + offset * stride_sn + off, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
     return s, o, s2, o2
+
+
+@triton.jit
+def int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, offset, stride_wn, stride_sn, TWO: tl.constexpr,
+                    BLOCK_K: tl.constexpr, GROUP: tl.constexpr, SPREAD: tl.constexpr):
+    """int4: the words (words) and the scales and offsets (group_tiles) of the K tile from k0, of rows rn and, with
+    TWO, of the rows `offset` further down: (w, w2, s, o, s2, o2)."""
+    w, w2 = words(w_ptr, rn, n_mask, k0 // 8, KW, offset, stride_wn, TWO, BLOCK_K // 8, SPREAD)
+    s, o, s2, o2 = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, offset, stride_sn, TWO,
+                               BLOCK_K // GROUP)
+    return w, w2, s, o, s2, o2
 
 
 @triton.jit

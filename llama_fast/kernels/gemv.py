@@ -22,8 +22,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, check_spread, group_tiles, int4_dot,
-                      int4_groups, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, check_spread, int4_dot, int4_groups,
+                      int4_tile_loads, int4_x_sums, int8_fma, split_words, spread_words, weight_format, words,
+                      x_sum4)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -63,14 +64,12 @@ def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr,
             SPREAD: tl.constexpr):
     """The K tile k0..k0 + NW * PER of the GEMV input (x_tile) as PER (NW,) tensors: element j of each quantized
-    weight word (dequant.split_words), the words in dequant.word_index order."""
+    weight word (dequant.split_words), the words in the order dequant.words loads them (SPREAD)."""
     if SPREAD == 1:
         k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
         return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
-    else:  # (SPREAD, NW / SPREAD, PER) as words() loads its words, flattened to word_index order
-        Q: tl.constexpr = NW // SPREAD
-        k = (k0 + (SPREAD * tl.arange(0, Q)[None, :, None] + tl.arange(0, SPREAD)[:, None, None]) * PER
-             + tl.arange(0, PER)[None, None, :])
+    else:  # (SPREAD, NW / SPREAD, PER) as words() loads its words, flattened as it flattens them
+        k = k0 + spread_words(NW, SPREAD)[:, :, None] * PER + tl.arange(0, PER)[None, None, :]
         return split_words(tl.reshape(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), (NW, PER)), NW, PER)
 
 
@@ -89,9 +88,8 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
     # before the wait for the previous kernel
     if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
-        s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, 0, K // GROUP, N, stride_sn, EPILOGUE == 2,
-                                       BLOCK_K // GROUP)
+        w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, N, stride_wn,
+                                                    stride_sn, EPILOGUE == 2, BLOCK_K, GROUP, SPREAD)
     elif WFMT == 1:  # int8: words of 4 weights, a scale per row
         w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
         scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
@@ -119,9 +117,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
         if PREFETCH:
-            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
-            s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, BLOCK_K // GROUP, K // GROUP, N,
-                                                   stride_sn, EPILOGUE == 2, NG)
+            w_n, w_up_n, s_n, o_n, s_up_n, o_up_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, BLOCK_K, K, KW,
+                                                                    N, stride_wn, stride_sn, EPILOGUE == 2, BLOCK_K,
+                                                                    GROUP, SPREAD)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
         xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
         acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
@@ -131,14 +129,12 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         for k0 in range(BLOCK_K, K, BLOCK_K):
             if PREFETCH:
                 w, w_up, s, o, s_up, o_up = w_n, w_up_n, s_n, o_n, s_up_n, o_up_n
-                w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 8, KW, N, stride_wn, EPILOGUE == 2,
-                                    BLOCK_K // 8, SPREAD)
-                s_n, o_n, s_up_n, o_up_n = group_tiles(s_ptr, o_ptr, rn, n_mask, (k0 + BLOCK_K) // GROUP, K // GROUP,
-                                                       N, stride_sn, EPILOGUE == 2, NG)
+                w_n, w_up_n, s_n, o_n, s_up_n, o_up_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0 + BLOCK_K,
+                                                                        K, KW, N, stride_wn, stride_sn, EPILOGUE == 2,
+                                                                        BLOCK_K, GROUP, SPREAD)
             else:
-                w, w_up = words(w_ptr, rn, n_mask, k0 // 8, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 8, SPREAD)
-                s, o, s_up, o_up = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, N, stride_sn,
-                                               EPILOGUE == 2, NG)
+                w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
+                                                            stride_sn, EPILOGUE == 2, BLOCK_K, GROUP, SPREAD)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
             xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
             acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
@@ -150,7 +146,8 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         y = tl.sum(acc, axis=1).to(dt)
     elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
         if PREFETCH:
-            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
+            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4,
+                                SPREAD)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, SPREAD)
         xacc = x_sum4(xs)
         acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)

@@ -14,8 +14,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, check_spread, group_tiles, int4_dot, int4_groups, int4_x_sums,
-                      int8_fma, weight_format, words, x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, check_spread, int4_dot, int4_groups, int4_tile_loads,
+                      int4_x_sums, int8_fma, weight_format, words, x_sum4)
 from .gemv import w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -38,9 +38,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     # the first K tile of the weights (and their scales) loads before the wait for the previous kernel (as in
     # gemv.py); rows r1 and r2 = r1 + D/2
     if WFMT == 2:
-        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
-        s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, 0, K // GROUP, D // 2, stride_sn, True,
-                                     BLOCK_K // GROUP)
+        w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, 0, K, KW, D // 2, stride_wn,
+                                                 stride_sn, True, BLOCK_K, GROUP, SPREAD)
     elif WFMT == 1:
         w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
         scale1 = tl.load(s_ptr + r1).to(tl.float32)
@@ -59,9 +58,9 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
         if PREFETCH:
-            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
-            s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, BLOCK_K // GROUP, K // GROUP, D // 2,
-                                                 stride_sn, True, NG)
+            w1_n, w2_n, s1_n, o1_n, s2_n, o2_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, BLOCK_K, K, KW,
+                                                                 D // 2, stride_wn, stride_sn, True, BLOCK_K, GROUP,
+                                                                 SPREAD)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
         xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
         acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
@@ -69,14 +68,12 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         for k0 in range(BLOCK_K, K, BLOCK_K):
             if PREFETCH:
                 w1, w2, s1, o1, s2, o2 = w1_n, w2_n, s1_n, o1_n, s2_n, o2_n
-                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 8, KW, D // 2, stride_wn, True,
-                                   BLOCK_K // 8, SPREAD)
-                s1_n, o1_n, s2_n, o2_n = group_tiles(s_ptr, o_ptr, r1, r1 < N, (k0 + BLOCK_K) // GROUP, K // GROUP,
-                                                     D // 2, stride_sn, True, NG)
+                w1_n, w2_n, s1_n, o1_n, s2_n, o2_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0 + BLOCK_K,
+                                                                     K, KW, D // 2, stride_wn, stride_sn, True,
+                                                                     BLOCK_K, GROUP, SPREAD)
             else:
-                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 8, KW, D // 2, stride_wn, True, BLOCK_K // 8, SPREAD)
-                s1, o1, s2, o2 = group_tiles(s_ptr, o_ptr, r1, r1 < N, k0 // GROUP, K // GROUP, D // 2, stride_sn,
-                                             True, NG)
+                w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2,
+                                                         stride_wn, stride_sn, True, BLOCK_K, GROUP, SPREAD)
             xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
             xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
             acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
@@ -87,7 +84,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     elif WFMT == 1:  # as gemv.py's int8 path
         if PREFETCH:
-            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
+            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4,
+                               SPREAD)
         xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4, SPREAD)
         xacc = x_sum4(xs)
         acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
