@@ -401,6 +401,7 @@ ALLREDUCE_ENV = "LLAMA_FAST_TP_ALLREDUCE"
 # at Llama-7B); larger ones (prefill chunks) through NCCL, whose ring reads each byte once per rank instead of
 # once per peer.
 SYMM_MAX_BYTES = 1 << 19
+SYMM_DTYPES = (torch.float32, torch.bfloat16)  # what torch.ops.symm_mem's one-shot kernels take
 
 
 def allreduce_mode(device: torch.device, value: str | None = None) -> str:
@@ -438,14 +439,17 @@ class SymmAllReduce:
     consecutive all-reduces never share a buffer, so a rank writing the next message cannot overwrite one a
     peer is still reading. A message is copied into a view of the buffer's first elements, so the op's inputs
     are fixed addresses: CUDA-graph capturable, traceable by torch.compile (a custom op with a meta kernel).
-    A larger message, or one of another dtype, goes through NCCL (all_reduce_sum)."""
+    torch's one-shot kernels take float32 and bfloat16 only, so an fp16 model's buffers are float32: the partial
+    sum is widened on its way in and the result rounded back once (for two ranks the same fp16 number NCCL's
+    sum gives). A larger message, or one of another dtype, goes through NCCL (all_reduce_sum)."""
 
     def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.group, self.group_name, self.op = group, group.group_name, _symm_op()
         self.dtype = dtype
-        numel = SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size()
+        self.buf_dtype = dtype if dtype in SYMM_DTYPES else torch.float32
+        numel = SYMM_MAX_BYTES // torch.empty((), dtype=self.buf_dtype).element_size()
         enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
         if enable is not None:  # needed by older torch; deprecated (a FutureWarning) where the setup is automatic
             with warnings.catch_warnings():
@@ -453,7 +457,7 @@ class SymmAllReduce:
                 enable(self.group_name)
         self.buffers = []
         for _ in range(sites):
-            buf = symm_mem.empty(numel, dtype=dtype, device=device)
+            buf = symm_mem.empty(numel, dtype=self.buf_dtype, device=device)
             symm_mem.rendezvous(buf, self.group_name)
             self.buffers.append(buf)
 
@@ -462,12 +466,12 @@ class SymmAllReduce:
         if t.numel() > buf.numel() or t.dtype != self.dtype:
             return all_reduce_sum(t, self.group)
         x, view = t.contiguous().view(-1), buf[: t.numel()]
-        if self.op == "one_shot_all_reduce_copy":
+        if self.op == "one_shot_all_reduce_copy" and self.buf_dtype == t.dtype:
             out = torch.ops.symm_mem.one_shot_all_reduce_copy(view, x, "sum", self.group_name)
         else:
-            view.copy_(x)
+            view.copy_(x)  # widened when the buffer is float32
             out = torch.ops.symm_mem.one_shot_all_reduce(view, "sum", self.group_name)
-        return out.view(t.shape)
+        return out.to(t.dtype).view(t.shape)
 
 
 def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:

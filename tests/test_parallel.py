@@ -257,6 +257,7 @@ def test_symm_allreduce_dispatch(monkeypatch):
     monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: ("nccl", t))
     ar = object.__new__(parallel.SymmAllReduce)
     ar.group, ar.group_name, ar.op, ar.dtype = "group", "0", "one_shot_all_reduce_copy", torch.float32
+    ar.buf_dtype = torch.float32
     ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
     x = torch.randn(1, 1, 64)
     for site in (0, 1):
@@ -265,6 +266,29 @@ def test_symm_allreduce_dispatch(monkeypatch):
         assert name == "0" and buf.data_ptr() == ar.buffers[site].data_ptr() and buf.numel() == 64
     big = torch.randn(parallel.SYMM_MAX_BYTES // 4 + 1)
     assert ar(big, 0)[0] == "nccl" and ar(x.double(), 1)[0] == "nccl" and len(calls) == 2
+
+
+def test_symm_allreduce_widens_fp16(monkeypatch):
+    """torch's one-shot kernels take float32 and bfloat16 only: an fp16 model's SymmAllReduce holds float32
+    buffers, widens the partial sum into one with the plain op and returns fp16 of the message's shape."""
+    calls = []
+
+    def one_shot(buf, op, group_name):
+        assert buf.dtype == torch.float32
+        calls.append(buf)
+        return 2 * buf
+
+    monkeypatch.setattr(torch.ops.symm_mem, "one_shot_all_reduce", one_shot, raising=False)
+    monkeypatch.setattr(torch.ops.symm_mem, "one_shot_all_reduce_copy", None, raising=False)  # must not be used
+    ar = object.__new__(parallel.SymmAllReduce)
+    ar.group, ar.group_name, ar.op, ar.dtype = "group", "0", "one_shot_all_reduce_copy", torch.float16
+    ar.buf_dtype = torch.float32
+    ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+    x = torch.randn(2, 1, 64).half()
+    out = ar(x, 1)
+    assert out.dtype == torch.float16 and out.shape == x.shape and len(calls) == 1
+    assert calls[0].data_ptr() == ar.buffers[1].data_ptr()
+    torch.testing.assert_close(out, 2 * x)
 
 
 # ------------------------------------------------------------------------------------------- torchrun
