@@ -133,9 +133,10 @@ def rotating(make: Callable[[], object], n: int = 4) -> Callable[[], object]:
 
 
 def trial_lookup(table: dict[str, dict]) -> Callable[[str, int, int], dict | None]:
-    """A CONFIG_OVERRIDE answering from a trial table: {"form@K": config} for one input width, {"form": config}
-    for every launch of the form; None (the pinned config) for the rest."""
-    return lambda form, n, K: table.get(f"{form}@{K}") or table.get(form)
+    """A CONFIG_OVERRIDE answering from a trial table: {"form|n|K": config} for one shape (the key of the tuning
+    cache, llama_fast/kernels/tuning.py), {"form@K": config} for one input width, {"form": config} for every
+    launch of the form; None (the pinned config) for the rest."""
+    return lambda form, n, K: table.get(f"{form}|{n}|{K}") or table.get(f"{form}@{K}") or table.get(form)
 
 
 @contextlib.contextmanager

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -69,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "in this process: decode ms/step per trial, the pinned configs first and last")
     ap.add_argument("--trial-set", type=int, default=1, choices=sorted(TRIAL_SETS),
                     help="which of TRIAL_SETS --config-trials runs")
+    ap.add_argument("--trial-cache", default=None, metavar="PATH",
+                    help="with --config-trials, trials from a kernel config cache file (what an unmeasured GPU's "
+                         "autotune chose, LLAMA_FAST_CONFIG_TABLE=0) instead of --trial-set: all its configs "
+                         "together, then each one that differs from the table's alone")
     ap.add_argument("--pad-mb", type=float, default=0.0,
                     help="hold this many MB before the model's caches and graphs are made (shifts where they land)")
     ap.add_argument("--realloc-trials", type=int, default=0, metavar="N",
@@ -94,7 +100,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.config_trials is not None and args.config_trials.is_transformers:
         ap.error("--config-trials: a transformers baseline runs none of our kernels")
     check_quantize(ap, args)
+    if args.trial_cache:
+        if not args.config_trials:
+            ap.error("--trial-cache needs --config-trials VARIANT")
+        try:
+            args.trial_cache = cache_trials(args.trial_cache)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--trial-cache {args.trial_cache}: {e}")
     return args
+
+
+def cache_trials(path: str) -> dict[str, dict]:
+    """Config trials from a kernel config cache file ({"configs": {"form|n|K": config}}, kernels/tuning.py): the
+    table's configs, all the cached ones together, each cached one that differs from the table's alone, the
+    table's again. Its ratios say how far an autotuned GPU's step falls short of a measured one's, and which
+    choice costs the most, in one process."""
+    from llama_fast.kernels.configs import h200_config
+
+    found = json.loads(Path(path).read_text())["configs"]
+    if not isinstance(found, dict) or not found:
+        raise ValueError("no configs in it")
+    trials = {"pinned": {}, f"tuned: all {len(found)}": dict(found)}
+    for key, cfg in sorted(found.items()):
+        form, n, K = key.split("|")
+        if h200_config(form, int(n), int(K)) != cfg:
+            trials[f"tuned: {key} {cfg}"] = {key: cfg}
+    trials["pinned again"] = {}
+    return trials
 
 
 def main(argv=None):
@@ -204,7 +236,7 @@ def main(argv=None):
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
-        config_trials(say, fast, args.config_trials, w, roof, TRIAL_SETS[args.trial_set])
+        config_trials(say, fast, args.config_trials, w, roof, args.trial_cache or TRIAL_SETS[args.trial_set])
     if args.realloc_trials and ours:
         realloc_trials(say, fast, variants[ours[0]], w, roof, args.realloc_trials)
     for line in results_table(rows, roof):

@@ -215,6 +215,36 @@ def test_perf_lab_arguments(tool, capsys):
         assert exc.value.code == 2 and message in err, (bad, err)
 
 
+def test_perf_lab_trials_from_a_config_cache(tool, tmp_path, capsys):
+    """--trial-cache: the table's configs first and last, all cached ones together, then each cached config that
+    differs from the table's alone, keyed as the cache keys it (one shape); a file without configs is one clear
+    error line, as is --trial-cache without --config-trials."""
+    perf_lab, bu = tool("perf_lab"), tool("bench_util")
+    from llama_fast.kernels.configs import h200_config
+
+    same = h200_config("residual", 4096, 11008)
+    other = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
+    path = tmp_path / "kernel-configs.json"
+    path.write_text(json.dumps({"schema": 1, "gpu": "G|sm86|80", "configs": {
+        "residual|4096|11008": same, "residual|4096|4096": other}}))
+    args = perf_lab.parse_args(["--device", "cpu", "--config-trials", "fused-eager", "--trial-cache", str(path)])
+    trials = args.trial_cache
+    assert list(trials)[:2] == ["pinned", "tuned: all 2"] and list(trials)[-1] == "pinned again" and len(trials) == 4
+    assert trials["tuned: all 2"] == {"residual|4096|4096": other, "residual|4096|11008": same}
+    alone = trials[f"tuned: residual|4096|4096 {other}"]
+    lookup = bu.trial_lookup(alone)
+    assert lookup("residual", 4096, 4096) == other and lookup("residual", 4096, 11008) is None
+    for argv, message in ((["--config-trials", "fused-eager", "--trial-cache", str(tmp_path / "none.json")],
+                           "--trial-cache"), (["--trial-cache", str(path)], "needs --config-trials")):
+        with pytest.raises(SystemExit) as exc:
+            perf_lab.parse_args(["--device", "cpu", *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    path.write_text(json.dumps({"configs": {}}))
+    with pytest.raises(SystemExit):
+        perf_lab.parse_args(["--device", "cpu", "--config-trials", "fused-eager", "--trial-cache", str(path)])
+    assert "no configs in it" in capsys.readouterr().err
+
+
 def test_perf_lab_results_table(tool):
     perf_lab = tool("perf_lab")
     m = types.SimpleNamespace(tok_per_s=50.0, max_mem_mb=1234.4, warmup_s=2.25, hash="abc123")
