@@ -120,7 +120,7 @@ def test_config_autotune_on_an_unknown_gpu_runs_once_and_is_cached(gpu, tmp_path
     configs.pinned_config("residual", 4096, 4096)  # another shape of the form: its own tuning
     assert timer.built == [("residual", 4096, 11008), ("residual", 4096, 4096)]
     path = tuning.cache_path(A10G)
-    assert path.parent == tmp_path / "cache" and "a10g" in path.name and "-v1.json" in path.name
+    assert path.parent == tmp_path / "cache" and "a10g" in path.name and f"-v{tuning.SCHEMA}.json" in path.name
     data = json.loads(path.read_text())
     assert data["gpu"] == A10G and data["schema"] == tuning.SCHEMA
     assert data["configs"]["residual|4096|11008"] == first
