@@ -278,6 +278,30 @@ def test_launch_policy():
 
 
 @needs_triton
+def test_per_sm_config_key_raises_the_k_split(monkeypatch):
+    """A GEMM config's PER_SM multiplies the programs the K split aims for and never reaches the kernel; an
+    explicit split_k wins over it."""
+    from llama_fast.kernels import gemm as gm
+
+    x = torch.randn(3, 8192)
+    w, scales = torch.zeros(512, 8192, dtype=torch.int8), torch.ones(512)  # int8 weights: 8 tiles of 64 rows
+    cfg = dict(gm.GEMM_QUANT_CONFIGS[(16, "gemm")])
+    splits = {}
+    for per_sm in (1, 4):
+        monkeypatch.setitem(gm.GEMM_QUANT_CONFIGS, (16, "gemm"), {**cfg, "PER_SM": per_sm})
+        grid, _, kwargs, *_, split = gm.gemm_call(x, w, None, None, None, gm.PROLOGUE_NONE, gm.EPILOGUE_NONE, 0,
+                                                   scales, None, 0, 16)
+        assert "PER_SM" not in kwargs and grid == (512 // cfg["BLOCK_N"], split) and kwargs["SPLIT_K"] == split
+        splits[per_sm] = split
+    k_tiles = 8192 // cfg["BLOCK_K"]
+    assert splits == {1: gm.choose_split_k(8, 8192, cfg["BLOCK_K"], 16),
+                      4: gm.choose_split_k(8, 8192, cfg["BLOCK_K"], 64)}
+    assert splits[4] == min(8, k_tiles // gm.MIN_SPLIT_K_TILES) > splits[1]
+    *_, split = gm.gemm_call(x, w, None, None, None, gm.PROLOGUE_NONE, gm.EPILOGUE_NONE, 3, scales, None, 0, 16)
+    assert split == 3
+
+
+@needs_triton
 def test_bad_shapes_are_refused():
     from llama_fast.kernels import small_m_gemm, small_m_gemm_swiglu
 

@@ -86,6 +86,9 @@ GEMM_QUANT_CONFIGS = {
     (64, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},    # 72 KB
     (64, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},   # 64 KB
 }
+# A config may add PER_SM: the programs per SM the K split aims for (default 1). One program of 4 warps per SM
+# leaves each scheduler one warp: enough for fp16 tiles, few for quantized ones, whose dequantization is a chain
+# of dependent instructions per weight (scripts/gemv_bench.py --gemm-sweep times 1 to 8).
 MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
 REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
 
@@ -114,11 +117,11 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def choose_split_k(n_tiles: int, K: int, block_k: int, sms: int) -> int:
-    """K splits per output tile: about one program per SM in all (the tiles alone when they fill the GPU), each
-    split at least MIN_SPLIT_K_TILES K tiles long."""
+def choose_split_k(n_tiles: int, K: int, block_k: int, programs: int) -> int:
+    """K splits per output tile: about `programs` programs in all (the SM count times the config's PER_SM; the
+    tiles alone when they are that many), each split at least MIN_SPLIT_K_TILES K tiles long."""
     k_tiles = triton.cdiv(K, block_k)
-    split = max(1, min(round(sms / n_tiles), k_tiles // MIN_SPLIT_K_TILES))
+    split = max(1, min(round(programs / n_tiles), k_tiles // MIN_SPLIT_K_TILES))
     return triton.cdiv(k_tiles, triton.cdiv(k_tiles, split))  # no empty split
 
 
@@ -317,7 +320,8 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU, wfmt))
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     n_tiles = triton.cdiv(n, bn)
-    split = split_k or choose_split_k(n_tiles, K, bk, sms)
+    per_sm = cfg.pop("PER_SM", 1)
+    split = split_k or choose_split_k(n_tiles, K, bk, sms * per_sm)
     k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
     split = triton.cdiv(K, k_split)
     # fp32 models: a true fp32 product, not TF32 (fp16 / bf16 products are exact either way)
