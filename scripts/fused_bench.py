@@ -37,13 +37,9 @@ GEMV_GRID = list(itertools.product((8, 16), (256, 512, 1024), (4, 8)))
 QKV_GRID = list(itertools.product((8, 16, 32), (256, 512), (4, 8)))
 ATTN_GRID = list(itertools.product((32, 64, 128), (2, 4, 8)))  # (slots per program, warps)
 WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where it divides K, else 64 or 32
-# (BLOCK_N, BLOCK_K, num_warps, PREFETCH, SPREAD) of --sweep-configs for quantized weights: K tiles of 16 or 8 bytes
-# per thread and row (configs.QUANT_CONFIGS) at 2-8 warps, each with the words in load order (SPREAD 1) and in
-# SPREAD order (a thread's 4 or 2 words, kernels/dequant.py words), and those that leave Llama-7B's K (4096) two
-# tiles or more also with the next tile loaded ahead (PREFETCH, kernels/gemv.py); the qkv+RoPE GEMV takes the
-# BLOCK_N that divide a head dim
-QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w, p, s) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)
-                    for p, s in ((0, 1), (0, 4 // d), (1, 4 // d)) if not p or 2 * per * 32 * w // d <= 4096]
+# (BLOCK_N, BLOCK_K, num_warps) of --sweep-configs for quantized weights: K tiles of 16 or 8 bytes per thread and
+# row (configs.QUANT_CONFIGS) at 2-8 warps; the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
+QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)]
               for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
 
 
@@ -84,11 +80,10 @@ def form_switches(form: str) -> tuple[int, int]:
 
 
 def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: list[tuple]) -> list[str]:
-    """Report lines of a config sweep: the four best (us per call, bn, bk, warps[, prefetch, spread]) results, then
-    those of the pinned configs (tuples as the results' configs)."""
-    def line(kind, t, bn, bk, w, prefetch=0, spread=1):
-        return (f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
-                + (" prefetch" if prefetch else "") + (f" spread {spread}" if spread > 1 else ""))
+    """Report lines of a config sweep: the four best (us per call, bn, bk, warps) results, then those of the
+    pinned configs (tuples as the results' configs)."""
+    def line(kind, t, bn, bk, w):
+        return f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
     results = sorted(results)
     return ([line("best", *r) for r in results[:4]]
             + [line("at", *r) for r in results if tuple(r[1:]) in pinned])
@@ -184,30 +179,26 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
 
 
 def pinned_tuple(config: dict) -> tuple:
-    """A config dict as the sweeps' result tuples name it: (bn, bk, warps, prefetch, spread)."""
-    return (config["BLOCK_N"], config["BLOCK_K"], config["num_warps"], config.get("PREFETCH", 0),
-            config.get("SPREAD", 1))
+    """A config dict as the sweeps' result tuples name it: (bn, bk, warps)."""
+    return config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
 
 
 def sweep_configs(form: str, label: str, grid: list[tuple], call, bench, reps: int, keep=None) -> list[tuple]:
-    """(us per call, bn, bk, warps, prefetch, spread) of call (an op's eager launch) under each (bn, bk, warps[,
-    prefetch, spread]) config of grid for form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config
-    the GPU cannot run is skipped with a line."""
+    """(us per call, bn, bk, warps) of call (an op's eager launch) under each (bn, bk, warps) config of grid for
+    form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config the GPU cannot run is skipped with a
+    line."""
     from bench_util import config_override
 
     results = []
-    for bn, bk, warps, *rest in grid:
-        prefetch, spread = tuple(rest) + (0, 1)[len(rest):]
+    for bn, bk, warps in grid:
         if keep is not None and not keep(bn):
             continue
-        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2, "PREFETCH": prefetch,
-                  "SPREAD": spread}
+        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2}
         with config_override({form: config}):
             try:
-                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps, prefetch, spread))
+                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps))
             except Exception as e:  # out of resources for a config: skip it, say so
-                print(f"      {label} BN{bn} BK{bk} w{warps} prefetch {prefetch} spread {spread}: {type(e).__name__}",
-                      flush=True)
+                print(f"      {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
     return results
 
 

@@ -253,23 +253,15 @@ def results_table(rows: list, roof: float) -> list[str]:
     return lines
 
 
-def _cfg(bn, bk, stages, warps=4, prefetch=0, spread=1):
-    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages, "PREFETCH": prefetch,
-            "SPREAD": spread}
-
-
-def _quant_trial(fmt: str, bk: int, warps: int, prefetch: int, spread: int) -> dict:
-    """Every quantized GEMV form of fmt at one K tile (8 rows; the qkv+RoPE GEMV 16, its pinned rows); with
-    --quantize of the other format the trial changes nothing."""
-    forms = {f"{form}_{fmt}": _cfg(8, bk, 3, warps, prefetch, spread) for form in ("gemv", "rmsnorm", "residual",
-                                                                                    "swiglu")}
-    return {**forms, f"qkv_rope_{fmt}": _cfg(16, bk, 3, warps, prefetch, spread)}
+def _cfg(bn, bk, stages, warps=4):
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
 # Trial sets of --config-trials: trial name -> {form or form@K: config} (bench_util.trial_lookup; forms as in
 # llama_fast/kernels/configs.py; at Llama-7B wo is residual@4096, w2 residual@11008). Each starts and ends with
 # the pinned configs, so the drift inside one process shows. The numbers are those docs/PERF.md cites; sets 3
 # and 6 tried kernel options that were removed (docs/PERF.md, tried and rejected).
+# Set 7 tried kernel options of the quantized GEMVs that were removed too (docs/PERF.md).
 
 # set 1: each form's neighbouring configs and attention tiles (adopted: eager attention at 128/4)
 CONFIG_TRIALS = {
@@ -326,23 +318,7 @@ CONFIG_TRIALS_5 = {
     "pinned again": {},
 }
 
-# set 7, with --quantize int8 or int4: the quantized GEMVs with the words in SPREAD order (kernels/dequant.py words:
-# x without trips through shared memory) and with the next K tile loaded ahead (PREFETCH), at K tiles that leave
-# Llama-7B's K two tiles or more (2 warps, 16 or 8 bytes a thread)
-CONFIG_TRIALS_7 = {
-    "pinned": {},
-    "int4 spread": _quant_trial("int4", 4096, 4, 0, 4),
-    "int4 BK2048 w2 spread": _quant_trial("int4", 2048, 2, 0, 4),
-    "int4 BK2048 w2 prefetch": _quant_trial("int4", 2048, 2, 1, 1),
-    "int4 BK2048 w2 prefetch spread": _quant_trial("int4", 2048, 2, 1, 4),
-    "int4 BK1024 w2 prefetch spread": _quant_trial("int4", 1024, 2, 1, 2),
-    "int8 spread": _quant_trial("int8", 2048, 4, 0, 4),
-    "int8 BK1024 w2 prefetch": _quant_trial("int8", 1024, 2, 1, 1),
-    "int8 BK1024 w2 prefetch spread": _quant_trial("int8", 1024, 2, 1, 4),
-    "int8 BK512 w2 prefetch spread": _quant_trial("int8", 512, 2, 1, 2),
-    "pinned again": {},
-}
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 7: CONFIG_TRIALS_7}
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
 
 
 def prefill_and_step(fast, variant, w, m):

@@ -15,7 +15,7 @@ is timed on a GPU.
   python scripts/sass_probe.py                      # the fastest path's attention launch (PDL, late trigger), sm_90
   python scripts/sass_probe.py --pdl 0 --sass a.sass  # the launch without PDL; the SASS written to a.sass
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
-  python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2,PREFETCH=1
+  python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2
   python scripts/sass_probe.py --kernel gemm --weights int8 --rows 8
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ GEMV_FORMS = ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope")
 H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
+CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")  # what --config may set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
-                                                 "BLOCK_N, BLOCK_K, num_warps, num_stages, PREFETCH, SPREAD)")
+                                                 f"{', '.join(CONFIG_KEYS)})")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
@@ -68,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
     except ValueError:
         ap.error(f"--config {args.config!r}: give KEY=INTEGER pairs separated by commas")
+    unknown = [k for k in args.config if k not in CONFIG_KEYS]
+    if unknown:
+        ap.error(f"--config: unknown key {', '.join(unknown)} (the keys are {', '.join(CONFIG_KEYS)})")
     return args
 
 
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
         return 0
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-                                                    "PREFETCH", "SPREAD", "SPLIT_K") if k in kwargs)
+                                                    "SPLIT_K") if k in kwargs)
     pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
     print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "

@@ -40,7 +40,7 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, N, K, K, ss.numel(), w.stride(0),
                                                      0, eps, 0, 0, PROLOGUE=prologue, EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-                                                     WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256, PREFETCH=0, SPREAD=1)
+                                                     WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)
     return y, ss_out
 
 
@@ -97,7 +97,7 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     qr._gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // 16),)](
         x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), q, q, N, K, K, ss.numel(), w.stride(0), 0, 1e-5, 0, 0,
         H, Hkv, kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-        WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256, PREFETCH=0, SPREAD=1)
+        WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)
     qkv = (rmsnorm(x, g, 1e-5).float() @ w.float().T).to(dt)
     rq, rk, rv = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
 
@@ -232,22 +232,15 @@ from test_kernels import U, dequantize, fp32_magnitude, quantize_int4, quantize_
 torch.manual_seed(0)
 mode = sys.argv[1]
 # loop: small tiles, so K (384) spans a whole K tile and a tail and every launch runs the kernels' loops;
-# spread: the same with the words in SPREAD order (dequant.words, 2 words a thread);
-# prefetch: three K tiles, each loaded one tile ahead (the quantized loops' PREFETCH; the last load is past K), in
-# SPREAD order of 4 words;
 # pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here)
 SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
-if mode == "spread":
-    SMALL = {**SMALL, "SPREAD": 2}
-if mode == "prefetch":
-    SMALL = {**SMALL, "BLOCK_K": 128, "PREFETCH": 1, "SPREAD": 4}
 SMALL_QKV = {**SMALL, "BLOCK_N": 16}
 seen = []
 
 
 def override(form, n, K):
     seen.append(form)
-    return (SMALL_QKV if form.startswith("qkv_rope") else SMALL) if mode != "pinned" else None
+    return (SMALL_QKV if form.startswith("qkv_rope") else SMALL) if mode == "loop" else None
 
 
 configs.CONFIG_OVERRIDE = override
@@ -409,12 +402,11 @@ def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
                            "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("mode", ["loop", "spread", "prefetch", "pinned"])
+@pytest.mark.parametrize("mode", ["loop", "pinned"])
 def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
     """Every fused op with int8 and int4 (groups 32, 64, 128) weights, fp32 activations, against the float64
     product with the dequantized weight: the plain GEMV, the RMSNorm prologue, the residual and SwiGLU
-    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops, with the words in
-    SPREAD order, with the next tile loaded ahead) and the pinned ones."""
+    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops) and the pinned ones."""
     env = {**interpreter_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     r = subprocess.run([sys.executable, "-c", QCHECK, mode], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
@@ -612,21 +604,6 @@ def test_quantized_weight_arguments_are_checked():
     for args, match in bad:
         with pytest.raises(ValueError, match=match):
             weight_format(x, *args)
-
-
-@needs_triton
-def test_a_config_spread_fits_the_tile_and_the_group():
-    """SPREAD (dequant.words' order): 1 for any weight; 2 or 4 only for quantized words, dividing the tile's words
-    and, for int4, a group's (the K loop sums a thread's words within one group)."""
-    from llama_fast.kernels.dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, check_spread
-
-    for args in [(1, 512, WFMT_DENSE, 0), (4, 2048, WFMT_INT8, 0), (2, 8, WFMT_INT8, 0), (4, 4096, WFMT_INT4, 128),
-                 (4, 128, WFMT_INT4, 32), (2, 64, WFMT_INT4, 32)]:
-        check_spread(*args)
-    for args in [(2, 512, WFMT_DENSE, 0), (3, 2048, WFMT_INT8, 0), (8, 4096, WFMT_INT4, 128), (4, 8, WFMT_INT8, 0),
-                 (4, 4096, WFMT_INT4, 16)]:
-        with pytest.raises(ValueError, match=f"SPREAD {args[0]}"):
-            check_spread(*args)
 
 
 @needs_triton

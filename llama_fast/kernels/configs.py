@@ -57,13 +57,7 @@ QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 
 # 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
 # two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice the rows: int8 takes 8
 # warps there (255 registers at 4). Chosen from compiled code; scripts/fused_bench.py --weights fp16,int8,int4
-# --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form (docs/PERF.md). A config
-# may add PREFETCH: 1 (the next K tile loaded while this one is dequantized, kernels/gemv.py) and SPREAD: the
-# words a thread loads of a row (4 at 16 bytes, 2 at 8), which orders a tile's words so that x needs no trips
-# through shared memory (kernels/dequant.py words). Compiled for sm_90 (scripts/sass_probe.py), the int4 GEMV
-# at its pin takes 3.58 instead of 3.92 instructions a weight with SPREAD 4, 4 barriers a tile instead of 22,
-# the same 128 registers; with PREFETCH at 2048 x 2 warps also 128 (168 in load order). The pins below
-# predate both (0 and 1) until a GPU times them (perf_lab.py --trial-set 7).
+# --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form (docs/PERF.md).
 QUANT_CONFIGS = {
     "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     # measured (fused_bench --sweep-configs, H200): 28.4 us at Llama-7B's w13 against 33.1 at 2048 / 8 warps

@@ -71,54 +71,20 @@ def check_format(K: int, w: torch.Tensor, scales: torch.Tensor | None, offsets: 
     return WFMT_INT4, group, w.view(torch.int32), K // 8
 
 
-def check_spread(spread: int, block_k: int, wfmt: int, group: int):
-    """A config's SPREAD (words.__doc__) for a tile of block_k weights: 1, 2 or 4 dividing the tile's words and,
-    for int4, the words of a group. Raises ValueError."""
-    per = {WFMT_INT8: 4, WFMT_INT4: 8}.get(wfmt)
-    if spread == 1:
-        return
-    if (per is None or spread not in (2, 4) or (block_k // per) % spread
-            or (wfmt == WFMT_INT4 and (group // 8) % spread)):
-        raise ValueError(f"SPREAD {spread}: 1, or 2 / 4 for quantized weights dividing the tile's {block_k} weights "
-                         f"in words and a group's words (format {wfmt}, group {group})")
-
-
 @triton.jit
-def spread_words(NW: tl.constexpr, SPREAD: tl.constexpr):
-    """The words of a tile in SPREAD order (words.__doc__) as (SPREAD, NW / SPREAD): element (a, b) is word
-    SPREAD * b + a, so flattened, element a * NW / SPREAD + b."""
-    return SPREAD * tl.arange(0, NW // SPREAD)[None, :] + tl.arange(0, SPREAD)[:, None]
-
-
-@triton.jit
-def words(w_ptr, rn, n_mask, kw0, KW, offset, stride_wn, TWO: tl.constexpr, NW: tl.constexpr,
-          SPREAD: tl.constexpr):
+def words(w_ptr, rn, n_mask, kw0, KW, offset, stride_wn, TWO: tl.constexpr, NW: tl.constexpr):
     """The (BLOCK_N, NW) uint32 words of rows rn from word kw0 on (streamed once: evict first) and, with TWO, those
     of the rows `offset` further down (SwiGLU's up rows; RoPE's second half of a head), else the same again.
     KW (words per row) bounds the tile: a multiple of 16 where the launcher specializes it, so the loads keep
-    16 bytes per thread.
-
-    SPREAD > 1 (the words a thread loads of a row, 4 in a 16-byte load) orders the tile's elements so that
-    element a * NW / SPREAD + b is word SPREAD * b + a: loaded as (BLOCK_N, SPREAD, NW / SPREAD), a thread's
-    words one vector, the tile's layout then matches that of x as a 1-D tile (gemv.x_words), so x reaches
-    the products without passing through shared memory (8 round trips and 16 barriers a tile at SPREAD 1).
-    The K loop's reductions follow that order (by_group)."""
-    if SPREAD == 1:
-        rw = kw0 + tl.arange(0, NW)
-        off = rn[:, None] * stride_wn + rw[None, :]
-        m = n_mask[:, None] & (rw < KW)[None, :]
-    else:  # loaded as (BLOCK_N, SPREAD, NW / SPREAD), a thread's SPREAD words one vector, then flattened
-        rw3 = kw0 + spread_words(NW, SPREAD)
-        off = rn[:, None, None] * stride_wn + rw3[None, :, :]
-        m = n_mask[:, None, None] & (rw3 < KW)[None, :, :]
+    16 bytes per thread."""
+    rw = kw0 + tl.arange(0, NW)
+    off = rn[:, None] * stride_wn + rw[None, :]
+    m = n_mask[:, None] & (rw < KW)[None, :]
     w = tl.load(w_ptr + off, mask=m, other=0, eviction_policy="evict_first").to(tl.uint32, bitcast=True)
     w2 = w
     if TWO:
         w2 = tl.load(w_ptr + offset * stride_wn + off, mask=m, other=0,
                      eviction_policy="evict_first").to(tl.uint32, bitcast=True)
-    if SPREAD != 1:
-        w = tl.reshape(w, (w.shape[0], NW))
-        w2 = tl.reshape(w2, (w2.shape[0], NW))
     return w, w2
 
 
@@ -140,10 +106,10 @@ def group_tiles(s_ptr, o_ptr, rn, n_mask, g0, KG, offset, stride_sn, TWO: tl.con
 
 @triton.jit
 def int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, offset, stride_wn, stride_sn, TWO: tl.constexpr,
-                    BLOCK_K: tl.constexpr, GROUP: tl.constexpr, SPREAD: tl.constexpr):
+                    BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
     """int4: the words (words) and the scales and offsets (group_tiles) of the K tile from k0, of rows rn and, with
     TWO, of the rows `offset` further down: (w, w2, s, o, s2, o2)."""
-    w, w2 = words(w_ptr, rn, n_mask, k0 // 8, KW, offset, stride_wn, TWO, BLOCK_K // 8, SPREAD)
+    w, w2 = words(w_ptr, rn, n_mask, k0 // 8, KW, offset, stride_wn, TWO, BLOCK_K // 8)
     s, o, s2, o2 = group_tiles(s_ptr, o_ptr, rn, n_mask, k0 // GROUP, K // GROUP, offset, stride_sn, TWO,
                                BLOCK_K // GROUP)
     return w, w2, s, o, s2, o2
@@ -217,37 +183,20 @@ def x_sum4(xs):
 
 
 @triton.jit
-def by_group(v, LEAD: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr, SPREAD: tl.constexpr):
-    """Per-word values (NW,) or (LEAD, NW) (elements in word_index order) summed per group of WG words: (NG,) or
-    (LEAD, NG)."""
-    if SPREAD == 1:
-        if LEAD == 0:
-            return tl.sum(tl.reshape(v, (NG, WG)), axis=1)
-        else:
-            return tl.sum(tl.reshape(v, (LEAD, NG, WG)), axis=2)
-    else:
-        Q: tl.constexpr = NG * WG // SPREAD
-        if LEAD == 0:  # a thread's SPREAD words first (one group), then the groups
-            return tl.sum(tl.reshape(tl.sum(tl.reshape(v, (SPREAD, Q)), axis=0), (NG, WG // SPREAD)), axis=1)
-        else:
-            per = tl.sum(tl.reshape(v, (LEAD, SPREAD, Q)), axis=1)
-            return tl.sum(tl.reshape(per, (LEAD, NG, WG // SPREAD)), axis=2)
-
-
-@triton.jit
-def int4_x_sums(xs, NG: tl.constexpr, WG: tl.constexpr, SPREAD: tl.constexpr):
+def int4_x_sums(xs, NG: tl.constexpr, WG: tl.constexpr):
     """Per group of WG words (NG,): (sum_k x_k, sum_k c_k x_k) with c_k = 16 for even j, 1 for odd j."""
     even = (xs[0] + xs[2]) + (xs[4] + xs[6])
     odd = (xs[1] + xs[3]) + (xs[5] + xs[7])
-    return by_group(even + odd, 0, NG, WG, SPREAD), by_group(16.0 * even + odd, 0, NG, WG, SPREAD)
+    xsum = tl.sum(tl.reshape(even + odd, (NG, WG)), axis=1)
+    csum = tl.sum(tl.reshape(16.0 * even + odd, (NG, WG)), axis=1)
+    return xsum, csum
 
 
 @triton.jit
-def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr,
-                SPREAD: tl.constexpr):
+def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr):
     """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 16 s (sum f x - sum c x) +
     o sum x, the dequantized product q * s + o summed over the group."""
-    fsum = by_group(p, BLOCK_N, NG, WG, SPREAD)
+    fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
     return s * (16.0 * (fsum - csum[None, :])) + o * xsum[None, :]
 
 

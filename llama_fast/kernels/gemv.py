@@ -22,9 +22,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, check_spread, int4_dot, int4_groups,
-                      int4_tile_loads, int4_x_sums, int8_fma, split_words, spread_words, weight_format, words,
-                      x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
+                      int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -61,16 +60,11 @@ def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 
 
 @triton.jit
-def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr,
-            SPREAD: tl.constexpr):
+def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr):
     """The K tile k0..k0 + NW * PER of the GEMV input (x_tile) as PER (NW,) tensors: element j of each quantized
-    weight word (dequant.split_words), the words in the order dequant.words loads them (SPREAD)."""
-    if SPREAD == 1:
-        k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
-        return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
-    else:  # (SPREAD, NW / SPREAD, PER) as words() loads its words, flattened as it flattens them
-        k = k0 + spread_words(NW, SPREAD)[:, :, None] * PER + tl.arange(0, PER)[None, None, :]
-        return split_words(tl.reshape(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), (NW, PER)), NW, PER)
+    weight word (dequant.split_words)."""
+    k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
+    return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
 
 
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
@@ -78,8 +72,7 @@ def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr,
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
                        stride_wn, stride_sn, eps, one_bits, sixteen_bits, PROLOGUE: tl.constexpr,
                        EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
-                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PREFETCH: tl.constexpr, SPREAD: tl.constexpr):
+                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -89,9 +82,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     # before the wait for the previous kernel
     if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
         w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, N, stride_wn,
-                                                    stride_sn, EPILOGUE == 2, BLOCK_K, GROUP, SPREAD)
+                                                    stride_sn, EPILOGUE == 2, BLOCK_K, GROUP)
     elif WFMT == 1:  # int8: words of 4 weights, a scale per row
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
         scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
         scale_up = scale
         if EPILOGUE == 2:
@@ -109,58 +102,35 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    # Quantized K loops. With PREFETCH the next tile's words (and scales) are loaded before this tile is
-    # multiplied (double-buffered in registers: dequantizing takes longer than a load, so one program's loads
-    # overlap its own arithmetic); past the last tile the masks load nothing. Without, each tile loads where it
-    # is used (fewer registers).
     if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
-        if PREFETCH:
-            w_n, w_up_n, s_n, o_n, s_up_n, o_up_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, BLOCK_K, K, KW,
-                                                                    N, stride_wn, stride_sn, EPILOGUE == 2, BLOCK_K,
-                                                                    GROUP, SPREAD)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
-        xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
-        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+        xsum, csum = int4_x_sums(xs, NG, WG)
+        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
         if EPILOGUE == 2:
-            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG,
-                                 SPREAD)
+            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            if PREFETCH:
-                w, w_up, s, o, s_up, o_up = w_n, w_up_n, s_n, o_n, s_up_n, o_up_n
-                w_n, w_up_n, s_n, o_n, s_up_n, o_up_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0 + BLOCK_K,
-                                                                        K, KW, N, stride_wn, stride_sn, EPILOGUE == 2,
-                                                                        BLOCK_K, GROUP, SPREAD)
-            else:
-                w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
-                                                            stride_sn, EPILOGUE == 2, BLOCK_K, GROUP, SPREAD)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, SPREAD)
-            xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
-            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG, SPREAD)
+            w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
+                                                        stride_sn, EPILOGUE == 2, BLOCK_K, GROUP)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
+            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
             if EPILOGUE == 2:
-                acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
-                                      BLOCK_N, NG, WG, SPREAD)
+                acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG,
+                                      WG)
         if USE_PDL == 2:
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
     elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
-        if PREFETCH:
-            w_n, w_up_n = words(w_ptr, rn, n_mask, BLOCK_K // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4,
-                                SPREAD)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
         if EPILOGUE == 2:
             acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            if PREFETCH:
-                w, w_up = w_n, w_up_n
-                w_n, w_up_n = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 4, KW, N, stride_wn, EPILOGUE == 2,
-                                    BLOCK_K // 4, SPREAD)
-            else:
-                w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4, SPREAD)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, SPREAD)
+            w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc = int8_fma(acc, w, xs, one_bits)
             if EPILOGUE == 2:
@@ -236,12 +206,11 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
                                                                             "rmsnorm" if prologue else "gemv")
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
-    check_spread(config.get("SPREAD", 1), config.get("BLOCK_K", 0), wfmt, group)
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
-                  GROUP=group, **{"PREFETCH": 0, "SPREAD": 1, **config}, **launch_kwargs(pdl))
+                  GROUP=group, **config, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
 
 

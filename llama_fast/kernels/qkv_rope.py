@@ -14,8 +14,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, check_spread, int4_dot, int4_groups, int4_tile_loads,
-                      int4_x_sums, int8_fma, weight_format, words, x_sum4)
+from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x_sums,
+                      int8_fma, weight_format, words, x_sum4)
 from .gemv import w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -25,8 +25,7 @@ from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pd
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
                           N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PREFETCH: tl.constexpr, SPREAD: tl.constexpr):
+                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -39,9 +38,9 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     # gemv.py); rows r1 and r2 = r1 + D/2
     if WFMT == 2:
         w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, 0, K, KW, D // 2, stride_wn,
-                                                 stride_sn, True, BLOCK_K, GROUP, SPREAD)
+                                                 stride_sn, True, BLOCK_K, GROUP)
     elif WFMT == 1:
-        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
+        w1, w2 = words(w_ptr, r1, r1 < N, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4)
         scale1 = tl.load(s_ptr + r1).to(tl.float32)
         scale2 = tl.load(s_ptr + r2).to(tl.float32)
     else:
@@ -54,50 +53,32 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
     rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    if WFMT == 2:  # as gemv.py's int4 path (PREFETCH as there): per-group sums, scaled and offset
+    if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
-        if PREFETCH:
-            w1_n, w2_n, s1_n, o1_n, s2_n, o2_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, BLOCK_K, K, KW,
-                                                                 D // 2, stride_wn, stride_sn, True, BLOCK_K, GROUP,
-                                                                 SPREAD)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
-        xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
-        acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
-        acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
+        xsum, csum = int4_x_sums(xs, NG, WG)
+        acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
+        acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            if PREFETCH:
-                w1, w2, s1, o1, s2, o2 = w1_n, w2_n, s1_n, o1_n, s2_n, o2_n
-                w1_n, w2_n, s1_n, o1_n, s2_n, o2_n = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0 + BLOCK_K,
-                                                                     K, KW, D // 2, stride_wn, stride_sn, True,
-                                                                     BLOCK_K, GROUP, SPREAD)
-            else:
-                w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2,
-                                                         stride_wn, stride_sn, True, BLOCK_K, GROUP, SPREAD)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8, SPREAD)
-            xsum, csum = int4_x_sums(xs, NG, WG, SPREAD)
-            acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG, SPREAD)
-            acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG, SPREAD)
+            w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2, stride_wn,
+                                                     stride_sn, True, BLOCK_K, GROUP)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
+            acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
+            acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
         if USE_PDL == 2:
             gdc_launch_dependents()
         y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
         y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     elif WFMT == 1:  # as gemv.py's int8 path
-        if PREFETCH:
-            w1_n, w2_n = words(w_ptr, r1, r1 < N, BLOCK_K // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4,
-                               SPREAD)
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4, SPREAD)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
         acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            if PREFETCH:
-                w1, w2 = w1_n, w2_n
-                w1_n, w2_n = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 4, KW, D // 2, stride_wn, True,
-                                   BLOCK_K // 4, SPREAD)
-            else:
-                w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4, SPREAD)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4, SPREAD)
+            w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc1 = int8_fma(acc1, w1, xs, one_bits)
             acc2 = int8_fma(acc2, w2, xs, one_bits)
@@ -174,10 +155,9 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
 
     config = pinned_config("qkv_rope" + ("", "_int8", "_int4")[wfmt], wqkv.shape[0], x.shape[1])
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
-    check_spread(config.get("SPREAD", 1), config.get("BLOCK_K", 0), wfmt, group)
     args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
             wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,
             k_cache.stride(1), k_cache.stride(2))
     kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
-                  **{"PREFETCH": 0, "SPREAD": 1, **config}, **launch_kwargs(pdl))
+                  **config, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, q

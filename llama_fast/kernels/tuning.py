@@ -34,7 +34,7 @@ from triton.runtime.errors import OutOfResources, PTXASError
 
 from . import configs
 
-SCHEMA = 2  # bump when the forms, the candidates' meaning or the file layout change: old files are then not read
+SCHEMA = 3  # bump when the forms, the candidates' meaning or the file layout change: old files are then not read
 CALLS, REPS = 20, 5  # launches per timed run (one CUDA graph), timed runs per candidate (the fastest counts)
 L2_ROTATE = 2  # inputs rotated over at least this many times the L2 cache, so no call reads its weights from L2
 
@@ -111,8 +111,7 @@ def load(gpu: str) -> ConfigCache:
 def candidates(form: str, n: int, K: int) -> list[dict]:
     """The configs an autotune of form times: the H200's first (ties keep it), then a few around it. GEMV tiles
     keep BLOCK_N a multiple of the sum-of-squares group (8) and at most 32 (the qkv+RoPE kernel's BLOCK_N must
-    divide the head dim, model.ROPE_MIN_HEAD_DIM); quantized tiles keep 8 or 16 bytes per thread and row, in
-    SPREAD order."""
+    divide the head dim, model.ROPE_MIN_HEAD_DIM); quantized tiles keep 8 or 16 bytes per thread and row."""
     base = configs.h200_config(form, n, K)
     if form == "attention":
         found = [{"CHUNK": c, "num_warps": w} for c, w in ((64, 2), (64, 4), (128, 8), (256, 4), (256, 8))]
@@ -120,15 +119,12 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
         kind, _, fmt = form.rpartition("_")
         kind = kind if fmt in ("int8", "int4") else form
         stages = 2 if kind == "swiglu" else 3  # SwiGLU streams two tiles per stage
-        if fmt in ("int8", "int4"):
-            # 16 or 8 bytes a thread and row, the words in SPREAD order (kernels/dequant.py words: fewer
-            # instructions and barriers than load order when compiled for sm_90; the H200's pin keeps load order)
+        if fmt in ("int8", "int4"):  # 16 or 8 bytes a thread and row
             per_thread = 16 * (1 if fmt == "int8" else 2)  # weights in 16 bytes
-            found = [{"BLOCK_N": bn, "BLOCK_K": per_thread * 32 * w // d, "num_warps": w, "num_stages": stages,
-                      "SPREAD": 4 // d} for bn in (8, 16) for w in (4, 8) for d in (1, 2)]
+            tiles = [(bn, per_thread * 32 * w // d, w) for bn in (8, 16) for w in (4, 8) for d in (1, 2)]
         else:
             tiles = [(8, 256, 4), (8, 512, 4), (16, 512, 4), (8, 1024, 8), (16, 1024, 8), (32, 256, 4)]
-            found = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": stages} for bn, bk, w in tiles]
+        found = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": stages} for bn, bk, w in tiles]
     out = [dict(base)]
     return out + [c for i, c in enumerate(found) if c not in out and c not in found[:i]]
 
