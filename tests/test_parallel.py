@@ -455,6 +455,7 @@ def test_tp_outside_torchrun_is_one_line(tmp_path, capsys, monkeypatch):
 
 
 GENERATE_SCRIPT = """
+import os
 import sys
 import torch
 import torch.distributed as dist
@@ -468,9 +469,11 @@ out = fast.generate(ids, max_new_tokens=6, min_new_tokens=6)
 # one write per line: two ranks share the pipe, and print's text and newline are two writes
 sys.stdout.write(f"rank {dist.get_rank()} kv_heads {fast.config.n_kv_heads} hash {output_hash(fast.tokenizer, out)}\\n")
 sys.stdout.flush()
-# as README says: destroy_process_group sometimes aborts a gloo rank ("terminate called without an active
-# exception"; a plain torch script too); a barrier, then leaving the group to the process's exit, does not
+# as README says: torch's gloo teardown sometimes aborts a rank at exit ("terminate called without an active
+# exception"; a plain torch script too, with or without destroy_process_group): once every rank is done,
+# os._exit skips it
 dist.barrier()
+os._exit(0)
 """
 
 
