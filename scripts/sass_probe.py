@@ -32,6 +32,9 @@ GEMV_FORMS = ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope")
 H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
+# shared memory an SM can give its programs (KB, the largest carveout), and what each program costs the SM
+SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
+SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")  # what --config may set
 
 
@@ -79,6 +82,14 @@ def programs_per_sm(registers: int, warps: int) -> int:
     """Programs (CTAs) of `warps` warps that fit one SM's register file at `registers` per thread."""
     per_thread = -(-registers // REGISTER_UNIT) * REGISTER_UNIT
     return REGISTERS_PER_SM // (per_thread * 32 * warps)
+
+
+def programs_per_sm_by_shared(shared: int, arch: int) -> int | None:
+    """Programs that fit one SM's shared memory at `shared` bytes each on sm_<arch> (None: no limit, or an
+    architecture SHARED_KB_PER_SM does not list)."""
+    if not shared or arch not in SHARED_KB_PER_SM:
+        return None
+    return SHARED_KB_PER_SM[arch] * 1024 // (shared + SHARED_RESERVED)
 
 
 def count_instructions(sass: str) -> int:
@@ -249,7 +260,11 @@ def main(argv=None) -> int:
     warps = kwargs["num_warps"]
     per_sm = programs_per_sm(registers, warps)
     head = f"{kernel.__name__} sm_{args.arch} | Triton {triton.__version__}, ptxas {get_ptxas(args.arch).version} | "
-    tail = f" | {per_sm} programs/SM by registers, grid {'x'.join(str(g) for g in grid)}"
+    shared = int(getattr(compiled.metadata, "shared", 0) or 0)
+    by_shared = programs_per_sm_by_shared(shared, args.arch)
+    tail = (f" | {per_sm} programs/SM by registers"
+            + (f", {by_shared} by shared memory ({shared} B)" if by_shared is not None else "")
+            + f", grid {'x'.join(str(g) for g in grid)}")
     if per_iteration is None:
         print(f"{head}CHUNK {kwargs['CHUNK']}, {warps} warps, PDL {args.pdl}, maxnreg {kwargs.get('maxnreg')} | "
               f"{registers} registers, {stack} B stack | {count_instructions(sass)} instructions{tail}")

@@ -517,6 +517,9 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     probe = tool("sass_probe")
     assert [probe.programs_per_sm(r, 4) for r in (168, 169, 211, 128)] == [3, 2, 2, 4]
     assert probe.programs_per_sm(168, 2) == 6
+    # an H200 SM's 228 KB over 48 KB programs (+1 KB each): 4; an A10G's 100 KB: 2; no shared memory: no limit
+    assert probe.programs_per_sm_by_shared(48 * 1024, 90) == 4 and probe.programs_per_sm_by_shared(48 * 1024, 86) == 2
+    assert probe.programs_per_sm_by_shared(0, 90) is None and probe.programs_per_sm_by_shared(1024, 75) is None
     sass = ("\tcode for sm_90a\n        /*0000*/                   LDC R1, c[0x0][0x28] ;   /* 0x00000a00ff017b82 */\n"
             "                                                     /* 0x000e300000000800 */\n"
             "        /*0010*/              @!P0 LDG.E.U8 R6, desc[UR6][R2.64] ;   /* 0x0000000602068981 */\n")
@@ -568,7 +571,8 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
         assert r.returncode == 0, r.stderr[-3000:]
         line = r.stdout.strip()
         m = re.search(r"\| (\d+) registers, (\d+) B stack \| \d+ instructions, K loop (\d+) = ([\d.]+) per weight "
-                      r"\((\d+) a thread\), (\d+) barriers \| (\d+) programs/SM by registers, grid (\d+)$", line)
+                      r"\((\d+) a thread\), (\d+) barriers \| (\d+) programs/SM by registers(?:, \d+ by shared memory "
+                      r"\(\d+ B\))?, grid (\d+)$", line)
         assert m and line.startswith("_gemv_fused_kernel sm_90 | Triton "), line
         lines[name] = dict(zip(("registers", "stack", "loop", "per_weight", "per_thread", "barriers", "per_sm", "grid"),
                                (float(v) for v in m.groups())))
@@ -594,6 +598,9 @@ def test_sass_probe_finds_no_integer_conversion_in_the_quantized_gemm(weights, t
     assert r.returncode == 0, r.stderr[-3000:]
     line = r.stdout.strip()
     assert line.startswith("_gemm_kernel sm_90 | ") and f"gemm/{weights} BLOCK_M 16," in line, line
+    # its cp.async pipeline stages the tiles in shared memory: the probe says how many programs that leaves an SM
+    by_shared, shared = map(int, re.search(r", (\d+) by shared memory \((\d+) B\)", line).groups())
+    assert shared > 4096 and by_shared == 228 * 1024 // (shared + 1024), line
     per_weight = float(re.search(r"K loop \d+ = ([\d.]+) per weight", line).group(1))
     assert per_weight < {"int8": 5.0, "int4": 6.5}[weights], line  # 6.36 and 7.91 with I2F and K in order
     opcodes = re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass.read_text(), flags=re.M)
