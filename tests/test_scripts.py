@@ -434,6 +434,32 @@ def test_gemv_bench_gemm_mode_quantized_weights_in_the_interpreter(interpreter):
     assert r.stdout.count("per layer-set totals") == 2
 
 
+@pytest.mark.slow
+def test_gemv_bench_gemm_sweep_reaches_the_k_split_in_the_interpreter(interpreter):
+    """--gemm-sweep launches each grid point's config, PER_SM (the K split's programs per SM) included, and
+    prints the best three and the pinned config; the pinned table is restored after each point. Two grid
+    points here (the whole grid is a GPU's work)."""
+    code = f"""
+import sys
+sys.path.insert(0, {str(SCRIPTS)!r})
+import gemv_bench
+from llama_fast.kernels import gemm
+gemv_bench.GEMM_GRID = [(32, 64, 4, 2, 1), (32, 64, 4, 2, 4)]
+before = {{k: dict(v) for k, v in gemm.GEMM_QUANT_CONFIGS.items()}}
+code = gemv_bench.main(["--device", "cpu", "--shape", "tiny", "--gemm", "3", "--gemm-sweep", "--weights", "int8",
+                        "--reps", "1", "--calls", "1"])
+assert gemm.GEMM_QUANT_CONFIGS == before
+sys.exit(code)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    best = re.findall(r"^ +(\w+) .* BN32 BK64 warps 4 stages 2 per SM (\d)$", r.stdout, flags=re.M)
+    assert sorted(best) == sorted((name, per_sm) for name in ("wqkv", "wo", "w13", "w2", "head")
+                                  for per_sm in "14"), r.stdout
+    assert r.stdout.count("  pinned: BN64 BK128 warps 4 stages 4 per SM 1") == 5, r.stdout
+
+
 def test_gemv_bench_gemm_arguments(tool):
     gemv_bench = tool("gemv_bench")
     assert gemv_bench.parse_args(["--device", "cpu", "--gemm", "2,64"]).gemm == [2, 64]
