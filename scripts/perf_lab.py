@@ -318,7 +318,27 @@ CONFIG_TRIALS_5 = {
     "pinned again": {},
 }
 
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
+
+
+def _int4_capped(forms: tuple[str, ...], maxnreg: int) -> dict:
+    """The pinned int4 configs of forms (qkv_rope: its own) with a register cap per thread."""
+    from llama_fast.kernels.configs import QUANT_CONFIGS
+
+    return {f"{form}_int4": {**(QUANT_CONFIGS.get(f"{form}_int4") or QUANT_CONFIGS["int4"]), "maxnreg": maxnreg}
+            for form in forms}
+
+
+# set 8, with --quantize int4: the int4 GEMVs capped at 128 registers. Triton 3.6 (torch 2.11; ptxas 12.8)
+# gives the GEMV, residual, SwiGLU and qkv+RoPE forms 168, three programs of 4 warps per SM; at 128 four fit,
+# with no spill in the GEMV and residual forms and 24-32 B of stack in the two-tile ones (scripts/sass_probe.py
+# --kernel FORM --weights int4 --config maxnreg=128 under Triton 3.6; Triton 3.9 stays at 128 uncapped)
+CONFIG_TRIALS_8 = {
+    "pinned": {},
+    "int4 all maxnreg 128": _int4_capped(("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"), 128),
+    "int4 gemv, residual maxnreg 128": _int4_capped(("gemv", "residual"), 128),
+    "pinned again": {},
+}
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 8: CONFIG_TRIALS_8}
 
 
 def prefill_and_step(fast, variant, w, m):

@@ -35,7 +35,7 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 # shared memory an SM can give its programs (KB, the largest carveout), and what each program costs the SM
 SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
-CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages")  # what --config may set
+CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -271,7 +271,7 @@ def main(argv=None) -> int:
         return 0
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-                                                    "SPLIT_K") if k in kwargs)
+                                                    "SPLIT_K", "maxnreg") if k in kwargs)
     pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
     print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "

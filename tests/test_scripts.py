@@ -172,8 +172,10 @@ def test_config_override_reaches_the_launch_configs_and_is_undone(tool):
 # ------------------------------------------------------------------------------------------- perf_lab
 def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     perf_lab = tool("perf_lab")
-    forms = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope", "attention"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5]
+    dense = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"}
+    forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"}
+    tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 8]
     for number, trials in perf_lab.TRIAL_SETS.items():
         names = list(trials)
         assert trials[names[0]] == {} and "pinned again" in names, number
@@ -184,8 +186,14 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 if form == "attention":
                     assert set(config) == {"CHUNK", "num_warps"}, (number, name)
                 else:
-                    assert set(config) == {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}, (number, name)
+                    assert set(config) in (tile, tile | {"maxnreg"}), (number, name)
                     assert config["BLOCK_N"] % 8 == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
+    # set 8: the pinned int4 tiles, only capped
+    from llama_fast.kernels.configs import QUANT_CONFIGS
+
+    capped = perf_lab.TRIAL_SETS[8]["int4 all maxnreg 128"]
+    assert capped["qkv_rope_int4"] == {**QUANT_CONFIGS["qkv_rope_int4"], "maxnreg": 128}
+    assert capped["residual_int4"] == {**QUANT_CONFIGS["int4"], "maxnreg": 128} and len(capped) == 5
 
 
 def test_perf_lab_arguments(tool, capsys):
@@ -592,7 +600,8 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
     barriers of x's trips through shared memory; --config reaches the launch (half the K tile at half the warps:
     the same weights a thread, twice the programs per SM)."""
     lines = {}
-    for name, extra in (("pinned", []), ("config", ["--config", "BLOCK_K=2048,num_warps=2"])):
+    for name, extra in (("pinned", []), ("config", ["--config", "BLOCK_K=2048,num_warps=2"]),
+                        ("capped", ["--config", "maxnreg=96"])):
         r = run_tool("sass_probe", "--kernel", "gemv", "--weights", "int4", *extra, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         line = r.stdout.strip()
@@ -611,6 +620,8 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
     assert "BLOCK_N 8, BLOCK_K 2048, num_warps 2, num_stages 3" in config["line"], config["line"]
     assert config["per_thread"] == pinned["per_thread"] and config["grid"] == pinned["grid"]
     assert config["per_sm"] == 2 * pinned["per_sm"] and abs(config["loop"] - pinned["loop"]) < 0.1 * pinned["loop"]
+    capped = lines["capped"]  # a register cap reaches ptxas: 96 a thread, 5 programs of 4 warps an SM
+    assert "maxnreg 96" in capped["line"] and capped["registers"] <= 96 and capped["per_sm"] == 5, capped["line"]
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
