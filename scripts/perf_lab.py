@@ -236,7 +236,7 @@ def main(argv=None):
         say(f"{k}: {m.tok_per_s:.1f} tok/s (best {m.tok_per_s_best:.1f}), {100 * m.tok_per_s / roof:.1f}% roofline, "
             f"mem {m.max_mem_mb:.0f} MB, warm-up {m.warmup_s:.1f}s, hash {m.hash}{chk} ({time.time() - t0:.0f}s)")
     if args.config_trials:
-        config_trials(say, fast, args.config_trials, w, roof, args.trial_cache or TRIAL_SETS[args.trial_set])
+        config_trials(say, fast, args.config_trials, w, roof, args.trial_cache or trial_set(args.trial_set))
     if args.realloc_trials and ours:
         realloc_trials(say, fast, variants[ours[0]], w, roof, args.realloc_trials)
     for line in results_table(rows, roof):
@@ -332,13 +332,23 @@ def _int4_capped(forms: tuple[str, ...], maxnreg: int) -> dict:
 # gives the GEMV, residual, SwiGLU and qkv+RoPE forms 168, three programs of 4 warps per SM; at 128 four fit,
 # with no spill in the GEMV and residual forms and 24-32 B of stack in the two-tile ones (scripts/sass_probe.py
 # --kernel FORM --weights int4 --config maxnreg=128 under Triton 3.6; Triton 3.9 stays at 128 uncapped)
-CONFIG_TRIALS_8 = {
-    "pinned": {},
-    "int4 all maxnreg 128": _int4_capped(("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"), 128),
-    "int4 gemv, residual maxnreg 128": _int4_capped(("gemv", "residual"), 128),
-    "pinned again": {},
-}
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 8: CONFIG_TRIALS_8}
+# (made when used: the pinned configs live in llama_fast.kernels, which imports Triton)
+def config_trials_8() -> dict[str, dict]:
+    return {
+        "pinned": {},
+        "int4 all maxnreg 128": _int4_capped(("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"), 128),
+        "int4 gemv, residual maxnreg 128": _int4_capped(("gemv", "residual"), 128),
+        "pinned again": {},
+    }
+
+
+# trial set number -> its trials, or a function making them
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 8: config_trials_8}
+
+
+def trial_set(number: int) -> dict[str, dict]:
+    found = TRIAL_SETS[number]
+    return found() if callable(found) else found
 
 
 def prefill_and_step(fast, variant, w, m):
