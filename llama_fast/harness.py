@@ -384,6 +384,35 @@ def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: 
     return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out)
 
 
+def call_seconds(fn: Callable[[], object], device: torch.device, calls: int, reps: int) -> list[float]:
+    """Seconds per call of fn in each of `reps` runs of `calls` back-to-back calls. On CUDA the calls are captured
+    once in a CUDA graph and each run replays it, as the decode step runs its kernels (the gaps between kernels
+    counted, the host's launch rate not); elsewhere they run one after another under the wall clock."""
+    graph = None
+    if device.type == "cuda":
+        synchronize(device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+
+    def run():
+        if graph is not None:
+            graph.replay()
+        else:
+            for _ in range(calls):
+                fn()
+
+    times = []
+    for _ in range(reps):
+        with DeviceTimer(device) as t:
+            run()
+        times.append(t.seconds / calls)
+    if graph is not None:
+        graph.reset()
+    return times
+
+
 # ------------------------------------------------------------------------------------------- roofline
 @dataclass(frozen=True)
 class Ceilings:

@@ -10,10 +10,11 @@ import os
 import re
 import statistics
 import sys
-import time
 from typing import Callable, Iterator
 
 import torch
+
+from llama_fast.harness import call_seconds
 
 
 def logger(path: str | None) -> Callable[[str], None]:
@@ -97,27 +98,7 @@ def time_per_call(fn: Callable[[], object], device, reps: int = 30, calls: int =
     overhead not); elsewhere the same calls are timed by the wall clock."""
     for _ in range(3 if device.type == "cuda" else 1):
         fn()
-    ts = []
-    if device.type != "cuda":
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            ts.append((time.perf_counter() - t0) / calls)
-        return statistics.median(ts)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e) / calls / 1e3)
-    return statistics.median(ts)
+    return statistics.median(call_seconds(fn, device, calls, reps))
 
 
 def rotating(make: Callable[[], object], n: int = 4) -> Callable[[], object]:

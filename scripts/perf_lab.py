@@ -322,10 +322,9 @@ CONFIG_TRIALS_5 = {
 
 def _int4_capped(forms: tuple[str, ...], maxnreg: int) -> dict:
     """The pinned int4 configs of forms (qkv_rope: its own) with a register cap per thread."""
-    from llama_fast.kernels.configs import QUANT_CONFIGS
+    from llama_fast.kernels.configs import gemv_config
 
-    return {f"{form}_int4": {**(QUANT_CONFIGS.get(f"{form}_int4") or QUANT_CONFIGS["int4"]), "maxnreg": maxnreg}
-            for form in forms}
+    return {f"{form}_int4": {**gemv_config(f"{form}_int4", 0), "maxnreg": maxnreg} for form in forms}
 
 
 # set 8, with --quantize int4: the int4 GEMVs capped at 128 registers. Triton 3.6 (torch 2.11; ptxas 12.8)

@@ -112,6 +112,15 @@ def test_memory_budget_is_weights_plus_cache_plus_allowance():
     assert budget == 13_476_831_232 + 629_145_600 + 64_000_000  # the brief's 13,477 + 629 MB floor
 
 
+def test_call_seconds_times_reps_runs_of_calls_on_cpu():
+    """call_seconds: one figure a run, each the run's time over its calls (the wall clock off a GPU)."""
+    import time
+
+    n = []
+    times = harness.call_seconds(lambda: (n.append(1), time.sleep(0.002)), torch.device("cpu"), calls=3, reps=4)
+    assert len(n) == 12 and len(times) == 4 and all(0.002 <= t < 0.5 for t in times)
+
+
 def test_device_timer_and_peak_memory_on_cpu():
     dev = torch.device("cpu")
     with harness.DeviceTimer(dev) as t, harness.PeakMemory(dev) as m:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -300,35 +299,12 @@ def kernel_timer(form: str, n: int, K: int, device=None, calls: int = CALLS,
         copies = min(8, 1 + L2_ROTATE * l2 // max(weight_bytes(form, n, K), 1))
     call = launcher(form, n, K, device, copies=copies)
 
-    def wall_time() -> float:
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            call()
-        return (time.perf_counter() - t0) / calls
-
-    def graph_time() -> float:
-        torch.cuda.synchronize(device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(calls):
-                call()
-        best = float("inf")
-        for _ in range(reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            best = min(best, start.elapsed_time(end) / 1e3 / calls)
-        graph.reset()
-        return best
-
     def time_fn(config: dict) -> float:
+        from ..harness import call_seconds  # the package's timing harness (imported here: no cycle at import)
+
         with forced(form, n, K, config):
             call()
-            if device.type != "cuda":
-                return min(wall_time() for _ in range(reps))
-            return graph_time()
+            return min(call_seconds(call, device, calls, reps))
 
     return time_fn
 
