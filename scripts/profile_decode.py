@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", default="random:llama-7b")
     ap.add_argument("--variants", default="gemv,fused",
                     help="comma-separated variant keys or specs (base+flag, base~flag, base@chunk)")
+    ap.add_argument("--batch", type=int, default=1, help="rows per step (batch > 1: the small-M GEMM or cuBLAS)")
     ap.add_argument("--new", type=int, default=65, help="new tokens per profiled generate (prompt 1000, cache 1200)")
     ap.add_argument("--top", type=int, default=18, help="kernels listed per decode step")
     ap.add_argument("--prefill-top", type=int, default=0,
@@ -35,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "ones (their kernels dequantize in registers)")
     ap.add_argument("--log", default=None, help="also append the output to this file")
     args = ap.parse_args(argv)
+    if args.batch < 1:
+        ap.error("--batch must be at least 1")
     if args.new < 2:
         ap.error("--new must be at least 2 (one decode step after the prefill's token)")
     try:
@@ -61,12 +64,12 @@ def main(argv=None):
     cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"), quantize=args.quantize)
     fast = LlamaFast(model, tok, args.model)
     for k, variant in args.variants.items():
-        w = Workload(1, 1000, args.new, 1200)
+        w = Workload(args.batch, 1000, args.new, 1200)
         run = fast_runner(fast, variant, w)
         ids = w.prompt()
         run(ids)
         run(ids)
-        w1 = Workload(1, 1000, 1, 1200)
+        w1 = Workload(args.batch, 1000, 1, 1200)
         run1 = fast_runner(fast, variant, w1)
         run1(ids)
         t = []
