@@ -179,8 +179,8 @@ def gemm_main(args, dev, shapes) -> int:
                     label = f"{form} fp16" if form == "linear" and tag else form + tag
                     print(row(name, f"M={M} {label}", t, nb, err), flush=True)
                 if args.gemm_sweep:
-                    table = gm.GEMM_CONFIGS if not q0 else gm.GEMM_QUANT_CONFIGS
-                    key = (gm.block_m(M), "swiglu" if step.endswith("swiglu") else "gemm")
+                    table, key = gm.config_key(M, step.endswith("swiglu"), gm.WFMT_DENSE if not q0 else gm.WFMT_INT8,
+                                               step.startswith("rmsnorm"))
                     pinned, times = table[key], []
                     f = gemm_fn(step, M, N, K, dev)
                     for bn, bk, warps, stages, per_sm in GEMM_GRID:

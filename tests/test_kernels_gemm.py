@@ -262,6 +262,10 @@ def test_launch_policy():
         assert all(cfg["BLOCK_K"] % g == 0 or g % cfg["BLOCK_K"] == 0 for g in (32, 64, 128)), (bm, form)
     assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
     assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(16, "gemm")]
+    # the RMSNorm prologue's own entry where its bucket has one, else the plain one
+    assert gm.gemm_config(3, False, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "rmsnorm")]
+    assert gm.gemm_config(3, True, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "swiglu")]
+    assert gm.gemm_config(40, False, gm.WFMT_INT8, rmsnorm=True) is gm.GEMM_QUANT_CONFIGS[(64, "gemm")]
     # Llama-7B on 132 SMs, 64-wide output tiles, 128-wide K tiles: wo / w2 (64 tiles) split in two, wqkv (192
     # tiles), w13 (172) and the head not at all; on 80 SMs nothing splits
     assert gm.choose_split_k(64, 4096, 128, 132) == 2 and gm.choose_split_k(64, 11008, 128, 132) == 2

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import types
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -466,17 +467,17 @@ sys.exit(code)
     best = re.findall(r"^ +(\w+) .* BN32 BK64 warps 4 stages 2 per SM (\d)$", r.stdout, flags=re.M)
     assert sorted(best) == sorted((name, per_sm) for name in ("wqkv", "wo", "w13", "w2", "head")
                                   for per_sm in "14"), r.stdout
-    from llama_fast.kernels.gemm import GEMM_QUANT_CONFIGS
+    from llama_fast.kernels import gemm as gm
 
-    def pinned(form: str) -> str:
-        c = GEMM_QUANT_CONFIGS[(16, form)]
+    def pinned(swiglu: bool, rmsnorm: bool) -> str:
+        table, key = gm.config_key(3, swiglu, gm.WFMT_INT8, rmsnorm)
+        c = table[key]
         return (f"  pinned: BN{c['BLOCK_N']} BK{c['BLOCK_K']} warps {c['num_warps']} stages {c['num_stages']} "
-                f"per SM {c.get('PER_SM', 1)}\n")
+                f"per SM {c.get('PER_SM', 1)}")
 
-    if pinned("gemm") == pinned("swiglu"):
-        assert r.stdout.count(pinned("gemm")) == 5, r.stdout
-    else:  # wqkv, wo, w2 and the head take the plain table entry, w13 the SwiGLU one
-        assert (r.stdout.count(pinned("gemm")), r.stdout.count(pinned("swiglu"))) == (4, 1), r.stdout
+    # wqkv the RMSNorm prologue, w13 SwiGLU, wo / w2 the residual epilogue, the head plain
+    expected = Counter([pinned(False, True), pinned(True, True)] + [pinned(False, False)] * 3)
+    assert Counter(line for line in r.stdout.splitlines() if line.startswith("  pinned:")) == expected, r.stdout
 
 
 def test_gemv_bench_gemm_arguments(tool):
