@@ -61,7 +61,7 @@ CPU_WORKLOAD = Workload(batch=1, prompt_len=32, new_tokens=16)
 KEY_VARIANTS = ["hf-static", FASTEST]
 # Sampling (temperature 0.8, nucleus 0.95, seeded: the same tokens in every run) on the fastest path at the seed
 # workload: the cost of the sampled pick against the greedy case beside it. Its id names it before the workload
-# (`fused-gemv-early-sampled-b1-...`) so that no -k expression naming a greedy case (GATE_K) selects it too.
+# (`fused-gemm-sampled-b1-...`) so that no -k expression naming a greedy case (GATE_K) selects it too.
 SAMPLING = Sampling(temperature=0.8, top_p=0.95, seed=0)
 SAMPLED_VARIANTS = [FASTEST]
 GPU_EXTRA = [Workload(4, 1000, 200), Workload(8, 1000, 200), Workload(1, 200, 200), Workload(1, 1600, 200)]
@@ -72,8 +72,8 @@ CPU_EXTRA = [Workload(4, 32, 16), Workload(8, 32, 16), Workload(1, 8, 16), Workl
 # at batch 8 (the batched path) and on the longest prompt (prefill in several chunks, the longest attention).
 # Three processes per side of these fit the job's 15 minutes on one H200; the rest of the default set is
 # checked for correctness in the same job, untimed.
-GATE_K = ("fused-gemv-early-b1-p1000-n200-fp16 or fused-gemv-early-b8-p1000-n200-fp16 or "
-          "fused-gemv-early-b1-p1600-n200-fp16")
+GATE_K = (f"{FASTEST}-b1-p1000-n200-fp16 or {FASTEST}-b8-p1000-n200-fp16 or "
+          f"{FASTEST}-b1-p1600-n200-fp16")
 GATE_ROUNDS = 5  # timed rounds per gated case and process
 
 # --bench-sweep: every ablation row (plus hf-static) over batch sizes and prompt lengths.

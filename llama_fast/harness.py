@@ -63,8 +63,9 @@ _FUSED = ForwardOptions(triton_gemv=True, fused_decode=True, decode_attention=Tr
 _FUSED_KERNELS = replace(_FUSED, fused_rope_cache=True, attention_one_launch=True)
 
 
-_FASTEST_OPTIONS = replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
-                           pdl_gemv_early=True)
+_GEMV_EARLY = replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
+                      pdl_gemv_early=True)
+_FASTEST_OPTIONS = replace(_GEMV_EARLY, small_m_gemm=True)
 
 
 def _graphed(key: str, label: str, options: ForwardOptions, quantize: str | None = None) -> Variant:
@@ -98,21 +99,20 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True)),
     _graphed("fused-gemv-early", "+ the decode GEMVs let the next kernel launch right after their wait (the "
              "attention's K/V loads run under the wqkv GEMV's last wave)",
-             _FASTEST_OPTIONS),
+             _GEMV_EARLY),
+    _graphed("fused-gemm", "+ batch 2-16 decode projections by a small-M tensor-core GEMM (split-K; RMSNorm "
+             "prologue, SwiGLU and residual epilogues) instead of cuBLAS", _FASTEST_OPTIONS),
     _graphed("int8", "+ int8 weights (symmetric, one scale per output channel), dequantized in the decode GEMVs",
              _FASTEST_OPTIONS, quantize="int8"),
     _graphed("int4", "int4 weights instead (a scale and an offset per 128 weights along K), dequantized in the "
              "decode GEMVs", _FASTEST_OPTIONS, quantize="int4:g128"),
-    # not an ablation row until a GPU comparison shows the gain: batch 1 runs the fastest path unchanged, batches
-    # 2-64 take the small-M GEMM (kernels/gemm.py) instead of cuBLAS
-    _graphed("fused-gemm", "+ batch 2-64 decode projections by a small-M tensor-core GEMM (split-K; RMSNorm "
-             "prologue, SwiGLU and residual epilogues) instead of cuBLAS",
-             replace(_FASTEST_OPTIONS, small_m_gemm=True)),
 ]}
 ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope", "gate-up", "graphs", "gemv",
-            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early",
+            "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early", "fused-gemm",
             "int8", "int4"]
-FASTEST = "fused-gemv-early"  # decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes (docs/PERF.md, ablation)
+# batch 1 runs fused-gemv-early's path (decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes);
+# batch 2-16 +5.6 / +4.3 / +1.8 % at 2 / 8 / 16 rows against it in one H200 process each (docs/PERF.md, ablation)
+FASTEST = "fused-gemm"
 
 
 def variant_for(preallocate: bool, compile: str, quantize: str | None = None) -> Variant:

@@ -48,7 +48,7 @@ class ForwardOptions:
     #                         its hidden dimension: half the gate/up/SwiGLU activations alive at once
     graphed_prefill: bool = False  # under the fullgraph compile on CUDA, each prefill chunk replays a captured
     #                               CUDA graph (no host launch work per block)
-    small_m_gemm: bool = False  # calls of 2..64 rows (decode at batch 2-64) through llama_fast.kernels.gemm on CUDA:
+    small_m_gemm: bool = False  # calls of 2..16 rows (decode at batch 2-16) through llama_fast.kernels.gemm on CUDA:
     #                            every projection in model.linear (dense, or quantized and dequantized in the
     #                            kernel), and a block's wqkv / w13 with the RMSNorm prologue, w13 with the SwiGLU
     #                            epilogue, wo and w2 with the residual add
@@ -122,14 +122,15 @@ def linear(x: torch.Tensor, layer: nn.Linear, opts: ForwardOptions) -> torch.Ten
 
 
 def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions, quantized: bool = False) -> bool:
-    """Whether x's product goes to the small-M GEMM: on CUDA, 2..64 rows, with ForwardOptions.small_m_gemm or a
-    quantized weight (the GEMM dequantizes its tiles in registers; the other way, layer(x), dequantizes the whole
-    weight to the model dtype on every call and multiplies that: three times the bytes of the fp16 product)."""
+    """Whether x's product goes to the small-M GEMM: on CUDA, a quantized weight at 2..64 rows (the GEMM
+    dequantizes its tiles in registers; the other way, layer(x), dequantizes the whole weight to the model dtype on
+    every call and multiplies that: three times the bytes of the fp16 product), a dense one at 2..16 rows with
+    ForwardOptions.small_m_gemm (past that cuBLAS is faster: kernels.gemm.GEMM_DENSE_MAX_ROWS)."""
     if not ((opts.small_m_gemm or quantized) and triton_kernels_apply(x)):
         return False
-    from .kernels import GEMM_MAX_ROWS, GEMM_MIN_ROWS
+    from .kernels import GEMM_DENSE_MAX_ROWS, GEMM_MAX_ROWS, GEMM_MIN_ROWS
 
-    return GEMM_MIN_ROWS <= x.numel() // x.shape[-1] <= GEMM_MAX_ROWS
+    return GEMM_MIN_ROWS <= x.numel() // x.shape[-1] <= (GEMM_MAX_ROWS if quantized else GEMM_DENSE_MAX_ROWS)
 
 
 def rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:

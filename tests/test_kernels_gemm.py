@@ -327,22 +327,32 @@ def test_bad_shapes_are_refused():
         small_m_gemm(torch.zeros(4, 64), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=32)
 
 
-def test_fused_gemm_variant_leaves_the_ablation_and_the_fastest_path():
-    v = harness.VARIANTS["fused-gemm"]
-    fastest = harness.VARIANTS[harness.FASTEST]
-    assert harness.FASTEST == "fused-gemv-early" and "fused-gemm" not in harness.ABLATION
-    assert not fastest.options.small_m_gemm and not any(harness.VARIANTS[k].options.small_m_gemm
-                                                       for k in harness.ABLATION if harness.VARIANTS[k].options)
-    # the fastest path's options, compile mode and prefill chunks, with the one new flag
+def test_fused_gemm_is_the_fastest_path_past_batch_1(monkeypatch):
+    """fused-gemm is the last fp16 ablation row and the fastest path: fused-gemv-early's options, compile mode and
+    prefill chunks with the small-M GEMM on; dense weights take it at 2..16 rows, quantized ones at 2..64."""
     from dataclasses import replace
 
-    assert v.options == replace(fastest.options, small_m_gemm=True)
-    assert (v.compile, v.prefill_chunk, v.quantize) == (fastest.compile, fastest.prefill_chunk, fastest.quantize)
-    assert harness.fallback_reason(v, "cpu") == "CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     from llama_fast import ForwardOptions
+    from llama_fast import model
+    from llama_fast.model import small_m_gemm_applies
 
+    v, before = harness.VARIANTS["fused-gemm"], harness.VARIANTS["fused-gemv-early"]
+    assert harness.FASTEST == "fused-gemm"
+    assert harness.ABLATION.index("fused-gemm") == harness.ABLATION.index("fused-gemv-early") + 1
+    assert not before.options.small_m_gemm and v.options == replace(before.options, small_m_gemm=True)
+    assert (v.compile, v.prefill_chunk, v.quantize) == (before.compile, before.prefill_chunk, before.quantize)
+    assert all(harness.VARIANTS[k].options == v.options for k in ("int8", "int4"))
+    assert harness.fallback_reason(v, "cpu") == "CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(small_m_gemm=True)), "cpu") == \
         "CUDA only, not run on cpu: Triton kernels"
+    # the row ranges (the device check, CUDA only, taken as passed): (B, T, dim) inputs of B * T rows
+    monkeypatch.setattr(model, "triton_kernels_apply", lambda x: True)
+    opts = ForwardOptions(small_m_gemm=True)
+    rows = {m: (small_m_gemm_applies(x := torch.zeros(m, 1, 8), opts), small_m_gemm_applies(x, ForwardOptions(), True))
+            for m in (1, 2, 16, 17, 64, 65)}
+    assert rows == {1: (False, False), 2: (True, True), 16: (True, True), 17: (False, True), 64: (False, True),
+                    65: (False, False)}
+    assert not small_m_gemm_applies(torch.zeros(8, 1, 8), ForwardOptions())  # dense: off without the flag
 
 
 @needs_triton

@@ -98,7 +98,7 @@ def test_gpu_workflow_gates_pull_requests_statistically():
     assert re.search(r"3\) .*exit 3", gate) and re.search(r"\*\) .*NO BASELINE.*exit 2", gate)
     # the rest of the default set: correctness, untimed
     (rest,) = [c for c in pr_cmds if "--benchmark-disable" in c]
-    assert f"-k fused-gemv-early and not ({bs.GATE_K})" in rest
+    assert f"-k {bs.FASTEST} and not ({bs.GATE_K})" in rest
     # push to main: the default suite saved as a baseline into the kept history, and the trend plotted
     (main,) = [c for c in cmds if "--benchmark-save=main" in c]
     assert "STORE=$HOME/.cache/llama_fast-bench/baselines" in main and "--benchmark-storage=file://$STORE" in main

@@ -59,6 +59,9 @@ from torch.library import triton_op, wrap_triton
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
 
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
+# fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
+# quantized weights take it up to GEMM_MAX_ROWS (the other way dequantizes the whole weight every call)
+GEMM_DENSE_MAX_ROWS = 16
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
 EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
