@@ -319,35 +319,12 @@ CONFIG_TRIALS_5 = {
 }
 
 
-
-def _int4_capped(forms: tuple[str, ...], maxnreg: int) -> dict:
-    """The pinned int4 configs of forms (qkv_rope: its own) with a register cap per thread."""
-    from llama_fast.kernels.configs import gemv_config
-
-    return {f"{form}_int4": {**gemv_config(f"{form}_int4", 0), "maxnreg": maxnreg} for form in forms}
-
-
-# set 8, with --quantize int4: the int4 GEMVs capped at 128 registers. Triton 3.6 (torch 2.11; ptxas 12.8)
-# gives the GEMV, residual, SwiGLU and qkv+RoPE forms 168, three programs of 4 warps per SM; at 128 four fit,
-# with no spill in the GEMV and residual forms and 24-32 B of stack in the two-tile ones (scripts/sass_probe.py
-# --kernel FORM --weights int4 --config maxnreg=128 under Triton 3.6; Triton 3.9 stays at 128 uncapped)
-# (made when used: the pinned configs live in llama_fast.kernels, which imports Triton)
-def config_trials_8() -> dict[str, dict]:
-    return {
-        "pinned": {},
-        "int4 all maxnreg 128": _int4_capped(("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"), 128),
-        "int4 gemv, residual maxnreg 128": _int4_capped(("gemv", "residual"), 128),
-        "pinned again": {},
-    }
-
-
-# trial set number -> its trials, or a function making them
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 8: config_trials_8}
+# trial set number -> its trials
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
 
 
 def trial_set(number: int) -> dict[str, dict]:
-    found = TRIAL_SETS[number]
-    return found() if callable(found) else found
+    return TRIAL_SETS[number]
 
 
 def prefill_and_step(fast, variant, w, m):
