@@ -4,6 +4,7 @@ kernels' GPU time per decode step by kernel name (the prefill's subtracted), the
 wall time, each decode GEMV's time and bandwidth in place, and the idle gap after each kind of kernel.
 
   python scripts/profile_decode.py --variants gemv,fused-gemv-early --log profile.log
+  python scripts/profile_decode.py --variants fused-gemv-early,fused-gemm --batch 2   (cuBLAS against the small-M GEMM)
 Variant keys as in perf_lab.py (harness.VARIANTS keys, or specs such as fused-gemv-early~pdl_gemv_early).
 """
 from __future__ import annotations

@@ -287,6 +287,7 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
 @pytest.mark.parametrize("bad,message", [(["--variants", "fused,nope"], "unknown variant 'nope'"),
                                          (["--variants", "hf-static,fused"], "hf-static: transformers baselines"),
                                          (["--new", "1"], "--new must be at least 2"),
+                                         (["--batch", "0"], "--batch must be at least 1"),
                                          (["--variants", "int8"], "int8: every variant runs the one model"),
                                          (["--quantize", "int3"], "--quantize: ")])
 def test_profile_decode_arguments(tool, capsys, bad, message):
