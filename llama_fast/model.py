@@ -354,6 +354,8 @@ class Block(nn.Module):
         from .kernels import row_ss_partials
 
         part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
+        if self.tp_symm is not None:
+            return self.tp_symm.with_ss(part, site)
         h = self._reduce(part, site)
         return h, row_ss_partials(h)
 

@@ -462,16 +462,34 @@ class SymmAllReduce:
             self.buffers.append(buf)
 
     def __call__(self, t: torch.Tensor, site: int) -> torch.Tensor:
-        buf = self.buffers[site]
-        if t.numel() > buf.numel() or t.dtype != self.dtype:
+        if self._by_nccl(t, site):
             return all_reduce_sum(t, self.group)
-        x, view = t.contiguous().view(-1), buf[: t.numel()]
+        return self._one_shot(t, site).to(t.dtype).view(t.shape)
+
+    def with_ss(self, t: torch.Tensor, site: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the sum of t (1, K) over the ranks, its sum-of-squares partials) for the fused batch-1 decode block:
+        out of a float32 buffer, the rounding to t's dtype and the partials are one kernel (kernels.row_narrow_ss)
+        instead of two launches."""
+        from .kernels import row_narrow_ss, row_ss_partials
+
+        if self._by_nccl(t, site):
+            h = all_reduce_sum(t, self.group)
+            return h, row_ss_partials(h)
+        out = self._one_shot(t, site).view(t.shape)
+        if out.dtype != t.dtype:
+            return row_narrow_ss(out, t)
+        return out, row_ss_partials(out)
+
+    def _by_nccl(self, t: torch.Tensor, site: int) -> bool:
+        return t.numel() > self.buffers[site].numel() or t.dtype != self.dtype
+
+    def _one_shot(self, t: torch.Tensor, site: int) -> torch.Tensor:
+        """t summed over the ranks by the one-shot kernel: flat, in the buffer's dtype."""
+        x, view = t.contiguous().view(-1), self.buffers[site][: t.numel()]
         if self.op == "one_shot_all_reduce_copy" and self.buf_dtype == t.dtype:
-            out = torch.ops.symm_mem.one_shot_all_reduce_copy(view, x, "sum", self.group_name)
-        else:
-            view.copy_(x)  # widened when the buffer is float32
-            out = torch.ops.symm_mem.one_shot_all_reduce(view, "sum", self.group_name)
-        return out.to(t.dtype).view(t.shape)
+            return torch.ops.symm_mem.one_shot_all_reduce_copy(view, x, "sum", self.group_name)
+        view.copy_(x)  # widened when the buffer is float32
+        return torch.ops.symm_mem.one_shot_all_reduce(view, "sum", self.group_name)
 
 
 def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:

@@ -83,6 +83,11 @@ for N, K in [(96, 300), (37, 512), (64, 1000)]:  # tails in both N and K
     assert torch.allclose(kn.ss_partials(x).sum(), x.float().pow(2).sum()) if K % 8 == 0 else True
     if K % 8 == 0:  # the one-launch partials of a tensor-parallel all-reduce's output: the same groups of 8
         torch.testing.assert_close(kn.row_ss_partials(x), kn.ss_partials(x), rtol=1e-6, atol=1e-6)
+        # from a float32 all-reduce buffer: the row rounded to the model dtype, the partials of the rounded row
+        wide = x.float() + 1e-4 * torch.randn(1, K)
+        y, ss_n = kn.row_narrow_ss(wide, x)
+        assert y.dtype == dt and torch.equal(y, wide.to(dt)), (N, K)
+        torch.testing.assert_close(ss_n, kn.ss_partials(wide.to(dt)), rtol=1e-6, atol=1e-6)
 for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  # GQA with a K tail; MHA
     N = (H + 2 * Hkv) * D
     x = torch.randn(1, K).to(dt)

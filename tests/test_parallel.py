@@ -291,6 +291,35 @@ def test_symm_allreduce_widens_fp16(monkeypatch):
     torch.testing.assert_close(out, 2 * x)
 
 
+def test_symm_allreduce_with_ss_routes_the_fused_block(monkeypatch):
+    """with_ss, the fused batch-1 block's all-reduce and sum-of-squares partials: out of a float32 buffer (an fp16
+    model) one kernel rounds and takes the partials (kernels.row_narrow_ss, given the float32 sum); in the model's
+    own dtype, or through NCCL, the partials of the sum (row_ss_partials). Kernels and op replaced by stand-ins."""
+    kernels = pytest.importorskip("llama_fast.kernels", reason="triton is not installed: llama_fast.kernels needs it")
+    calls = []
+    monkeypatch.setattr(torch.ops.symm_mem, "one_shot_all_reduce", lambda buf, op, name: 2 * buf, raising=False)
+    monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: 3 * t)
+    monkeypatch.setattr(kernels, "row_narrow_ss", lambda x, like: (calls.append(("narrow", x.dtype, x.shape)),
+                                                                    (x.to(like.dtype), x.pow(2)))[1])
+    monkeypatch.setattr(kernels, "row_ss_partials", lambda h: (calls.append(("ss", h.dtype, h.shape)), h.pow(2))[1])
+    for dtype, buf_dtype in ((torch.float16, torch.float32), (torch.float32, torch.float32)):
+        ar = object.__new__(parallel.SymmAllReduce)
+        ar.group, ar.group_name, ar.op, ar.dtype, ar.buf_dtype = "group", "0", "one_shot_all_reduce", dtype, buf_dtype
+        ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+        x = torch.randn(1, 64).to(dtype)
+        calls.clear()
+        h, ss = ar.with_ss(x, 0)
+        assert h.dtype == dtype and h.shape == x.shape
+        torch.testing.assert_close(h, 2 * x)
+        kind = "narrow" if dtype == torch.float16 else "ss"
+        assert calls == [(kind, torch.float32, x.shape)], calls
+        calls.clear()
+        big = torch.randn(1, parallel.SYMM_MAX_BYTES // 2).to(dtype)  # over the buffer: NCCL, in t's dtype
+        h, _ = ar.with_ss(big, 1)
+        torch.testing.assert_close(h, 3 * big)
+        assert calls == [("ss", dtype, big.shape)], calls
+
+
 # ------------------------------------------------------------------------------------------- torchrun
 def _env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",

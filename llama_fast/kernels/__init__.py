@@ -6,7 +6,7 @@ launched eagerly (the fastest path's decode block, inside the step's CUDA graph)
 may use programmatic dependent launch.
 
   gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials,
-                row_ss_partials (a tensor-parallel all-reduce's output)
+                row_ss_partials and row_narrow_ss (a tensor-parallel all-reduce's output)
   gemm.py       the small-M decode GEMM (batch 2-16, quantized weights 2-64; tensor cores, split-K):
                 small_m_gemm (RMSNorm prologue), small_m_gemm_residual, small_m_gemm_swiglu
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
@@ -20,13 +20,13 @@ may use programmatic dependent launch.
 from .attention import decode_attention, decode_attention_one_launch
 from .gemm import (GEMM_DENSE_MAX_ROWS, GEMM_MAX_ROWS, GEMM_MIN_ROWS, small_m_gemm, small_m_gemm_residual,
                    small_m_gemm_swiglu)
-from .gemv import (GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, row_ss_partials,
-                   ss_partials)
+from .gemv import (GEMV_MAX_ROWS, gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, row_narrow_ss,
+                   row_ss_partials, ss_partials)
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, PDL_TRIGGER_LATE
 from .qkv_rope import gemv_rmsnorm_qkv_rope
 from .sampling import sample_pick
 
 __all__ = ["GEMM_DENSE_MAX_ROWS", "GEMM_MAX_ROWS", "GEMM_MIN_ROWS", "GEMV_MAX_ROWS", "PDL_OFF", "PDL_TRIGGER_EARLY",
-           "PDL_TRIGGER_LATE", "decode_attention", "decode_attention_one_launch", "gemv", "gemv_residual_ss", "gemv_rmsnorm",
-           "gemv_rmsnorm_qkv_rope", "gemv_rmsnorm_swiglu", "row_ss_partials", "sample_pick", "small_m_gemm",
-           "small_m_gemm_residual", "small_m_gemm_swiglu", "ss_partials"]
+           "PDL_TRIGGER_LATE", "decode_attention", "decode_attention_one_launch", "gemv", "gemv_residual_ss",
+           "gemv_rmsnorm", "gemv_rmsnorm_qkv_rope", "gemv_rmsnorm_swiglu", "row_narrow_ss", "row_ss_partials",
+           "sample_pick", "small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu", "ss_partials"]

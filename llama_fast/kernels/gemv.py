@@ -220,10 +220,15 @@ def ss_partials(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _ss_partials_kernel(x_ptr, ss_ptr, NG, BLOCK: tl.constexpr):
+def _ss_partials_kernel(x_ptr, y_ptr, ss_ptr, NG, BLOCK: tl.constexpr, NARROW: tl.constexpr):
     rg = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # BLOCK groups of 8 == SS_GROUP values
     m = rg < NG
-    x = tl.load(x_ptr + rg[:, None] * 8 + tl.arange(0, 8)[None, :], mask=m[:, None], other=0.0).to(tl.float32)
+    offs = rg[:, None] * 8 + tl.arange(0, 8)[None, :]
+    x = tl.load(x_ptr + offs, mask=m[:, None], other=0.0)
+    if NARROW:  # x rounded to y's dtype first: the partials are those of the row the next kernel reads
+        x = x.to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + offs, x, mask=m[:, None])
+    x = x.to(tl.float32)
     tl.store(ss_ptr + rg, tl.sum(x * x, axis=1), mask=m)
 
 
@@ -233,8 +238,19 @@ def row_ss_partials(x: torch.Tensor) -> torch.Tensor:
     x (1, K) contiguous, K a multiple of SS_GROUP -> (K / SS_GROUP,) fp32."""
     ng = x.numel() // SS_GROUP
     ss = torch.empty((ng,), device=x.device, dtype=torch.float32)
-    wrap_triton(_ss_partials_kernel)[(triton.cdiv(ng, 128),)](x, ss, ng, BLOCK=128)
+    wrap_triton(_ss_partials_kernel)[(triton.cdiv(ng, 128),)](x, x, ss, ng, BLOCK=128, NARROW=False)
     return ss
+
+
+def row_narrow_ss(x: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x rounded to like's dtype, its ss_partials) in one launch: x (1, K) contiguous fp32 (a one-shot
+    all-reduce's output in its float32 buffer, parallel.SymmAllReduce), K a multiple of SS_GROUP. Plain Python
+    (the batch-1 decode block that calls it runs uncompiled)."""
+    ng = x.numel() // SS_GROUP
+    y = torch.empty(x.shape, device=x.device, dtype=like.dtype)
+    ss = torch.empty((ng,), device=x.device, dtype=torch.float32)
+    _ss_partials_kernel[(triton.cdiv(ng, 128),)](x, y, ss, ng, BLOCK=128, NARROW=True)
+    return y, ss
 
 
 @triton_op("llama_fast::gemv", mutates_args=())
