@@ -80,9 +80,11 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     all logits) or "vocab" (each rank holds a slice of the vocabulary's rows, the logits are all-gathered);
     None: $LLAMA_FAST_TP_HEAD, else "replicated".
 
-    tp_allreduce: how the blocks' all-reduces run with tp > 1: "nccl" (the process group's backend) or "symm"
+    tp_allreduce: how the blocks' all-reduces run with tp > 1: "nccl" (the process group's backend), "symm"
     (CUDA only: messages up to parallel.SYMM_MAX_BYTES by a one-shot all-reduce over symmetric memory, the
-    larger ones through NCCL); None: $LLAMA_FAST_TP_ALLREDUCE, else "nccl"."""
+    larger ones through NCCL) or "fused" (as "symm", and the batch-1 decode block's all-reduces by llama_fast's
+    own one-shot kernel with the next RMSNorm's partials in it: kernels/allreduce.py); None:
+    $LLAMA_FAST_TP_ALLREDUCE, else "nccl"."""
     from .harness import PeakMemory  # harness imports this module
 
     dev = resolve_device(device)

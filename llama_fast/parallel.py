@@ -394,8 +394,8 @@ def _waited(out: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- one-shot all-reduce
-ALLREDUCE_NCCL, ALLREDUCE_SYMM = "nccl", "symm"
-ALLREDUCE_MODES = (ALLREDUCE_NCCL, ALLREDUCE_SYMM)
+ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED = "nccl", "symm", "fused"
+ALLREDUCE_MODES = (ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED)
 ALLREDUCE_ENV = "LLAMA_FAST_TP_ALLREDUCE"
 # Messages up to this size go through the one-shot all-reduce (a batch-1 decode step's are dim * 2 bytes: 8 KB
 # at Llama-7B); larger ones (prefill chunks) through NCCL, whose ring reads each byte once per rank instead of
@@ -408,9 +408,11 @@ def allreduce_mode(device: torch.device, value: str | None = None) -> str:
     """How the blocks' all-reduces run: value, else $LLAMA_FAST_TP_ALLREDUCE, else ALLREDUCE_NCCL (the process
     group's backend: NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM, the one-shot all-reduce over symmetric memory
     (SymmAllReduce), needs CUDA and a torch with torch.ops.symm_mem's one-shot all-reduce; refused otherwise
-    (ParallelError), before any rank meets the others."""
+    (ParallelError), before any rank meets the others. ALLREDUCE_FUSED: the same, and the batch-1 decode block's
+    all-reduces by llama_fast's own one-shot kernel (kernels/allreduce.py: the sum, its rounding and the next
+    RMSNorm's partials in one launch)."""
     raw = _choice(value, "tp_allreduce", ALLREDUCE_ENV, ALLREDUCE_MODES)
-    if raw == ALLREDUCE_SYMM:
+    if raw in (ALLREDUCE_SYMM, ALLREDUCE_FUSED):
         if device.type != "cuda":
             raise ParallelError(f"{ALLREDUCE_ENV}={raw} needs CUDA GPUs: the one-shot all-reduce runs over "
                                 f"symmetric GPU memory, which gloo on {device.type} does not have")
@@ -441,9 +443,12 @@ class SymmAllReduce:
     are fixed addresses: CUDA-graph capturable, traceable by torch.compile (a custom op with a meta kernel).
     torch's one-shot kernels take float32 and bfloat16 only, so an fp16 model's buffers are float32: the partial
     sum is widened on its way in and the result rounded back once (for two ranks the same fp16 number NCCL's
-    sum gives). A larger message, or one of another dtype, goes through NCCL (all_reduce_sum)."""
+    sum gives). A larger message, or one of another dtype, goes through NCCL (all_reduce_sum).
 
-    def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2):
+    fused: two more buffers per site pair, in the model dtype, for kernels.allreduce's one-shot kernel, which the
+    batch-1 decode block calls through with_ss (its rank and peers from the rendezvous' handles)."""
+
+    def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2, fused: bool = False):
         import torch.distributed._symmetric_memory as symm_mem
 
         self.group, self.group_name, self.op = group, group.group_name, _symm_op()
@@ -460,6 +465,12 @@ class SymmAllReduce:
             buf = symm_mem.empty(numel, dtype=self.buf_dtype, device=device)
             symm_mem.rendezvous(buf, self.group_name)
             self.buffers.append(buf)
+        self.row_buffers, self.row_handles = [], []  # fused: (buffer, rendezvous handle) per site
+        for _ in range(sites if fused else 0):
+            buf = symm_mem.empty(SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size(), dtype=dtype,
+                                 device=device)
+            self.row_handles.append(symm_mem.rendezvous(buf, self.group_name))
+            self.row_buffers.append(buf)
 
     def __call__(self, t: torch.Tensor, site: int) -> torch.Tensor:
         if self._by_nccl(t, site):
@@ -472,6 +483,12 @@ class SymmAllReduce:
         instead of two launches."""
         from .kernels import row_narrow_ss, row_ss_partials
 
+        if self.row_handles and t.numel() <= self.row_buffers[site].numel() and t.dtype == self.dtype:
+            from .kernels.allreduce import allreduce_ss
+
+            hdl = self.row_handles[site]
+            return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.signal_pad_ptrs_dev, hdl.rank,
+                                hdl.world_size)
         if self._by_nccl(t, site):
             h = all_reduce_sum(t, self.group)
             return h, row_ss_partials(h)
@@ -502,14 +519,16 @@ def all_gather_vocab(t: torch.Tensor, group, vocab_size: int) -> torch.Tensor:
 def install_group_(model, group, tp: int, rank: int = 0, head: str = HEAD_REPLICATED,
                    allreduce: str = ALLREDUCE_NCCL):
     """Make a model built from rank's shard sum its wo and w2 outputs over group (one all-reduce each, in the
-    compiled blocks and in the fused batch-1 decode block alike; ALLREDUCE_SYMM: small ones by SymmAllReduce);
-    with HEAD_VOCAB, all-gather its logits. A collective with ALLREDUCE_SYMM: every rank calls it."""
+    compiled blocks and in the fused batch-1 decode block alike; ALLREDUCE_SYMM: small ones by SymmAllReduce,
+    ALLREDUCE_FUSED: also the batch-1 block's by kernels.allreduce); with HEAD_VOCAB, all-gather its logits. A
+    collective with ALLREDUCE_SYMM or ALLREDUCE_FUSED: every rank calls it."""
     model.tp = tp
     if tp == 1:
         return model
     w = model.tok_embeddings.weight
     zeros = torch.zeros(1, model.config.dim, dtype=w.dtype, device=w.device)
-    symm = SymmAllReduce(group, w.device, w.dtype) if allreduce == ALLREDUCE_SYMM else None
+    symm = (SymmAllReduce(group, w.device, w.dtype, fused=allreduce == ALLREDUCE_FUSED)
+            if allreduce in (ALLREDUCE_SYMM, ALLREDUCE_FUSED) else None)
     for layer in model.layers:
         layer.tp_group, layer.tp_rank, layer.tp_zeros, layer.tp_symm = group, rank, zeros, symm
     if head == HEAD_VOCAB:

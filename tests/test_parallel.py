@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -237,8 +238,13 @@ def test_allreduce_mode_knob(monkeypatch):
     monkeypatch.setattr(parallel, "_symm_op", lambda: None)
     with pytest.raises(parallel.ParallelError, match=r"torch .* has no torch.ops.symm_mem.one_shot_all_reduce"):
         parallel.allreduce_mode(cuda)
+    with pytest.raises(parallel.ParallelError, match=r"LLAMA_FAST_TP_ALLREDUCE=fused: torch .* has no "):
+        parallel.allreduce_mode(cuda, "fused")
+    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE=fused needs CUDA GPUs"):
+        parallel.allreduce_mode(cpu, "fused")
     monkeypatch.setenv(parallel.ALLREDUCE_ENV, "ring")
-    with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE must be one of nccl, symm, got 'ring'"):
+    with pytest.raises(parallel.ParallelError,
+                       match="LLAMA_FAST_TP_ALLREDUCE must be one of nccl, symm, fused, got 'ring'"):
         parallel.allreduce_mode(cpu)
 
 
@@ -306,6 +312,7 @@ def test_symm_allreduce_with_ss_routes_the_fused_block(monkeypatch):
         ar = object.__new__(parallel.SymmAllReduce)
         ar.group, ar.group_name, ar.op, ar.dtype, ar.buf_dtype = "group", "0", "one_shot_all_reduce", dtype, buf_dtype
         ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+        ar.row_buffers, ar.row_handles = [], []  # not ALLREDUCE_FUSED
         x = torch.randn(1, 64).to(dtype)
         calls.clear()
         h, ss = ar.with_ss(x, 0)
@@ -318,6 +325,32 @@ def test_symm_allreduce_with_ss_routes_the_fused_block(monkeypatch):
         h, _ = ar.with_ss(big, 1)
         torch.testing.assert_close(h, 3 * big)
         assert calls == [("ss", dtype, big.shape)], calls
+
+
+def test_fused_allreduce_takes_the_batch1_rows(monkeypatch):
+    """ALLREDUCE_FUSED: with_ss hands a (1, K) row in the model dtype to kernels.allreduce with its site's handle
+    (buffer and signal-pad arrays, rank, world); a message over the buffer still goes through NCCL."""
+    allreduce = pytest.importorskip("llama_fast.kernels.allreduce",
+                                    reason="triton is not installed: llama_fast.kernels needs it")
+    kernels = pytest.importorskip("llama_fast.kernels", reason="triton is not installed")
+    calls = []
+    monkeypatch.setattr(allreduce, "allreduce_ss", lambda x, bufs, pads, rank, world: (
+        calls.append((bufs, pads, rank, world)), (2 * x, x.float().pow(2)))[1])
+    monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: 3 * t)
+    monkeypatch.setattr(kernels, "row_ss_partials", lambda h: h.float().pow(2))
+    ar = object.__new__(parallel.SymmAllReduce)
+    ar.group, ar.group_name, ar.op, ar.dtype, ar.buf_dtype = "group", "0", "one_shot_all_reduce", torch.float16, \
+        torch.float32
+    ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+    ar.row_buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 2, dtype=torch.float16) for _ in range(2)]
+    ar.row_handles = [types.SimpleNamespace(buffer_ptrs_dev=10 + s, signal_pad_ptrs_dev=20 + s, rank=1,
+                                            world_size=2) for s in range(2)]
+    x = torch.randn(1, 64).half()
+    h, _ = ar.with_ss(x, 1)
+    assert calls == [(11, 21, 1, 2)] and torch.equal(h, 2 * x)
+    big = torch.randn(1, parallel.SYMM_MAX_BYTES).half()
+    h, _ = ar.with_ss(big, 0)
+    assert len(calls) == 1 and torch.equal(h, 3 * big)
 
 
 # ------------------------------------------------------------------------------------------- torchrun

@@ -11,6 +11,8 @@ may use programmatic dependent launch.
                 small_m_gemm (RMSNorm prologue), small_m_gemm_residual, small_m_gemm_swiglu
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
   dequant.py    int8 / int4 weights in those GEMVs and in the small-M GEMM (scales / offsets / group arguments)
+  allreduce.py  tensor parallel: the batch-1 block's one-shot all-reduce with the next RMSNorm's partials
+                (imported where used: parallel.SymmAllReduce)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
