@@ -197,7 +197,9 @@ with torch.no_grad():
     # would dequantize each whole weight on every call)
     model.options = ForwardOptions() if len(sys.argv) > 2 else ForwardOptions(small_m_gemm=True)
     got = _prefill_then_decode(model, ids, prefill_len=8)
-forwards = 1 + 3  # the prefill, then three decode steps
+# three decode steps of 3 rows, and the prefill's 3 x 8 rows where they are within the GEMM's range (dense weights
+# stop at GEMM_DENSE_MAX_ROWS: cuBLAS was faster past it)
+forwards = 3 + (3 * 8 <= (kn.GEMM_MAX_ROWS if len(sys.argv) > 2 else kn.GEMM_DENSE_MAX_ROWS))
 blocks = forwards * cfg.n_layers
 if cfg.mlp_bias or cfg.attention_bias:  # no fused block: every projection and the head through model.linear
     assert calls == {"small_m_gemm": 4 * blocks + forwards}, calls

@@ -431,7 +431,7 @@ def test_fused_decode_hands_the_kernels_the_quantized_tensors(monkeypatch):
     fake = types.ModuleType("llama_fast.kernels")
     fake.GEMV_MAX_ROWS = 1
     # no row count takes the small-M GEMM (quantized rows 2-64 would: tests/test_kernels_gemm.py covers it)
-    fake.GEMM_MIN_ROWS, fake.GEMM_MAX_ROWS = 2, 1
+    fake.GEMM_MIN_ROWS, fake.GEMM_MAX_ROWS, fake.GEMM_DENSE_MAX_ROWS = 2, 1, 1
     fake.ss_partials = lambda y: y.float().pow(2).view(-1, 8).sum(-1)
     fake.gemv = lambda x, w, **q: x @ weight(w, **q).T
     fake.gemv_rmsnorm = lambda x, ss, g, w, eps, pdl=0, **q: rmsnorm_from(x, ss, g, eps) @ weight(w, **q).T
