@@ -355,7 +355,7 @@ class Block(nn.Module):
 
         part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
         if self.tp_symm is not None:
-            return self.tp_symm.with_ss(part, site)
+            return self.tp_symm.with_ss(part, site, pdl)
         h = self._reduce(part, site)
         return h, row_ss_partials(h)
 

@@ -477,10 +477,11 @@ class SymmAllReduce:
             return all_reduce_sum(t, self.group)
         return self._one_shot(t, site).to(t.dtype).view(t.shape)
 
-    def with_ss(self, t: torch.Tensor, site: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def with_ss(self, t: torch.Tensor, site: int, pdl: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(the sum of t (1, K) over the ranks, its sum-of-squares partials) for the fused batch-1 decode block:
         out of a float32 buffer, the rounding to t's dtype and the partials are one kernel (kernels.row_narrow_ss)
-        instead of two launches."""
+        instead of two launches; with the fused mode, all of it one kernel of ours (kernels.allreduce), launched
+        with programmatic dependent launch when pdl is set (and the GPU has it)."""
         from .kernels import row_narrow_ss, row_ss_partials
 
         if self.row_handles and t.numel() <= self.row_buffers[site].numel() and t.dtype == self.dtype:
@@ -488,7 +489,7 @@ class SymmAllReduce:
 
             hdl = self.row_handles[site]
             return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.signal_pad_ptrs_dev, hdl.rank,
-                                hdl.world_size)
+                                hdl.world_size, pdl=pdl)
         if self._by_nccl(t, site):
             h = all_reduce_sum(t, self.group)
             return h, row_ss_partials(h)

@@ -26,8 +26,9 @@ def test_kernel_compiles_with_its_barriers(arch):
 
     names = ["x_ptr", "y_ptr", "ss_ptr", "buffer_ptrs", "signal_pad_ptrs", "N"]
     types = ["*fp16", "*fp16", "*fp32", "i64", "i64", "i32"]
-    for end_sync in (True, False):
-        const = dict(RANK=1, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, END_SYNC=end_sync)
+    pdl_modes = (0, 2) if arch >= 90 else (0,)  # programmatic dependent launch: sm_90 on
+    for end_sync, pdl in [(e, p) for e in (True, False) for p in pdl_modes]:
+        const = dict(RANK=1, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl)
         src = ASTSource(ar._allreduce_ss_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
                         constexprs=const)
         try:
@@ -39,6 +40,9 @@ def test_kernel_compiles_with_its_barriers(arch):
         relaxed_takes = ptx.count("atom.global.sys.relaxed.cas.b32")
         assert (puts, acquires, relaxed_takes) == ((2, 1, 1) if end_sync else (1, 1, 0)), (arch, end_sync)
         assert "cvt.rn.f16.f32" in ptx  # the fp32 sum rounded once to the model dtype
+        assert ("griddepcontrol.wait" in ptx) == ("griddepcontrol.launch_dependents" in ptx) == bool(pdl)
+        if pdl and end_sync:  # the next kernel may launch before the end barrier, not before the row is written
+            assert ptx.index("griddepcontrol.launch_dependents") < ptx.rindex("atom.global.release.sys.cas.b32")
 
 
 @needs_triton
@@ -50,7 +54,8 @@ def test_launch_plumbing():
     x = torch.zeros(1, 4096, dtype=torch.float16)
     grid, args, kwargs, y, ss = allreduce_ss_call(x, 1234, 5678, 1, 2)
     assert grid == (4096 // ALLREDUCE_BLOCK,) and args[3:] == (1234, 5678, 4096)
-    assert (kwargs["RANK"], kwargs["WORLD"], kwargs["END_SYNC"]) == (1, 2, True)
+    assert (kwargs["RANK"], kwargs["WORLD"], kwargs["END_SYNC"], kwargs["USE_PDL"]) == (1, 2, True, 0)
+    assert "launch_pdl" not in kwargs and allreduce_ss_call(x, 0, 0, 0, 2, pdl=2)[2]["launch_pdl"]
     assert y.shape == x.shape and y.dtype == x.dtype and ss.shape == (512,) and ss.dtype == torch.float32
     assert allreduce_ss_call(torch.zeros(1, 1000), 0, 0, 0, 2)[0] == (1,)  # a tail program's masked values
     for bad, message in [((torch.zeros(2, 64), 0, 0, 0, 2), "one contiguous row"),

@@ -334,8 +334,8 @@ def test_fused_allreduce_takes_the_batch1_rows(monkeypatch):
                                     reason="triton is not installed: llama_fast.kernels needs it")
     kernels = pytest.importorskip("llama_fast.kernels", reason="triton is not installed")
     calls = []
-    monkeypatch.setattr(allreduce, "allreduce_ss", lambda x, bufs, pads, rank, world: (
-        calls.append((bufs, pads, rank, world)), (2 * x, x.float().pow(2)))[1])
+    monkeypatch.setattr(allreduce, "allreduce_ss", lambda x, bufs, pads, rank, world, pdl: (
+        calls.append((bufs, pads, rank, world, pdl)), (2 * x, x.float().pow(2)))[1])
     monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: 3 * t)
     monkeypatch.setattr(kernels, "row_ss_partials", lambda h: h.float().pow(2))
     ar = object.__new__(parallel.SymmAllReduce)
@@ -346,8 +346,8 @@ def test_fused_allreduce_takes_the_batch1_rows(monkeypatch):
     ar.row_handles = [types.SimpleNamespace(buffer_ptrs_dev=10 + s, signal_pad_ptrs_dev=20 + s, rank=1,
                                             world_size=2) for s in range(2)]
     x = torch.randn(1, 64).half()
-    h, _ = ar.with_ss(x, 1)
-    assert calls == [(11, 21, 1, 2)] and torch.equal(h, 2 * x)
+    h, _ = ar.with_ss(x, 1, 1)
+    assert calls == [(11, 21, 1, 2, 1)] and torch.equal(h, 2 * x)
     big = torch.randn(1, parallel.SYMM_MAX_BYTES).half()
     h, _ = ar.with_ss(big, 0)
     assert len(calls) == 1 and torch.equal(h, 3 * big)

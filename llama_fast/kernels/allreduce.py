@@ -13,7 +13,9 @@ The barrier is the symmetric-memory pattern of torch's own one-shot kernels (and
 program b of rank r sets slot (b, r) of each peer's signal pad from 0 to 1 (release: its copy is visible first)
 and waits for slot (b, peer) of its own pad to go from 1 back to 0 (acquire), so every pad is zero again after
 each call and a CUDA graph can replay the kernel as captured. A second barrier at the end (END_SYNC) keeps a
-rank from overwriting its buffer while a peer may still read it.
+rank from overwriting its buffer while a peer may still read it. With programmatic dependent launch the kernel
+waits for the residual GEMV before its first load, and lets the next kernel launch once its row and partials
+are written, so that kernel's first weight tiles load while this one waits at the end barrier.
 
 Inline PTX (the atomics): Triton's CPU interpreter cannot run it, so CPU tests compile this kernel for sm_90 and
 sm_86 and check the launch plumbing; it runs on GPUs only.
@@ -23,6 +25,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .pdl import PDL_OFF, PDL_TRIGGER_LATE, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 ALLREDUCE_BLOCK = 1024  # elements per program: 4 programs for Llama-7B's 4096, each its own barrier slot
 SS_GROUP = 8  # as gemv.SS_GROUP: values per sum-of-squares partial
@@ -87,7 +91,9 @@ def _meet_peers(signal_pad_ptrs, block, RANK: tl.constexpr, WORLD: tl.constexpr,
 
 @triton.jit
 def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, signal_pad_ptrs, N, RANK: tl.constexpr,
-                         WORLD: tl.constexpr, BLOCK: tl.constexpr, END_SYNC: tl.constexpr):
+                         WORLD: tl.constexpr, BLOCK: tl.constexpr, END_SYNC: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL != 0:
+        gdc_wait()  # x comes from the residual GEMV
     block = tl.program_id(0)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -105,13 +111,17 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, signal_pad_ptrs, N, 
     hf = tl.reshape(h.to(tl.float32), [BLOCK // 8, 8])  # (BLOCK / SS_GROUP, SS_GROUP); masked tail values are 0
     groups = block * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
     tl.store(ss_ptr + groups, tl.sum(hf * hf, axis=1), mask=groups * 8 < N)
+    if USE_PDL != 0:
+        gdc_launch_dependents()
     if END_SYNC:  # no rank writes its buffer again before every peer has read it
         _meet_peers(signal_pad_ptrs, block, RANK, WORLD, True, False)
 
 
 def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, signal_pad_ptrs: int, rank: int, world: int,
-                      end_sync: bool = True) -> tuple[tuple, tuple, dict, torch.Tensor, torch.Tensor]:
-    """(grid, arguments, keywords, y, ss) of allreduce_ss's launch; also what a CPU test compiles."""
+                      end_sync: bool = True, pdl: int = PDL_OFF) -> tuple[tuple, tuple, dict, torch.Tensor,
+                                                                         torch.Tensor]:
+    """(grid, arguments, keywords, y, ss) of allreduce_ss's launch, pdl already decided (a use_pdl result);
+    also what a CPU test checks."""
     if x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous() or x.shape[1] % SS_GROUP:
         raise ValueError(f"allreduce_ss takes one contiguous row of a multiple of {SS_GROUP} values, got "
                          f"{tuple(x.shape)}")
@@ -121,16 +131,19 @@ def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, signal_pad_ptrs: int, r
     y = torch.empty_like(x)
     ss = torch.empty((n // SS_GROUP,), device=x.device, dtype=torch.float32)
     args = (x, y, ss, buffer_ptrs, signal_pad_ptrs, n)
-    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, END_SYNC=end_sync, num_warps=4)
+    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl, num_warps=4,
+                  **launch_kwargs(pdl))
     return (triton.cdiv(n, ALLREDUCE_BLOCK),), args, kwargs, y, ss
 
 
 def allreduce_ss(x: torch.Tensor, buffer_ptrs: int, signal_pad_ptrs: int, rank: int, world: int,
-                 end_sync: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 end_sync: bool = True, pdl: int = PDL_OFF) -> tuple[torch.Tensor, torch.Tensor]:
     """(the sum of x (1, N) over the ranks in x's dtype, its sum-of-squares partials (N / 8,) fp32): buffer_ptrs
     and signal_pad_ptrs the device arrays of the ranks' symmetric buffers (of x's dtype, N elements at least)
     and signal pads (a rendezvoused handle's buffer_ptrs_dev, signal_pad_ptrs_dev). Every rank calls it with
-    the same N at the same point. Plain Python: the batch-1 decode block that calls it runs uncompiled."""
-    grid, args, kwargs, y, ss = allreduce_ss_call(x, buffer_ptrs, signal_pad_ptrs, rank, world, end_sync)
+    the same N at the same point. pdl: PDL_OFF or any other mode, which launches it as PDL_TRIGGER_LATE where
+    PDL applies (pdl.use_pdl). Plain Python: the batch-1 decode block that calls it runs uncompiled."""
+    mode = use_pdl(x, PDL_TRIGGER_LATE if pdl else PDL_OFF)
+    grid, args, kwargs, y, ss = allreduce_ss_call(x, buffer_ptrs, signal_pad_ptrs, rank, world, end_sync, mode)
     _allreduce_ss_kernel[grid](*args, **kwargs)
     return y, ss
