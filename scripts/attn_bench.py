@@ -1,9 +1,12 @@
-"""Micro-benchmark: the batch-1 one-launch decode attention at a model's shape (Llama-7B by default: 32 heads of
-128, cache 1200, 1100 attended slots) at its pinned eager config and over chunk / warps configs, each checked
-against SDPA. Each call is timed inside a CUDA graph of one call per layer's cache (630 MB in all at Llama-7B,
-so L2 never holds them, as in a real step); no PDL (nothing before them to overlap with).
+"""Micro-benchmark: the decode attention at a model's shape (Llama-7B by default: 32 heads of 128, cache 1200,
+1100 attended slots) at its pinned config and over chunk / warps configs, each checked against SDPA: the batch-1
+one-launch form, or (--form split) the two-kernel form that batches above 1 run. Each call is timed inside a
+CUDA graph of one call per layer's cache (630 MB in all at Llama-7B batch 1, so L2 never holds them, as in a
+real step); no PDL (nothing before them to overlap with).
 
   python scripts/attn_bench.py
+  python scripts/attn_bench.py --form split --batch 8
+    (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, is the "pinned" row)
   python scripts/attn_bench.py --device cpu --shape tiny --cache 80 --attended 70 --layers 2 --reps 1
     (Triton's interpreter on the CPU: checks that every config builds and matches SDPA, times nothing useful)
 """
@@ -23,6 +26,9 @@ from llama_fast.config import NAMED_SHAPES
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="attn_bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shape", default="llama-7b", choices=sorted(NAMED_SHAPES), help="model whose heads are used")
+    ap.add_argument("--form", default="one-launch", choices=("one-launch", "split"),
+                    help="one-launch: batch 1's kernel; split: the two-kernel form of batches above 1")
+    ap.add_argument("--batch", type=int, default=1, help="rows, each with its own cache")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots")
     ap.add_argument("--attended", type=int, default=1100, help="slots attended (the rest masked)")
     ap.add_argument("--layers", type=int, default=None,
@@ -35,8 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--attended must be between 1 and --cache")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("no CUDA GPU here (--device cpu runs the kernels in Triton's interpreter)")
-    if (args.layers is not None and args.layers < 1) or args.reps < 1:
-        ap.error("--layers and --reps must be at least 1")
+    if (args.layers is not None and args.layers < 1) or args.reps < 1 or args.batch < 1:
+        ap.error("--layers, --reps and --batch must be at least 1")
     return args
 
 
@@ -51,12 +57,13 @@ def configs_to_time() -> list[tuple[str, dict | None]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
-    from llama_fast.kernels import decode_attention_one_launch
-    from llama_fast.kernels.configs import ATTN_EAGER_CONFIG
+    from llama_fast.kernels import decode_attention, decode_attention_one_launch
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
-    B, H, Hkv, D, S, layers = 1, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache, args.layers or cfg.n_layers
+    B, H, Hkv, D, S = args.batch, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, args.cache
+    layers = args.layers or cfg.n_layers
     dt = torch.float16
     q = torch.randn(B, H, 1, D, device=dev, dtype=dt)
     caches = rotating(lambda: (torch.randn(B, Hkv, S, D, device=dev, dtype=dt),
@@ -67,19 +74,29 @@ def main(argv=None) -> int:
     k0, v0 = caches()
     ref = F.scaled_dot_product_attention(q.float(), k0.float(), v0.float(), attn_mask=mask[:, None, None, :],
                                          enable_gqa=H != Hkv)
-    mbytes = args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
+    mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
+    if args.form == "split":  # timed eager, so the "pinned" row asks for the compiled step's config explicitly
+        pinned, pinned_override = (dict(CHUNK=ATTN_CHUNK, num_warps=ATTN_COMPILED_WARPS),) * 2
+
+        def attend(k, v):
+            return decode_attention(q, k, v, mask, D ** -0.5)
+    else:  # the eager launch's own config (this GPU's table entry)
+        pinned, pinned_override = ATTN_EAGER_CONFIG, None
+
+        def attend(k, v):
+            return decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt)
 
     def run(config):
+        config = config or pinned_override
         with config_override({"attention": config} if config else {}):
-            err = (decode_attention_one_launch(q, k0, v0, mask, D ** -0.5, cnt).float() - ref).abs().max().item()
-            t = time_per_call(lambda: decode_attention_one_launch(q, *caches(), mask, D ** -0.5, cnt), dev,
-                              args.reps, layers) * 1e6
+            err = (attend(k0, v0).float() - ref).abs().max().item()
+            t = time_per_call(lambda: attend(*caches()), dev, args.reps, layers) * 1e6
         return t, err
 
     results = []
     for name, config in configs_to_time():
         if name == "pinned":
-            name = f"pinned chunk {ATTN_EAGER_CONFIG['CHUNK']}/{ATTN_EAGER_CONFIG['num_warps']}"
+            name = f"pinned chunk {pinned['CHUNK']}/{pinned['num_warps']}"
         try:
             t, err = run(config)
         except Exception as e:  # a config that does not compile: say so and go on

@@ -514,6 +514,15 @@ def test_attn_bench_in_the_interpreter(interpreter):
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
     assert r.stdout.splitlines()[0].startswith("pinned chunk 128/4")
+    # the two-kernel form of batches above 1, three rows of a GQA shape; its pinned row is the compiled config
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
+
+    r = run_tool("attn_bench", "--device", "cpu", "--shape", "tiny", "--form", "split", "--batch", "3", "--cache",
+                 "80", "--attended", "70", "--layers", "2", "--reps", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
+    assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
+    assert r.stdout.splitlines()[0].startswith(f"pinned chunk {ATTN_CHUNK}/{ATTN_COMPILED_WARPS}")
 
 
 # ------------------------------------------------------------------------------------------- pick_bench
