@@ -68,8 +68,9 @@ EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
 
 # Pinned configs by BLOCK_M (the rows padded to 16, 32 or 64) and form ("swiglu" streams two weight tiles per
 # stage). Shared memory per stage: (BLOCK_N + BLOCK_M) * BLOCK_K * 2 bytes (+ BLOCK_N * BLOCK_K * 2 for SwiGLU);
-# every config stays under 96 KB over its stages. Not yet timed: they belong in kernels/configs.py with the
-# other pinned configs once scripts/gemv_bench.py --gemm has measured them.
+# every config stays under 96 KB over its stages. The 16-row entries are timed (scripts/gemv_bench.py --gemm 2,8
+# --gemm-sweep on an H200: each within a few percent of the sweep's best for Llama-7B's projections); the 32- and
+# 64-row ones, which only quantized weights reach (GEMM_DENSE_MAX_ROWS), are not.
 GEMM_CONFIGS = {
     (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 80 KB
     # the RMSNorm prologue at the plain table's tile ran Llama-7B's wqkv at 2 rows in 37.9 us, this one in 28.0
@@ -82,7 +83,8 @@ GEMM_CONFIGS = {
 }
 # Quantized weights: the same row buckets and forms with a weight tile of 1 byte (int8) or half a byte (int4) per
 # element in shared memory, so longer K tiles fit; the shared memory above is counted for int8 (the larger).
-# Per stage: BLOCK_N * BLOCK_K (x2 for SwiGLU) + BLOCK_M * BLOCK_K * 2 bytes. Not yet timed either.
+# Per stage: BLOCK_N * BLOCK_K (x2 for SwiGLU) + BLOCK_M * BLOCK_K * 2 bytes. The 16-row entries come from
+# gemv_bench.py --gemm 2,16 --gemm-sweep --weights int4 (then int8) on an H200; the 32- and 64-row ones are untimed.
 GEMM_QUANT_CONFIGS = {
     (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "PER_SM": 8},    # 36 KB
     (16, "rmsnorm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3, "PER_SM": 8},  # 36 KB
