@@ -17,6 +17,8 @@ is timed on a GPU.
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
   python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2
   python scripts/sass_probe.py --kernel gemm --weights int8 --rows 8
+  python scripts/sass_probe.py --kernel attention-split --batch 8 --config CHUNK=32,num_warps=4
+    (the two-kernel attention of batches above 1, at its compiled config or another; its chunk kernel)
 """
 from __future__ import annotations
 
@@ -36,18 +38,23 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
+SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps")  # what --config may set for --kernel attention-split
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sass_probe.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", default="attention", choices=("attention",) + GEMV_FORMS + ("gemm",),
-                    help="the attention (default), a fused GEMV form at its Llama-7B layer's shape, or the small-M "
-                         "GEMM (kernels/gemm.py) at wo's 4096 x 4096 and --rows rows")
+    ap.add_argument("--kernel", default="attention", choices=("attention", "attention-split") + GEMV_FORMS + ("gemm",),
+                    help="the attention (default: batch 1's one-launch form), the two-kernel attention of batches "
+                         "above 1 (attention-split: its chunk kernel at --batch rows, at the compiled step's config), "
+                         "a fused GEMV form at its Llama-7B layer's shape, or the small-M GEMM (kernels/gemm.py) at "
+                         "wo's 4096 x 4096 and --rows rows")
+    ap.add_argument("--batch", type=int, default=8, help="attention-split: the rows (default 8)")
     ap.add_argument("--rows", type=int, default=16, help="gemm: the input rows (2-64; default 16)")
     ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
-                                                 f"{', '.join(CONFIG_KEYS)})")
+                                                 f"{', '.join(CONFIG_KEYS)}); attention-split: "
+                                                 f"{', '.join(SPLIT_CONFIG_KEYS)}")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
@@ -56,14 +63,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--ptxas", default=None, help="a ptxas binary to use instead of Triton's bundled one")
     ap.add_argument("--sass", default=None, help="also write the SASS (cuobjdump -sass) to this file")
     args = ap.parse_args(argv)
-    if args.cache < 1 or args.heads < 1:
-        ap.error("--cache and --heads must be positive")
+    if args.cache < 1 or args.heads < 1 or args.batch < 1:
+        ap.error("--cache, --heads and --batch must be positive")
     if args.arch < 80:
         ap.error(f"--arch {args.arch}: the kernels target sm_80 and later")
     if args.ptxas is not None and not os.access(args.ptxas, os.X_OK):
         ap.error(f"--ptxas {args.ptxas}: not an executable file")
     if args.kernel == "attention" and (args.config or args.weights != "fp16"):
         ap.error("--config and --weights are for the GEMV forms")
+    if args.kernel == "attention-split" and args.weights != "fp16":
+        ap.error("--weights is for the GEMV forms and the small-M GEMM")
     if args.kernel == "gemm" and args.config:
         ap.error("--config is for the GEMV forms (the small-M GEMM's configs are pinned by row bucket)")
     if not 2 <= args.rows <= 64:
@@ -72,9 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
     except ValueError:
         ap.error(f"--config {args.config!r}: give KEY=INTEGER pairs separated by commas")
-    unknown = [k for k in args.config if k not in CONFIG_KEYS]
+    keys = SPLIT_CONFIG_KEYS if args.kernel == "attention-split" else CONFIG_KEYS
+    unknown = [k for k in args.config if k not in keys]
     if unknown:
-        ap.error(f"--config: unknown key {', '.join(unknown)} (the keys are {', '.join(CONFIG_KEYS)})")
+        ap.error(f"--config: unknown key {', '.join(unknown)} (the keys are {', '.join(keys)})")
     return args
 
 
@@ -144,6 +154,31 @@ def seed_launch(heads: int, cache: int, pdl: int):
     counters = torch.zeros((heads,), dtype=torch.int32)
     grid, args, kwargs, _ = attention.one_launch_call(q, k, torch.empty_like(k), mask, D ** -0.5, counters, pdl)
     return attention._decode_attn_one_launch_kernel, grid, args, kwargs
+
+
+def split_launch(batch: int, heads: int, cache: int, config: dict):
+    """decode_attention's chunk kernel (kernel, grid, arguments, keywords) on CPU tensors laid out as the compiled
+    step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch, heads, cache, 128), the
+    mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by config. No PDL (batches
+    above 1 run it inside torch.compile, model.pdl_mode)."""
+    import torch
+    import triton
+
+    from llama_fast.kernels import attention
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
+
+    D = 128
+    cfg = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS, **config}
+    q = torch.empty((batch, heads * D), dtype=torch.float16).view(batch, 1, heads, D).transpose(1, 2)
+    k = torch.empty((batch, heads, cache, D), dtype=torch.float16)
+    mask = torch.ones((batch, cache), dtype=torch.bool)
+    nsplit = triton.cdiv(cache, cfg["CHUNK"])
+    part = torch.empty((batch * heads, nsplit), dtype=torch.float32)
+    acc = torch.empty((batch * heads, nsplit, D), dtype=torch.float32)
+    args = (q, k, torch.empty_like(k), mask, part, part, acc, cache, heads, 1, D ** -0.5, q.stride(0), q.stride(1),
+            k.stride(0), k.stride(1), k.stride(2), mask.stride(0), nsplit)
+    kwargs = dict(D=D, CHUNK=cfg["CHUNK"], USE_PDL=0, NEWEST_AFTER_WAIT=False, num_warps=cfg["num_warps"])
+    return attention._decode_attn_split_kernel, (batch * heads, nsplit), args, kwargs
 
 
 def empty_weight(weights: str, rows: int, K: int):
@@ -239,6 +274,9 @@ def main(argv=None) -> int:
     if args.kernel == "attention":
         kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
         per_iteration = None
+    elif args.kernel == "attention-split":
+        kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config)
+        per_iteration = None
     elif args.kernel == "gemm":
         kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows)
     else:
@@ -266,7 +304,8 @@ def main(argv=None) -> int:
             + (f", {by_shared} by shared memory ({shared} B)" if by_shared is not None else "")
             + f", grid {'x'.join(str(g) for g in grid)}")
     if per_iteration is None:
-        print(f"{head}CHUNK {kwargs['CHUNK']}, {warps} warps, PDL {args.pdl}, maxnreg {kwargs.get('maxnreg')} | "
+        pdl = kwargs["USE_PDL"]
+        print(f"{head}CHUNK {kwargs['CHUNK']}, {warps} warps, PDL {pdl}, maxnreg {kwargs.get('maxnreg')} | "
               f"{registers} registers, {stack} B stack | {count_instructions(sass)} instructions{tail}")
         return 0
     loop, barriers = k_loop(sass)

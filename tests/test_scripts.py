@@ -580,7 +580,10 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     (["--ptxas", "/nonexistent/ptxas"], "--ptxas /nonexistent/ptxas"),
     (["--config", "BLOCK_K=2048"], "--config and --weights are for the GEMV"),
     (["--kernel", "gemv", "--config", "BLOCK_K"], "--config 'BLOCK_K': give KEY=INTEGER"),
-    (["--kernel", "gemv", "--config", "BLOCK_M=16"], "--config: unknown key BLOCK_M")])
+    (["--kernel", "gemv", "--config", "BLOCK_M=16"], "--config: unknown key BLOCK_M"),
+    (["--kernel", "attention-split", "--config", "BLOCK_K=64"], "--config: unknown key BLOCK_K (the keys are CHUNK"),
+    (["--kernel", "attention-split", "--weights", "int8"], "--weights is for the GEMV forms"),
+    (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
@@ -607,6 +610,27 @@ def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
     registers, _, instructions, per_sm = map(int, m.groups())
     assert f"CHUNK 128, 4 warps, PDL 2, maxnreg {ATTN_PDL_MAXNREG}" in line and "grid 32x10" in line
     assert registers <= ATTN_PDL_MAXNREG and per_sm == 3 and instructions > 1000, line
+
+
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
+def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_others():
+    """The two-kernel attention of batches above 1 (its chunk kernel), compiled for sm_90 without a GPU: at the
+    compiled step's config (ATTN_CHUNK slots, ATTN_COMPILED_WARPS warps) over batch x heads programs and the
+    cache's chunks, and at a --config of half the chunk (twice the chunks)."""
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
+
+    lines = {}
+    for name, extra in (("compiled", []), ("half", ["--config", f"CHUNK={ATTN_CHUNK // 2},num_warps=4"])):
+        r = run_tool("sass_probe", "--kernel", "attention-split", "--batch", "8", *extra, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines[name] = r.stdout.strip()
+        assert lines[name].startswith("_decode_attn_split_kernel sm_90 | Triton "), lines[name]
+        assert re.search(r"\| \d+ registers, \d+ B stack \| \d+ instructions \| \d+ programs/SM", lines[name])
+    chunks = -(-1200 // ATTN_CHUNK)
+    assert f"CHUNK {ATTN_CHUNK}, {ATTN_COMPILED_WARPS} warps, PDL 0" in lines["compiled"]
+    assert f"grid 256x{chunks}" in lines["compiled"], lines["compiled"]
+    assert f"CHUNK {ATTN_CHUNK // 2}, 4 warps" in lines["half"] and f"grid 256x{-(-1200 // (ATTN_CHUNK // 2))}" in \
+        lines["half"], lines["half"]
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
