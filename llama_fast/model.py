@@ -440,6 +440,45 @@ class Transformer(nn.Module):
         self.register_buffer("pad_len", torch.zeros(batch, dtype=torch.long, device=dev), persistent=False)
         self.register_buffer("slot_valid", torch.ones(batch, max_seq_len, dtype=torch.bool, device=dev),
                              persistent=False)
+        self.tune_small_m_gemm(batch)
+
+    @torch.no_grad()
+    def tune_small_m_gemm(self, rows: int):
+        """On a GPU that takes tuned kernel configs (kernels.configs.tuning_needed: not in the table, or the table
+        hidden), launch once, eagerly, every small-M GEMM form a decode step of `rows` rows runs, so that each
+        (form, n, K) is tuned and cached before torch.compile traces the block (a trace cannot time; it takes the
+        cached choice). Nothing to do elsewhere, or where the step does not take the GEMM."""
+        w0 = self.tok_embeddings.weight
+        if not (triton_kernels_apply(w0) and 2 <= rows <= 64):
+            return
+        from .kernels import configs
+
+        if not configs.tuning_needed():
+            return
+        from .kernels import small_m_gemm, small_m_gemm_residual, small_m_gemm_swiglu
+
+        x = torch.zeros(rows, 1, self.config.dim, device=w0.device, dtype=w0.dtype)
+
+        x2 = x.view(rows, -1)
+        rstd = torch.ones(rows, device=w0.device)
+        for layer in self.layers:
+            a, f = layer.attention, layer.feed_forward
+            if layer._small_m_fusable(x, self.options):
+                wqkv, qq = kernel_weight(a.wqkv)
+                small_m_gemm(x2, wqkv, rstd, layer.attention_norm.weight, **qq)
+                wo, oq = kernel_weight(a.wo)
+                small_m_gemm_residual(x2.new_zeros(rows, a.wo.in_features), wo, x2, **oq)
+                w13, fq = kernel_weight(f.w13)
+                act = small_m_gemm_swiglu(x2, w13, rstd, layer.ffn_norm.weight, **fq)
+                w2, dq = kernel_weight(f.w2)
+                small_m_gemm_residual(act, w2, x2, **dq)
+                continue
+            for m in (mod for mod in layer.modules() if isinstance(mod, nn.Linear) or is_quantized(mod)):
+                xm = x2.new_zeros(rows, 1, m.in_features)
+                if small_m_gemm_applies(xm, self.options, is_quantized(m)):
+                    linear(xm, m, self.options)
+        if small_m_gemm_applies(x, self.options, is_quantized(self.output)):
+            linear(x, self.output, self.options)
 
     def set_padding(self, pad_len: torch.Tensor):
         """pad_len (B,): left-padding length of each row. Written in place (graph-safe)."""

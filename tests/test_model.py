@@ -515,3 +515,36 @@ def test_quantized_decode_through_the_kernels_in_the_interpreter(cfg_name, schem
     r = subprocess.run([sys.executable, "-c", MODEL_CHECK, cfg_name, scheme], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("cfg_name, rows, tuning, expected", [
+    ("gqa", 3, True, {"small_m_gemm": 3, "small_m_gemm_residual": 4, "small_m_gemm_swiglu": 2}),  # 2 blocks + head
+    ("mlp-bias", 3, True, {"small_m_gemm": 9}),  # no fused block: each projection (4 a block) and the head
+    ("gqa", 17, True, {}),  # past the dense GEMM's 16 rows: cuBLAS, nothing to tune
+    ("gqa", 3, False, {})])  # a GPU in the table: its configs are measured
+def test_tune_small_m_gemm_launches_each_form_of_the_step_once_eagerly(monkeypatch, cfg_name, rows, tuning, expected):
+    """On a GPU that takes tuned configs, setting up the caches for a batch launches every small-M GEMM form that
+    batch's step runs, once a layer, outside torch.compile (so each shape is tuned before the block is traced).
+    The kernels replaced by stand-ins that count (tests/test_kernels_gemm.py runs the real ones)."""
+    kernels = pytest.importorskip("llama_fast.kernels", reason="triton is not installed: llama_fast.kernels needs it")
+    from llama_fast import model as model_module
+    from llama_fast.kernels import configs
+
+    calls = {}
+
+    def stand_in(name):
+        def op(x, w, *args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            rows_out = w.shape[0] // 2 if name == "small_m_gemm_swiglu" else w.shape[0]
+            return x.new_zeros(x.shape[0], rows_out)
+        return op
+
+    for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
+        monkeypatch.setattr(kernels, name, stand_in(name))
+    monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
+    monkeypatch.setattr(configs, "tuning_needed", lambda: tuning)
+    cfg = TINY_CONFIGS[cfg_name]
+    model = ours_from_hf(make_hf(cfg, seed=1), cfg).eval()
+    model.options = ForwardOptions(small_m_gemm=True)
+    model.setup_caches(rows, 16)
+    assert calls == expected, calls

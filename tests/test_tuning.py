@@ -278,13 +278,53 @@ def test_config_candidates_keep_the_kernels_constraints(form):
                 assert bytes_per_thread in (8, 16), (f, c)
 
 
+@pytest.mark.parametrize("form", ["gemm16_plain", "gemm16_rmsnorm", "gemm16_swiglu", "gemm32_plain_int8",
+                                  "gemm16_swiglu_int4", "gemm64_rmsnorm_int4"])
+def test_gemm_candidates_keep_the_kernels_constraints(form):
+    """The small-M GEMM's candidates: the H200's (gemm.py's tables) first, then distinct tiles whose K tile is a
+    power of two of 64-256 (an int4 group is a multiple or a divisor of it) and a K split of 1-8 programs per SM."""
+    from llama_fast.kernels import configs, gemm, tuning
+
+    cands = tuning.candidates(form, 4096, 4096)
+    assert cands[0] == configs.h200_config(form, 4096, 4096) == gemm.gemm_config(*gemm.parse_form(form))
+    assert 4 <= len(cands) <= 8 and all(c not in cands[:i] for i, c in enumerate(cands))
+    for c in cands:
+        assert c["BLOCK_K"] in (64, 128, 256) and c["BLOCK_N"] in (32, 64, 128) and c.get("PER_SM", 1) in (1, 2, 4, 8)
+
+
+def test_gemm_takes_the_table_the_tuned_or_inside_a_trace_the_cached_config(gpu):
+    """gemm.launch_config, which the GEMM's launch asks inside torch.compile too: the H200 (the table) its pins, an
+    unknown GPU its tuned choice, timed once and cached; inside a trace (nothing can be timed) an untuned shape
+    takes the H200's and a tuned one the cached choice."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from llama_fast.kernels import configs, gemm
+
+    timer = gpu(configs.H200)
+    assert gemm.launch_config(3, False, gemm.WFMT_DENSE, True, 12288, 4096) == gemm.GEMM_CONFIGS[(16, "rmsnorm")]
+    assert timer.built == []
+    timer = gpu(A10G)
+    with FakeTensorMode():
+        assert gemm.launch_config(8, True, gemm.WFMT_INT4, True, 11008, 4096) == \
+            gemm.GEMM_QUANT_CONFIGS[(16, "swiglu")]
+    assert timer.built == []
+    tuned = gemm.launch_config(8, True, gemm.WFMT_INT4, True, 11008, 4096)
+    # FakeTimer's pick: the widest K tile, then the widest N tile
+    assert timer.built == [("gemm16_swiglu_int4", 11008, 4096)]
+    assert tuned == {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "PER_SM": 1}
+    with FakeTensorMode():
+        assert gemm.launch_config(8, True, gemm.WFMT_INT4, True, 11008, 4096) == tuned
+    assert gemm.launch_config(5, True, gemm.WFMT_INT4, True, 11008, 4096) == tuned and len(timer.built) == 1
+
+
 CANDIDATES_RUN = r"""
 import sys, torch
 from llama_fast.kernels import tuning
 
 torch.manual_seed(0)
 for form, n, K in [("residual", 64, 256), ("swiglu", 48, 256), ("qkv_rope", 192, 256), ("attention", 80, 32),
-                   ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256)]:
+                   ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256), ("gemm16_rmsnorm", 64, 256),
+                   ("gemm32_swiglu_int4", 32, 256), ("gemm16_plain_int8", 48, 256)]:
     call = tuning.launcher(form, n, K, torch.device("cpu"), torch.float32)
     outs = []
     for config in tuning.candidates(form, n, K):

@@ -4,7 +4,11 @@ GPU, and the override hook that scripts/perf_lab.py --config-trials uses.
 Forms (the names pinned_config and CONFIG_OVERRIDE take): gemv, rmsnorm, residual, swiglu (the fused GEMV's
 forms, n = output rows, K = input width), qkv_rope (n = wqkv rows), attention (n = cache slots, K = head dim;
 a config of CHUNK slots per program and num_warps). The GEMV forms of quantized weights carry the format:
-rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py).
+rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py). The small-M GEMM (kernels/gemm.py, batch
+2-64) has forms gemm<BLOCK_M>_<plain | rmsnorm | swiglu>[_int8 | _int4] (n = output columns, K = input width);
+its H200 configs are gemm.py's tables, and unlike the GEMVs it takes its config inside torch.compile too
+(launch_config): the compiled block is traced, so a GPU that needs tuning tunes it eagerly before the first
+trace (model.Transformer.tune_small_m_gemm).
 
 Eager launches (the fastest path's decode block runs uncompiled inside the step's CUDA graph) take one config
 per form instead of Triton's autotuner: the autotuner compiles its 12 configs per shape one after another on
@@ -91,6 +95,10 @@ def h200_config(form: str, n: int, K: int) -> dict:
         return QKV_ROPE_CONFIG
     if form == "attention":
         return ATTN_EAGER_CONFIG
+    if form.startswith("gemm"):
+        from .gemm import h200_gemm_config  # gemm.py imports this module
+
+        return h200_gemm_config(form)
     return gemv_config(form, n)
 
 
@@ -136,6 +144,10 @@ def pinned_config(form: str, n: int, K: int) -> dict | None:
     override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
     if override:
         return override
+    return _table_or_tuned(form, n, K)
+
+
+def _table_or_tuned(form: str, n: int, K: int) -> dict:
     key = current_gpu_key()
     if key is None:
         return h200_config(form, n, K)
@@ -144,3 +156,17 @@ def pinned_config(form: str, n: int, K: int) -> dict | None:
     from . import tuning  # the unmeasured GPU's path only
 
     return tuning.tuned_config(key, form, n, K)
+
+
+def launch_config(form: str, n: int, K: int) -> dict:
+    """The config of a kernel without a search of its own (the small-M GEMM), inside torch.compile or not:
+    CONFIG_OVERRIDE's, else this GPU's table entry, else its tuned choice (inside a trace or a capture the cached
+    one, else the H200's: kernels/tuning.py)."""
+    override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
+    return override or _table_or_tuned(form, n, K)
+
+
+def tuning_needed() -> bool:
+    """Whether this process's GPU takes tuned configs (not in the table, or the table hidden)."""
+    key = current_gpu_key()
+    return key is not None and not (table_enabled() and key in CONFIG_TABLE)

@@ -56,6 +56,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import configs
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
 
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
@@ -117,9 +118,37 @@ def config_key(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = 
 
 
 def gemm_config(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = False) -> dict:
-    """The pinned launch config (BLOCK_N, BLOCK_K, num_warps, num_stages, optionally PER_SM) of config_key."""
+    """The H200's launch config (BLOCK_N, BLOCK_K, num_warps, num_stages, optionally PER_SM) of config_key."""
     table, key = config_key(rows, swiglu, wfmt, rmsnorm)
     return table[key]
+
+
+_FMT_SUFFIX = {WFMT_DENSE: "", WFMT_INT8: "_int8", WFMT_INT4: "_int4"}
+
+
+def gemm_form(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = False) -> str:
+    """The configs' form name of a launch (kernels/configs.py): gemm<BLOCK_M>_<plain | rmsnorm | swiglu>[_int8 |
+    _int4], e.g. gemm16_rmsnorm, gemm32_swiglu_int4 (the residual epilogue shares the plain form's config)."""
+    kind = "swiglu" if swiglu else "rmsnorm" if rmsnorm else "plain"
+    return f"gemm{block_m(rows)}_{kind}{_FMT_SUFFIX[wfmt]}"
+
+
+def parse_form(form: str) -> tuple[int, bool, int, bool]:
+    """gemm_form's inverse, as (rows of the bucket, swiglu, wfmt, rmsnorm)."""
+    head, kind, *fmt = form.split("_")
+    wfmt = {(): WFMT_DENSE, ("int8",): WFMT_INT8, ("int4",): WFMT_INT4}[tuple(fmt)]
+    return int(head[len("gemm"):]), kind == "swiglu", wfmt, kind == "rmsnorm"
+
+
+def h200_gemm_config(form: str) -> dict:
+    """The H200's (the module tables') config of a gemm form."""
+    return dict(gemm_config(*parse_form(form)))
+
+
+def launch_config(rows: int, swiglu: bool, wfmt: int, rmsnorm: bool, n: int, K: int) -> dict:
+    """The config a launch takes on this GPU (configs.launch_config: the override, the GPU's table entry, else
+    its tuned choice): for n output columns (the SwiGLU form: its gate's) and K inputs."""
+    return configs.launch_config(gemm_form(rows, swiglu, wfmt, rmsnorm), n, K)
 
 
 @functools.lru_cache(maxsize=None)
@@ -334,7 +363,7 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     x = x if x.stride(1) == 1 else x.contiguous()
     w = w if w.stride(1) == 1 else w.contiguous()
     n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
-    cfg = dict(gemm_config(M, epilogue == EPILOGUE_SWIGLU, wfmt, prologue == PROLOGUE_RMSNORM))
+    cfg = dict(launch_config(M, epilogue == EPILOGUE_SWIGLU, wfmt, prologue == PROLOGUE_RMSNORM, n, K))
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     n_tiles = triton.cdiv(n, bn)
     per_sm = cfg.pop("PER_SM", 1)

@@ -114,6 +114,8 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
     base = configs.h200_config(form, n, K)
     if form == "attention":
         found = [{"CHUNK": c, "num_warps": w} for c, w in ((64, 2), (64, 4), (128, 8), (256, 4), (256, 8))]
+    elif form.startswith("gemm"):
+        found = gemm_candidates(form)
     else:
         kind, _, fmt = form.rpartition("_")
         kind = kind if fmt in ("int8", "int4") else form
@@ -126,6 +128,25 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
         found = [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": stages} for bn, bk, w in tiles]
     out = [dict(base)]
     return out + [c for i, c in enumerate(found) if c not in out and c not in found[:i]]
+
+
+def gemm_candidates(form: str) -> list[dict]:
+    """The small-M GEMM's candidates beside the H200's: the tiles its sweep put near the top on the H200
+    (scripts/gemv_bench.py --gemm-sweep, docs/PERF.md), a K split aiming at 1-8 programs per SM (PER_SM), and
+    stages that fit an sm_86 card's ~100 KB of shared memory (a candidate that does not fit is left out by
+    choose). K tiles stay powers of two of 64-256, so an int4 tile never straddles a group boundary."""
+    from .dequant import WFMT_DENSE
+    from .gemm import parse_form
+
+    _, swiglu, wfmt, _ = parse_form(form)
+    if wfmt == WFMT_DENSE:
+        tiles = [(32, 256, 4, 3, 1), (64, 128, 4, 3, 2), (64, 64, 4, 4, 1), (128, 128, 8, 3, 1), (64, 128, 4, 3, 4)]
+    else:
+        tiles = [(64, 128, 4, 3, 8), (64, 128, 4, 3, 4), (128, 128, 8, 3, 1), (64, 64, 4, 4, 1), (32, 128, 4, 3, 8)]
+    if swiglu:  # two weight tiles a stage: fewer stages
+        tiles = [(bn, bk, w, min(s, 3), p) for bn, bk, w, s, p in tiles]
+    return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": s, "PER_SM": p}
+            for bn, bk, w, s, p in tiles]
 
 
 def choose(cands: list[dict], time_fn: Callable[[dict], float], desc: str) -> dict:
@@ -232,6 +253,8 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
     from .pdl import PDL_OFF
     from .qkv_rope import gemv_rmsnorm_qkv_rope
 
+    if form.startswith("gemm"):
+        return _gemm_launcher(form, n, K, device, dt, copies)
     kind, _, fmt = form.rpartition("_")
     if fmt not in ("int8", "int4"):
         kind, fmt = form, ""
@@ -277,11 +300,35 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
     return call
 
 
+def _gemm_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callable[[], object]:
+    """launcher for a small-M GEMM form: half its bucket's rows (8 of 16: the decode batches it serves), the
+    RMSNorm prologue's rstd and g where the form has it, the SwiGLU form's 2n weight rows."""
+    from .dequant import WFMT_INT4, WFMT_INT8
+    from .gemm import parse_form, small_m_gemm, small_m_gemm_swiglu
+
+    bucket, swiglu, wfmt, rmsnorm = parse_form(form)
+    fmt = {WFMT_INT8: "int8", WFMT_INT4: "int4"}.get(wfmt, "")
+    M = bucket // 2
+    x = torch.randn(M, K, device=device, dtype=dt)
+    norm = {"rstd": torch.ones(M, device=device), "g": torch.ones(K, device=device, dtype=dt)} if rmsnorm else {}
+    op = small_m_gemm_swiglu if swiglu else small_m_gemm
+    sets = [(w, {**quant, **norm}) for w, quant in (_weight(fmt, 2 * n if swiglu else n, K, device, dt)
+                                                     for _ in range(copies))]
+    turn = [0]
+
+    def call():
+        w, kw = sets[turn[0] % len(sets)]
+        turn[0] += 1
+        return op(x, w, **kw)
+
+    return call
+
+
 def weight_bytes(form: str, n: int, K: int) -> int:
     """About the bytes one launch of form reads (fp16 weights; an attention's K and V for 32 heads)."""
     fmt = form.rpartition("_")[2]
     per = {"int8": 1, "int4": 0.5}.get(fmt, 2)
-    rows = 2 * n if form.startswith("swiglu") else n
+    rows = 2 * n if form.startswith("swiglu") or "_swiglu" in form else n
     return int(2 * 32 * n * K * 2) if form == "attention" else int(rows * K * per)
 
 
