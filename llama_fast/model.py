@@ -451,6 +451,8 @@ class Transformer(nn.Module):
         w0 = self.tok_embeddings.weight
         if not (triton_kernels_apply(w0) and 2 <= rows <= 64):
             return
+        if not (self.options.small_m_gemm or any(is_quantized(m) for m in self.modules())):
+            return  # no GEMM in this model's steps (small_m_gemm_applies)
         from .kernels import configs
 
         if not configs.tuning_needed():
