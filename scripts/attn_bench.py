@@ -76,18 +76,18 @@ def main(argv=None) -> int:
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
     if args.form == "split":  # timed eager, so the "pinned" row asks for the compiled step's config explicitly
-        pinned, pinned_override = (dict(CHUNK=ATTN_CHUNK, num_warps=ATTN_COMPILED_WARPS),) * 2
+        pinned = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)
-    else:  # the eager launch's own config (this GPU's table entry)
-        pinned, pinned_override = ATTN_EAGER_CONFIG, None
+    else:  # the eager launch's own config (this GPU's table entry: no override)
+        pinned = None
 
         def attend(k, v):
             return decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt)
 
     def run(config):
-        config = config or pinned_override
+        config = config or pinned
         with config_override({"attention": config} if config else {}):
             err = (attend(k0, v0).float() - ref).abs().max().item()
             t = time_per_call(lambda: attend(*caches()), dev, args.reps, layers) * 1e6
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     results = []
     for name, config in configs_to_time():
         if name == "pinned":
-            name = f"pinned chunk {pinned['CHUNK']}/{pinned['num_warps']}"
+            shown = pinned or ATTN_EAGER_CONFIG
+            name = f"pinned chunk {shown['CHUNK']}/{shown['num_warps']}"
         try:
             t, err = run(config)
         except Exception as e:  # a config that does not compile: say so and go on

@@ -157,28 +157,26 @@ def seed_launch(heads: int, cache: int, pdl: int):
 
 
 def split_launch(batch: int, heads: int, cache: int, config: dict):
-    """decode_attention's chunk kernel (kernel, grid, arguments, keywords) on CPU tensors laid out as the compiled
-    step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch, heads, cache, 128), the
-    mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by config. No PDL (batches
-    above 1 run it inside torch.compile, model.pdl_mode)."""
+    """decode_attention's chunk kernel (kernel, grid, arguments, keywords: attention.split_call's) on CPU tensors
+    laid out as the compiled step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch,
+    heads, cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by
+    config. No PDL (batches above 1 run it inside torch.compile, model.pdl_mode)."""
     import torch
-    import triton
 
-    from llama_fast.kernels import attention
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
+    from llama_fast.kernels import attention, configs
 
     D = 128
-    cfg = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS, **config}
+    cfg = {"CHUNK": configs.ATTN_CHUNK, "num_warps": configs.ATTN_COMPILED_WARPS, **config}
     q = torch.empty((batch, heads * D), dtype=torch.float16).view(batch, 1, heads, D).transpose(1, 2)
     k = torch.empty((batch, heads, cache, D), dtype=torch.float16)
     mask = torch.ones((batch, cache), dtype=torch.bool)
-    nsplit = triton.cdiv(cache, cfg["CHUNK"])
-    part = torch.empty((batch * heads, nsplit), dtype=torch.float32)
-    acc = torch.empty((batch * heads, nsplit, D), dtype=torch.float32)
-    args = (q, k, torch.empty_like(k), mask, part, part, acc, cache, heads, 1, D ** -0.5, q.stride(0), q.stride(1),
-            k.stride(0), k.stride(1), k.stride(2), mask.stride(0), nsplit)
-    kwargs = dict(D=D, CHUNK=cfg["CHUNK"], USE_PDL=0, NEWEST_AFTER_WAIT=False, num_warps=cfg["num_warps"])
-    return attention._decode_attn_split_kernel, (batch * heads, nsplit), args, kwargs
+    previous = configs.CONFIG_OVERRIDE
+    configs.CONFIG_OVERRIDE = lambda form, n, K: cfg if form == "attention" else None
+    try:
+        grid, args, kwargs, _ = attention.split_call(q, k, torch.empty_like(k), mask, D ** -0.5, 0)
+    finally:
+        configs.CONFIG_OVERRIDE = previous
+    return attention._decode_attn_split_kernel, grid, args, kwargs
 
 
 def empty_weight(weights: str, rows: int, K: int):

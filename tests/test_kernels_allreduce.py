@@ -28,7 +28,7 @@ def test_kernel_compiles_with_its_barriers(arch):
     types = ["*fp16", "*fp16", "*fp32", "i64", "i64", "i32"]
     pdl_modes = (0, 2) if arch >= 90 else (0,)  # programmatic dependent launch: sm_90 on
     for end_sync, pdl in [(e, p) for e in (True, False) for p in pdl_modes]:
-        const = dict(RANK=1, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl)
+        const = dict(RANK=1, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl, GROUP=ar.SS_GROUP)
         src = ASTSource(ar._allreduce_ss_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
                         constexprs=const)
         try:

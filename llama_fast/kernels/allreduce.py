@@ -26,10 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .gemv import SS_GROUP
 from .pdl import PDL_OFF, PDL_TRIGGER_LATE, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 ALLREDUCE_BLOCK = 1024  # elements per program: 4 programs for Llama-7B's 4096, each its own barrier slot
-SS_GROUP = 8  # as gemv.SS_GROUP: values per sum-of-squares partial
 
 
 @triton.jit
@@ -91,7 +91,8 @@ def _meet_peers(signal_pad_ptrs, block, RANK: tl.constexpr, WORLD: tl.constexpr,
 
 @triton.jit
 def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, signal_pad_ptrs, N, RANK: tl.constexpr,
-                         WORLD: tl.constexpr, BLOCK: tl.constexpr, END_SYNC: tl.constexpr, USE_PDL: tl.constexpr):
+                         WORLD: tl.constexpr, BLOCK: tl.constexpr, END_SYNC: tl.constexpr, USE_PDL: tl.constexpr,
+                         GROUP: tl.constexpr):
     if USE_PDL != 0:
         gdc_wait()  # x comes from the residual GEMV
     block = tl.program_id(0)
@@ -108,9 +109,9 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, signal_pad_ptrs, N, 
         acc += tl.load(peer + offs, mask=m, other=0.0).to(tl.float32)
     h = acc.to(dtype)
     tl.store(y_ptr + offs, h, mask=m)
-    hf = tl.reshape(h.to(tl.float32), [BLOCK // 8, 8])  # (BLOCK / SS_GROUP, SS_GROUP); masked tail values are 0
-    groups = block * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
-    tl.store(ss_ptr + groups, tl.sum(hf * hf, axis=1), mask=groups * 8 < N)
+    hf = tl.reshape(h.to(tl.float32), [BLOCK // GROUP, GROUP])  # GROUP = SS_GROUP; masked tail values are 0
+    groups = block * (BLOCK // GROUP) + tl.arange(0, BLOCK // GROUP)
+    tl.store(ss_ptr + groups, tl.sum(hf * hf, axis=1), mask=groups * GROUP < N)
     if USE_PDL != 0:
         gdc_launch_dependents()
     if END_SYNC:  # no rank writes its buffer again before every peer has read it
@@ -131,8 +132,8 @@ def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, signal_pad_ptrs: int, r
     y = torch.empty_like(x)
     ss = torch.empty((n // SS_GROUP,), device=x.device, dtype=torch.float32)
     args = (x, y, ss, buffer_ptrs, signal_pad_ptrs, n)
-    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl, num_warps=4,
-                  **launch_kwargs(pdl))
+    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, END_SYNC=end_sync, USE_PDL=pdl, GROUP=SS_GROUP,
+                  num_warps=4, **launch_kwargs(pdl))
     return (triton.cdiv(n, ALLREDUCE_BLOCK),), args, kwargs, y, ss
 
 

@@ -149,19 +149,28 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """One query per row: q (B, H, 1, D), k/v cache (B, Hkv, S, D), mask (B, S) bool -> (B, H, 1, D).
     pdl: PDL_OFF or PDL_TRIGGER_LATE, applied where it can be (pdl.use_pdl). With PDL, only the newest
     attended slot of each row may be written by the kernel before (the step's)."""
+    pdl = _attn_pdl(q, pdl)
+    grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
+    nsplit = grid[1]
+    wrap_triton(_decode_attn_split_kernel)[grid](*args, **kwargs)
+    wrap_triton(_decode_attn_combine_kernel)[(grid[0],)](m, l, acc, o, nsplit, D=kwargs["D"],
+                                                           SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
+                                                           **launch_kwargs(pdl))
+    return o
+
+
+def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple[tuple, tuple, dict, tuple]:
+    """(grid, arguments, keywords, (m, l, acc, o)) of decode_attention's chunk-kernel launch, pdl already decided
+    (a use_pdl result). Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    pdl = _attn_pdl(q, pdl)
     chunk, warps = _attn_config(S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
-    wrap_triton(_decode_attn_split_kernel)[(B * H, nsplit)](
-        q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-        k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0,
-        num_warps=warps, **_chunk_launch_kwargs(pdl))
-    wrap_triton(_decode_attn_combine_kernel)[(B * H,)](m, l, acc, o, nsplit, D=D,
-                                                         SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
-                                                         **launch_kwargs(pdl))
-    return o
+    args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+            k.stride(2), mask.stride(0), nsplit)
+    kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
+                  **_chunk_launch_kwargs(pdl))
+    return (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})

@@ -141,8 +141,9 @@ def parse_form(form: str) -> tuple[int, bool, int, bool]:
 
 
 def h200_gemm_config(form: str) -> dict:
-    """The H200's (the module tables') config of a gemm form."""
-    return dict(gemm_config(*parse_form(form)))
+    """The H200's (the module tables') config of a gemm form (the table's own dict: callers copy before changing
+    it, as gemm_call does)."""
+    return gemm_config(*parse_form(form))
 
 
 def launch_config(rows: int, swiglu: bool, wfmt: int, rmsnorm: bool, n: int, K: int) -> dict:
