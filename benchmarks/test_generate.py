@@ -43,7 +43,14 @@ def test_generate(benchmark, bench_ctx, case):
         torch_reset()  # drop the previous case's compiled graphs (and their CUDA-graph memory)
         runner = harness.fast_runner(fast, variant, w)
         rounds, warmup_rounds = ctx.rounds, ctx.warmup
-    call = harness.synchronized(runner, w.prompt())
+    call_once = harness.synchronized(runner, w.prompt())
+    outs = []
+
+    def call():  # each round's tokens kept (a clone: microseconds of a round's hundreds of milliseconds)
+        o = call_once()
+        outs.append(o.clone())
+        return o
+
     setup_s = time.perf_counter() - started
 
     warmup_s = None
@@ -60,6 +67,12 @@ def test_generate(benchmark, bench_ctx, case):
         if fast is not None:
             fast.step_hook = None
     peak = mem.peak - other
+    import torch
+
+    rounds_out = outs[len(outs) - max(rounds, 1):]  # the timed rounds (warm-up and injection calls before them)
+    assert all(torch.equal(rounds_out[0], o) for o in rounds_out[1:]), (
+        f"{case.id}: the timed rounds generated different tokens from the same prompt (greedy, or sampling with "
+        "its seed): a race in a kernel or a collective")
     out = out.cpu()
     our_hash = output_hash(runner.tokenizer, out)
     if case.variant == bs.REFERENCE:

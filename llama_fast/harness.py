@@ -344,6 +344,9 @@ class Measurement:
     max_mem_bytes: int
     hash: str
     output_ids: torch.Tensor = field(repr=False)
+    # every timed run generated the same tokens (greedy, or sampling with its seed): False points at a race in a
+    # kernel or a collective, since one process repeats the same work on the same inputs
+    runs_agree: bool = True
 
     @property
     def tokens(self) -> int:
@@ -374,14 +377,19 @@ def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: 
             runner(ids)
         if i == 0:
             warmup_s = t.seconds
-    times, out = [], None
+    times, out, first, agree = [], None, None, True
     with PeakMemory(dev, runner.graph_pool_bytes) as mem:
         for _ in range(num_runs):
             with DeviceTimer(dev) as t:
                 out = runner(ids)
             times.append(t.seconds)
+            if first is None:
+                first = out.clone()  # the runner may hand back a buffer the next run overwrites
+            elif agree:
+                agree = torch.equal(first, out)  # after the timer: the comparison is not timed
     out = out.cpu()
-    return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out)
+    return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out,
+                       agree)
 
 
 def call_seconds(fn: Callable[[], object], device: torch.device, calls: int, reps: int) -> list[float]:

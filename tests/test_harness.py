@@ -150,6 +150,34 @@ def test_measure_counts_new_tokens_and_hashes_the_output():
     assert m.tok_per_s_best == pytest.approx(2 * 5 / min(m.times)) and m.tok_per_s_best >= m.tok_per_s
     ref = harness.measure(harness.hf_runner(hf, fast.tokenizer, harness.VARIANTS["hf"], w), w, 0, 1)
     assert ref.hash == m.hash  # fp32 on CPU: the same greedy tokens
+    assert m.runs_agree
+
+
+def test_measure_flags_runs_that_generate_different_tokens():
+    """A runner whose output changes from one timed run to the next (what a race would do) is flagged, and the
+    CLI's row says so; the warm-up run is not compared."""
+    from llama_fast.cli.runner import Result
+
+    cfg = TINY_CONFIGS["gqa"]
+    fast = fast_from_hf(make_hf(cfg, seed=3), cfg)
+    w = Workload(batch=1, prompt_len=4, new_tokens=3)
+    calls = []
+
+    def flaky(ids):
+        calls.append(1)
+        out = torch.cat([ids, torch.full((1, 3), len(calls) if len(calls) == 3 else 7)], dim=1)
+        return out.clone()
+
+    v = harness.VARIANTS["gate-up"]
+    runner = harness.Runner(v, flaky, fast.tokenizer, torch.device("cpu"), None)
+    steady = harness.measure(runner, w, warmup_runs=1, num_runs=1)  # calls 1 and 2: one timed run
+    assert steady.runs_agree and Result(v, w, steady).status == "ok"
+    calls.clear()
+    m = harness.measure(runner, w, warmup_runs=0, num_runs=3)  # the third run differs
+    assert not m.runs_agree and Result(v, w, m).status == "nondeterministic"
+    calls.clear()
+    m = harness.measure(runner, w, warmup_runs=3, num_runs=2)  # the odd call is a warm-up: not compared
+    assert m.runs_agree
 
 
 def test_teacher_forced_check_finds_the_first_wrong_token():

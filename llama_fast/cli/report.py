@@ -5,7 +5,9 @@ A row's quantize column: the weights' scheme (llama_fast.quant: int8, int4:g128,
 scheme ran the same weights dequantized), or none.
 
 A row's status: ok; OOM (the point ran out of memory: no numbers); fallback (the variant names CUDA-only code,
-CUDA graphs, Triton kernels or PDL, and ran its fallback on this device: harness.fallback_reason). In the
+CUDA graphs, Triton kernels or PDL, and ran its fallback on this device: harness.fallback_reason);
+nondeterministic (the timed runs of one process generated different tokens from the same prompt: a race in a
+kernel or a collective, never noise, since the same work repeats on the same inputs). In the
 tables a fallback row's tok_per_s carries FALLBACK_MARK and a note under the table says what did not run.
 """
 from __future__ import annotations

@@ -45,6 +45,8 @@ class Result:
     def status(self) -> str:
         if self.measurement is None:
             return "OOM"
+        if not self.measurement.runs_agree:
+            return "nondeterministic"
         return "fallback" if self.fallback else "ok"
 
 
