@@ -83,8 +83,9 @@ def load_model(name: str = "smollm2-135m", device: str | torch.device | None = "
     tp_allreduce: how the blocks' all-reduces run with tp > 1: "nccl" (the process group's backend), "symm"
     (CUDA only: messages up to parallel.SYMM_MAX_BYTES by a one-shot all-reduce over symmetric memory, the
     larger ones through NCCL) or "fused" (as "symm", and the batch-1 decode block's all-reduces by llama_fast's
-    own one-shot kernel with the next RMSNorm's partials in it: kernels/allreduce.py); None:
-    $LLAMA_FAST_TP_ALLREDUCE, else "nccl"."""
+    own one-shot kernel with the next RMSNorm's partials in it: kernels/allreduce.py) or "auto" ("fused" where
+    parallel.symmetric_memory_usable: one host, peer-accessible GPUs of compute capability 9.0 or newer; else
+    "nccl"); None: $LLAMA_FAST_TP_ALLREDUCE, else "auto"."""
     from .harness import PeakMemory  # harness imports this module
 
     dev = resolve_device(device)

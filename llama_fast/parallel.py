@@ -394,8 +394,8 @@ def _waited(out: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- one-shot all-reduce
-ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED = "nccl", "symm", "fused"
-ALLREDUCE_MODES = (ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED)
+ALLREDUCE_AUTO, ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED = "auto", "nccl", "symm", "fused"
+ALLREDUCE_MODES = (ALLREDUCE_AUTO, ALLREDUCE_NCCL, ALLREDUCE_SYMM, ALLREDUCE_FUSED)
 ALLREDUCE_ENV = "LLAMA_FAST_TP_ALLREDUCE"
 # Messages up to this size go through the one-shot all-reduce (a batch-1 decode step's are dim * 2 bytes: 8 KB
 # at Llama-7B); larger ones (prefill chunks) through NCCL, whose ring reads each byte once per rank instead of
@@ -405,13 +405,16 @@ SYMM_DTYPES = (torch.float32, torch.bfloat16)  # what torch.ops.symm_mem's one-s
 
 
 def allreduce_mode(device: torch.device, value: str | None = None) -> str:
-    """How the blocks' all-reduces run: value, else $LLAMA_FAST_TP_ALLREDUCE, else ALLREDUCE_NCCL (the process
-    group's backend: NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM, the one-shot all-reduce over symmetric memory
-    (SymmAllReduce), needs CUDA and a torch with torch.ops.symm_mem's one-shot all-reduce; refused otherwise
-    (ParallelError), before any rank meets the others. ALLREDUCE_FUSED: the same, and the batch-1 decode block's
-    all-reduces by llama_fast's own one-shot kernel (kernels/allreduce.py: the sum, its rounding and the next
-    RMSNorm's partials in one launch)."""
+    """How the blocks' all-reduces run: value, else $LLAMA_FAST_TP_ALLREDUCE, else ALLREDUCE_AUTO, resolved here to
+    one of the others. ALLREDUCE_NCCL: the process group's backend (NCCL on GPUs, gloo on CPU). ALLREDUCE_SYMM,
+    the one-shot all-reduce over symmetric memory (SymmAllReduce), needs CUDA and a torch with
+    torch.ops.symm_mem's one-shot all-reduce; refused otherwise (ParallelError), before any rank meets the
+    others. ALLREDUCE_FUSED: the same, and the batch-1 decode block's all-reduces by llama_fast's own one-shot
+    kernel (kernels/allreduce.py: the sum, its rounding and the next RMSNorm's partials in one launch).
+    ALLREDUCE_AUTO: ALLREDUCE_FUSED where symmetric_memory_usable says it can run, else ALLREDUCE_NCCL."""
     raw = _choice(value, "tp_allreduce", ALLREDUCE_ENV, ALLREDUCE_MODES)
+    if raw == ALLREDUCE_AUTO:
+        return ALLREDUCE_FUSED if symmetric_memory_usable(device) else ALLREDUCE_NCCL
     if raw in (ALLREDUCE_SYMM, ALLREDUCE_FUSED):
         if device.type != "cuda":
             raise ParallelError(f"{ALLREDUCE_ENV}={raw} needs CUDA GPUs: the one-shot all-reduce runs over "
@@ -420,6 +423,28 @@ def allreduce_mode(device: torch.device, value: str | None = None) -> str:
             raise ParallelError(f"{ALLREDUCE_ENV}={raw}: torch {torch.__version__} has no "
                                 "torch.ops.symm_mem.one_shot_all_reduce (use nccl)")
     return raw
+
+
+def symmetric_memory_usable(device: torch.device) -> bool:
+    """Whether the ranks can share symmetric GPU memory: CUDA, torch's one-shot all-reduce op, every rank on this
+    host (torchrun's LOCAL_WORLD_SIZE equal to WORLD_SIZE: symmetric memory does not cross hosts), every rank's
+    GPU visible here and each pair of them peer-accessible. The same answer on every rank of a host, from its
+    environment and the driver, without meeting the others.
+
+    And compute capability 9.0 or newer: the one-shot kernels' barriers are system-scope atomics on the peers'
+    memory, timed on NVLink-connected H200s only (docs/PERF.md); over PCIe peer-to-peer (an A10G host) neither
+    their support nor their speed against NCCL was measured, so older GPUs keep NCCL unless asked."""
+    if device.type != "cuda" or _symm_op() is None:
+        return False
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return False
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    if world is None or local is None or world != local:
+        return False
+    n = int(world)
+    if torch.cuda.device_count() < n:  # one GPU visible a rank: peer access cannot be asked for
+        return False
+    return all(torch.cuda.can_device_access_peer(i, j) for i in range(n) for j in range(n) if i != j)
 
 
 def _symm_op() -> str | None:

@@ -228,7 +228,10 @@ def test_head_mode_knob(monkeypatch):
 def test_allreduce_mode_knob(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(parallel.ALLREDUCE_ENV, raising=False)
-    assert parallel.allreduce_mode(cpu) == "nccl" and parallel.allreduce_mode(cuda) == "nccl"
+    monkeypatch.setattr(parallel, "symmetric_memory_usable", lambda device: device.type == "cuda")
+    assert parallel.allreduce_mode(cpu) == "nccl" and parallel.allreduce_mode(cuda) == "fused"  # auto
+    monkeypatch.setattr(parallel, "symmetric_memory_usable", lambda device: False)
+    assert parallel.allreduce_mode(cuda) == "nccl" and parallel.allreduce_mode(cuda, "auto") == "nccl"
     assert parallel.allreduce_mode(cuda, "symm") == "symm"  # the ops exist in this torch (their CUDA kernels on GPUs)
     monkeypatch.setenv(parallel.ALLREDUCE_ENV, "symm")
     with pytest.raises(parallel.ParallelError, match="LLAMA_FAST_TP_ALLREDUCE=symm needs CUDA GPUs: the one-shot "
@@ -244,8 +247,31 @@ def test_allreduce_mode_knob(monkeypatch):
         parallel.allreduce_mode(cpu, "fused")
     monkeypatch.setenv(parallel.ALLREDUCE_ENV, "ring")
     with pytest.raises(parallel.ParallelError,
-                       match="LLAMA_FAST_TP_ALLREDUCE must be one of nccl, symm, fused, got 'ring'"):
+                       match="LLAMA_FAST_TP_ALLREDUCE must be one of auto, nccl, symm, fused, got 'ring'"):
         parallel.allreduce_mode(cpu)
+
+
+@pytest.mark.parametrize("env, capability, count, peers, usable", [
+    (dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2"), (9, 0), 2, True, True),
+    (dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2"), (8, 6), 2, True, False),  # A10G: not measured, NCCL
+    (dict(WORLD_SIZE="4", LOCAL_WORLD_SIZE="2"), (9, 0), 2, True, False),  # two hosts
+    (dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2"), (9, 0), 1, True, False),  # one GPU visible a rank
+    (dict(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2"), (9, 0), 2, False, False),  # no peer access
+    ({}, (9, 0), 2, True, False),  # outside torchrun
+])
+def test_symmetric_memory_usable(monkeypatch, env, capability, count, peers, usable):
+    """auto's choice: fused only on one host of peer-accessible GPUs of compute capability 9.0 or newer."""
+    for k in ("WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "can_device_access_peer", lambda i, j: peers)
+    assert parallel.symmetric_memory_usable(torch.device("cuda", 0)) is usable
+    assert parallel.symmetric_memory_usable(torch.device("cpu")) is False
+    monkeypatch.setattr(parallel, "_symm_op", lambda: None)
+    assert parallel.symmetric_memory_usable(torch.device("cuda", 0)) is False
 
 
 def test_symm_allreduce_dispatch(monkeypatch):
