@@ -6,8 +6,7 @@ real step); no PDL (nothing before them to overlap with).
 
   python scripts/attn_bench.py
   python scripts/attn_bench.py --form split --batch 8
-    (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, or with a GQA shape
-    ATTN_GQA_CONFIG for the grouped form, is the "pinned" row)
+    (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, is the "pinned" row)
   python scripts/attn_bench.py --device cpu --shape tiny --cache 80 --attended 70 --layers 2 --reps 1
     (Triton's interpreter on the CPU: checks that every config builds and matches SDPA, times nothing useful)
 """
@@ -59,7 +58,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
     from llama_fast.kernels import decode_attention, decode_attention_one_launch
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG, ATTN_GQA_CONFIG
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
@@ -77,8 +76,7 @@ def main(argv=None) -> int:
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
     if args.form == "split":  # timed eager, so the "pinned" row asks for the compiled step's config explicitly
-        # (a GQA model's: the grouped form's, one program a KV head)
-        pinned = dict(ATTN_GQA_CONFIG) if H != Hkv else {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
+        pinned = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)

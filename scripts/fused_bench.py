@@ -311,10 +311,10 @@ def attention(args, cfg, dev, bench):
 
         def split():
             k, v = kv()
-            _decode_attn_split_kernel[(B * Hkv, nsplit)](  # as decode_attention: a program per KV head and chunk
+            _decode_attn_split_kernel[(B * H, nsplit)](
                 q, k, v, mask, m, l, acc, S, H, H // Hkv, Dh ** -0.5, q.stride(0), q.stride(1), k.stride(0),
                 k.stride(1), k.stride(2), mask.stride(0), nsplit, D=Dh, CHUNK=chunk, USE_PDL=0,
-                NEWEST_AFTER_WAIT=False, QHEADS=H // Hkv, num_warps=warps)
+                NEWEST_AFTER_WAIT=False, num_warps=warps)
 
         def combine():
             _decode_attn_combine_kernel[(B * H,)](m, l, acc, o, nsplit, D=Dh, SPLITS=triton.next_power_of_2(nsplit),

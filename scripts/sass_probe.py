@@ -59,19 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
     ap.add_argument("--heads", type=int, default=32, help="attention heads, as many KV heads (default 32)")
-    ap.add_argument("--kv-heads", type=int, default=None,
-                    help="attention-split: KV heads, dividing --heads (GQA: one program a KV head takes its query "
-                         "heads in turn; Llama-3-8B: --heads 32 --kv-heads 8; default: --heads)")
     ap.add_argument("--arch", type=int, default=90, help="compute capability as an integer (default 90)")
     ap.add_argument("--ptxas", default=None, help="a ptxas binary to use instead of Triton's bundled one")
     ap.add_argument("--sass", default=None, help="also write the SASS (cuobjdump -sass) to this file")
     args = ap.parse_args(argv)
     if args.cache < 1 or args.heads < 1 or args.batch < 1:
         ap.error("--cache, --heads and --batch must be positive")
-    if args.kv_heads is None:
-        args.kv_heads = args.heads
-    if args.kv_heads < 1 or args.heads % args.kv_heads:
-        ap.error(f"--kv-heads {args.kv_heads} must be positive and divide --heads {args.heads}")
     if args.arch < 80:
         ap.error(f"--arch {args.arch}: the kernels target sm_80 and later")
     if args.ptxas is not None and not os.access(args.ptxas, os.X_OK):
@@ -163,22 +156,19 @@ def seed_launch(heads: int, cache: int, pdl: int):
     return attention._decode_attn_one_launch_kernel, grid, args, kwargs
 
 
-def split_launch(batch: int, heads: int, cache: int, config: dict, kv_heads: int | None = None):
+def split_launch(batch: int, heads: int, cache: int, config: dict):
     """decode_attention's chunk kernel (kernel, grid, arguments, keywords: attention.split_call's) on CPU tensors
     laid out as the compiled step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch,
-    kv_heads (default heads), cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK,
-    ATTN_COMPILED_WARPS; ATTN_GQA_CONFIG with fewer KV heads) updated by config. No PDL (batches above 1 run it
-    inside torch.compile, model.pdl_mode)."""
+    heads, cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by
+    config. No PDL (batches above 1 run it inside torch.compile, model.pdl_mode)."""
     import torch
 
     from llama_fast.kernels import attention, configs
 
     D = 128
-    compiled = (dict(configs.ATTN_GQA_CONFIG) if kv_heads not in (None, heads)
-                else {"CHUNK": configs.ATTN_CHUNK, "num_warps": configs.ATTN_COMPILED_WARPS})
-    cfg = {**compiled, **config}
+    cfg = {"CHUNK": configs.ATTN_CHUNK, "num_warps": configs.ATTN_COMPILED_WARPS, **config}
     q = torch.empty((batch, heads * D), dtype=torch.float16).view(batch, 1, heads, D).transpose(1, 2)
-    k = torch.empty((batch, kv_heads or heads, cache, D), dtype=torch.float16)
+    k = torch.empty((batch, heads, cache, D), dtype=torch.float16)
     mask = torch.ones((batch, cache), dtype=torch.bool)
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda form, n, K: cfg if form == "attention" else None
@@ -283,7 +273,7 @@ def main(argv=None) -> int:
         kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
         per_iteration = None
     elif args.kernel == "attention-split":
-        kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config, args.kv_heads)
+        kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config)
         per_iteration = None
     elif args.kernel == "gemm":
         kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows)

@@ -514,16 +514,15 @@ def test_attn_bench_in_the_interpreter(interpreter):
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
     assert r.stdout.splitlines()[0].startswith("pinned chunk 128/4")
-    # the two-kernel form of batches above 1, three rows of a GQA shape; its pinned row is the grouped form's
-    from llama_fast.kernels.configs import ATTN_GQA_CONFIG
+    # the two-kernel form of batches above 1, three rows of a GQA shape; its pinned row is the compiled config
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
 
     r = run_tool("attn_bench", "--device", "cpu", "--shape", "tiny", "--form", "split", "--batch", "3", "--cache",
                  "80", "--attended", "70", "--layers", "2", "--reps", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
-    assert r.stdout.splitlines()[0].startswith(f"pinned chunk {ATTN_GQA_CONFIG['CHUNK']}/"
-                                               f"{ATTN_GQA_CONFIG['num_warps']}")
+    assert r.stdout.splitlines()[0].startswith(f"pinned chunk {ATTN_CHUNK}/{ATTN_COMPILED_WARPS}")
 
 
 # ------------------------------------------------------------------------------------------- pick_bench
@@ -584,8 +583,7 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     (["--kernel", "gemv", "--config", "BLOCK_M=16"], "--config: unknown key BLOCK_M"),
     (["--kernel", "attention-split", "--config", "BLOCK_K=64"], "--config: unknown key BLOCK_K (the keys are CHUNK"),
     (["--kernel", "attention-split", "--weights", "int8"], "--weights is for the GEMV forms"),
-    (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive"),
-    (["--kernel", "attention-split", "--kv-heads", "5"], "--kv-heads 5 must be positive and divide --heads 32")])
+    (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
@@ -618,8 +616,8 @@ def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
 def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_others():
     """The two-kernel attention of batches above 1 (its chunk kernel), compiled for sm_90 without a GPU: at the
     compiled step's config (ATTN_CHUNK slots, ATTN_COMPILED_WARPS warps) over batch x heads programs and the
-    cache's chunks, at a --config of half the chunk (twice the chunks), and the grouped GQA form."""
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_GQA_CONFIG
+    cache's chunks, and at a --config of half the chunk (twice the chunks)."""
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
 
     lines = {}
     for name, extra in (("compiled", []), ("half", ["--config", f"CHUNK={ATTN_CHUNK // 2},num_warps=4"])):
@@ -633,13 +631,6 @@ def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_ot
     assert f"grid 256x{chunks}" in lines["compiled"], lines["compiled"]
     assert f"CHUNK {ATTN_CHUNK // 2}, 4 warps" in lines["half"] and f"grid 256x{-(-1200 // (ATTN_CHUNK // 2))}" in \
         lines["half"], lines["half"]
-    # GQA (Llama-3-8B's 32 query / 8 KV heads): a program a KV head, at the grouped form's config, nothing spilled
-    r = run_tool("sass_probe", "--kernel", "attention-split", "--batch", "8", "--kv-heads", "8", timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    gqa = r.stdout.strip()
-    chunk, warps = ATTN_GQA_CONFIG["CHUNK"], ATTN_GQA_CONFIG["num_warps"]
-    assert f"CHUNK {chunk}, {warps} warps, PDL 0" in gqa and f"grid 64x{-(-1200 // chunk)}" in gqa, gqa
-    assert " registers, 0 B stack |" in gqa, gqa
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")

@@ -4,8 +4,6 @@ One program per (batch*head, chunk of the cache), each a softmax over its one ti
 then combined, by a second kernel (decode_attention) or by the last program of each head to finish
 (decode_attention_one_launch: one kernel per layer fewer; a per-head arrival counter, left at zero for the next
 call). Masked-out slots are never loaded (masked loads), so only the attended prefix of the cache is read.
-With grouped-query attention the two-kernel form runs one program per (batch*KV head, chunk), for the query
-heads sharing that KV head in turn: each tile of the cache is read once, not once per query head.
 
 The kernels are plain @triton.jit with the warps a launch argument (configs.ATTN_*): wrapped in a one-config,
 empty-kwargs triton.autotune, torch 2.11's Inductor called the compiled one-launch kernel's launcher one
@@ -18,27 +16,19 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from . import configs
-from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_GQA_CONFIG, ATTN_PDL_MAXNREG, pinned_config
+from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, pinned_config
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
 @triton.jit
 def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
-                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr, QHEADS: tl.constexpr):
-    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j -> partials, for query head bh
-    (b * H + h) when QHEADS is 1, else for the QHEADS = G query heads of KV head bh (b * (H / G) + kv head),
-    whose tile of the cache is then loaded once instead of once per query head (GQA).
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials.
     With PDL, the next kernel may launch once the chunk's products are done (PDL_TRIGGER_LATE)."""
-    if QHEADS == 1:
-        b = bh // H
-        h0 = bh % H
-        hk = h0 // G
-    else:
-        b = bh // (H // G)
-        hk = bh % (H // G)
-        h0 = hk * G
+    b = bh // H
+    h = bh % H
+    hk = h // G
     rd = tl.arange(0, D)
     rs = j * CHUNK + tl.arange(0, CHUNK)
     ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
@@ -60,23 +50,20 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
         newest = (rs == last)[:, None]
         k = tl.where(newest, k_last[None, :], k)
         v = tl.where(newest, v_last[None, :], v)
-    for g in tl.static_range(QHEADS):
-        h = h0 + g
-        # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
-        q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
-        scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
-        m = tl.max(scores, axis=0)
-        m_safe = tl.where(m == float("-inf"), 0.0, m)
-        p = tl.exp(scores - m_safe)
-        l = tl.sum(p, axis=0)
-        acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
-        if USE_PDL != 0:
-            if g == QHEADS - 1:
-                gdc_launch_dependents()
-        out = (b * H + h) * NSPLIT + j
-        tl.store(m_ptr + out, m)
-        tl.store(l_ptr + out, l)
-        tl.store(acc_ptr + out * D + rd, acc)
+    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
+    q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
+    scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
+    m = tl.max(scores, axis=0)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp(scores - m_safe)
+    l = tl.sum(p, axis=0)
+    acc = tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+    if USE_PDL != 0:
+        gdc_launch_dependents()
+    out = bh * NSPLIT + j
+    tl.store(m_ptr + out, m)
+    tl.store(l_ptr + out, l)
+    tl.store(acc_ptr + out * D + rd, acc)
 
 
 @triton.jit
@@ -99,9 +86,9 @@ def _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D: tl.constexpr, SPL
 def _decode_attn_split_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                               sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                               D: tl.constexpr, CHUNK: tl.constexpr, USE_PDL: tl.constexpr,
-                              NEWEST_AFTER_WAIT: tl.constexpr, QHEADS: tl.constexpr):
+                              NEWEST_AFTER_WAIT: tl.constexpr):
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, tl.program_id(0), tl.program_id(1), S, H, G,
-                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, QHEADS)
+                scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
 
 
 @triton.jit
@@ -120,20 +107,15 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
                                    USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
     bh = tl.program_id(0)
     _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, tl.program_id(1), S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT, 1)
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D, CHUNK, USE_PDL, NEWEST_AFTER_WAIT)
     arrived = tl.atomic_add(cnt_ptr + bh, 1)  # acq_rel: this chunk's partials are visible before the count
     if arrived == NSPLIT - 1:  # the last chunk of this head to finish combines them all
         _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, bh, NSPLIT, D, SPLITS)
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
-def _attn_config(S: int, D: int, group: int = 1) -> tuple[int, int]:
-    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's; with
-    group (query heads per program) above 1, CONFIG_OVERRIDE's "attention" entry, else ATTN_GQA_CONFIG."""
-    if group > 1:
-        override = configs.CONFIG_OVERRIDE("attention", S, D) if configs.CONFIG_OVERRIDE is not None else None
-        cfg = override or ATTN_GQA_CONFIG
-        return cfg["CHUNK"], cfg["num_warps"]
+def _attn_config(S: int, D: int) -> tuple[int, int]:
+    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's."""
     cfg = pinned_config("attention", S, D)
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
@@ -171,7 +153,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
     nsplit = grid[1]
     wrap_triton(_decode_attn_split_kernel)[grid](*args, **kwargs)
-    wrap_triton(_decode_attn_combine_kernel)[(q.shape[0] * q.shape[1],)](m, l, acc, o, nsplit, D=kwargs["D"],
+    wrap_triton(_decode_attn_combine_kernel)[(grid[0],)](m, l, acc, o, nsplit, D=kwargs["D"],
                                                            SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                            **launch_kwargs(pdl))
     return o
@@ -182,14 +164,13 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple[tuple, tuple, dic
     (a use_pdl result). Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D, H // Hkv)
+    chunk, warps = _attn_config(S, D)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             k.stride(2), mask.stride(0), nsplit)
-    kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, QHEADS=H // Hkv, num_warps=warps,
+    kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
                   **_chunk_launch_kwargs(pdl))
-    # GQA: one program per KV head and chunk, its query heads in turn (the cache tile read once, not G times)
-    return (B * Hkv, nsplit), args, kwargs, (m, l, acc, o)
+    return (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})

@@ -78,11 +78,6 @@ QUANT_CONFIGS = {
 ATTN_CHUNK = 64
 ATTN_COMPILED_WARPS = 2
 ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
-# The two-kernel form with grouped-query attention (batches above 1 of a GQA model): a program takes the query
-# heads of one KV head over its tile in turn, its K and V held across them. At 64 slots / 2 warps that spills
-# (sm_90, Triton 3.6: 255 registers, 168 B stack; 3.9: 272 B); at 32 / 2 it takes 189, none spilled
-# (scripts/sass_probe.py --kernel attention-split --kv-heads 8). Eager and compiled launches alike.
-ATTN_GQA_CONFIG = {"CHUNK": 32, "num_warps": 2}
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
