@@ -39,6 +39,7 @@ SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
 SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps")  # what --config may set for --kernel attention-split
+GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "I4_DOT")  # for --kernel gemm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
                                                  f"{', '.join(CONFIG_KEYS)}); attention-split: "
-                                                 f"{', '.join(SPLIT_CONFIG_KEYS)}")
+                                                 f"{', '.join(SPLIT_CONFIG_KEYS)}; gemm: {', '.join(GEMM_CONFIG_KEYS)}")
     ap.add_argument("--pdl", type=int, choices=(0, 2), default=2,
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
@@ -73,15 +74,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--config and --weights are for the GEMV forms")
     if args.kernel == "attention-split" and args.weights != "fp16":
         ap.error("--weights is for the GEMV forms and the small-M GEMM")
-    if args.kernel == "gemm" and args.config:
-        ap.error("--config is for the GEMV forms (the small-M GEMM's configs are pinned by row bucket)")
     if not 2 <= args.rows <= 64:
         ap.error(f"--rows {args.rows}: the small-M GEMM takes 2..64 rows")
     try:
         args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
     except ValueError:
         ap.error(f"--config {args.config!r}: give KEY=INTEGER pairs separated by commas")
-    keys = SPLIT_CONFIG_KEYS if args.kernel == "attention-split" else CONFIG_KEYS
+    keys = {"attention-split": SPLIT_CONFIG_KEYS, "gemm": GEMM_CONFIG_KEYS}.get(args.kernel, CONFIG_KEYS)
     unknown = [k for k in args.config if k not in keys]
     if unknown:
         ap.error(f"--config: unknown key {', '.join(unknown)} (the keys are {', '.join(keys)})")
@@ -240,19 +239,27 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     return kernel, grid(kwargs), args, kwargs, per_iteration
 
 
-def gemm_launch(weights: str, rows: int):
+def gemm_launch(weights: str, rows: int, config: dict | None = None):
     """The small-M GEMM's (kernel, grid, arguments, keywords, weights a thread dequantizes per K-loop iteration)
-    on CPU tensors: rows x 4096 by wo's 4096 x 4096, pinned config, split-K as on an H200."""
+    on CPU tensors: rows x 4096 by wo's 4096 x 4096, the pinned config updated by config, split-K as on an
+    H200."""
     import torch
 
-    from llama_fast.kernels import gemm
+    from llama_fast.kernels import configs, dequant, gemm
 
     K = N = 4096
     x = torch.empty((rows, K), dtype=torch.float16)
     w, quant = empty_weight(weights, N, K)
-    grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, None, None, gemm.PROLOGUE_NONE, gemm.EPILOGUE_NONE, 0,
-                                            quant.get("scales"), quant.get("offsets"), quant.get("group", 0),
-                                            H200_SMS)
+    wfmt = {"fp16": dequant.WFMT_DENSE, "int8": dequant.WFMT_INT8, "int4": dequant.WFMT_INT4}[weights]
+    form, cfg = gemm.gemm_form(rows, False, wfmt), {**gemm.gemm_config(rows, False, wfmt), **(config or {})}
+    previous = configs.CONFIG_OVERRIDE
+    configs.CONFIG_OVERRIDE = lambda f, n, k: dict(cfg) if f == form else None
+    try:
+        grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, None, None, gemm.PROLOGUE_NONE, gemm.EPILOGUE_NONE, 0,
+                                                quant.get("scales"), quant.get("offsets"), quant.get("group", 0),
+                                                H200_SMS)
+    finally:
+        configs.CONFIG_OVERRIDE = previous
     per_iteration = kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
     return gemm._gemm_kernel, grid, args, kwargs, per_iteration
 
@@ -276,7 +283,7 @@ def main(argv=None) -> int:
         kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config)
         per_iteration = None
     elif args.kernel == "gemm":
-        kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows)
+        kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows, args.config)
     else:
         kernel, grid, launch_args, kwargs, per_iteration = gemv_launch(args.kernel, args.weights, args.config,
                                                                        args.pdl, args.cache)
@@ -308,7 +315,7 @@ def main(argv=None) -> int:
         return 0
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-                                                    "SPLIT_K", "maxnreg") if k in kwargs)
+                                                    "SPLIT_K", "I4_DOT", "maxnreg") if k in kwargs)
     pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
     print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
