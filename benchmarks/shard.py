@@ -9,6 +9,12 @@ in report.md (or compared with --compare BASE.json).
   python benchmarks/shard.py --gpus 0,1 --out bench-out [--save main] [--compare base.json --fail-over 5] \
       -- [extra pytest args, e.g. --bench-sweep -k graphs]
   python benchmarks/shard.py --device cpu --gpus 0,1 --out /tmp/x -- --bench-model random:tiny   (machinery test)
+  python benchmarks/shard.py --merge-only shards/ --out bench-out [--compare-latest STORAGE --fail-over 5]
+
+Past one host (.github/workflows/gpu-bench-shards.yml): each self-hosted runner of the same GPU model runs one
+shard (`pytest benchmarks/ -p no:xdist --bench-shard i/N --benchmark-json=shard-i.json`), and one job gathers the
+shard files (--merge-only DIR: every shard-*.json under DIR) into the same merged.json and report.md, compared
+with a file (--compare) or with the newest saved main run under a storage directory (--compare-latest).
 
 --save NAME stores merged.json in the per-GPU pytest-benchmark storage (.benchmarks/<gpu-slug>/<machine-id>/
 NNNN_NAME.json, or under --storage DIR) so later single-process runs can --benchmark-compare against it.
@@ -68,8 +74,29 @@ def main(argv=None) -> int:
     p.add_argument("--save", default=None, metavar="NAME", help="store merged.json as a pytest-benchmark save")
     p.add_argument("--storage", default=None, help="storage directory for --save (default .benchmarks/<gpu-slug>)")
     p.add_argument("--compare", default=None, metavar="BASE.json", help="compare merged.json with BASE.json")
-    p.add_argument("--fail-over", type=float, default=None, metavar="PCT", help="with --compare: regression gate")
+    p.add_argument("--compare-latest", default=None, metavar="STORAGE",
+                   help="compare merged.json with the newest NNNN_main.json under STORAGE")
+    p.add_argument("--fail-over", type=float, default=None, metavar="PCT",
+                   help="with --compare / --compare-latest: regression gate")
+    p.add_argument("--merge-only", default=None, metavar="DIR",
+                   help="run nothing: merge the shard-*.json files found under DIR (other runners' shards)")
     a = p.parse_args(argv)
+    if a.compare and a.compare_latest:
+        p.error("give --compare or --compare-latest, not both")
+    if a.fail_over is not None and not (a.compare or a.compare_latest):
+        p.error("--fail-over needs --compare or --compare-latest")
+    out = Path(a.out).resolve()
+    if a.merge_only is not None:
+        if a.gpus is not None or extra:
+            p.error("--merge-only runs nothing: no --gpus and no pytest arguments")
+        if not Path(a.merge_only).is_dir():
+            p.error(f"--merge-only: no such directory: {a.merge_only}")
+        shards = sorted(Path(a.merge_only).rglob("shard-*.json"))
+        if not shards:
+            print(f"shard.py: no shard-*.json under {a.merge_only}", file=sys.stderr)
+            return 1
+        out.mkdir(parents=True, exist_ok=True)
+        return finish(shards, out, a, [])
 
     if a.gpus is None:
         if a.device == "cpu":
@@ -81,7 +108,6 @@ def main(argv=None) -> int:
             p.error("no CUDA device visible; pass --device cpu to test the machinery")
     else:
         gpus = [g.strip() for g in a.gpus.split(",") if g.strip()]
-    out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     n = len(gpus)
     env = {k: v for k, v in os.environ.items() if k not in XDIST_ENV}
@@ -106,17 +132,31 @@ def main(argv=None) -> int:
     if not shards:
         print("no shard produced results", file=sys.stderr)
         return 1
+    return finish(shards, out, a, failed)
+
+
+def finish(shards: list[Path], out: Path, a: argparse.Namespace, failed: list[int]) -> int:
+    """Merge the shard files into out/merged.json, write out/report.md (the summary, or the comparison with the
+    baseline a asks for), save if asked. -> the exit status."""
     merged = report.merge([report.load(f) for f in shards])
     (out / "merged.json").write_text(json.dumps(merged, indent=4))
     print(f"merged {len(merged['benchmarks'])} cases from {len(shards)} shards into {out / 'merged.json'}")
     rc = 0
+    base, base_run = None, None
     if a.compare:
         base = Path(a.compare)
-        if not base.is_file() or not report.load(base).get("benchmarks"):
-            text = report.no_baseline_message(str(base), "file not found or empty")
+        base_run = report.load(base) if base.is_file() else None
+    elif a.compare_latest:
+        base = Path(a.compare_latest)
+        runs = report.saved_runs(base, "main") if base.is_dir() else []
+        base_run = runs[-1] if runs else None
+    if base is not None:
+        if not base_run or not base_run.get("benchmarks"):
+            text = report.no_baseline_message(str(base), "file not found or empty" if a.compare else
+                                              "no saved main run there")
             rc = report.NO_BASELINE if a.fail_over is not None else 0
         else:
-            text, regressed = report.compare(report.load(base), merged, a.fail_over)
+            text, regressed = report.compare(base_run, merged, a.fail_over)
             rc = 1 if regressed else 0
     else:
         text = report.summary(merged)

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -314,6 +315,41 @@ def test_shard_script_runs_merges_and_the_merge_is_a_usable_baseline(tmp_path):
                         f"--benchmark-storage=file://{store}", "--benchmark-compare=0001")
     assert rc == 0, out
     assert "0001_merged" in out
+
+
+def test_shard_merge_only_gathers_other_runners_shards_and_gates_on_the_latest_main(tmp_path):
+    """The multi-runner workflow's merge job: shard files downloaded into one directory per runner are merged into
+    the same merged.json / report.md as one host's run, saved as a main run, and a later merge is compared with
+    the newest saved main run (no saved run: NO BASELINE, exit 2 with --fail-over)."""
+    out_dir = tmp_path / "shards"
+    cmd = [sys.executable, str(BENCH / "shard.py"), "--device", "cpu", "--gpus", "0,1", "--out", str(out_dir), "--",
+           "--bench-model", "random:tiny", "--bench-threads", "1", "--bench-variants", "kv", "-k", "b1-p32 or b4-p32",
+           "--bench-rounds", "1", "--bench-warmup", "0", f"--bench-hashes={tmp_path / 'h.json'}"]
+    r = subprocess.run(cmd, cwd=REPO, env=clean_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    downloaded = tmp_path / "downloaded"
+    for i in (0, 1):  # actions/download-artifact: a directory per artifact
+        (downloaded / f"bench-shard-{i}").mkdir(parents=True)
+        shutil.copy(out_dir / f"shard-{i}.json", downloaded / f"bench-shard-{i}" / f"shard-{i}.json")
+
+    def merge_only(out: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCH / "shard.py"), "--merge-only", str(downloaded), "--out",
+                               str(tmp_path / out), *args], cwd=REPO, env=clean_env(tmp_path), capture_output=True,
+                              text=True, timeout=TIMEOUT)
+
+    store = tmp_path / "store"
+    r = merge_only("m1", "--compare-latest", str(store), "--fail-over", "5")
+    assert r.returncode == 2 and "NO BASELINE" in (tmp_path / "m1" / "report.md").read_text(), r.stdout + r.stderr
+    r = merge_only("m2", "--save", "main", "--storage", str(store))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "m2" / "report.md").read_text() == (out_dir / "report.md").read_text()  # one host's report
+    merged = json.loads((tmp_path / "m2" / "merged.json").read_text())
+    assert sorted(b["param"] for b in merged["benchmarks"]) == ["kv-b1-p32-n16-fp32", "kv-b4-p32-n16-fp32"]
+    assert len(list(store.rglob("0001_main.json"))) == 1
+    r = merge_only("m3", "--compare-latest", str(store), "--fail-over", "1000")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report_md = (tmp_path / "m3" / "report.md").read_text()
+    assert "NO BASELINE" not in report_md and report_md.count("kv-b") == 2, report_md
 
 
 # ------------------------------------------------------------------------------------------- pure Python

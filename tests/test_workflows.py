@@ -148,6 +148,38 @@ def test_documented_commands_are_the_ones_the_workflow_uses():
         assert script in doc, script
 
 
+def test_shards_workflow_runs_a_shard_per_runner_then_merges_and_gates():
+    """Past one host: a matrix job per shard on the GPU runners (the suite's --bench-shard i/N, its JSON uploaded),
+    then one job that merges every shard with shard.py --merge-only and gates on the newest saved main baseline of
+    that GPU (the cache gpu-bench.yml writes on pushes to main)."""
+    wf = load("gpu-bench-shards.yml")
+    bench = load("gpu-bench.yml")
+    assert "workflow_dispatch" in wf["on"] and {"shards", "fail_over"} <= set(wf["on"]["workflow_dispatch"]["inputs"])
+    plan, shard, merge = wf["jobs"]["plan"], wf["jobs"]["shard"], wf["jobs"]["merge"]
+    assert "gpu" not in str(plan["runs-on"]) and "gpu" in shard["runs-on"]
+    assert shard["strategy"]["matrix"]["shard"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
+    assert shard["strategy"]["fail-fast"] is False and shard["needs"] == "plan" and merge["needs"] == "shard"
+    shard_runs = " ".join(" ".join(s["run"].split()) for s in shard["steps"] if "run" in s)
+    assert "pytest benchmarks/ -p no:xdist" in shard_runs
+    assert '--bench-shard "${{ matrix.shard }}/${{ inputs.shards }}"' in shard_runs
+    assert '--benchmark-json="$OUT/shard-${{ matrix.shard }}.json"' in shard_runs
+    uploads = [s for s in shard["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and uploads[0]["with"]["name"] == "bench-shard-${{ matrix.shard }}"
+    downloads = [s for s in merge["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact")]
+    assert downloads and downloads[0]["with"]["pattern"] == "bench-shard-*"
+    merge_runs = " ".join(" ".join(s["run"].split()) for s in merge["steps"] if "run" in s)
+    assert 'python benchmarks/shard.py --merge-only "$RUNNER_TEMP/shards"' in merge_runs
+    assert '--compare-latest "$HOME/.cache/llama_fast-bench/baselines" --fail-over "$FAIL_OVER"' in merge_runs
+    # the baselines it reads are the ones gpu-bench.yml saves, under the same cache key prefix and path
+    restore = [s for s in merge["steps"] if str(s.get("uses", "")).startswith("actions/cache/restore")][0]["with"]
+    saved = [s for s in bench["jobs"]["bench"]["steps"] if "baselines" in str(s.get("with", {}).get("path", ""))]
+    assert saved and restore["path"] == saved[0]["with"]["path"]
+    assert restore["restore-keys"].strip() == "bench-baselines-${{ needs.shard.outputs.gpu }}-"
+    assert saved[0]["with"]["restore-keys"].strip() == "bench-baselines-${{ steps.key.outputs.gpu }}-"
+    doc = (REPO / "docs" / "BENCHMARKS.md").read_text()
+    assert "gpu-bench-shards.yml" in doc and "--merge-only" in doc
+
+
 # ------------------------------------------------------------------------------------------- scripts/install.sh
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # A stand-in for $PYTHON: answers install.sh's torch/triton probes from files in its state directory and records
