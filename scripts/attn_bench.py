@@ -7,6 +7,8 @@ real step); no PDL (nothing before them to overlap with).
   python scripts/attn_bench.py
   python scripts/attn_bench.py --form split --batch 8
     (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, is the "pinned" row)
+  python scripts/attn_bench.py --form split --batch 8 --shape llama3-8b
+    (a GQA shape: also the tensor-core GQA kernel's configs, the "gqa-dot" rows)
   python scripts/attn_bench.py --device cpu --shape tiny --cache 80 --attended 70 --layers 2 --reps 1
     (Triton's interpreter on the CPU: checks that every config builds and matches SDPA, times nothing useful)
 """
@@ -46,11 +48,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def configs_to_time() -> list[tuple[str, dict | None]]:
-    """(name, attention config or None for the pinned one): the pinned config first, then chunk x warps."""
+def configs_to_time(gqa_dot: bool = False) -> list[tuple[str, dict | None]]:
+    """(name, attention config or None for the pinned one): the pinned config first, then chunk x warps; with
+    gqa_dot (the split form of a GQA shape) also the tensor-core GQA kernel's (GQA_DOT) chunk x warps."""
     rows: list[tuple[str, dict | None]] = [("pinned", None)]
     for chunk, warps in itertools.product((32, 64, 128, 256), (2, 4, 8)):
         rows.append((f"chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps}))
+    for chunk, warps in itertools.product((32, 64, 128), (2, 4, 8)) if gqa_dot else ():
+        rows.append((f"gqa-dot chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps, "GQA_DOT": 1}))
     return rows
 
 
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
     from llama_fast.kernels import decode_attention, decode_attention_one_launch
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG
+    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG, ATTN_GQA_DOT
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
     if args.form == "split":  # timed eager, so the "pinned" row asks for the compiled step's config explicitly
-        pinned = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
+        pinned = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS, "GQA_DOT": int(ATTN_GQA_DOT)}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)
@@ -94,7 +99,7 @@ def main(argv=None) -> int:
         return t, err
 
     results = []
-    for name, config in configs_to_time():
+    for name, config in configs_to_time(args.form == "split" and H != Hkv):
         if name == "pinned":
             shown = pinned or ATTN_EAGER_CONFIG
             name = f"pinned chunk {shown['CHUNK']}/{shown['num_warps']}"

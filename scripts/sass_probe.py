@@ -38,7 +38,7 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
-SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps")  # what --config may set for --kernel attention-split
+SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
 GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "I4_DOT")  # for --kernel gemm
 
 
@@ -60,12 +60,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="PDL mode of the launch: 0 off, 2 PDL_TRIGGER_LATE (the fastest path's; default)")
     ap.add_argument("--cache", type=int, default=1200, help="KV cache slots (default 1200: prompt 1000 + 200 new)")
     ap.add_argument("--heads", type=int, default=32, help="attention heads, as many KV heads (default 32)")
+    ap.add_argument("--kv-heads", type=int, default=None,
+                    help="attention-split: KV heads, dividing --heads (Llama-3-8B: --heads 32 --kv-heads 8; "
+                         "default: --heads); with --config GQA_DOT=1 the tensor-core GQA kernel")
     ap.add_argument("--arch", type=int, default=90, help="compute capability as an integer (default 90)")
     ap.add_argument("--ptxas", default=None, help="a ptxas binary to use instead of Triton's bundled one")
     ap.add_argument("--sass", default=None, help="also write the SASS (cuobjdump -sass) to this file")
     args = ap.parse_args(argv)
     if args.cache < 1 or args.heads < 1 or args.batch < 1:
         ap.error("--cache, --heads and --batch must be positive")
+    if args.kv_heads is None:
+        args.kv_heads = args.heads
+    if args.kv_heads < 1 or args.heads % args.kv_heads:
+        ap.error(f"--kv-heads {args.kv_heads} must be positive and divide --heads {args.heads}")
     if args.arch < 80:
         ap.error(f"--arch {args.arch}: the kernels target sm_80 and later")
     if args.ptxas is not None and not os.access(args.ptxas, os.X_OK):
@@ -155,10 +162,10 @@ def seed_launch(heads: int, cache: int, pdl: int):
     return attention._decode_attn_one_launch_kernel, grid, args, kwargs
 
 
-def split_launch(batch: int, heads: int, cache: int, config: dict):
+def split_launch(batch: int, heads: int, cache: int, config: dict, kv_heads: int | None = None):
     """decode_attention's chunk kernel (kernel, grid, arguments, keywords: attention.split_call's) on CPU tensors
     laid out as the compiled step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch,
-    heads, cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by
+    kv_heads (default heads), cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by
     config. No PDL (batches above 1 run it inside torch.compile, model.pdl_mode)."""
     import torch
 
@@ -167,7 +174,7 @@ def split_launch(batch: int, heads: int, cache: int, config: dict):
     D = 128
     cfg = {"CHUNK": configs.ATTN_CHUNK, "num_warps": configs.ATTN_COMPILED_WARPS, **config}
     q = torch.empty((batch, heads * D), dtype=torch.float16).view(batch, 1, heads, D).transpose(1, 2)
-    k = torch.empty((batch, heads, cache, D), dtype=torch.float16)
+    k = torch.empty((batch, kv_heads or heads, cache, D), dtype=torch.float16)
     mask = torch.ones((batch, cache), dtype=torch.bool)
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda form, n, K: cfg if form == "attention" else None
@@ -175,7 +182,8 @@ def split_launch(batch: int, heads: int, cache: int, config: dict):
         grid, args, kwargs, _ = attention.split_call(q, k, torch.empty_like(k), mask, D ** -0.5, 0)
     finally:
         configs.CONFIG_OVERRIDE = previous
-    return attention._decode_attn_split_kernel, grid, args, kwargs
+    kernel = attention._decode_attn_split_gqa_kernel if "QP" in kwargs else attention._decode_attn_split_kernel
+    return kernel, grid, args, kwargs
 
 
 def empty_weight(weights: str, rows: int, K: int):
@@ -280,7 +288,7 @@ def main(argv=None) -> int:
         kernel, grid, launch_args, kwargs = seed_launch(args.heads, args.cache, args.pdl)
         per_iteration = None
     elif args.kernel == "attention-split":
-        kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config)
+        kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config, args.kv_heads)
         per_iteration = None
     elif args.kernel == "gemm":
         kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows, args.config)

@@ -146,6 +146,18 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
         assert err < tol, ("attention", newest, B, H, Hkv, S, err)
         print("attention", newest, B, H, Hkv, S, f"{err:.1e}")
         outs.append(o)
+        if H != Hkv:  # GQA on the tensor cores: a program per KV head, its query heads the rows of one product
+            og = torch.empty(B, H, 1, D, dtype=dt)
+            m.fill_(float("nan"))
+            at._decode_attn_split_gqa_kernel[(B * Hkv, nsplit)](
+                q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
+                k.stride(1), k.stride(2), mask.stride(0), nsplit, D=D, CHUNK=configs.ATTN_CHUNK, QP=16, USE_PDL=False,
+                NEWEST_AFTER_WAIT=newest, PRECISION="ieee")
+            at._decode_attn_combine_kernel[(B * H,)](m, l, acc, og, nsplit, D=D,
+                                                     SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False)
+            err = rel(og, ref)
+            assert err < tol, ("attention gqa dot", newest, B, H, Hkv, S, err)
+            print("attention gqa dot", newest, B, H, Hkv, S, f"{err:.1e}")
     assert torch.equal(outs[0], outs[1])
     cnt = torch.zeros(B * H, dtype=torch.int32)
     for call in range(2):  # the one-launch form leaves its counters at zero for the next call
@@ -156,6 +168,12 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
             SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False, NEWEST_AFTER_WAIT=call == 1)
         assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
     print("attention one launch", B, H, Hkv, S, "== two launches")
+    if H != Hkv:  # the op with the GQA_DOT config key: the tensor-core kernel behind decode_attention
+        configs.ATTN_GQA_DOT = True
+        o3 = kn.decode_attention(q, k, v, mask, D ** -0.5, 2)
+        configs.ATTN_GQA_DOT = False
+        err = rel(o3, ref)
+        assert err < tol, ("op attention gqa dot", B, H, Hkv, S, err)
     # the public ops: eager launches take configs.ATTN_EAGER_CONFIG (128-slot tiles), PDL asked for and not applied
     for name, o2 in (("op attention", kn.decode_attention(q, k, v, mask, D ** -0.5, 2)),
                      ("op attention one launch", kn.decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt, 2))):

@@ -526,8 +526,9 @@ def test_attn_bench_in_the_interpreter(interpreter):
                  "80", "--attended", "70", "--layers", "2", "--reps", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
-    assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
+    assert "FAILED" not in r.stdout and len(errs) == 13 + 9 and max(errs) < 1e-2, r.stdout  # + the gqa-dot rows
     assert r.stdout.splitlines()[0].startswith(f"pinned chunk {ATTN_CHUNK}/{ATTN_COMPILED_WARPS}")
+    assert len([line for line in r.stdout.splitlines() if line.startswith("gqa-dot chunk ")]) == 9, r.stdout
 
 
 # ------------------------------------------------------------------------------------------- pick_bench
@@ -588,7 +589,8 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     (["--kernel", "gemv", "--config", "BLOCK_M=16"], "--config: unknown key BLOCK_M"),
     (["--kernel", "attention-split", "--config", "BLOCK_K=64"], "--config: unknown key BLOCK_K (the keys are CHUNK"),
     (["--kernel", "attention-split", "--weights", "int8"], "--weights is for the GEMV forms"),
-    (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive")])
+    (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive"),
+    (["--kernel", "attention-split", "--kv-heads", "5"], "--kv-heads 5 must be positive and divide --heads 32")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
@@ -621,7 +623,7 @@ def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
 def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_others():
     """The two-kernel attention of batches above 1 (its chunk kernel), compiled for sm_90 without a GPU: at the
     compiled step's config (ATTN_CHUNK slots, ATTN_COMPILED_WARPS warps) over batch x heads programs and the
-    cache's chunks, and at a --config of half the chunk (twice the chunks)."""
+    cache's chunks, at a --config of half the chunk (twice the chunks), and the tensor-core GQA kernel."""
     from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
 
     lines = {}
@@ -636,6 +638,13 @@ def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_ot
     assert f"grid 256x{chunks}" in lines["compiled"], lines["compiled"]
     assert f"CHUNK {ATTN_CHUNK // 2}, 4 warps" in lines["half"] and f"grid 256x{-(-1200 // (ATTN_CHUNK // 2))}" in \
         lines["half"], lines["half"]
+    # GQA (Llama-3-8B's 32 query / 8 KV heads) on the tensor cores: a program a KV head, nothing spilled
+    r = run_tool("sass_probe", "--kernel", "attention-split", "--batch", "8", "--kv-heads", "8", "--config",
+                 "GQA_DOT=1,num_warps=4", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    gqa = r.stdout.strip()
+    assert gqa.startswith("_decode_attn_split_gqa_kernel sm_90 | Triton "), gqa
+    assert f"CHUNK {ATTN_CHUNK}, 4 warps, PDL 0" in gqa and f"grid 64x{chunks}" in gqa and " 0 B stack |" in gqa, gqa
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")

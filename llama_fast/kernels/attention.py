@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from . import configs
 from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, pinned_config
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -101,6 +102,54 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 
 
 @triton.jit
+def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                                  sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
+                                  QP: tl.constexpr, USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr,
+                                  PRECISION: tl.constexpr):
+    """_decode_attn_split_kernel for grouped-query attention on the tensor cores: program (b * Hkv + kv head, j)
+    takes the G query heads sharing that KV head as the rows of a (QP, D) tile (QP >= 16 >= G, the rows past G
+    zero), so the chunk's K and V are read once for all of them: scores (QP, CHUNK) = q K^T, then the
+    unnormalized output (QP, D) = p V with p rounded to the cache dtype (fp32 sums; fp32 models: PRECISION
+    "ieee", not TF32)."""
+    bk = tl.program_id(0)
+    j = tl.program_id(1)
+    Hkv = H // G
+    b = bk // Hkv
+    hk = bk % Hkv
+    rd = tl.arange(0, D)
+    rs = j * CHUNK + tl.arange(0, CHUNK)
+    rg = tl.arange(0, QP)
+    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
+    kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
+    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # (CHUNK, D); masked slots are never read
+    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
+    if USE_PDL != 0:
+        gdc_wait()
+    if NEWEST_AFTER_WAIT:  # as _attn_chunk: only the newest attended slot is read again after the wait
+        last = tl.max(tl.where(ok, rs, -1), axis=0)
+        row = b * sk_b + hk * sk_h + tl.maximum(last, 0) * sk_s + rd
+        newest = (rs == last)[:, None]
+        k = tl.where(newest, tl.load(k_ptr + row, cache_modifier=".cg")[None, :], k)
+        v = tl.where(newest, tl.load(v_ptr + row, cache_modifier=".cg")[None, :], v)
+    h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
+    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (QP, CHUNK) fp32
+    scores = tl.where(ok[None, :], scores, float("-inf"))
+    m = tl.max(scores, axis=1)
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    p = tl.exp(scores - m_safe[:, None])
+    l = tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # (QP, D) fp32
+    if USE_PDL != 0:
+        gdc_launch_dependents()
+    out = (b * H + h) * NSPLIT + j
+    real = rg < G
+    tl.store(m_ptr + out, m, mask=real)
+    tl.store(l_ptr + out, l, mask=real)
+    tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
+
+
+@triton.jit
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
@@ -152,8 +201,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     pdl = _attn_pdl(q, pdl)
     grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
     nsplit = grid[1]
-    wrap_triton(_decode_attn_split_kernel)[grid](*args, **kwargs)
-    wrap_triton(_decode_attn_combine_kernel)[(grid[0],)](m, l, acc, o, nsplit, D=kwargs["D"],
+    wrap_triton(_decode_attn_split_gqa_kernel if "QP" in kwargs else _decode_attn_split_kernel)[grid](*args, **kwargs)
+    wrap_triton(_decode_attn_combine_kernel)[(q.shape[0] * q.shape[1],)](m, l, acc, o, nsplit, D=kwargs["D"],
                                                            SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                            **launch_kwargs(pdl))
     return o
@@ -170,7 +219,20 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple[tuple, tuple, dic
             k.stride(2), mask.stride(0), nsplit)
     kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
                   **_chunk_launch_kwargs(pdl))
+    if Hkv < H and _gqa_dot(S, D):  # a program per KV head and chunk, its query heads on the tensor cores
+        qp = max(16, triton.next_power_of_2(H // Hkv))
+        precision = "ieee" if q.dtype == torch.float32 else "tf32"
+        return (B * Hkv, nsplit), args, {**kwargs, "QP": qp, "PRECISION": precision}, (m, l, acc, o)
     return (B * H, nsplit), args, kwargs, (m, l, acc, o)
+
+
+def _gqa_dot(S: int, D: int) -> bool:
+    """Whether the two-kernel form of a GQA model takes _decode_attn_split_gqa_kernel: CONFIG_OVERRIDE's
+    "attention" entry's GQA_DOT (scripts/attn_bench.py), else configs.ATTN_GQA_DOT."""
+    override = configs.CONFIG_OVERRIDE("attention", S, D) if configs.CONFIG_OVERRIDE is not None else None
+    if override and "GQA_DOT" in override:
+        return bool(override["GQA_DOT"])
+    return configs.ATTN_GQA_DOT
 
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})

@@ -78,6 +78,10 @@ QUANT_CONFIGS = {
 ATTN_CHUNK = 64
 ATTN_COMPILED_WARPS = 2
 ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
+# The two-kernel form of a GQA model on the tensor cores (attention._decode_attn_split_gqa_kernel: a program per KV
+# head, its query heads the rows of one product, each K / V tile read once): built, not yet timed, so off; the
+# "attention" config's GQA_DOT key turns it on (scripts/attn_bench.py --form split --shape llama3-8b).
+ATTN_GQA_DOT = False
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
