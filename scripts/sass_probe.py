@@ -165,8 +165,8 @@ def seed_launch(heads: int, cache: int, pdl: int):
 def split_launch(batch: int, heads: int, cache: int, config: dict, kv_heads: int | None = None):
     """decode_attention's chunk kernel (kernel, grid, arguments, keywords: attention.split_call's) on CPU tensors
     laid out as the compiled step's: q (batch, heads, 1, 128) a view of the qkv GEMM's output, the cache (batch,
-    kv_heads (default heads), cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK, ATTN_COMPILED_WARPS) updated by
-    config. No PDL (batches above 1 run it inside torch.compile, model.pdl_mode)."""
+    kv_heads (default heads), cache, 128), the mask (batch, cache); the compiled config (ATTN_CHUNK,
+    ATTN_COMPILED_WARPS) updated by config. No PDL (batches above 1 run it inside torch.compile, model.pdl_mode)."""
     import torch
 
     from llama_fast.kernels import attention, configs

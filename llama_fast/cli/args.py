@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "must divide the attention heads and the intermediate size; with --preallocate only; "
                         "quantized weights shard too (int4: each rank's K of wo and w2 a multiple of the group); "
                         "the output head is replicated, or vocabulary-parallel with LLAMA_FAST_TP_HEAD=vocab; "
-                        "the decode step's all-reduces one-shot over symmetric GPU memory where the GPUs of one host allow "
-                        "it (LLAMA_FAST_TP_ALLREDUCE=auto, the default; nccl, symm or fused to choose); "
+                        "the decode step's all-reduces one-shot over symmetric GPU memory where the GPUs of one "
+                        "host allow it (LLAMA_FAST_TP_ALLREDUCE=auto, the default; nccl, symm or fused to choose); "
                         "rank 0 prints and writes the CSV (default: 1)")
     p.add_argument("--prompt", default=None, metavar="TEXT",
                    help="generate from this text (needs a model with a real tokenizer) and print the decoded "

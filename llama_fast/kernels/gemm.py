@@ -227,6 +227,13 @@ def _k_perm(t, R: tl.constexpr, BLOCK_K: tl.constexpr, WFMT: tl.constexpr):
 
 
 @triton.jit
+def _word_perm(t, R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """t (R, BLOCK_K) in the K order of _int4_words_biased: within each 8 columns (a 32-bit word of int4
+    weights), 0 4 1 5 2 6 3 7."""
+    return tl.reshape(tl.permute(tl.reshape(t, (R, BLOCK_K // 8, 2, 4)), (0, 1, 3, 2)), (R, BLOCK_K))
+
+
+@triton.jit
 def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP16: tl.constexpr):
     """The int4 weights of rows `rows`, columns k0..k0 + BLOCK_K (k0 a multiple of BLOCK_K), dequantized in fp32
@@ -274,9 +281,9 @@ def _int4_words_biased(w_ptr, rows, n_mask, k0, k_hi, stride_wn, fp16_bits, BLOC
     """1024 + q in fp16 (BLOCK_N, BLOCK_K), exactly, for the int4 weights of rows `rows`, columns k0..k0 + BLOCK_K,
     a 32-bit word (8 weights) at a time: the word shifted by 4 j and masked with 0x000F000F holds nibbles j and
     j + 4 in its two halves, under fp16's exponent of 1024 once 0x64006400 is or-ed in: a shift and one LOP3 make
-    two fp16 values. A word's weights come out in the order 0 4 1 5 2 6 3 7 (x is permuted the same way in
-    _gemm_kernel), each pair from one word. Columns past k_hi come out 1024 (their x is 0). fp16_bits: FP16_PAIR_1024, a kernel argument: as
-    a literal, ptxas splits each mask-and-or into two LOP3s (the pattern then needs a register of its own)."""
+    two fp16 values. A word's weights come out in the order 0 4 1 5 2 6 3 7 (_word_perm's), each pair from one
+    word. Columns past k_hi come out 1024 (their x is 0). fp16_bits: FP16_PAIR_1024, a kernel argument: as a
+    literal, ptxas splits each mask-and-or into two LOP3s (the pattern then needs a register of its own)."""
     KW: tl.constexpr = BLOCK_K // 8
     wp = w_ptr.to(tl.pointer_type(tl.int32))
     kw = k0 // 8 + tl.arange(0, KW)
@@ -298,7 +305,7 @@ def _int4_group_dot(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stri
     """acc + the int4 tile's share of W @ x^T in fp16 models where the tile lies in one group (GROUP a multiple
     of BLOCK_K): t = (1024 + q) @ x^T on the tensor cores (exact products, fp32 sums), then
     s t + (o - 1024 s) sum(x) per row: the group's scale and offset once per output instead of once per weight.
-    xt: x^T in _k_perm's order (BLOCK_K, BLOCK_M); xsum (BLOCK_M,) fp32, its sums over the tile."""
+    xt: x^T in _word_perm's order (BLOCK_K, BLOCK_M); xsum (BLOCK_M,) fp32, its sums over the tile."""
     qb = _int4_words_biased(w_ptr, rows, n_mask, k0, k_hi, stride_wn, fp16_bits, BLOCK_N, BLOCK_K)
     t = tl.dot(qb, xt, input_precision=PRECISION)  # (BLOCK_N, BLOCK_M) fp32
     g_off = rows * stride_sn + k0 // GROUP
@@ -343,10 +350,9 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
             g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
             x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
-        if GROUP_DOT:
+        if GROUP_DOT:  # x's sums over the tile, then _int4_words_biased's K order
             xsum = tl.sum(x.to(tl.float32), axis=1)  # (BLOCK_M,)
-        if GROUP_DOT:  # _int4_words_biased's K order
-            x = tl.reshape(tl.permute(tl.reshape(x, (BLOCK_M, BLOCK_K // 8, 2, 4)), (0, 1, 3, 2)), (BLOCK_M, BLOCK_K))
+            x = _word_perm(x, BLOCK_M, BLOCK_K)
         elif WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
             x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
         xt = tl.trans(x)
