@@ -179,10 +179,9 @@ def split_launch(batch: int, heads: int, cache: int, config: dict, kv_heads: int
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda form, n, K: cfg if form == "attention" else None
     try:
-        grid, args, kwargs, _ = attention.split_call(q, k, torch.empty_like(k), mask, D ** -0.5, 0)
+        kernel, grid, args, kwargs, _ = attention.split_call(q, k, torch.empty_like(k), mask, D ** -0.5, 0)
     finally:
         configs.CONFIG_OVERRIDE = previous
-    kernel = attention._decode_attn_split_gqa_kernel if "QP" in kwargs else attention._decode_attn_split_kernel
     return kernel, grid, args, kwargs
 
 

@@ -199,18 +199,19 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     pdl: PDL_OFF or PDL_TRIGGER_LATE, applied where it can be (pdl.use_pdl). With PDL, only the newest
     attended slot of each row may be written by the kernel before (the step's)."""
     pdl = _attn_pdl(q, pdl)
-    grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
+    kernel, grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
     nsplit = grid[1]
-    wrap_triton(_decode_attn_split_gqa_kernel if "QP" in kwargs else _decode_attn_split_kernel)[grid](*args, **kwargs)
+    wrap_triton(kernel)[grid](*args, **kwargs)
     wrap_triton(_decode_attn_combine_kernel)[(q.shape[0] * q.shape[1],)](m, l, acc, o, nsplit, D=kwargs["D"],
                                                            SPLITS=triton.next_power_of_2(nsplit), USE_PDL=pdl,
                                                            **launch_kwargs(pdl))
     return o
 
 
-def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple[tuple, tuple, dict, tuple]:
-    """(grid, arguments, keywords, (m, l, acc, o)) of decode_attention's chunk-kernel launch, pdl already decided
-    (a use_pdl result). Also what scripts/sass_probe.py compiles offline."""
+def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
+    """(kernel, grid, arguments, keywords, (m, l, acc, o)) of decode_attention's chunk-kernel launch, pdl already
+    decided (a use_pdl result): _decode_attn_split_kernel, or for a GQA model with GQA_DOT
+    _decode_attn_split_gqa_kernel. Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     chunk, warps = _attn_config(S, D)
@@ -222,17 +223,17 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple[tuple, tuple, dic
     if Hkv < H and _gqa_dot(S, D):  # a program per KV head and chunk, its query heads on the tensor cores
         qp = max(16, triton.next_power_of_2(H // Hkv))
         precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        return (B * Hkv, nsplit), args, {**kwargs, "QP": qp, "PRECISION": precision}, (m, l, acc, o)
-    return (B * H, nsplit), args, kwargs, (m, l, acc, o)
+        return (_decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args,
+                {**kwargs, "QP": qp, "PRECISION": precision}, (m, l, acc, o))
+    return _decode_attn_split_kernel, (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
 
 def _gqa_dot(S: int, D: int) -> bool:
-    """Whether the two-kernel form of a GQA model takes _decode_attn_split_gqa_kernel: CONFIG_OVERRIDE's
-    "attention" entry's GQA_DOT (scripts/attn_bench.py), else configs.ATTN_GQA_DOT."""
-    override = configs.CONFIG_OVERRIDE("attention", S, D) if configs.CONFIG_OVERRIDE is not None else None
-    if override and "GQA_DOT" in override:
-        return bool(override["GQA_DOT"])
-    return configs.ATTN_GQA_DOT
+    """Whether the two-kernel form of a GQA model takes _decode_attn_split_gqa_kernel: the "attention" config's
+    GQA_DOT key where the launch's config has it (pinned_config: CONFIG_OVERRIDE's, e.g. scripts/attn_bench.py),
+    else configs.ATTN_GQA_DOT (also inside torch.compile, where the chunk and warps are the compiled ones)."""
+    cfg = pinned_config("attention", S, D)
+    return bool(cfg["GQA_DOT"]) if cfg and "GQA_DOT" in cfg else configs.ATTN_GQA_DOT
 
 
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
