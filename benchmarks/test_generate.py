@@ -67,10 +67,8 @@ def test_generate(benchmark, bench_ctx, case):
         if fast is not None:
             fast.step_hook = None
     peak = mem.peak - other
-    import torch
-
     rounds_out = outs[len(outs) - max(rounds, 1):]  # the timed rounds (warm-up and injection calls before them)
-    assert all(torch.equal(rounds_out[0], o) for o in rounds_out[1:]), (
+    assert harness.outputs_agree(rounds_out), (
         f"{case.id}: the timed rounds generated different tokens from the same prompt (greedy, or sampling with "
         "its seed): a race in a kernel or a collective")
     out = out.cpu()

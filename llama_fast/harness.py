@@ -377,19 +377,22 @@ def measure(runner: Runner, workload: Workload, warmup_runs: int = 1, num_runs: 
             runner(ids)
         if i == 0:
             warmup_s = t.seconds
-    times, out, first, agree = [], None, None, True
+    times, outs = [], []
     with PeakMemory(dev, runner.graph_pool_bytes) as mem:
         for _ in range(num_runs):
             with DeviceTimer(dev) as t:
                 out = runner(ids)
             times.append(t.seconds)
-            if first is None:
-                first = out.clone()  # the runner may hand back a buffer the next run overwrites
-            elif agree:
-                agree = torch.equal(first, out)  # after the timer: the comparison is not timed
-    out = out.cpu()
+            outs.append(out.clone())  # after the timer; the runner may hand back a buffer the next run overwrites
+    out = outs[-1].cpu()
     return Measurement(runner.variant, workload, times, warmup_s, mem.peak, output_hash(runner.tokenizer, out), out,
-                       agree)
+                       outputs_agree(outs))
+
+
+def outputs_agree(outputs: list[torch.Tensor]) -> bool:
+    """Whether every generate call's tokens equal the first's: one process repeating the same work on the same
+    inputs (greedy, or sampling with its seed), so a difference is a race in a kernel or a collective."""
+    return all(torch.equal(outputs[0], o) for o in outputs[1:])
 
 
 def call_seconds(fn: Callable[[], object], device: torch.device, calls: int, reps: int) -> list[float]:
