@@ -30,13 +30,10 @@ from llama_fast.config import NAMED_SHAPES
 FORMS = ("linear", "inductor-linear", "inductor-reduce", "triton-gemv")
 # the small-M GEMM's form in the fused-gemm step (model.Block._small_m_forward; the head through model.linear)
 GEMM_STEP_FORMS = {"wqkv": "rmsnorm", "wo": "residual", "w13": "rmsnorm-swiglu", "w2": "residual", "head": "gemm"}
-# (BLOCK_N, BLOCK_K, num_warps, num_stages, PER_SM, I4_DOT) of --gemm-sweep: the tiles at one program per SM,
-# then a deeper K split (2-8 programs per SM, gemm.PER_SM) at the tiles that leave it room; int4 weights also
-# with the group's scale and offset per tile on the fp32 product (gemm.py's I4_DOT) at the tiles inside a group
-GEMM_GRID = [(*c, 1, 0) for c in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (2, 3, 4))] + \
-    [(bn, 128, 4, stages, per_sm, 0) for bn in (32, 64) for stages in (3, 4) for per_sm in (2, 4, 8)]
-GEMM_I4_DOT_GRID = [(bn, bk, 4, stages, per_sm, 1) for bn in (32, 64) for bk in (64, 128) for stages in (3, 4)
-                    for per_sm in (1, 4, 8)]
+# (BLOCK_N, BLOCK_K, num_warps, num_stages, PER_SM) of --gemm-sweep: the tiles at one program per SM, then a
+# deeper K split (2-8 programs per SM, gemm.PER_SM) at the tiles that leave it room
+GEMM_GRID = [(*c, 1) for c in itertools.product((32, 64, 128), (64, 128, 256), (4, 8), (2, 3, 4))] + \
+    [(bn, 128, 4, stages, per_sm) for bn in (32, 64) for stages in (3, 4) for per_sm in (2, 4, 8)]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -186,25 +183,21 @@ def gemm_main(args, dev, shapes) -> int:
                                                step.startswith("rmsnorm"))
                     pinned, times = table[key], []
                     f = gemm_fn(step, M, N, K, dev)
-                    grid = GEMM_GRID + (GEMM_I4_DOT_GRID if kind.startswith("int4") else [])
-                    for bn, bk, warps, stages, per_sm, i4_dot in grid:
+                    for bn, bk, warps, stages, per_sm in GEMM_GRID:
                         table[key] = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages,
-                                      "PER_SM": per_sm, "I4_DOT": i4_dot}
+                                      "PER_SM": per_sm}
                         try:
                             times.append((time_per_call(lambda: (lambda wq, q, _: f(x, wq, **q))(*w()), dev,
-                                                        args.reps, args.calls), bn, bk, warps, stages, per_sm,
-                                          i4_dot))
+                                                        args.reps, args.calls), bn, bk, warps, stages, per_sm))
                         except triton.runtime.errors.OutOfResources:  # more shared memory than the GPU has
                             continue
                         finally:
                             table[key] = pinned
-                    for t, bn, bk, warps, stages, per_sm, i4_dot in sorted(times)[:3]:
+                    for t, bn, bk, warps, stages, per_sm in sorted(times)[:3]:
                         print("  " + row(name, f"M={M} {step}{tag}", t, nbytes).strip()
-                              + f"  BN{bn} BK{bk} warps {warps} stages {stages} per SM {per_sm}"
-                              + (" I4_DOT" if i4_dot else ""), flush=True)
+                              + f"  BN{bn} BK{bk} warps {warps} stages {stages} per SM {per_sm}", flush=True)
                     print(f"  pinned: BN{pinned['BLOCK_N']} BK{pinned['BLOCK_K']} warps {pinned['num_warps']} "
-                          f"stages {pinned['num_stages']} per SM {pinned.get('PER_SM', 1)}"
-                          + (" I4_DOT" if pinned.get("I4_DOT") else ""), flush=True)
+                          f"stages {pinned['num_stages']} per SM {pinned.get('PER_SM', 1)}", flush=True)
             print(f"M={M} per layer-set totals (one of each shape){'' if kind == 'fp16' else ', ' + kind}:")
             dense_wb = sum(N * K * 2 for N, K in shapes.values())
             for form in ("linear", "dequant-linear", "gemm", "step"):

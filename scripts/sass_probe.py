@@ -39,7 +39,7 @@ SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
 SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
-GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "I4_DOT")  # for --kernel gemm
+GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM")  # for --kernel gemm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
         return 0
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-                                                    "SPLIT_K", "I4_DOT", "maxnreg") if k in kwargs)
+                                                    "SPLIT_K", "maxnreg") if k in kwargs)
     pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
     print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "

@@ -112,11 +112,7 @@ def quantized(w):  # (op arguments, the dequantized weight in dt)
 G = scheme.group or 1
 # int4: K 160 = 1.25 tiles of 128 at group 32, 192 = 1.5 tiles at group 64; 384 = 3 tiles at group 128
 shapes = [(96, 300), (37, 520)] if scheme.bits == 8 else [(96, {32: 160, 64: 192, 128: 384}[G]), (37, 2 * G)]
-# int4 in fp16 also with the I4_DOT config key (a tile inside one group: the scale and offset per tile on the
-# fp32 product; at the pinned BLOCK_K 128 groups 32 and 64 keep the per-weight path, at 32 every group takes it)
 passes = [("pinned", {}), ("BLOCK_K 32", {"BLOCK_K": 32})]
-if scheme.bits == 4 and dt == torch.float16:
-    passes += [("I4_DOT", {"I4_DOT": 1}), ("I4_DOT BLOCK_K 32", {"I4_DOT": 1, "BLOCK_K": 32})]
 pinned_configs = dict(gm.GEMM_QUANT_CONFIGS)
 checked = expected = 0
 for label, change in passes:
@@ -377,17 +373,16 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     from llama_fast.kernels import gemm as gm
 
     names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N", "K",
-             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn", "fp16_bits"]
+             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn"]
     aligned = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n != "M"}  # M: 3 rows, say
     wtypes = {gm.WFMT_DENSE: "*fp16", gm.WFMT_INT8: "*i8", gm.WFMT_INT4: "*u8"}
-    for (bm, form), wfmt, group, i4_dot in [((16, "gemm"), gm.WFMT_DENSE, 0, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0, 0),
-                                            ((16, "gemm"), gm.WFMT_INT8, 0, 0), ((16, "swiglu"), gm.WFMT_INT8, 0, 0),
-                                            ((16, "gemm"), gm.WFMT_INT4, 32, 0), ((32, "swiglu"), gm.WFMT_INT4, 128, 0),
-                                            ((16, "swiglu"), gm.WFMT_INT4, 128, 1)]:
+    for (bm, form), wfmt, group in [((16, "gemm"), gm.WFMT_DENSE, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0),
+                                    ((16, "gemm"), gm.WFMT_INT8, 0), ((16, "swiglu"), gm.WFMT_INT8, 0),
+                                    ((16, "gemm"), gm.WFMT_INT4, 32), ((32, "swiglu"), gm.WFMT_INT4, 128)]:
         cfg = gm.gemm_config(bm, form == "swiglu", wfmt)
-        types = ["*fp16", wtypes[wfmt], "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 10
+        types = ["*fp16", wtypes[wfmt], "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
         const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", WFMT=wfmt,
-                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], I4_DOT=i4_dot)
+                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
         src = ASTSource(gm._gemm_kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")},
                         constexprs=const, attrs=aligned)
         try:

@@ -441,16 +441,15 @@ def test_gemv_bench_gemm_mode_quantized_weights_in_the_interpreter(interpreter):
 
 @pytest.mark.slow
 def test_gemv_bench_gemm_sweep_reaches_the_k_split_in_the_interpreter(interpreter):
-    """--gemm-sweep launches each grid point's config, PER_SM (the K split's programs per SM) and, for int4
-    weights, I4_DOT included, and prints the best three and the pinned config; the pinned table is restored
-    after each point. A few grid points here (the whole grid is a GPU's work)."""
+    """--gemm-sweep launches each grid point's config, PER_SM (the K split's programs per SM) included, for
+    int8 and int4 weights, and prints the best three and the pinned config; the pinned table is restored after
+    each point. Two grid points here (the whole grid is a GPU's work)."""
     code = f"""
 import sys
 sys.path.insert(0, {str(SCRIPTS)!r})
 import gemv_bench
 from llama_fast.kernels import gemm
-gemv_bench.GEMM_GRID = [(32, 64, 4, 2, 1, 0), (32, 64, 4, 2, 4, 0)]
-gemv_bench.GEMM_I4_DOT_GRID = [(32, 32, 4, 2, 1, 1)]
+gemv_bench.GEMM_GRID = [(32, 64, 4, 2, 1), (32, 64, 4, 2, 4)]
 before = {{k: dict(v) for k, v in gemm.GEMM_QUANT_CONFIGS.items()}}
 code = gemv_bench.main(["--device", "cpu", "--shape", "tiny", "--gemm", "3", "--gemm-sweep", "--weights",
                         "int8,int4", "--reps", "1", "--calls", "1"])
@@ -463,10 +462,8 @@ sys.exit(code)
     names = ("wqkv", "wo", "w13", "w2", "head")
     best = re.findall(r"^ +(\w+) .* int8 .* BN32 BK64 warps 4 stages 2 per SM (\d)$", r.stdout, flags=re.M)
     assert sorted(best) == sorted((name, per_sm) for name in names for per_sm in "14"), r.stdout
-    best4 = re.findall(r"^ +(\w+) .* int4:g\d+ .* BN32 BK(\d+) warps 4 stages 2 per SM (\d)( I4_DOT)?$", r.stdout,
-                       flags=re.M)
-    assert sorted(best4) == sorted([(n, "64", pm, "") for n in names for pm in "14"]
-                                   + [(n, "32", "1", " I4_DOT") for n in names]), r.stdout
+    best4 = re.findall(r"^ +(\w+) .* int4:g\d+ .* BN32 BK64 warps 4 stages 2 per SM (\d)$", r.stdout, flags=re.M)
+    assert sorted(best4) == sorted((name, per_sm) for name in names for per_sm in "14"), r.stdout
     from llama_fast.kernels import gemm as gm
 
     def pinned(swiglu: bool, rmsnorm: bool) -> str:
@@ -683,8 +680,8 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
 def test_sass_probe_finds_no_integer_conversion_in_the_quantized_gemm(weights, tmp_path):
     """The small-M GEMM of an fp16 model (16 rows, sm_90) builds its int8 / int4 tiles under fp16's exponent, in
     the permuted K order that loads a thread's bytes at once: no I2F (a quarter-rate instruction, one a weight
-    before) and no fp32 round trip (F2FP) in the kernel, and fewer instructions a weight; int4 fewer still with
-    the I4_DOT config key."""
+    before) and no fp32 round trip (F2FP) in the kernel, and fewer instructions a weight; int4 also at a --config
+    over the pinned config."""
     sass = tmp_path / "gemm.sass"
     r = run_tool("sass_probe", "--kernel", "gemm", "--weights", weights, "--sass", str(sass), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -697,9 +694,8 @@ def test_sass_probe_finds_no_integer_conversion_in_the_quantized_gemm(weights, t
     assert per_weight < {"int8": 5.0, "int4": 6.5}[weights], line  # 6.36 and 7.91 with I2F and K in order
     opcodes = re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass.read_text(), flags=re.M)
     assert opcodes and not {"I2F", "I2FP", "F2FP"} & set(opcodes), sorted(set(opcodes))
-    if weights == "int4":  # the group's scale and offset per tile (I4_DOT): no per-weight FMA, fewer instructions
-        r = run_tool("sass_probe", "--kernel", "gemm", "--weights", weights, "--config", "I4_DOT=1", timeout=600)
+    if weights == "int4":  # --config over the pinned config: half the K tile, half the weights a thread
+        r = run_tool("sass_probe", "--kernel", "gemm", "--weights", weights, "--config", "BLOCK_K=64", timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        dot_line = r.stdout.strip()
-        assert ", I4_DOT 1 |" in dot_line, dot_line
-        assert float(re.search(r"K loop \d+ = ([\d.]+) per weight", dot_line).group(1)) < per_weight - 0.5, dot_line
+        half_line = r.stdout.strip()
+        assert ", BLOCK_K 64, " in half_line and "per weight (32 a thread)" in half_line, half_line

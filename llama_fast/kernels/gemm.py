@@ -38,13 +38,6 @@ batch 2-16 about 2-3x the fp16 path's bytes):
         well, without the fp32 round trip. The scale and offset vary along K, so they are applied per weight;
         BLOCK_K is a multiple of the group (the tile's groups broadcast along their weights) or a divisor of it
         (one group per tile), both powers of two.
-  int4 with the config key I4_DOT (fp16 models, a tile inside one group: GROUP a multiple of BLOCK_K): the
-        tile goes to the tensor cores as 1024 + q, a shift and one LOP3 making two fp16 values of a 32-bit word,
-        and the group's scale and offset apply once per output on the fp32 product, s t + (o - 1024 s) sum(x)
-        (_int4_group_dot): no per-weight arithmetic. Compiled for sm_90 at 16 rows: 4.31 instructions a weight
-        in the K loop against 5.83 (Triton 3.6), at 96 registers and 36 KB of shared memory against 77 and 20 KB
-        (scripts/sass_probe.py --kernel gemm --weights int4 --config I4_DOT=1). Untimed, so no pinned config
-        takes it; gemv_bench.py --gemm-sweep --weights int4 times it (GEMM_I4_DOT_GRID).
   Both, in fp16 models, take their tile's K order permuted (_k_perm, and x the same way): a thread's part of the
   tensor-core operand is then 4 adjacent bytes of the packed tile (one shared-memory load instead of 2-4 byte
   loads). Compiled for sm_90 at 16 rows: int8 4.42 and int4 5.73 instructions a weight in the K loop, against
@@ -105,7 +98,6 @@ GEMM_QUANT_CONFIGS = {
 # A config may add PER_SM: the programs per SM the K split aims for (default 1). One program of 4 warps per SM
 # leaves each scheduler one warp: enough for fp16 tiles, few for quantized ones, whose dequantization is a chain
 # of dependent instructions per weight (scripts/gemv_bench.py --gemm-sweep times 1 to 8).
-FP16_PAIR_1024 = 0x64006400  # two fp16 1024.0 in one 32-bit word (the int4 tiles' exponent bits)
 MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
 REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
 
@@ -227,13 +219,6 @@ def _k_perm(t, R: tl.constexpr, BLOCK_K: tl.constexpr, WFMT: tl.constexpr):
 
 
 @triton.jit
-def _word_perm(t, R: tl.constexpr, BLOCK_K: tl.constexpr):
-    """t (R, BLOCK_K) in the K order of _int4_words_biased: within each 8 columns (a 32-bit word of int4
-    weights), 0 4 1 5 2 6 3 7."""
-    return tl.reshape(tl.permute(tl.reshape(t, (R, BLOCK_K // 8, 2, 4)), (0, 1, 3, 2)), (R, BLOCK_K))
-
-
-@triton.jit
 def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP16: tl.constexpr):
     """The int4 weights of rows `rows`, columns k0..k0 + BLOCK_K (k0 a multiple of BLOCK_K), dequantized in fp32
@@ -268,58 +253,10 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
 
 
 @triton.jit
-def _half_pair(t):
-    """The two fp16 values of each 32-bit word t: (low half, high half) joined along a new last dim."""
-    lo = (t & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
-    hi = (t >> 16).to(tl.uint16).to(tl.float16, bitcast=True)
-    return tl.join(lo, hi)
-
-
-@triton.jit
-def _int4_words_biased(w_ptr, rows, n_mask, k0, k_hi, stride_wn, fp16_bits, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
-    """1024 + q in fp16 (BLOCK_N, BLOCK_K), exactly, for the int4 weights of rows `rows`, columns k0..k0 + BLOCK_K,
-    a 32-bit word (8 weights) at a time: the word shifted by 4 j and masked with 0x000F000F holds nibbles j and
-    j + 4 in its two halves, under fp16's exponent of 1024 once 0x64006400 is or-ed in: a shift and one LOP3 make
-    two fp16 values. A word's weights come out in the order 0 4 1 5 2 6 3 7 (_word_perm's), each pair from one
-    word. Columns past k_hi come out 1024 (their x is 0). fp16_bits: FP16_PAIR_1024, a kernel argument: as a
-    literal, ptxas splits each mask-and-or into two LOP3s (the pattern then needs a register of its own)."""
-    KW: tl.constexpr = BLOCK_K // 8
-    wp = w_ptr.to(tl.pointer_type(tl.int32))
-    kw = k0 // 8 + tl.arange(0, KW)
-    w_mask = n_mask[:, None] & (kw < k_hi // 8)[None, :]
-    w = tl.load(wp + rows[:, None] * (stride_wn // 4) + kw[None, :], mask=w_mask, other=0,
-                eviction_policy="evict_first").to(tl.uint32, bitcast=True)  # (BLOCK_N, KW), streamed once
-    bits = fp16_bits.to(tl.uint32, bitcast=True)
-    p0 = _half_pair((w & 0x000F000F) | bits)  # (BLOCK_N, KW, 2): weights 0, 4 of each word
-    p1 = _half_pair(((w >> 4) & 0x000F000F) | bits)  # 1, 5
-    p2 = _half_pair(((w >> 8) & 0x000F000F) | bits)  # 2, 6
-    p3 = _half_pair(((w >> 12) & 0x000F000F) | bits)  # 3, 7
-    q = tl.join(tl.join(p0, p1), tl.join(p2, p3))  # (BLOCK_N, KW, 2 [h], 2 [j % 2], 2 [j // 2]): weight j + 4 h
-    return tl.reshape(tl.permute(q, (0, 1, 4, 3, 2)), (BLOCK_N, BLOCK_K))  # column 8 i + 2 j + h
-
-
-@triton.jit
-def _int4_group_dot(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn, fp16_bits, xt, xsum, acc,
-                    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """acc + the int4 tile's share of W @ x^T in fp16 models where the tile lies in one group (GROUP a multiple
-    of BLOCK_K): t = (1024 + q) @ x^T on the tensor cores (exact products, fp32 sums), then
-    s t + (o - 1024 s) sum(x) per row: the group's scale and offset once per output instead of once per weight.
-    xt: x^T in _word_perm's order (BLOCK_K, BLOCK_M); xsum (BLOCK_M,) fp32, its sums over the tile."""
-    qb = _int4_words_biased(w_ptr, rows, n_mask, k0, k_hi, stride_wn, fp16_bits, BLOCK_N, BLOCK_K)
-    t = tl.dot(qb, xt, input_precision=PRECISION)  # (BLOCK_N, BLOCK_M) fp32
-    g_off = rows * stride_sn + k0 // GROUP
-    s = tl.load(s_ptr + g_off, mask=n_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    o = tl.load(o_ptr + g_off, mask=n_mask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-    return acc + s[:, None] * t + (o - 1024.0 * s)[:, None] * xsum[None, :]
-
-
-@triton.jit
 def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
-                 stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, fp16_bits, PROLOGUE: tl.constexpr,
+                 stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, PROLOGUE: tl.constexpr,
                  EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, WFMT: tl.constexpr,
-                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 I4_DOT: tl.constexpr):
+                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
     split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
     quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
@@ -338,8 +275,6 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         rstd = tl.load(rstd_ptr + rm, mask=m_mask, other=0.0)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc_up = acc
-    # int4 in fp16 models with a tile inside one group: the scale and offset per tile (_int4_group_dot)
-    GROUP_DOT: tl.constexpr = I4_DOT and WFMT == 2 and dt == tl.float16 and GROUP % BLOCK_K == 0
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + rk
         k_mask = k < k_hi
@@ -350,33 +285,22 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
             g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
             x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
-        if GROUP_DOT:  # x's sums over the tile, then _int4_words_biased's K order
-            xsum = tl.sum(x.to(tl.float32), axis=1)  # (BLOCK_M,)
-            x = _word_perm(x, BLOCK_M, BLOCK_K)
-        elif WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
+        if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
             x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
         xt = tl.trans(x)
-        if GROUP_DOT:
-            acc = _int4_group_dot(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, fp16_bits, xt,
-                                  xsum, acc, GROUP, BLOCK_N, BLOCK_K, PRECISION)
-            if EPILOGUE == 2:
-                acc_up = _int4_group_dot(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn,
-                                         fp16_bits, xt, xsum, acc_up, GROUP, BLOCK_N, BLOCK_K, PRECISION)
-        else:
+        if WFMT == 2:
+            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
+                           BLOCK_K, dt == tl.float16).to(dt)
+        else:  # the model dtype, or int8's q converted exactly
+            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
+        acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+        if EPILOGUE == 2:
             if WFMT == 2:
-                w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
-                               BLOCK_K, dt == tl.float16).to(dt)
-            else:  # the model dtype, or int8's q converted exactly
-                w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
-            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
-            if EPILOGUE == 2:
-                if WFMT == 2:
-                    w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
-                                      BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
-                else:
-                    w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask,
-                                       WFMT == 1 and dt == tl.float16).to(dt)
-                acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
+                w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
+                                  BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
+            else:
+                w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
+            acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
     if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums
         acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
         if EPILOGUE == 2:
@@ -444,7 +368,6 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     n_tiles = triton.cdiv(n, bn)
     per_sm = cfg.pop("PER_SM", 1)
-    i4_dot = cfg.pop("I4_DOT", 0)
     split = split_k or choose_split_k(n_tiles, K, bk, sms * per_sm)
     k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
     split = triton.cdiv(K, k_split)
@@ -462,9 +385,9 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
     args = (x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0),
-            res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, FP16_PAIR_1024)
+            res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
-                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, I4_DOT=i4_dot, **cfg)
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
     return (n_tiles, split), args, kwargs, y, part, split
 
 
