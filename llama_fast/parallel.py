@@ -471,7 +471,9 @@ class SymmAllReduce:
     sum gives). A larger message, or one of another dtype, goes through NCCL (all_reduce_sum).
 
     fused: two more buffers per site pair, in the model dtype, for kernels.allreduce's one-shot kernel, which the
-    batch-1 decode block calls through with_ss (its rank and peers from the rendezvous' handles)."""
+    batch-1 decode block calls through with_ss (its rank and peers from the rendezvous' handles); with
+    kernels.allreduce.ALLREDUCE_PUSH set when this is built, its PUSH kernel, each buffer a slot per rank, all
+    -0.0 (empty) from the start."""
 
     def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2, fused: bool = False):
         import torch.distributed._symmetric_memory as symm_mem
@@ -491,9 +493,17 @@ class SymmAllReduce:
             symm_mem.rendezvous(buf, self.group_name)
             self.buffers.append(buf)
         self.row_buffers, self.row_handles = [], []  # fused: (buffer, rendezvous handle) per site
+        self.push = False
+        if fused:
+            from .kernels import allreduce
+
+            self.push = allreduce.ALLREDUCE_PUSH
         for _ in range(sites if fused else 0):
             buf = symm_mem.empty(SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size(), dtype=dtype,
                                  device=device)
+            if self.push:  # every slot empty before any peer can write (rendezvous waits for all ranks)
+                allreduce.empty_push_buffer_(buf)
+                torch.cuda.synchronize(device)
             self.row_handles.append(symm_mem.rendezvous(buf, self.group_name))
             self.row_buffers.append(buf)
 
@@ -509,12 +519,14 @@ class SymmAllReduce:
         with programmatic dependent launch when pdl is set (and the GPU has it)."""
         from .kernels import row_narrow_ss, row_ss_partials
 
-        if self.row_handles and t.numel() <= self.row_buffers[site].numel() and t.dtype == self.dtype:
+        if self.row_handles and t.dtype == self.dtype:
             from .kernels.allreduce import allreduce_ss
 
             hdl = self.row_handles[site]
-            return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.signal_pad_ptrs_dev, hdl.rank,
-                                hdl.world_size, pdl=pdl)
+            slot = self.row_buffers[site].numel() // hdl.world_size if self.push else 0
+            if t.numel() <= (slot or self.row_buffers[site].numel()):
+                return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.signal_pad_ptrs_dev, hdl.rank,
+                                    hdl.world_size, pdl=pdl, slot=slot)
         if self._by_nccl(t, site):
             h = all_reduce_sum(t, self.group)
             return h, row_ss_partials(h)
