@@ -431,9 +431,10 @@ def symmetric_memory_usable(device: torch.device) -> bool:
     GPU visible here and each pair of them peer-accessible. The same answer on every rank of a host, from its
     environment and the driver, without meeting the others.
 
-    And compute capability 9.0 or newer: the one-shot kernels' barriers are system-scope atomics on the peers'
-    memory, timed on NVLink-connected H200s only (docs/PERF.md); over PCIe peer-to-peer (an A10G host) neither
-    their support nor their speed against NCCL was measured, so older GPUs keep NCCL unless asked."""
+    And compute capability 9.0 or newer: the one-shot kernels (torch's barriers of system-scope atomics, ours
+    stores into the peers' memory and spins on its own) were timed on NVLink-connected H200s only (docs/PERF.md);
+    over PCIe peer-to-peer (an A10G host) neither their support nor their speed against NCCL was measured, so
+    older GPUs keep NCCL unless asked."""
     if device.type != "cuda" or _symm_op() is None:
         return False
     if torch.cuda.get_device_capability(device) < (9, 0):
@@ -470,10 +471,9 @@ class SymmAllReduce:
     sum is widened on its way in and the result rounded back once (for two ranks the same fp16 number NCCL's
     sum gives). A larger message, or one of another dtype, goes through NCCL (all_reduce_sum).
 
-    fused: two more buffers per site pair, in the model dtype, for kernels.allreduce's one-shot kernel, which the
-    batch-1 decode block calls through with_ss (its rank and peers from the rendezvous' handles); with
-    kernels.allreduce.ALLREDUCE_PUSH set when this is built, its PUSH kernel, each buffer a slot per rank, all
-    -0.0 (empty) from the start."""
+    fused: two more buffers per site pair, in the model dtype, a slot per rank, all -0.0 (empty) from the start,
+    for kernels.allreduce's one-shot kernel, which the batch-1 decode block calls through with_ss (its rank and
+    peers from the rendezvous' handles)."""
 
     def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2, fused: bool = False):
         import torch.distributed._symmetric_memory as symm_mem
@@ -493,17 +493,13 @@ class SymmAllReduce:
             symm_mem.rendezvous(buf, self.group_name)
             self.buffers.append(buf)
         self.row_buffers, self.row_handles = [], []  # fused: (buffer, rendezvous handle) per site
-        self.push = False
-        if fused:
-            from .kernels import allreduce
-
-            self.push = allreduce.ALLREDUCE_PUSH
         for _ in range(sites if fused else 0):
+            from .kernels.allreduce import empty_buffer_
+
             buf = symm_mem.empty(SYMM_MAX_BYTES // torch.empty((), dtype=dtype).element_size(), dtype=dtype,
                                  device=device)
-            if self.push:  # every slot empty before any peer can write (rendezvous waits for all ranks)
-                allreduce.empty_push_buffer_(buf)
-                torch.cuda.synchronize(device)
+            empty_buffer_(buf)
+            torch.cuda.synchronize(device)  # empty before any peer can write: rendezvous waits for every rank
             self.row_handles.append(symm_mem.rendezvous(buf, self.group_name))
             self.row_buffers.append(buf)
 
@@ -523,10 +519,9 @@ class SymmAllReduce:
             from .kernels.allreduce import allreduce_ss
 
             hdl = self.row_handles[site]
-            slot = self.row_buffers[site].numel() // hdl.world_size if self.push else 0
-            if t.numel() <= (slot or self.row_buffers[site].numel()):
-                return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.signal_pad_ptrs_dev, hdl.rank,
-                                    hdl.world_size, pdl=pdl, slot=slot)
+            slot = self.row_buffers[site].numel() // hdl.world_size
+            if t.numel() <= slot:
+                return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.rank, hdl.world_size, slot, pdl)
         if self._by_nccl(t, site):
             h = all_reduce_sum(t, self.group)
             return h, row_ss_partials(h)

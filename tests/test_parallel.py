@@ -355,37 +355,29 @@ def test_symm_allreduce_with_ss_routes_the_fused_block(monkeypatch):
 
 def test_fused_allreduce_takes_the_batch1_rows(monkeypatch):
     """ALLREDUCE_FUSED: with_ss hands a (1, K) row in the model dtype to kernels.allreduce with its site's handle
-    (buffer and signal-pad arrays, rank, world); with PUSH, the buffer's slot per rank (numel / world), and a row
-    over one slot goes through NCCL; a message over the buffer always does."""
+    (buffer array, rank, world) and the buffer's slot per rank (numel / world); a row over one slot goes through
+    NCCL."""
     allreduce = pytest.importorskip("llama_fast.kernels.allreduce",
                                     reason="triton is not installed: llama_fast.kernels needs it")
     kernels = pytest.importorskip("llama_fast.kernels", reason="triton is not installed")
     calls = []
-    monkeypatch.setattr(allreduce, "allreduce_ss", lambda x, bufs, pads, rank, world, pdl, slot: (
-        calls.append((bufs, pads, rank, world, pdl, slot)), (2 * x, x.float().pow(2)))[1])
+    monkeypatch.setattr(allreduce, "allreduce_ss", lambda x, bufs, rank, world, slot, pdl: (
+        calls.append((bufs, rank, world, slot, pdl)), (2 * x, x.float().pow(2)))[1])
     monkeypatch.setattr(parallel, "all_reduce_sum", lambda t, group: 3 * t)
     monkeypatch.setattr(kernels, "row_ss_partials", lambda h: h.float().pow(2))
     numel = parallel.SYMM_MAX_BYTES // 2
-    for push, slot in ((False, 0), (True, numel // 2)):
-        ar = object.__new__(parallel.SymmAllReduce)
-        ar.group, ar.group_name, ar.op, ar.dtype, ar.buf_dtype = "group", "0", "one_shot_all_reduce", torch.float16, \
-            torch.float32
-        ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
-        ar.row_buffers = [torch.zeros(numel, dtype=torch.float16) for _ in range(2)]
-        ar.row_handles = [types.SimpleNamespace(buffer_ptrs_dev=10 + s, signal_pad_ptrs_dev=20 + s, rank=1,
-                                                world_size=2) for s in range(2)]
-        ar.push = push
-        calls.clear()
-        x = torch.randn(1, 64).half()
-        h, _ = ar.with_ss(x, 1, 1)
-        assert calls == [(11, 21, 1, 2, 1, slot)] and torch.equal(h, 2 * x)
-        over = torch.randn(1, numel // 2 + 8).half()  # over a PUSH slot, inside the buffer
-        h, _ = ar.with_ss(over, 0)
-        assert (len(calls) == 2) != push and torch.equal(h, (3 if push else 2) * over)
-        big = torch.randn(1, parallel.SYMM_MAX_BYTES).half()
-        n = len(calls)
-        h, _ = ar.with_ss(big, 0)
-        assert len(calls) == n and torch.equal(h, 3 * big)
+    ar = object.__new__(parallel.SymmAllReduce)
+    ar.group, ar.group_name, ar.op, ar.dtype, ar.buf_dtype = "group", "0", "one_shot_all_reduce", torch.float16, \
+        torch.float32
+    ar.buffers = [torch.zeros(parallel.SYMM_MAX_BYTES // 4) for _ in range(2)]
+    ar.row_buffers = [torch.zeros(numel, dtype=torch.float16) for _ in range(2)]
+    ar.row_handles = [types.SimpleNamespace(buffer_ptrs_dev=10 + s, rank=1, world_size=2) for s in range(2)]
+    x = torch.randn(1, 64).half()
+    h, _ = ar.with_ss(x, 1, 1)
+    assert calls == [(11, 1, 2, numel // 2, 1)] and torch.equal(h, 2 * x)
+    over = torch.randn(1, numel // 2 + 8).half()  # over a slot, inside the buffer: NCCL
+    h, _ = ar.with_ss(over, 0)
+    assert len(calls) == 1 and torch.equal(h, 3 * over)
 
 
 # ------------------------------------------------------------------------------------------- torchrun
