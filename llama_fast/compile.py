@@ -33,6 +33,66 @@ def configure_inductor():
     # the FX graph cache stays as torch configures it (on by default; TORCHINDUCTOR_FX_GRAPH_CACHE=0 or a
     # config.patch turns it off): setting it here overrode both
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    tag_compile_caches()
+
+
+CACHE_TAG_MARK = "llama_fast-"
+
+
+def tag_compile_caches() -> str:
+    """Put kernel_fingerprint() into torch.compile's cache keys (torch.compiler.config.cache_key_tag, after any
+    tag of the caller's own) and return the tag. A traced block calls our kernels through custom ops whose
+    launch (the kernel, its tile config) is decided while tracing, from kernels.configs and the GPU's table;
+    torch's on-disk caches key the graph on the ops, not on that choice, so without the tag a process whose
+    pinned configs or kernel sources differ would be handed another one's compiled launches."""
+    cfg = getattr(torch.compiler, "config", None)
+    if cfg is None or not hasattr(cfg, "cache_key_tag"):  # a torch without the tag: nothing to key on
+        return ""
+    base = cfg.cache_key_tag.split("|" + CACHE_TAG_MARK)[0].split(CACHE_TAG_MARK)[0]
+    ours = CACHE_TAG_MARK + kernel_fingerprint()
+    cfg.cache_key_tag = f"{base}|{ours}" if base else ours
+    return cfg.cache_key_tag
+
+
+def kernel_fingerprint() -> str:
+    """A digest of what a trace reads from llama_fast's kernel package (every module of it; none where Triton is
+    missing and no kernel can be traced): each module's source and its upper-case settings of plain types, as
+    they stand now (a tool or test may have changed them). Stable across processes for the same code and
+    settings."""
+    import hashlib
+    import importlib
+    import importlib.util
+    import pkgutil
+
+    h = hashlib.sha256()
+    if importlib.util.find_spec("triton") is None:
+        return h.hexdigest()[:16]
+    package = importlib.import_module("llama_fast.kernels")
+    names = ["llama_fast.kernels"] + sorted(f"llama_fast.kernels.{m.name}" for m in pkgutil.iter_modules(
+        package.__path__))
+    for name in names:
+        mod = importlib.import_module(name)
+        h.update(name.encode())
+        path = getattr(mod, "__file__", None)
+        if path:
+            with open(path, "rb") as f:
+                h.update(f.read())
+        for key in sorted(k for k in vars(mod) if k.isupper()):
+            h.update(f"{key}={_stable_repr(vars(mod)[key])}".encode())
+    return h.hexdigest()[:16]
+
+
+def _stable_repr(value) -> str:
+    """repr without memory addresses: containers recursively, a function or other object by its type and name."""
+    if isinstance(value, (bool, int, float, str, bytes, type(None))):
+        return repr(value)
+    if isinstance(value, dict):
+        items = sorted((_stable_repr(k), _stable_repr(v)) for k, v in value.items())
+        return "{" + ", ".join(f"{k}: {v}" for k, v in items) + "}"
+    if isinstance(value, (list, tuple, set, frozenset)):
+        parts = [_stable_repr(v) for v in value]
+        return f"{type(value).__name__}({', '.join(sorted(parts) if isinstance(value, (set, frozenset)) else parts)})"
+    return f"<{type(value).__qualname__} {getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}>"
 
 
 def make_steps(mode: str, prefill: Callable, decode: Callable, model):

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +126,36 @@ def test_configure_inductor_leaves_the_fx_graph_cache_setting_alone():
     with torch._inductor.config.patch(fx_graph_cache=False):
         configure_inductor()
         assert torch._inductor.config.fx_graph_cache is False
+
+
+def test_compile_caches_are_keyed_on_the_kernel_settings(monkeypatch):
+    """configure_inductor puts a digest of the kernel modules' sources and settings into torch.compile's cache
+    key, after a tag of the caller's own: a changed pin (here the GQA attention switch) gives another key, the
+    same settings the same key in a fresh process."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_fast.kernels", reason="triton is not installed: llama_fast.kernels needs it")
+    if not hasattr(torch.compiler.config, "cache_key_tag"):
+        pytest.skip(f"torch {torch.__version__} has no torch.compiler.config.cache_key_tag")
+    from llama_fast import compile as lc
+    from llama_fast.kernels import configs
+
+    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "mine")
+    lc.configure_inductor()
+    tag = torch.compiler.config.cache_key_tag
+    assert tag.startswith("mine|" + lc.CACHE_TAG_MARK) and len(tag) == len("mine|") + len(lc.CACHE_TAG_MARK) + 16
+    monkeypatch.setattr(configs, "ATTN_GQA_DOT", not configs.ATTN_GQA_DOT)
+    flipped = lc.tag_compile_caches()
+    assert flipped != tag and flipped.startswith("mine|" + lc.CACHE_TAG_MARK)  # one tag of ours, replaced
+    monkeypatch.setattr(configs, "ATTN_GQA_DOT", not configs.ATTN_GQA_DOT)
+    assert lc.tag_compile_caches() == tag
+    fresh = subprocess.run([sys.executable, "-c", "import torch; "
+                            "from llama_fast import compile as c; torch.compiler.config.cache_key_tag = 'mine'; "
+                            "print(c.tag_compile_caches())"], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    assert fresh.stdout.strip().splitlines()[-1] == tag
 
 
 def test_sticky_graph_inputs_are_copied_only_when_they_change():

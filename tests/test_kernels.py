@@ -168,12 +168,12 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
             SPLITS=triton.next_power_of_2(nsplit), USE_PDL=False, NEWEST_AFTER_WAIT=call == 1)
         assert not cnt.any() and torch.equal(o1, o), ("attention one launch", call, B, H, Hkv, S)
     print("attention one launch", B, H, Hkv, S, "== two launches")
-    if H != Hkv:  # the op with the GQA_DOT config key: the tensor-core kernel behind decode_attention
-        configs.ATTN_GQA_DOT = True
+    if H != Hkv:  # the op with configs.ATTN_GQA_DOT flipped: the other kernel behind decode_attention
+        configs.ATTN_GQA_DOT = not configs.ATTN_GQA_DOT
         o3 = kn.decode_attention(q, k, v, mask, D ** -0.5, 2)
-        configs.ATTN_GQA_DOT = False
+        configs.ATTN_GQA_DOT = not configs.ATTN_GQA_DOT
         err = rel(o3, ref)
-        assert err < tol, ("op attention gqa dot", B, H, Hkv, S, err)
+        assert err < tol, ("op attention, GQA_DOT flipped", B, H, Hkv, S, err)
     # the public ops: eager launches take configs.ATTN_EAGER_CONFIG (128-slot tiles), PDL asked for and not applied
     for name, o2 in (("op attention", kn.decode_attention(q, k, v, mask, D ** -0.5, 2)),
                      ("op attention one launch", kn.decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt, 2))):

@@ -79,9 +79,11 @@ ATTN_CHUNK = 64
 ATTN_COMPILED_WARPS = 2
 ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # The two-kernel form of a GQA model on the tensor cores (attention._decode_attn_split_gqa_kernel: a program per KV
-# head, its query heads the rows of one product, each K / V tile read once): built, not yet timed, so off; the
-# "attention" config's GQA_DOT key turns it on (scripts/attn_bench.py --form split --shape llama3-8b).
-ATTN_GQA_DOT = False
+# head, its query heads the rows of one product, each K / V tile read once). H200, Llama-3-8B: at batch 8 19.4
+# against 29.8 us at the compiled 64 / 2 (scripts/attn_bench.py --form split --shape llama3-8b), the bf16 step
+# 1296.6-1302.3 against 1187.1-1192.3 tok/s, batch 2 395.7 against 389.0 (docs/PERF.md). The "attention"
+# config's GQA_DOT key overrides it for one launch.
+ATTN_GQA_DOT = True
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
