@@ -5,6 +5,8 @@ wall time, each decode GEMV's time and bandwidth in place, and the idle gap afte
 
   python scripts/profile_decode.py --variants gemv,fused-gemv-early --log profile.log
   python scripts/profile_decode.py --variants fused-gemv-early,fused-gemm --batch 2   (cuBLAS against the small-M GEMM)
+  torchrun --nproc-per-node 2 scripts/profile_decode.py --tp 2 --variants fused-gemm   (rank 0's kernels, its
+      shard's GEMVs, the all-reduce kernels among them; every rank profiles, rank 0 prints)
 Variant keys as in perf_lab.py (harness.VARIANTS keys, or specs such as fused-gemv-early~pdl_gemv_early).
 """
 from __future__ import annotations
@@ -35,8 +37,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quantize", default=None, metavar="SCHEME",
                     help="profile on weight-only quantized weights (int8, int4, int4:gG); the variants are fp16 "
                          "ones (their kernels dequantize in registers)")
+    ap.add_argument("--tp", type=int, default=1,
+                    help="tensor-parallel degree: run under torchrun with this many processes (rank 0 prints)")
     ap.add_argument("--log", default=None, help="also append the output to this file")
     args = ap.parse_args(argv)
+    if args.tp < 1:
+        ap.error("--tp must be at least 1")
+    if args.tp > 1:
+        from llama_fast.parallel import env_world
+
+        env = env_world()
+        if env is None or env[1] != args.tp:
+            ap.error(f"--tp {args.tp} runs under torchrun with {args.tp} processes: torchrun --nproc-per-node "
+                     f"{args.tp} scripts/profile_decode.py --tp {args.tp} ...")
     if args.batch < 1:
         ap.error("--batch must be at least 1")
     if args.new < 2:
@@ -59,11 +72,20 @@ def main(argv=None):
     from llama_fast.api import limit_cublas_workspace
 
     limit_cublas_workspace()
-    say = logger(args.log)
+    if args.tp > 1:  # each rank loads only its shard; the group comes from torchrun's environment
+        from llama_fast.api import load_model
 
-    dev = torch.device("cuda")
-    cfg, model, tok = load_weights(args.model, dev, parse_dtype("fp16"), quantize=args.quantize)
-    fast = LlamaFast(model, tok, args.model)
+        fast = load_model(args.model, "auto", "fp16", quantize=args.quantize, tp=args.tp)
+        cfg = fast.model.config  # this rank's shard: its GEMVs' shapes
+        rank = torch.distributed.get_rank()
+    else:
+        cfg, model, tok = load_weights(args.model, torch.device("cuda"), parse_dtype("fp16"),
+                                       quantize=args.quantize)
+        fast = LlamaFast(model, tok, args.model)
+        rank = 0
+    say = logger(args.log) if rank == 0 else (lambda line: None)
+    if args.tp > 1:
+        say(f"# tp {args.tp}: rank 0 of {args.tp}; each rank's step runs the same kernels on its shard")
     for k, variant in args.variants.items():
         w = Workload(args.batch, 1000, args.new, 1200)
         run = fast_runner(fast, variant, w)

@@ -289,12 +289,26 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
                                          (["--new", "1"], "--new must be at least 2"),
                                          (["--batch", "0"], "--batch must be at least 1"),
                                          (["--variants", "int8"], "int8: every variant runs the one model"),
-                                         (["--quantize", "int3"], "--quantize: ")])
-def test_profile_decode_arguments(tool, capsys, bad, message):
+                                         (["--quantize", "int3"], "--quantize: "),
+                                         (["--tp", "0"], "--tp must be at least 1"),
+                                         (["--tp", "2"], "--tp 2 runs under torchrun with 2 processes")])
+def test_profile_decode_arguments(tool, capsys, monkeypatch, bad, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # not under torchrun
+        monkeypatch.delenv(name, raising=False)
     pd = tool("profile_decode")
     with pytest.raises(SystemExit) as exc:
         pd.parse_args(bad)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_profile_decode_tp_needs_torchrun_of_that_size(tool, capsys, monkeypatch):
+    """--tp N under a torchrun of another size is refused before anything loads."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    pd = tool("profile_decode")
+    with pytest.raises(SystemExit) as exc:
+        pd.parse_args(["--tp", "2"])
+    assert exc.value.code == 2 and "torchrun --nproc-per-node 2 scripts/profile_decode.py" in capsys.readouterr().err
 
 
 def test_profile_decode_rows_per_decode_step(tool):
