@@ -21,7 +21,7 @@ from llama_fast.config import NAMED_SHAPES
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench", "pick_bench"]
+TOOLS = ["perf_lab", "profile_decode", "fused_bench", "gemv_bench", "attn_bench", "pick_bench", "allreduce_bench"]
 OFFLINE_TOOLS = ["sass_probe"]  # need no GPU at all: they compile for one
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed (the CPU torch build has none): "
@@ -281,6 +281,38 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
         assert ("(int8 weights)" in line) == bool(q)
     # int8 codes + fp32 scales of each output row: a little over a quarter of the fp32 bytes
     assert 0.25 < read_mb[True] / read_mb[False] < 0.3
+
+
+# ------------------------------------------------------------------------------------------- allreduce_bench
+@pytest.mark.parametrize("bad,message", [(["--modes", "fused,ring"], "--modes: unknown ring"),
+                                         (["--dims", "4096,abc"], "--dims: comma-separated integers"),
+                                         (["--dims", "100"], "a positive multiple of 8"),
+                                         (["--calls", "1"], "--calls must be at least 2"),
+                                         (["--dtype", "fp8"], "--dtype: "),
+                                         (["--device", "cpu"], "--device cpu runs only --modes nccl"),
+                                         (["--device", "cpu", "--modes", "nccl"], "runs under torchrun")])
+def test_allreduce_bench_arguments(tool, capsys, monkeypatch, bad, message):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # not under torchrun
+        monkeypatch.delenv(name, raising=False)
+    ab = tool("allreduce_bench")
+    with pytest.raises(SystemExit) as exc:
+        ab.parse_args(bad)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_allreduce_bench_sums_over_gloo():
+    """Two CPU processes under torchrun: each mode line of rank 0 only, the sums and partials checked (a wrong sum
+    prints WRONG and exits 1)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        str(SCRIPTS / "allreduce_bench.py"), "--device", "cpu", "--modes", "nccl", "--dims", "64,4096",
+                        "--calls", "4", "--reps", "2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("nccl ")]
+    assert len(lines) == 2 and "dim     64" in lines[0] and "dim   4096" in lines[1], r.stdout
+    assert r.stdout.startswith("# 2 ranks, CPU (gloo), torch.float32") and "WRONG" not in r.stdout, r.stdout
 
 
 # ------------------------------------------------------------------------------------------- profile_decode
