@@ -68,8 +68,8 @@ def kernel_fingerprint() -> str:
     if importlib.util.find_spec("triton") is None:
         return h.hexdigest()[:16]
     package = importlib.import_module("llama_fast.kernels")
-    names = ["llama_fast.kernels"] + sorted(f"llama_fast.kernels.{m.name}" for m in pkgutil.iter_modules(
-        package.__path__))
+    paths = getattr(package, "__path__", None)  # None: a stand-in module (tests swap one in): only its settings
+    names = ["llama_fast.kernels"] + sorted(f"llama_fast.kernels.{m.name}" for m in pkgutil.iter_modules(paths or []))
     for name in names:
         mod = importlib.import_module(name)
         h.update(name.encode())
@@ -140,8 +140,8 @@ class _StepGraphs:
     inputs (decode and prefill rewrite the same cache slots with the same values), so warming up on real
     inputs is safe. Outputs are static buffers overwritten by the next replay: callers copy what they keep.
     Graphs share one memory pool (they never run at the same time): make_steps gives its decode and prefill
-    graphs the same GraphPool. pool_bytes: the device memory their captures reserved (held for as long as the graphs live;
-    max_memory_allocated does not see it, so the harness adds it to a measured peak)."""
+    graphs the same GraphPool. pool_bytes: the device memory their captures reserved (held for as long as the
+    graphs live; max_memory_allocated does not see it, so the harness adds it to a measured peak)."""
 
     def __init__(self, step: Callable, pool: "GraphPool"):
         self.step = step

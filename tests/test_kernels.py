@@ -581,8 +581,9 @@ def test_pdl_modes_the_model_asks_for():
 @needs_triton
 def test_quantized_pinned_configs(monkeypatch):
     """The quantized GEMV forms take QUANT_CONFIGS (a K tile of 16 bytes per thread and row: 2048 int8, 4096 int4
-    weights at 4 warps; int8 SwiGLU 8 bytes, measured faster), the qkv+RoPE forms a BLOCK_N that divides every head dim the fused path takes; the
-    model-dtype forms keep their configs; CONFIG_OVERRIDE sees the quantized form names."""
+    weights at 4 warps; int8 SwiGLU 8 bytes, measured faster), the qkv+RoPE forms a BLOCK_N that divides every
+    head dim the fused path takes; the model-dtype forms keep their configs; CONFIG_OVERRIDE sees the quantized
+    form names."""
     from llama_fast.kernels import configs
     from llama_fast.model import ROPE_MIN_HEAD_DIM
 

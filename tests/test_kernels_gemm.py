@@ -150,7 +150,8 @@ for label, change in passes:
                     err = rel(y, refs[name])
                     assert err < tol, (label, name, M, N, K, split, err)
                     checked += 1
-                print(f"{label} M={M} N={N} K={K} split={split}: max {max(rel(y, refs[n]) for n, y in outs.items()):.1e}")
+                worst = max(rel(y, refs[n]) for n, y in outs.items())
+                print(f"{label} M={M} N={N} K={K} split={split}: max {worst:.1e}")
 assert checked == expected == 5 * 2 * 2 * (4 + 2 * (len(passes) - 1)), (checked, expected)
 print("ok")
 """
