@@ -57,8 +57,9 @@ def tag_compile_caches() -> str:
 def kernel_fingerprint() -> str:
     """A digest of what a trace reads from llama_fast's kernel package (every module of it; none where Triton is
     missing and no kernel can be traced): each module's source and its upper-case settings of plain types, as
-    they stand now (a tool or test may have changed them). Stable across processes for the same code and
-    settings."""
+    they stand now (a tool or test may have changed them), and where this GPU's configs come from (its key, the
+    table on or hidden, an unmeasured GPU's tuned choices). Stable across processes for the same code, settings
+    and tuning cache."""
     import hashlib
     import importlib
     import importlib.util
@@ -79,6 +80,12 @@ def kernel_fingerprint() -> str:
                 h.update(f.read())
         for key in sorted(k for k in vars(mod) if k.isupper()):
             h.update(f"{key}={_stable_repr(vars(mod)[key])}".encode())
+    cfg = vars(importlib.import_module("llama_fast.kernels.configs")) if paths else {}
+    if "table_enabled" in cfg:  # where this GPU's configs come from: the table, or its tuning cache's choices
+        gpu, table = cfg["current_gpu_key"](), cfg["table_enabled"]()
+        h.update(f"gpu={gpu} table={table}".encode())
+        if gpu is not None and (not table or gpu not in cfg["CONFIG_TABLE"]):
+            h.update(_stable_repr(importlib.import_module("llama_fast.kernels.tuning").load(gpu).configs).encode())
     return h.hexdigest()[:16]
 
 

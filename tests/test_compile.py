@@ -130,8 +130,8 @@ def test_configure_inductor_leaves_the_fx_graph_cache_setting_alone():
 
 def test_compile_caches_are_keyed_on_the_kernel_settings(monkeypatch):
     """configure_inductor puts a digest of the kernel modules' sources and settings into torch.compile's cache
-    key, after a tag of the caller's own: a changed pin (here the GQA attention switch) gives another key, the
-    same settings the same key in a fresh process."""
+    key, after a tag of the caller's own: a changed pin (here the GQA attention switch) or the table hidden gives
+    another key, the same settings the same key in a fresh process."""
     import subprocess
     import sys
 
@@ -142,6 +142,7 @@ def test_compile_caches_are_keyed_on_the_kernel_settings(monkeypatch):
     from llama_fast.kernels import configs
 
     monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "mine")
+    monkeypatch.delenv("LLAMA_FAST_CONFIG_TABLE", raising=False)
     lc.configure_inductor()
     tag = torch.compiler.config.cache_key_tag
     assert tag.startswith("mine|" + lc.CACHE_TAG_MARK) and len(tag) == len("mine|") + len(lc.CACHE_TAG_MARK) + 16
@@ -149,6 +150,10 @@ def test_compile_caches_are_keyed_on_the_kernel_settings(monkeypatch):
     flipped = lc.tag_compile_caches()
     assert flipped != tag and flipped.startswith("mine|" + lc.CACHE_TAG_MARK)  # one tag of ours, replaced
     monkeypatch.setattr(configs, "ATTN_GQA_DOT", not configs.ATTN_GQA_DOT)
+    assert lc.tag_compile_caches() == tag
+    monkeypatch.setenv("LLAMA_FAST_CONFIG_TABLE", "0")  # the table hidden: configs from the tuning path
+    assert lc.tag_compile_caches() != tag
+    monkeypatch.delenv("LLAMA_FAST_CONFIG_TABLE")
     assert lc.tag_compile_caches() == tag
     fresh = subprocess.run([sys.executable, "-c", "import torch; "
                             "from llama_fast import compile as c; torch.compiler.config.cache_key_tag = 'mine'; "

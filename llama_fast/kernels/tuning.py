@@ -206,6 +206,9 @@ def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
     best = choose(candidates(form, n, K), MAKE_TIMER(form, n, K),
                   f"llama_fast: tuning the {form} kernel (n={n}, K={K}) for {gpu.split('|')[0]}")
     cache.put(form, n, K, best)
+    from ..compile import tag_compile_caches
+
+    tag_compile_caches()  # the blocks traced from now on take this choice: their compile-cache key says so
     return best
 
 
