@@ -59,7 +59,7 @@ def kernel_fingerprint() -> str:
     missing and no kernel can be traced): each module's source and its upper-case settings of plain types, as
     they stand now (a tool or test may have changed them), and where this GPU's configs come from (its key, the
     table on or hidden, an unmeasured GPU's tuned choices). Stable across processes for the same code, settings
-    and tuning cache."""
+    and tuning cache; with a configs.CONFIG_OVERRIDE hook set (config trials), new at every call."""
     import hashlib
     import importlib
     import importlib.util
@@ -81,6 +81,10 @@ def kernel_fingerprint() -> str:
         for key in sorted(k for k in vars(mod) if k.isupper()):
             h.update(f"{key}={_stable_repr(vars(mod)[key])}".encode())
     cfg = vars(importlib.import_module("llama_fast.kernels.configs")) if paths else {}
+    if cfg.get("CONFIG_OVERRIDE") is not None:  # a hook's answers cannot be digested: no key shared with any other
+        import uuid
+
+        h.update(uuid.uuid4().bytes)
     if "table_enabled" in cfg:  # where this GPU's configs come from: the table, or its tuning cache's choices
         gpu, table = cfg["current_gpu_key"](), cfg["table_enabled"]()
         h.update(f"gpu={gpu} table={table}".encode())

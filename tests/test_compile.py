@@ -151,6 +151,11 @@ def test_compile_caches_are_keyed_on_the_kernel_settings(monkeypatch):
     assert flipped != tag and flipped.startswith("mine|" + lc.CACHE_TAG_MARK)  # one tag of ours, replaced
     monkeypatch.setattr(configs, "ATTN_GQA_DOT", not configs.ATTN_GQA_DOT)
     assert lc.tag_compile_caches() == tag
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: None)  # a trial hook: a key of its own
+    trial = lc.tag_compile_caches()
+    assert trial != tag and lc.tag_compile_caches() != trial
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", None)
+    assert lc.tag_compile_caches() == tag
     monkeypatch.setenv("LLAMA_FAST_CONFIG_TABLE", "0")  # the table hidden: configs from the tuning path
     assert lc.tag_compile_caches() != tag
     monkeypatch.delenv("LLAMA_FAST_CONFIG_TABLE")
