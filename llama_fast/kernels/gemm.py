@@ -280,6 +280,11 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         k_mask = k < k_hi
         w_off = rn[:, None] * stride_wn + k[None, :]
         w_mask = n_mask[:, None] & k_mask[None, :]
+        if WFMT == 2:
+            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
+                           BLOCK_K, dt == tl.float16).to(dt)
+        else:  # the model dtype, or int8's q converted exactly
+            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
         x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                     other=0.0)
         if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
@@ -288,11 +293,6 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
             x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
         xt = tl.trans(x)
-        if WFMT == 2:
-            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
-                           BLOCK_K, dt == tl.float16).to(dt)
-        else:  # the model dtype, or int8's q converted exactly
-            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
         acc = tl.dot(w, xt, acc, input_precision=PRECISION)
         if EPILOGUE == 2:
             if WFMT == 2:
