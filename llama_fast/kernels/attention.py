@@ -22,14 +22,10 @@ from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, la
 
 
 @triton.jit
-def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
-                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
-                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
-    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials.
-    With PDL, the next kernel may launch once the chunk's products are done (PDL_TRIGGER_LATE)."""
-    b = bh // H
-    h = bh % H
-    hk = h // G
+def _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, j, S, sk_b, sk_h, sk_s, sm_b, D: tl.constexpr, CHUNK: tl.constexpr,
+              USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+    """(attended ok (CHUNK,), K, V (CHUNK, D)) of chunk j of KV head hk of row b, loaded before the PDL wait
+    (which this makes)."""
     rd = tl.arange(0, D)
     rs = j * CHUNK + tl.arange(0, CHUNK)
     ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
@@ -51,6 +47,20 @@ def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, 
         newest = (rs == last)[:, None]
         k = tl.where(newest, k_last[None, :], k)
         v = tl.where(newest, v_last[None, :], v)
+    return ok, k, v
+
+
+@triton.jit
+def _attn_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, bh, j, S, H, G, scale,
+                sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
+                USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr):
+    """Softmax statistics (max m, sum l) and the unnormalized output of chunk j of head bh -> partials.
+    With PDL, the next kernel may launch once the chunk's products are done (PDL_TRIGGER_LATE)."""
+    b = bh // H
+    h = bh % H
+    rd = tl.arange(0, D)
+    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, h // G, j, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
+                         NEWEST_AFTER_WAIT)
     # float scalars may arrive as fp64 (inductor types a float argument by its value): keep the math in fp32
     q = (tl.load(q_ptr + b * sq_b + h * sq_h + rd).to(tl.float32) * scale).to(tl.float32)
     scores = tl.where(ok, tl.sum(k.to(tl.float32) * q[None, :], axis=1), float("-inf"))
@@ -117,20 +127,9 @@ def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, a
     b = bk // Hkv
     hk = bk % Hkv
     rd = tl.arange(0, D)
-    rs = j * CHUNK + tl.arange(0, CHUNK)
     rg = tl.arange(0, QP)
-    ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < S, other=0) != 0  # written before the step's kernels
-    kv_off = b * sk_b + hk * sk_h + rs[:, None] * sk_s + rd[None, :]
-    k = tl.load(k_ptr + kv_off, mask=ok[:, None], other=0.0)  # (CHUNK, D); masked slots are never read
-    v = tl.load(v_ptr + kv_off, mask=ok[:, None], other=0.0)
-    if USE_PDL != 0:
-        gdc_wait()
-    if NEWEST_AFTER_WAIT:  # as _attn_chunk: only the newest attended slot is read again after the wait
-        last = tl.max(tl.where(ok, rs, -1), axis=0)
-        row = b * sk_b + hk * sk_h + tl.maximum(last, 0) * sk_s + rd
-        newest = (rs == last)[:, None]
-        k = tl.where(newest, tl.load(k_ptr + row, cache_modifier=".cg")[None, :], k)
-        v = tl.where(newest, tl.load(v_ptr + row, cache_modifier=".cg")[None, :], v)
+    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, j, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
+                         NEWEST_AFTER_WAIT)  # (CHUNK,), (CHUNK, D) x 2
     h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
     q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (QP, CHUNK) fp32
