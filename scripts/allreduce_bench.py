@@ -72,18 +72,24 @@ def rows(dim: int, world: int, dtype: torch.dtype, device: torch.device) -> list
     return out
 
 
+def torch_partials(h: torch.Tensor) -> torch.Tensor:
+    """kernels.gemv.ss_partials without importing the kernels (Triton): the sum-of-squares partials of a (1, dim)
+    row in groups of 8."""
+    return h.float().pow(2).view(-1, 8).sum(-1)
+
+
 def reducer(mode: str, group, device: torch.device, dtype: torch.dtype):
     """f(row, site) -> (sum over the ranks, its partials), as the decode block calls it in this mode."""
     from llama_fast import parallel
 
     if mode == "nccl":
+        partials = torch_partials
+        if device.type == "cuda":  # the decode block's kernel (the CPU has no Triton to count on)
+            from llama_fast.kernels import row_ss_partials as partials
+
         def nccl(t, site):
             h = parallel.all_reduce_sum(t, group)
-            if device.type == "cuda":
-                from llama_fast.kernels import row_ss_partials
-
-                return h, row_ss_partials(h)
-            return h, h.float().pow(2).view(-1, 8).sum(-1)
+            return h, partials(h)
         return nccl
     if not parallel.symmetric_memory_usable(device):
         raise SystemExit(f"allreduce_bench.py: --modes {mode} needs symmetric memory between these GPUs (one host, "
@@ -113,7 +119,7 @@ def main(argv=None) -> int:
             want = torch.stack([p.float() for p in parts]).sum(0)
             h, ss = f(mine, 0)
             err = (h.float() - want).abs().max().item() / want.abs().max().item()
-            ss_err = (ss - h.float().pow(2).view(-1, 8).sum(-1)).abs().max().item()
+            ss_err = (ss - torch_partials(h)).abs().max().item()
             site = [0]
 
             def call():

@@ -283,6 +283,19 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
     assert 0.25 < read_mb[True] / read_mb[False] < 0.3
 
 
+def _refused(module, argv, capsys, monkeypatch, torchrun: dict | None = None) -> str:
+    """A tool's parse_args refusing argv (exit 2): its stderr. torchrun: the environment torchrun would set (by
+    default none: not under torchrun)."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in (torchrun or {}).items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        module.parse_args(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------- allreduce_bench
 @pytest.mark.parametrize("bad,message", [(["--modes", "fused,ring"], "--modes: unknown ring"),
                                          (["--dims", "4096,abc"], "--dims: comma-separated integers"),
@@ -292,12 +305,7 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
                                          (["--device", "cpu"], "--device cpu runs only --modes nccl"),
                                          (["--device", "cpu", "--modes", "nccl"], "runs under torchrun")])
 def test_allreduce_bench_arguments(tool, capsys, monkeypatch, bad, message):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # not under torchrun
-        monkeypatch.delenv(name, raising=False)
-    ab = tool("allreduce_bench")
-    with pytest.raises(SystemExit) as exc:
-        ab.parse_args(bad)
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert message in _refused(tool("allreduce_bench"), bad, capsys, monkeypatch)
 
 
 def test_allreduce_bench_sums_over_gloo():
@@ -325,22 +333,13 @@ def test_allreduce_bench_sums_over_gloo():
                                          (["--tp", "0"], "--tp must be at least 1"),
                                          (["--tp", "2"], "--tp 2 runs under torchrun with 2 processes")])
 def test_profile_decode_arguments(tool, capsys, monkeypatch, bad, message):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # not under torchrun
-        monkeypatch.delenv(name, raising=False)
-    pd = tool("profile_decode")
-    with pytest.raises(SystemExit) as exc:
-        pd.parse_args(bad)
-    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert message in _refused(tool("profile_decode"), bad, capsys, monkeypatch)
 
 
 def test_profile_decode_tp_needs_torchrun_of_that_size(tool, capsys, monkeypatch):
     """--tp N under a torchrun of another size is refused before anything loads."""
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    pd = tool("profile_decode")
-    with pytest.raises(SystemExit) as exc:
-        pd.parse_args(["--tp", "2"])
-    assert exc.value.code == 2 and "torchrun --nproc-per-node 2 scripts/profile_decode.py" in capsys.readouterr().err
+    err = _refused(tool("profile_decode"), ["--tp", "2"], capsys, monkeypatch, {"RANK": "0", "WORLD_SIZE": "4"})
+    assert "torchrun --nproc-per-node 2 scripts/profile_decode.py" in err
 
 
 def test_profile_decode_rows_per_decode_step(tool):
