@@ -26,7 +26,7 @@ from llama_fast.loading import parse_dtype
 MODES = ("fused", "symm", "nccl")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="allreduce_bench.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default="fused,symm,nccl", help=f"comma-separated, of {', '.join(MODES)}")
     ap.add_argument("--dims", default="4096,8192", help="row widths (Llama-7B's 4096, Llama-2-70B's 8192)")
@@ -34,6 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--calls", type=int, default=64, help="calls per timed graph (a Llama-7B step has 64)")
     ap.add_argument("--reps", type=int, default=30, help="timed replays (median)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: gloo, no graphs")
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in args.modes if m not in MODES]

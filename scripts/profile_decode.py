@@ -3,7 +3,7 @@ torch.profiler (CUDA activity; kernels inside the captured decode graph are trac
 kernels' GPU time per decode step by kernel name (the prefill's subtracted), their sum against the step's
 wall time, each decode GEMV's time and bandwidth in place, and the idle gap after each kind of kernel.
 
-  python scripts/profile_decode.py --variants gemv,fused-gemv-early --log profile.log
+  python scripts/profile_decode.py --variants gemv,fused-gemv-early --log-file profile.log
   python scripts/profile_decode.py --variants fused-gemv-early,fused-gemm --batch 2   (cuBLAS against the small-M GEMM)
   torchrun --nproc-per-node 2 scripts/profile_decode.py --tp 2 --variants fused-gemm   (rank 0's kernels, its
       shard's GEMVs, the all-reduce kernels among them; every rank profiles, rank 0 prints)
@@ -24,7 +24,7 @@ from llama_fast.harness import VARIANTS, Workload, fast_runner
 from llama_fast.loading import load_weights, parse_dtype
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="profile_decode.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:llama-7b")
     ap.add_argument("--variants", default="gemv,fused",
@@ -39,7 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "ones (their kernels dequantize in registers)")
     ap.add_argument("--tp", type=int, default=1,
                     help="tensor-parallel degree: run under torchrun with this many processes (rank 0 prints)")
-    ap.add_argument("--log", default=None, help="also append the output to this file")
+    ap.add_argument("--log-file", default=None,
+                    help="also append the output to this file (not --log: torchrun would take that as its own option)")
+    return ap
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.tp < 1:
         ap.error("--tp must be at least 1")
@@ -83,7 +89,7 @@ def main(argv=None):
                                        quantize=args.quantize)
         fast = LlamaFast(model, tok, args.model)
         rank = 0
-    say = logger(args.log) if rank == 0 else (lambda line: None)
+    say = logger(args.log_file) if rank == 0 else (lambda line: None)
     if args.tp > 1:
         say(f"# tp {args.tp}: rank 0 of {args.tp}; each rank's step runs the same kernels on its shard")
     for k, variant in args.variants.items():

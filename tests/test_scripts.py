@@ -323,6 +323,26 @@ def test_allreduce_bench_sums_over_gloo():
     assert r.stdout.startswith("# 2 ranks, CPU (gloo), torch.float32") and "WRONG" not in r.stdout, r.stdout
 
 
+# ------------------------------------------------------------------------------------------- under torchrun
+@pytest.mark.parametrize("script", ["run_llama.py", "scripts/profile_decode.py", "scripts/allreduce_bench.py"])
+def test_torchrun_hands_every_option_to_the_script(tool, script):
+    """torchrun's own parser sees the script's options too and refuses one that abbreviates several of its own
+    (`--log` against `--log-dir` / `--log_dir`), before the script starts: every option of the scripts run under
+    torchrun must pass through it."""
+    from torch.distributed.run import get_args_parser
+
+    if script == "run_llama.py":
+        from llama_fast.cli.args import build_parser
+    else:
+        build_parser = tool(Path(script).stem).build_parser
+    options = [o for a in build_parser()._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+    assert len(options) > 3
+    torchrun = get_args_parser()
+    for option in options:
+        args = torchrun.parse_args(["--nproc-per-node", "2", script, option, "1"])
+        assert args.training_script == script and args.training_script_args == [option, "1"], option
+
+
 # ------------------------------------------------------------------------------------------- profile_decode
 @pytest.mark.parametrize("bad,message", [(["--variants", "fused,nope"], "unknown variant 'nope'"),
                                          (["--variants", "hf-static,fused"], "hf-static: transformers baselines"),
