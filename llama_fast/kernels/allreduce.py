@@ -17,10 +17,8 @@ Reuse is safe without a closing barrier: the decode block's two sites (after att
 their own buffer and alternate, so a peer writes this rank's slots of a site again only at that site's next call,
 which it reaches after it has read this rank's push at the other site, and this rank stored that push after
 clearing (the kernels between them wait for their predecessors: stream order, or PDL's wait). With programmatic
-dependent launch the kernel waits for the residual GEMV before its first load and lets the next kernel launch
-right after that wait: the next GEMV's programs take the SMs this kernel's few programs leave and load their
-first weight tiles while the partials cross NVLink (Llama-7B tp 2 on two H200: 377.8 against 370.1 tok/s with
-the trigger after the row is written, 372.7 with it before the wait; docs/PERF.md).
+dependent launch the kernel waits for the residual GEMV before its first load, and lets the next kernel launch
+once its row and partials are written.
 
 No atomics and no inline PTX: Triton's CPU interpreter runs the kernel as one rank whose peers' values have
 landed (tests/test_kernels_allreduce.py); the wait itself needs the peers, on GPUs.
@@ -32,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .gemv import SS_GROUP
-from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+from .pdl import PDL_OFF, PDL_TRIGGER_LATE, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 ALLREDUCE_BLOCK = 1024  # elements per program: 4 programs for Llama-7B's 4096, each waiting for its own slice
 
@@ -69,7 +67,6 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, N, SLOT, RANK: tl.co
                          BLOCK: tl.constexpr, USE_PDL: tl.constexpr, GROUP: tl.constexpr):
     if USE_PDL != 0:
         gdc_wait()  # x comes from the residual GEMV
-        gdc_launch_dependents()  # the next kernel's gdc_wait still waits for all of this one
     block = tl.program_id(0)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
@@ -94,6 +91,8 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, N, SLOT, RANK: tl.co
     tl.debug_barrier()  # every thread's loads done before its slots are emptied
     _store_empty(slots, ms)
     _store_row_ss(y_ptr, ss_ptr, acc.to(dtype), block, offs, N, BLOCK, GROUP)
+    if USE_PDL != 0:
+        gdc_launch_dependents()
 
 
 def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, rank: int, world: int, slot: int,
@@ -121,9 +120,9 @@ def allreduce_ss(x: torch.Tensor, buffer_ptrs: int, rank: int, world: int, slot:
     buffer_ptrs: the device array of the ranks' symmetric buffers (a rendezvoused handle's buffer_ptrs_dev), each
     of x's dtype, `world` slots of `slot` >= N values, all -0.0 before the first call (empty_buffer_). Every rank
     calls it with the same N at the same point, and a buffer serves at most every other call (the decode block's
-    two sites each have their own). pdl: PDL_OFF or any other mode, which launches it as PDL_TRIGGER_EARLY where
+    two sites each have their own). pdl: PDL_OFF or any other mode, which launches it as PDL_TRIGGER_LATE where
     PDL applies (pdl.use_pdl). Plain Python: the batch-1 decode block that calls it runs uncompiled."""
-    mode = use_pdl(x, PDL_TRIGGER_EARLY if pdl else PDL_OFF)
+    mode = use_pdl(x, PDL_TRIGGER_LATE if pdl else PDL_OFF)
     grid, args, kwargs, y, ss = allreduce_ss_call(x, buffer_ptrs, rank, world, slot, mode)
     _allreduce_ss_kernel[grid](*args, **kwargs)
     return y, ss
