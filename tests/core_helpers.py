@@ -1,6 +1,13 @@
 """Helpers shared by the core tests (imported as a plain module: tests/ has no __init__.py)."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from llama_fast import LlamaConfig
@@ -74,3 +81,47 @@ def ours_from_hf(hf, cfg: LlamaConfig):
 def fast_from_hf(hf, cfg: LlamaConfig, **kw) -> LlamaFast:
     eos = cfg.eos_token_id[0] if cfg.eos_token_id else None
     return LlamaFast(ours_from_hf(hf, cfg), IdTokenizer(cfg.vocab_size, eos, cfg.pad_token_id), cfg.name, **kw)
+
+
+_COMPILE_OFFLINE = r"""
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+arch, specs = json.load(sys.stdin)
+out = []
+for spec in specs:
+    kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
+    kernel = kernel if hasattr(kernel, "cache_key") else kernel.fn  # an autotuner: its function
+    const = spec["const"]
+    signature = {**dict(zip(spec["names"], spec["types"])), **dict.fromkeys(const, "constexpr")}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in spec["aligned"]}
+    src = ASTSource(kernel, signature, constexprs=const, attrs=attrs)
+    try:
+        k = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=spec["options"])
+    except RuntimeError as e:  # no ptxas for this target in this Triton install
+        print(json.dumps({"skip": str(e)[:200]}))
+        sys.exit(0)
+    out.append({"ptx": k.asm["ptx"], "shared": k.metadata.shared})
+print(json.dumps(out))
+"""
+
+
+def compile_offline(specs: list[dict], arch: int) -> list[dict]:
+    """Each spec's kernel compiled ahead of time for ('cuda', arch), without a GPU: [{"ptx", "shared"}] in order,
+    or the test skipped where this Triton install cannot compile for that target. A spec: module and kernel (its
+    attribute name), names and types of the arguments, const (the constexprs), options (num_warps, ...), aligned
+    (the argument indices Triton specializes as 16-divisible). One fresh process for all of them: a test that ran
+    earlier in this one may have imported the kernels under TRITON_INTERPRET=1, and interpreter functions cannot
+    be compiled."""
+    specs = [{"options": {"num_warps": 4}, "aligned": [], **spec} for spec in specs]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    r = subprocess.run([sys.executable, "-c", _COMPILE_OFFLINE], input=json.dumps([arch, specs]), env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if isinstance(out, dict):
+        pytest.skip(f"Triton cannot compile for sm_{arch} here: {out['skip']}")
+    return out

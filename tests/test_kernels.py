@@ -560,29 +560,21 @@ def test_gqa_attention_compiles_for_the_users_gpu_and_hopper(arch):
     config (ATTN_CHUNK, ATTN_COMPILED_WARPS) and the eager one for sm_86 (the A10G) and sm_90, in fp16 and bf16
     with tensor-core products, in fp32 without."""
     pytest.importorskip("triton", reason="triton is not installed (the CPU torch build has none)")
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from llama_fast.kernels import attention as at
+    from core_helpers import compile_offline
     from llama_fast.kernels import configs
 
     names = ["q_ptr", "k_ptr", "v_ptr", "mask_ptr", "m_ptr", "l_ptr", "acc_ptr", "S", "H", "G", "scale", "sq_b",
              "sq_h", "sk_b", "sk_h", "sk_s", "sm_b", "NSPLIT"]
     launches = [(configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS),
                 (configs.ATTN_EAGER_CONFIG["CHUNK"], configs.ATTN_EAGER_CONFIG["num_warps"])]
-    for dt in ("fp16", "bf16", "fp32"):
-        for chunk, warps in launches:
-            types = [f"*{dt}"] * 3 + ["*i1"] + ["*fp32"] * 3 + ["i32"] * 3 + ["fp32"] + ["i32"] * 7
-            const = dict(D=128, CHUNK=chunk, QP=16, USE_PDL=0, NEWEST_AFTER_WAIT=False,
-                         PRECISION="ieee" if dt == "fp32" else "tf32")
-            src = ASTSource(at._decode_attn_split_gqa_kernel,
-                            {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")}, constexprs=const)
-            try:
-                ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps}).asm["ptx"]
-            except RuntimeError as e:  # no ptxas for this target in this Triton install
-                pytest.skip(f"Triton cannot compile for sm_{arch} here: {str(e)[:200]}")
-            assert ("mma" in ptx) == (dt != "fp32"), (dt, arch, chunk, warps)
+    cases = [(dt, chunk, warps) for dt in ("fp16", "bf16", "fp32") for chunk, warps in launches]
+    specs = [dict(module="llama_fast.kernels.attention", kernel="_decode_attn_split_gqa_kernel", names=names,
+                  types=[f"*{dt}"] * 3 + ["*i1"] + ["*fp32"] * 3 + ["i32"] * 3 + ["fp32"] + ["i32"] * 7,
+                  const=dict(D=128, CHUNK=chunk, QP=16, USE_PDL=0, NEWEST_AFTER_WAIT=False,
+                             PRECISION="ieee" if dt == "fp32" else "tf32"),
+                  options={"num_warps": warps}) for dt, chunk, warps in cases]
+    for (dt, chunk, warps), out in zip(cases, compile_offline(specs, arch)):
+        assert ("mma" in out["ptx"]) == (dt != "fp32"), (dt, arch, chunk, warps)
 
 
 @needs_triton

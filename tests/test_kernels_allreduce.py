@@ -13,45 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core_helpers import compile_offline
+
 REPO = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="triton is not installed (the CPU torch build has none)")
-
-
-COMPILE = r"""
-import json, sys
-import importlib
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-module, name, names, types, const, arch = json.loads(sys.argv[1])
-kernel = getattr(importlib.import_module(module), name)
-kernel = getattr(kernel, "fn", kernel) if not hasattr(kernel, "cache_key") else kernel  # an autotuner: its function
-src = ASTSource(kernel, {**dict(zip(names, types)), **dict.fromkeys(const, "constexpr")}, constexprs=const)
-try:
-    ptx = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": 4}).asm["ptx"]
-except RuntimeError as e:  # no ptxas for this target in this Triton install
-    print("SKIP " + str(e)[:200])
-    sys.exit(0)
-sys.stdout.write(ptx)
-"""
-
-
-def _compile(module: str, name: str, names, types, const, arch) -> str:
-    """The PTX of kernel `name` of `module`, compiled offline for sm_<arch> in a fresh process: a test that ran
-    earlier in this one may have imported the kernels under TRITON_INTERPRET=1, which makes them interpreter
-    functions that cannot be compiled."""
-    import json
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(REPO)
-    r = subprocess.run([sys.executable, "-c", COMPILE, json.dumps([module, name, names, types, const, arch])],
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if r.stdout.startswith("SKIP "):
-        pytest.skip(f"Triton cannot compile for sm_{arch} here: {r.stdout[5:]}")
-    return r.stdout
 
 
 @needs_triton
@@ -65,7 +31,8 @@ def test_kernel_compiles_without_atomics(arch, dtype):
     names = ["x_ptr", "y_ptr", "ss_ptr", "buffer_ptrs", "N", "SLOT"]
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "i64", "i32", "i32"]
     const = dict(RANK=0, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, USE_PDL=2 if arch >= 90 else 0, GROUP=ar.SS_GROUP)
-    ptx = _compile("llama_fast.kernels.allreduce", "_allreduce_ss_kernel", names, types, const, arch)
+    ptx = compile_offline([dict(module="llama_fast.kernels.allreduce", kernel="_allreduce_ss_kernel",
+                                names=names, types=types, const=const)], arch)[0]["ptx"]
     assert "atom." not in ptx and "ld.volatile.global" in ptx
     loop = ptx.index("ld.volatile.global")
     label = re.findall(r"^(\$L__\w+):", ptx[:loop], re.M)[-1]  # the spin loop's head, before the loads
