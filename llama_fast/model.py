@@ -353,7 +353,14 @@ class Block(nn.Module):
             return gemv_residual_ss(y, w, res, pdl, **quant)
         from .kernels import row_ss_partials
 
-        part, _ = gemv_residual_ss(y, w, res if self.tp_rank == 0 else self.tp_zeros, pdl, **quant)
+        res = res if self.tp_rank == 0 else self.tp_zeros
+        target = self.tp_symm.push_target(res.numel(), res.dtype, site) if self.tp_symm is not None else None
+        if target is not None:  # the GEMV stores its rows into the peers' buffers itself; one kernel waits and sums
+            from .kernels.gemv import gemv_residual_push
+
+            gemv_residual_push(y, w, res, *target, pdl, **quant)
+            return self.tp_symm.wait_ss(res, site, pdl)
+        part, _ = gemv_residual_ss(y, w, res, pdl, **quant)
         if self.tp_symm is not None:
             return self.tp_symm.with_ss(part, site, pdl)
         h = self._reduce(part, site)

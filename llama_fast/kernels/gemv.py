@@ -5,11 +5,12 @@ loop). The batch-1 decode block is four of them around attention:
   wqkv: RMSNorm prologue          wo: residual epilogue + sum-of-squares partials of its output
   w13:  RMSNorm prologue + SwiGLU epilogue (gate row n and up row n in one program)
   w2:   residual epilogue + sum-of-squares partials
-(wqkv with RoPE and the K/V cache write in its epilogue: qkv_rope.py.) The RMSNorm statistics come from the
-partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no program re-reads a whole row to
-normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers' fp16 code rounds
-(normed x, gate, up, silu, the product, the projection before the residual add), so only the GEMV's
-summation order differs from the unfused path.
+(wqkv with RoPE and the K/V cache write in its epilogue: qkv_rope.py. Under tensor parallelism with the fused
+all-reduce, wo and w2 store their rows into the all-reduce's slots instead: gemv_residual_push.) The RMSNorm
+statistics come from the partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no program
+re-reads a whole row to normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers'
+fp16 code rounds (normed x, gate, up, silu, the product, the projection before the residual add), so only the
+GEMV's summation order differs from the unfused path.
 
 The weights are in the model dtype or quantized (constexpr WFMT: int8 per row, int4 in groups), the latter read
 as packed words and dequantized in registers in fp32 (dequant.py), with the same prologue and epilogues.
@@ -24,6 +25,7 @@ from torch.library import triton_op, wrap_triton
 from .configs import autotune_configs, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
                       int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
+from .lamport import push_slots
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -31,7 +33,7 @@ from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pd
 GEMV_MAX_ROWS = 1
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
-EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU = 0, 1, 2
+EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, EPILOGUE_RESIDUAL_PUSH = 0, 1, 2, 3
 SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
 
 
@@ -70,9 +72,10 @@ def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr,
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
-                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, PROLOGUE: tl.constexpr,
+                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, PROLOGUE: tl.constexpr,
                        EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
-                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -154,9 +157,10 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         if USE_PDL == 2:
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
-    if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
+    if EPILOGUE == 1 or EPILOGUE == 3:  # + residual (then the partials, or the push)
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+    if EPILOGUE == 1:  # this output's sum-of-squares partials for the next RMSNorm
         yf = y.to(tl.float32)
         part = tl.sum(tl.reshape(yf * yf, (BLOCK_N // 8, 8)), axis=1)  # 8 == SS_GROUP
         rg = pid * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
@@ -171,21 +175,25 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             up = tl.sum(acc_up, axis=1).to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
-    tl.store(y_ptr + rn, y, mask=n_mask)
+    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
+        push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
+    else:
+        tl.store(y_ptr + rn, y, mask=n_mask)
 
 
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF,
-                  scales=None, offsets=None, group: int = 0):
+                  scales=None, offsets=None, group: int = 0, push: tuple | None = None):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y). With
-    scales, w is a quantized weight (dequant.weight_format)."""
+    scales, w is a quantized weight (dequant.weight_format). push: EPILOGUE_RESIDUAL_PUSH's (buffer_ptrs, rank,
+    world, slot)."""
     kernel, grid, args, kwargs, out = fused_call(x, w, g, res, ss_in, eps, prologue, epilogue, n, use_pdl(x, pdl),
-                                                 scales, offsets, group)
+                                                 scales, offsets, group, push)
     wrap_triton(kernel)[grid](*args, **kwargs)
     return out
 
 
 def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int, scales, offsets,
-               group: int) -> tuple:
+               group: int, push: tuple | None = None) -> tuple:
     """(kernel, grid, arguments, keywords, outputs) of _launch_fused's launch, pdl already decided (a use_pdl
     result): the pinned config's kernel, else the autotuned one (the grid then a function of its config). Also
     what scripts/sass_probe.py compiles offline."""
@@ -202,15 +210,16 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual"}.get(epilogue,
-                                                                            "rmsnorm" if prologue else "gemv")
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_PUSH: "residual"}.get(
+        epilogue, "rmsnorm" if prologue else "gemv")
+    buffer_ptrs, rank, world, slot = push if push is not None else (0, 0, 1, 0)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
-            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS)
+            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
-                  GROUP=group, **config, **launch_kwargs(pdl))
+                  GROUP=group, RANK=rank, WORLD=world, **config, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
 
 
@@ -280,6 +289,21 @@ def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: i
     """(res + W @ x, its sum-of-squares partials): x (1, K), w (N, K), res (1, N) -> (1, N), (N / 8,)."""
     return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl, scales,
                          offsets, group)
+
+
+def gemv_residual_push(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, buffer_ptrs, rank: int, world: int,
+                       slot: int, pdl: int = PDL_OFF, scales: torch.Tensor | None = None,
+                       offsets: torch.Tensor | None = None, group: int = 0) -> None:
+    """Tensor parallel, batch 1: res + W @ x (1, N) stored straight into this rank's slot of every rank's
+    all-reduce buffer (kernels.lamport; buffer_ptrs, rank, world, slot as allreduce.allreduce_ss takes them), each
+    program's rows as soon as they are summed, so the trip to the peers overlaps the GEMV's last programs;
+    allreduce.allreduce_ss(..., sent=True) then waits and sums. Plain Python, like allreduce_ss: it writes the
+    peers' memory, which no traced graph should own."""
+    n = w.shape[0]
+    if slot < n:
+        raise ValueError(f"gemv_residual_push: a row of {n} values does not fit a buffer slot of {slot}")
+    _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_PUSH, n, pdl, scales, offsets, group,
+                  (buffer_ptrs, rank, world, slot))
 
 
 @triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
