@@ -106,6 +106,28 @@ def test_h200_config_table_launches_the_same_configs_as_before(gpu):
     assert timer.built == []
 
 
+def test_h200_pins_hold_at_the_shapes_measured_and_other_gemv_shapes_are_tuned(gpu):
+    """The H200's fused-block GEMV pins were measured at the Llama-7B and Llama-3-8B tp 1 decode shapes; the same
+    forms at a tensor-parallel rank's half shapes (Llama-7B at tp 2) take the tuned path (the pin its first
+    candidate), once each, cached; forms keyed by form alone (attention, the plain GEMV) keep their pins."""
+    from llama_fast.kernels import configs, tuning
+
+    shaped = {s for s in SHAPES if s[0] in configs.SHAPED_FORMS}
+    assert configs.H200_GEMV_SHAPES == shaped
+    timer = gpu(configs.H200)
+    half = [("swiglu", 5504, 4096), ("residual", 4096, 2048), ("residual", 4096, 5504)]
+    for form, n, K in half:
+        got = configs.pinned_config(form, n, K)
+        assert got == min(tuning.candidates(form, n, K), key=timer.cost) != h200_pins(form, n), (form, n, K)
+    assert timer.built == half
+    for form, n, K in half:  # cached
+        configs.pinned_config(form, n, K)
+    assert configs.pinned_config("attention", 600, 128) == h200_pins("attention", 600)
+    assert configs.pinned_config("gemv", 6144, 4096) == h200_pins("gemv", 6144)
+    assert configs.pinned_config("swiglu_int4", 5504, 4096) == h200_pins("swiglu_int4", 5504)
+    assert timer.built == half
+
+
 def test_config_autotune_on_an_unknown_gpu_runs_once_and_is_cached(gpu, tmp_path, capsys):
     from llama_fast.kernels import configs, tuning
 

@@ -15,7 +15,8 @@ per form instead of Triton's autotuner: the autotuner compiles its 12 configs pe
 the first call (about 30 s of a 62 s cold warm-up), and its picks moved between processes. Which config:
 CONFIG_TABLE, keyed by the GPU (gpu_key: name, compute capability, SM count), holds the configs measured on
 that GPU; the H200's are the autotuner's picks at the Llama-7B decode shapes in a warm H200 process, then the
-config trials of docs/PERF.md. On a GPU the table does not hold (or with LLAMA_FAST_CONFIG_TABLE=0), the first
+config trials of docs/PERF.md, and for the fused block's GEMVs they hold at the shapes measured (H200_GEMV_SHAPES).
+On a GPU the table does not hold, at a shape its entry does not reach, or with LLAMA_FAST_CONFIG_TABLE=0, the first
 eager launch of each (form, n, K) times a few candidates and caches the fastest on disk (kernels/tuning.py).
 Off a GPU (Triton's interpreter) the H200's configs apply. Inside torch.compile, Inductor compiles the
 configs in parallel and keeps the search; LLAMA_FAST_GEMV_AUTOTUNE=1 keeps it for eager launches too.
@@ -95,8 +96,8 @@ ATTN_PDL_MAXNREG = 168
 
 
 def h200_config(form: str, n: int, K: int) -> dict:
-    """The configs measured on the H200 (the table's first entry; also the fallback of an unmeasured GPU inside
-    a CUDA-graph capture, and the configs off a GPU): the pins above."""
+    """The configs measured on the H200, the pins above (its table entry, h200_table, where they were measured;
+    also the fallback of an untuned shape inside a CUDA-graph capture, and the configs off a GPU)."""
     if form == "qkv_rope":
         return QKV_ROPE_CONFIG
     if form == "attention":
@@ -108,10 +109,32 @@ def h200_config(form: str, n: int, K: int) -> dict:
     return gemv_config(form, n)
 
 
+# The fused block's GEMV forms: their pins hold at the shapes they were measured at (H200_GEMV_SHAPES)
+SHAPED_FORMS = ("rmsnorm", "residual", "swiglu", "qkv_rope")
+# The fp16 / bf16 shapes (form, n, K) of those forms the H200's pins were measured at: the tp 1 decode of Llama-7B
+# and Llama-3-8B. On an H200 such a GEMV of another shape (a tensor-parallel rank's shard, another model) takes
+# the tuned path, whose first candidate is the pin: at the half shapes of Llama-7B at tp 2 the step ran 401.5
+# tok/s tuned against 377.5 / 377.8 with the pins (two H200s, docs/PERF.md).
+H200_GEMV_SHAPES = frozenset({
+    ("qkv_rope", 12288, 4096), ("swiglu", 11008, 4096), ("residual", 4096, 4096), ("residual", 4096, 11008),
+    ("rmsnorm", 32000, 4096),  # Llama-7B
+    ("qkv_rope", 6144, 4096), ("swiglu", 14336, 4096), ("residual", 4096, 14336), ("rmsnorm", 128256, 4096),
+})
+
+
+def h200_table(form: str, n: int, K: int) -> dict | None:
+    """The H200's table entry: its pins, except for a fused-block GEMV at a shape they were not measured at
+    (None: the tuned path)."""
+    if form in SHAPED_FORMS and (form, n, K) not in H200_GEMV_SHAPES:
+        return None
+    return h200_config(form, n, K)
+
+
 H200 = "NVIDIA H200|sm90|132"
-# gpu_key -> (form, n, K) -> config: the GPUs whose configs were measured. Another GPU's entry can be built
-# from its tuning cache file (kernels/tuning.py: "configs" maps "form|n|K" to the chosen config).
-CONFIG_TABLE: dict[str, Callable[[str, int, int], dict]] = {H200: h200_config}
+# gpu_key -> (form, n, K) -> config, or None where this GPU's measured configs do not reach (that shape is
+# tuned): the GPUs whose configs were measured. Another GPU's entry can be built from its tuning cache file
+# (kernels/tuning.py: "configs" maps "form|n|K" to the chosen config).
+CONFIG_TABLE: dict[str, Callable[[str, int, int], dict | None]] = {H200: h200_table}
 
 # (form, n, K) -> a config dict, or None for the table's (scripts/perf_lab.py --config-trials sets it)
 CONFIG_OVERRIDE: Callable[[str, int, int], dict | None] | None = None
@@ -158,7 +181,9 @@ def _table_or_tuned(form: str, n: int, K: int) -> dict:
     if key is None:
         return h200_config(form, n, K)
     if table_enabled() and key in CONFIG_TABLE:
-        return CONFIG_TABLE[key](form, n, K)
+        measured = CONFIG_TABLE[key](form, n, K)
+        if measured is not None:
+            return measured
     from . import tuning  # the unmeasured GPU's path only
 
     return tuning.tuned_config(key, form, n, K)
@@ -173,6 +198,8 @@ def launch_config(form: str, n: int, K: int) -> dict:
 
 
 def tuning_needed() -> bool:
-    """Whether this process's GPU takes tuned configs (not in the table, or the table hidden)."""
+    """Whether this process's GPU takes tuned configs for every form (not in the table, or the table hidden);
+    on a GPU in the table only the fused block's GEMVs at unmeasured shapes are tuned, on their first eager
+    launch."""
     key = current_gpu_key()
     return key is not None and not (table_enabled() and key in CONFIG_TABLE)
