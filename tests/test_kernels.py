@@ -551,7 +551,7 @@ def test_pinned_configs_and_the_override_hook(monkeypatch):
     assert configs.pinned_config("swiglu", 11008, 4096) is None
     from llama_fast.kernels.attention import _attn_config
 
-    assert _attn_config(1200, 128) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
+    assert _attn_config(1200, 128, 32, 32) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
 
 
 @pytest.mark.parametrize("arch", [86, 90])

@@ -128,6 +128,31 @@ def test_h200_pins_hold_at_the_shapes_measured_and_other_gemv_shapes_are_tuned(g
     assert timer.built == half
 
 
+def test_attention_is_tuned_at_its_launch_heads(gpu):
+    """(cache slots, head dim) do not fix the attention's programs, nor for a grouped-query model its kernel: an
+    unmeasured GPU tunes and caches each heads geometry on its own ("attention:H/Hkv"), the launch's own config
+    lookup passes it, the H200 keeps its pin untimed, and a trial table's "attention" entry still overrides."""
+    from llama_fast.kernels import attention, configs, tuning
+
+    timer = gpu(A10G)
+    timer.cost = lambda c: 1.0 / (c["CHUNK"] * 10 + c["num_warps"])  # the widest chunk, then the most warps
+    assert attention._attn_config(1200, 128, 32, 8) == (256, 8)
+    assert attention._attn_config(1200, 128, 16, 16) == (256, 8)
+    attention._attn_config(1200, 128, 32, 8)  # cached
+    assert timer.built == [("attention:32/8", 1200, 128), ("attention:16/16", 1200, 128)]
+    assert tuning.load(A10G).get("attention:32/8", 1200, 128) == {"CHUNK": 256, "num_warps": 8}
+    assert tuning.weight_bytes("attention:32/8", 1200, 128) == 2 * 8 * 1200 * 128 * 2
+    assert tuning.base_form("attention:32/8") == ("attention", (32, 8)) and tuning.base_form("swiglu") == \
+        ("swiglu", None)
+    gpu(configs.H200)
+    assert attention._attn_config(1200, 128, 32, 8) == (128, 4) and len(timer.built) == 2  # nothing timed
+    configs.CONFIG_OVERRIDE = lambda form, n, K: {"CHUNK": 64, "num_warps": 2} if form == "attention" else None
+    try:
+        assert attention._attn_config(1200, 128, 32, 8) == (64, 2)
+    finally:
+        configs.CONFIG_OVERRIDE = None
+
+
 def test_config_autotune_on_an_unknown_gpu_runs_once_and_is_cached(gpu, tmp_path, capsys):
     from llama_fast.kernels import configs, tuning
 
@@ -345,12 +370,13 @@ from llama_fast.kernels import tuning
 
 torch.manual_seed(0)
 for form, n, K in [("residual", 64, 256), ("swiglu", 48, 256), ("qkv_rope", 192, 256), ("attention", 80, 32),
-                   ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256), ("gemm16_rmsnorm", 64, 256),
+                   ("attention:8/2", 80, 32), ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256),
+                   ("gemm16_rmsnorm", 64, 256),
                    ("gemm32_swiglu_int4", 32, 256), ("gemm16_plain_int8", 48, 256)]:
     call = tuning.launcher(form, n, K, torch.device("cpu"), torch.float32)
     outs = []
     for config in tuning.candidates(form, n, K):
-        with tuning.forced(form, n, K, config):
+        with tuning.forced(tuning.base_form(form)[0], n, K, config):
             out = call()
         outs.append((config, out[0] if isinstance(out, tuple) else out))
     ref = outs[0][1]

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from . import configs
-from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, pinned_config
+from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, attention_form, pinned_config
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -162,9 +162,10 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
-def _attn_config(S: int, D: int) -> tuple[int, int]:
-    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's."""
-    cfg = pinned_config("attention", S, D)
+def _attn_config(S: int, D: int, H: int, Hkv: int) -> tuple[int, int]:
+    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's. A tuned
+    config is timed at this launch's heads (configs.attention_form)."""
+    cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
 
@@ -213,13 +214,13 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     _decode_attn_split_gqa_kernel. Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D)
+    chunk, warps = _attn_config(S, D, H, Hkv)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             k.stride(2), mask.stride(0), nsplit)
     kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
                   **_chunk_launch_kwargs(pdl))
-    if Hkv < H and _gqa_dot(S, D):  # a program per KV head and chunk, its query heads on the tensor cores
+    if Hkv < H and _gqa_dot(S, D, H, Hkv):  # a program per KV head and chunk, its query heads on the tensor cores
         qp = max(16, triton.next_power_of_2(H // Hkv))
         precision = "ieee" if q.dtype == torch.float32 else "tf32"
         return (_decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args,
@@ -227,11 +228,11 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     return _decode_attn_split_kernel, (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
 
-def _gqa_dot(S: int, D: int) -> bool:
+def _gqa_dot(S: int, D: int, H: int, Hkv: int) -> bool:
     """Whether the two-kernel form of a GQA model takes _decode_attn_split_gqa_kernel: the "attention" config's
     GQA_DOT key where the launch's config has it (pinned_config: CONFIG_OVERRIDE's, e.g. scripts/attn_bench.py),
     else configs.ATTN_GQA_DOT (also inside torch.compile, where the chunk and warps are the compiled ones)."""
-    cfg = pinned_config("attention", S, D)
+    cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
     return bool(cfg["GQA_DOT"]) if cfg and "GQA_DOT" in cfg else configs.ATTN_GQA_DOT
 
 
@@ -249,7 +250,7 @@ def one_launch_call(q, k, v, mask, scale: float, counters, pdl: int) -> tuple[tu
     use_pdl result). Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D)
+    chunk, warps = _attn_config(S, D, H, Hkv)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     args = (q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
             k.stride(1), k.stride(2), mask.stride(0), nsplit)

@@ -164,19 +164,26 @@ def table_enabled() -> bool:
     return os.environ.get("LLAMA_FAST_CONFIG_TABLE", "1") != "0"
 
 
-def pinned_config(form: str, n: int, K: int) -> dict | None:
+def attention_form(heads: int, kv_heads: int) -> str:
+    """The tuning cache's form of a decode attention launch with these query and KV heads ("attention:32/8"):
+    (cache slots, head dim) alone do not fix the kernel's programs nor, for a grouped-query model, its kernel."""
+    return f"attention:{heads}/{kv_heads}"
+
+
+def pinned_config(form: str, n: int, K: int, tuned_as: str | None = None) -> dict | None:
     """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the table's for this GPU, else the
     tuned one), or None where the kernel's own search applies: inside torch.compile, or with
-    LLAMA_FAST_GEMV_AUTOTUNE=1."""
+    LLAMA_FAST_GEMV_AUTOTUNE=1. tuned_as: the form the tuning cache keys and times this launch as, where (n, K)
+    do not fix what the launch runs (attention_form)."""
     if torch.compiler.is_compiling() or os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") == "1":
         return None
     override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
     if override:
         return override
-    return _table_or_tuned(form, n, K)
+    return _table_or_tuned(form, n, K, tuned_as)
 
 
-def _table_or_tuned(form: str, n: int, K: int) -> dict:
+def _table_or_tuned(form: str, n: int, K: int, tuned_as: str | None = None) -> dict:
     key = current_gpu_key()
     if key is None:
         return h200_config(form, n, K)
@@ -186,7 +193,7 @@ def _table_or_tuned(form: str, n: int, K: int) -> dict:
             return measured
     from . import tuning  # the unmeasured GPU's path only
 
-    return tuning.tuned_config(key, form, n, K)
+    return tuning.tuned_config(key, tuned_as or form, n, K)
 
 
 def launch_config(form: str, n: int, K: int) -> dict:

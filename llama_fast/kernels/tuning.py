@@ -111,6 +111,7 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
     """The configs an autotune of form times: the H200's first (ties keep it), then a few around it. GEMV tiles
     keep BLOCK_N a multiple of the sum-of-squares group (8) and at most 32 (the qkv+RoPE kernel's BLOCK_N must
     divide the head dim, model.ROPE_MIN_HEAD_DIM); quantized tiles keep 8 or 16 bytes per thread and row."""
+    form = base_form(form)[0]
     base = configs.h200_config(form, n, K)
     if form == "attention":
         found = [{"CHUNK": c, "num_warps": w} for c, w in ((64, 2), (64, 4), (128, 8), (256, 4), (256, 8))]
@@ -185,11 +186,22 @@ def tracing() -> bool:
     return type(torch.empty(0)) is not torch.Tensor
 
 
+def base_form(form: str) -> tuple[str, tuple[int, int] | None]:
+    """(the launch's form, its (heads, KV heads) or None) of a tuning form: "attention:32/8" ->
+    ("attention", (32, 8)) (configs.attention_form); any other form -> (form, None)."""
+    base, sep, heads = form.partition(":")
+    if not sep:
+        return form, None
+    h, _, hkv = heads.partition("/")
+    return base, (int(h), int(hkv))
+
+
 def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
     """The config of form at (n, K) on a GPU the table does not hold: cached, else autotuned now and cached.
     Where nothing can be timed, the H200's: inside a capture with one warning per form; inside a trace
     silently (the traced kernels took the H200's configs before there was a table, and an eager run of the
-    same shape fills the cache for the next process)."""
+    same shape fills the cache for the next process). form may carry the launch's heads (base_form)."""
+    base = base_form(form)[0]
     cache = load(gpu)
     hit = cache.get(form, n, K)
     if hit is not None:
@@ -200,10 +212,10 @@ def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
             warnings.warn(f"llama_fast: no tuned {form} config for {gpu} at n={n}, K={K} inside a CUDA-graph "
                           f"capture: the H200's config is used (an eager launch of this shape tunes it)",
                           TuningWarning, stacklevel=3)
-        return configs.h200_config(form, n, K)
+        return configs.h200_config(base, n, K)
     if tracing():
-        return configs.h200_config(form, n, K)
-    best = choose(candidates(form, n, K), MAKE_TIMER(form, n, K),
+        return configs.h200_config(base, n, K)
+    best = choose(candidates(base, n, K), MAKE_TIMER(form, n, K),
                   f"llama_fast: tuning the {form} kernel (n={n}, K={K}) for {gpu.split('|')[0]}")
     cache.put(form, n, K, best)
     from ..compile import tag_compile_caches
@@ -249,8 +261,9 @@ def _weight(fmt: str, rows: int, K: int, device, dt) -> tuple[torch.Tensor, dict
 
 def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 1) -> Callable[[], object]:
     """A call launching the op of form once at (n, K), each call on the next of `copies` input sets. Shapes the
-    key does not fix: 32 heads in the attention (Llama-7B; batch 1), a head dim of 128 (else 64, 32) in the
-    qkv+RoPE GEMV with its rows split evenly over q, k and v heads where they divide."""
+    key does not fix: batch 1; the attention's heads from its form ("attention:H/Hkv"; plain "attention": 32 and
+    32, Llama-7B's), a head dim of 128 (else 64, 32) in the qkv+RoPE GEMV with its rows split evenly over q, k
+    and v heads where they divide."""
     from .attention import decode_attention
     from .gemv import gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, ss_partials
     from .pdl import PDL_OFF
@@ -258,6 +271,7 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
 
     if form.startswith("gemm"):
         return _gemm_launcher(form, n, K, device, dt, copies)
+    form, heads = base_form(form)
     kind, _, fmt = form.rpartition("_")
     if fmt not in ("int8", "int4"):
         kind, fmt = form, ""
@@ -266,8 +280,8 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
     g = torch.ones(K, device=device, dtype=dt)
     ss = ss_partials(x)
     if kind == "attention":
-        H = 32
-        kv = [torch.randn(1, H, n, K, device=device, dtype=dt) for _ in range(2 * copies)]
+        H, Hkv = heads or (32, 32)
+        kv = [torch.randn(1, Hkv, n, K, device=device, dtype=dt) for _ in range(2 * copies)]
         q = torch.randn(1, H, 1, K, device=device, dtype=dt)
         mask = torch.ones(1, n, dtype=torch.bool, device=device)
         sets = [((q, kv[2 * i], kv[2 * i + 1], mask, K ** -0.5), {}) for i in range(copies)]
@@ -328,11 +342,12 @@ def _gemm_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callab
 
 
 def weight_bytes(form: str, n: int, K: int) -> int:
-    """About the bytes one launch of form reads (fp16 weights; an attention's K and V for 32 heads)."""
+    """About the bytes one launch of form reads (fp16 weights; an attention's K and V for its KV heads)."""
+    form, heads = base_form(form)
     fmt = form.rpartition("_")[2]
     per = {"int8": 1, "int4": 0.5}.get(fmt, 2)
     rows = 2 * n if form.startswith("swiglu") or "_swiglu" in form else n
-    return int(2 * 32 * n * K * 2) if form == "attention" else int(rows * K * per)
+    return int(2 * (heads or (32, 32))[1] * n * K * 2) if form == "attention" else int(rows * K * per)
 
 
 def kernel_timer(form: str, n: int, K: int, device=None, calls: int = CALLS,
@@ -352,7 +367,7 @@ def kernel_timer(form: str, n: int, K: int, device=None, calls: int = CALLS,
     def time_fn(config: dict) -> float:
         from ..harness import call_seconds  # the package's timing harness (imported here: no cycle at import)
 
-        with forced(form, n, K, config):
+        with forced(base_form(form)[0], n, K, config):
             call()
             return min(call_seconds(call, device, calls, reps))
 
