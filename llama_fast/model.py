@@ -359,7 +359,7 @@ class Block(nn.Module):
             from .kernels.gemv import gemv_residual_push
 
             gemv_residual_push(y, w, res, *target, pdl, **quant)
-            return self.tp_symm.wait_ss(res, site, pdl)
+            return self.tp_symm.wait_ss(res, target, pdl)
         part, _ = gemv_residual_ss(y, w, res, pdl, **quant)
         if self.tp_symm is not None:
             return self.tp_symm.with_ss(part, site, pdl)

@@ -515,13 +515,11 @@ class SymmAllReduce:
         with programmatic dependent launch when pdl is set (and the GPU has it)."""
         from .kernels import row_narrow_ss, row_ss_partials
 
-        if self.row_handles and t.dtype == self.dtype:
+        target = self.push_target(t.numel(), t.dtype, site)
+        if target is not None:
             from .kernels.allreduce import allreduce_ss
 
-            hdl = self.row_handles[site]
-            slot = self.row_buffers[site].numel() // hdl.world_size
-            if t.numel() <= slot:
-                return allreduce_ss(t.contiguous(), hdl.buffer_ptrs_dev, hdl.rank, hdl.world_size, slot, pdl)
+            return allreduce_ss(t.contiguous(), *target, pdl)
         if self._by_nccl(t, site):
             h = all_reduce_sum(t, self.group)
             return h, row_ss_partials(h)
@@ -532,21 +530,23 @@ class SymmAllReduce:
 
     def push_target(self, n: int, dtype: torch.dtype, site: int) -> tuple | None:
         """(buffer_ptrs, rank, world, slot) of the fused mode's buffer of `site` for a row of n values of dtype,
-        which the residual GEMV then stores into itself (kernels.gemv.gemv_residual_push, then wait_ss), or None
-        where the row goes through with_ss (no fused buffers, another dtype, a row larger than a slot)."""
+        which with_ss's kernel, or the residual GEMV itself (kernels.gemv.gemv_residual_push, then wait_ss),
+        stores the row into; None where there is none (no fused buffers, another dtype, a row larger than a
+        slot)."""
         if not self.row_handles or dtype != self.dtype:
             return None
         hdl = self.row_handles[site]
         slot = self.row_buffers[site].numel() // hdl.world_size
         return (hdl.buffer_ptrs_dev, hdl.rank, hdl.world_size, slot) if n <= slot else None
 
-    def wait_ss(self, like: torch.Tensor, site: int, pdl: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """with_ss's result for a row every rank pushed itself (push_target): the kernel waits for the peers'
-        values in its own buffer, sums and empties its slots. like: a tensor of the row's shape and dtype."""
+    @staticmethod
+    def wait_ss(like: torch.Tensor, target: tuple, pdl: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """with_ss's result for a row every rank pushed itself into target (push_target's): the kernel waits for
+        the peers' values in its own buffer, sums and empties its slots. like: a tensor of the row's shape and
+        dtype."""
         from .kernels.allreduce import allreduce_ss
 
-        buffer_ptrs, rank, world, slot = self.push_target(like.numel(), like.dtype, site)
-        return allreduce_ss(like, buffer_ptrs, rank, world, slot, pdl, sent=True)
+        return allreduce_ss(like, *target, pdl, sent=True)
 
     def _by_nccl(self, t: torch.Tensor, site: int) -> bool:
         return t.numel() > self.buffers[site].numel() or t.dtype != self.dtype
