@@ -79,11 +79,23 @@ def test_empty_buffer_sets_negative_zero_bits():
         empty_buffer_(torch.zeros(4, dtype=torch.int8))
 
 
+# Shared by the interpreter scripts below: the all-reduce's result against the fp32 sum of the ranks' rows
+CHECK_SUM = r"""
+def check_sum(y, ss, total, own, dtype, ibits, rank):  # y: total rounded once; ss: its partials; own: emptied
+    if dtype == torch.bfloat16:  # the interpreter rounds fp32 to bf16 toward zero (a GPU to nearest): one ulp
+        torch.testing.assert_close(y.float(), total, rtol=2 ** -7, atol=0)
+    else:
+        assert torch.equal(y, total.to(dtype)), (rank, (y.float() - total).abs().max())
+    torch.testing.assert_close(ss, y.float().view(-1, 8).pow(2).sum(1))
+    assert bool((own.view(ibits[0]) == ibits[1]).all()), "this rank's buffer is empty again"
+"""
+
+
 ONE_RANK = r"""
 import sys
 import torch
 from llama_fast.kernels import allreduce as ar
-
+""" + CHECK_SUM + r"""
 dtype = getattr(torch, sys.argv[1])
 ibits = {2: (torch.int16, -(1 << 15)), 4: (torch.int32, -(1 << 31))}[torch.empty((), dtype=dtype).element_size()]
 torch.manual_seed(0)
@@ -97,12 +109,7 @@ for rank in (0, 1):
     ptrs = [own.data_ptr(), peer.data_ptr()] if rank == 0 else [peer.data_ptr(), own.data_ptr()]
     y, ss = ar.allreduce_ss(x, torch.tensor(ptrs, dtype=torch.int64), rank, 2, slot)
     total = x.float() + peer_x.float()  # in fp32, rounded once to the model dtype
-    if dtype == torch.bfloat16:  # the interpreter rounds fp32 to bf16 toward zero (a GPU to nearest): one ulp
-        torch.testing.assert_close(y.float(), total, rtol=2 ** -7, atol=0)
-    else:
-        assert torch.equal(y, total.to(dtype)), (rank, (y.float() - total).abs().max())
-    torch.testing.assert_close(ss, y.float().view(-1, 8).pow(2).sum(1))
-    assert bool((own.view(ibits[0]) == ibits[1]).all()), "this rank's buffer is empty again"
+    check_sum(y, ss, total, own, dtype, ibits, rank)
     sent = peer[rank * slot: rank * slot + n]
     assert torch.equal(sent, x[0]) and sent.view(ibits[0])[5].item() == 0, "x pushed, -0.0 as +0.0"
     rest = torch.cat([peer[:rank * slot], peer[rank * slot + n:]])
@@ -127,7 +134,7 @@ import sys
 import torch
 from llama_fast.kernels import allreduce as ar
 from llama_fast.kernels.gemv import gemv_residual_push, gemv_residual_ss
-
+""" + CHECK_SUM + r"""
 dtype = getattr(torch, sys.argv[1])
 ibits = {2: (torch.int16, -(1 << 15)), 4: (torch.int32, -(1 << 31))}[torch.empty((), dtype=dtype).element_size()]
 torch.manual_seed(0)
@@ -155,12 +162,7 @@ for rank in (0, 1):
     y, ss = ar.allreduce_ss(torch.full((1, n), float("nan"), dtype=dtype), ptrs, rank, 2, slot, sent=True)
     rows = [want.float(), peer_row.float()] if rank == 0 else [peer_row.float(), want.float()]
     total = rows[0] + rows[1]
-    if dtype == torch.bfloat16:  # the interpreter rounds fp32 to bf16 toward zero (a GPU to nearest): one ulp
-        torch.testing.assert_close(y.float(), total, rtol=2 ** -7, atol=0)
-    else:
-        assert torch.equal(y, total.to(dtype)), (rank, (y.float() - total).abs().max())
-    torch.testing.assert_close(ss, y.float().view(-1, 8).pow(2).sum(1))
-    assert bool((own.view(ibits[0]) == ibits[1]).all()), "this rank's buffer is empty again"
+    check_sum(y, ss, total, own, dtype, ibits, rank)
 print("ok")
 """
 
