@@ -21,16 +21,31 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 REPO = Path(__file__).resolve().parents[1]
 A10G = "NVIDIA A10G|sm86|80"
 
-# the Llama-7B and Llama-3-8B decode shapes of every form: (form, n, K)
-SHAPES = [("qkv_rope", 12288, 4096), ("residual", 4096, 4096), ("swiglu", 11008, 4096), ("residual", 4096, 11008),
-          ("rmsnorm", 32000, 4096), ("gemv", 12288, 4096), ("attention", 1200, 128), ("qkv_rope", 6144, 4096),
-          ("swiglu", 14336, 4096), ("residual", 4096, 14336), ("rmsnorm", 128256, 4096)]
-QUANT_SHAPES = [(f"{form}_{fmt}", n, K) for form, n, K in SHAPES[:5] for fmt in ("int8", "int4")]
+# the Llama-7B and Llama-3-8B decode shapes of every form: (form, n, K), the form with the launch's heads where
+# the launch passes them (configs.heads_form)
+SHAPES = [("qkv_rope:32/32", 12288, 4096), ("residual", 4096, 4096), ("swiglu", 11008, 4096),
+          ("residual", 4096, 11008), ("rmsnorm", 32000, 4096), ("gemv", 12288, 4096), ("attention:32/32", 1200, 128),
+          ("qkv_rope:32/8", 6144, 4096), ("swiglu", 14336, 4096), ("residual", 4096, 14336), ("rmsnorm", 128256, 4096),
+          ("attention:32/8", 1200, 128)]
+
+
+def quant_form(form: str, fmt: str) -> str:
+    """form on weights of fmt, its heads kept: "qkv_rope:32/32" -> "qkv_rope_int4:32/32"."""
+    base, sep, heads = form.partition(":")
+    return f"{base}_{fmt}{sep}{heads}"
+
+
+def base(form: str) -> str:
+    return form.partition(":")[0]
+
+
+QUANT_SHAPES = [(quant_form(form, fmt), n, K) for form, n, K in SHAPES[:5] for fmt in ("int8", "int4")]
 
 
 def h200_pins(form: str, n: int) -> dict:
     """The configs every eager launch took before configs were keyed by GPU (written out here, not imported:
     the H200's table entry must keep launching exactly these)."""
+    form = base(form)
     quant = {"int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
              "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2},
              "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
@@ -98,7 +113,7 @@ def test_h200_config_table_launches_the_same_configs_as_before(gpu):
     assert configs.gpu_key("NVIDIA H200", (9, 0), 132) == configs.H200
     timer = gpu(configs.H200)
     for form, n, K in SHAPES + QUANT_SHAPES:
-        assert configs.pinned_config(form, n, K) == h200_pins(form, n), (form, n, K)
+        assert configs.pinned_config(base(form), n, K, form) == h200_pins(form, n), (form, n, K)
     assert timer.built == []
     # off a GPU (Triton's interpreter) the H200's configs apply too
     gpu(None)
@@ -107,25 +122,50 @@ def test_h200_config_table_launches_the_same_configs_as_before(gpu):
 
 
 def test_h200_pins_hold_at_the_shapes_measured_and_other_gemv_shapes_are_tuned(gpu):
-    """The H200's fused-block GEMV pins were measured at the Llama-7B and Llama-3-8B tp 1 decode shapes; the same
-    forms at a tensor-parallel rank's half shapes (Llama-7B at tp 2) take the tuned path (the pin its first
-    candidate), once each, cached; forms keyed by form alone (attention, the plain GEMV) keep their pins."""
+    """The H200's fused-block GEMV and attention pins were measured at the Llama-7B and Llama-3-8B tp 1 decode
+    shapes and heads; the same forms at a tensor-parallel rank's half shapes (Llama-7B at tp 2: 16 / 16 heads,
+    whose wqkv GEMV has Llama-3-8B's (n, K)) take the tuned path (the pin its first candidate), once each, cached;
+    forms keyed by form alone (the plain GEMV, the quantized GEMVs) keep their pins."""
     from llama_fast.kernels import configs, tuning
 
-    shaped = {s for s in SHAPES if s[0] in configs.SHAPED_FORMS}
+    shaped = {s for s in SHAPES if base(s[0]) in configs.SHAPED_FORMS}
     assert configs.H200_GEMV_SHAPES == shaped
+    assert configs.H200_ATTENTION_HEADS == {configs.split_form(f)[1] for f, _, _ in SHAPES if base(f) == "attention"}
     timer = gpu(configs.H200)
-    half = [("swiglu", 5504, 4096), ("residual", 4096, 2048), ("residual", 4096, 5504)]
+    half = [("swiglu", 5504, 4096), ("residual", 4096, 2048), ("residual", 4096, 5504),
+            ("qkv_rope:16/16", 6144, 4096), ("attention:16/16", 1200, 128)]
     for form, n, K in half:
-        got = configs.pinned_config(form, n, K)
+        got = configs.pinned_config(base(form), n, K, form)
         assert got == min(tuning.candidates(form, n, K), key=timer.cost) != h200_pins(form, n), (form, n, K)
     assert timer.built == half
     for form, n, K in half:  # cached
-        configs.pinned_config(form, n, K)
+        configs.pinned_config(base(form), n, K, form)
+    assert configs.pinned_config("qkv_rope", 6144, 4096, configs.heads_form("qkv_rope", 32, 8)) == \
+        h200_pins("qkv_rope", 6144)
+    assert configs.pinned_config("attention", 600, 128, configs.attention_form(32, 8)) == h200_pins("attention", 600)
     assert configs.pinned_config("attention", 600, 128) == h200_pins("attention", 600)
     assert configs.pinned_config("gemv", 6144, 4096) == h200_pins("gemv", 6144)
     assert configs.pinned_config("swiglu_int4", 5504, 4096) == h200_pins("swiglu_int4", 5504)
+    assert configs.pinned_config("qkv_rope_int4", 6144, 4096, "qkv_rope_int4:16/16") == \
+        h200_pins("qkv_rope_int4", 6144)
     assert timer.built == half
+
+
+def test_qkv_rope_launch_is_tuned_at_its_heads(gpu):
+    """The wqkv GEMV's launch passes its heads: an unmeasured GPU tunes Llama-3-8B's 32 / 8 and a Llama-7B tp 2
+    rank's 16 / 16 (the same (n, K)) apart (the autotune's launcher at those heads: the interpreter test below)."""
+    import torch
+
+    from llama_fast.kernels import qkv_rope, tuning
+
+    timer = gpu(A10G)
+    x = torch.zeros(1, 4096)
+    for H, hkv in ((32, 8), (16, 16)):
+        cache = torch.zeros(1, hkv, 16, 128)
+        qkv_rope.qkv_rope_call(x, torch.zeros(1), torch.ones(4096), torch.zeros(6144, 4096), 1e-5, torch.ones(128),
+                               torch.zeros(128), cache, cache, torch.zeros(1, dtype=torch.long), H, 0, None, None, 0)
+    assert timer.built == [("qkv_rope:32/8", 6144, 4096), ("qkv_rope:16/16", 6144, 4096)]
+    assert tuning.load(A10G).get("qkv_rope:16/16", 6144, 4096) is not None
 
 
 def test_attention_is_tuned_at_its_launch_heads(gpu):
@@ -369,7 +409,8 @@ import sys, torch
 from llama_fast.kernels import tuning
 
 torch.manual_seed(0)
-for form, n, K in [("residual", 64, 256), ("swiglu", 48, 256), ("qkv_rope", 192, 256), ("attention", 80, 32),
+for form, n, K in [("residual", 64, 256), ("swiglu", 48, 256), ("qkv_rope", 192, 256), ("qkv_rope:4/2", 256, 256),
+                   ("attention", 80, 32),
                    ("attention:8/2", 80, 32), ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256),
                    ("gemm16_rmsnorm", 64, 256),
                    ("gemm32_swiglu_int4", 32, 256), ("gemm16_plain_int8", 48, 256)]:

@@ -112,28 +112,37 @@ def h200_config(form: str, n: int, K: int) -> dict:
 # The fused block's GEMV forms: their pins hold at the shapes they were measured at (H200_GEMV_SHAPES)
 SHAPED_FORMS = ("rmsnorm", "residual", "swiglu", "qkv_rope")
 # The fp16 / bf16 shapes (form, n, K) of those forms the H200's pins were measured at: the tp 1 decode of Llama-7B
-# and Llama-3-8B. On an H200 such a GEMV of another shape (a tensor-parallel rank's shard, another model) takes
-# the tuned path, whose first candidate is the pin: at the half shapes of Llama-7B at tp 2 the step ran 401.5
-# tok/s tuned against 377.5 / 377.8 with the pins (two H200s, docs/PERF.md).
+# and Llama-3-8B, the wqkv GEMV's form with its query and KV heads (heads_form): its (n, K) alone do not tell
+# Llama-3-8B's 32 / 8 heads from a Llama-7B rank's 16 / 16 at tp 2. On an H200 such a GEMV of another shape (a
+# tensor-parallel rank's shard, another model) takes the tuned path, whose first candidate is the pin: at the
+# half shapes of Llama-7B at tp 2 the step ran 401.5 tok/s tuned against 377.5 / 377.8 with the pins (two H200s,
+# docs/PERF.md).
 H200_GEMV_SHAPES = frozenset({
-    ("qkv_rope", 12288, 4096), ("swiglu", 11008, 4096), ("residual", 4096, 4096), ("residual", 4096, 11008),
+    ("qkv_rope:32/32", 12288, 4096), ("swiglu", 11008, 4096), ("residual", 4096, 4096), ("residual", 4096, 11008),
     ("rmsnorm", 32000, 4096),  # Llama-7B
-    ("qkv_rope", 6144, 4096), ("swiglu", 14336, 4096), ("residual", 4096, 14336), ("rmsnorm", 128256, 4096),
+    ("qkv_rope:32/8", 6144, 4096), ("swiglu", 14336, 4096), ("residual", 4096, 14336), ("rmsnorm", 128256, 4096),
 })
+# The (query heads, KV heads) the H200's attention pin was measured at (Llama-7B, Llama-3-8B; tp 1). A launch
+# with other heads is tuned: a Llama-7B rank at tp 2 has 16 / 16, half the programs per cache chunk (the tp 2
+# step 395.5 / 397.0 tok/s with its attention tuned against 393.3 / 392.4 pinned, docs/PERF.md).
+H200_ATTENTION_HEADS = frozenset({(32, 32), (32, 8)})
 
 
 def h200_table(form: str, n: int, K: int) -> dict | None:
-    """The H200's table entry: its pins, except for a fused-block GEMV at a shape they were not measured at
-    (None: the tuned path)."""
-    if form in SHAPED_FORMS and (form, n, K) not in H200_GEMV_SHAPES:
+    """The H200's table entry: its pins, except for a fused-block GEMV at a shape they were not measured at or
+    an attention at other heads (None: the tuned path). form may carry the launch's heads (heads_form)."""
+    base, heads = split_form(form)
+    if base == "attention" and heads is not None and heads not in H200_ATTENTION_HEADS:
         return None
-    return h200_config(form, n, K)
+    if base in SHAPED_FORMS and (form, n, K) not in H200_GEMV_SHAPES:
+        return None
+    return h200_config(base, n, K)
 
 
 H200 = "NVIDIA H200|sm90|132"
 # gpu_key -> (form, n, K) -> config, or None where this GPU's measured configs do not reach (that shape is
-# tuned): the GPUs whose configs were measured. Another GPU's entry can be built from its tuning cache file
-# (kernels/tuning.py: "configs" maps "form|n|K" to the chosen config).
+# tuned; form may carry the launch's heads, split_form): the GPUs whose configs were measured. Another GPU's
+# entry can be built from its tuning cache file (kernels/tuning.py: "configs" maps "form|n|K" to the choice).
 CONFIG_TABLE: dict[str, Callable[[str, int, int], dict | None]] = {H200: h200_table}
 
 # (form, n, K) -> a config dict, or None for the table's (scripts/perf_lab.py --config-trials sets it)
@@ -164,17 +173,33 @@ def table_enabled() -> bool:
     return os.environ.get("LLAMA_FAST_CONFIG_TABLE", "1") != "0"
 
 
+def heads_form(form: str, heads: int, kv_heads: int) -> str:
+    """form with a launch's query and KV heads ("qkv_rope:32/8"), where (n, K) do not fix what the launch runs:
+    the tuning cache keys and times the launch by it, and the H200's table tells its measured shapes by it."""
+    return f"{form}:{heads}/{kv_heads}"
+
+
+def split_form(form: str) -> tuple[str, tuple[int, int] | None]:
+    """(the launch's form, its (heads, KV heads) or None) of a form that may carry them (heads_form):
+    "attention:32/8" -> ("attention", (32, 8)); "swiglu" -> ("swiglu", None)."""
+    base, sep, heads = form.partition(":")
+    if not sep:
+        return form, None
+    h, _, hkv = heads.partition("/")
+    return base, (int(h), int(hkv))
+
+
 def attention_form(heads: int, kv_heads: int) -> str:
     """The tuning cache's form of a decode attention launch with these query and KV heads ("attention:32/8"):
     (cache slots, head dim) alone do not fix the kernel's programs nor, for a grouped-query model, its kernel."""
-    return f"attention:{heads}/{kv_heads}"
+    return heads_form("attention", heads, kv_heads)
 
 
 def pinned_config(form: str, n: int, K: int, tuned_as: str | None = None) -> dict | None:
     """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the table's for this GPU, else the
     tuned one), or None where the kernel's own search applies: inside torch.compile, or with
-    LLAMA_FAST_GEMV_AUTOTUNE=1. tuned_as: the form the tuning cache keys and times this launch as, where (n, K)
-    do not fix what the launch runs (attention_form)."""
+    LLAMA_FAST_GEMV_AUTOTUNE=1. tuned_as: the form the table and the tuning cache know this launch as, where
+    (n, K) do not fix what the launch runs (heads_form); CONFIG_OVERRIDE gets form."""
     if torch.compiler.is_compiling() or os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") == "1":
         return None
     override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
@@ -188,7 +213,7 @@ def _table_or_tuned(form: str, n: int, K: int, tuned_as: str | None = None) -> d
     if key is None:
         return h200_config(form, n, K)
     if table_enabled() and key in CONFIG_TABLE:
-        measured = CONFIG_TABLE[key](form, n, K)
+        measured = CONFIG_TABLE[key](tuned_as or form, n, K)
         if measured is not None:
             return measured
     from . import tuning  # the unmeasured GPU's path only

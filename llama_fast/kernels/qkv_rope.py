@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, pinned_config
+from .configs import autotune_configs, heads_form, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x_sums,
                       int8_fma, weight_format, words, x_sum4)
 from .gemv import w_tiles, x_tile, x_words
@@ -153,7 +153,8 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
     def grid(meta):
         return ((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]),)
 
-    config = pinned_config("qkv_rope" + ("", "_int8", "_int4")[wfmt], wqkv.shape[0], x.shape[1])
+    form = "qkv_rope" + ("", "_int8", "_int4")[wfmt]
+    config = pinned_config(form, wqkv.shape[0], x.shape[1], heads_form(form, n_heads, hkv))
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
     args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
             wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,

@@ -187,13 +187,8 @@ def tracing() -> bool:
 
 
 def base_form(form: str) -> tuple[str, tuple[int, int] | None]:
-    """(the launch's form, its (heads, KV heads) or None) of a tuning form: "attention:32/8" ->
-    ("attention", (32, 8)) (configs.attention_form); any other form -> (form, None)."""
-    base, sep, heads = form.partition(":")
-    if not sep:
-        return form, None
-    h, _, hkv = heads.partition("/")
-    return base, (int(h), int(hkv))
+    """(the launch's form, its (heads, KV heads) or None) of a tuning form (configs.split_form)."""
+    return configs.split_form(form)
 
 
 def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
@@ -261,9 +256,9 @@ def _weight(fmt: str, rows: int, K: int, device, dt) -> tuple[torch.Tensor, dict
 
 def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 1) -> Callable[[], object]:
     """A call launching the op of form once at (n, K), each call on the next of `copies` input sets. Shapes the
-    key does not fix: batch 1; the attention's heads from its form ("attention:H/Hkv"; plain "attention": 32 and
-    32, Llama-7B's), a head dim of 128 (else 64, 32) in the qkv+RoPE GEMV with its rows split evenly over q, k
-    and v heads where they divide."""
+    key does not fix: batch 1; the attention's and the qkv+RoPE GEMV's heads from the form ("attention:H/Hkv";
+    a plain "attention": 32 and 32, Llama-7B's; a plain "qkv_rope": a head dim of 128, else 64, 32, its rows
+    split evenly over q, k and v heads where they divide)."""
     from .attention import decode_attention
     from .gemv import gemv, gemv_residual_ss, gemv_rmsnorm, gemv_rmsnorm_swiglu, ss_partials
     from .pdl import PDL_OFF
@@ -287,10 +282,14 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
         sets = [((q, kv[2 * i], kv[2 * i + 1], mask, K ** -0.5), {}) for i in range(copies)]
         op = decode_attention
     elif kind == "qkv_rope":
-        D = next(d for d in (128, 64, 32) if n % d == 0)
-        units = n // D
-        hkv = units // 3 if units % 3 == 0 else 1
-        H = units - 2 * hkv
+        if heads:  # the launch's heads ("qkv_rope:32/8"): its head dim follows
+            H, hkv = heads
+            D = n // (H + 2 * hkv)
+        else:
+            D = next(d for d in (128, 64, 32) if n % d == 0)
+            units = n // D
+            hkv = units // 3 if units % 3 == 0 else 1
+            H = units - 2 * hkv
         cos, sin = torch.ones(D, device=device, dtype=dt), torch.zeros(D, device=device, dtype=dt)
         cache = [torch.zeros(1, hkv, 16, D, device=device, dtype=dt) for _ in range(2)]
         pos = torch.zeros(1, dtype=torch.long, device=device)
