@@ -114,14 +114,19 @@ def cache_trials(path: str) -> dict[str, dict]:
     """Config trials from a kernel config cache file ({"configs": {"form|n|K": config}}, kernels/tuning.py): the
     table's configs, all the cached ones together, each cached one that differs from the table's alone, the
     table's again. Its ratios say how far an autotuned GPU's step falls short of a measured one's, and which
-    choice costs the most, in one process."""
-    from llama_fast.kernels.configs import h200_config
+    choice costs the most, in one process. A key whose form carries the launch's heads ("qkv_rope:32/8|6144|4096",
+    configs.heads_form) becomes its plain form's (the override hook is asked by form): the cache of one model."""
+    from llama_fast.kernels.configs import h200_config, split_form
 
     found = json.loads(Path(path).read_text())["configs"]
     if not isinstance(found, dict) or not found:
         raise ValueError("no configs in it")
-    trials = {"pinned": {}, f"tuned: all {len(found)}": dict(found)}
+    plain = {}
     for key, cfg in sorted(found.items()):
+        form, n, K = key.split("|")
+        plain[f"{split_form(form)[0]}|{n}|{K}"] = cfg
+    trials = {"pinned": {}, f"tuned: all {len(plain)}": dict(plain)}
+    for key, cfg in plain.items():
         form, n, K = key.split("|")
         if h200_config(form, int(n), int(K)) != cfg:
             trials[f"tuned: {key} {cfg}"] = {key: cfg}

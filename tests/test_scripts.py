@@ -221,15 +221,18 @@ def test_perf_lab_trials_from_a_config_cache(tool, tmp_path, capsys):
     same = h200_config("residual", 4096, 11008)
     other = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3}
     path = tmp_path / "kernel-configs.json"
+    chunk = {"CHUNK": 64, "num_warps": 2}
     path.write_text(json.dumps({"schema": 1, "gpu": "G|sm86|80", "configs": {
-        "residual|4096|11008": same, "residual|4096|4096": other}}))
+        "residual|4096|11008": same, "residual|4096|4096": other, "attention:16/16|1200|128": chunk}}))
     args = perf_lab.parse_args(["--device", "cpu", "--config-trials", "fused-eager", "--trial-cache", str(path)])
     trials = args.trial_cache
-    assert list(trials)[:2] == ["pinned", "tuned: all 2"] and list(trials)[-1] == "pinned again" and len(trials) == 4
-    assert trials["tuned: all 2"] == {"residual|4096|4096": other, "residual|4096|11008": same}
+    assert list(trials)[:2] == ["pinned", "tuned: all 3"] and list(trials)[-1] == "pinned again" and len(trials) == 5
+    assert trials["tuned: all 3"] == {"residual|4096|4096": other, "residual|4096|11008": same,
+                                      "attention|1200|128": chunk}  # the override hook is asked by plain form
     alone = trials[f"tuned: residual|4096|4096 {other}"]
     lookup = bu.trial_lookup(alone)
     assert lookup("residual", 4096, 4096) == other and lookup("residual", 4096, 11008) is None
+    assert bu.trial_lookup(trials[f"tuned: attention|1200|128 {chunk}"])("attention", 1200, 128) == chunk
     for argv, message in ((["--config-trials", "fused-eager", "--trial-cache", str(tmp_path / "none.json")],
                            "--trial-cache"), (["--trial-cache", str(path)], "needs --config-trials")):
         with pytest.raises(SystemExit) as exc:
