@@ -348,9 +348,15 @@ def init_from_env(tp: int, device: torch.device) -> tuple[int, int]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=collective_timeout())
         # the group made here is torn down here: left to interpreter shutdown, its threads may abort the process
         atexit.register(_destroy_group)
+        global _MADE_HERE
+        _MADE_HERE = True
     if world != tp:
         raise ParallelError(f"tp {tp} needs a process group of {tp} processes; this one has {world}")
     return rank, world
+
+
+EXIT_BARRIER_S = 30  # the longest a gloo rank waits for its peers at the end of a run (meet_before_exit)
+_MADE_HERE = False  # whether init_from_env made the default group (and tears it down at exit)
 
 
 def collective_timeout() -> timedelta:
@@ -370,6 +376,20 @@ def collective_timeout() -> timedelta:
 def _destroy_group():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def meet_before_exit() -> None:
+    """After a run that ended well on every rank, over a gloo group init_from_env made: the ranks meet in a
+    bounded barrier before the group is torn down at exit. A rank whose peer tears their pair down while a
+    message is still on it can abort in gloo's worker thread ("terminate called without an active exception",
+    exit -6) after its rows were written. A peer that does not come within EXIT_BARRIER_S (it failed: torchrun
+    stops this rank too) is not waited for any longer. Only on success: a failing rank leaves at once."""
+    if not (_MADE_HERE and dist.is_initialized() and dist.get_backend() == "gloo"):
+        return
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=EXIT_BARRIER_S), wait_all_ranks=True)
+    except RuntimeError:  # a peer gone: nothing left to wait for
+        return
 
 
 def rank_device(device: torch.device) -> torch.device:

@@ -580,3 +580,30 @@ def test_load_model_in_an_initialized_group(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     lines = sorted(line for line in res.stdout.splitlines() if line.startswith("rank "))
     assert lines == [f"rank {r} kv_heads 1 hash {expected}" for r in range(2)]
+
+
+def test_ranks_meet_before_a_gloo_group_is_torn_down(monkeypatch):
+    """After a run that ended well, a gloo group init_from_env made meets in one barrier bounded by EXIT_BARRIER_S;
+    a peer that does not come ends the wait (no error); a group made elsewhere, or none, is left alone."""
+    from datetime import timedelta
+
+    calls = []
+
+    def barrier(timeout, wait_all_ranks):
+        calls.append((timeout, wait_all_ranks))
+        if len(calls) == 2:
+            raise RuntimeError("rank 1 failed to pass monitoredBarrier")
+
+    monkeypatch.setattr(parallel.dist, "monitored_barrier", barrier)
+    monkeypatch.setattr(parallel.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(parallel.dist, "get_backend", lambda: "gloo")
+    monkeypatch.setattr(parallel, "_MADE_HERE", False)
+    parallel.meet_before_exit()
+    assert calls == []
+    monkeypatch.setattr(parallel, "_MADE_HERE", True)
+    parallel.meet_before_exit()
+    parallel.meet_before_exit()  # the peer gone: returns
+    assert calls == [(timedelta(seconds=parallel.EXIT_BARRIER_S), True)] * 2
+    monkeypatch.setattr(parallel.dist, "get_backend", lambda: "nccl")
+    parallel.meet_before_exit()
+    assert len(calls) == 2

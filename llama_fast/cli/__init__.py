@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from .. import parallel
 from ..api import limit_cublas_workspace
 from . import quantize, report
 from .args import build_parser, validate
@@ -36,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = validate(parser, args)
     run = BenchmarkRun(plan)
     run.run()
+    parallel.meet_before_exit()  # tensor parallel over gloo: every rank done before any tears the group down
     if plan.mode == "profile":
         print(f"traces written to {Path(args.profile_dir).resolve()} (tensorboard --logdir {args.profile_dir})")
         return 0
