@@ -186,9 +186,8 @@ def tracing() -> bool:
     return type(torch.empty(0)) is not torch.Tensor
 
 
-def base_form(form: str) -> tuple[str, tuple[int, int] | None]:
-    """(the launch's form, its (heads, KV heads) or None) of a tuning form (configs.split_form)."""
-    return configs.split_form(form)
+# (the launch's form, its (heads, KV heads) or None) of a tuning form: "attention:32/8" -> ("attention", (32, 8))
+base_form = configs.split_form
 
 
 def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
@@ -196,7 +195,6 @@ def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
     Where nothing can be timed, the H200's: inside a capture with one warning per form; inside a trace
     silently (the traced kernels took the H200's configs before there was a table, and an eager run of the
     same shape fills the cache for the next process). form may carry the launch's heads (base_form)."""
-    base = base_form(form)[0]
     cache = load(gpu)
     hit = cache.get(form, n, K)
     if hit is not None:
@@ -207,10 +205,10 @@ def tuned_config(gpu: str, form: str, n: int, K: int) -> dict:
             warnings.warn(f"llama_fast: no tuned {form} config for {gpu} at n={n}, K={K} inside a CUDA-graph "
                           f"capture: the H200's config is used (an eager launch of this shape tunes it)",
                           TuningWarning, stacklevel=3)
-        return configs.h200_config(base, n, K)
+        return configs.h200_config(base_form(form)[0], n, K)
     if tracing():
-        return configs.h200_config(base, n, K)
-    best = choose(candidates(base, n, K), MAKE_TIMER(form, n, K),
+        return configs.h200_config(base_form(form)[0], n, K)
+    best = choose(candidates(form, n, K), MAKE_TIMER(form, n, K),
                   f"llama_fast: tuning the {form} kernel (n={n}, K={K}) for {gpu.split('|')[0]}")
     cache.put(form, n, K, best)
     from ..compile import tag_compile_caches
