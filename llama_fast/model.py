@@ -52,6 +52,10 @@ class ForwardOptions:
     #                            every projection in model.linear (dense, or quantized and dequantized in the
     #                            kernel), and a block's wqkv / w13 with the RMSNorm prologue, w13 with the SwiGLU
     #                            epilogue, wo and w2 with the residual add
+    small_m_kernels: bool = False  # with small_m_gemm and decode_attention: a decode step of 2..16 rows (quantized
+    #                               weights 2..64) as our kernels only, uncompiled in the step's CUDA graph: RMSNorm
+    #                               from the residual GEMMs' sum-of-squares partials, RoPE and the K/V cache write in
+    #                               the wqkv GEMM's epilogue, the two-kernel attention, PDL where the GPU has it
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -80,6 +84,12 @@ def gemv_pdl_mode(opts: ForwardOptions) -> int:
     for it."""
     mode = pdl_mode(opts)
     return 1 if mode and opts.pdl_gemv_early else mode
+
+
+def attention_head_dim_ok(head_dim: int) -> bool:
+    """Whether the kernels-only decode step takes this head dim: a power of two (the decode attention's tiles) of
+    at least 16 (the RoPE epilogue's GEMM tile)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def triton_kernels_apply(x: torch.Tensor) -> bool:
@@ -304,6 +314,28 @@ class Block(nn.Module):
         w2, w2_quant = kernel_weight(f.w2)
         return small_m_gemm_residual(act, w2, h, **w2_quant).view(B, T, dim)
 
+    def small_m_decode(self, x2, ss, rope, mask, input_pos, opts: ForwardOptions):
+        """One decode token of each of M rows, x2 (M, dim) with ss (M, NSS) its sum-of-squares partials, as our
+        kernels only (ForwardOptions.small_m_kernels): rmsnorm+wqkv+RoPE+cache write, attention, wo+residual
+        (+partials), rmsnorm+w13+SwiGLU, w2+residual (+partials) -> (x2, ss) for the next block."""
+        from .kernels.gemm import small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss
+
+        a, f, c = self.attention, self.feed_forward, self.attention.cfg
+        M, pdl = x2.shape[0], gemv_pdl_mode(opts)
+        cache = a.kv_cache
+        wqkv, qkv_quant = kernel_weight(a.wqkv)
+        q = small_m_qkv_rope(x2, wqkv, ss, self.attention_norm.weight, self.attention_norm.eps,
+                             rope[0].reshape(M, -1), rope[1].reshape(M, -1), cache.k_cache, cache.v_cache, input_pos,
+                             c.n_heads, pdl, **qkv_quant)  # (M, q_size); k, v into the cache
+        q = q.view(M, c.n_heads, 1, c.head_dim)  # (B, H, 1, D)
+        y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (B, 1, q_size)
+        wo, wo_quant = kernel_weight(a.wo)
+        h, ss = small_m_residual_ss(y.view(M, -1), wo, x2, pdl, **wo_quant)
+        w13, w13_quant = kernel_weight(f.w13)
+        act = small_m_swiglu_ss(h, w13, ss, self.ffn_norm.weight, self.ffn_norm.eps, pdl, **w13_quant)
+        w2, w2_quant = kernel_weight(f.w2)
+        return small_m_residual_ss(act, w2, h, pdl, **w2_quant)
+
     def _reduce(self, partial: torch.Tensor, site: int) -> torch.Tensor:
         """A shard's wo (site 0) / w2 (site 1) output summed over the tensor-parallel ranks; as is without tensor
         parallelism."""
@@ -488,6 +520,11 @@ class Transformer(nn.Module):
                     linear(xm, m, self.options)
         if small_m_gemm_applies(x, self.options, is_quantized(self.output)):
             linear(x, self.output, self.options)
+        if self.small_m_kernels_apply(x):  # the step's head takes the RMSNorm-prologue form at the head's shape
+            from .kernels.gemm import rows_ss, small_m_rmsnorm_ss
+
+            head, head_quant = kernel_weight(self.output)
+            small_m_rmsnorm_ss(x2, head, rows_ss(x2), self.norm.weight, self.norm.eps, **head_quant)
 
     def set_padding(self, pad_len: torch.Tensor):
         """pad_len (B,): left-padding length of each row. Written in place (graph-safe)."""
@@ -520,6 +557,8 @@ class Transformer(nn.Module):
         x, rope, mask = prepare(self, idx, input_pos, start)
         if opts.fused_decode and self.fusable and B * T == 1 and triton_kernels_apply(x):
             return self._fused_decode(x, rope, mask, input_pos, start, opts)
+        if T == 1 and self.small_m_kernels_apply(x):
+            return self._small_m_decode(x, rope, mask, input_pos, opts)
         run_block = self.compiled_block or run_layer
         for layer in self.layers:
             x = run_block(layer, x, rope, mask, input_pos, start, opts)
@@ -555,6 +594,30 @@ class Transformer(nn.Module):
         logits = gemv_rmsnorm(x.view(1, -1), ss, self.norm.weight, head, self.norm.eps, pdl_mode(opts),
                               **head_quant).view(1, 1, -1)
         return self._gather_vocab(logits)
+
+    def small_m_kernels_apply(self, x: torch.Tensor) -> bool:
+        """Whether a decode step over x (B, 1, dim) runs as _small_m_decode (ForwardOptions.small_m_kernels): B in
+        the small-M GEMM's rows, every block fusable for it (Block._small_m_fusable: no tensor parallelism, no
+        biases), RoPE in the qkv GEMM's epilogue (tensor positions, the flip form), a head dim the decode attention
+        takes, and not inside a torch.compile trace (the path launches its kernels directly)."""
+        opts = self.options
+        return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2
+                and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
+                and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))
+
+    def _small_m_decode(self, x, rope, mask, input_pos, opts: ForwardOptions) -> torch.Tensor:
+        """The decode step of B >= 2 rows as our kernels only (Block.small_m_decode); the head's RMSNorm from the
+        last block's partials. x (B, 1, dim) -> logits (B, 1, V)."""
+        from .kernels.gemm import rows_ss, small_m_rmsnorm_ss
+
+        B = x.shape[0]
+        x2 = x.view(B, -1)
+        ss = rows_ss(x2)
+        for layer in self.layers:
+            x2, ss = layer.small_m_decode(x2, ss, rope, mask, input_pos, opts)
+        head, head_quant = kernel_weight(self.output)
+        logits = small_m_rmsnorm_ss(x2, head, ss, self.norm.weight, self.norm.eps, gemv_pdl_mode(opts), **head_quant)
+        return logits.view(B, 1, -1)
 
     def fused_block_is_kernels_only(self) -> bool:
         """Whether a fused decode block is nothing but our Triton kernels (RoPE and the cache write in the qkv

@@ -216,6 +216,153 @@ print("ok")
 """
 
 
+# The kernels-only decode step's forms (gemm.small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss,
+# small_m_rmsnorm_ss) against torch: RMSNorm from sum-of-squares partials, RoPE with each row's own tables (left
+# padding) and the K/V cache write (only row m's slot at pos, nothing else), the partials the residual forms write
+# (one K split, and the split-K reduce's), dense or quantized weights (argv[2]: none, int8, int4:g32).
+STEP_CHECK = r"""
+import sys
+import torch
+import torch.nn.functional as F
+from llama_fast import quant
+from llama_fast.kernels import gemm as gm
+from llama_fast.model import apply_rope
+
+torch.manual_seed(0)
+dt = getattr(torch, sys.argv[1])
+tol = 1e-6 if dt == torch.float32 else 2e-3
+scheme = None if sys.argv[2] == "none" else quant.parse_scheme(sys.argv[2])
+
+
+{HELPERS}
+
+def weight(n, k):  # (op arguments, the weight as the kernel sees it in dt)
+    w = (0.05 * torch.randn(n, k)).to(dt)
+    if scheme is None:
+        return dict(w=w), w
+    if scheme.bits == 8:
+        q, s = quant.quantize_int8(w)
+        return dict(w=q, scales=s), quant.dequantize_int8(q, s)
+    q, s, o = quant.quantize_int4(w, scheme.group)
+    return dict(w=q, scales=s, offsets=o, group=scheme.group), quant.dequantize_int4(q, s, o)
+
+
+def parts(t, n):  # (M, n) partials of each row's sum of squares, as a kernel before would hand them over
+    return torch.stack([c.float().pow(2).sum(-1) for c in t.chunk(n, dim=-1)], dim=-1).contiguous()
+
+
+eps = 1e-5
+# (rows, heads, KV heads, head dim, K): GQA, MHA, 16 rows, a head dim of 48 (the RoPE tile halves to 16)
+for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64)]:
+    B, S, pos = M + 1, 9, 6  # the cache has a row more than the step (left untouched)
+    x = torch.randn(M, K).to(dt)
+    g = (1 + 0.1 * torch.randn(K)).to(dt)
+    args, wd = weight((H + 2 * HKV) * D, K)
+    h = rmsnorm(x, g, eps)
+    qkv = (h.double() @ wd.double().T).to(dt)  # the projection, rounded
+    # each row its own position (left padding: pad_len[m] = m), tables as model.setup_caches builds them
+    ang = (pos - torch.arange(M)).clamp(min=0).float()[:, None] * torch.rand(D // 2)[None, :]
+    ang = torch.cat((ang, ang), dim=-1)
+    sign = torch.cat((-torch.ones(D // 2), torch.ones(D // 2)))
+    cos, sin = ang.cos().to(dt), (ang.sin() * sign).to(dt)
+    q, k, v = qkv.split([H * D, HKV * D, HKV * D], dim=-1)
+    rope = (cos[:, None, None], sin[:, None, None])  # (M, 1, 1, D)
+    q_ref = apply_rope(q.view(M, H, 1, D), *rope, use_cat=False).reshape(M, H * D)
+    k_ref = apply_rope(k.view(M, HKV, 1, D), *rope, use_cat=False)[:, :, 0]
+    kc = torch.zeros(B, HKV, S, D, dtype=dt)
+    vc = torch.zeros(B, HKV, S, D, dtype=dt)
+    w = args.pop("w")
+    got = gm.small_m_qkv_rope(x, w, parts(x, 3), g, eps, cos, sin, kc, vc, torch.tensor([pos]), H, **args)
+    assert got.shape == (M, H * D) and got.dtype == dt, got.shape
+    for name, y, ref in (("q", got, q_ref), ("k", kc[:M, :, pos], k_ref), ("v", vc[:M, :, pos], v.view(M, HKV, D))):
+        err = rel(y, ref.double())
+        assert err < tol, (name, M, H, HKV, D, err)
+    kc[:M, :, pos] = 0
+    vc[:M, :, pos] = 0
+    assert not kc.any() and not vc.any(), "a write outside the rows' slots"
+    print(f"qkv+rope M={M} H={H}/{HKV} D={D}: ok")
+
+for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for the interpreter's split (the reduce)
+    x = torch.randn(M, K).to(dt)
+    res = torch.randn(M, N).to(dt)
+    args, wd = weight(N, K)
+    w = args.pop("w")
+    y, ss = gm.small_m_residual_ss(x, w, res, **args)
+    ref = res.double() + (x.double() @ wd.double().T).to(dt).double()
+    assert rel(y, ref) < tol, (M, N, K, rel(y, ref))
+    assert ss.shape[0] == M and ss.dtype == torch.float32
+    torch.testing.assert_close(ss.sum(-1), y.float().pow(2).sum(-1), rtol=1e-5, atol=1e-5)
+    print(f"residual+ss M={M} N={N} K={K} partials={ss.shape[1]}: ok")
+    g = (1 + 0.1 * torch.randn(K)).to(dt)
+    h = rmsnorm(x, g, eps)
+    args13, w13d = weight(2 * N, K)
+    w13 = args13.pop("w")
+    gate, up = (h.double() @ w13d.double().T).to(dt).chunk(2, dim=-1)
+    act = gm.small_m_swiglu_ss(x, w13, parts(x, 4), g, eps, **args13)
+    assert rel(act, (F.silu(gate.float()).to(dt) * up).double()) < tol, M
+    head = gm.small_m_rmsnorm_ss(x, w, parts(x, 1), g, eps, **args)
+    assert rel(head, h.double() @ wd.double().T) < tol, M
+    print(f"swiglu / head from partials M={M}: ok")
+print("ok")
+"""
+
+# The kernels-only decode step of a tiny model (ForwardOptions.small_m_kernels: Transformer._small_m_decode) against
+# the torch path, left-padded rows of unequal prompts included; argv[2]: quantized layers.
+STEP_MODEL_CHECK = r"""
+import sys
+import torch
+from llama_fast import model as model_module
+from llama_fast.kernels import gemm as gm
+from llama_fast.model import ForwardOptions
+from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
+from test_model import _ids
+
+calls = {}
+for name in ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss"):
+    def counted(*args, _op=getattr(gm, name), _name=name, **kwargs):
+        calls[_name] = calls.get(_name, 0) + 1
+        return _op(*args, **kwargs)
+    setattr(gm, name, counted)
+cfg = TINY_CONFIGS[sys.argv[1]]
+model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
+if len(sys.argv) > 2:
+    from llama_fast.quant import quantize_model_
+
+    quantize_model_(model, sys.argv[2]).requires_grad_(False)
+B, T, P = 3, 11, 8
+ids = _ids(cfg, B=B, T=T, seed=6)
+
+
+def run():  # prefill of P tokens (rows 1 and 2 left-padded by 2 and 1), then a decode step per remaining token
+    model.setup_caches(B, T + 3)
+    model.set_padding(torch.tensor([0, 2, 1]))
+    outs = [model(ids[:, :P], torch.arange(P), 0)]
+    outs += [model(ids[:, t:t + 1], torch.tensor([t]), 0) for t in range(P, T)]
+    return torch.cat(outs, dim=1)[:, :, :]
+
+
+with torch.no_grad():
+    model.options = ForwardOptions()
+    model_module.triton_kernels_apply = lambda x: False  # the reference: the torch path
+    ref = run()
+    assert not calls
+    model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
+    model.options = ForwardOptions(small_m_gemm=True, decode_attention=True, small_m_kernels=True)
+    got = run()
+steps = T - P
+assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
+                 "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
+# the padded rows' pad positions are garbage on both paths; the real ones must agree
+real = torch.ones(B, T, dtype=torch.bool)
+real[1, :2] = False
+real[2, :1] = False
+assert ref.abs().max() > 0.5
+torch.testing.assert_close(got[real], ref[real], rtol=1e-4, atol=1e-4)
+print(sys.argv[1], (got - ref)[real].abs().max().item())
+print("ok")
+"""
+
+
 def run_interpreted(script: str, *args: str) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     r = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600)
@@ -247,6 +394,24 @@ def test_quantized_small_m_decode_through_the_gemm_in_the_interpreter(scheme):
     """The fused-gemm path with quantized layers (tiny model, batch 3): the block's four GEMMs and the head take
     the packed weights and match the torch path (QuantLinear: dequantize, then F.linear)."""
     run_interpreted(MODEL_CHECK, "gqa", scheme)
+
+
+@needs_triton
+@pytest.mark.parametrize("scheme", ["none", "int8", "int4:g32"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernels_only_step_forms_match_torch_in_the_interpreter(dtype, scheme):
+    run_interpreted(STEP_CHECK.replace("{HELPERS}", HELPERS), dtype, scheme)
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg_name", ["gqa", "head-dim-32"])
+def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
+    run_interpreted(STEP_MODEL_CHECK, cfg_name)
+
+
+@needs_triton
+def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter():
+    run_interpreted(STEP_MODEL_CHECK, "gqa", "int4:g32")
 
 
 @needs_triton

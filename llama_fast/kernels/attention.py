@@ -162,10 +162,12 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
-def _attn_config(S: int, D: int, H: int, Hkv: int) -> tuple[int, int]:
-    """(slots per program, warps): an eager launch's pinned (or overridden) config, else torch.compile's. A tuned
-    config is timed at this launch's heads (configs.attention_form)."""
-    cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
+def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int]:
+    """(slots per program, warps): an eager batch-1 launch's pinned (or overridden) config, else torch.compile's,
+    which batches above 1 take eagerly as well (the pin and the tuning are the batch-1 step's; at Llama-7B batch 8
+    the compiled 64 / 2 was the fastest of scripts/attn_bench.py's grid, docs/PERF.md). A tuned config is timed
+    at this launch's heads (configs.attention_form)."""
+    cfg = pinned_config("attention", S, D, attention_form(H, Hkv)) if B == 1 else None
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
 
@@ -214,7 +216,7 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     _decode_attn_split_gqa_kernel. Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D, H, Hkv)
+    chunk, warps = _attn_config(S, D, H, Hkv, B)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             k.stride(2), mask.stride(0), nsplit)

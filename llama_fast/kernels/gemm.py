@@ -58,14 +58,15 @@ from torch.library import triton_op, wrap_triton
 
 from . import configs
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
+from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
 # fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
 # quantized weights take it up to GEMM_MAX_ROWS (the other way dequantizes the whole weight every call)
 GEMM_DENSE_MAX_ROWS = 16
 
-PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
-EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU = 0, 1, 2
+PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_RMSNORM_SS = 0, 1, 2
+EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU, EPILOGUE_ROPE_CACHE = 0, 1, 2, 3
 
 # Pinned configs by BLOCK_M (the rows padded to 16, 32 or 64) and form ("swiglu" streams two weight tiles per
 # stage). Shared memory per stage: (BLOCK_N + BLOCK_M) * BLOCK_K * 2 bytes (+ BLOCK_N * BLOCK_K * 2 for SwiGLU);
@@ -186,6 +187,41 @@ def _finish(acc, acc_up, y_ptrs, r_ptrs, mask, EPILOGUE: tl.constexpr):
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
     tl.store(y_ptrs, y, mask=mask)
+    return y
+
+
+@triton.jit
+def _rope_cache(acc, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_qm,
+                stride_cb, stride_ch, stride_cs, stride_rope, D: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_M: tl.constexpr):
+    """EPILOGUE 3: acc (BLOCK_N, BLOCK_M) holds dims d1 and d1 + D/2 of head unit u interleaved; rounded as the
+    projection, rotated (q, k: x * cos + swap_halves(x) * sin with the signed sine table, each product rounded, as
+    the batch-1 qkv_rope kernel and torch's fp16 ops) with each row's cos / sin (stride_rope apart), then q to its
+    output (M, H * D), k and v into the cache slot at pos of row m's batch entry."""
+    HALF: tl.constexpr = BLOCK_N // 2
+    dt = q_ptr.dtype.element_ty
+    y1, y2 = tl.split(tl.permute(tl.reshape(acc.to(dt).to(tl.float32), (HALF, 2, BLOCK_M)), (0, 2, 1)))
+    mask = m_mask[None, :]
+    t_off = rm[None, :] * stride_rope + d1[:, None]  # (HALF, BLOCK_M)
+    c1 = tl.load(cos_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + t_off + D // 2, mask=mask, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + t_off + D // 2, mask=mask, other=0.0).to(tl.float32)
+    rot1 = ((y1 * c1).to(dt).to(tl.float32) + (y2 * s1).to(dt).to(tl.float32)).to(dt)
+    rot2 = ((y2 * c2).to(dt).to(tl.float32) + (y1 * s2).to(dt).to(tl.float32)).to(dt)
+    pos = tl.load(pos_ptr)
+    if u < H:
+        qo = q_ptr + rm[None, :] * stride_qm + u * D + d1[:, None]
+        tl.store(qo, rot1, mask=mask)
+        tl.store(qo + D // 2, rot2, mask=mask)
+    elif u < H + HKV:
+        ko = kc_ptr + rm[None, :] * stride_cb + (u - H) * stride_ch + pos * stride_cs + d1[:, None]
+        tl.store(ko, rot1, mask=mask)
+        tl.store(ko + D // 2, rot2, mask=mask)
+    else:
+        vo = vc_ptr + rm[None, :] * stride_cb + (u - H - HKV) * stride_ch + pos * stride_cs + d1[:, None]
+        tl.store(vo, y1.to(dt), mask=mask)
+        tl.store(vo + D // 2, y2.to(dt), mask=mask)
 
 
 @triton.jit
@@ -254,16 +290,29 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
 
 @triton.jit
 def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
-                 stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, PROLOGUE: tl.constexpr,
-                 EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr, WFMT: tl.constexpr,
-                 GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, ss_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr,
+                 vc_ptr, pos_ptr, NSS, NSS_OUT, eps, H, HKV, stride_cb, stride_ch, stride_cs, stride_rope,
+                 PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
+                 WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, NSS_BLOCK: tl.constexpr, SS_OUT: tl.constexpr, ROPE_D: tl.constexpr,
+                 USE_PDL: tl.constexpr):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
     split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
     quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
-    _int4_tile); stride_wn in elements of w_ptr (bytes for quantized weights), stride_sn the int4 scales'."""
+    _int4_tile); stride_wn in elements of w_ptr (bytes for quantized weights), stride_sn the int4 scales'.
+    The decode step's kernels-only form (gemm.py's docstring) adds: PROLOGUE 2, RMSNorm with each row's rstd
+    from its NSS sum-of-squares partials (ss_ptr, (M, NSS) fp32); SS_OUT, the stored rows' partials (one per
+    program, ss_out_ptr (M, NSS_OUT)); EPILOGUE 3, RoPE and the K/V cache write (the program's rows are
+    BLOCK_N / 2 dims of one head's first half interleaved with their partners d + ROPE_D / 2); USE_PDL."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    if EPILOGUE == 3:  # head unit u (q heads, then k, then v), rows d1 and d1 + D/2 interleaved: [r1_0, r2_0, ...]
+        HALF: tl.constexpr = BLOCK_N // 2
+        u = pid_n // (ROPE_D // BLOCK_N)
+        d1 = (pid_n % (ROPE_D // BLOCK_N)) * HALF + tl.arange(0, HALF)
+        rn = tl.reshape(tl.join(u * ROPE_D + d1, u * ROPE_D + d1 + ROPE_D // 2), (BLOCK_N,))
+    else:
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
@@ -271,8 +320,17 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
     dt = x_ptr.dtype.element_ty
     k_lo = pid_k * K_SPLIT
     k_hi = tl.minimum(K, k_lo + K_SPLIT)
+    if USE_PDL != 0:
+        gdc_wait()  # x, its partials and the residual come from the kernels before; nothing is written before this
+    if USE_PDL == 1:
+        gdc_launch_dependents()
     if PROLOGUE == 1:
         rstd = tl.load(rstd_ptr + rm, mask=m_mask, other=0.0)
+    if PROLOGUE == 2:  # each row's 1 / RMS from its partials; float scalars may arrive as fp64: keep fp32
+        rp = tl.arange(0, NSS_BLOCK)
+        ss = tl.load(ss_ptr + rm[:, None] * NSS + rp[None, :], mask=m_mask[:, None] & (rp < NSS)[None, :],
+                     other=0.0)
+        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)).to(tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc_up = acc
     for k0 in range(k_lo, k_hi, BLOCK_K):
@@ -287,7 +345,7 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
             w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
         x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
                     other=0.0)
-        if PROLOGUE == 1:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+        if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
             g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
             x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
         if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
@@ -305,10 +363,18 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
         if EPILOGUE == 2:
             acc_up = acc_up * tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+    if USE_PDL == 2:
+        gdc_launch_dependents()
     out_mask = n_mask[:, None] & m_mask[None, :]
-    if SPLIT_K == 1:
-        _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
-                res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
+    if EPILOGUE == 3:
+        _rope_cache(acc, y_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_ym,
+                    stride_cb, stride_ch, stride_cs, stride_rope, ROPE_D, BLOCK_N, BLOCK_M)
+    elif SPLIT_K == 1:
+        y = _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
+                    res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
+        if SS_OUT:  # this program's share of each stored row's sum of squares
+            yf = tl.where(out_mask, y.to(tl.float32), 0.0)
+            tl.store(ss_out_ptr + rm * NSS_OUT + pid_n, tl.sum(yf * yf, axis=0), mask=m_mask)
     else:  # fp32 partials (SPLIT_K, M, NW): NW = N, or 2N with the up rows after the gate rows
         NW = N * 2 if EPILOGUE == 2 else N
         p_ptrs = part_ptr + (pid_k * M + rm[None, :]) * NW + rn[:, None]
@@ -318,12 +384,18 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
 
 
 @triton.jit
-def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, M, N, stride_ym, stride_rm, EPILOGUE: tl.constexpr,
-                           SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """Row m, columns rn: the SPLIT_K partials summed in split order (deterministic), then the epilogue."""
+def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, ss_out_ptr, M, N, stride_ym, stride_rm, NSS_OUT,
+                           EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, SS_OUT: tl.constexpr,
+                           USE_PDL: tl.constexpr):
+    """Row m, columns rn: the SPLIT_K partials summed in split order (deterministic), then the epilogue; with
+    SS_OUT the stored values' sum of squares to ss_out_ptr (M, NSS_OUT), one per program."""
     m = tl.program_id(1)
     rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rn < N
+    if USE_PDL != 0:
+        gdc_wait()
+    if USE_PDL == 1:
+        gdc_launch_dependents()
     NW = N * 2 if EPILOGUE == 2 else N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     acc_up = acc
@@ -332,29 +404,41 @@ def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, M, N, stride_ym, stride_rm,
         acc += tl.load(p, mask=mask, other=0.0)
         if EPILOGUE == 2:
             acc_up += tl.load(p + N, mask=mask, other=0.0)
-    _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
+    if USE_PDL == 2:
+        gdc_launch_dependents()
+    y = _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
+    if SS_OUT:
+        yf = tl.where(mask, y.to(tl.float32), 0.0)
+        tl.store(ss_out_ptr + m * NSS_OUT + tl.program_id(0), tl.sum(yf * yf, axis=0))
 
 
 def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales=None, offsets=None,
-            group: int = 0) -> torch.Tensor:
+            group: int = 0, **step) -> torch.Tensor:
     """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k. With scales,
-    w is a quantized weight (dequant.weight_format)."""
-    grid, args, kwargs, y, part, split = gemm_call(x, w, res, g, rstd, prologue, epilogue, split_k, scales, offsets,
-                                                   group, sm_count(x.device))
+    w is a quantized weight (dequant.weight_format). step: gemm_call's keywords of the kernels-only decode step;
+    with ss_out, (y, its partials)."""
+    grid, args, kwargs, y, part, ss_out, split = gemm_call(x, w, res, g, rstd, prologue, epilogue, split_k, scales,
+                                                           offsets, group, sm_count(x.device), **step)
     wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
     if split > 1:
         M, n = y.shape
         res = args[4]  # as launched: y where there is none
+        pdl = kwargs["USE_PDL"]
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
-            part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-            num_warps=4)
-    return y
+            part, y, res, ss_out if ss_out is not None else y, M, n, y.stride(0), res.stride(0),
+            ss_out.shape[1] if ss_out is not None else 0, EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
+            SS_OUT=ss_out is not None, USE_PDL=pdl, num_warps=4, **launch_kwargs(pdl))
+    return y if ss_out is None else (y, ss_out)
 
 
 def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales, offsets, group: int,
-              sms: int) -> tuple:
-    """(grid, arguments, keywords, y, split-K partials, splits) of _launch's _gemm_kernel launch on a GPU of sms
-    SMs. Also what scripts/sass_probe.py compiles offline."""
+              sms: int, ss=None, eps: float = 0.0, ss_out: bool = False, rope=None, pdl: int = PDL_OFF) -> tuple:
+    """(grid, arguments, keywords, y, split-K partials, sum-of-squares partials or None, splits) of _launch's
+    _gemm_kernel launch on a GPU of sms SMs. Also what scripts/sass_probe.py compiles offline.
+    The kernels-only decode step's keywords: ss (M, NSS) fp32 and eps with PROLOGUE_RMSNORM_SS; ss_out, the
+    partials of the rows written (EPILOGUE_RESIDUAL); rope = (cos, sin (M, D) of each row's position, k_cache,
+    v_cache (B, Hkv, S, D), input_pos (1,), n_heads) with EPILOGUE_ROPE_CACHE (y: q, (M, n_heads * D)); pdl, a
+    use_pdl result."""
     M, K = x.shape
     if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
         raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
@@ -364,16 +448,25 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     x = x if x.stride(1) == 1 else x.contiguous()
     w = w if w.stride(1) == 1 else w.contiguous()
     n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
-    cfg = dict(launch_config(M, epilogue == EPILOGUE_SWIGLU, wfmt, prologue == PROLOGUE_RMSNORM, n, K))
+    cfg = dict(launch_config(M, epilogue == EPILOGUE_SWIGLU, wfmt, prologue != PROLOGUE_NONE, n, K))
     bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
-    n_tiles = triton.cdiv(n, bn)
     per_sm = cfg.pop("PER_SM", 1)
+    rope_d, heads, hkv = 0, 0, 0
+    if epilogue == EPILOGUE_ROPE_CACHE:
+        cos, sin, k_cache, v_cache, input_pos, heads = rope
+        rope_d, hkv = cos.shape[-1], k_cache.shape[1]
+        bn = min(bn, rope_d & -rope_d)  # a power of two that divides the head dim (its largest, at most the config's)
+        if bn < 16 or n != (heads + 2 * hkv) * rope_d:
+            raise ValueError(f"RoPE in the GEMM: {n} rows for {heads} + 2 x {hkv} heads of {rope_d}, tile {bn}")
+    n_tiles = triton.cdiv(n, bn)
     split = split_k or choose_split_k(n_tiles, K, bk, sms * per_sm)
+    if epilogue == EPILOGUE_ROPE_CACHE:
+        split = 1  # the epilogue needs the whole product
     k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
     split = triton.cdiv(K, k_split)
     # fp32 models: a true fp32 product, not TF32 (fp16 / bf16 products are exact either way)
     precision = "ieee" if x.dtype == torch.float32 else "tf32"
-    y = torch.empty((M, n), device=x.device, dtype=x.dtype)
+    y = torch.empty((M, heads * rope_d if rope_d else n), device=x.device, dtype=x.dtype)
     # unused pointer arguments get y (never read)
     res = res if res is not None else y
     g = g if g is not None else y
@@ -384,11 +477,23 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     o = offsets if offsets is not None else s
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
+    nss_out = (n_tiles if split == 1 else triton.cdiv(n, REDUCE_BLOCK)) if ss_out else 0
+    ss_out_t = torch.empty((M, nss_out), device=x.device, dtype=torch.float32) if ss_out else None
+    if prologue == PROLOGUE_RMSNORM_SS and (ss is None or ss.shape[0] != M or ss.stride(1) != 1):
+        raise ValueError("the RMSNorm prologue from partials takes ss (M, NSS) with unit column stride")
+    nss = ss.shape[1] if prologue == PROLOGUE_RMSNORM_SS else 0
+    if rope_d:
+        rope_args = (cos, sin, k_cache, v_cache, input_pos, heads, hkv, k_cache.stride(0), k_cache.stride(1),
+                     k_cache.stride(2), cos.stride(0))
+    else:
+        rope_args = (y, y, y, y, y, 0, 0, 0, 0, 0, 0)
     args = (x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0),
-            res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0)
+            res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, ss if nss else y,
+            ss_out_t if ss_out else y, *rope_args[:5], nss, nss_out, float(eps), *rope_args[5:])
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
-                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **cfg)
-    return (n_tiles, split), args, kwargs, y, part, split
+                  BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NSS_BLOCK=triton.next_power_of_2(max(nss, 1)),
+                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, **cfg, **launch_kwargs(pdl))
+    return (n_tiles, split), args, kwargs, y, part, ss_out_t, split
 
 
 def _prologue(rstd, g) -> int:
@@ -424,3 +529,44 @@ def small_m_gemm_swiglu(x: torch.Tensor, w13: torch.Tensor, rstd: torch.Tensor |
                         offsets: torch.Tensor | None = None, group: int = 0) -> torch.Tensor:
     """silu(gate) * up of x @ w13^T, w13 (2I, K) = [gate; up] -> (M, I); the RMSNorm prologue as small_m_gemm."""
     return _launch(x, w13, None, g, rstd, _prologue(rstd, g), EPILOGUE_SWIGLU, split_k, scales, offsets, group)
+
+
+# The kernels-only decode step at batch 2-64 (model.Block.small_m_decode): plain Python, run uncompiled inside the
+# step's CUDA graph, each launch with PDL where the GPU has it (pdl.use_pdl). RMSNorm takes each row's rstd from
+# the sum-of-squares partials the residual GEMM before wrote, so no kernel of its own is left.
+
+def small_m_qkv_rope(x: torch.Tensor, wqkv: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
+                     cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     input_pos: torch.Tensor, n_heads: int, pdl: int = PDL_OFF, scales=None, offsets=None,
+                     group: int = 0) -> torch.Tensor:
+    """q (M, n_heads * D) = RoPE(rmsnorm(x) @ wqkv^T)[:, :n_heads * D] for x (M, K) at one position input_pos (1,):
+    ss (M, NSS) x's sum-of-squares partials, cos and sin (M, D) each row's tables (sin signed: -sin on the first
+    half); the rotated k and v of row m written into k_cache / v_cache (B >= M, Hkv, S, D) at slot input_pos."""
+    return _launch(x, wqkv, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_ROPE_CACHE, 0, scales, offsets, group,
+                   ss=ss, eps=eps, rope=(cos, sin, k_cache, v_cache, input_pos, n_heads), pdl=use_pdl(x, pdl))
+
+
+def small_m_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: int = PDL_OFF, scales=None,
+                        offsets=None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(res + x @ w^T, its rows' sum-of-squares partials (M, NSS) fp32) for the next RMSNorm prologue."""
+    return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, 0, scales, offsets, group, ss_out=True,
+                   pdl=use_pdl(x, pdl))
+
+
+def small_m_swiglu_ss(x: torch.Tensor, w13: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
+                      pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
+    """silu(gate) * up of rmsnorm(x) @ w13^T, the RMSNorm's rstd from x's partials ss (M, NSS)."""
+    return _launch(x, w13, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_SWIGLU, 0, scales, offsets, group, ss=ss,
+                   eps=eps, pdl=use_pdl(x, pdl))
+
+
+def small_m_rmsnorm_ss(x: torch.Tensor, w: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
+                       pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
+    """rmsnorm(x) @ w^T, the rstd from x's partials ss (M, NSS) (the output head of the step)."""
+    return _launch(x, w, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_NONE, 0, scales, offsets, group, ss=ss,
+                   eps=eps, pdl=use_pdl(x, pdl))
+
+
+def rows_ss(x: torch.Tensor) -> torch.Tensor:
+    """(M, 1) fp32 sum of squares of each row of x (M, K): the first block's partials (torch)."""
+    return x.float().pow(2).sum(-1, keepdim=True)
