@@ -65,8 +65,8 @@ _FUSED_KERNELS = replace(_FUSED, fused_rope_cache=True, attention_one_launch=Tru
 
 _GEMV_EARLY = replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
                       pdl_gemv_early=True)
-_FASTEST_OPTIONS = replace(_GEMV_EARLY, small_m_gemm=True)
-_GEMM_KERNELS = replace(_FASTEST_OPTIONS, small_m_kernels=True)
+_GEMM = replace(_GEMV_EARLY, small_m_gemm=True)
+_FASTEST_OPTIONS = replace(_GEMM, small_m_kernels=True)
 
 
 def _graphed(key: str, label: str, options: ForwardOptions, quantize: str | None = None) -> Variant:
@@ -102,10 +102,10 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              "attention's K/V loads run under the wqkv GEMV's last wave)",
              _GEMV_EARLY),
     _graphed("fused-gemm", "+ batch 2-16 decode projections by a small-M tensor-core GEMM (split-K; RMSNorm "
-             "prologue, SwiGLU and residual epilogues) instead of cuBLAS", _FASTEST_OPTIONS),
+             "prologue, SwiGLU and residual epilogues) instead of cuBLAS", _GEMM),
     _graphed("fused-gemm-kernels", "+ batch 2-16 decode blocks as our kernels only, uncompiled in the step's CUDA "
              "graph: RMSNorm from the residual GEMMs' partials, RoPE and the K/V cache write in the wqkv GEMM, PDL",
-             _GEMM_KERNELS),
+             _FASTEST_OPTIONS),
     _graphed("int8", "+ int8 weights (symmetric, one scale per output channel), dequantized in the decode GEMVs",
              _FASTEST_OPTIONS, quantize="int8"),
     _graphed("int4", "int4 weights instead (a scale and an offset per 128 weights along K), dequantized in the "
@@ -115,8 +115,9 @@ ABLATION = ["hf", "kv", "mask", "qkv", "tensor-pos", "tensor-pos-static", "rope"
             "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph", "fused-gemv-early", "fused-gemm",
             "fused-gemm-kernels", "int8", "int4"]
 # batch 1 runs fused-gemv-early's path (decode -2.4 / -2.2 % against fused-prefill-graph in two H200 processes);
-# batch 2-16 +5.6 / +4.3 / +1.8 % at 2 / 8 / 16 rows against it in one H200 process each (docs/PERF.md, ablation)
-FASTEST = "fused-gemm"
+# batch 2-16 +5.6 / +4.3 / +1.8 % at 2 / 8 / 16 rows for fused-gemm against it, then +5.5 / +4.5 / +2.9 % for the
+# kernels-only step against fused-gemm, in one H200 process each (docs/PERF.md)
+FASTEST = "fused-gemm-kernels"
 
 
 def variant_for(preallocate: bool, compile: str, quantize: str | None = None) -> Variant:

@@ -6,7 +6,7 @@ slices of the fused weight: views, not copies).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -55,7 +55,8 @@ class ForwardOptions:
     small_m_kernels: bool = False  # with small_m_gemm and decode_attention: a decode step of 2..16 rows (quantized
     #                               weights 2..64) as our kernels only, uncompiled in the step's CUDA graph: RMSNorm
     #                               from the residual GEMMs' sum-of-squares partials, RoPE and the K/V cache write in
-    #                               the wqkv GEMM's epilogue, the two-kernel attention, PDL where the GPU has it
+    #                               the wqkv GEMM's epilogue, the two-kernel attention, the GEMMs with PDL where the
+    #                               GPU has it (the attention without: measured slower with it at batch 8 and 16)
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -328,7 +329,9 @@ class Block(nn.Module):
                              rope[0].reshape(M, -1), rope[1].reshape(M, -1), cache.k_cache, cache.v_cache, input_pos,
                              c.n_heads, pdl, **qkv_quant)  # (M, q_size); k, v into the cache
         q = q.view(M, c.n_heads, 1, c.head_dim)  # (B, H, 1, D)
-        y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, opts)  # (B, 1, q_size)
+        # the attention launches without PDL here: with it, the step at batch 8 / 16 ran 5.351 / 6.801 ms against
+        # 5.054 / 6.273 without (at batch 2 equal; docs/PERF.md)
+        y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, replace(opts, pdl=False))  # (B, 1, q_size)
         wo, wo_quant = kernel_weight(a.wo)
         h, ss = small_m_residual_ss(y.view(M, -1), wo, x2, pdl, **wo_quant)
         w13, w13_quant = kernel_weight(f.w13)
