@@ -252,8 +252,9 @@ def parts(t, n):  # (M, n) partials of each row's sum of squares, as a kernel be
 
 
 eps = 1e-5
-# (rows, heads, KV heads, head dim, K): GQA, MHA, 16 rows, a head dim of 48 (the RoPE tile halves to 16)
-for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64)]:
+# (rows, heads, KV heads, head dim, K): GQA, MHA, 16 rows, a head dim of 48 (the RoPE tile halves to 16), and a K
+# long enough for the interpreter's nominal 8 SMs to split it (the RoPE then in the split-K reduce)
+for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64), (3, 2, 1, 32, 4096)]:
     B, S, pos = M + 1, 9, 6  # the cache has a row more than the step (left untouched)
     x = torch.randn(M, K).to(dt)
     g = (1 + 0.1 * torch.randn(K)).to(dt)
@@ -280,7 +281,7 @@ for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64
     kc[:M, :, pos] = 0
     vc[:M, :, pos] = 0
     assert not kc.any() and not vc.any(), "a write outside the rows' slots"
-    print(f"qkv+rope M={M} H={H}/{HKV} D={D}: ok")
+    print(f"qkv+rope M={M} H={H}/{HKV} D={D} K={K}: ok")
 
 for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for the interpreter's split (the reduce)
     x = torch.randn(M, K).to(dt)

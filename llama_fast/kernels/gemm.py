@@ -191,16 +191,14 @@ def _finish(acc, acc_up, y_ptrs, r_ptrs, mask, EPILOGUE: tl.constexpr):
 
 
 @triton.jit
-def _rope_cache(acc, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_qm,
-                stride_cb, stride_ch, stride_cs, stride_rope, D: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_M: tl.constexpr):
-    """EPILOGUE 3: acc (BLOCK_N, BLOCK_M) holds dims d1 and d1 + D/2 of head unit u interleaved; rounded as the
-    projection, rotated (q, k: x * cos + swap_halves(x) * sin with the signed sine table, each product rounded, as
-    the batch-1 qkv_rope kernel and torch's fp16 ops) with each row's cos / sin (stride_rope apart), then q to its
-    output (M, H * D), k and v into the cache slot at pos of row m's batch entry."""
-    HALF: tl.constexpr = BLOCK_N // 2
+def _rope_cache(y1, y2, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_qm,
+                stride_cb, stride_ch, stride_cs, stride_rope, D: tl.constexpr):
+    """EPILOGUE 3: y1, y2 (dims, rows) fp32 hold dims d1 and d1 + D/2 of head unit u for rows rm, the projection
+    already rounded to the model dtype; rotated (q, k: x * cos + swap_halves(x) * sin with the signed sine table,
+    each product rounded, as the batch-1 qkv_rope kernel and torch's fp16 ops) with each row's cos / sin
+    (stride_rope apart), then q to its output (M, H * D), k and v into the cache slot at pos of row m's batch
+    entry."""
     dt = q_ptr.dtype.element_ty
-    y1, y2 = tl.split(tl.permute(tl.reshape(acc.to(dt).to(tl.float32), (HALF, 2, BLOCK_M)), (0, 2, 1)))
     mask = m_mask[None, :]
     t_off = rm[None, :] * stride_rope + d1[:, None]  # (HALF, BLOCK_M)
     c1 = tl.load(cos_ptr + t_off, mask=mask, other=0.0).to(tl.float32)
@@ -366,9 +364,11 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
     if USE_PDL == 2:
         gdc_launch_dependents()
     out_mask = n_mask[:, None] & m_mask[None, :]
-    if EPILOGUE == 3:
-        _rope_cache(acc, y_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_ym,
-                    stride_cb, stride_ch, stride_cs, stride_rope, ROPE_D, BLOCK_N, BLOCK_M)
+    if EPILOGUE == 3 and SPLIT_K == 1:  # the rows' dims d1 and d1 + D/2, interleaved
+        HALF_N: tl.constexpr = BLOCK_N // 2
+        y1, y2 = tl.split(tl.permute(tl.reshape(acc.to(dt).to(tl.float32), (HALF_N, 2, BLOCK_M)), (0, 2, 1)))
+        _rope_cache(y1, y2, y_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_ym,
+                    stride_cb, stride_ch, stride_cs, stride_rope, ROPE_D)
     elif SPLIT_K == 1:
         y = _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
                     res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
@@ -412,6 +412,35 @@ def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, ss_out_ptr, M, N, stride_ym
         tl.store(ss_out_ptr + m * NSS_OUT + tl.program_id(0), tl.sum(yf * yf, axis=0))
 
 
+@triton.jit
+def _split_k_rope_kernel(part_ptr, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, M, N, H, HKV, stride_qm,
+                         stride_cb, stride_ch, stride_cs, stride_rope, D: tl.constexpr, SPLIT_K: tl.constexpr,
+                         USE_PDL: tl.constexpr):
+    """EPILOGUE 3 after a K split: head unit u (a program per unit and row m), its SPLIT_K partials summed in split
+    order, then RoPE and the cache write as the GEMM's own epilogue."""
+    u = tl.program_id(0)
+    m = tl.program_id(1)
+    d1 = tl.arange(0, D // 2)
+    r1 = u * D + d1
+    if USE_PDL != 0:
+        gdc_wait()
+    if USE_PDL == 1:
+        gdc_launch_dependents()
+    acc1 = tl.zeros((D // 2,), dtype=tl.float32)
+    acc2 = acc1
+    for s in tl.static_range(SPLIT_K):
+        p = part_ptr + (s * M + m) * N + r1
+        acc1 += tl.load(p)
+        acc2 += tl.load(p + D // 2)
+    if USE_PDL == 2:
+        gdc_launch_dependents()
+    dt = q_ptr.dtype.element_ty
+    rm = m + tl.arange(0, 1)
+    _rope_cache(acc1.to(dt).to(tl.float32)[:, None], acc2.to(dt).to(tl.float32)[:, None], q_ptr, cos_ptr, sin_ptr,
+                kc_ptr, vc_ptr, pos_ptr, u, d1, rm, rm < M, H, HKV, stride_qm, stride_cb, stride_ch, stride_cs,
+                stride_rope, D)
+
+
 def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales=None, offsets=None,
             group: int = 0, **step) -> torch.Tensor:
     """y (M, n) of the fused GEMM (n = w rows, half of them with SwiGLU). split_k 0: choose_split_k. With scales,
@@ -420,10 +449,17 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
     grid, args, kwargs, y, part, ss_out, split = gemm_call(x, w, res, g, rstd, prologue, epilogue, split_k, scales,
                                                            offsets, group, sm_count(x.device), **step)
     wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
-    if split > 1:
+    pdl = kwargs["USE_PDL"]
+    if split > 1 and epilogue == EPILOGUE_ROPE_CACHE:
+        M, n, d = x.shape[0], args[10], kwargs["ROPE_D"]
+        cos, sin, kc, vc, pos = args[20:25]
+        wrap_triton(_split_k_rope_kernel)[(n // d, M)](part, y, cos, sin, kc, vc, pos, M, n, args[28], args[29],
+                                                       y.stride(0), *args[30:], D=d,
+                                                       SPLIT_K=split, USE_PDL=pdl, num_warps=1,
+                                                       **launch_kwargs(pdl))
+    elif split > 1:
         M, n = y.shape
         res = args[4]  # as launched: y where there is none
-        pdl = kwargs["USE_PDL"]
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
             part, y, res, ss_out if ss_out is not None else y, M, n, y.stride(0), res.stride(0),
             ss_out.shape[1] if ss_out is not None else 0, EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
@@ -460,8 +496,6 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
             raise ValueError(f"RoPE in the GEMM: {n} rows for {heads} + 2 x {hkv} heads of {rope_d}, tile {bn}")
     n_tiles = triton.cdiv(n, bn)
     split = split_k or choose_split_k(n_tiles, K, bk, sms * per_sm)
-    if epilogue == EPILOGUE_ROPE_CACHE:
-        split = 1  # the epilogue needs the whole product
     k_split = triton.cdiv(triton.cdiv(K, bk), split) * bk  # a whole number of K tiles per split
     split = triton.cdiv(K, k_split)
     # fp32 models: a true fp32 product, not TF32 (fp16 / bf16 products are exact either way)
