@@ -32,7 +32,7 @@ ALL_FLAGS = ["--model", "--device", "--dtype", "--threads", "--preallocate", "--
              "--temperature", "--top-k", "--top-p", "--seed", "--prompt", "--quantize"]
 # on CPU these ablation rows name CUDA-only code (CUDA graphs, Triton kernels, PDL) and run its fallback
 CPU_FALLBACK_ROWS = ["graphs", "gemv", "fused", "fused-eager", "fused-pdl", "fused-glue", "fused-prefill-graph",
-                     "fused-gemv-early", "fused-gemm", "int8", "int4"]
+                     "fused-gemv-early", "fused-gemm", "fused-gemm-kernels", "int8", "int4"]
 QUANTIZED_ROWS = {"int8": "int8", "int4": "int4:g128"}  # the ablation's rows over quantized weights
 
 

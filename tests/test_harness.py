@@ -92,7 +92,7 @@ def test_quantized_roofline_counts_the_bytes_read():
 
 
 def test_ablation_ends_with_the_quantized_rows_of_the_fastest_path():
-    assert harness.ABLATION[-3:] == [harness.FASTEST, "int8", "int4"] and len(harness.ABLATION) == 19
+    assert harness.ABLATION[-3:] == [harness.FASTEST, "int8", "int4"] and len(harness.ABLATION) == 20
     fastest = harness.VARIANTS[harness.FASTEST]
     for key, scheme in [("int8", "int8"), ("int4", "int4:g128")]:
         v = harness.VARIANTS[key]
@@ -200,6 +200,7 @@ CPU_FALLBACK = {  # what of each ablation row's code path needs CUDA; rows not l
     "fused-eager": "CUDA graphs, Triton kernels", "fused-pdl": "CUDA graphs, Triton kernels, PDL",
     "fused-glue": "CUDA graphs, Triton kernels, PDL", "fused-prefill-graph": "CUDA graphs, Triton kernels, PDL",
     "fused-gemv-early": "CUDA graphs, Triton kernels, PDL", "fused-gemm": "CUDA graphs, Triton kernels, PDL",
+    "fused-gemm-kernels": "CUDA graphs, Triton kernels, PDL",
     "int8": "CUDA graphs, Triton kernels, PDL",
     "int4": "CUDA graphs, Triton kernels, PDL"}
 

@@ -351,8 +351,11 @@ with torch.no_grad():
     model.options = ForwardOptions(small_m_gemm=True, decode_attention=True, small_m_kernels=True)
     got = run()
 steps = T - P
-assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
-                 "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
+if len(sys.argv) > 2 and sys.argv[2] == "int8":  # int8 layers keep the compiled step (Transformer.small_m_kernels_apply)
+    assert not calls, calls
+else:
+    assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
+                     "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
 # the padded rows' pad positions are garbage on both paths; the real ones must agree
 real = torch.ones(B, T, dtype=torch.bool)
 real[1, :2] = False
@@ -411,8 +414,10 @@ def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
 
 
 @needs_triton
-def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter():
-    run_interpreted(STEP_MODEL_CHECK, "gqa", "int4:g32")
+@pytest.mark.parametrize("scheme", ["int4:g32", "int8"])
+def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme):
+    """int4 layers take the kernels-only step; int8 ones keep the other path (and match torch there)."""
+    run_interpreted(STEP_MODEL_CHECK, "gqa", scheme)
 
 
 @needs_triton
@@ -498,9 +503,10 @@ def test_bad_shapes_are_refused():
         small_m_gemm(torch.zeros(4, 64), q4, scales=torch.ones(8, 2), offsets=torch.ones(8, 2), group=32)
 
 
-def test_fused_gemm_is_the_fastest_path_past_batch_1(monkeypatch):
-    """fused-gemm is the last fp16 ablation row and the fastest path: fused-gemv-early's options, compile mode and
-    prefill chunks with the small-M GEMM on; dense weights take it at 2..16 rows, quantized ones at 2..64."""
+def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
+    """fused-gemm is fused-gemv-early's options, compile mode and prefill chunks with the small-M GEMM on; dense
+    weights take it at 2..16 rows, quantized ones at 2..64. fused-gemm-kernels, the row after it and the fastest
+    path (the quantized rows' options too), adds the kernels-only step."""
     from dataclasses import replace
 
     from llama_fast import ForwardOptions
@@ -508,11 +514,15 @@ def test_fused_gemm_is_the_fastest_path_past_batch_1(monkeypatch):
     from llama_fast.model import small_m_gemm_applies
 
     v, before = harness.VARIANTS["fused-gemm"], harness.VARIANTS["fused-gemv-early"]
-    assert harness.FASTEST == "fused-gemm"
+    kernels = harness.VARIANTS["fused-gemm-kernels"]
+    assert harness.FASTEST == "fused-gemm-kernels"
     assert harness.ABLATION.index("fused-gemm") == harness.ABLATION.index("fused-gemv-early") + 1
+    assert harness.ABLATION.index("fused-gemm-kernels") == harness.ABLATION.index("fused-gemm") + 1
     assert not before.options.small_m_gemm and v.options == replace(before.options, small_m_gemm=True)
+    assert not v.options.small_m_kernels and kernels.options == replace(v.options, small_m_kernels=True)
     assert (v.compile, v.prefill_chunk, v.quantize) == (before.compile, before.prefill_chunk, before.quantize)
-    assert all(harness.VARIANTS[k].options == v.options for k in ("int8", "int4"))
+    assert (kernels.compile, kernels.prefill_chunk, kernels.quantize) == (v.compile, v.prefill_chunk, v.quantize)
+    assert all(harness.VARIANTS[k].options == kernels.options for k in ("int8", "int4"))
     assert harness.fallback_reason(v, "cpu") == "CUDA only, not run on cpu: CUDA graphs, Triton kernels, PDL"
     assert harness.fallback_reason(harness.Variant("x", "x", ForwardOptions(small_m_gemm=True)), "cpu") == \
         "CUDA only, not run on cpu: Triton kernels"
@@ -528,6 +538,53 @@ def test_fused_gemm_is_the_fastest_path_past_batch_1(monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("arch", [90, 86])
+def test_kernels_only_step_forms_compile(arch):
+    """The kernels-only step's forms compiled ahead of time for sm_90 (with PDL: griddepcontrol) and sm_86 (without):
+    the wqkv GEMM with RMSNorm from partials and RoPE + cache write (Llama-7B's head dim, dense and int4), the
+    residual GEMM writing partials, and the two split-K reduces, RoPE's and the partials'."""
+    from core_helpers import compile_offline
+    from llama_fast.kernels import gemm as gm
+
+    pdl = 1 if arch == 90 else 0
+    gemm_names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N",
+                  "K", "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn", "ss_ptr",
+                  "ss_out_ptr", "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "NSS", "NSS_OUT", "eps", "H",
+                  "HKV", "stride_cb", "stride_ch", "stride_cs", "stride_rope"]
+    step_types = ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16", "*fp16", "*i64"] + ["i32"] * 2 + ["fp32"] + ["i32"] * 6
+    # what Triton gives 16-aligned pointers and strides at launch (M: 3 rows, say)
+    aligned = [i for i, n in enumerate(gemm_names) if n not in ("M", "NSS", "NSS_OUT", "eps")]
+    specs = []
+    for wfmt, group, prologue, epilogue, split in [(gm.WFMT_DENSE, 0, 2, 3, 1), (gm.WFMT_INT4, 128, 2, 3, 4),
+                                                    (gm.WFMT_DENSE, 0, 0, 1, 1)]:
+        cfg = gm.gemm_config(3, False, wfmt, rmsnorm=prologue != 0)
+        wtype = "*fp16" if wfmt == gm.WFMT_DENSE else "*u8"
+        types = ["*fp16", wtype, "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
+        const = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION="tf32", WFMT=wfmt, GROUP=group,
+                     BLOCK_M=16, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], NSS_BLOCK=16,
+                     SS_OUT=epilogue == 1, ROPE_D=128 if epilogue == 3 else 0, USE_PDL=pdl)
+        specs.append(dict(module="llama_fast.kernels.gemm", kernel="_gemm_kernel", names=gemm_names,
+                          types=types + step_types, const=const, aligned=aligned,
+                          options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}))
+    rope_names = ["part_ptr", "q_ptr", "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "M", "N", "H", "HKV",
+                  "stride_qm", "stride_cb", "stride_ch", "stride_cs", "stride_rope"]
+    specs.append(dict(module="llama_fast.kernels.gemm", kernel="_split_k_rope_kernel", names=rope_names,
+                      types=["*fp32"] + ["*fp16"] * 5 + ["*i64"] + ["i32"] * 9,
+                      const=dict(D=128, SPLIT_K=4, USE_PDL=pdl), options={"num_warps": 1}))
+    reduce_names = ["part_ptr", "y_ptr", "res_ptr", "ss_out_ptr", "M", "N", "stride_ym", "stride_rm", "NSS_OUT"]
+    specs.append(dict(module="llama_fast.kernels.gemm", kernel="_split_k_reduce_kernel", names=reduce_names,
+                      types=["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 5,
+                      const=dict(EPILOGUE=1, SPLIT_K=2, BLOCK=gm.REDUCE_BLOCK, SS_OUT=True, USE_PDL=pdl)))
+    outs = compile_offline(specs, arch)
+    assert len(outs) == 5
+    for out in outs:
+        assert ("griddepcontrol.wait" in out["ptx"]) == bool(pdl)
+    for out in outs[:3]:  # the products on the tensor cores, the weights through cp.async (a 32-row tile of the
+        # dense RMSNorm form is under wgmma's 64: mma.sync on sm_90 too, as the compiled step's same form)
+        assert "cp.async" in out["ptx"] and ("wgmma" in out["ptx"] or "mma.sync" in out["ptx"]), arch
+
+
+@needs_triton
+@pytest.mark.parametrize("arch", [90, 86])
 def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
     pointers and strides at launch: the weight loads (dense, or packed int8 / int4 dequantized in registers) are
@@ -537,8 +594,11 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     from llama_fast.kernels import gemm as gm
 
     names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N", "K",
-             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn"]
-    aligned = [i for i, n in enumerate(names) if n != "M"]  # M: 3 rows, say
+             "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn", "ss_ptr", "ss_out_ptr",
+             "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "NSS", "NSS_OUT", "eps", "H", "HKV", "stride_cb",
+             "stride_ch", "stride_cs", "stride_rope"]
+    step_types = ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16", "*fp16", "*i64"] + ["i32"] * 2 + ["fp32"] + ["i32"] * 6
+    aligned = [i for i, n in enumerate(names) if n not in ("M", "NSS", "NSS_OUT", "eps")]  # M: 3 rows, say
     wtypes = {gm.WFMT_DENSE: "*fp16", gm.WFMT_INT8: "*i8", gm.WFMT_INT4: "*u8"}
     cases = [((16, "gemm"), gm.WFMT_DENSE, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0), ((16, "gemm"), gm.WFMT_INT8, 0),
              ((16, "swiglu"), gm.WFMT_INT8, 0), ((16, "gemm"), gm.WFMT_INT4, 32), ((32, "swiglu"), gm.WFMT_INT4, 128)]
@@ -546,8 +606,10 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     for (bm, form), wfmt, group in cases:
         cfg = gm.gemm_config(bm, form == "swiglu", wfmt)
         types = ["*fp16", wtypes[wfmt], "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
+        types += step_types
         const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", WFMT=wfmt,
-                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"])
+                     GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], NSS_BLOCK=1,
+                     SS_OUT=False, ROPE_D=0, USE_PDL=0)
         specs.append(dict(module="llama_fast.kernels.gemm", kernel="_gemm_kernel", names=names, types=types,
                           const=const, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
                           aligned=aligned))

@@ -8,7 +8,8 @@ may use programmatic dependent launch.
   gemv.py       the fused decode GEMV: gemv, gemv_rmsnorm, gemv_residual_ss, gemv_rmsnorm_swiglu, ss_partials,
                 row_ss_partials and row_narrow_ss (a tensor-parallel all-reduce's output)
   gemm.py       the small-M decode GEMM (batch 2-16, quantized weights 2-64; tensor cores, split-K):
-                small_m_gemm (RMSNorm prologue), small_m_gemm_residual, small_m_gemm_swiglu
+                small_m_gemm (RMSNorm prologue), small_m_gemm_residual, small_m_gemm_swiglu; the kernels-only
+                step's forms (small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss, small_m_rmsnorm_ss)
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
   dequant.py    int8 / int4 weights in those GEMVs and in the small-M GEMM (scales / offsets / group arguments)
   allreduce.py  tensor parallel: the batch-1 block's one-shot all-reduce with the next RMSNorm's partials

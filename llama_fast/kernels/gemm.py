@@ -18,7 +18,14 @@ Fused around the product, with the rounding of the unfused torch path (as gemv.p
   prologue: RMSNorm, g * (x * rstd).to(dtype), with the per-row rstd (M,) fp32 computed by the caller
   epilogues: + residual (wo, w2); SwiGLU, silu(gate) * up with the gate row n and the up row n + N/2 of [gate; up]
   in one program (w13).
-RoPE and the K/V cache write stay in torch (model.Attention.attend) on this path; no PDL.
+Inside the compiled block (the fused-gemm row) RoPE and the K/V cache write stay in torch (model.Attention.attend),
+with no PDL. The kernels-only decode step (model.Block.small_m_decode, the fastest path) launches the GEMMs
+uncompiled instead, with more fused around them:
+  prologue: RMSNorm with each row's rstd from the sum-of-squares partials of x (PROLOGUE_RMSNORM_SS);
+  epilogues: the residual forms also write their rows' partials for the next RMSNorm (SS_OUT; after a K split
+  the reduce writes them); RoPE and the K/V cache write in the wqkv GEMM (EPILOGUE_ROPE_CACHE: a program's rows
+  are dims of one head's first half interleaved with their partners d + D/2; after a K split
+  _split_k_rope_kernel does it); PDL where the GPU has it (pdl.py).
 
 Quantized weights (the formats of llama_fast/quant.py, validated by dequant.weight_format; constexpr WFMT) are
 loaded packed and turned into the model dtype in registers right before the tl.dot, so a dequantized copy of the
