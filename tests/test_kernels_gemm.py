@@ -351,7 +351,7 @@ with torch.no_grad():
     model.options = ForwardOptions(small_m_gemm=True, decode_attention=True, small_m_kernels=True)
     got = run()
 steps = T - P
-if len(sys.argv) > 2 and sys.argv[2] == "int8":  # int8 layers keep the compiled step (Transformer.small_m_kernels_apply)
+if len(sys.argv) > 2 and sys.argv[2] == "int8":  # int8 layers keep the compiled step (small_m_kernels_apply)
     assert not calls, calls
 else:
     assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
@@ -418,6 +418,41 @@ def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
 def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme):
     """int4 layers take the kernels-only step; int8 ones keep the other path (and match torch there)."""
     run_interpreted(STEP_MODEL_CHECK, "gqa", scheme)
+
+
+@needs_triton
+def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
+    """Transformer.small_m_kernels_apply: with the option, 2..16 rows of a fusable model (dense; int4 up to 64) whose
+    head dim the decode attention takes; not at batch 1, past the GEMM's rows, with biases, under tensor parallelism,
+    with int8 layers, for a head dim of 48, without the option, or inside a torch.compile trace."""
+    from dataclasses import replace
+
+    from core_helpers import TINY_CONFIGS
+    from llama_fast import model as model_module
+    from llama_fast.model import Transformer
+    from llama_fast.quant import quantize_model_
+
+    monkeypatch.setattr(model_module, "triton_kernels_apply", lambda x: True)
+    opts = harness.VARIANTS["fused-gemm-kernels"].options
+
+    def applies(name, rows, options=opts, scheme=None, tp=False):
+        m = Transformer(TINY_CONFIGS[name]).eval()
+        if scheme:
+            quantize_model_(m, scheme)
+        if tp:
+            m.layers[0].tp_group = object()
+        m.options = options
+        return m.small_m_kernels_apply(torch.zeros(rows, 1, m.config.dim))
+
+    assert applies("gqa", 2) and applies("gqa", 16) and applies("head-dim-32", 3)
+    assert not applies("gqa", 1) and not applies("gqa", 17)
+    assert applies("gqa", 64, scheme="int4:g32") and not applies("gqa", 65, scheme="int4:g32")
+    assert not applies("gqa", 8, scheme="int8")
+    assert not applies("mlp-bias", 8) and not applies("head-dim-48", 8) and not applies("gqa", 8, tp=True)
+    assert not applies("gqa", 8, replace(opts, small_m_kernels=False))
+    assert not applies("gqa", 8, replace(opts, decode_attention=False))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not applies("gqa", 8)
 
 
 @needs_triton
