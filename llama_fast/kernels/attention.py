@@ -163,11 +163,15 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
 
 
 def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int]:
-    """(slots per program, warps): an eager batch-1 launch's pinned (or overridden) config, else torch.compile's,
-    which batches above 1 take eagerly as well (the pin and the tuning are the batch-1 step's; at Llama-7B batch 8
-    the compiled 64 / 2 was the fastest of scripts/attn_bench.py's grid, docs/PERF.md). A tuned config is timed
-    at this launch's heads (configs.attention_form)."""
-    cfg = pinned_config("attention", S, D, attention_form(H, Hkv)) if B == 1 else None
+    """(slots per program, warps): an eager launch's overridden config (configs.CONFIG_OVERRIDE: scripts/attn_bench.py's
+    trials), else at batch 1 its pinned one, else torch.compile's, which batches above 1 take eagerly as well (the
+    pin and the tuning are the batch-1 step's; at Llama-7B batch 8 the compiled 64 / 2 was the fastest of
+    attn_bench.py's grid, docs/PERF.md). A tuned config is timed at this launch's heads (configs.attention_form)."""
+    if B == 1:
+        cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
+    else:
+        override = configs.CONFIG_OVERRIDE
+        cfg = override("attention", S, D) if override is not None and not torch.compiler.is_compiling() else None
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
 
