@@ -122,7 +122,7 @@ def main(argv=None):
         for us, n, name in rows[:args.top]:
             say(f"  {us:8.1f} us/step  x{n / args.new:6.1f}/step  {name[:110]}")
         try:
-            for line in timeline_report(prof, cfg):
+            for line in timeline_report(prof, cfg, projection_kernel(args.batch)):
                 say(line)
         except Exception as e:  # the per-kind split is a bonus: keep the kernel tables
             say(f"  timeline: failed: {type(e).__name__}: {e}")
@@ -152,9 +152,16 @@ def decode_rows(run: list[tuple[str, float, int]], prefill: list[tuple[str, floa
     return sorted((r for r in rows if r[0] > 0), reverse=True)
 
 
-def timeline_report(prof, cfg) -> list[str]:
-    """From the kernel timeline: each decode GEMV's mean time and bandwidth (labelled by its position in
-    the step: 4 per layer, then the head) and the mean idle gap after each kind of kernel."""
+def projection_kernel(batch: int) -> str:
+    """What the name of a decode projection's kernel contains: the GEMV's at batch 1, the small-M GEMM's above (a
+    cuBLAS step has neither: its per-kind split is skipped)."""
+    return "_gemv" if batch == 1 else "_gemm_kernel"
+
+
+def timeline_report(prof, cfg, pattern: str = "_gemv") -> list[str]:
+    """From the kernel timeline: each decode projection's mean time and bandwidth (the kernels whose name contains
+    pattern, labelled by their position in the step: 4 per layer, then the head) and the mean idle gap after each
+    kind of kernel. With PDL a kernel's time includes its wait for the one before it."""
     import json
     import os
     import tempfile
@@ -166,15 +173,17 @@ def timeline_report(prof, cfg) -> list[str]:
         events = json.load(f)["traceEvents"]
     os.unlink(path)
     kernels = sorted((e for e in events if e.get("cat") == "kernel"), key=lambda e: e["ts"])
-    gemvs = [e for e in kernels if "_gemv" in e["name"]]
+    gemvs = [e for e in kernels if pattern in e["name"]]
     per_step = 4 * cfg.n_layers + 1
     if len(gemvs) < per_step:
-        return [f"  timeline: {len(gemvs)} GEMV kernels, fewer than one step's {per_step}: per-kind split skipped"]
+        return [f"  timeline: {len(gemvs)} projection kernels, fewer than one step's {per_step}: per-kind split "
+                "skipped"]
     extra = len(gemvs) % per_step  # GEMVs outside whole decode steps (e.g. the warm-up's): the first ones
-    out = [f"  timeline: {extra} GEMV kernels before the first whole step left out"] if extra else []
+    out = [f"  timeline: {extra} projection kernels before the first whole step left out"] if extra else []
     gemvs = gemvs[extra:]
     if not any(e.get("dur", 0) > 0 for e in gemvs):  # seen with torch 2.11 on a tp 1 and a tp 2 fused-gemm step
-        return out + [f"  timeline: the trace's {len(gemvs)} decode GEMV events carry no durations: per-kind split "
+        return out + [f"  timeline: the trace's {len(gemvs)} decode projection events carry no durations: per-kind "
+                      "split "
                       "skipped (the per-kernel table above comes from the profiler's own averages)"]
     kinds = ["wqkv", "wo", "w13", "w2"]
     shapes = decode_gemv_shapes(cfg)
@@ -182,7 +191,7 @@ def timeline_report(prof, cfg) -> list[str]:
     for i, e in enumerate(gemvs):
         j = i % per_step
         label[id(e)] = "head" if j == per_step - 1 else kinds[j % 4]
-    out.append("  decode GEMVs in place (mean over the run's steps):")
+    out.append(f"  decode projections ({pattern}) in place (mean over the run's steps):")
     for kind in kinds + ["head"]:
         durs = [e["dur"] for e in gemvs if label[id(e)] == kind]
         n, k = shapes[kind]

@@ -403,7 +403,7 @@ def test_profile_decode_timeline_labels_each_gemv_and_the_gaps(tool):
             Path(path).write_text(json.dumps({"traceEvents": events}))
 
     lines = pd.timeline_report(Profile(), cfg)
-    assert lines[0] == "  timeline: 1 GEMV kernels before the first whole step left out"
+    assert lines[0] == "  timeline: 1 projection kernels before the first whole step left out"
     shapes = pd.decode_gemv_shapes(cfg)
     for kind, dur in durs.items():
         n, k = shapes[kind]
@@ -413,12 +413,44 @@ def test_profile_decode_timeline_labels_each_gemv_and_the_gaps(tool):
     assert gaps and all(line.strip().startswith("1.00 us") for line in gaps)
     assert any(line.endswith("after _decode_attn_one_launch_kernel") for line in gaps)
     assert pd.timeline_report(Profile(), NAMED_SHAPES["llama-7b"]) == [
-        "  timeline: 19 GEMV kernels, fewer than one step's 129: per-kind split skipped"]
+        "  timeline: 19 projection kernels, fewer than one step's 129: per-kind split skipped"]
     for e in events:  # a trace whose kernels carry no durations says so instead of dividing by zero
         e["dur"] = 0.0
     assert pd.timeline_report(Profile(), cfg)[1:] == [
-        "  timeline: the trace's 18 decode GEMV events carry no durations: per-kind split skipped (the per-kernel "
-        "table above comes from the profiler's own averages)"]
+        "  timeline: the trace's 18 decode projection events carry no durations: per-kind split skipped (the "
+        "per-kernel table above comes from the profiler's own averages)"]
+
+
+def test_profile_decode_timeline_labels_the_small_m_gemms_above_batch_1(tool):
+    """Above batch 1 the projections are the small-M GEMM's launches (the split-K reduces and the attention between
+    them are not counted as projections); batch 1 looks for GEMVs."""
+    pd = tool("profile_decode")
+    from llama_fast.config import NAMED_SHAPES
+
+    assert (pd.projection_kernel(1), pd.projection_kernel(8)) == ("_gemv", "_gemm_kernel")
+    cfg = NAMED_SHAPES["tiny"]
+    events, ts = [], 0.0
+    for _ in range(2):
+        for _ in range(cfg.n_layers):
+            for name, dur in [("_gemm_kernel", 10.0), ("_decode_attn_split_kernel", 3.0), ("_gemm_kernel", 4.0),
+                              ("_split_k_reduce_kernel", 1.0), ("_gemm_kernel", 20.0), ("_gemm_kernel", 8.0),
+                              ("_split_k_reduce_kernel", 1.0)]:
+                events.append({"cat": "kernel", "name": name, "ts": ts, "dur": dur})
+                ts += dur + 2.0
+        events.append({"cat": "kernel", "name": "_gemm_kernel", "ts": ts, "dur": 30.0})
+        ts += 32.0
+
+    class Profile:
+        def export_chrome_trace(self, path):
+            Path(path).write_text(json.dumps({"traceEvents": events}))
+
+    lines = pd.timeline_report(Profile(), cfg, pd.projection_kernel(8))
+    assert lines[0] == "  decode projections (_gemm_kernel) in place (mean over the run's steps):"
+    shapes = pd.decode_gemv_shapes(cfg)
+    for kind, dur in {"wqkv": 10.0, "wo": 4.0, "w13": 20.0, "w2": 8.0, "head": 30.0}.items():
+        n, k = shapes[kind]
+        assert f"    {kind:5s} {dur:7.1f} us  {n * k * 2 / dur / 1e3:6.0f} GB/s" in "\n".join(lines), kind
+    assert pd.timeline_report(Profile(), cfg)[0].startswith("  timeline: 0 projection kernels")
 
 
 # ------------------------------------------------------------------------------------------- micro-benchmarks
