@@ -17,6 +17,8 @@ is timed on a GPU.
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
   python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2
   python scripts/sass_probe.py --kernel gemm --weights int8 --rows 8
+  python scripts/sass_probe.py --kernel gemm --gemm-form step-qkv --weights int8 --rows 8
+    (the kernels-only batch 2-16 step's wqkv against the compiled step's: --gemm-form rmsnorm)
   python scripts/sass_probe.py --kernel attention-split --batch 8 --config CHUNK=32,num_warps=4
     (the two-kernel attention of batches above 1, at its compiled config or another; its chunk kernel)
 """
@@ -40,6 +42,7 @@ SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
 SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
 GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM")  # for --kernel gemm
+GEMM_FORMS = ("plain", "rmsnorm", "step-qkv")  # --gemm-form
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "wo's 4096 x 4096 and --rows rows")
     ap.add_argument("--batch", type=int, default=8, help="attention-split: the rows (default 8)")
     ap.add_argument("--rows", type=int, default=16, help="gemm: the input rows (2-64; default 16)")
+    ap.add_argument("--gemm-form", default="plain", choices=GEMM_FORMS,
+                    help="gemm: plain (wo's shape), rmsnorm (wqkv with the RMSNorm prologue: the compiled batch 2-16 "
+                         "step's) or step-qkv (the kernels-only step's wqkv: RMSNorm from partials, RoPE and the "
+                         "cache write; with --pdl 2 launched as that step does, PDL triggered early)")
     ap.add_argument("--weights", default="fp16", choices=WEIGHTS,
                     help="GEMV forms: the weight format (int4: group 128)")
     ap.add_argument("--config", default="", help="GEMV forms: KEY=VALUE,... over the pinned config (integers: "
@@ -246,25 +253,38 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     return kernel, grid(kwargs), args, kwargs, per_iteration
 
 
-def gemm_launch(weights: str, rows: int, config: dict | None = None):
+def gemm_launch(weights: str, rows: int, config: dict | None = None, gemm_form: str = "plain", pdl: int = 0):
     """The small-M GEMM's (kernel, grid, arguments, keywords, weights a thread dequantizes per K-loop iteration)
-    on CPU tensors: rows x 4096 by wo's 4096 x 4096, the pinned config updated by config, split-K as on an
-    H200."""
+    on CPU tensors, the pinned config updated by config, split-K as on an H200. gemm_form: plain, rows x 4096 by
+    wo's 4096 x 4096; rmsnorm, wqkv's 12288 x 4096 with the RMSNorm prologue (the compiled step's); step-qkv, the
+    kernels-only step's wqkv (RMSNorm from partials, RoPE and the cache write, PDL launch mode pdl)."""
     import torch
 
     from llama_fast.kernels import configs, dequant, gemm
 
-    K = N = 4096
+    K, N = 4096, (4096 if gemm_form == "plain" else 12288)
     x = torch.empty((rows, K), dtype=torch.float16)
     w, quant = empty_weight(weights, N, K)
     wfmt = {"fp16": dequant.WFMT_DENSE, "int8": dequant.WFMT_INT8, "int4": dequant.WFMT_INT4}[weights]
-    form, cfg = gemm.gemm_form(rows, False, wfmt), {**gemm.gemm_config(rows, False, wfmt), **(config or {})}
+    rms = gemm_form != "plain"
+    form = gemm.gemm_form(rows, False, wfmt, rms)
+    cfg = {**gemm.gemm_config(rows, False, wfmt, rms), **(config or {})}
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda f, n, k: dict(cfg) if f == form else None
+    g, rstd = (torch.empty(K, dtype=torch.float16), torch.empty(rows)) if rms else (None, None)
+    step = {}
+    if gemm_form == "step-qkv":
+        D, S = 128, 1200
+        cache = torch.empty((rows, 32, S, D), dtype=torch.float16)
+        table = torch.empty((rows, D), dtype=torch.float16)
+        step = dict(ss=torch.empty((rows, 16)), eps=1e-5, pdl=pdl,
+                    rope=(table, table, cache, cache, torch.zeros(1, dtype=torch.long), 32))
+    prologue = {"plain": gemm.PROLOGUE_NONE, "rmsnorm": gemm.PROLOGUE_RMSNORM}.get(gemm_form, gemm.PROLOGUE_RMSNORM_SS)
+    epilogue = gemm.EPILOGUE_ROPE_CACHE if gemm_form == "step-qkv" else gemm.EPILOGUE_NONE
     try:
-        grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, None, None, gemm.PROLOGUE_NONE, gemm.EPILOGUE_NONE, 0,
-                                                quant.get("scales"), quant.get("offsets"), quant.get("group", 0),
-                                                H200_SMS)
+        grid, args, kwargs, *_ = gemm.gemm_call(x, w, None, g, None if gemm_form == "step-qkv" else rstd, prologue,
+                                                epilogue, 0, quant.get("scales"), quant.get("offsets"),
+                                                quant.get("group", 0), H200_SMS, **step)
     finally:
         configs.CONFIG_OVERRIDE = previous
     per_iteration = kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
@@ -290,7 +310,8 @@ def main(argv=None) -> int:
         kernel, grid, launch_args, kwargs = split_launch(args.batch, args.heads, args.cache, args.config, args.kv_heads)
         per_iteration = None
     elif args.kernel == "gemm":
-        kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows, args.config)
+        kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows, args.config,
+                                                                       args.gemm_form, 1 if args.pdl else 0)
     else:
         kernel, grid, launch_args, kwargs, per_iteration = gemv_launch(args.kernel, args.weights, args.config,
                                                                        args.pdl, args.cache)
@@ -323,8 +344,10 @@ def main(argv=None) -> int:
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
                                                     "SPLIT_K", "maxnreg") if k in kwargs)
-    pdl = "" if args.kernel == "gemm" else f", PDL {args.pdl}"
-    print(f"{head}{args.kernel}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
+    pdl = f", PDL {kwargs['USE_PDL']}" if args.kernel == "gemm" and args.gemm_form == "step-qkv" else (
+        "" if args.kernel == "gemm" else f", PDL {args.pdl}")
+    name = f"gemm/{args.gemm_form}" if args.kernel == "gemm" and args.gemm_form != "plain" else args.kernel
+    print(f"{head}{name}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
           f"({per_iteration} a thread), {barriers} barriers{tail}")
     return 0

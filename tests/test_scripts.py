@@ -781,6 +781,22 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
+def test_sass_probe_compares_the_kernels_only_steps_wqkv_with_the_compiled_steps():
+    """--gemm-form: the compiled batch 2-16 step's wqkv (RMSNorm prologue) and the kernels-only step's (RMSNorm from
+    partials, RoPE and the cache write; PDL with --pdl 2), both at wqkv's shape, with their split and PDL mode."""
+    lines = {}
+    for form in ("rmsnorm", "step-qkv"):
+        r = run_tool("sass_probe", "--kernel", "gemm", "--gemm-form", form, "--weights", "int8", "--rows", "8",
+                     timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines[form] = r.stdout.strip()
+    assert "gemm/rmsnorm/int8 BLOCK_M 16, BLOCK_N 64, BLOCK_K 128" in lines["rmsnorm"], lines
+    assert "SPLIT_K 4 |" in lines["rmsnorm"] and "grid 192x4" in lines["rmsnorm"], lines  # 12288 rows, split for an H200
+    assert "gemm/step-qkv/int8 " in lines["step-qkv"] and "SPLIT_K 4, PDL 1 |" in lines["step-qkv"], lines
+    assert "grid 192x4" in lines["step-qkv"], lines
+
+
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
 @pytest.mark.parametrize("weights", ["int8", "int4"])
 def test_sass_probe_finds_no_integer_conversion_in_the_quantized_gemm(weights, tmp_path):
     """The small-M GEMM of an fp16 model (16 rows, sm_90) builds its int8 / int4 tiles under fp16's exponent, in
