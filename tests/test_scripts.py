@@ -791,7 +791,8 @@ def test_sass_probe_compares_the_kernels_only_steps_wqkv_with_the_compiled_steps
         assert r.returncode == 0, r.stderr[-3000:]
         lines[form] = r.stdout.strip()
     assert "gemm/rmsnorm/int8 BLOCK_M 16, BLOCK_N 64, BLOCK_K 128" in lines["rmsnorm"], lines
-    assert "SPLIT_K 4 |" in lines["rmsnorm"] and "grid 192x4" in lines["rmsnorm"], lines  # 12288 rows, split for an H200
+    # 12288 rows, split for an H200
+    assert "SPLIT_K 4 |" in lines["rmsnorm"] and "grid 192x4" in lines["rmsnorm"], lines
     assert "gemm/step-qkv/int8 " in lines["step-qkv"] and "SPLIT_K 4, PDL 1 |" in lines["step-qkv"], lines
     assert "grid 192x4" in lines["step-qkv"], lines
 
