@@ -607,7 +607,7 @@ class Transformer(nn.Module):
         a, f = self.layers[0].attention, self.layers[0].feed_forward
         # int8 layers keep the compiled step: there its batch-8 step took 5.699 ms against 6.053 on this path, int4
         # 5.678 against 5.470 (one H200 process each, docs/PERF.md)
-        int8 = any(is_quantized(m) and getattr(m, "offsets", None) is None for m in (a.wqkv, a.wo, f.w13, f.w2))
+        int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
         return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2 and not int8
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))

@@ -78,6 +78,18 @@ def ours_from_hf(hf, cfg: LlamaConfig):
     return build_model(cfg, lambda n: sd[n], "cpu", torch.float32)
 
 
+def count_calls(module, names) -> dict[str, int]:
+    """Wrap each function `name` of module so that its calls are counted: {name: calls so far} (filled as they
+    come; a name never called is absent)."""
+    calls: dict[str, int] = {}
+    for name in names:
+        def counted(*args, _op=getattr(module, name), _name=name, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _op(*args, **kwargs)
+        setattr(module, name, counted)
+    return calls
+
+
 def fast_from_hf(hf, cfg: LlamaConfig, **kw) -> LlamaFast:
     eos = cfg.eos_token_id[0] if cfg.eos_token_id else None
     return LlamaFast(ours_from_hf(hf, cfg), IdTokenizer(cfg.vocab_size, eos, cfg.pad_token_id), cfg.name, **kw)

@@ -165,15 +165,10 @@ import torch
 import llama_fast.kernels as kn
 from llama_fast import model as model_module
 from llama_fast.model import ForwardOptions
-from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
+from core_helpers import TINY_CONFIGS, count_calls, make_hf, ours_from_hf
 from test_model import _ids, _prefill_then_decode
 
-calls = {}
-for name in ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"):
-    def counted(*args, _op=getattr(kn, name), _name=name, **kwargs):
-        calls[_name] = calls.get(_name, 0) + 1
-        return _op(*args, **kwargs)
-    setattr(kn, name, counted)
+calls = count_calls(kn, ("small_m_gemm", "small_m_gemm_residual", "small_m_gemm_swiglu"))
 cfg = TINY_CONFIGS[sys.argv[1]]
 model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
 if len(sys.argv) > 2:  # quantized layers (the tiny K of 64 and 96 are multiples of every group up to 32)
@@ -315,15 +310,10 @@ import torch
 from llama_fast import model as model_module
 from llama_fast.kernels import gemm as gm
 from llama_fast.model import ForwardOptions
-from core_helpers import TINY_CONFIGS, make_hf, ours_from_hf
+from core_helpers import TINY_CONFIGS, count_calls, make_hf, ours_from_hf
 from test_model import _ids
 
-calls = {}
-for name in ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss"):
-    def counted(*args, _op=getattr(gm, name), _name=name, **kwargs):
-        calls[_name] = calls.get(_name, 0) + 1
-        return _op(*args, **kwargs)
-    setattr(gm, name, counted)
+calls = count_calls(gm, ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss"))
 cfg = TINY_CONFIGS[sys.argv[1]]
 model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
 if len(sys.argv) > 2:

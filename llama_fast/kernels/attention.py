@@ -170,8 +170,7 @@ def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int
     if B == 1:
         cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
     else:
-        override = configs.CONFIG_OVERRIDE
-        cfg = override("attention", S, D) if override is not None and not torch.compiler.is_compiling() else None
+        cfg = None if torch.compiler.is_compiling() else configs.overridden("attention", S, D)
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
 

@@ -195,6 +195,11 @@ def attention_form(heads: int, kv_heads: int) -> str:
     return heads_form("attention", heads, kv_heads)
 
 
+def overridden(form: str, n: int, K: int) -> dict | None:
+    """CONFIG_OVERRIDE's config of a launch (a trial of scripts/perf_lab.py, attn_bench.py, ...), or None."""
+    return CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
+
+
 def pinned_config(form: str, n: int, K: int, tuned_as: str | None = None) -> dict | None:
     """The config an eager launch of form takes (CONFIG_OVERRIDE's, else the table's for this GPU, else the
     tuned one), or None where the kernel's own search applies: inside torch.compile, or with
@@ -202,7 +207,7 @@ def pinned_config(form: str, n: int, K: int, tuned_as: str | None = None) -> dic
     (n, K) do not fix what the launch runs (heads_form); CONFIG_OVERRIDE gets form."""
     if torch.compiler.is_compiling() or os.environ.get("LLAMA_FAST_GEMV_AUTOTUNE", "0") == "1":
         return None
-    override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
+    override = overridden(form, n, K)
     if override:
         return override
     return _table_or_tuned(form, n, K, tuned_as)
@@ -225,7 +230,7 @@ def launch_config(form: str, n: int, K: int) -> dict:
     """The config of a kernel without a search of its own (the small-M GEMM), inside torch.compile or not:
     CONFIG_OVERRIDE's, else this GPU's table entry, else its tuned choice (inside a trace or a capture the cached
     one, else the H200's: kernels/tuning.py)."""
-    override = CONFIG_OVERRIDE(form, n, K) if CONFIG_OVERRIDE is not None else None
+    override = overridden(form, n, K)
     return override or _table_or_tuned(form, n, K)
 
 

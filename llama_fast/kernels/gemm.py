@@ -457,13 +457,13 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
                                                            offsets, group, sm_count(x.device), **step)
     wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
     pdl = kwargs["USE_PDL"]
-    if split > 1 and epilogue == EPILOGUE_ROPE_CACHE:
-        M, n, d = x.shape[0], args[10], kwargs["ROPE_D"]
-        cos, sin, kc, vc, pos = args[20:25]
-        wrap_triton(_split_k_rope_kernel)[(n // d, M)](part, y, cos, sin, kc, vc, pos, M, n, args[28], args[29],
-                                                       y.stride(0), *args[30:], D=d,
-                                                       SPLIT_K=split, USE_PDL=pdl, num_warps=1,
-                                                       **launch_kwargs(pdl))
+    if split > 1 and epilogue == EPILOGUE_ROPE_CACHE:  # a program per head unit and row
+        cos, sin, kc, vc, pos, heads = step["rope"]
+        M, hkv = x.shape[0], kc.shape[1]
+        wrap_triton(_split_k_rope_kernel)[(heads + 2 * hkv, M)](
+            part, y, cos, sin, kc, vc, pos, M, part.shape[2], heads, hkv, y.stride(0), kc.stride(0), kc.stride(1),
+            kc.stride(2), cos.stride(0), D=kwargs["ROPE_D"], SPLIT_K=split, USE_PDL=pdl, num_warps=1,
+            **launch_kwargs(pdl))
     elif split > 1:
         M, n = y.shape
         res = args[4]  # as launched: y where there is none
