@@ -390,11 +390,10 @@ class Block(nn.Module):
 
         res = res if self.tp_rank == 0 else self.tp_zeros
         target = self.tp_symm.push_target(res.numel(), res.dtype, site) if self.tp_symm is not None else None
-        if target is not None:  # the GEMV stores its rows into the peers' buffers itself; one kernel waits and sums
-            from .kernels.gemv import gemv_residual_push
+        if target is not None:  # the GEMV stores its rows into the peers' buffers, its last program waits and sums
+            from .kernels.gemv import gemv_residual_allreduce
 
-            gemv_residual_push(y, w, res, *target, pdl, **quant)
-            return self.tp_symm.wait_ss(res, target, pdl)
+            return gemv_residual_allreduce(y, w, res, *target, self.tp_symm.row_counters[site], pdl, **quant)
         part, _ = gemv_residual_ss(y, w, res, pdl, **quant)
         if self.tp_symm is not None:
             return self.tp_symm.with_ss(part, site, pdl)

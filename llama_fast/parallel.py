@@ -493,7 +493,7 @@ class SymmAllReduce:
 
     fused: two more buffers per site pair, in the model dtype, a slot per rank, all -0.0 (empty) from the start,
     for kernels.allreduce's one-shot kernel, which the batch-1 decode block calls through with_ss (its rank and
-    peers from the rendezvous' handles)."""
+    peers from the rendezvous' handles), or for the residual GEMV that all-reduces its own rows (push_target)."""
 
     def __init__(self, group, device: torch.device, dtype: torch.dtype, sites: int = 2, fused: bool = False):
         import torch.distributed._symmetric_memory as symm_mem
@@ -513,6 +513,8 @@ class SymmAllReduce:
             symm_mem.rendezvous(buf, self.group_name)
             self.buffers.append(buf)
         self.row_buffers, self.row_handles = [], []  # fused: (buffer, rendezvous handle) per site
+        # fused: per site, the residual GEMV's count of its programs done (kernels.gemv.gemv_residual_allreduce)
+        self.row_counters = [torch.zeros(1, dtype=torch.int32, device=device) for _ in range(sites if fused else 0)]
         for _ in range(sites if fused else 0):
             from .kernels.allreduce import empty_buffer_
 
@@ -550,9 +552,9 @@ class SymmAllReduce:
 
     def push_target(self, n: int, dtype: torch.dtype, site: int) -> tuple | None:
         """(buffer_ptrs, rank, world, slot) of the fused mode's buffer of `site` for a row of n values of dtype,
-        which with_ss's kernel, or the residual GEMV itself (kernels.gemv.gemv_residual_push, then wait_ss),
-        stores the row into; None where there is none (no fused buffers, another dtype, a row larger than a
-        slot)."""
+        which with_ss's kernel, or the residual GEMV itself (kernels.gemv.gemv_residual_allreduce, with
+        row_counters[site]), stores the row into; None where there is none (no fused buffers, another dtype, a
+        row larger than a slot)."""
         if not self.row_handles or dtype != self.dtype:
             return None
         hdl = self.row_handles[site]

@@ -37,7 +37,7 @@ def test_kernel_compiles_without_atomics(arch, dtype, sent):
                                 names=names, types=types, const=const)], arch)[0]["ptx"]
     assert "atom." not in ptx and "ld.volatile.global" in ptx
     loop = ptx.index("ld.volatile.global")
-    label = re.findall(r"^(\$L__\w+):", ptx[:loop], re.M)[-1]  # the spin loop's head, before the loads
+    label = re.findall(r"^(\$L__BB\w+):", ptx[:loop], re.M)[-1]  # the spin loop's head, before the loads
     assert re.search(rf"bra(\.uni)?\s+{re.escape(label)};", ptx[loop:]), "no branch back to the loads"
     if dtype != "fp32":
         assert f"cvt.rn.{dtype.replace('fp', 'f')}.f32" in ptx
@@ -189,11 +189,60 @@ def test_gemv_push_form_compiles(arch):
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package's `gemv` is the op
 
     names = ["x_ptr", "w_ptr", "y_ptr", "g_ptr", "res_ptr", "ss_in_ptr", "ss_out_ptr", "s_ptr", "o_ptr", "N", "K",
-             "KW", "NSS", "stride_wn", "stride_sn", "eps", "one_bits", "sixteen_bits", "buffer_ptrs", "SLOT"]
-    types = ["*fp16"] * 6 + ["*fp32"] + ["*fp16"] * 2 + ["i32"] * 6 + ["fp32", "i32", "i32", "i64", "i32"]
+             "KW", "NSS", "stride_wn", "stride_sn", "eps", "one_bits", "sixteen_bits", "buffer_ptrs", "SLOT",
+             "cnt_ptr"]
+    types = ["*fp16"] * 6 + ["*fp32"] + ["*fp16"] * 2 + ["i32"] * 6 + ["fp32", "i32", "i32", "i64", "i32", "*i32"]
     const = dict(PROLOGUE=gemv.PROLOGUE_NONE, EPILOGUE=gemv.EPILOGUE_RESIDUAL_PUSH, NSS_BLOCK=1,
-                 USE_PDL=1 if arch >= 90 else 0, WFMT=0, GROUP=0, RANK=1, WORLD=2, BLOCK_N=8, BLOCK_K=512)
-    ptx = compile_offline([dict(module="llama_fast.kernels.gemv", kernel="_gemv_fused_kernel", names=names,
-                                types=types, const=const)], arch)[0]["ptx"]
+                 USE_PDL=1 if arch >= 90 else 0, WFMT=0, GROUP=0, RANK=1, WORLD=2, REDUCERS=4, BLOCK_N=8,
+                 BLOCK_K=512)
+    spec = dict(module="llama_fast.kernels.gemv", kernel="_gemv_fused_kernel", names=names, types=types, const=const)
+    reducing = {**spec, "const": {**const, "EPILOGUE": gemv.EPILOGUE_RESIDUAL_ALLREDUCE}}
+    ptx, ptx_reduce = (c["ptx"] for c in compile_offline([spec, reducing], arch))
     assert "atom." not in ptx and "ld.volatile.global" not in ptx
     assert ptx.count("st.global") >= 2  # the row pushed to both ranks' buffers
+    # the all-reducing form: one count per program, the last one spins on volatile loads of its own buffer
+    assert "atom.global" in ptx_reduce and "ld.volatile.global" in ptx_reduce
+    assert ptx_reduce.index("atom.global") < ptx_reduce.index("ld.volatile.global")
+    # relaxed counts: no fence, which would wait for this program's stores into the peers' memory to complete
+    assert "fence." not in ptx_reduce and "membar" not in ptx_reduce
+    assert all(".relaxed." in line for line in ptx_reduce.splitlines() if "atom." in line)
+
+
+REDUCED = r"""
+import sys
+import torch
+from llama_fast.kernels import allreduce as ar
+from llama_fast.kernels.gemv import gemv_residual_allreduce, gemv_residual_ss
+""" + CHECK_SUM + r"""
+dtype = getattr(torch, sys.argv[1])
+ibits = {2: (torch.int16, -(1 << 15)), 4: (torch.int32, -(1 << 31))}[torch.empty((), dtype=dtype).element_size()]
+torch.manual_seed(0)
+n, k, slot = 1096, 96, 2048  # a masked tail program; the row summed in two blocks, the second masked
+for rank in (0, 1):
+    x, w = torch.randn(1, k).to(dtype), (torch.randn(n, k) / k ** 0.5).to(dtype)
+    res = torch.randn(1, n).to(dtype) if rank == 0 else torch.zeros(1, n, dtype=dtype)
+    own, peer = ar.empty_buffer_(torch.empty(2 * slot, dtype=dtype)), torch.ones(2 * slot, dtype=dtype)
+    peer_row = torch.randn(1, n).to(dtype)
+    own[(1 - rank) * slot: (1 - rank) * slot + n] = peer_row[0]  # the peer's push has landed
+    ptrs = torch.tensor([own.data_ptr(), peer.data_ptr()] if rank == 0 else [peer.data_ptr(), own.data_ptr()],
+                        dtype=torch.int64)
+    counter = torch.zeros(1, dtype=torch.int32)
+    y, ss = gemv_residual_allreduce(x, w, res, ptrs, rank, 2, slot, counter)
+    want, _ = gemv_residual_ss(x, w, res)  # this rank's row, as the GEMV alone makes it
+    assert torch.equal(peer[rank * slot: rank * slot + n], want[0]), "the row pushed to the peer"
+    rows = [want.float(), peer_row.float()] if rank == 0 else [peer_row.float(), want.float()]
+    check_sum(y, ss, rows[0] + rows[1], own, dtype, ibits, rank)
+    assert counter.item() == 0, "the counter is left 0"
+print("ok")
+"""
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_residual_gemv_all_reduces_in_its_last_program(dtype):
+    """In the interpreter, as rank 0 and rank 1 of two: gemv_residual_allreduce pushes the row the residual GEMV
+    makes to the peer, and its last program sums the slots in rank order (rounded once), writes the row and its
+    partials, empties this rank's slots and leaves the counter 0."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", REDUCED, dtype], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]

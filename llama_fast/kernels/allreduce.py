@@ -32,19 +32,10 @@ import triton
 import triton.language as tl
 
 from .gemv import SS_GROUP
-from .lamport import is_empty, push_slots, store_empty
+from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, PDL_TRIGGER_LATE, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 ALLREDUCE_BLOCK = 1024  # elements per program: 4 programs for Llama-7B's 4096, each waiting for its own slice
-
-
-@triton.jit
-def _store_row_ss(y_ptr, ss_ptr, h, block, offs, N, BLOCK: tl.constexpr, GROUP: tl.constexpr):
-    """Store program `block`'s slice h of the summed row and its sum-of-squares partials (GROUP = SS_GROUP)."""
-    tl.store(y_ptr + offs, h, mask=offs < N)
-    hf = tl.reshape(h.to(tl.float32), [BLOCK // GROUP, GROUP])  # masked tail values are 0
-    groups = block * (BLOCK // GROUP) + tl.arange(0, BLOCK // GROUP)
-    tl.store(ss_ptr + groups, tl.sum(hf * hf, axis=1), mask=groups * GROUP < N)
 
 
 @triton.jit
@@ -55,24 +46,10 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, N, SLOT, RANK: tl.co
     block = tl.program_id(0)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
-    dtype = x_ptr.dtype.element_ty
-    bufs = buffer_ptrs.to(tl.pointer_type(tl.uint64))
     if not SENT:  # SENT: the residual GEMV stored this rank's values into the slots itself (gemv.py)
         push_slots(buffer_ptrs, tl.load(x_ptr + offs, mask=m), offs, m, SLOT, RANK, WORLD)
-    own = tl.load(bufs + RANK).to(tl.pointer_type(dtype))
-    slots = own + tl.arange(0, WORLD)[:, None] * SLOT + offs[None, :]  # (WORLD, BLOCK): every rank's slice
-    ms = (tl.arange(0, WORLD)[:, None] >= 0) & m[None, :]
-    vals = tl.zeros([WORLD, BLOCK], dtype)
-    pending = 1
-    while pending > 0:  # until every rank's values have landed
-        vals = tl.load(slots, mask=ms, other=0.0, volatile=True)
-        pending = tl.sum(is_empty(vals))
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for r in tl.static_range(WORLD):  # the same order on every rank: every rank gets the same bits
-        acc += tl.sum(tl.where(tl.arange(0, WORLD)[:, None] == r, vals.to(tl.float32), 0.0), axis=0)
-    tl.debug_barrier()  # every thread's loads done before its slots are emptied
-    store_empty(slots, ms)
-    _store_row_ss(y_ptr, ss_ptr, acc.to(dtype), block, offs, N, BLOCK, GROUP)
+    h = wait_sum(buffer_ptrs, x_ptr, offs, m, SLOT, RANK, WORLD, BLOCK)
+    store_row_ss(y_ptr, ss_ptr, h, block, offs, N, BLOCK, GROUP)
     if USE_PDL != 0:
         gdc_launch_dependents()
 

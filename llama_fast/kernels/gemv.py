@@ -17,6 +17,8 @@ as packed words and dequantized in registers in fp32 (dequant.py), with the same
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -25,7 +27,7 @@ from torch.library import triton_op, wrap_triton
 from .configs import autotune_configs, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
                       int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
-from .lamport import push_slots
+from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
@@ -34,7 +36,11 @@ GEMV_MAX_ROWS = 1
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
 EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, EPILOGUE_RESIDUAL_PUSH = 0, 1, 2, 3
+EPILOGUE_RESIDUAL_ALLREDUCE = 4
 SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
+# EPILOGUE_RESIDUAL_ALLREDUCE: the last programs to finish that sum the row, a block of 1024 values each, side by
+# side (one program summing Llama-7B's 4096 values alone cost the step a sixth)
+GEMV_REDUCERS = 4
 
 
 @triton.jit
@@ -72,10 +78,11 @@ def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr,
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
-                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, PROLOGUE: tl.constexpr,
-                       EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr, WFMT: tl.constexpr,
-                       GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, cnt_ptr,
+                       PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+                       WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
+                       REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
@@ -157,7 +164,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         if USE_PDL == 2:
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
-    if EPILOGUE == 1 or EPILOGUE == 3:  # + residual (then the partials, or the push)
+    if EPILOGUE == 1 or EPILOGUE >= 3:  # + residual (then the partials, or the push)
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
     if EPILOGUE == 1:  # this output's sum-of-squares partials for the next RMSNorm
@@ -175,17 +182,38 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             up = tl.sum(acc_up, axis=1).to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
-    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
+    if EPILOGUE >= 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
         push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
     else:
         tl.store(y_ptr + rn, y, mask=n_mask)
+    if EPILOGUE == 4:  # and the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
+        tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
+        # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the pushes
+        # need no release before it (a fence that waits for every store of the program, the peers' included)
+        arrived = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+        nprog = tl.num_programs(0)
+        if arrived == nprog - 1:  # every program has counted: zero again for the next call (and graph replay)
+            tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
+        reducers = tl.minimum(nprog, REDUCERS)
+        me = arrived - (nprog - reducers)  # 0 .. reducers - 1 for the last ones to arrive
+        if me >= 0:  # blocks me, me + reducers, ... of REDUCE_BLOCK values, each waited for on its own
+            for c0 in range(me * REDUCE_BLOCK, N, reducers * REDUCE_BLOCK):
+                offs = c0 + tl.arange(0, REDUCE_BLOCK)
+                h = wait_sum(buffer_ptrs, y_ptr, offs, offs < N, SLOT, RANK, WORLD, REDUCE_BLOCK)
+                store_row_ss(y_ptr, ss_out_ptr, h, c0 // REDUCE_BLOCK, offs, N, REDUCE_BLOCK, 8)  # 8 == SS_GROUP
+
+
+def allreduce_reducers() -> int:
+    """GEMV_REDUCERS; 1 under Triton's CPU interpreter, which runs the programs one after another, so that only
+    the last one can wait for the others' rows."""
+    return 1 if os.environ.get("TRITON_INTERPRET", "0") == "1" else GEMV_REDUCERS
 
 
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF,
                   scales=None, offsets=None, group: int = 0, push: tuple | None = None):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y). With
     scales, w is a quantized weight (dequant.weight_format). push: EPILOGUE_RESIDUAL_PUSH's (buffer_ptrs, rank,
-    world, slot)."""
+    world, slot), EPILOGUE_RESIDUAL_ALLREDUCE's (buffer_ptrs, rank, world, slot, counter)."""
     kernel, grid, args, kwargs, out = fused_call(x, w, g, res, ss_in, eps, prologue, epilogue, n, use_pdl(x, pdl),
                                                  scales, offsets, group, push)
     wrap_triton(kernel)[grid](*args, **kwargs)
@@ -202,7 +230,7 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     y = torch.empty((1, n), device=x.device, dtype=x.dtype)
     # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
     ss_out = (torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
-              if epilogue == EPILOGUE_RESIDUAL_SS else y)
+              if epilogue in (EPILOGUE_RESIDUAL_SS, EPILOGUE_RESIDUAL_ALLREDUCE) else y)
     # unused pointer arguments get y (never read)
     s = scales if scales is not None else y
     o = offsets if offsets is not None else s
@@ -210,16 +238,16 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_PUSH: "residual"}.get(
-        epilogue, "rmsnorm" if prologue else "gemv")
-    buffer_ptrs, rank, world, slot = push if push is not None else (0, 0, 1, 0)
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_PUSH: "residual",
+            EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
+    buffer_ptrs, rank, world, slot, counter = (*push, y)[:5] if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
-            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot)
+            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
-                  GROUP=group, RANK=rank, WORLD=world, **config, **launch_kwargs(pdl))
+                  GROUP=group, RANK=rank, WORLD=world, REDUCERS=allreduce_reducers(), **config, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
 
 
@@ -304,6 +332,25 @@ def gemv_residual_push(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, buff
         raise ValueError(f"gemv_residual_push: a row of {n} values does not fit a buffer slot of {slot}")
     _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_PUSH, n, pdl, scales, offsets, group,
                   (buffer_ptrs, rank, world, slot))
+
+
+def gemv_residual_allreduce(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, buffer_ptrs, rank: int, world: int,
+                            slot: int, counter: torch.Tensor, pdl: int = PDL_OFF, scales: torch.Tensor | None = None,
+                            offsets: torch.Tensor | None = None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor parallel, batch 1, the residual GEMV and the all-reduce of its rows in one kernel: (the sum over the
+    ranks of res + W @ x (1, N), its sum-of-squares partials). The rows are pushed as gemv_residual_push pushes
+    them; the last program to finish (counted on counter, an int32 that is 0 before the call and left 0) waits
+    for every rank's rows in this rank's buffer, sums them in rank order, writes the row and its partials and
+    empties its slots, as allreduce.allreduce_ss does in a kernel of its own. counter: one per buffer. Plain
+    Python, like gemv_residual_push."""
+    n = w.shape[0]
+    if slot < n:
+        raise ValueError(f"gemv_residual_allreduce: a row of {n} values does not fit a buffer slot of {slot}")
+    if world & (world - 1) or n % SS_GROUP:
+        raise ValueError(f"gemv_residual_allreduce: a power-of-two number of ranks and a row of a multiple of "
+                         f"{SS_GROUP} values, got {world} ranks, {n} values")
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_ALLREDUCE, n, pdl, scales, offsets,
+                         group, (buffer_ptrs, rank, world, slot, counter))
 
 
 @triton_op("llama_fast::gemv_rmsnorm_swiglu", mutates_args=())
