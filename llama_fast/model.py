@@ -390,7 +390,7 @@ class Block(nn.Module):
 
         res = res if self.tp_rank == 0 else self.tp_zeros
         target = self.tp_symm.push_target(res.numel(), res.dtype, site) if self.tp_symm is not None else None
-        if target is not None:  # the GEMV stores its rows into the peers' buffers, its last program waits and sums
+        if target is not None:  # the GEMV stores its rows into the peers' buffers, its last programs wait and sum
             from .kernels.gemv import gemv_residual_allreduce
 
             return gemv_residual_allreduce(y, w, res, *target, self.tp_symm.row_counters[site], pdl, **quant)

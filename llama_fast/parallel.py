@@ -561,15 +561,6 @@ class SymmAllReduce:
         slot = self.row_buffers[site].numel() // hdl.world_size
         return (hdl.buffer_ptrs_dev, hdl.rank, hdl.world_size, slot) if n <= slot else None
 
-    @staticmethod
-    def wait_ss(like: torch.Tensor, target: tuple, pdl: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """with_ss's result for a row every rank pushed itself into target (push_target's): the kernel waits for
-        the peers' values in its own buffer, sums and empties its slots. like: a tensor of the row's shape and
-        dtype."""
-        from .kernels.allreduce import allreduce_ss
-
-        return allreduce_ss(like, *target, pdl, sent=True)
-
     def _by_nccl(self, t: torch.Tensor, site: int) -> bool:
         return t.numel() > self.buffers[site].numel() or t.dtype != self.dtype
 

@@ -21,18 +21,16 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
 
 
 @needs_triton
-@pytest.mark.parametrize("sent", [0, 1])
 @pytest.mark.parametrize("arch", [90, 86])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
-def test_kernel_compiles_without_atomics(arch, dtype, sent):
+def test_kernel_compiles_without_atomics(arch, dtype):
     """No atomics; the wait is a loop of volatile loads of this rank's buffer; the fp32 sum rounded once; with
     PDL the next kernel may launch once the row is written, after the wait."""
     from llama_fast.kernels import allreduce as ar
 
     names = ["x_ptr", "y_ptr", "ss_ptr", "buffer_ptrs", "N", "SLOT"]
     types = [f"*{dtype}", f"*{dtype}", "*fp32", "i64", "i32", "i32"]
-    const = dict(RANK=0, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, USE_PDL=2 if arch >= 90 else 0, GROUP=ar.SS_GROUP,
-                 SENT=sent)
+    const = dict(RANK=0, WORLD=2, BLOCK=ar.ALLREDUCE_BLOCK, USE_PDL=2 if arch >= 90 else 0, GROUP=ar.SS_GROUP)
     ptx = compile_offline([dict(module="llama_fast.kernels.allreduce", kernel="_allreduce_ss_kernel",
                                 names=names, types=types, const=const)], arch)[0]["ptx"]
     assert "atom." not in ptx and "ld.volatile.global" in ptx
@@ -129,61 +127,12 @@ def test_kernel_sums_and_empties_its_slots(dtype):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
 
 
-PUSHED = r"""
-import sys
-import torch
-from llama_fast.kernels import allreduce as ar
-from llama_fast.kernels.gemv import gemv_residual_push, gemv_residual_ss
-""" + CHECK_SUM + r"""
-dtype = getattr(torch, sys.argv[1])
-ibits = {2: (torch.int16, -(1 << 15)), 4: (torch.int32, -(1 << 31))}[torch.empty((), dtype=dtype).element_size()]
-torch.manual_seed(0)
-n, k, slot = 72, 96, 128  # n not a multiple of the GEMV's rows per program: a masked tail
-for rank in (0, 1):
-    x, w = torch.randn(1, k).to(dtype), (torch.randn(n, k) / k ** 0.5).to(dtype)
-    res = torch.randn(1, n).to(dtype) if rank == 0 else torch.zeros(1, n, dtype=dtype)
-    res[0, 3] = -0.0
-    w[3] = 0.0  # row 3 sums to -0.0: sent as +0.0
-    own, peer = ar.empty_buffer_(torch.empty(2 * slot, dtype=dtype)), torch.ones(2 * slot, dtype=dtype)
-    ptrs = torch.tensor([own.data_ptr(), peer.data_ptr()] if rank == 0 else [peer.data_ptr(), own.data_ptr()],
-                        dtype=torch.int64)
-    gemv_residual_push(x, w, res, ptrs, rank, 2, slot)
-    want, _ = gemv_residual_ss(x, w, res)  # the same kernel's row, stored to memory instead
-    want[0, 3] = 0.0
-    for buf in (own, peer):
-        assert torch.equal(buf[rank * slot: rank * slot + n], want[0]), (rank, "the row in this rank's slot")
-        assert buf.view(ibits[0])[rank * slot + 3].item() == 0, "-0.0 sent as +0.0"
-    assert bool((own.view(ibits[0])[(1 - rank) * slot:(2 - rank) * slot] == ibits[1]).all()), "the peer's slot empty"
-    rest = torch.cat([peer[:rank * slot], peer[rank * slot + n:]])
-    assert bool((rest == 1).all()), "nothing else of the peer's buffer written"
-    # the peer's values land; the sent-mode kernel only waits, sums in rank order and empties the slots
-    peer_row = torch.randn(1, n).to(dtype)
-    own[(1 - rank) * slot: (1 - rank) * slot + n] = peer_row[0]
-    y, ss = ar.allreduce_ss(torch.full((1, n), float("nan"), dtype=dtype), ptrs, rank, 2, slot, sent=True)
-    rows = [want.float(), peer_row.float()] if rank == 0 else [peer_row.float(), want.float()]
-    total = rows[0] + rows[1]
-    check_sum(y, ss, total, own, dtype, ibits, rank)
-print("ok")
-"""
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_residual_gemv_pushes_its_rows_and_the_kernel_only_waits(dtype):
-    """In the interpreter, as rank 0 and rank 1 of two: the residual GEMV's push epilogue stores the row it would
-    have written (res + W @ x, rank 0 adding the residual) into this rank's slot of both buffers, -0.0 as +0.0,
-    nothing else; then allreduce_ss(sent=True) ignores its input row, sums the slots in rank order and empties
-    them."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", PUSHED, dtype], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]
-
-
 @needs_triton
 @pytest.mark.parametrize("arch", [90, 86])
-def test_gemv_push_form_compiles(arch):
-    """The residual GEMV's push epilogue stores its rows to the peers' buffers with plain stores (no atomics, no
-    spin: the all-reduce kernel waits); it compiles for the users' sm_86 and for sm_90."""
+def test_gemv_allreduce_form_compiles(arch):
+    """The residual GEMV that all-reduces its rows compiles for the users' sm_86 and for sm_90: its rows stored to
+    both ranks' buffers, one relaxed count per program (no fence: a release would wait for this program's stores
+    into the peers' memory to complete), then the spin on volatile loads of its own buffer."""
     import importlib
 
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package's `gemv` is the op
@@ -192,20 +141,16 @@ def test_gemv_push_form_compiles(arch):
              "KW", "NSS", "stride_wn", "stride_sn", "eps", "one_bits", "sixteen_bits", "buffer_ptrs", "SLOT",
              "cnt_ptr"]
     types = ["*fp16"] * 6 + ["*fp32"] + ["*fp16"] * 2 + ["i32"] * 6 + ["fp32", "i32", "i32", "i64", "i32", "*i32"]
-    const = dict(PROLOGUE=gemv.PROLOGUE_NONE, EPILOGUE=gemv.EPILOGUE_RESIDUAL_PUSH, NSS_BLOCK=1,
-                 USE_PDL=1 if arch >= 90 else 0, WFMT=0, GROUP=0, RANK=1, WORLD=2, REDUCERS=4, BLOCK_N=8,
-                 BLOCK_K=512)
+    const = dict(PROLOGUE=gemv.PROLOGUE_NONE, EPILOGUE=gemv.EPILOGUE_RESIDUAL_ALLREDUCE, NSS_BLOCK=1,
+                 USE_PDL=1 if arch >= 90 else 0, WFMT=0, GROUP=0, RANK=1, WORLD=2, REDUCERS=gemv.GEMV_REDUCERS,
+                 BLOCK_N=8, BLOCK_K=512)
     spec = dict(module="llama_fast.kernels.gemv", kernel="_gemv_fused_kernel", names=names, types=types, const=const)
-    reducing = {**spec, "const": {**const, "EPILOGUE": gemv.EPILOGUE_RESIDUAL_ALLREDUCE}}
-    ptx, ptx_reduce = (c["ptx"] for c in compile_offline([spec, reducing], arch))
-    assert "atom." not in ptx and "ld.volatile.global" not in ptx
+    ptx = compile_offline([spec], arch)[0]["ptx"]
     assert ptx.count("st.global") >= 2  # the row pushed to both ranks' buffers
-    # the all-reducing form: one count per program, the last one spins on volatile loads of its own buffer
-    assert "atom.global" in ptx_reduce and "ld.volatile.global" in ptx_reduce
-    assert ptx_reduce.index("atom.global") < ptx_reduce.index("ld.volatile.global")
-    # relaxed counts: no fence, which would wait for this program's stores into the peers' memory to complete
-    assert "fence." not in ptx_reduce and "membar" not in ptx_reduce
-    assert all(".relaxed." in line for line in ptx_reduce.splitlines() if "atom." in line)
+    assert "atom.global" in ptx and "ld.volatile.global" in ptx
+    assert ptx.index("atom.global") < ptx.index("ld.volatile.global")
+    assert "fence." not in ptx and "membar" not in ptx
+    assert all(".relaxed." in line for line in ptx.splitlines() if "atom." in line)
 
 
 REDUCED = r"""
@@ -221,6 +166,8 @@ n, k, slot = 1096, 96, 2048  # a masked tail program; the row summed in two bloc
 for rank in (0, 1):
     x, w = torch.randn(1, k).to(dtype), (torch.randn(n, k) / k ** 0.5).to(dtype)
     res = torch.randn(1, n).to(dtype) if rank == 0 else torch.zeros(1, n, dtype=dtype)
+    res[0, 3] = -0.0
+    w[3] = 0.0  # row 3 sums to -0.0: sent as +0.0
     own, peer = ar.empty_buffer_(torch.empty(2 * slot, dtype=dtype)), torch.ones(2 * slot, dtype=dtype)
     peer_row = torch.randn(1, n).to(dtype)
     own[(1 - rank) * slot: (1 - rank) * slot + n] = peer_row[0]  # the peer's push has landed
@@ -229,7 +176,11 @@ for rank in (0, 1):
     counter = torch.zeros(1, dtype=torch.int32)
     y, ss = gemv_residual_allreduce(x, w, res, ptrs, rank, 2, slot, counter)
     want, _ = gemv_residual_ss(x, w, res)  # this rank's row, as the GEMV alone makes it
+    want[0, 3] = 0.0
     assert torch.equal(peer[rank * slot: rank * slot + n], want[0]), "the row pushed to the peer"
+    assert peer.view(ibits[0])[rank * slot + 3].item() == 0, "-0.0 sent as +0.0"
+    rest = torch.cat([peer[:rank * slot], peer[rank * slot + n:]])
+    assert bool((rest == 1).all()), "nothing else of the peer's buffer written"
     rows = [want.float(), peer_row.float()] if rank == 0 else [peer_row.float(), want.float()]
     check_sum(y, ss, rows[0] + rows[1], own, dtype, ibits, rank)
     assert counter.item() == 0, "the counter is left 0"
@@ -239,10 +190,11 @@ print("ok")
 
 @needs_triton
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
-def test_residual_gemv_all_reduces_in_its_last_program(dtype):
+def test_residual_gemv_all_reduces_its_rows(dtype):
     """In the interpreter, as rank 0 and rank 1 of two: gemv_residual_allreduce pushes the row the residual GEMV
-    makes to the peer, and its last program sums the slots in rank order (rounded once), writes the row and its
-    partials, empties this rank's slots and leaves the counter 0."""
+    makes to the peer (-0.0 as +0.0, nothing else written), and its last program (the interpreter runs the
+    programs one after another: one reducer, allreduce_reducers) sums the slots in rank order (rounded once),
+    writes the row and its partials, empties this rank's slots and leaves the counter 0."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", REDUCED, dtype], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr[-3000:]

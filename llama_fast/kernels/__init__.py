@@ -15,7 +15,7 @@ may use programmatic dependent launch.
   allreduce.py  tensor parallel: the batch-1 block's one-shot all-reduce with the next RMSNorm's partials
                 (imported where used: parallel.SymmAllReduce)
   lamport.py    the all-reduce's slot protocol (-0.0 marks an empty value), shared with the residual GEMV
-                that pushes its rows into the slots itself (gemv.gemv_residual_push)
+                that all-reduces its own rows (gemv.gemv_residual_allreduce)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
   pdl.py        programmatic dependent launch: the PDL_* modes and where they apply

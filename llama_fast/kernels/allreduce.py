@@ -11,9 +11,10 @@ slot of every rank's buffer, over NVLink for the peers, then spins on volatile l
 value is -0.0 any more: the data is its own flag, one one-way trip a site. It sums the slots in rank order in
 fp32 (every rank gets the same bits), rounds once, writes the row and its partials, and sets its own slots back
 to -0.0. The residual GEMV and this kernel: two launches a site; the buffers need no reset between CUDA-graph
-replays. The slot protocol itself is kernels/lamport.py. With `sent`, the residual GEMV has already stored this
-rank's rows into the slots from its epilogue (gemv.gemv_residual_push: each program's rows leave as soon as they
-are summed, so the trip overlaps the GEMV's last programs), and this kernel only waits, sums and empties.
+replays. The slot protocol itself is kernels/lamport.py. The batch-1 decode block's sites no longer call it: there
+the residual GEMV stores its rows into the slots from its epilogue and its last programs wait and sum
+(gemv.gemv_residual_allreduce, one launch a site); rows that no residual GEMV makes still come here
+(parallel.SymmAllReduce.with_ss).
 
 Reuse is safe without a closing barrier: the decode block's two sites (after attention, after the MLP) each have
 their own buffer and alternate, so a peer writes this rank's slots of a site again only at that site's next call,
@@ -40,14 +41,13 @@ ALLREDUCE_BLOCK = 1024  # elements per program: 4 programs for Llama-7B's 4096, 
 
 @triton.jit
 def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, N, SLOT, RANK: tl.constexpr, WORLD: tl.constexpr,
-                         BLOCK: tl.constexpr, USE_PDL: tl.constexpr, GROUP: tl.constexpr, SENT: tl.constexpr):
+                         BLOCK: tl.constexpr, USE_PDL: tl.constexpr, GROUP: tl.constexpr):
     if USE_PDL != 0:
         gdc_wait()  # x comes from the residual GEMV
     block = tl.program_id(0)
     offs = block * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
-    if not SENT:  # SENT: the residual GEMV stored this rank's values into the slots itself (gemv.py)
-        push_slots(buffer_ptrs, tl.load(x_ptr + offs, mask=m), offs, m, SLOT, RANK, WORLD)
+    push_slots(buffer_ptrs, tl.load(x_ptr + offs, mask=m), offs, m, SLOT, RANK, WORLD)
     h = wait_sum(buffer_ptrs, x_ptr, offs, m, SLOT, RANK, WORLD, BLOCK)
     store_row_ss(y_ptr, ss_ptr, h, block, offs, N, BLOCK, GROUP)
     if USE_PDL != 0:
@@ -55,7 +55,7 @@ def _allreduce_ss_kernel(x_ptr, y_ptr, ss_ptr, buffer_ptrs, N, SLOT, RANK: tl.co
 
 
 def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, rank: int, world: int, slot: int,
-                      pdl: int = PDL_OFF, sent: bool = False) -> tuple[tuple, tuple, dict, torch.Tensor, torch.Tensor]:
+                      pdl: int = PDL_OFF) -> tuple[tuple, tuple, dict, torch.Tensor, torch.Tensor]:
     """(grid, arguments, keywords, y, ss) of allreduce_ss's launch, pdl already decided (a use_pdl result); also
     what a CPU test checks."""
     if x.dim() != 2 or x.shape[0] != 1 or not x.is_contiguous() or x.shape[1] % SS_GROUP:
@@ -68,23 +68,21 @@ def allreduce_ss_call(x: torch.Tensor, buffer_ptrs: int, rank: int, world: int, 
         raise ValueError(f"allreduce_ss: a row of {n} values does not fit a buffer slot of {slot}")
     y = torch.empty_like(x)
     ss = torch.empty((n // SS_GROUP,), device=x.device, dtype=torch.float32)
-    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, USE_PDL=pdl, GROUP=SS_GROUP, SENT=int(sent),
-                  num_warps=4, **launch_kwargs(pdl))
+    kwargs = dict(RANK=rank, WORLD=world, BLOCK=ALLREDUCE_BLOCK, USE_PDL=pdl, GROUP=SS_GROUP, num_warps=4,
+                  **launch_kwargs(pdl))
     return (triton.cdiv(n, ALLREDUCE_BLOCK),), (x, y, ss, buffer_ptrs, n, slot), kwargs, y, ss
 
 
 def allreduce_ss(x: torch.Tensor, buffer_ptrs: int, rank: int, world: int, slot: int,
-                 pdl: int = PDL_OFF, sent: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                 pdl: int = PDL_OFF) -> tuple[torch.Tensor, torch.Tensor]:
     """(the sum of x (1, N) over the ranks in x's dtype, its sum-of-squares partials (N / 8,) fp32).
     buffer_ptrs: the device array of the ranks' symmetric buffers (a rendezvoused handle's buffer_ptrs_dev), each
     of x's dtype, `world` slots of `slot` >= N values, all -0.0 before the first call (empty_buffer_). Every rank
     calls it with the same N at the same point, and a buffer serves at most every other call (the decode block's
     two sites each have their own). pdl: PDL_OFF or any other mode, which launches it as PDL_TRIGGER_LATE where
-    PDL applies (pdl.use_pdl). sent: this rank's values are in the slots already (gemv.gemv_residual_push stored
-    them), x only gives the row's shape and dtype. Plain Python: the batch-1 decode block that calls it runs
-    uncompiled."""
+    PDL applies (pdl.use_pdl). Plain Python: the batch-1 decode block that calls it runs uncompiled."""
     mode = use_pdl(x, PDL_TRIGGER_LATE if pdl else PDL_OFF)
-    grid, args, kwargs, y, ss = allreduce_ss_call(x, buffer_ptrs, rank, world, slot, mode, sent)
+    grid, args, kwargs, y, ss = allreduce_ss_call(x, buffer_ptrs, rank, world, slot, mode)
     _allreduce_ss_kernel[grid](*args, **kwargs)
     return y, ss
 

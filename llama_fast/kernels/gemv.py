@@ -6,9 +6,10 @@ loop). The batch-1 decode block is four of them around attention:
   w13:  RMSNorm prologue + SwiGLU epilogue (gate row n and up row n in one program)
   w2:   residual epilogue + sum-of-squares partials
 (wqkv with RoPE and the K/V cache write in its epilogue: qkv_rope.py. Under tensor parallelism with the fused
-all-reduce, wo and w2 store their rows into the all-reduce's slots instead: gemv_residual_push.) The RMSNorm
-statistics come from the partials the previous kernel wrote (one fp32 per SS_GROUP output rows), so no program
-re-reads a whole row to normalize it, and nothing needs zeroing or atomics. Each step rounds where transformers'
+all-reduce, wo and w2 store their rows into the all-reduce's slots and sum them there instead:
+gemv_residual_allreduce.) The RMSNorm statistics come from the partials the previous kernel wrote (one fp32 per
+SS_GROUP output rows), so no program re-reads a whole row to normalize it, and outside that all-reduce nothing
+needs zeroing or atomics. Each step rounds where transformers'
 fp16 code rounds (normed x, gate, up, silu, the product, the projection before the residual add), so only the
 GEMV's summation order differs from the unfused path.
 
@@ -35,8 +36,7 @@ from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pd
 GEMV_MAX_ROWS = 1
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
-EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, EPILOGUE_RESIDUAL_PUSH = 0, 1, 2, 3
-EPILOGUE_RESIDUAL_ALLREDUCE = 4
+EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, EPILOGUE_RESIDUAL_ALLREDUCE = 0, 1, 2, 3
 SS_GROUP = 8  # output rows per sum-of-squares partial (every BLOCK_N is a multiple)
 # EPILOGUE_RESIDUAL_ALLREDUCE: the last programs to finish that sum the row, a block of 1024 values each, side by
 # side (one program summing Llama-7B's 4096 values alone cost the step a sixth)
@@ -164,7 +164,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         if USE_PDL == 2:
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
-    if EPILOGUE == 1 or EPILOGUE >= 3:  # + residual (then the partials, or the push)
+    if EPILOGUE == 1 or EPILOGUE == 3:  # + residual (then the partials, or the push)
         r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
         y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
     if EPILOGUE == 1:  # this output's sum-of-squares partials for the next RMSNorm
@@ -182,11 +182,11 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             up = tl.sum(acc_up, axis=1).to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
-    if EPILOGUE >= 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
+    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
         push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
     else:
         tl.store(y_ptr + rn, y, mask=n_mask)
-    if EPILOGUE == 4:  # and the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
+    if EPILOGUE == 3:  # and the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
         tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
         # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the pushes
         # need no release before it (a fence that waits for every store of the program, the peers' included)
@@ -212,8 +212,8 @@ def allreduce_reducers() -> int:
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF,
                   scales=None, offsets=None, group: int = 0, push: tuple | None = None):
     """(y (1, n), sum-of-squares partials (cdiv(n, SS_GROUP),) fp32 when the epilogue makes them, else y). With
-    scales, w is a quantized weight (dequant.weight_format). push: EPILOGUE_RESIDUAL_PUSH's (buffer_ptrs, rank,
-    world, slot), EPILOGUE_RESIDUAL_ALLREDUCE's (buffer_ptrs, rank, world, slot, counter)."""
+    scales, w is a quantized weight (dequant.weight_format). push: EPILOGUE_RESIDUAL_ALLREDUCE's (buffer_ptrs,
+    rank, world, slot, counter)."""
     kernel, grid, args, kwargs, out = fused_call(x, w, g, res, ss_in, eps, prologue, epilogue, n, use_pdl(x, pdl),
                                                  scales, offsets, group, push)
     wrap_triton(kernel)[grid](*args, **kwargs)
@@ -238,9 +238,8 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_PUSH: "residual",
-            EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
-    buffer_ptrs, rank, world, slot, counter = (*push, y)[:5] if push is not None else (0, 0, 1, 0, y)
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
+    buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
@@ -319,30 +318,18 @@ def gemv_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: i
                          offsets, group)
 
 
-def gemv_residual_push(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, buffer_ptrs, rank: int, world: int,
-                       slot: int, pdl: int = PDL_OFF, scales: torch.Tensor | None = None,
-                       offsets: torch.Tensor | None = None, group: int = 0) -> None:
-    """Tensor parallel, batch 1: res + W @ x (1, N) stored straight into this rank's slot of every rank's
-    all-reduce buffer (kernels.lamport; buffer_ptrs, rank, world, slot as allreduce.allreduce_ss takes them), each
-    program's rows as soon as they are summed, so the trip to the peers overlaps the GEMV's last programs;
-    allreduce.allreduce_ss(..., sent=True) then waits and sums. Plain Python, like allreduce_ss: it writes the
-    peers' memory, which no traced graph should own."""
-    n = w.shape[0]
-    if slot < n:
-        raise ValueError(f"gemv_residual_push: a row of {n} values does not fit a buffer slot of {slot}")
-    _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_PUSH, n, pdl, scales, offsets, group,
-                  (buffer_ptrs, rank, world, slot))
-
-
 def gemv_residual_allreduce(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, buffer_ptrs, rank: int, world: int,
                             slot: int, counter: torch.Tensor, pdl: int = PDL_OFF, scales: torch.Tensor | None = None,
                             offsets: torch.Tensor | None = None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Tensor parallel, batch 1, the residual GEMV and the all-reduce of its rows in one kernel: (the sum over the
-    ranks of res + W @ x (1, N), its sum-of-squares partials). The rows are pushed as gemv_residual_push pushes
-    them; the last program to finish (counted on counter, an int32 that is 0 before the call and left 0) waits
-    for every rank's rows in this rank's buffer, sums them in rank order, writes the row and its partials and
-    empties its slots, as allreduce.allreduce_ss does in a kernel of its own. counter: one per buffer. Plain
-    Python, like gemv_residual_push."""
+    ranks of res + W @ x (1, N), its sum-of-squares partials). Each program stores its rows straight into this
+    rank's slot of every rank's all-reduce buffer (kernels.lamport; buffer_ptrs, rank, world, slot as
+    allreduce.allreduce_ss takes them) as soon as they are summed, so the trip to the peers overlaps the GEMV's
+    last programs. The last GEMV_REDUCERS programs to finish (counted on counter, an int32 that is 0 before the
+    call and left 0) each wait for every rank's values of their blocks of the row in this rank's buffer, sum
+    them in rank order, write them and their partials and empty their slots, as allreduce.allreduce_ss does in a
+    kernel of its own. counter: one per buffer. Plain Python, like allreduce_ss: it writes the peers' memory,
+    which no traced graph should own."""
     n = w.shape[0]
     if slot < n:
         raise ValueError(f"gemv_residual_allreduce: a row of {n} values does not fit a buffer slot of {slot}")
