@@ -566,7 +566,8 @@ def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
 def test_kernels_only_step_forms_compile(arch):
     """The kernels-only step's forms compiled ahead of time for sm_90 (with PDL: griddepcontrol) and sm_86 (without):
     the wqkv GEMM with RMSNorm from partials and RoPE + cache write (Llama-7B's head dim, dense and int4), the
-    residual GEMM writing partials, and the two split-K reduces, RoPE's and the partials'."""
+    residual GEMM writing partials, the two split-K reduces, RoPE's and the partials', and both GEMM forms
+    summing their K split themselves (SERIAL)."""
     from core_helpers import compile_offline
     from llama_fast.kernels import gemm as gm
 
@@ -574,19 +575,21 @@ def test_kernels_only_step_forms_compile(arch):
     gemm_names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N",
                   "K", "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn", "ss_ptr",
                   "ss_out_ptr", "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "NSS", "NSS_OUT", "eps", "H",
-                  "HKV", "stride_cb", "stride_ch", "stride_cs", "stride_rope"]
+                  "HKV", "stride_cb", "stride_ch", "stride_cs", "stride_rope", "cnt_ptr"]
     step_types = ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16", "*fp16", "*i64"] + ["i32"] * 2 + ["fp32"] + ["i32"] * 6
+    step_types += ["*i32"]
     # what Triton gives 16-aligned pointers and strides at launch (M: 3 rows, say)
     aligned = [i for i, n in enumerate(gemm_names) if n not in ("M", "NSS", "NSS_OUT", "eps")]
     specs = []
-    for wfmt, group, prologue, epilogue, split in [(gm.WFMT_DENSE, 0, 2, 3, 1), (gm.WFMT_INT4, 128, 2, 3, 4),
-                                                    (gm.WFMT_DENSE, 0, 0, 1, 1)]:
+    cases = [(gm.WFMT_DENSE, 0, 2, 3, 1, False), (gm.WFMT_INT4, 128, 2, 3, 4, False),
+             (gm.WFMT_DENSE, 0, 0, 1, 1, False), (gm.WFMT_DENSE, 0, 0, 1, 2, True), (gm.WFMT_INT4, 128, 2, 3, 4, True)]
+    for wfmt, group, prologue, epilogue, split, serial in cases:
         cfg = gm.gemm_config(3, False, wfmt, rmsnorm=prologue != 0)
         wtype = "*fp16" if wfmt == gm.WFMT_DENSE else "*u8"
         types = ["*fp16", wtype, "*fp16", "*fp32", "*fp16", "*fp16", "*fp32", "*fp16", "*fp16"] + ["i32"] * 9
         const = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION="tf32", WFMT=wfmt, GROUP=group,
                      BLOCK_M=16, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], NSS_BLOCK=16,
-                     SS_OUT=epilogue == 1, ROPE_D=128 if epilogue == 3 else 0, USE_PDL=pdl)
+                     SS_OUT=epilogue == 1, ROPE_D=128 if epilogue == 3 else 0, USE_PDL=pdl, SERIAL=serial)
         specs.append(dict(module="llama_fast.kernels.gemm", kernel="_gemm_kernel", names=gemm_names,
                           types=types + step_types, const=const, aligned=aligned,
                           options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}))
@@ -600,10 +603,14 @@ def test_kernels_only_step_forms_compile(arch):
                       types=["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 5,
                       const=dict(EPILOGUE=1, SPLIT_K=2, BLOCK=gm.REDUCE_BLOCK, SS_OUT=True, USE_PDL=pdl)))
     outs = compile_offline(specs, arch)
-    assert len(outs) == 5
+    assert len(outs) == 7
     for out in outs:
         assert ("griddepcontrol.wait" in out["ptx"]) == bool(pdl)
-    for out in outs[:3]:  # the products on the tensor cores, the weights through cp.async (a 32-row tile of the
+    for (*_, serial), out in zip(cases, outs):  # the in-kernel K split: one acq_rel count per program, no other
+        atoms = [line for line in out["ptx"].splitlines() if "atom." in line]
+        assert len(atoms) == (2 if serial else 0), atoms
+        assert not serial or (".acq_rel." in atoms[0] and ".add." in atoms[0] and ".exch." in atoms[1]), atoms
+    for out in outs[:5]:  # the products on the tensor cores, the weights through cp.async (a 32-row tile of the
         # dense RMSNorm form is under wgmma's 64: mma.sync on sm_90 too, as the compiled step's same form)
         assert "cp.async" in out["ptx"] and ("wgmma" in out["ptx"] or "mma.sync" in out["ptx"]), arch
 
@@ -621,8 +628,9 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     names = ["x_ptr", "w_ptr", "y_ptr", "part_ptr", "res_ptr", "g_ptr", "rstd_ptr", "s_ptr", "o_ptr", "M", "N", "K",
              "K_SPLIT", "stride_xm", "stride_wn", "stride_ym", "stride_rm", "stride_sn", "ss_ptr", "ss_out_ptr",
              "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "NSS", "NSS_OUT", "eps", "H", "HKV", "stride_cb",
-             "stride_ch", "stride_cs", "stride_rope"]
+             "stride_ch", "stride_cs", "stride_rope", "cnt_ptr"]
     step_types = ["*fp32", "*fp32", "*fp16", "*fp16", "*fp16", "*fp16", "*i64"] + ["i32"] * 2 + ["fp32"] + ["i32"] * 6
+    step_types += ["*i32"]
     aligned = [i for i, n in enumerate(names) if n not in ("M", "NSS", "NSS_OUT", "eps")]  # M: 3 rows, say
     wtypes = {gm.WFMT_DENSE: "*fp16", gm.WFMT_INT8: "*i8", gm.WFMT_INT4: "*u8"}
     cases = [((16, "gemm"), gm.WFMT_DENSE, 0), ((64, "swiglu"), gm.WFMT_DENSE, 0), ((16, "gemm"), gm.WFMT_INT8, 0),
@@ -634,7 +642,7 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
         types += step_types
         const = dict(PROLOGUE=1, EPILOGUE=2 if form == "swiglu" else 1, SPLIT_K=2, PRECISION="tf32", WFMT=wfmt,
                      GROUP=group, BLOCK_M=bm, BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], NSS_BLOCK=1,
-                     SS_OUT=False, ROPE_D=0, USE_PDL=0)
+                     SS_OUT=False, ROPE_D=0, USE_PDL=0, SERIAL=False)
         specs.append(dict(module="llama_fast.kernels.gemm", kernel="_gemm_kernel", names=names, types=types,
                           const=const, options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
                           aligned=aligned))

@@ -108,6 +108,20 @@ GEMM_QUANT_CONFIGS = {
 # of dependent instructions per weight (scripts/gemv_bench.py --gemm-sweep times 1 to 8).
 MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
 REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
+# The kernels-only decode step sums a K split inside the GEMM (its last program per tile) instead of in a reduce
+# kernel of its own: one launch, and one wait for a finished grid, fewer per split projection
+SERIAL_SPLIT_K = True
+_COUNTERS: dict = {}  # device -> int32 arrival counts of the in-kernel K split, zero between launches
+
+
+def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
+    """A zeroed int32 count per output tile for the in-kernel K split (SERIAL), shared by every launch on the
+    device: each tile's last program sets its count back to 0, and a launch touches the counts only after its wait
+    for the kernel before (stream order, or PDL's wait), so launches never overlap on them."""
+    cnt = _COUNTERS.get(device)
+    if cnt is None or cnt.numel() < tiles:
+        cnt = _COUNTERS[device] = torch.zeros(max(tiles, 1024), device=device, dtype=torch.int32)
+    return cnt
 
 
 def block_m(rows: int) -> int:
@@ -297,11 +311,11 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
 @triton.jit
 def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
                  stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, ss_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr,
-                 vc_ptr, pos_ptr, NSS, NSS_OUT, eps, H, HKV, stride_cb, stride_ch, stride_cs, stride_rope,
+                 vc_ptr, pos_ptr, NSS, NSS_OUT, eps, H, HKV, stride_cb, stride_ch, stride_cs, stride_rope, cnt_ptr,
                  PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
                  WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, NSS_BLOCK: tl.constexpr, SS_OUT: tl.constexpr, ROPE_D: tl.constexpr,
-                 USE_PDL: tl.constexpr):
+                 USE_PDL: tl.constexpr, SERIAL: tl.constexpr):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
     split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
     quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
@@ -309,7 +323,9 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
     The decode step's kernels-only form (gemm.py's docstring) adds: PROLOGUE 2, RMSNorm with each row's rstd
     from its NSS sum-of-squares partials (ss_ptr, (M, NSS) fp32); SS_OUT, the stored rows' partials (one per
     program, ss_out_ptr (M, NSS_OUT)); EPILOGUE 3, RoPE and the K/V cache write (the program's rows are
-    BLOCK_N / 2 dims of one head's first half interleaved with their partners d + ROPE_D / 2); USE_PDL."""
+    BLOCK_N / 2 dims of one head's first half interleaved with their partners d + ROPE_D / 2); USE_PDL; SERIAL,
+    the K split summed in the kernel: the last of a tile's SPLIT_K programs to count in on cnt_ptr[pid_n] sums
+    the partials in split order and applies the epilogue (no reduce kernel)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     if EPILOGUE == 3:  # head unit u (q heads, then k, then v), rows d1 and d1 + D/2 interleaved: [r1_0, r2_0, ...]
@@ -319,6 +335,7 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         rn = tl.reshape(tl.join(u * ROPE_D + d1, u * ROPE_D + d1 + ROPE_D // 2), (BLOCK_N,))
     else:
         rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        u, d1 = 0, rn  # unused: RoPE's head unit and dims
     rm = tl.arange(0, BLOCK_M)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
@@ -372,23 +389,53 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
     if USE_PDL == 2:
         gdc_launch_dependents()
     out_mask = n_mask[:, None] & m_mask[None, :]
-    if EPILOGUE == 3 and SPLIT_K == 1:  # the rows' dims d1 and d1 + D/2, interleaved
-        HALF_N: tl.constexpr = BLOCK_N // 2
-        y1, y2 = tl.split(tl.permute(tl.reshape(acc.to(dt).to(tl.float32), (HALF_N, 2, BLOCK_M)), (0, 2, 1)))
-        _rope_cache(y1, y2, y_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_ym,
-                    stride_cb, stride_ch, stride_cs, stride_rope, ROPE_D)
-    elif SPLIT_K == 1:
-        y = _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
-                    res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
-        if SS_OUT:  # this program's share of each stored row's sum of squares
-            yf = tl.where(out_mask, y.to(tl.float32), 0.0)
-            tl.store(ss_out_ptr + rm * NSS_OUT + pid_n, tl.sum(yf * yf, axis=0), mask=m_mask)
+    if SPLIT_K == 1:
+        _epilogue(acc, acc_up, y_ptr, res_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rn, rm,
+                  out_mask, m_mask, pid_n, stride_ym, stride_rm, NSS_OUT, H, HKV, stride_cb, stride_ch, stride_cs,
+                  stride_rope, EPILOGUE, SS_OUT, ROPE_D, BLOCK_N, BLOCK_M)
     else:  # fp32 partials (SPLIT_K, M, NW): NW = N, or 2N with the up rows after the gate rows
         NW = N * 2 if EPILOGUE == 2 else N
         p_ptrs = part_ptr + (pid_k * M + rm[None, :]) * NW + rn[:, None]
         tl.store(p_ptrs, acc, mask=out_mask)
         if EPILOGUE == 2:
             tl.store(p_ptrs + N, acc_up, mask=out_mask)
+        if SERIAL:
+            tl.debug_barrier()  # every thread's partials stored before the count releases them
+            arrived = tl.atomic_add(cnt_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLIT_K - 1:  # the tile's last split: the others' partials are visible (acquire)
+                tl.atomic_xchg(cnt_ptr + pid_n, 0, sem="relaxed", scope="gpu")  # zero for the next launch
+                acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+                acc_up = acc
+                for sk in tl.static_range(SPLIT_K):  # split order, as _split_k_reduce_kernel: the same bits
+                    q_ptrs = part_ptr + (sk * M + rm[None, :]) * NW + rn[:, None]
+                    acc += tl.load(q_ptrs, mask=out_mask, other=0.0, cache_modifier=".cg")
+                    if EPILOGUE == 2:
+                        acc_up += tl.load(q_ptrs + N, mask=out_mask, other=0.0, cache_modifier=".cg")
+                _epilogue(acc, acc_up, y_ptr, res_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u,
+                          d1, rn, rm, out_mask, m_mask, pid_n, stride_ym, stride_rm, NSS_OUT, H, HKV, stride_cb,
+                          stride_ch, stride_cs, stride_rope, EPILOGUE, SS_OUT, ROPE_D, BLOCK_N, BLOCK_M)
+
+
+@triton.jit
+def _epilogue(acc, acc_up, y_ptr, res_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rn, rm,
+              out_mask, m_mask, pid_n, stride_ym, stride_rm, NSS_OUT, H, HKV, stride_cb, stride_ch, stride_cs,
+              stride_rope, EPILOGUE: tl.constexpr, SS_OUT: tl.constexpr, ROPE_D: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
+    """_gemm_kernel's epilogue on a whole tile's fp32 product acc (BLOCK_N, BLOCK_M) (and acc_up): RoPE and the
+    cache write (EPILOGUE 3), else _finish and, with SS_OUT, the tile's share of each stored row's sum of squares
+    (ss_out_ptr (M, NSS_OUT), column pid_n)."""
+    dt = y_ptr.dtype.element_ty
+    if EPILOGUE == 3:  # the rows' dims d1 and d1 + D/2, interleaved
+        HALF_N: tl.constexpr = BLOCK_N // 2
+        y1, y2 = tl.split(tl.permute(tl.reshape(acc.to(dt).to(tl.float32), (HALF_N, 2, BLOCK_M)), (0, 2, 1)))
+        _rope_cache(y1, y2, y_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1, rm, m_mask, H, HKV, stride_ym,
+                    stride_cb, stride_ch, stride_cs, stride_rope, ROPE_D)
+    else:
+        y = _finish(acc, acc_up, y_ptr + rm[None, :] * stride_ym + rn[:, None],
+                    res_ptr + rm[None, :] * stride_rm + rn[:, None], out_mask, EPILOGUE)
+        if SS_OUT:  # this program's share of each stored row's sum of squares
+            yf = tl.where(out_mask, y.to(tl.float32), 0.0)
+            tl.store(ss_out_ptr + rm * NSS_OUT + pid_n, tl.sum(yf * yf, axis=0), mask=m_mask)
 
 
 @triton.jit
@@ -458,14 +505,15 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
                                                            offsets, group, sm_count(x.device), **step)
     wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
     pdl = kwargs["USE_PDL"]
-    if split > 1 and epilogue == EPILOGUE_ROPE_CACHE:  # a program per head unit and row
+    reduce = split > 1 and not kwargs["SERIAL"]  # SERIAL: the GEMM summed its split itself
+    if reduce and epilogue == EPILOGUE_ROPE_CACHE:  # a program per head unit and row
         cos, sin, kc, vc, pos, heads = step["rope"]
         M, hkv = x.shape[0], kc.shape[1]
         wrap_triton(_split_k_rope_kernel)[(heads + 2 * hkv, M)](
             part, y, cos, sin, kc, vc, pos, M, part.shape[2], heads, hkv, y.stride(0), kc.stride(0), kc.stride(1),
             kc.stride(2), cos.stride(0), D=kwargs["ROPE_D"], SPLIT_K=split, USE_PDL=pdl, num_warps=1,
             **launch_kwargs(pdl))
-    elif split > 1:
+    elif reduce:
         M, n = y.shape
         res = args[4]  # as launched: y where there is none
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
@@ -476,13 +524,14 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
 
 
 def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales, offsets, group: int,
-              sms: int, ss=None, eps: float = 0.0, ss_out: bool = False, rope=None, pdl: int = PDL_OFF) -> tuple:
+              sms: int, ss=None, eps: float = 0.0, ss_out: bool = False, rope=None, pdl: int = PDL_OFF,
+              serial: bool = False) -> tuple:
     """(grid, arguments, keywords, y, split-K partials, sum-of-squares partials or None, splits) of _launch's
     _gemm_kernel launch on a GPU of sms SMs. Also what scripts/sass_probe.py compiles offline.
     The kernels-only decode step's keywords: ss (M, NSS) fp32 and eps with PROLOGUE_RMSNORM_SS; ss_out, the
     partials of the rows written (EPILOGUE_RESIDUAL); rope = (cos, sin (M, D) of each row's position, k_cache,
     v_cache (B, Hkv, S, D), input_pos (1,), n_heads) with EPILOGUE_ROPE_CACHE (y: q, (M, n_heads * D)); pdl, a
-    use_pdl result."""
+    use_pdl result; serial: a K split summed in the GEMM itself (SERIAL), not by a reduce kernel."""
     M, K = x.shape
     if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
         raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
@@ -519,7 +568,8 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     o = offsets if offsets is not None else s
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
-    nss_out = (n_tiles if split == 1 else triton.cdiv(n, REDUCE_BLOCK)) if ss_out else 0
+    serial = serial and split > 1
+    nss_out = (n_tiles if split == 1 or serial else triton.cdiv(n, REDUCE_BLOCK)) if ss_out else 0
     ss_out_t = torch.empty((M, nss_out), device=x.device, dtype=torch.float32) if ss_out else None
     if prologue == PROLOGUE_RMSNORM_SS and (ss is None or ss.shape[0] != M or ss.stride(1) != 1):
         raise ValueError("the RMSNorm prologue from partials takes ss (M, NSS) with unit column stride")
@@ -531,10 +581,11 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
         rope_args = (y, y, y, y, y, 0, 0, 0, 0, 0, 0)
     args = (x, w, y, part, res, g, rstd, s, o, M, n, K, k_split, x.stride(0), w.stride(0), y.stride(0),
             res.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, ss if nss else y,
-            ss_out_t if ss_out else y, *rope_args[:5], nss, nss_out, float(eps), *rope_args[5:])
+            ss_out_t if ss_out else y, *rope_args[:5], nss, nss_out, float(eps), *rope_args[5:],
+            tile_counters(x.device, n_tiles) if serial else y)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NSS_BLOCK=triton.next_power_of_2(max(nss, 1)),
-                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, **cfg, **launch_kwargs(pdl))
+                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, SERIAL=serial, **cfg, **launch_kwargs(pdl))
     return (n_tiles, split), args, kwargs, y, part, ss_out_t, split
 
 
@@ -585,28 +636,29 @@ def small_m_qkv_rope(x: torch.Tensor, wqkv: torch.Tensor, ss: torch.Tensor, g: t
     ss (M, NSS) x's sum-of-squares partials, cos and sin (M, D) each row's tables (sin signed: -sin on the first
     half); the rotated k and v of row m written into k_cache / v_cache (B >= M, Hkv, S, D) at slot input_pos."""
     return _launch(x, wqkv, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_ROPE_CACHE, 0, scales, offsets, group,
-                   ss=ss, eps=eps, rope=(cos, sin, k_cache, v_cache, input_pos, n_heads), pdl=use_pdl(x, pdl))
+                   ss=ss, eps=eps, rope=(cos, sin, k_cache, v_cache, input_pos, n_heads), pdl=use_pdl(x, pdl),
+                   serial=SERIAL_SPLIT_K)
 
 
 def small_m_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: int = PDL_OFF, scales=None,
                         offsets=None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(res + x @ w^T, its rows' sum-of-squares partials (M, NSS) fp32) for the next RMSNorm prologue."""
     return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, 0, scales, offsets, group, ss_out=True,
-                   pdl=use_pdl(x, pdl))
+                   pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
 
 
 def small_m_swiglu_ss(x: torch.Tensor, w13: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                       pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """silu(gate) * up of rmsnorm(x) @ w13^T, the RMSNorm's rstd from x's partials ss (M, NSS)."""
     return _launch(x, w13, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_SWIGLU, 0, scales, offsets, group, ss=ss,
-                   eps=eps, pdl=use_pdl(x, pdl))
+                   eps=eps, pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
 
 
 def small_m_rmsnorm_ss(x: torch.Tensor, w: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                        pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """rmsnorm(x) @ w^T, the rstd from x's partials ss (M, NSS) (the output head of the step)."""
     return _launch(x, w, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_NONE, 0, scales, offsets, group, ss=ss,
-                   eps=eps, pdl=use_pdl(x, pdl))
+                   eps=eps, pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
 
 
 def rows_ss(x: torch.Tensor) -> torch.Tensor:
