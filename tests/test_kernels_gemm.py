@@ -214,7 +214,8 @@ print("ok")
 # The kernels-only decode step's forms (gemm.small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss,
 # small_m_rmsnorm_ss) against torch: RMSNorm from sum-of-squares partials, RoPE with each row's own tables (left
 # padding) and the K/V cache write (only row m's slot at pos, nothing else), the partials the residual forms write
-# (one K split, and the split-K reduce's), dense or quantized weights (argv[2]: none, int8, int4:g32).
+# (one K split, and a split summed in the GEMM: SERIAL), dense or quantized weights (argv[2]: none, int8,
+# int4:g32); the split's arrival counts are left 0.
 STEP_CHECK = r"""
 import sys
 import torch
@@ -248,7 +249,7 @@ def parts(t, n):  # (M, n) partials of each row's sum of squares, as a kernel be
 
 eps = 1e-5
 # (rows, heads, KV heads, head dim, K): GQA, MHA, 16 rows, a head dim of 48 (the RoPE tile halves to 16), and a K
-# long enough for the interpreter's nominal 8 SMs to split it (the RoPE then in the split-K reduce)
+# long enough for the interpreter's nominal 8 SMs to split it (the RoPE then by the tile's last split)
 for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64), (3, 2, 1, 32, 4096)]:
     B, S, pos = M + 1, 9, 6  # the cache has a row more than the step (left untouched)
     x = torch.randn(M, K).to(dt)
@@ -278,7 +279,7 @@ for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64
     assert not kc.any() and not vc.any(), "a write outside the rows' slots"
     print(f"qkv+rope M={M} H={H}/{HKV} D={D} K={K}: ok")
 
-for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for the interpreter's split (the reduce)
+for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for the interpreter's split
     x = torch.randn(M, K).to(dt)
     res = torch.randn(M, N).to(dt)
     args, wd = weight(N, K)
@@ -299,6 +300,7 @@ for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for t
     head = gm.small_m_rmsnorm_ss(x, w, parts(x, 1), g, eps, **args)
     assert rel(head, h.double() @ wd.double().T) < tol, M
     print(f"swiglu / head from partials M={M}: ok")
+assert gm._COUNTERS and all(not c.any() for c in gm._COUNTERS.values()), "a split ran, its counts are back to 0"
 print("ok")
 """
 
@@ -566,8 +568,8 @@ def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
 def test_kernels_only_step_forms_compile(arch):
     """The kernels-only step's forms compiled ahead of time for sm_90 (with PDL: griddepcontrol) and sm_86 (without):
     the wqkv GEMM with RMSNorm from partials and RoPE + cache write (Llama-7B's head dim, dense and int4), the
-    residual GEMM writing partials, the two split-K reduces, RoPE's and the partials', and both GEMM forms
-    summing their K split themselves (SERIAL)."""
+    residual GEMM writing partials, both summing a K split themselves (SERIAL), and the compiled block's split-K
+    reduce."""
     from core_helpers import compile_offline
     from llama_fast.kernels import gemm as gm
 
@@ -593,19 +595,15 @@ def test_kernels_only_step_forms_compile(arch):
         specs.append(dict(module="llama_fast.kernels.gemm", kernel="_gemm_kernel", names=gemm_names,
                           types=types + step_types, const=const, aligned=aligned,
                           options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}))
-    rope_names = ["part_ptr", "q_ptr", "cos_ptr", "sin_ptr", "kc_ptr", "vc_ptr", "pos_ptr", "M", "N", "H", "HKV",
-                  "stride_qm", "stride_cb", "stride_ch", "stride_cs", "stride_rope"]
-    specs.append(dict(module="llama_fast.kernels.gemm", kernel="_split_k_rope_kernel", names=rope_names,
-                      types=["*fp32"] + ["*fp16"] * 5 + ["*i64"] + ["i32"] * 9,
-                      const=dict(D=128, SPLIT_K=4, USE_PDL=pdl), options={"num_warps": 1}))
-    reduce_names = ["part_ptr", "y_ptr", "res_ptr", "ss_out_ptr", "M", "N", "stride_ym", "stride_rm", "NSS_OUT"]
+    reduce_names = ["part_ptr", "y_ptr", "res_ptr", "M", "N", "stride_ym", "stride_rm"]
     specs.append(dict(module="llama_fast.kernels.gemm", kernel="_split_k_reduce_kernel", names=reduce_names,
-                      types=["*fp32", "*fp16", "*fp16", "*fp32"] + ["i32"] * 5,
-                      const=dict(EPILOGUE=1, SPLIT_K=2, BLOCK=gm.REDUCE_BLOCK, SS_OUT=True, USE_PDL=pdl)))
+                      types=["*fp32", "*fp16", "*fp16"] + ["i32"] * 4,
+                      const=dict(EPILOGUE=1, SPLIT_K=2, BLOCK=gm.REDUCE_BLOCK)))
     outs = compile_offline(specs, arch)
-    assert len(outs) == 7
-    for out in outs:
+    assert len(outs) == 6
+    for out in outs[:5]:
         assert ("griddepcontrol.wait" in out["ptx"]) == bool(pdl)
+    assert "griddepcontrol" not in outs[5]["ptx"] and "atom." not in outs[5]["ptx"]  # the compiled block's reduce
     for (*_, serial), out in zip(cases, outs):  # the in-kernel K split: one acq_rel count per program, no other
         atoms = [line for line in out["ptx"].splitlines() if "atom." in line]
         assert len(atoms) == (2 if serial else 0), atoms

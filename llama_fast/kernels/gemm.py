@@ -11,8 +11,11 @@ Loads that feed a tl.dot are pipelined by Triton (cp.async / TMA, num_stages dee
 not (configs.autotune_configs).
 
 When the cdiv(N, BLOCK_N) output tiles are too few to fill the GPU (wo, w2: 4096 rows = 64 tiles on 132 SMs),
-K is split over SPLIT_K programs per tile: each writes its fp32 partial product to a workspace and a second small
-kernel sums them in a fixed order (deterministic: the same bits every run) and applies the epilogue.
+K is split over SPLIT_K programs per tile: each writes its fp32 partial product to a workspace, and the partials
+are summed in split order (deterministic: the same bits every run) before the epilogue. In the compiled block a
+second small kernel sums them (_split_k_reduce_kernel); in the kernels-only step the GEMM does (SERIAL: the last
+of a tile's programs to count in sums them; one launch, and one wait for a finished grid, fewer per split
+projection: decode at batch 2 / 8 / 16 1.1 / 1.2-1.5 / 0.7 % faster, docs/PERF.md).
 
 Fused around the product, with the rounding of the unfused torch path (as gemv.py):
   prologue: RMSNorm, g * (x * rstd).to(dtype), with the per-row rstd (M,) fp32 computed by the caller
@@ -22,10 +25,9 @@ Inside the compiled block (the fused-gemm row) RoPE and the K/V cache write stay
 with no PDL. The kernels-only decode step (model.Block.small_m_decode, the fastest path) launches the GEMMs
 uncompiled instead, with more fused around them:
   prologue: RMSNorm with each row's rstd from the sum-of-squares partials of x (PROLOGUE_RMSNORM_SS);
-  epilogues: the residual forms also write their rows' partials for the next RMSNorm (SS_OUT; after a K split
-  the reduce writes them); RoPE and the K/V cache write in the wqkv GEMM (EPILOGUE_ROPE_CACHE: a program's rows
-  are dims of one head's first half interleaved with their partners d + D/2; after a K split
-  _split_k_rope_kernel does it); PDL where the GPU has it (pdl.py).
+  epilogues: the residual forms also write their rows' partials for the next RMSNorm (SS_OUT, one per tile);
+  RoPE and the K/V cache write in the wqkv GEMM (EPILOGUE_ROPE_CACHE: a program's rows are dims of one head's
+  first half interleaved with their partners d + D/2); PDL where the GPU has it (pdl.py).
 
 Quantized weights (the formats of llama_fast/quant.py, validated by dequant.weight_format; constexpr WFMT) are
 loaded packed and turned into the model dtype in registers right before the tl.dot, so a dequantized copy of the
@@ -108,9 +110,6 @@ GEMM_QUANT_CONFIGS = {
 # of dependent instructions per weight (scripts/gemv_bench.py --gemm-sweep times 1 to 8).
 MIN_SPLIT_K_TILES = 8  # each K split streams at least this many BLOCK_K tiles (the pipeline needs a few)
 REDUCE_BLOCK = 256  # output columns per program of the split-K reduction
-# The kernels-only decode step sums a K split inside the GEMM (its last program per tile) instead of in a reduce
-# kernel of its own: one launch, and one wait for a finished grid, fewer per split projection
-SERIAL_SPLIT_K = True
 _COUNTERS: dict = {}  # device -> int32 arrival counts of the in-kernel K split, zero between launches
 
 
@@ -439,18 +438,13 @@ def _epilogue(acc, acc_up, y_ptr, res_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr,
 
 
 @triton.jit
-def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, ss_out_ptr, M, N, stride_ym, stride_rm, NSS_OUT,
-                           EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, SS_OUT: tl.constexpr,
-                           USE_PDL: tl.constexpr):
-    """Row m, columns rn: the SPLIT_K partials summed in split order (deterministic), then the epilogue; with
-    SS_OUT the stored values' sum of squares to ss_out_ptr (M, NSS_OUT), one per program."""
+def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, M, N, stride_ym, stride_rm, EPILOGUE: tl.constexpr,
+                           SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """Row m, columns rn: the SPLIT_K partials summed in split order (deterministic), then the epilogue (the
+    compiled block's K split; the kernels-only step's GEMMs sum theirs themselves, SERIAL)."""
     m = tl.program_id(1)
     rn = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = rn < N
-    if USE_PDL != 0:
-        gdc_wait()
-    if USE_PDL == 1:
-        gdc_launch_dependents()
     NW = N * 2 if EPILOGUE == 2 else N
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     acc_up = acc
@@ -459,41 +453,7 @@ def _split_k_reduce_kernel(part_ptr, y_ptr, res_ptr, ss_out_ptr, M, N, stride_ym
         acc += tl.load(p, mask=mask, other=0.0)
         if EPILOGUE == 2:
             acc_up += tl.load(p + N, mask=mask, other=0.0)
-    if USE_PDL == 2:
-        gdc_launch_dependents()
-    y = _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
-    if SS_OUT:
-        yf = tl.where(mask, y.to(tl.float32), 0.0)
-        tl.store(ss_out_ptr + m * NSS_OUT + tl.program_id(0), tl.sum(yf * yf, axis=0))
-
-
-@triton.jit
-def _split_k_rope_kernel(part_ptr, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, M, N, H, HKV, stride_qm,
-                         stride_cb, stride_ch, stride_cs, stride_rope, D: tl.constexpr, SPLIT_K: tl.constexpr,
-                         USE_PDL: tl.constexpr):
-    """EPILOGUE 3 after a K split: head unit u (a program per unit and row m), its SPLIT_K partials summed in split
-    order, then RoPE and the cache write as the GEMM's own epilogue."""
-    u = tl.program_id(0)
-    m = tl.program_id(1)
-    d1 = tl.arange(0, D // 2)
-    r1 = u * D + d1
-    if USE_PDL != 0:
-        gdc_wait()
-    if USE_PDL == 1:
-        gdc_launch_dependents()
-    acc1 = tl.zeros((D // 2,), dtype=tl.float32)
-    acc2 = acc1
-    for s in tl.static_range(SPLIT_K):
-        p = part_ptr + (s * M + m) * N + r1
-        acc1 += tl.load(p)
-        acc2 += tl.load(p + D // 2)
-    if USE_PDL == 2:
-        gdc_launch_dependents()
-    dt = q_ptr.dtype.element_ty
-    rm = m + tl.arange(0, 1)
-    _rope_cache(acc1.to(dt).to(tl.float32)[:, None], acc2.to(dt).to(tl.float32)[:, None], q_ptr, cos_ptr, sin_ptr,
-                kc_ptr, vc_ptr, pos_ptr, u, d1, rm, rm < M, H, HKV, stride_qm, stride_cb, stride_ch, stride_cs,
-                stride_rope, D)
+    _finish(acc, acc_up, y_ptr + m * stride_ym + rn, res_ptr + m * stride_rm + rn, mask, EPILOGUE)
 
 
 def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales=None, offsets=None,
@@ -504,34 +464,24 @@ def _launch(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scal
     grid, args, kwargs, y, part, ss_out, split = gemm_call(x, w, res, g, rstd, prologue, epilogue, split_k, scales,
                                                            offsets, group, sm_count(x.device), **step)
     wrap_triton(_gemm_kernel)[grid](*args, **kwargs)
-    pdl = kwargs["USE_PDL"]
-    reduce = split > 1 and not kwargs["SERIAL"]  # SERIAL: the GEMM summed its split itself
-    if reduce and epilogue == EPILOGUE_ROPE_CACHE:  # a program per head unit and row
-        cos, sin, kc, vc, pos, heads = step["rope"]
-        M, hkv = x.shape[0], kc.shape[1]
-        wrap_triton(_split_k_rope_kernel)[(heads + 2 * hkv, M)](
-            part, y, cos, sin, kc, vc, pos, M, part.shape[2], heads, hkv, y.stride(0), kc.stride(0), kc.stride(1),
-            kc.stride(2), cos.stride(0), D=kwargs["ROPE_D"], SPLIT_K=split, USE_PDL=pdl, num_warps=1,
-            **launch_kwargs(pdl))
-    elif reduce:
+    if split > 1 and not kwargs["SERIAL"]:  # SERIAL: the GEMM summed its split itself
         M, n = y.shape
         res = args[4]  # as launched: y where there is none
         wrap_triton(_split_k_reduce_kernel)[(triton.cdiv(n, REDUCE_BLOCK), M)](
-            part, y, res, ss_out if ss_out is not None else y, M, n, y.stride(0), res.stride(0),
-            ss_out.shape[1] if ss_out is not None else 0, EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
-            SS_OUT=ss_out is not None, USE_PDL=pdl, num_warps=4, **launch_kwargs(pdl))
+            part, y, res, M, n, y.stride(0), res.stride(0), EPILOGUE=epilogue, SPLIT_K=split, BLOCK=REDUCE_BLOCK,
+            num_warps=4)
     return y if ss_out is None else (y, ss_out)
 
 
 def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, scales, offsets, group: int,
-              sms: int, ss=None, eps: float = 0.0, ss_out: bool = False, rope=None, pdl: int = PDL_OFF,
-              serial: bool = False) -> tuple:
+              sms: int, ss=None, eps: float = 0.0, ss_out: bool = False, rope=None, pdl: int = PDL_OFF) -> tuple:
     """(grid, arguments, keywords, y, split-K partials, sum-of-squares partials or None, splits) of _launch's
     _gemm_kernel launch on a GPU of sms SMs. Also what scripts/sass_probe.py compiles offline.
     The kernels-only decode step's keywords: ss (M, NSS) fp32 and eps with PROLOGUE_RMSNORM_SS; ss_out, the
     partials of the rows written (EPILOGUE_RESIDUAL); rope = (cos, sin (M, D) of each row's position, k_cache,
     v_cache (B, Hkv, S, D), input_pos (1,), n_heads) with EPILOGUE_ROPE_CACHE (y: q, (M, n_heads * D)); pdl, a
-    use_pdl result; serial: a K split summed in the GEMM itself (SERIAL), not by a reduce kernel."""
+    use_pdl result. With any of them a K split is summed in the GEMM itself (SERIAL), else by
+    _split_k_reduce_kernel."""
     M, K = x.shape
     if not GEMM_MIN_ROWS <= M <= GEMM_MAX_ROWS:
         raise ValueError(f"the small-M GEMM takes {GEMM_MIN_ROWS}..{GEMM_MAX_ROWS} rows, got {M}")
@@ -568,8 +518,8 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     o = offsets if offsets is not None else s
     part = (torch.empty((split, M, 2 * n if epilogue == EPILOGUE_SWIGLU else n), device=x.device,
                         dtype=torch.float32) if split > 1 else y)
-    serial = serial and split > 1
-    nss_out = (n_tiles if split == 1 or serial else triton.cdiv(n, REDUCE_BLOCK)) if ss_out else 0
+    serial = split > 1 and (ss is not None or ss_out or rope is not None or pdl != PDL_OFF)
+    nss_out = n_tiles if ss_out else 0
     ss_out_t = torch.empty((M, nss_out), device=x.device, dtype=torch.float32) if ss_out else None
     if prologue == PROLOGUE_RMSNORM_SS and (ss is None or ss.shape[0] != M or ss.stride(1) != 1):
         raise ValueError("the RMSNorm prologue from partials takes ss (M, NSS) with unit column stride")
@@ -636,29 +586,28 @@ def small_m_qkv_rope(x: torch.Tensor, wqkv: torch.Tensor, ss: torch.Tensor, g: t
     ss (M, NSS) x's sum-of-squares partials, cos and sin (M, D) each row's tables (sin signed: -sin on the first
     half); the rotated k and v of row m written into k_cache / v_cache (B >= M, Hkv, S, D) at slot input_pos."""
     return _launch(x, wqkv, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_ROPE_CACHE, 0, scales, offsets, group,
-                   ss=ss, eps=eps, rope=(cos, sin, k_cache, v_cache, input_pos, n_heads), pdl=use_pdl(x, pdl),
-                   serial=SERIAL_SPLIT_K)
+                   ss=ss, eps=eps, rope=(cos, sin, k_cache, v_cache, input_pos, n_heads), pdl=use_pdl(x, pdl))
 
 
 def small_m_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: int = PDL_OFF, scales=None,
                         offsets=None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(res + x @ w^T, its rows' sum-of-squares partials (M, NSS) fp32) for the next RMSNorm prologue."""
     return _launch(x, w, res, None, None, PROLOGUE_NONE, EPILOGUE_RESIDUAL, 0, scales, offsets, group, ss_out=True,
-                   pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
+                   pdl=use_pdl(x, pdl))
 
 
 def small_m_swiglu_ss(x: torch.Tensor, w13: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                       pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """silu(gate) * up of rmsnorm(x) @ w13^T, the RMSNorm's rstd from x's partials ss (M, NSS)."""
     return _launch(x, w13, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_SWIGLU, 0, scales, offsets, group, ss=ss,
-                   eps=eps, pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
+                   eps=eps, pdl=use_pdl(x, pdl))
 
 
 def small_m_rmsnorm_ss(x: torch.Tensor, w: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                        pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """rmsnorm(x) @ w^T, the rstd from x's partials ss (M, NSS) (the output head of the step)."""
     return _launch(x, w, None, g, None, PROLOGUE_RMSNORM_SS, EPILOGUE_NONE, 0, scales, offsets, group, ss=ss,
-                   eps=eps, pdl=use_pdl(x, pdl), serial=SERIAL_SPLIT_K)
+                   eps=eps, pdl=use_pdl(x, pdl))
 
 
 def rows_ss(x: torch.Tensor) -> torch.Tensor:
