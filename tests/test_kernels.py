@@ -40,7 +40,8 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, N, K, K, ss.numel(), w.stride(0),
                                                      0, eps, 0, 0, 0, 0, y, PROLOGUE=prologue, EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-                                                     WFMT=0, GROUP=0, RANK=0, WORLD=1, BLOCK_N=16, BLOCK_K=256)
+                                                     WFMT=0, GROUP=0, RANK=0, WORLD=1, REDUCERS=1, BLOCK_N=16,
+                                                     BLOCK_K=256)
     return y, ss_out
 
 
