@@ -15,7 +15,7 @@ K is split over SPLIT_K programs per tile: each writes its fp32 partial product 
 are summed in split order (deterministic: the same bits every run) before the epilogue. In the compiled block a
 second small kernel sums them (_split_k_reduce_kernel); in the kernels-only step the GEMM does (SERIAL: the last
 of a tile's programs to count in sums them; one launch, and one wait for a finished grid, fewer per split
-projection: decode at batch 2 / 8 / 16 1.1 / 1.2-1.5 / 0.7 % faster, docs/PERF.md).
+projection: decode at batch 2 / 8 / 16 1.1 / 1.0-1.5 / 0.7 % faster, docs/PERF.md).
 
 Fused around the product, with the rounding of the unfused torch path (as gemv.py):
   prologue: RMSNorm, g * (x * rstd).to(dtype), with the per-row rstd (M,) fp32 computed by the caller
