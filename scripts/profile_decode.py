@@ -183,8 +183,7 @@ def timeline_report(prof, cfg, pattern: str = "_gemv") -> list[str]:
     gemvs = gemvs[extra:]
     if not any(e.get("dur", 0) > 0 for e in gemvs):  # seen with torch 2.11 on a tp 1 and a tp 2 fused-gemm step
         return out + [f"  timeline: the trace's {len(gemvs)} decode projection events carry no durations: per-kind "
-                      "split "
-                      "skipped (the per-kernel table above comes from the profiler's own averages)"]
+                      "split skipped (the per-kernel table above comes from the profiler's own averages)"]
     kinds = ["wqkv", "wo", "w13", "w2"]
     shapes = decode_gemv_shapes(cfg)
     label = {}

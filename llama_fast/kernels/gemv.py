@@ -182,11 +182,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             up = tl.sum(acc_up, axis=1).to(dt)
         act = (gate / (1.0 + tl.exp(-gate))).to(dt)
         y = act * up
-    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer
+    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer,
+        # then the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
         push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
-    else:
-        tl.store(y_ptr + rn, y, mask=n_mask)
-    if EPILOGUE == 3:  # and the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
         tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
         # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the pushes
         # need no release before it (a fence that waits for every store of the program, the peers' included)
@@ -201,6 +199,8 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 offs = c0 + tl.arange(0, REDUCE_BLOCK)
                 h = wait_sum(buffer_ptrs, y_ptr, offs, offs < N, SLOT, RANK, WORLD, REDUCE_BLOCK)
                 store_row_ss(y_ptr, ss_out_ptr, h, c0 // REDUCE_BLOCK, offs, N, REDUCE_BLOCK, 8)  # 8 == SS_GROUP
+    else:
+        tl.store(y_ptr + rn, y, mask=n_mask)
 
 
 def allreduce_reducers() -> int:
@@ -238,7 +238,8 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(epilogue, "rmsnorm" if prologue else "gemv")
+    form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(
+        epilogue, "rmsnorm" if prologue else "gemv")
     buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
@@ -246,7 +247,9 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
-                  GROUP=group, RANK=rank, WORLD=world, REDUCERS=allreduce_reducers(), **config, **launch_kwargs(pdl))
+                  GROUP=group, RANK=rank, WORLD=world,
+                  REDUCERS=allreduce_reducers() if epilogue == EPILOGUE_RESIDUAL_ALLREDUCE else 1, **config,
+                  **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
 
 
