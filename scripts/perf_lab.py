@@ -324,29 +324,8 @@ CONFIG_TRIALS_5 = {
 }
 
 
-def _fma(bn: int, bk: int, warps: int = 4, stages: int = 3) -> dict:
-    """A small-M GEMM config on the CUDA cores (kernels/gemm.py: FMA)."""
-    return {"FMA": 1, **_cfg(bn, bk, stages, warps=warps)}
-
-
-# set 9, on fused-gemm-kernels at batch 2-4: the small-M GEMM's CUDA-core loop (the 2- and 4-row buckets' FMA
-# configs) against the 16-row bucket's tl.dot configs ("tl.dot"), and FMA tiles around the pins
-_DOT16 = {"gemm": _cfg(64, 128, 4), "rmsnorm": _cfg(32, 256, 3), "swiglu": _cfg(64, 64, 4)}
-CONFIG_TRIALS_9 = {
-    "pinned": {},
-    "tl.dot": {f"gemm{b}_{k}": c for b in (2, 4) for k, c in _DOT16.items()},
-    "2 rows: plain BK1024 w8": {"gemm2_plain": _fma(8, 1024, 8)},
-    "2 rows: swiglu BK512": {"gemm2_swiglu": _fma(8, 512, 4, 2)},
-    "2 rows: rmsnorm BK512": {"gemm2_rmsnorm": _fma(16, 512, 4)},
-    "4 rows: plain BK512": {"gemm4_plain": _fma(8, 512, 4)},
-    "4 rows: rmsnorm BK256": {"gemm4_rmsnorm": _fma(16, 256, 4)},
-    "4 rows: swiglu BK256": {"gemm4_swiglu": _fma(8, 256, 4, 2)},
-    "pinned again": {},
-}
-
-
 # trial set number -> its trials
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9}
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
 
 
 def trial_set(number: int) -> dict[str, dict]:

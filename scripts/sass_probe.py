@@ -41,7 +41,7 @@ SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "maxnreg")  # what --config may set
 SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
-GEMM_CONFIG_KEYS = ("FMA", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "maxnreg")  # for --kernel gemm
+GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "maxnreg")  # for --kernel gemm
 GEMM_FORMS = ("plain", "rmsnorm", "step-qkv")  # --gemm-form
 
 

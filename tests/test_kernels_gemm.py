@@ -451,17 +451,12 @@ def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
 def test_launch_policy():
     from llama_fast.kernels import gemm as gm
     
-    # dense weights: buckets of 2, 4 and 8 rows (where a config may take the CUDA-core loop), then the tl.dot's
-    assert [gm.block_m(m) for m in (2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64)] == [2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64]
-    assert [gm.block_m(m, gm.WFMT_INT4) for m in (2, 8, 9, 17)] == [16, 16, 16, 32]
+    assert [gm.block_m(m) for m in (2, 3, 16, 17, 32, 33, 64)] == [16, 16, 16, 32, 32, 64, 64]
     for (bm, form), cfg in gm.GEMM_CONFIGS.items():  # each fits the ~100 KB of shared memory of an sm_86 card
-        if cfg.get("FMA"):  # no tl.dot, no shared-memory stages; the RoPE form's tile spans >= 16 dims of a head
-            assert bm <= gm.GEMM_FMA_MAX_ROWS and cfg["BLOCK_N"] >= (16 if form == "rmsnorm" else 8), (bm, form)
-            continue
-        tiles = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + max(bm, 16)
+        tiles = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] + bm
         assert tiles * cfg["BLOCK_K"] * 2 * cfg["num_stages"] <= 96 * 1024, (bm, form)
         assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16  # tl.dot's smallest tile
-    assert gm.GEMM_QUANT_CONFIGS.keys() == {k for k in gm.GEMM_CONFIGS if k[0] >= 16}
+    assert gm.GEMM_QUANT_CONFIGS.keys() == gm.GEMM_CONFIGS.keys()
     for (bm, form), cfg in gm.GEMM_QUANT_CONFIGS.items():  # int8 weights: 1 byte each (int4: half of that)
         stage = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * cfg["BLOCK_K"] + bm * cfg["BLOCK_K"] * 2
         assert stage * cfg["num_stages"] <= 96 * 1024, (bm, form)
@@ -469,12 +464,10 @@ def test_launch_policy():
         # int4: a power-of-two BLOCK_K is a multiple or a divisor of every group
         assert all(cfg["BLOCK_K"] % g == 0 or g % cfg["BLOCK_K"] == 0 for g in (32, 64, 128)), (bm, form)
     assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
-    assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(4, "gemm")]
-    assert gm.gemm_config(12, False) is gm.GEMM_CONFIGS[(16, "gemm")]
+    assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(16, "gemm")]
     # the RMSNorm prologue's own entry where its bucket has one, else the plain one
-    assert gm.gemm_config(12, False, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "rmsnorm")]
-    assert gm.gemm_config(12, True, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "swiglu")]
-    assert gm.gemm_config(40, False, rmsnorm=True) is gm.GEMM_CONFIGS[(64, "gemm")]
+    assert gm.gemm_config(3, False, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "rmsnorm")]
+    assert gm.gemm_config(3, True, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "swiglu")]
     assert gm.gemm_config(40, False, gm.WFMT_INT8, rmsnorm=True) is gm.GEMM_QUANT_CONFIGS[(64, "gemm")]
     # Llama-7B on 132 SMs, 64-wide output tiles, 128-wide K tiles: wo / w2 (64 tiles) split in two, wqkv (192
     # tiles), w13 (172) and the head not at all; on 80 SMs nothing splits

@@ -73,7 +73,6 @@ GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64
 # fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
 # quantized weights take it up to GEMM_MAX_ROWS (the other way dequantizes the whole weight every call)
 GEMM_DENSE_MAX_ROWS = 16
-GEMM_FMA_MAX_ROWS = 8  # dense weights up to this many rows have row buckets of their own (block_m)
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_RMSNORM_SS = 0, 1, 2
 EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU, EPILOGUE_ROPE_CACHE = 0, 1, 2, 3
@@ -84,18 +83,6 @@ EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU, EPILOGUE_ROPE_CACHE = 0, 1, 2
 # --gemm-sweep on an H200: each within a few percent of the sweep's best for Llama-7B's projections); the 32- and
 # 64-row ones, which only quantized weights reach (GEMM_DENSE_MAX_ROWS), are not.
 GEMM_CONFIGS = {
-    # Up to GEMM_FMA_MAX_ROWS rows: FMA 1, the batch-1 GEMV's loop on the CUDA cores (each weight tile multiplied
-    # by every row in registers, BLOCK_N x rows x BLOCK_K fp32 products a program; the RoPE form needs BLOCK_N >= 16);
-    # without it the bucket takes the 16-row tl.dot (its rows padded)
-    (2, "gemm"): {"FMA": 1, "BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3},
-    (2, "rmsnorm"): {"FMA": 1, "BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3},
-    (2, "swiglu"): {"FMA": 1, "BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 2},
-    (4, "gemm"): {"FMA": 1, "BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3},
-    (4, "rmsnorm"): {"FMA": 1, "BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
-    (4, "swiglu"): {"FMA": 1, "BLOCK_N": 8, "BLOCK_K": 128, "num_warps": 4, "num_stages": 2},
-    (8, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},
-    (8, "rmsnorm"): {"BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3},
-    (8, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
     (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 80 KB
     # the RMSNorm prologue at the plain table's tile ran Llama-7B's wqkv at 2 rows in 37.9 us, this one in 28.0
     (16, "rmsnorm"): {"BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3},  # 72 KB
@@ -136,12 +123,8 @@ def tile_counters(device: torch.device, tiles: int) -> torch.Tensor:
     return cnt
 
 
-def block_m(rows: int, wfmt: int = WFMT_DENSE) -> int:
-    """The row bucket of a launch of rows (2..64) input rows: the rows its config is pinned and tuned for. Dense
-    weights up to GEMM_FMA_MAX_ROWS rows: 2, 4 or 8, where a config may take the CUDA-core loop (FMA); above,
-    and for quantized weights, the padded row count of a tl.dot: 16, 32 or 64."""
-    if wfmt == WFMT_DENSE and rows <= GEMM_FMA_MAX_ROWS:
-        return triton.next_power_of_2(rows)
+def block_m(rows: int) -> int:
+    """The padded row count of a tl.dot for rows (2..64): 16, 32 or 64."""
     return max(16, triton.next_power_of_2(rows))
 
 
@@ -150,7 +133,7 @@ def config_key(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = 
     form: SwiGLU (the RMSNorm prologue or not), else the RMSNorm prologue where its row bucket has its own entry,
     else the plain / residual entry."""
     table = GEMM_CONFIGS if wfmt == WFMT_DENSE else GEMM_QUANT_CONFIGS
-    bm = block_m(rows, wfmt)
+    bm = block_m(rows)
     form = "swiglu" if swiglu else "rmsnorm" if rmsnorm and (bm, "rmsnorm") in table else "gemm"
     return table, (bm, form)
 
@@ -168,7 +151,7 @@ def gemm_form(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = F
     """The configs' form name of a launch (kernels/configs.py): gemm<BLOCK_M>_<plain | rmsnorm | swiglu>[_int8 |
     _int4], e.g. gemm16_rmsnorm, gemm32_swiglu_int4 (the residual epilogue shares the plain form's config)."""
     kind = "swiglu" if swiglu else "rmsnorm" if rmsnorm else "plain"
-    return f"gemm{block_m(rows, wfmt)}_{kind}{_FMT_SUFFIX[wfmt]}"
+    return f"gemm{block_m(rows)}_{kind}{_FMT_SUFFIX[wfmt]}"
 
 
 def parse_form(form: str) -> tuple[int, bool, int, bool]:
@@ -325,25 +308,13 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
 
 
 @triton.jit
-def _x_tile(x_ptr, g_ptr, rm, m_mask, k, k_mask, stride_xm, rstd, PROLOGUE: tl.constexpr):
-    """The input rows rm, columns k (BLOCK_M, BLOCK_K), with the RMSNorm prologue g * (x * rstd).to(dtype), as
-    transformers' LlamaRMSNorm (rstd (BLOCK_M,) fp32)."""
-    dt = x_ptr.dtype.element_ty
-    x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-    if PROLOGUE != 0:
-        g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-        x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
-    return x
-
-
-@triton.jit
 def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
                  stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, ss_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr,
                  vc_ptr, pos_ptr, NSS, NSS_OUT, eps, H, HKV, stride_cb, stride_ch, stride_cs, stride_rope, cnt_ptr,
                  PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
                  WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, NSS_BLOCK: tl.constexpr, SS_OUT: tl.constexpr, ROPE_D: tl.constexpr,
-                 USE_PDL: tl.constexpr, SERIAL: tl.constexpr, FMA: tl.constexpr):
+                 USE_PDL: tl.constexpr, SERIAL: tl.constexpr):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
     split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
     quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
@@ -375,7 +346,6 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         gdc_wait()  # x, its partials and the residual come from the kernels before; nothing is written before this
     if USE_PDL == 1:
         gdc_launch_dependents()
-    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)  # no prologue: unused
     if PROLOGUE == 1:
         rstd = tl.load(rstd_ptr + rm, mask=m_mask, other=0.0)
     if PROLOGUE == 2:  # each row's 1 / RMS from its partials; float scalars may arrive as fp64: keep fp32
@@ -383,55 +353,34 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         ss = tl.load(ss_ptr + rm[:, None] * NSS + rp[None, :], mask=m_mask[:, None] & (rp < NSS)[None, :],
                      other=0.0)
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)).to(tl.float32)
-    if FMA:  # on the CUDA cores, as the batch-1 GEMV: the products of each row in fp32 registers along the tile,
-        # summed along K once after the loop (no padding of the rows to the MMA's 16, no shared memory)
-        acc3 = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K), dtype=tl.float32)
-        acc3_up = acc3
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            k = k0 + rk
-            k_mask = k < k_hi
-            # 3-d loads: each operand arrives in the products' layout (no conversion through shared memory)
-            k3 = k[None, None, :]
-            w_off = rn[:, None, None] * stride_wn + k3
-            w_mask = n_mask[:, None, None] & (k3 < k_hi)
-            x = tl.load(x_ptr + rm[None, :, None] * stride_xm + k3, mask=m_mask[None, :, None] & (k3 < k_hi),
-                        other=0.0)
-            if PROLOGUE != 0:
-                g = tl.load(g_ptr + k3, mask=k3 < k_hi, other=0.0)
-                x = g * (x.to(tl.float32) * rstd[None, :, None]).to(dt)
-            x = x.to(tl.float32)
-            w = _plain_tile(w_ptr, w_off, w_mask, False).to(tl.float32)
-            acc3 += w * x  # (BLOCK_N, 1, BLOCK_K) x (1, BLOCK_M, BLOCK_K)
-            if EPILOGUE == 2:
-                w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, False).to(tl.float32)
-                acc3_up += w_up * x
-        acc = tl.sum(acc3, axis=2)
-        acc_up = tl.sum(acc3_up, axis=2)
-    else:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-        acc_up = acc
-        for k0 in range(k_lo, k_hi, BLOCK_K):
-            k = k0 + rk
-            k_mask = k < k_hi
-            w_off = rn[:, None] * stride_wn + k[None, :]
-            w_mask = n_mask[:, None] & k_mask[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    acc_up = acc
+    for k0 in range(k_lo, k_hi, BLOCK_K):
+        k = k0 + rk
+        k_mask = k < k_hi
+        w_off = rn[:, None] * stride_wn + k[None, :]
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        if WFMT == 2:
+            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
+                           BLOCK_K, dt == tl.float16).to(dt)
+        else:  # the model dtype, or int8's q converted exactly
+            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                    other=0.0)
+        if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+            x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
+        if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
+            x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
+        xt = tl.trans(x)
+        acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+        if EPILOGUE == 2:
             if WFMT == 2:
-                w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
-                               BLOCK_K, dt == tl.float16).to(dt)
-            else:  # the model dtype, or int8's q converted exactly
-                w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
-            x = _x_tile(x_ptr, g_ptr, rm, m_mask, k, k_mask, stride_xm, rstd, PROLOGUE)
-            if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
-                x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
-            xt = tl.trans(x)
-            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
-            if EPILOGUE == 2:
-                if WFMT == 2:
-                    w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
-                                      BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
-                else:
-                    w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
-                acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
+                w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
+                                  BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
+            else:
+                w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
+            acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
     if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums
         acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
         if EPILOGUE == 2:
@@ -543,11 +492,7 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
     w = w if w.stride(1) == 1 else w.contiguous()
     n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
     cfg = dict(launch_config(M, epilogue == EPILOGUE_SWIGLU, wfmt, prologue != PROLOGUE_NONE, n, K))
-    fma = bool(cfg.pop("FMA", 0))
-    if fma and (wfmt != WFMT_DENSE or M > GEMM_FMA_MAX_ROWS):
-        raise ValueError(f"the CUDA-core form (FMA) takes dense weights and up to {GEMM_FMA_MAX_ROWS} rows")
-    bm = triton.next_power_of_2(M) if fma else max(16, triton.next_power_of_2(M))
-    bn, bk = cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
+    bm, bn, bk = block_m(M), cfg.pop("BLOCK_N"), cfg.pop("BLOCK_K")
     per_sm = cfg.pop("PER_SM", 1)
     rope_d, heads, hkv = 0, 0, 0
     if epilogue == EPILOGUE_ROPE_CACHE:
@@ -590,8 +535,7 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
             tile_counters(x.device, n_tiles) if serial else y)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NSS_BLOCK=triton.next_power_of_2(max(nss, 1)),
-                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, SERIAL=serial, FMA=fma, **cfg,
-                  **launch_kwargs(pdl))
+                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, SERIAL=serial, **cfg, **launch_kwargs(pdl))
     return (n_tiles, split), args, kwargs, y, part, ss_out_t, split
 
 
