@@ -324,8 +324,30 @@ CONFIG_TRIALS_5 = {
 }
 
 
+def _gemm(bn: int, bk: int, stages: int, warps: int = 4, per_sm: int = 1) -> dict:
+    """A small-M GEMM config (kernels/gemm.py: PER_SM, the programs per SM its K split aims for)."""
+    return {**_cfg(bn, bk, stages, warps=warps), "PER_SM": per_sm}
+
+
+# set 9, on fused-gemm-kernels at batch 8 / 16: the small-M GEMM's 16-row tiles around the pins, per form (plain:
+# wo and w2; rmsnorm: wqkv with RoPE and the head; swiglu: w13). "pinned copy" names the pins themselves.
+CONFIG_TRIALS_9 = {
+    "pinned": {},
+    "pinned copy": {"gemm16_plain": _gemm(64, 128, 4), "gemm16_rmsnorm": _gemm(32, 256, 3),
+                    "gemm16_swiglu": _gemm(64, 64, 4)},
+    "plain BN32 BK256 s3": {"gemm16_plain": _gemm(32, 256, 3)},
+    "plain PER_SM 2": {"gemm16_plain": _gemm(64, 128, 4, per_sm=2)},
+    "plain BN128 w8 s3": {"gemm16_plain": _gemm(128, 128, 3, warps=8)},
+    "rmsnorm BN64 BK128 s4": {"gemm16_rmsnorm": _gemm(64, 128, 4)},
+    "rmsnorm BN16 BK256 s4": {"gemm16_rmsnorm": _gemm(16, 256, 4)},
+    "swiglu BN32 BK128 s3": {"gemm16_swiglu": _gemm(32, 128, 3)},
+    "swiglu BN64 BK128 s3": {"gemm16_swiglu": _gemm(64, 128, 3)},
+    "pinned again": {},
+}
+
+
 # trial set number -> its trials
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5}
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9}
 
 
 def trial_set(number: int) -> dict[str, dict]:
