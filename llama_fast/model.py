@@ -214,10 +214,7 @@ class Attention(nn.Module):
         c = self.cfg
         B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
-            # batch > 1: multi-head models outside torch.compile (the kernels-only step); a grouped-query model
-            # keeps the two-kernel form, whose chunk kernel reads each K / V tile once for the group
-            batched = c.n_kv_heads == c.n_heads and not torch.compiler.is_compiling()
-            if opts.attention_one_launch and (B == 1 or batched):
+            if opts.attention_one_launch and B == 1:
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,

@@ -255,7 +255,7 @@ def one_launch_call(q, k, v, mask, scale: float, counters, pdl: int) -> tuple[tu
     use_pdl result). Also what scripts/sass_probe.py compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D, H, Hkv, B)
+    chunk, warps = _attn_config(S, D, H, Hkv)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
     args = (q, k, v, mask, m, l, acc, counters, o, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0),
             k.stride(1), k.stride(2), mask.stride(0), nsplit)
