@@ -346,8 +346,29 @@ CONFIG_TRIALS_9 = {
 }
 
 
+
+def _int4_all(bk: int, stages: int, warps: int = 4) -> dict:
+    """The int4 GEMV forms of the batch-1 step at one K tile (qkv+RoPE at 16 rows, the others at 8)."""
+    return {f: _cfg(16 if f == "qkv_rope_int4" else 8, bk, stages, warps=warps)
+            for f in ("qkv_rope_int4", "residual_int4", "swiglu_int4", "rmsnorm_int4")}
+
+
+# set 10, on fused-gemv-early with --quantize int4: K tiles shorter than the pinned whole row (4096), so that the
+# loop has more than one tile and Triton pipelines its loads (num_stages deep), against the one-tile pins
+CONFIG_TRIALS_10 = {
+    "pinned": {},
+    "BK2048 s3": _int4_all(2048, 3),
+    "BK2048 s2": _int4_all(2048, 2),
+    "BK2048 w2 s3": _int4_all(2048, 3, warps=2),
+    "BK1024 w2 s3": _int4_all(1024, 3, warps=2),
+    "residual BK2048 w2 s3": {"residual_int4": _cfg(8, 2048, 3, warps=2)},
+    "pinned again": {},
+}
+
+
 # trial set number -> its trials
-TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9}
+TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
+              10: CONFIG_TRIALS_10}
 
 
 def trial_set(number: int) -> dict[str, dict]:
