@@ -266,7 +266,7 @@ def _cfg(bn, bk, stages, warps=4):
 # llama_fast/kernels/configs.py; at Llama-7B wo is residual@4096, w2 residual@11008). Each starts and ends with
 # the pinned configs, so the drift inside one process shows. The numbers are those docs/PERF.md cites; sets 3
 # and 6 tried kernel options that were removed (docs/PERF.md, tried and rejected).
-# Set 7 tried kernel options of the quantized GEMVs that were removed too (docs/PERF.md).
+# Sets 7 and 11 tried kernel options of the quantized GEMVs that were removed too (docs/PERF.md).
 
 # set 1: each form's neighbouring configs and attention tiles (adopted: eager attention at 128/4)
 CONFIG_TRIALS = {
@@ -366,31 +366,9 @@ CONFIG_TRIALS_10 = {
 }
 
 
-_INT4_PINS = {"qkv_rope_int4": _cfg(16, 4096, 3), "residual_int4": _cfg(8, 4096, 3), "swiglu_int4": _cfg(8, 4096, 3),
-              "rmsnorm_int4": _cfg(8, 4096, 3)}
-_INT8_PINS = {"qkv_rope_int8": _cfg(16, 2048, 3, warps=8), "residual_int8": _cfg(8, 2048, 3),
-              "swiglu_int8": _cfg(8, 1024, 2), "rmsnorm_int8": _cfg(8, 2048, 3)}
-
-
-def _xs(pins: dict, *forms: str) -> dict:
-    """The pinned configs of forms with the quantized GEMVs' x loaded as strided vectors (kernels/gemv.py: XS)."""
-    return {f: {**pins[f], "XS": 1} for f in forms}
-
-
-# set 11, on fused-gemv-early with --quantize int4 / int8: the quantized GEMVs' x as strided loads (XS) per form
-CONFIG_TRIALS_11 = {
-    "pinned": {},
-    "int4 XS all": _xs(_INT4_PINS, *_INT4_PINS),
-    "int4 XS swiglu, qkv_rope": _xs(_INT4_PINS, "swiglu_int4", "qkv_rope_int4"),
-    "int4 XS all but residual": _xs(_INT4_PINS, "swiglu_int4", "qkv_rope_int4", "rmsnorm_int4"),
-    "int8 XS all": _xs(_INT8_PINS, *_INT8_PINS),
-    "int8 XS rmsnorm": _xs(_INT8_PINS, "rmsnorm_int8"),
-    "pinned again": {},
-}
-
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
-              10: CONFIG_TRIALS_10, 11: CONFIG_TRIALS_11}
+              10: CONFIG_TRIALS_10}
 
 
 def trial_set(number: int) -> dict[str, dict]:

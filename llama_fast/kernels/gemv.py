@@ -68,26 +68,11 @@ def w_tiles(w_ptr, rn, n_mask, k, K, offset, stride_wn, TWO: tl.constexpr):
 
 
 @triton.jit
-def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr,
-            XS: tl.constexpr = 0):
+def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr, PER: tl.constexpr):
     """The K tile k0..k0 + NW * PER of the GEMV input (x_tile) as PER (NW,) tensors: element j of each quantized
-    weight word. XS 0: one (NW, PER) load split in registers (dequant.split_words); XS 1: PER strided loads, each
-    in the layout its products take (no layout conversion through shared memory: under Triton 3.6 the int4 forms'
-    K loop then has 4-6 barriers instead of 26-28, and 128 registers instead of 168 in the two-tile forms)."""
-    if XS:
-        kw = k0 + tl.arange(0, NW) * PER
-        m = kw < K
-        if PER == 4:
-            return (x_tile(x_ptr, g_ptr, kw, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 1, m, rstd, PROLOGUE),
-                    x_tile(x_ptr, g_ptr, kw + 2, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 3, m, rstd, PROLOGUE))
-        else:
-            return (x_tile(x_ptr, g_ptr, kw, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 1, m, rstd, PROLOGUE),
-                    x_tile(x_ptr, g_ptr, kw + 2, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 3, m, rstd, PROLOGUE),
-                    x_tile(x_ptr, g_ptr, kw + 4, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 5, m, rstd, PROLOGUE),
-                    x_tile(x_ptr, g_ptr, kw + 6, m, rstd, PROLOGUE), x_tile(x_ptr, g_ptr, kw + 7, m, rstd, PROLOGUE))
-    else:
-        k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
-        return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
+    weight word (dequant.split_words)."""
+    k = k0 + tl.arange(0, NW)[:, None] * PER + tl.arange(0, PER)[None, :]
+    return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
 
 
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
@@ -96,7 +81,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                        stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, cnt_ptr,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
-                       REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, XS: tl.constexpr = 0):
+                       REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -130,7 +115,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, XS)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
         xsum, csum = int4_x_sums(xs, NG, WG)
         acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
         if EPILOGUE == 2:
@@ -138,7 +123,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
                                                         stride_sn, EPILOGUE == 2, BLOCK_K, GROUP)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8, XS)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
             xsum, csum = int4_x_sums(xs, NG, WG)
             acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
             if EPILOGUE == 2:
@@ -148,14 +133,14 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             gdc_launch_dependents()
         y = tl.sum(acc, axis=1).to(dt)
     elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, XS)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
         if EPILOGUE == 2:
             acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4, XS)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc = int8_fma(acc, w, xs, one_bits)
             if EPILOGUE == 2:

@@ -25,8 +25,7 @@ from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pd
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
                           N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          XS: tl.constexpr = 0):
+                          WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u = pid // (D // BLOCK_N)  # head unit: q heads, then k heads, then v heads
@@ -57,14 +56,14 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
         NG: tl.constexpr = BLOCK_K // GROUP
         WG: tl.constexpr = GROUP // 8
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8, XS)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
         xsum, csum = int4_x_sums(xs, NG, WG)
         acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
         acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2, stride_wn,
                                                      stride_sn, True, BLOCK_K, GROUP)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8, XS)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
             xsum, csum = int4_x_sums(xs, NG, WG)
             acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
             acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
@@ -73,13 +72,13 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
         y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
     elif WFMT == 1:  # as gemv.py's int8 path
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4, XS)
+        xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
         xacc = x_sum4(xs)
         acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
         acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
         for k0 in range(BLOCK_K, K, BLOCK_K):
             w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4, XS)
+            xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc += x_sum4(xs)
             acc1 = int8_fma(acc1, w1, xs, one_bits)
             acc2 = int8_fma(acc2, w2, xs, one_bits)
