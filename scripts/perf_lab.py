@@ -365,10 +365,23 @@ CONFIG_TRIALS_10 = {
     "pinned again": {},
 }
 
+# set 12, on fused-gemv-early with --quantize int4: more rows a program (the x work of a tile shared by more rows:
+# fewer instructions a weight, compiled offline, at fewer programs an SM)
+CONFIG_TRIALS_12 = {
+    "pinned": {},
+    "residual BN16": {"residual_int4": _cfg(16, 4096, 3)},
+    "residual BN16 w8": {"residual_int4": _cfg(16, 4096, 3, warps=8)},
+    "head BN16 w8": {"rmsnorm_int4": _cfg(16, 4096, 3, warps=8)},
+    "residual + head BN16 w8": {"residual_int4": _cfg(16, 4096, 3, warps=8),
+                                "rmsnorm_int4": _cfg(16, 4096, 3, warps=8)},
+    "qkv_rope BN32 w8": {"qkv_rope_int4": _cfg(32, 4096, 3, warps=8)},
+    "swiglu BN16 w8": {"swiglu_int4": _cfg(16, 4096, 3, warps=8)},
+    "pinned again": {},
+}
 
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
-              10: CONFIG_TRIALS_10}
+              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12}
 
 
 def trial_set(number: int) -> dict[str, dict]:
