@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--quantize", default=None, metavar="SCHEME",
                     help="load llama_fast's model with weight-only quantization (int8, int4, int4:gG): every "
                          "llama_fast variant runs on it, the roofline counts the bytes really read; transformers "
-                         "rows keep the model dtype")
+                         "rows keep the model dtype, on the dequantized weights (the same numbers in float)")
     ap.add_argument("--breakdown", action="store_true", help="also time prefill alone (1 new token)")
     ap.add_argument("--memory", action="store_true",
                     help="also print resident memory after warm-up and the peaks of prefill and of a whole run "
@@ -163,7 +163,8 @@ def main(argv=None):
     hf_keys = [k for k, v in variants.items() if v.is_transformers]
     ours = [k for k, v in variants.items() if not v.is_transformers]
     if hf_keys or args.check:
-        hf = load_hf_model(args.model, dev, dtype)
+        # with --quantize, over the dequantized weights: --check then compares the kernels, not the quantization
+        hf = load_hf_model(args.model, dev, dtype, quantize=args.quantize)
         from llama_fast.loading import IdTokenizer
         tok = IdTokenizer(hf.config.vocab_size, None, 0)
         for k in hf_keys:
