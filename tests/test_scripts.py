@@ -174,9 +174,10 @@ def test_config_override_reaches_the_launch_configs_and_is_undone(tool):
 def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     perf_lab = tool("perf_lab")
     dense = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"}
-    forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"}
+    gemm = {f"gemm16_{kind}" for kind in ("plain", "rmsnorm", "swiglu")}  # the small-M GEMM's forms (set 9)
+    forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5]
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12]
     for number in perf_lab.TRIAL_SETS:
         trials = perf_lab.trial_set(number)
         names = list(trials)
@@ -188,7 +189,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 if form == "attention":
                     assert set(config) == {"CHUNK", "num_warps"}, (number, name)
                 else:
-                    assert set(config) == tile, (number, name)
+                    assert set(config) == (tile | {"PER_SM"} if form in gemm else tile), (number, name)
                     assert config["BLOCK_N"] % 8 == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
 
 
@@ -271,7 +272,9 @@ def test_perf_lab_measures_a_tiny_workload_on_the_cpu(tmp_path):
 
 def test_perf_lab_runs_quantized_weights_on_the_cpu():
     """--quantize loads the one model quantized: its roofline counts the quantized bytes (fewer than fp32's; the
-    tok/s figure itself rests on a bandwidth measured in each process, too noisy on a shared CPU to compare)."""
+    tok/s figure itself rests on a bandwidth measured in each process, too noisy on a shared CPU to compare), and
+    --check compares it with transformers on the same weights dequantized (against the unquantized model this
+    int4:g32 run's greedy tokens part at the fourth step)."""
     common = ["--device", "cpu", "--model", "random:tiny", "--dtype", "fp32", "--prompt", "12", "--new", "4",
               "--cache", "32", "--runs", "1", "--variants", "kv"]
     read_mb = {}
@@ -284,6 +287,8 @@ def test_perf_lab_runs_quantized_weights_on_the_cpu():
         assert ("(int8 weights)" in line) == bool(q)
     # int8 codes + fp32 scales of each output row: a little over a quarter of the fp32 bytes
     assert 0.25 < read_mb[True] / read_mb[False] < 0.3
+    r = run_tool("perf_lab", *common, "--quantize", "int4:g32", "--check")
+    assert r.returncode == 0 and r.stdout.count("tf-check ok") == 1, r.stdout[-2000:] + r.stderr[-3000:]
 
 
 def _refused(module, argv, capsys, monkeypatch, torchrun: dict | None = None) -> str:
