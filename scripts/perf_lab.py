@@ -347,7 +347,6 @@ CONFIG_TRIALS_9 = {
 }
 
 
-
 def _int4_all(bk: int, stages: int, warps: int = 4) -> dict:
     """The int4 GEMV forms of the batch-1 step at one K tile (qkv+RoPE at 16 rows, the others at 8)."""
     return {f: _cfg(16 if f == "qkv_rope_int4" else 8, bk, stages, warps=warps)

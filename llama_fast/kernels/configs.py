@@ -69,9 +69,9 @@ QUANT_CONFIGS = {
     "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2},
     "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
     "int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
-    # wo and w2: 16 rows over 8 warps (3.76 instructions a weight, 128 registers, against 4.09 and 133; compiled
-    # offline): the decode step 2.027 against 2.074 / 2.076 ms pinned at 8 rows over 4 warps (perf_lab.py trial
-    # set 12, H200); 16 rows over 4 warps (255 registers) 2.239
+    # wo and w2: 16 rows over 8 warps, each half of the threads the 4-warp tile of 8 rows (3.76 instructions a
+    # weight, 128 registers, against 4.09 and 133; compiled offline): the decode step 2.027 against 2.074 / 2.076
+    # ms pinned at 8 rows over 4 warps (perf_lab.py trial set 12, H200); 16 rows over 4 warps (255 registers) 2.239
     "residual_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3},
     "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
 }
