@@ -18,7 +18,7 @@ may use programmatic dependent launch.
                 that all-reduces its own rows (gemv.gemv_residual_allreduce)
   attention.py  split-K decode attention: decode_attention, decode_attention_one_launch
   sampling.py   the sampled pick without a sort: sample_pick (temperature, top-k, top-p, Gumbel-max)
-  pdl.py        programmatic dependent launch: the PDL_* modes and where they apply
+  pdl.py        programmatic dependent launch: the PDL_* modes and where they apply; interpreting()
   configs.py    launch configs per GPU (CONFIG_TABLE), autotune search space, CONFIG_OVERRIDE
   tuning.py     configs for GPUs the table does not hold: a short autotune, cached on disk
 """

@@ -30,6 +30,8 @@ from typing import Callable
 import torch
 import triton
 
+from .pdl import interpreting
+
 
 def autotune_configs() -> list[triton.Config]:
     """The GEMVs' search space (12 configs) keeps a cold autotune to a few seconds per shape. num_stages does
@@ -166,7 +168,7 @@ def _device_key(index: int) -> str:
 
 def current_gpu_key() -> str | None:
     """The current CUDA device's gpu_key, or None off a GPU and under Triton's CPU interpreter."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1" or not torch.cuda.is_available():
+    if interpreting() or not torch.cuda.is_available():
         return None
     return _device_key(torch.cuda.current_device())
 

@@ -18,8 +18,6 @@ as packed words and dequantized in registers in fp32 (dequant.py), with the same
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +27,7 @@ from .configs import autotune_configs, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
                       int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
 from .lamport import push_slots, store_row_ss, wait_sum
-from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
 # One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
 # 725 for cuBLAS on an H200 (docs/PERF.md), so batches > 1 keep cuBLAS.
@@ -206,7 +204,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
 def allreduce_reducers() -> int:
     """GEMV_REDUCERS; 1 under Triton's CPU interpreter, which runs the programs one after another, so that only
     the last one can wait for the others' rows."""
-    return 1 if os.environ.get("TRITON_INTERPRET", "0") == "1" else GEMV_REDUCERS
+    return 1 if interpreting() else GEMV_REDUCERS
 
 
 def _launch_fused(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n: int, pdl: int = PDL_OFF,

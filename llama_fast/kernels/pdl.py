@@ -47,6 +47,12 @@ def pdl_enabled() -> bool:
     return os.environ.get("LLAMA_FAST_PDL", "1") != "0"
 
 
+def interpreting() -> bool:
+    """Whether Triton's CPU interpreter runs the kernels (TRITON_INTERPRET=1): no GPU, no gdc ops, and the
+    programs of a launch run one after another."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def use_pdl(x: torch.Tensor, pdl: int) -> int:
     """The PDL mode to launch with: pdl where it applies (a CUDA device of compute capability >= 9, a Triton
     with grid dependency control, not Triton's CPU interpreter, which has no gdc ops, not LLAMA_FAST_PDL=0),
@@ -54,8 +60,8 @@ def use_pdl(x: torch.Tensor, pdl: int) -> int:
     # not inside torch.compile: its launches carry no PDL attribute, and Inductor cannot analyse the gdc inline
     # asm (it then treats every argument as mutated). This check sees Dynamo's tracing only, not a triton_op's
     # body traced by AOTAutograd: compiled callers pass PDL_OFF themselves (model.pdl_mode)
-    ok = (x.is_cuda and gdc_wait is not None and os.environ.get("TRITON_INTERPRET", "0") != "1"
-          and not torch.compiler.is_compiling() and pdl_enabled() and gpu_has_pdl(device_capability(x.device)))
+    ok = (x.is_cuda and gdc_wait is not None and not interpreting() and not torch.compiler.is_compiling()
+          and pdl_enabled() and gpu_has_pdl(device_capability(x.device)))
     return int(pdl) if ok else PDL_OFF
 
 
