@@ -379,9 +379,31 @@ CONFIG_TRIALS_12 = {
     "pinned again": {},
 }
 
+
+def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3) -> dict:
+    """A persistent quantized GEMV (one K tile of 4096, per_sm programs an SM walking the row blocks)."""
+    return {**_cfg(bn, 4096, stages, warps=warps), "PERSIST": per_sm}
+
+
+# set 13, on fused-gemv-early with --quantize int4: the persistent GEMV forms (x prepared once a program, the next
+# row block's tile loaded before this one's products) for the one-tile shapes: the head, wo, w13
+CONFIG_TRIALS_13 = {
+    "pinned": {},
+    "head persist": {"rmsnorm_int4": _persist(8)},
+    "wo persist": {"residual_int4@4096": _persist(8)},
+    "w13 persist BN4": {"swiglu_int4": _persist(4)},
+    "all three persist": {"rmsnorm_int4": _persist(8), "residual_int4@4096": _persist(8),
+                          "swiglu_int4": _persist(4)},
+    "all three persist s1": {"rmsnorm_int4": _persist(8, stages=1), "residual_int4@4096": _persist(8, stages=1),
+                             "swiglu_int4": _persist(4, stages=1)},
+    "all three persist 2/SM": {"rmsnorm_int4": _persist(8, 2), "residual_int4@4096": _persist(8, 2),
+                               "swiglu_int4": _persist(4, 2)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
-              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12}
+              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -256,15 +256,23 @@ from test_kernels import U, dequantize, fp32_magnitude, quantize_int4, quantize_
 torch.manual_seed(0)
 mode = sys.argv[1]
 # loop: small tiles, so K (384) spans a whole K tile and a tail and every launch runs the kernels' loops;
-# pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here)
+# pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here);
+# persist: the GEMV forms as persistent programs (PERSIST), two of them, so each walks 2-3 row blocks
 SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
 SMALL_QKV = {**SMALL, "BLOCK_N": 16}
+PERSISTENT = {**SMALL, "BLOCK_K": 512, "PERSIST": 1}
 seen = []
+if mode == "persist":  # (the package's `gemv` is the op: the module through sys.modules)
+    sys.modules["llama_fast.kernels.gemv"].sm_count = lambda device: 2
 
 
 def override(form, n, K):
     seen.append(form)
-    return (SMALL_QKV if form.startswith("qkv_rope") else SMALL) if mode == "loop" else None
+    if mode == "pinned":
+        return None
+    if form.startswith("qkv_rope"):
+        return SMALL_QKV
+    return PERSISTENT if mode == "persist" else SMALL
 
 
 configs.CONFIG_OVERRIDE = override
@@ -363,10 +371,21 @@ for fmt in ("int8", "int4:g128"):
     err = ((y.double().reshape(-1) - yref).norm() / yref.norm()).item()
     assert err < 2e-3, (fmt, err)  # fp16 rounding of the projection and of the sum
     print(f"fp16 residual {fmt}: relative error {err:.1e}")
+dense = set()
+if mode == "persist":  # the model-dtype weights through the persistent forms too (fp32: rounding-level errors)
+    w, w13 = 0.05 * torch.randn(N, K), 0.05 * torch.randn(2 * N, K)
+    ref, rref, guref = (w.double() @ x.double().reshape(-1), w.double() @ xn.double().reshape(-1),
+                        w13.double() @ xn.double().reshape(-1))
+    for name, y, r in [("gemv", kn.gemv(x, w), ref), ("rmsnorm", kn.gemv_rmsnorm(x, ss, g, w, eps), rref),
+                       ("residual", kn.gemv_residual_ss(x, w, res)[0], res.double().reshape(-1) + ref),
+                       ("swiglu", kn.gemv_rmsnorm_swiglu(x, ss, g, w13, eps), F.silu(guref[:N]) * guref[N:])]:
+        err = ((y.double().reshape(-1) - r).norm() / r.norm()).item()
+        assert err < 1e-6, (name, err)
+        dense.add(name)
 for name, ratio in worst.items():
     print(f"{name}: worst error / tolerance {ratio:.2e}")
 assert set(seen) == {"gemv_int8", "rmsnorm_int8", "residual_int8", "swiglu_int8", "qkv_rope_int8", "gemv_int4",
-                     "rmsnorm_int4", "residual_int4", "swiglu_int4", "qkv_rope_int4"}, set(seen)
+                     "rmsnorm_int4", "residual_int4", "swiglu_int4", "qkv_rope_int4"} | dense, set(seen)
 print("ok")
 """
 
@@ -426,11 +445,12 @@ def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
                            "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("mode", ["loop", "pinned"])
+@pytest.mark.parametrize("mode", ["loop", "pinned", "persist"])
 def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
     """Every fused op with int8 and int4 (groups 32, 64, 128) weights, fp32 activations, against the float64
     product with the dequantized weight: the plain GEMV, the RMSNorm prologue, the residual and SwiGLU
-    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops) and the pinned ones."""
+    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops), the pinned ones, and
+    the persistent GEMV forms (with model-dtype weights as well)."""
     env = {**interpreter_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     r = subprocess.run([sys.executable, "-c", QCHECK, mode], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

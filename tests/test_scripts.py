@@ -177,7 +177,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     gemm = {f"gemm16_{kind}" for kind in ("plain", "rmsnorm", "swiglu")}  # the small-M GEMM's forms (set 9)
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12]
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13]
     for number in perf_lab.TRIAL_SETS:
         trials = perf_lab.trial_set(number)
         names = list(trials)
@@ -189,8 +189,13 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 if form == "attention":
                     assert set(config) == {"CHUNK", "num_warps"}, (number, name)
                 else:
-                    assert set(config) == (tile | {"PER_SM"} if form in gemm else tile), (number, name)
-                    assert config["BLOCK_N"] % 8 == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
+                    if form in gemm:
+                        assert set(config) == tile | {"PER_SM"}, (number, name)
+                    else:  # PERSIST: a persistent GEMV (kernels/gemv.py)
+                        assert tile <= set(config) <= tile | {"PERSIST"}, (number, name)
+                    # the sum-of-squares partials take 8 rows at a time; SwiGLU writes none
+                    rows = 4 if form.startswith("swiglu") else 8
+                    assert config["BLOCK_N"] % rows == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
 
 
 def test_perf_lab_arguments(tool, capsys):

@@ -26,6 +26,7 @@ from torch.library import triton_op, wrap_triton
 from .configs import autotune_configs, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
                       int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
+from .gemm import sm_count
 from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
@@ -73,32 +74,68 @@ def x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE: tl.constexpr, NW: tl.constexpr,
     return split_words(x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE), NW, PER)
 
 
+@triton.jit
+def _int8_scales(s_ptr, rn, n_mask, N, TWO: tl.constexpr):
+    """int8: the fp32 scales of rows rn and, with TWO, of the up rows N further down (else the same again)."""
+    scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
+    scale_up = scale
+    if TWO:
+        scale_up = tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)
+    return scale, scale_up
+
+
+@triton.jit
+def _plus_residual(y, res_ptr, rn, n_mask):
+    """res + y, rounded to the model dtype as transformers' residual add rounds."""
+    dt = y.dtype
+    r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
+    return (r.to(tl.float32) + y.to(tl.float32)).to(dt)
+
+
+@triton.jit
+def _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE: tl.constexpr,
+                BLOCK_N: tl.constexpr):
+    """Epilogues 0-2 of row block blk (rows rn) and the store: y the GEMV's rows in the model dtype, up the
+    SwiGLU up rows (else y again)."""
+    if EPILOGUE == 1:  # + residual, then this output's sum-of-squares partials for the next RMSNorm
+        y = _plus_residual(y, res_ptr, rn, n_mask)
+        yf = y.to(tl.float32)
+        part = tl.sum(tl.reshape(yf * yf, (BLOCK_N // 8, 8)), axis=1)  # 8 == SS_GROUP
+        rg = blk * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
+        tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
+    if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
+        gate = y.to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate))).to(y.dtype)
+        y = act * up
+    tl.store(y_ptr + rn, y, mask=n_mask)
+
+
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
                        stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, cnt_ptr,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
-                       REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                       REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PERSIST: tl.constexpr = 0):
     REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
+    TWO: tl.constexpr = EPILOGUE == 2
     # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
     # before the wait for the previous kernel
+    s, o, s_up, o_up = 0.0, 0.0, 0.0, 0.0
     if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
         w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, N, stride_wn,
-                                                    stride_sn, EPILOGUE == 2, BLOCK_K, GROUP)
+                                                    stride_sn, TWO, BLOCK_K, GROUP)
     elif WFMT == 1:  # int8: words of 4 weights, a scale per row
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
-        scale = tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)
-        scale_up = scale
-        if EPILOGUE == 2:
-            scale_up = tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)
+        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, TWO, BLOCK_K // 4)
+        s, s_up = _int8_scales(s_ptr, rn, n_mask, N, TWO)
     else:
-        w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, EPILOGUE == 2)
+        w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, TWO)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -110,95 +147,140 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
-    if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
-        NG: tl.constexpr = BLOCK_K // GROUP
-        WG: tl.constexpr = GROUP // 8
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-        xsum, csum = int4_x_sums(xs, NG, WG)
-        acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
-        if EPILOGUE == 2:
-            acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG, WG)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
-                                                        stride_sn, EPILOGUE == 2, BLOCK_K, GROUP)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
-            acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
-            if EPILOGUE == 2:
-                acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG,
-                                      WG)
-        if USE_PDL == 2:
-            gdc_launch_dependents()
-        y = tl.sum(acc, axis=1).to(dt)
-    elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
-        xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-        xacc = x_sum4(xs)
-        acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
-        if EPILOGUE == 2:
-            acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, EPILOGUE == 2, BLOCK_K // 4)
-            xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-            xacc += x_sum4(xs)
-            acc = int8_fma(acc, w, xs, one_bits)
-            if EPILOGUE == 2:
-                acc_up = int8_fma(acc_up, w_up, xs, one_bits)
-        if USE_PDL == 2:
-            gdc_launch_dependents()
-        xtot = 384.0 * tl.sum(xacc, axis=0)
-        y = (scale * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
-    else:
-        xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
-        acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
-        if EPILOGUE == 2:
-            acc_up = w_up.to(tl.float32) * xf[None, :]
-        for k0 in range(BLOCK_K, K, BLOCK_K):
-            k = k0 + rk
-            w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, EPILOGUE == 2)
-            xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
-            acc += w.to(tl.float32) * xf[None, :]
-            if EPILOGUE == 2:
-                acc_up += w_up.to(tl.float32) * xf[None, :]
-        if USE_PDL == 2:
-            gdc_launch_dependents()
-        y = tl.sum(acc, axis=1).to(dt)
-    if EPILOGUE == 1 or EPILOGUE == 3:  # + residual (then the partials, or the push)
-        r = tl.load(res_ptr + rn, mask=n_mask, other=0.0)
-        y = (r.to(tl.float32) + y.to(tl.float32)).to(dt)
-    if EPILOGUE == 1:  # this output's sum-of-squares partials for the next RMSNorm
-        yf = y.to(tl.float32)
-        part = tl.sum(tl.reshape(yf * yf, (BLOCK_N // 8, 8)), axis=1)  # 8 == SS_GROUP
-        rg = pid * (BLOCK_N // 8) + tl.arange(0, BLOCK_N // 8)
-        tl.store(ss_out_ptr + rg, part, mask=rg < tl.cdiv(N, 8))
-    if EPILOGUE == 2:  # silu(gate) * up, each rounded as transformers' fp16 MLP rounds
-        gate = y.to(tl.float32)
+    if PERSIST != 0:
+        # Persistent: one K tile per row (the launcher checks K <= BLOCK_K), x prepared once, and programs that
+        # walk the row blocks pid, pid + programs, ..., loading the next block's tile before this one's products
+        # so that the loads of a program overlap its own arithmetic (one program per block loads, then only
+        # computes: its SM's loads and arithmetic take turns)
+        NG: tl.constexpr = BLOCK_K // GROUP if WFMT == 2 else 1
+        WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
         if WFMT == 2:
-            up = tl.sum(acc_up, axis=1).to(dt)
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
         elif WFMT == 1:
-            up = (scale_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+            xtot = 384.0 * tl.sum(x_sum4(xs), axis=0)
         else:
-            up = tl.sum(acc_up, axis=1).to(dt)
-        act = (gate / (1.0 + tl.exp(-gate))).to(dt)
-        y = act * up
-    if EPILOGUE == 3:  # tensor parallel: this rank's rows straight into its slot of every rank's all-reduce buffer,
-        # then the all-reduce: the last REDUCERS programs to count their push in sum the row's blocks
-        push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
-        tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
-        # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the pushes
-        # need no release before it (a fence that waits for every store of the program, the peers' included)
-        arrived = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
         nprog = tl.num_programs(0)
-        if arrived == nprog - 1:  # every program has counted: zero again for the next call (and graph replay)
-            tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
-        reducers = tl.minimum(nprog, REDUCERS)
-        me = arrived - (nprog - reducers)  # 0 .. reducers - 1 for the last ones to arrive
-        if me >= 0:  # blocks me, me + reducers, ... of REDUCE_BLOCK values, each waited for on its own
-            for c0 in range(me * REDUCE_BLOCK, N, reducers * REDUCE_BLOCK):
-                offs = c0 + tl.arange(0, REDUCE_BLOCK)
-                h = wait_sum(buffer_ptrs, y_ptr, offs, offs < N, SLOT, RANK, WORLD, REDUCE_BLOCK)
-                store_row_ss(y_ptr, ss_out_ptr, h, c0 // REDUCE_BLOCK, offs, N, REDUCE_BLOCK, 8)  # 8 == SS_GROUP
+        for blk in range(pid, tl.cdiv(N, BLOCK_N), nprog):
+            rn_next = (blk + nprog) * BLOCK_N + tl.arange(0, BLOCK_N)
+            m_next = rn_next < N  # all false past the last block: no memory traffic
+            if WFMT == 2:
+                w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = int4_tile_loads(
+                    w_ptr, s_ptr, o_ptr, rn_next, m_next, 0, K, KW, N, stride_wn, stride_sn, TWO, BLOCK_K, GROUP)
+                y = tl.sum(int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG),
+                           axis=1).to(dt)
+                up = y
+                if TWO:
+                    up = tl.sum(int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
+                                            BLOCK_N, NG, WG), axis=1).to(dt)
+            elif WFMT == 1:
+                w_nx, w_up_nx = words(w_ptr, rn_next, m_next, 0, KW, N, stride_wn, TWO, BLOCK_K // 4)
+                s_nx, s_up_nx = _int8_scales(s_ptr, rn_next, m_next, N, TWO)
+                o_nx, o_up_nx = o, o_up
+                zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
+                y = (s * (256.0 * tl.sum(int8_fma(zero, w, xs, one_bits), axis=1) - xtot)).to(dt)
+                up = y
+                if TWO:
+                    up = (s_up * (256.0 * tl.sum(int8_fma(zero, w_up, xs, one_bits), axis=1) - xtot)).to(dt)
+            else:
+                w_nx, w_up_nx = w_tiles(w_ptr, rn_next, m_next, rk, K, N, stride_wn, TWO)
+                s_nx, o_nx, s_up_nx, o_up_nx = s, o, s_up, o_up
+                y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1).to(dt)
+                up = y
+                if TWO:
+                    up = tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1).to(dt)
+            _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
+            w, w_up, s, o, s_up, o_up = w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx
+            rn, n_mask = rn_next, m_next
+        if USE_PDL == 2:
+            gdc_launch_dependents()
     else:
-        tl.store(y_ptr + rn, y, mask=n_mask)
+        if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
+            NG: tl.constexpr = BLOCK_K // GROUP
+            WG: tl.constexpr = GROUP // 8
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+            xsum, csum = int4_x_sums(xs, NG, WG)
+            acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+            if TWO:
+                acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG,
+                                     WG)
+            for k0 in range(BLOCK_K, K, BLOCK_K):
+                w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
+                                                            stride_sn, TWO, BLOCK_K, GROUP)
+                xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+                xsum, csum = int4_x_sums(xs, NG, WG)
+                acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+                if TWO:
+                    acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N,
+                                          NG, WG)
+            if USE_PDL == 2:
+                gdc_launch_dependents()
+            y = tl.sum(acc, axis=1).to(dt)
+            up = y
+            if TWO:
+                up = tl.sum(acc_up, axis=1).to(dt)
+        elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+            xacc = x_sum4(xs)
+            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
+            if TWO:
+                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
+            for k0 in range(BLOCK_K, K, BLOCK_K):
+                w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, TWO, BLOCK_K // 4)
+                xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+                xacc += x_sum4(xs)
+                acc = int8_fma(acc, w, xs, one_bits)
+                if TWO:
+                    acc_up = int8_fma(acc_up, w_up, xs, one_bits)
+            if USE_PDL == 2:
+                gdc_launch_dependents()
+            xtot = 384.0 * tl.sum(xacc, axis=0)
+            y = (s * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
+            up = y
+            if TWO:
+                up = (s_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
+        else:
+            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
+            acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
+            if TWO:
+                acc_up = w_up.to(tl.float32) * xf[None, :]
+            for k0 in range(BLOCK_K, K, BLOCK_K):
+                k = k0 + rk
+                w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, TWO)
+                xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
+                acc += w.to(tl.float32) * xf[None, :]
+                if TWO:
+                    acc_up += w_up.to(tl.float32) * xf[None, :]
+            if USE_PDL == 2:
+                gdc_launch_dependents()
+            y = tl.sum(acc, axis=1).to(dt)
+            up = y
+            if TWO:
+                up = tl.sum(acc_up, axis=1).to(dt)
+        if EPILOGUE == 3:  # tensor parallel: + residual, then this rank's rows straight into its slot of every
+            # rank's all-reduce buffer, then the all-reduce: the last REDUCERS programs to count their push in sum
+            # the row's blocks
+            y = _plus_residual(y, res_ptr, rn, n_mask)
+            push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
+            tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
+            # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the
+            # pushes need no release before it (a fence that waits for every store of the program, the peers'
+            # included)
+            arrived = tl.atomic_add(cnt_ptr, 1, sem="relaxed")
+            nprog = tl.num_programs(0)
+            if arrived == nprog - 1:  # every program has counted: zero again for the next call (and graph replay)
+                tl.atomic_xchg(cnt_ptr, 0, sem="relaxed")
+            reducers = tl.minimum(nprog, REDUCERS)
+            me = arrived - (nprog - reducers)  # 0 .. reducers - 1 for the last ones to arrive
+            if me >= 0:  # blocks me, me + reducers, ... of REDUCE_BLOCK values, each waited for on its own
+                for c0 in range(me * REDUCE_BLOCK, N, reducers * REDUCE_BLOCK):
+                    offs = c0 + tl.arange(0, REDUCE_BLOCK)
+                    h = wait_sum(buffer_ptrs, y_ptr, offs, offs < N, SLOT, RANK, WORLD, REDUCE_BLOCK)
+                    store_row_ss(y_ptr, ss_out_ptr, h, c0 // REDUCE_BLOCK, offs, N, REDUCE_BLOCK, 8)  # 8 == SS_GROUP
+        else:
+            _store_rows(y, up, rn, n_mask, pid, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
 
 
 def allreduce_reducers() -> int:
@@ -234,13 +316,18 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     o = offsets if offsets is not None else s
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]),)
+        blocks = triton.cdiv(n, meta["BLOCK_N"])
+        if meta.get("PERSIST", 0):  # persistent programs: PERSIST per SM, at most one per row block
+            return (min(blocks, meta["PERSIST"] * sm_count(x.device)),)
+        return (blocks,)
 
     form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(
         epilogue, "rmsnorm" if prologue else "gemv")
     buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
+    if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or epilogue == EPILOGUE_RESIDUAL_ALLREDUCE):
+        raise ValueError(f"a persistent GEMV takes one K tile ({K} > {config['BLOCK_K']}?) and no all-reduce")
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
