@@ -389,15 +389,13 @@ def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3) -> dict:
 # row block's tile loaded before this one's products) for the one-tile shapes: the head, wo, w13
 CONFIG_TRIALS_13 = {
     "pinned": {},
-    "head persist": {"rmsnorm_int4": _persist(8)},
-    "wo persist": {"residual_int4@4096": _persist(8)},
-    "w13 persist BN4": {"swiglu_int4": _persist(4)},
-    "all three persist": {"rmsnorm_int4": _persist(8), "residual_int4@4096": _persist(8),
-                          "swiglu_int4": _persist(4)},
-    "all three persist s1": {"rmsnorm_int4": _persist(8, stages=1), "residual_int4@4096": _persist(8, stages=1),
-                             "swiglu_int4": _persist(4, stages=1)},
-    "all three persist 2/SM": {"rmsnorm_int4": _persist(8, 2), "residual_int4@4096": _persist(8, 2),
-                               "swiglu_int4": _persist(4, 2)},
+    "head P3": {"rmsnorm_int4": _persist(8)},
+    "head P4": {"rmsnorm_int4": _persist(8, 4)},
+    "wo P3": {"residual_int4@4096": _persist(8)},
+    "w13 BN4 P3": {"swiglu_int4": _persist(4)},
+    "w13 BN8 P2": {"swiglu_int4": _persist(8, 2)},
+    "head P3 + w13 BN4 P3": {"rmsnorm_int4": _persist(8), "swiglu_int4": _persist(4)},
+    "head P3 + w13 BN8 P2": {"rmsnorm_int4": _persist(8), "swiglu_int4": _persist(8, 2)},
     "pinned again": {},
 }
 

@@ -163,9 +163,13 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
         nprog = tl.num_programs(0)
-        for blk in range(pid, tl.cdiv(N, BLOCK_N), nprog):
+        nblk = tl.cdiv(N, BLOCK_N)
+        for blk in range(pid, nblk, nprog):
             rn_next = (blk + nprog) * BLOCK_N + tl.arange(0, BLOCK_N)
             m_next = rn_next < N  # all false past the last block: no memory traffic
+            if USE_PDL == 2:
+                if blk + nprog >= nblk:  # this program's last block: as the one-block programs trigger
+                    gdc_launch_dependents()
             if WFMT == 2:
                 w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = int4_tile_loads(
                     w_ptr, s_ptr, o_ptr, rn_next, m_next, 0, K, KW, N, stride_wn, stride_sn, TWO, BLOCK_K, GROUP)
@@ -194,8 +198,6 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
             w, w_up, s, o, s_up, o_up = w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx
             rn, n_mask = rn_next, m_next
-        if USE_PDL == 2:
-            gdc_launch_dependents()
     else:
         if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
             NG: tl.constexpr = BLOCK_K // GROUP
