@@ -644,12 +644,34 @@ def test_quantized_pinned_configs(monkeypatch):
             assert bytes_per_thread == 16 or (form in ("swiglu", "qkv_rope") or wide) and bytes_per_thread == 8, (
                 form, c)
         assert ROPE_MIN_HEAD_DIM % configs.pinned_config(f"qkv_rope_{fmt}", 12288, 4096)["BLOCK_N"] == 0
+    # persistent programs (gemv.py's PERSIST) only where measured faster: int4 SwiGLU, 2 an SM
+    assert {f"{form}_{fmt}" for form in ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope") for fmt in
+            ("int8", "int4") if configs.pinned_config(f"{form}_{fmt}", 4096, 4096).get("PERSIST")} == {"swiglu_int4"}
+    assert configs.pinned_config("swiglu_int4", 11008, 4096)["PERSIST"] == 2
     assert configs.pinned_config("residual", 4096, 11008)["BLOCK_K"] == 1024  # unchanged
     assert configs.pinned_config("qkv_rope", 12288, 4096) == configs.QKV_ROPE_CONFIG
     asked = []
     monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: asked.append(form))
     configs.pinned_config("swiglu_int4", 11008, 4096)
     assert asked == ["swiglu_int4"]
+
+
+@needs_triton
+def test_persistent_gemv_launch(monkeypatch):
+    """PERSIST: a grid of PERSIST programs an SM, at most one a row block; where the persistent form cannot run
+    (K wider than its one tile) the launch drops the key and takes one program a row block."""
+    import llama_fast.kernels  # noqa: F401  (the package's `gemv` is the op: the module through sys.modules)
+    from llama_fast.kernels import configs
+
+    gemv = sys.modules["llama_fast.kernels.gemv"]
+    cfg = {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3, "PERSIST": 2}
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: cfg)
+    monkeypatch.setattr(gemv, "sm_count", lambda device: 3)
+    for K, persist, programs in ((512, 2, 6), (1024, None, 25)):  # 200 rows: 25 blocks of 8
+        x, w = torch.zeros(1, K), torch.zeros(200, K)
+        _, grid, _, kwargs, _ = gemv.fused_call(x, w, x, x, x, 0.0, gemv.PROLOGUE_NONE, gemv.EPILOGUE_NONE, 200,
+                                                0, None, None, 0)
+        assert kwargs.get("PERSIST") == persist and grid(kwargs) == (programs,), (K, kwargs)
 
 
 @needs_triton

@@ -329,7 +329,9 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or epilogue == EPILOGUE_RESIDUAL_ALLREDUCE):
-        raise ValueError(f"a persistent GEMV takes one K tile ({K} > {config['BLOCK_K']}?) and no all-reduce")
+        # the persistent form holds one K tile of x and counts no all-reduce arrivals: the same tile one program
+        # a row block (a wider model's rows, the tensor-parallel residual GEMV)
+        config = {k: v for k, v in config.items() if k != "PERSIST"}
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
