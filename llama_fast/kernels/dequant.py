@@ -204,8 +204,10 @@ def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG
 # The prefill multiplies by the dequantized weight (a GEMM over the prompt's rows: cuBLAS on the model dtype). Traced
 # as torch ops (unpack, fp32 multiply-add, cast), Inductor built kernels that moved the weight at about 35 GB/s (the
 # nibble interleave defeats its vectorization): a 1000-token int4 prefill spent 190 of its 210 ms dequantizing.
-# This kernel reads each byte once and writes the weight once, in the same fp32 arithmetic as quant.py's.
-DEQUANT_BLOCK_N, DEQUANT_BLOCK_B = 16, 256  # rows x packed bytes (int4) or weights (int8) per program
+# This kernel reads each byte once and writes the weight once, in the same fp32 arithmetic as quant.py's. int4
+# loads a tile's scales and offsets once a group: loaded once a byte they made it 2.3x slower (a Llama-7B
+# layer's four weights 325 against 142 us on an H200, 1.5 against 3.5 TB/s; docs/PERF.md).
+DEQUANT_BLOCK_N, DEQUANT_BLOCK_B, DEQUANT_WARPS = 16, 256, 4  # rows x packed bytes (int4) or weights (int8) a program
 
 
 @triton.jit
@@ -217,13 +219,16 @@ def _dequant_kernel(q_ptr, s_ptr, o_ptr, out_ptr, N, KB, stride_sn, GROUP: tl.co
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     m = (rn < N)[:, None] & (rb < KB)[None, :]
     q = tl.load(q_ptr + rn[:, None].to(tl.int64) * KB + rb[None, :], mask=m, other=0)
-    if INT4:
-        g = (2 * rb) // GROUP  # both nibbles of a byte lie in one group (GROUP is even)
-        so = rn[:, None].to(tl.int64) * stride_sn + g[None, :]
-        s = tl.load(s_ptr + so, mask=m, other=0.0).to(tl.float32)
-        o = tl.load(o_ptr + so, mask=m, other=0.0).to(tl.float32)
-        lo = (q & 15).to(tl.float32) * s + o
-        hi = (q >> 4).to(tl.float32) * s + o
+    if INT4:  # the tile's groups: scales and offsets loaded once a group, not once a byte
+        NG: tl.constexpr = 2 * BLOCK_B // GROUP
+        rg = tl.program_id(1) * NG + tl.arange(0, NG)
+        mg = (rn < N)[:, None] & (rg < 2 * KB // GROUP)[None, :]
+        so = rn[:, None].to(tl.int64) * stride_sn + rg[None, :]
+        s = tl.load(s_ptr + so, mask=mg, other=0.0).to(tl.float32)[:, :, None]
+        o = tl.load(o_ptr + so, mask=mg, other=0.0).to(tl.float32)[:, :, None]
+        qg = tl.reshape(q, (BLOCK_N, NG, GROUP // 2))  # the bytes of each group
+        lo = (qg & 15).to(tl.float32) * s + o
+        hi = (qg >> 4).to(tl.float32) * s + o
         w = tl.reshape(tl.join(lo, hi), (BLOCK_N, 2 * BLOCK_B))  # element 2j low nibble, 2j + 1 high
         rk = 2 * tl.program_id(1) * BLOCK_B + tl.arange(0, 2 * BLOCK_B)
         mk = (rn < N)[:, None] & (rk < 2 * KB)[None, :]
@@ -248,5 +253,5 @@ def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, offsets: torc
     grid = (triton.cdiv(n, DEQUANT_BLOCK_N), triton.cdiv(kb, DEQUANT_BLOCK_B))
     wrap_triton(_dequant_kernel)[grid](qweight, scales, offsets if int4 else scales, out, n, kb,
                                        scales.stride(0), GROUP=group if int4 else 2, INT4=int4,
-                                       BLOCK_N=DEQUANT_BLOCK_N, BLOCK_B=DEQUANT_BLOCK_B, num_warps=4)
+                                       BLOCK_N=DEQUANT_BLOCK_N, BLOCK_B=DEQUANT_BLOCK_B, num_warps=DEQUANT_WARPS)
     return out
