@@ -399,9 +399,23 @@ CONFIG_TRIALS_13 = {
     "pinned again": {},
 }
 
+# set 14, on fused-gemv-early with --quantize int8: the persistent forms at one K tile of 4096 (16 bytes a thread and
+# row at 8 warps, 32 at 4)
+CONFIG_TRIALS_14 = {
+    "pinned": {},
+    "head P2 w8": {"rmsnorm_int8": _persist(8, 2, warps=8)},
+    "head w4 P3": {"rmsnorm_int8": _persist(8, 3)},
+    "w13 BN4 P2 w8": {"swiglu_int8": _persist(4, 2, warps=8)},
+    "wo P2 w8": {"residual_int8@4096": _persist(8, 2, warps=8)},
+    "head + w13 + wo": {"rmsnorm_int8": _persist(8, 2, warps=8), "swiglu_int8": _persist(4, 2, warps=8),
+                        "residual_int8@4096": _persist(8, 2, warps=8)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
-              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13}
+              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13,
+              14: CONFIG_TRIALS_14}
 
 
 def trial_set(number: int) -> dict[str, dict]:
