@@ -15,6 +15,11 @@ GEMV's summation order differs from the unfused path.
 
 The weights are in the model dtype or quantized (constexpr WFMT: int8 per row, int4 in groups), the latter read
 as packed words and dequantized in registers in fp32 (dequant.py), with the same prologue and epilogues.
+
+A launch is one program per BLOCK_N rows, or, with a config's PERSIST (programs per SM), persistent programs
+that walk the row blocks with x prepared once and the next block's tile loaded before this block's products (the
+row in one K tile): a program per block loads its tile and then only computes, in step with the others of its
+SM, so memory and arithmetic take turns (docs/PERF.md, "Persistent programs").
 """
 from __future__ import annotations
 
