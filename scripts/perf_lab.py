@@ -412,10 +412,19 @@ CONFIG_TRIALS_14 = {
     "pinned again": {},
 }
 
+# set 15, on fused-gemv-early with --quantize int4: the qkv+RoPE GEMV (wqkv) as persistent programs
+CONFIG_TRIALS_15 = {
+    "pinned": {},
+    "qkv BN16 P2": {"qkv_rope_int4": _persist(16, 2)},
+    "qkv BN8 P3": {"qkv_rope_int4": _persist(8, 3)},
+    "qkv BN8 P3 + head P3": {"qkv_rope_int4": _persist(8, 3), "rmsnorm_int4": _persist(8, 3)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13,
-              14: CONFIG_TRIALS_14}
+              14: CONFIG_TRIALS_14, 15: CONFIG_TRIALS_15}
 
 
 def trial_set(number: int) -> dict[str, dict]:

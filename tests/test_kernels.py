@@ -261,9 +261,12 @@ mode = sys.argv[1]
 SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
 SMALL_QKV = {**SMALL, "BLOCK_N": 16}
 PERSISTENT = {**SMALL, "BLOCK_K": 512, "PERSIST": 1}
+PERSISTENT_QKV = {**PERSISTENT, "BLOCK_N": 16}
+qkv_persist = [mode == "persist"]  # the qkv+RoPE form persistent too (switched off for one comparison below)
 seen = []
 if mode == "persist":  # (the package's `gemv` is the op: the module through sys.modules)
-    sys.modules["llama_fast.kernels.gemv"].sm_count = lambda device: 2
+    for name in ("gemv", "qkv_rope"):
+        sys.modules[f"llama_fast.kernels.{name}"].sm_count = lambda device: 2
 
 
 def override(form, n, K):
@@ -271,7 +274,7 @@ def override(form, n, K):
     if mode == "pinned":
         return None
     if form.startswith("qkv_rope"):
-        return SMALL_QKV
+        return PERSISTENT_QKV if qkv_persist[0] else SMALL_QKV
     return PERSISTENT if mode == "persist" else SMALL
 
 
@@ -360,6 +363,16 @@ for fmt in ("int8", "int4:g32", "int4:g64", "int4:g128"):
     others = torch.ones(S, dtype=torch.bool)
     others[pos] = False
     assert not kc[0, :, others].any() and not vc[0, :, others].any()  # only slot pos was written
+if mode == "persist":  # model-dtype weights: the persistent qkv+RoPE form against the one-program-a-block form
+    wq = 0.05 * torch.randn(Nq, K)
+    outs = []
+    for persistent in (True, False):
+        qkv_persist[0] = persistent
+        kc, vc = torch.zeros(1, Hkv, S, D), torch.zeros(1, Hkv, S, D)
+        outs.append((kn.gemv_rmsnorm_qkv_rope(x, ss, g, wq, eps, cos, sin, kc, vc, torch.tensor([pos]), H), kc, vc))
+    for a, b in zip(*outs):
+        assert (a - b).abs().max() <= 1e-6 * b.abs().max() and b.abs().max() > 0
+    qkv_persist[0] = True
 # fp16 activations, scales and offsets (the model dtype): the rounding steps of the fp16 path
 xh, resh, gh = x.half(), res.half(), g.half()
 for fmt in ("int8", "int4:g128"):
@@ -371,7 +384,7 @@ for fmt in ("int8", "int4:g128"):
     err = ((y.double().reshape(-1) - yref).norm() / yref.norm()).item()
     assert err < 2e-3, (fmt, err)  # fp16 rounding of the projection and of the sum
     print(f"fp16 residual {fmt}: relative error {err:.1e}")
-dense = set()
+dense = {"qkv_rope"} if mode == "persist" else set()  # the model-dtype forms run above and here
 if mode == "persist":  # the model-dtype weights through the persistent forms too (fp32: rounding-level errors)
     w, w13 = 0.05 * torch.randn(N, K), 0.05 * torch.randn(2 * N, K)
     ref, rref, guref = (w.double() @ x.double().reshape(-1), w.double() @ xn.double().reshape(-1),
