@@ -54,7 +54,7 @@ def h200_pins(form: str, n: int) -> dict:
              "residual_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3},
              # trial set 13: w13 as persistent programs, 2 an SM
              "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
-             "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3}}
+             "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2}}
     fmt = form.rpartition("_")[2]
     if fmt in ("int8", "int4"):
         return quant.get(form) or quant[fmt]

@@ -79,7 +79,8 @@ QUANT_CONFIGS = {
     # loaded before this one's products and x prepared once (gemv.py, PERSIST): 19.8 against 22.7 us alone, the
     # decode step 2.003 against 2.024 / 2.028 ms pinned at one program per block (perf_lab.py trial set 13, H200)
     "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
-    "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
+    # wqkv as persistent programs too, 2 an SM (255 registers): the step 1.990 against 2.023 / 2.021 ms (trial set 15)
+    "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
 }
 
 # Decode attention. Inside torch.compile: 64-slot tiles (one tile per program, K and V loads issued together)
