@@ -106,7 +106,8 @@ out = []
 for spec in specs:
     kernel = getattr(importlib.import_module(spec["module"]), spec["kernel"])
     kernel = kernel if hasattr(kernel, "cache_key") else kernel.fn  # an autotuner: its function
-    const = spec["const"]
+    # constexprs the spec leaves out take the kernel's defaults (as a launch does)
+    const = {**{p.name: p.default for p in kernel.params if p.is_constexpr and p.has_default}, **spec["const"]}
     signature = {**dict(zip(spec["names"], spec["types"])), **dict.fromkeys(const, "constexpr")}
     attrs = {(i,): [["tt.divisibility", 16]] for i in spec["aligned"]}
     src = ASTSource(kernel, signature, constexprs=const, attrs=attrs)
@@ -123,7 +124,8 @@ print(json.dumps(out))
 def compile_offline(specs: list[dict], arch: int) -> list[dict]:
     """Each spec's kernel compiled ahead of time for ('cuda', arch), without a GPU: [{"ptx", "shared"}] in order,
     or the test skipped where this Triton install cannot compile for that target. A spec: module and kernel (its
-    attribute name), names and types of the arguments, const (the constexprs), options (num_warps, ...), aligned
+    attribute name), names and types of the arguments, const (the constexprs; those left out with a default in the
+    kernel take it), options (num_warps, ...), aligned
     (the argument indices Triton specializes as 16-divisible). One fresh process for all of them: a test that ran
     earlier in this one may have imported the kernels under TRITON_INTERPRET=1, and interpreter functions cannot
     be compiled."""
