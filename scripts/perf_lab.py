@@ -421,7 +421,8 @@ CONFIG_TRIALS_15 = {
     "pinned again": {},
 }
 
-# set 16, on fused-gemv-early with --quantize int4 (wqkv and w13 persistent since f7ad054): the head (rmsnorm form)
+# set 16, on fused-gemv-early with --quantize int4 (wqkv and w13 persistent since f7ad054): the head (rmsnorm form);
+# its first trial again after the pins, as the noise between the two showed as large as the gain
 CONFIG_TRIALS_16 = {
     "pinned": {},
     "head P3": {"rmsnorm_int4": _persist(8)},
@@ -433,9 +434,8 @@ CONFIG_TRIALS_16 = {
 
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
-              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13,
-              14: CONFIG_TRIALS_14, 15: CONFIG_TRIALS_15,
-              16: CONFIG_TRIALS_16}
+              10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
+              15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16}
 
 
 def trial_set(number: int) -> dict[str, dict]:
