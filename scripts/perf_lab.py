@@ -517,8 +517,8 @@ def memory_report(say, k, cfg, dtype, w, fast, variant, quantize=None):
     floor = memory_budget_bytes(cfg, dtype, w, 0, quantize)
     extra = torch.cuda.memory_allocated() - sum(
         t.numel() * t.element_size() for t in list(fast.model.parameters()) + list(fast.model.buffers()))
-    say(f"{k}: memory MB floor {floor / 1e6:.0f}; allocated beyond our params and buffers (KV cache included; counts any transformers "
-        f"model) {extra / 1e6:.1f}")
+    say(f"{k}: memory MB floor {floor / 1e6:.0f}; allocated beyond our params and buffers (KV cache included; "
+        f"counts any transformers model) {extra / 1e6:.1f}")
     peaks = {}
     for name, n in (("prefill", 1), ("run", w.new_tokens)):
         wl = Workload(w.batch, w.prompt_len, n, w.cache)
