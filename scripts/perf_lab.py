@@ -432,10 +432,23 @@ CONFIG_TRIALS_16 = {
     "head P3 again": {"rmsnorm_int4": _persist(8)},
 }
 
+# set 17, on fused-gemv-early with --quantize int4: the persistent wqkv and w13 at fewer programs than fit an SM,
+# so that the next kernel's programs (launched early: ForwardOptions.pdl_gemv_early) find room to load their first
+# tiles while these run
+CONFIG_TRIALS_17 = {
+    "pinned": {},
+    "w13 P1": {"swiglu_int4": _persist(8, 1)},
+    "qkv P1": {"qkv_rope_int4": _persist(16, 1)},
+    "w13 BN4 P2": {"swiglu_int4": _persist(4, 2)},
+    "qkv BN8 P2": {"qkv_rope_int4": _persist(8, 2)},
+    "w13 BN4 P2 + qkv BN8 P2": {"swiglu_int4": _persist(4, 2), "qkv_rope_int4": _persist(8, 2)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
-              15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16}
+              15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17}
 
 
 def trial_set(number: int) -> dict[str, dict]:
