@@ -11,6 +11,15 @@ inside a CUDA graph of 10 calls, weights rotated over 4 copies so L2 never holds
                                                   # also each fused form with int8 and int4 (group 128) weights,
                                                   # GB/s counting the bytes it reads (qweight, scales, offsets);
                                                   # with --sweep-configs over QUANT_GRID, then the pinned configs
+  python scripts/fused_bench.py --weights int4 --gemv-only --sweep-configs --persist [--pdl 2]
+                                                  # also the persistent forms (config key PERSIST: programs
+                                                  # per SM that walk the row blocks) of the one-tile shapes
+  python scripts/fused_bench.py --weights int4,int8 --gemv-only --only wqkv --dequant
+                                                  # one decode GEMV only (a target for Nsight Compute:
+                                                  # ncu -k regex:gemv_fused --launch-skip 2 --launch-count 1
+                                                  # profiles the plain form's third warm-up launch); --dequant:
+                                                  # also the prefill's whole-weight dequantization of each
+                                                  # layer weight (TB/s counting the read and the write)
   python scripts/fused_bench.py --device cpu --shape tiny --cache 80 --attended 70 --reps 1 --calls 1
     (Triton's interpreter on the CPU: checks that every launch builds and runs, times nothing useful)
 """
@@ -41,6 +50,10 @@ WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where
 # row (configs.QUANT_CONFIGS) at 2-8 warps; the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
 QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)]
               for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
+# (BLOCK_N, BLOCK_K, num_warps, PERSIST) of --persist: 16 bytes a thread and row, the row in one K tile of
+# 4096 (Llama-7B's width; a wider row takes one program a block), 1-4 persistent programs per SM
+PERSIST_GRID = {"int4": [(bn, 4096, 4, p) for bn in (8, 16) for p in (1, 2, 3, 4)],
+                "int8": [(bn, 4096, 8, p) for bn in (8, 16) for p in (1, 2, 3)]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                       f"{', '.join(WEIGHTS)} (int4: group 128)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cpu: the kernels in Triton's interpreter (a check, not a timing)")
+    ap.add_argument("--persist", action="store_true",
+                    help="with --sweep-configs and quantized weights: also the persistent forms (PERSIST_GRID)")
+    ap.add_argument("--pdl", type=int, default=0, choices=(0, 2),
+                    help="the GEMVs' PDL mode (2: each launch lets the next one in after its main loop, where the "
+                         "GPU has PDL)")
+    ap.add_argument("--only", default=None, metavar="NAMES",
+                    help="comma-separated decode GEMVs to time (wqkv, wo, w13, w2, head; default: all)")
+    ap.add_argument("--dequant", action="store_true",
+                    help="also the prefill's whole-weight dequantization of each layer weight, per quantized format")
     ap.add_argument("--reps", type=int, default=30, help="timed repetitions (median)")
     ap.add_argument("--calls", type=int, default=10, help="calls per timed repetition (per CUDA graph)")
     args = ap.parse_args(argv)
@@ -67,6 +89,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [w for w in args.weights if w not in WEIGHTS]
     if unknown:
         ap.error(f"--weights: unknown {', '.join(unknown)} (choose from {', '.join(WEIGHTS)})")
+    if args.persist and not (args.sweep_configs and set(args.weights) - {"fp16"}):
+        ap.error("--persist sweeps the quantized forms: give --sweep-configs and --weights int8 and / or int4")
+    names = ("wqkv", "wo", "w13", "w2", "head")
+    args.only = names if args.only is None else tuple(args.only.split(","))
+    if set(args.only) - set(names):
+        ap.error(f"--only: unknown {', '.join(sorted(set(args.only) - set(names)))} (choose from {', '.join(names)})")
     return args
 
 
@@ -80,10 +108,11 @@ def form_switches(form: str) -> tuple[int, int]:
 
 
 def best_and_pinned(name: str, form: str, nbytes: int, results: list, pinned: list[tuple]) -> list[str]:
-    """Report lines of a config sweep: the four best (us per call, bn, bk, warps) results, then those of the
-    pinned configs (tuples as the results' configs)."""
-    def line(kind, t, bn, bk, w):
-        return f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
+    """Report lines of a config sweep: the four best (us per call, bn, bk, warps[, persist]) results, then those
+    of the pinned configs (tuples as the results' configs)."""
+    def line(kind, t, bn, bk, w, persist=0):
+        return (f"      {name} {form} {kind} {t:7.1f} us {nbytes / t / 1e3:6.0f} GB/s  BN{bn} BK{bk} warps {w}"
+                + (f" persist {persist}" if persist else ""))
     results = sorted(results)
     return ([line("best", *r) for r in results[:4]]
             + [line("at", *r) for r in results if tuple(r[1:]) in pinned])
@@ -136,20 +165,47 @@ def gemvs(args, cfg, dev, bench):
     if args.sweep_configs and "fp16" in args.weights:
         sweep_qkv(args, cfg, x, g, ss, bench)
     for name, (N, K) in decode_gemv_shapes(cfg).items():
+        if name not in args.only:
+            continue
         xin = act if name == "w2" else x
         if "fp16" in args.weights:
             w = rotating(lambda: torch.randn(N, K, device=dev, dtype=dt) * 0.02)
             for form in GEMV_FORMS[name]:
                 pro, epi = form_switches(form)
                 n = N // 2 if form == "swiglu" else N
-                t = bench(lambda: _launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n))
+                t = bench(lambda: _launch_fused(xin, w(), g, res, ss if pro else xin, eps, pro, epi, n, args.pdl))
                 print(f"{name:5s} {form:9s} {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s", flush=True)
                 if args.sweep_configs and STEP_FORMS.get(name) == form:
                     sweep_gemv(args, name, form, N, K, n, w, xin, g, res, ss if pro else xin, eps, bench)
         for fmt in (f for f in args.weights if f != "fp16"):
             quantized_gemv(args, name, fmt, N, K, xin, g, res, ss, eps, bench)
-    for fmt in (f for f in args.weights if f != "fp16"):
+    for fmt in (f for f in args.weights if f != "fp16" and "wqkv" in args.only):
         quantized_qkv(args, cfg, fmt, x, g, ss, bench)
+    if args.dequant:
+        for fmt in (f for f in args.weights if f != "fp16"):
+            dequant(args, cfg, fmt, dev, dt, bench)
+
+
+def dequant(args, cfg, fmt, dev, dt, bench):
+    """The prefill's whole-weight dequantization (kernels.dequant.dequantize_weight) of each layer weight in
+    --only, in a quantized format: us per weight, TB/s counting the bytes read (qweight, scales, offsets) and
+    the model-dtype weight written, and the layer's sum."""
+    from llama_fast.kernels.dequant import dequantize_weight
+
+    total = 0.0
+    for name, (N, K) in decode_gemv_shapes(cfg).items():
+        if name == "head" or name not in args.only:  # the head is not a layer weight
+            continue
+        wq = rotating(lambda: quant_weight(fmt, N, K, dev, dt))
+
+        def call():
+            q, quant = wq()
+            return dequantize_weight(q, quant["scales"], quant.get("offsets"), quant.get("group", 0))
+        t = bench(call)
+        total += t
+        nbytes = weight_bytes(*wq()) + N * K * torch.empty((), dtype=dt).element_size()
+        print(f"{name:5s} dequantize/{fmt:5s} {t:7.1f} us  {nbytes / t / 1e6:5.2f} TB/s", flush=True)
+    print(f"layer dequantize/{fmt:5s} {total:7.1f} us", flush=True)
 
 
 def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
@@ -167,11 +223,13 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
 
         def call():
             q, quant = wq()
-            return _launch_fused(x, q, g, res, ss if pro else x, eps, pro, epi, n, 0, **quant)
+            return _launch_fused(x, q, g, res, ss if pro else x, eps, pro, epi, n, args.pdl, **quant)
         t = bench(call)
         print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
         if args.sweep_configs and STEP_FORMS.get(name) == form:
-            results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", QUANT_GRID[fmt], call, bench, args.reps)
+            # the persistent forms where the row is one K tile (--persist; a wider row would time the fallback)
+            grid = QUANT_GRID[fmt] + (PERSIST_GRID[fmt] if args.persist and K <= 4096 else [])
+            results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", grid, call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
                                         [pinned_tuple(p)]):
@@ -179,26 +237,29 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
 
 
 def pinned_tuple(config: dict) -> tuple:
-    """A config dict as the sweeps' result tuples name it: (bn, bk, warps)."""
-    return config["BLOCK_N"], config["BLOCK_K"], config["num_warps"]
+    """A config dict as the sweeps' result tuples name it: (bn, bk, warps, persist)."""
+    return config["BLOCK_N"], config["BLOCK_K"], config["num_warps"], config.get("PERSIST", 0)
 
 
 def sweep_configs(form: str, label: str, grid: list[tuple], call, bench, reps: int, keep=None) -> list[tuple]:
-    """(us per call, bn, bk, warps) of call (an op's eager launch) under each (bn, bk, warps) config of grid for
-    form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config the GPU cannot run is skipped with a
-    line."""
+    """(us per call, bn, bk, warps, persist) of call (an op's eager launch) under each (bn, bk, warps[, persist])
+    config of grid for form (kernels.configs.CONFIG_OVERRIDE; those keep(bn) accepts); a config the GPU cannot
+    run is skipped with a line."""
     from bench_util import config_override
 
     results = []
-    for bn, bk, warps in grid:
+    for bn, bk, warps, *persist in grid:
         if keep is not None and not keep(bn):
             continue
-        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2}
+        persist = persist[0] if persist else 0
+        config = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": 2,
+                  **({"PERSIST": persist} if persist else {})}
         with config_override({form: config}):
             try:
-                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps))
+                results.append((bench(call, reps=min(reps, 10)), bn, bk, warps, persist))
             except Exception as e:  # out of resources for a config: skip it, say so
-                print(f"      {label} BN{bn} BK{bk} w{warps}: {type(e).__name__}", flush=True)
+                print(f"      {label} BN{bn} BK{bk} w{warps}" + (f" P{persist}" if persist else "")
+                      + f": {type(e).__name__}", flush=True)
     return results
 
 
@@ -220,15 +281,16 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
 
     def call():
         q, quant = wq()
-        return gemv_rmsnorm_qkv_rope(x, ss, g, q, cfg.norm_eps, cos, sin, kc, vc, pos, H, 0, **quant)
+        return gemv_rmsnorm_qkv_rope(x, ss, g, q, cfg.norm_eps, cos, sin, kc, vc, pos, H, args.pdl, **quant)
     t = bench(call)
     p = pinned_config(f"qkv_rope_{fmt}", N, K)
     print(f"wqkv  {'qkv_rope/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s  {p}", flush=True)
     if not args.sweep_configs:
         return
+    grid = QUANT_GRID[fmt] + (PERSIST_GRID[fmt] if args.persist and K <= 4096 else [])
     # a program's rows must stay within one head
-    results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", QUANT_GRID[fmt], call, bench, args.reps,
-                               keep=lambda bn: D % bn == 0)
+    results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", grid, call, bench, args.reps,
+                            keep=lambda bn: D % bn == 0)
     for line in best_and_pinned("wqkv", f"qkv_rope/{fmt}", nbytes, results,
                                 [pinned_tuple(p)]):
         print(line, flush=True)
@@ -242,7 +304,7 @@ def sweep_gemv(args, name, form, N, K, n, w, x, g, res, ss, eps, bench):
 
     pro, epi = form_switches(form)
     def call():
-        return _launch_fused(x, w(), g, res, ss, eps, pro, epi, n)
+        return _launch_fused(x, w(), g, res, ss, eps, pro, epi, n, args.pdl)
     results = sweep_configs(form, f"{name} {form}", GEMV_GRID, call, bench, args.reps)
     pinned = gemv_config(form, n)
     for line in best_and_pinned(name, form, N * K * 2, results,
@@ -265,7 +327,7 @@ def sweep_qkv(args, cfg, x, g, ss, bench):
     pos = torch.tensor([args.attended - 1], device=dev)
 
     def call():
-        return gemv_rmsnorm_qkv_rope(x, ss, g, w(), cfg.norm_eps, cos, sin, kc, vc, pos, H)
+        return gemv_rmsnorm_qkv_rope(x, ss, g, w(), cfg.norm_eps, cos, sin, kc, vc, pos, H, args.pdl)
     t = bench(call)
     print(f"wqkv  qkv_rope pinned {t:7.1f} us  {N * K * 2 / t / 1e3:6.0f} GB/s  {QKV_ROPE_CONFIG}", flush=True)
     # a program's rows must stay within one head

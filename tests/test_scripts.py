@@ -493,6 +493,14 @@ def test_micro_benchmark_tables(tool):
     assert rows[0] == ("pinned", None) and len(rows) == 13 and len({name for name, _ in rows}) == 13
     with pytest.raises(SystemExit):
         gemv_bench.parse_args(["--device", "cpu", "--forms", "linear,cutlass"])
+    # a persistent config's line names it; --persist needs a quantized sweep; --only names decode GEMVs
+    line = fused_bench.best_and_pinned("w13", "swiglu/int4", 2e6, [(2.0, 8, 4096, 4, 2)], [(8, 4096, 4, 2)])[-1]
+    assert line.split()[2] == "at" and line.endswith("BK4096 warps 4 persist 2")
+    assert fused_bench.parse_args(["--device", "cpu", "--only", "w13,wo"]).only == ("w13", "wo")
+    for bad in (["--persist"], ["--persist", "--sweep-configs"], ["--only", "w4"], ["--pdl", "1"]):
+        with pytest.raises(SystemExit):
+            fused_bench.parse_args(["--device", "cpu", *bad])
+    assert all(bk == 4096 for grid in fused_bench.PERSIST_GRID.values() for _, bk, _, _ in grid)
 
 
 @needs_triton
@@ -621,6 +629,22 @@ def test_fused_bench_in_the_interpreter(interpreter):
     assert len([line for line in out if " at " in line]) == 5  # each one's pinned config, timed in the sweep
     assert len([line for line in out if re.match(r"attn  chunk +\d+ warps \d: split", line)]) == 9
     assert any(line.startswith("attn  decode_attention_one_launch (chunk 128, 4 warps)") for line in out)
+
+
+@pytest.mark.slow
+def test_fused_bench_persistent_forms_and_dequant_in_the_interpreter(interpreter):
+    """--persist adds the persistent configs to a quantized sweep (the pinned persistent w13 among them, so its
+    own line is timed), --only keeps one decode GEMV, --dequant times the prefill's dequantization of its
+    weight; no config fails."""
+    r = run_tool("fused_bench", "--device", "cpu", "--shape", "tiny", "--reps", "1", "--calls", "1", "--weights",
+                 "int4", "--gemv-only", "--sweep-configs", "--persist", "--dequant", "--only", "w13")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout.splitlines()
+    assert not [line for line in out if re.search(r"BN\d+ BK\d+ w\d+( P\d)?: \w+", line)], r.stdout
+    assert [line.split()[1] for line in out if re.match(r"\w+ +\S+/int4 +[\d.]+ us  +\d+ GB/s", line)] == [
+        "gemv/int4", "swiglu/int4"]  # w13 only
+    assert [line for line in out if " at " in line and line.endswith("BN8 BK4096 warps 4 persist 2")], r.stdout
+    assert [line.split()[0] for line in out if "dequantize/int4" in line] == ["w13", "layer"]
 
 
 @pytest.mark.slow
