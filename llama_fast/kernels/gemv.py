@@ -222,12 +222,6 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 if TWO:
                     acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N,
                                           NG, WG)
-            if USE_PDL == 2:
-                gdc_launch_dependents()
-            y = tl.sum(acc, axis=1).to(dt)
-            up = y
-            if TWO:
-                up = tl.sum(acc_up, axis=1).to(dt)
         elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
@@ -241,13 +235,6 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 acc = int8_fma(acc, w, xs, one_bits)
                 if TWO:
                     acc_up = int8_fma(acc_up, w_up, xs, one_bits)
-            if USE_PDL == 2:
-                gdc_launch_dependents()
-            xtot = 384.0 * tl.sum(xacc, axis=0)
-            y = (s * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
-            up = y
-            if TWO:
-                up = (s_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
             acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
@@ -260,8 +247,15 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 acc += w.to(tl.float32) * xf[None, :]
                 if TWO:
                     acc_up += w_up.to(tl.float32) * xf[None, :]
-            if USE_PDL == 2:
-                gdc_launch_dependents()
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        if WFMT == 1:  # int8: the rows' constant part and scale
+            xtot = 384.0 * tl.sum(xacc, axis=0)
+            y = (s * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
+            up = y
+            if TWO:
+                up = (s_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
+        else:  # the rows' sums (int4: of the groups' scaled and offset sums)
             y = tl.sum(acc, axis=1).to(dt)
             up = y
             if TWO:
