@@ -90,6 +90,42 @@ def _int8_scales(s_ptr, rn, n_mask, N, TWO: tl.constexpr):
 
 
 @triton.jit
+def first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, K, KW, offset, stride_wn, stride_sn, TWO: tl.constexpr,
+                WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The first K tile of rows rn and, with TWO, of the rows `offset` further down (else the same again) in the
+    weight format WFMT, with their scales and offsets: (w, w2, s, o, s2, o2), 0.0 where the format has none
+    (int8: s and s2 the rows' scales, no offsets)."""
+    if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
+        w, w2, s, o, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, offset, stride_wn,
+                                              stride_sn, TWO, BLOCK_K, GROUP)
+    elif WFMT == 1:  # int8: words of 4 weights, a scale per row
+        w, w2 = words(w_ptr, rn, n_mask, 0, KW, offset, stride_wn, TWO, BLOCK_K // 4)
+        s, s2 = _int8_scales(s_ptr, rn, n_mask, offset, TWO)
+        o, o2 = 0.0, 0.0
+    else:
+        w, w2 = w_tiles(w_ptr, rn, n_mask, tl.arange(0, BLOCK_K), K, offset, stride_wn, TWO)
+        s, o, s2, o2 = 0.0, 0.0, 0.0, 0.0
+    return w, w2, s, o, s2, o2
+
+
+def persistent_grid(blocks: int, meta: dict, device: torch.device) -> tuple[int]:
+    """The grid of a launch of `blocks` row blocks: one program a block, or with the config's PERSIST that many
+    persistent programs per SM, at most one a block."""
+    if meta.get("PERSIST", 0):
+        return (min(blocks, meta["PERSIST"] * sm_count(device)),)
+    return (blocks,)
+
+
+def one_tile_config(config: dict, K: int, persistent_ok: bool = True) -> dict:
+    """config without PERSIST where the persistent form cannot run (it holds one K tile of x: K wider than
+    BLOCK_K; persistent_ok False: the tensor-parallel all-reducing epilogue, which counts one arrival a
+    program): the same tile, one program a row block."""
+    if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or not persistent_ok):
+        return {k: v for k, v in config.items() if k != "PERSIST"}
+    return config
+
+
+@triton.jit
 def _plus_residual(y, res_ptr, rn, n_mask):
     """res + y, rounded to the model dtype as transformers' residual add rounds."""
     dt = y.dtype
@@ -132,15 +168,8 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
     TWO: tl.constexpr = EPILOGUE == 2
     # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
     # before the wait for the previous kernel
-    s, o, s_up, o_up = 0.0, 0.0, 0.0, 0.0
-    if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
-        w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, N, stride_wn,
-                                                    stride_sn, TWO, BLOCK_K, GROUP)
-    elif WFMT == 1:  # int8: words of 4 weights, a scale per row
-        w, w_up = words(w_ptr, rn, n_mask, 0, KW, N, stride_wn, TWO, BLOCK_K // 4)
-        s, s_up = _int8_scales(s_ptr, rn, n_mask, N, TWO)
-    else:
-        w, w_up = w_tiles(w_ptr, rn, n_mask, rk, K, N, stride_wn, TWO)
+    w, w_up, s, o, s_up, o_up = first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, K, KW, N, stride_wn, stride_sn, TWO,
+                                            WFMT, GROUP, BLOCK_K)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -175,9 +204,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             if USE_PDL == 2:
                 if blk + nprog >= nblk:  # this program's last block: as the one-block programs trigger
                     gdc_launch_dependents()
+            w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = first_tiles(w_ptr, s_ptr, o_ptr, rn_next, m_next, K, KW, N,
+                                                                      stride_wn, stride_sn, TWO, WFMT, GROUP, BLOCK_K)
             if WFMT == 2:
-                w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = int4_tile_loads(
-                    w_ptr, s_ptr, o_ptr, rn_next, m_next, 0, K, KW, N, stride_wn, stride_sn, TWO, BLOCK_K, GROUP)
                 y = tl.sum(int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG),
                            axis=1).to(dt)
                 up = y
@@ -185,17 +214,12 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                     up = tl.sum(int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
                                             BLOCK_N, NG, WG), axis=1).to(dt)
             elif WFMT == 1:
-                w_nx, w_up_nx = words(w_ptr, rn_next, m_next, 0, KW, N, stride_wn, TWO, BLOCK_K // 4)
-                s_nx, s_up_nx = _int8_scales(s_ptr, rn_next, m_next, N, TWO)
-                o_nx, o_up_nx = o, o_up
                 zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
                 y = (s * (256.0 * tl.sum(int8_fma(zero, w, xs, one_bits), axis=1) - xtot)).to(dt)
                 up = y
                 if TWO:
                     up = (s_up * (256.0 * tl.sum(int8_fma(zero, w_up, xs, one_bits), axis=1) - xtot)).to(dt)
             else:
-                w_nx, w_up_nx = w_tiles(w_ptr, rn_next, m_next, rk, K, N, stride_wn, TWO)
-                s_nx, o_nx, s_up_nx, o_up_nx = s, o, s_up, o_up
                 y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1).to(dt)
                 up = y
                 if TWO:
@@ -317,20 +341,14 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     o = offsets if offsets is not None else s
 
     def grid(meta):
-        blocks = triton.cdiv(n, meta["BLOCK_N"])
-        if meta.get("PERSIST", 0):  # persistent programs: PERSIST per SM, at most one per row block
-            return (min(blocks, meta["PERSIST"] * sm_count(x.device)),)
-        return (blocks,)
+        return persistent_grid(triton.cdiv(n, meta["BLOCK_N"]), meta, x.device)
 
     form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(
         epilogue, "rmsnorm" if prologue else "gemv")
     buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
-    if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or epilogue == EPILOGUE_RESIDUAL_ALLREDUCE):
-        # the persistent form holds one K tile of x and counts no all-reduce arrivals: the same tile one program
-        # a row block (a wider model's rows, the tensor-parallel residual GEMV)
-        config = {k: v for k, v in config.items() if k != "PERSIST"}
+    config = one_tile_config(config, K, epilogue != EPILOGUE_RESIDUAL_ALLREDUCE)
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,

@@ -16,8 +16,7 @@ from torch.library import triton_op, wrap_triton
 from .configs import autotune_configs, heads_form, pinned_config
 from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x_sums,
                       int8_fma, weight_format, words, x_sum4)
-from .gemm import sm_count
-from .gemv import w_tiles, x_tile, x_words
+from .gemv import first_tiles, one_tile_config, persistent_grid, w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -58,25 +57,6 @@ def _rope_store(y1, y2, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, 
         tl.store(vb + d1 + D // 2, y2.to(dt))
 
 
-@triton.jit
-def _half_tiles(w_ptr, s_ptr, o_ptr, r1, m1, K, KW, stride_wn, stride_sn, D: tl.constexpr, WFMT: tl.constexpr,
-                GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The first K tile of rows r1 and r1 + D / 2 (masked by m1) and their scales: (w1, w2, s1, o1, s2, o2), the
-    scales and offsets 0.0 where the format has none (int8: s1, s2 the rows' scales)."""
-    if WFMT == 2:
-        w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, m1, 0, K, KW, D // 2, stride_wn,
-                                                 stride_sn, True, BLOCK_K, GROUP)
-    elif WFMT == 1:
-        w1, w2 = words(w_ptr, r1, m1, 0, KW, D // 2, stride_wn, True, BLOCK_K // 4)
-        s1 = tl.load(s_ptr + r1, mask=m1, other=0.0).to(tl.float32)
-        s2 = tl.load(s_ptr + r1 + D // 2, mask=m1, other=0.0).to(tl.float32)
-        o1, o2 = 0.0, 0.0
-    else:
-        w1, w2 = w_tiles(w_ptr, r1, m1, tl.arange(0, BLOCK_K), K, D // 2, stride_wn, True)
-        s1, o1, s2, o2 = 0.0, 0.0, 0.0, 0.0
-    return w1, w2, s1, o1, s2, o2
-
-
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "D", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
@@ -91,8 +71,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     dt = x_ptr.dtype.element_ty
     # the first K tile of the weights (and their scales) loads before the wait for the previous kernel (as in
     # gemv.py); rows r1 and r2 = r1 + D/2
-    w1, w2, s1, o1, s2, o2 = _half_tiles(w_ptr, s_ptr, o_ptr, r1, r1 < N, K, KW, stride_wn, stride_sn, D, WFMT,
-                                         GROUP, BLOCK_K)
+    w1, w2, s1, o1, s2, o2 = first_tiles(w_ptr, s_ptr, o_ptr, r1, r1 < N, K, KW, D // 2, stride_wn, stride_sn, True,
+                                         WFMT, GROUP, BLOCK_K)
     if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
@@ -117,8 +97,9 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         nblk = N // BLOCK_N
         for blk in range(pid, nblk, nprog):
             u_nx, d1_nx, r1_nx, r2_nx = _head_rows(blk + nprog, D, BLOCK_N)
-            w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx = _half_tiles(w_ptr, s_ptr, o_ptr, r1_nx, r1_nx < N, K, KW,
-                                                                   stride_wn, stride_sn, D, WFMT, GROUP, BLOCK_K)
+            w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx = first_tiles(w_ptr, s_ptr, o_ptr, r1_nx, r1_nx < N, K, KW,
+                                                                   D // 2, stride_wn, stride_sn, True, WFMT, GROUP,
+                                                                   BLOCK_K)
             if USE_PDL == 2:
                 if blk + nprog >= nblk:  # this program's last block
                     gdc_launch_dependents()
@@ -220,16 +201,12 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
     o = offsets if offsets is not None else s
 
     def grid(meta):
-        blocks = (n_heads + 2 * hkv) * (D // meta["BLOCK_N"])
-        if meta.get("PERSIST", 0):  # persistent programs: PERSIST per SM, at most one per row block
-            return (min(blocks, meta["PERSIST"] * sm_count(x.device)),)
-        return (blocks,)
+        return persistent_grid((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]), meta, x.device)
 
     form = "qkv_rope" + ("", "_int8", "_int4")[wfmt]
     config = pinned_config(form, wqkv.shape[0], x.shape[1], heads_form(form, n_heads, hkv))
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
-    if config.get("PERSIST", 0) and x.shape[1] > config["BLOCK_K"]:  # one K tile only: one program a block
-        config = {k: v for k, v in config.items() if k != "PERSIST"}
+    config = one_tile_config(config, x.shape[1])
     args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
             wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,
             k_cache.stride(1), k_cache.stride(2))
