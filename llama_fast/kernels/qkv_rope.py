@@ -134,10 +134,6 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                 xsum, csum = int4_x_sums(xs, NG, WG)
                 acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
                 acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
-            if USE_PDL == 2:
-                gdc_launch_dependents()
-            y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
-            y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
         elif WFMT == 1:  # as gemv.py's int8 path
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
@@ -149,11 +145,6 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                 xacc += x_sum4(xs)
                 acc1 = int8_fma(acc1, w1, xs, one_bits)
                 acc2 = int8_fma(acc2, w2, xs, one_bits)
-            if USE_PDL == 2:
-                gdc_launch_dependents()
-            xtot = 384.0 * tl.sum(xacc, axis=0)
-            y1 = (s1 * (256.0 * tl.sum(acc1, axis=1) - xtot)).to(dt).to(tl.float32)
-            y2 = (s2 * (256.0 * tl.sum(acc2, axis=1) - xtot)).to(dt).to(tl.float32)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
             acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
@@ -164,9 +155,14 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                 xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
                 acc1 += w1.to(tl.float32) * xf[None, :]
                 acc2 += w2.to(tl.float32) * xf[None, :]
-            if USE_PDL == 2:
-                gdc_launch_dependents()
-            y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)  # the projection, rounded as transformers' q/k/v
+        if USE_PDL == 2:
+            gdc_launch_dependents()
+        if WFMT == 1:  # int8: the rows' constant part and scale
+            xtot = 384.0 * tl.sum(xacc, axis=0)
+            y1 = (s1 * (256.0 * tl.sum(acc1, axis=1) - xtot)).to(dt).to(tl.float32)
+            y2 = (s2 * (256.0 * tl.sum(acc2, axis=1) - xtot)).to(dt).to(tl.float32)
+        else:  # the projection, rounded as transformers' q/k/v
+            y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
             y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
         _rope_store(y1, y2, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch,
                     stride_cs, D)
