@@ -136,43 +136,67 @@ def split_words(xt, NW: tl.constexpr, PER: tl.constexpr):
 
 
 @triton.jit
-def f32_bits(ws, MASK: tl.constexpr, exp_bits):
-    """The float whose mantissa bits are ws's bits under MASK and whose exponent bits are exp_bits's."""
-    return ((ws & MASK) | exp_bits).to(tl.float32, bitcast=True)
+def subnormal(bits):
+    """The float32 whose bits are `bits` (uint32 with the exponent and sign bits clear: the subnormal
+    bits * 2^-149, exact)."""
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def int8_fma(acc, w, xs, one_bits):
-    """acc + sum_j f_j * x_j over the 4 bytes of each word (BLOCK_N, NW): f = 1 + (q + 128) / 256, the byte with
-    its sign bit flipped shifted to bits 15..22 under 1.0's exponent."""
-    MASK: tl.constexpr = 0xFF << 15
+def int8_x(xs):
+    """int8_fma's x: element j of each word scaled by 2^100 (bytes 0 and 2 of a word, at bits 0..7 of their
+    subnormal) or 2^92 (bytes 1 and 3, at bits 8..15), so that every product is u x 2^-49 (exact: powers of two)."""
+    return xs[0] * 1.2676506002282294e30, xs[1] * 4.951760157141521e27, \
+        xs[2] * 1.2676506002282294e30, xs[3] * 4.951760157141521e27
+
+
+@triton.jit
+def int8_fma(acc, w, xs):
+    """acc + sum_j u_j x_j 2^-49 over the 4 bytes of each word (BLOCK_N, NW), xs from int8_x: u = q + 128 (the
+    byte with its sign bit flipped) taken as the subnormal float of its bits in place (bytes 0 and 1 of the word,
+    then of the word shifted by 16). sum_j q_j x_j = 2^49 acc - 128 sum_j x_j."""
     u = w ^ 0x80808080
-    acc += f32_bits(u << 15, MASK, one_bits) * xs[0][None, :]
-    acc += f32_bits(u << 7, MASK, one_bits) * xs[1][None, :]
-    acc += f32_bits(u >> 1, MASK, one_bits) * xs[2][None, :]
-    acc += f32_bits(u >> 9, MASK, one_bits) * xs[3][None, :]
+    uh = u >> 16
+    acc += subnormal(u & 0xFF) * xs[0][None, :]
+    acc += subnormal(u & 0xFF00) * xs[1][None, :]
+    acc += subnormal(uh & 0xFF) * xs[2][None, :]
+    acc += subnormal(uh & 0xFF00) * xs[3][None, :]
     return acc
 
 
 @triton.jit
-def int4_dot(w, xs, one_bits, sixteen_bits):
-    """sum_j f_j * x_j over the 8 nibbles of each word (BLOCK_N, NW): nibble j at bits 15..18 under 16.0's exponent
-    (even j, f = 16 + q / 16) or at bits 19..22 under 1.0's (odd j, f = 1 + q / 16); nibbles 2i and 2i + 1 share
-    one shift."""
-    EVEN: tl.constexpr = 0xF << 15
-    ODD: tl.constexpr = 0xF << 19
-    w15 = w << 15
-    w7 = w << 7
-    w1 = w >> 1
-    w9 = w >> 9
-    p = f32_bits(w15, EVEN, sixteen_bits) * xs[0][None, :]
-    p += f32_bits(w15, ODD, one_bits) * xs[1][None, :]
-    p += f32_bits(w7, EVEN, sixteen_bits) * xs[2][None, :]
-    p += f32_bits(w7, ODD, one_bits) * xs[3][None, :]
-    p += f32_bits(w1, EVEN, sixteen_bits) * xs[4][None, :]
-    p += f32_bits(w1, ODD, one_bits) * xs[5][None, :]
-    p += f32_bits(w9, EVEN, sixteen_bits) * xs[6][None, :]
-    p += f32_bits(w9, ODD, one_bits) * xs[7][None, :]
+def int8_rows(acc, s, xtot):
+    """int8: the rows (BLOCK_N,) of W @ x from int8_fma's acc (BLOCK_N, NW), the rows' scales s and xtot = 128 sum_k
+    x_k: s (2^49 sum acc - xtot)."""
+    return s * (562949953421312.0 * tl.sum(acc, axis=1) - xtot)
+
+
+@triton.jit
+def int4_x(xs, NG: tl.constexpr, WG: tl.constexpr):
+    """(int4_dot's x, sum_k x_k per group of WG words (NG,)): element j of each word scaled by 2^(100 - 4j) for
+    j < 6 (nibble j at bits 4j.. of its float) and 2^100 for j = 6, 7 (read from the word shifted by 24 and 28),
+    so that every product is q x 2^-49 (exact: powers of two)."""
+    xsum = tl.sum(tl.reshape(((xs[0] + xs[1]) + (xs[2] + xs[3])) + ((xs[4] + xs[5]) + (xs[6] + xs[7])), (NG, WG)),
+                  axis=1)
+    X0: tl.constexpr = 1.2676506002282294e30  # 2^100
+    return (xs[0] * X0, xs[1] * (X0 / 16), xs[2] * (X0 / 256), xs[3] * (X0 / 4096), xs[4] * (X0 / 65536),
+            xs[5] * (X0 / 1048576), xs[6] * X0, xs[7] * X0), xsum
+
+
+@triton.jit
+def int4_dot(w, xs):
+    """sum_j q_j x_j 2^-49 over the 8 nibbles of each word (BLOCK_N, NW), xs from int4_x: nibbles 0-5 taken as the
+    float of their bits in place (q 2^(4j - 149): subnormal, or for nibble 5 with q >= 8 the normal number whose
+    exponent's lowest bit is q's top bit, the same value), nibbles 6 and 7 from the word shifted by 24 and 28 (bits 24 on
+    would fall in the exponent)."""
+    p = subnormal(w & 0xF) * xs[0][None, :]
+    p += subnormal(w & 0xF0) * xs[1][None, :]
+    p += subnormal(w & 0xF00) * xs[2][None, :]
+    p += subnormal(w & 0xF000) * xs[3][None, :]
+    p += subnormal(w & 0xF0000) * xs[4][None, :]
+    p += subnormal(w & 0xF00000) * xs[5][None, :]
+    p += subnormal((w >> 24) & 0xF) * xs[6][None, :]
+    p += subnormal(w >> 28) * xs[7][None, :]
     return p
 
 
@@ -183,21 +207,11 @@ def x_sum4(xs):
 
 
 @triton.jit
-def int4_x_sums(xs, NG: tl.constexpr, WG: tl.constexpr):
-    """Per group of WG words (NG,): (sum_k x_k, sum_k c_k x_k) with c_k = 16 for even j, 1 for odd j."""
-    even = (xs[0] + xs[2]) + (xs[4] + xs[6])
-    odd = (xs[1] + xs[3]) + (xs[5] + xs[7])
-    xsum = tl.sum(tl.reshape(even + odd, (NG, WG)), axis=1)
-    csum = tl.sum(tl.reshape(16.0 * even + odd, (NG, WG)), axis=1)
-    return xsum, csum
-
-
-@triton.jit
-def int4_groups(p, s, o, xsum, csum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr):
-    """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 16 s (sum f x - sum c x) +
+def int4_groups(p, s, o, xsum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr):
+    """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 2^49 s sum_k q_k x_k 2^-49 +
     o sum x, the dequantized product q * s + o summed over the group."""
     fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
-    return s * (16.0 * (fsum - csum[None, :])) + o * xsum[None, :]
+    return (s * 562949953421312.0) * fsum + o * xsum[None, :]  # 2^49
 
 
 # ------------------------------------------------------------------------------------------- whole-weight dequant

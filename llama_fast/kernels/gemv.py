@@ -29,8 +29,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
-                      int4_tile_loads, int4_x_sums, int8_fma, split_words, weight_format, words, x_sum4)
+from .dequant import (WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
+                      int4_tile_loads, int4_x, int8_fma, int8_rows, int8_x, split_words, weight_format, words, x_sum4)
 from .gemm import sm_count
 from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
@@ -154,7 +154,7 @@ def _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE:
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
-                       stride_wn, stride_sn, eps, one_bits, sixteen_bits, buffer_ptrs, SLOT, cnt_ptr,
+                       stride_wn, stride_sn, eps, buffer_ptrs, SLOT, cnt_ptr,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
                        REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -190,10 +190,11 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
         if WFMT == 2:
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
+            xs, xsum = int4_x(xs, NG, WG)
         elif WFMT == 1:
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-            xtot = 384.0 * tl.sum(x_sum4(xs), axis=0)
+            xtot = 128.0 * tl.sum(x_sum4(xs), axis=0)
+            xs = int8_x(xs)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
         nprog = tl.num_programs(0)
@@ -207,18 +208,18 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = first_tiles(w_ptr, s_ptr, o_ptr, rn_next, m_next, K, KW, N,
                                                                       stride_wn, stride_sn, TWO, WFMT, GROUP, BLOCK_K)
             if WFMT == 2:
-                y = tl.sum(int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG),
+                y = tl.sum(int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG),
                            axis=1).to(dt)
                 up = y
                 if TWO:
-                    up = tl.sum(int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum,
+                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum,
                                             BLOCK_N, NG, WG), axis=1).to(dt)
             elif WFMT == 1:
                 zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
-                y = (s * (256.0 * tl.sum(int8_fma(zero, w, xs, one_bits), axis=1) - xtot)).to(dt)
+                y = int8_rows(int8_fma(zero, w, xs), s, xtot).to(dt)
                 up = y
                 if TWO:
-                    up = (s_up * (256.0 * tl.sum(int8_fma(zero, w_up, xs, one_bits), axis=1) - xtot)).to(dt)
+                    up = int8_rows(int8_fma(zero, w_up, xs), s_up, xtot).to(dt)
             else:
                 y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1).to(dt)
                 up = y
@@ -232,33 +233,33 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             NG: tl.constexpr = BLOCK_K // GROUP
             WG: tl.constexpr = GROUP // 8
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
-            acc = int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+            xs, xsum = int4_x(xs, NG, WG)
+            acc = int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
             if TWO:
-                acc_up = int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N, NG,
+                acc_up = int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG,
                                      WG)
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
                                                             stride_sn, TWO, BLOCK_K, GROUP)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-                xsum, csum = int4_x_sums(xs, NG, WG)
-                acc += int4_groups(int4_dot(w, xs, one_bits, sixteen_bits), s, o, xsum, csum, BLOCK_N, NG, WG)
+                xs, xsum = int4_x(xs, NG, WG)
+                acc += int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
                 if TWO:
-                    acc_up += int4_groups(int4_dot(w_up, xs, one_bits, sixteen_bits), s_up, o_up, xsum, csum, BLOCK_N,
+                    acc_up += int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N,
                                           NG, WG)
         elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
-            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs, one_bits)
+            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, int8_x(xs))
             if TWO:
-                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs, one_bits)
+                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, int8_x(xs))
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, TWO, BLOCK_K // 4)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
                 xacc += x_sum4(xs)
-                acc = int8_fma(acc, w, xs, one_bits)
+                acc = int8_fma(acc, w, int8_x(xs))
                 if TWO:
-                    acc_up = int8_fma(acc_up, w_up, xs, one_bits)
+                    acc_up = int8_fma(acc_up, w_up, int8_x(xs))
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
             acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
@@ -274,11 +275,11 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         if USE_PDL == 2:
             gdc_launch_dependents()
         if WFMT == 1:  # int8: the rows' constant part and scale
-            xtot = 384.0 * tl.sum(xacc, axis=0)
-            y = (s * (256.0 * tl.sum(acc, axis=1) - xtot)).to(dt)
+            xtot = 128.0 * tl.sum(xacc, axis=0)
+            y = int8_rows(acc, s, xtot).to(dt)
             up = y
             if TWO:
-                up = (s_up * (256.0 * tl.sum(acc_up, axis=1) - xtot)).to(dt)
+                up = int8_rows(acc_up, s_up, xtot).to(dt)
         else:  # the rows' sums (int4: of the groups' scaled and offset sums)
             y = tl.sum(acc, axis=1).to(dt)
             up = y
@@ -350,7 +351,7 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     config = one_tile_config(config, K, epilogue != EPILOGUE_RESIDUAL_ALLREDUCE)
     args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
-            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, buffer_ptrs, slot, counter)
+            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
                   GROUP=group, RANK=rank, WORLD=world,

@@ -14,8 +14,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, heads_form, pinned_config
-from .dequant import (ONE_BITS, SIXTEEN_BITS, WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x_sums,
-                      int8_fma, weight_format, words, x_sum4)
+from .dequant import (WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x,
+                      int8_fma, int8_rows, int8_x, weight_format, words, x_sum4)
 from .gemv import first_tiles, one_tile_config, persistent_grid, w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -60,7 +60,7 @@ def _rope_store(y1, y2, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, 
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "D", "WFMT", "GROUP"])
 @triton.jit
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
-                          N, K, KW, NSS, stride_wn, stride_sn, eps, one_bits, sixteen_bits, H, HKV, stride_ch,
+                          N, K, KW, NSS, stride_wn, stride_sn, eps, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                           WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                           PERSIST: tl.constexpr = 0):
@@ -87,10 +87,11 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
         if WFMT == 2:
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
+            xs, xsum = int4_x(xs, NG, WG)
         elif WFMT == 1:
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
-            xtot = 384.0 * tl.sum(x_sum4(xs), axis=0)
+            xtot = 128.0 * tl.sum(x_sum4(xs), axis=0)
+            xs = int8_x(xs)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)
         nprog = tl.num_programs(0)
@@ -104,14 +105,14 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                 if blk + nprog >= nblk:  # this program's last block
                     gdc_launch_dependents()
             if WFMT == 2:
-                y1 = tl.sum(int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG),
+                y1 = tl.sum(int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG),
                             axis=1)
-                y2 = tl.sum(int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG),
+                y2 = tl.sum(int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG),
                             axis=1)
             elif WFMT == 1:
                 zero = tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32)
-                y1 = s1 * (256.0 * tl.sum(int8_fma(zero, w1, xs, one_bits), axis=1) - xtot)
-                y2 = s2 * (256.0 * tl.sum(int8_fma(zero, w2, xs, one_bits), axis=1) - xtot)
+                y1 = int8_rows(int8_fma(zero, w1, xs), s1, xtot)
+                y2 = int8_rows(int8_fma(zero, w2, xs), s2, xtot)
             else:
                 y1 = tl.sum(w1.to(tl.float32) * xf[None, :], axis=1)
                 y2 = tl.sum(w2.to(tl.float32) * xf[None, :], axis=1)
@@ -124,27 +125,27 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
             NG: tl.constexpr = BLOCK_K // GROUP
             WG: tl.constexpr = GROUP // 8
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
-            xsum, csum = int4_x_sums(xs, NG, WG)
-            acc1 = int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
-            acc2 = int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+            xs, xsum = int4_x(xs, NG, WG)
+            acc1 = int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG)
+            acc2 = int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG)
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2,
                                                          stride_wn, stride_sn, True, BLOCK_K, GROUP)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
-                xsum, csum = int4_x_sums(xs, NG, WG)
-                acc1 += int4_groups(int4_dot(w1, xs, one_bits, sixteen_bits), s1, o1, xsum, csum, HALF, NG, WG)
-                acc2 += int4_groups(int4_dot(w2, xs, one_bits, sixteen_bits), s2, o2, xsum, csum, HALF, NG, WG)
+                xs, xsum = int4_x(xs, NG, WG)
+                acc1 += int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG)
+                acc2 += int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG)
         elif WFMT == 1:  # as gemv.py's int8 path
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
-            acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs, one_bits)
-            acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs, one_bits)
+            acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, int8_x(xs))
+            acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, int8_x(xs))
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
                 xacc += x_sum4(xs)
-                acc1 = int8_fma(acc1, w1, xs, one_bits)
-                acc2 = int8_fma(acc2, w2, xs, one_bits)
+                acc1 = int8_fma(acc1, w1, int8_x(xs))
+                acc2 = int8_fma(acc2, w2, int8_x(xs))
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
             acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
@@ -158,9 +159,9 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         if USE_PDL == 2:
             gdc_launch_dependents()
         if WFMT == 1:  # int8: the rows' constant part and scale
-            xtot = 384.0 * tl.sum(xacc, axis=0)
-            y1 = (s1 * (256.0 * tl.sum(acc1, axis=1) - xtot)).to(dt).to(tl.float32)
-            y2 = (s2 * (256.0 * tl.sum(acc2, axis=1) - xtot)).to(dt).to(tl.float32)
+            xtot = 128.0 * tl.sum(xacc, axis=0)
+            y1 = int8_rows(acc1, s1, xtot).to(dt).to(tl.float32)
+            y2 = int8_rows(acc2, s2, xtot).to(dt).to(tl.float32)
         else:  # the projection, rounded as transformers' q/k/v
             y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
             y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
@@ -204,7 +205,7 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
     config = one_tile_config(config, x.shape[1])
     args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
-            wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, ONE_BITS, SIXTEEN_BITS, n_heads, hkv,
+            wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, n_heads, hkv,
             k_cache.stride(1), k_cache.stride(2))
     kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
                   **config, **launch_kwargs(pdl))
