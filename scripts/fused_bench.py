@@ -50,9 +50,10 @@ WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where
 # row (configs.QUANT_CONFIGS) at 2-8 warps; the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
 QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)]
               for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
-# (BLOCK_N, BLOCK_K, num_warps, PERSIST) of --persist: 16 bytes a thread and row, the row in one K tile of
-# 4096 (Llama-7B's width; a wider row takes one program a block), 1-4 persistent programs per SM
-PERSIST_GRID = {"int4": [(bn, 4096, 4, p) for bn in (8, 16) for p in (1, 2, 3, 4)],
+# (BLOCK_N, BLOCK_K, num_warps, PERSIST) of --persist: the row in one K tile of 4096 (Llama-7B's width; a wider
+# row takes one program a block), 16 bytes a thread and row (int4 also 8, at 8 warps), 1-4 persistent programs
+# per SM
+PERSIST_GRID = {"int4": [(bn, 4096, w, p) for bn in (8, 16) for w in (4, 8) for p in (1, 2, 3, 4)],
                 "int8": [(bn, 4096, 8, p) for bn in (8, 16) for p in (1, 2, 3)]}
 
 

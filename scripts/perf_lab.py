@@ -445,10 +445,23 @@ CONFIG_TRIALS_17 = {
     "pinned again": {},
 }
 
+# set 18, on fused-gemv-early with --quantize int4, after the subnormal dequantization (fewer instructions a weight):
+# persistent forms at 8 warps (half the registers a thread: twice the warps an SM) and the head persistent again
+CONFIG_TRIALS_18 = {
+    "pinned": {},
+    "w13 P2 w8": {"swiglu_int4": _persist(8, 2, warps=8)},
+    "qkv P1 w8": {"qkv_rope_int4": _persist(16, 1, warps=8)},
+    "head P3": {"rmsnorm_int4": _persist(8, 3)},
+    "head BN16 P2 w8": {"rmsnorm_int4": _persist(16, 2, warps=8)},
+    "wo BN16 P2 w8": {"residual_int4@4096": _persist(16, 2, warps=8)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
-              15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17}
+              15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
+              18: CONFIG_TRIALS_18}
 
 
 def trial_set(number: int) -> dict[str, dict]:
