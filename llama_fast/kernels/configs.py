@@ -75,10 +75,12 @@ QUANT_CONFIGS = {
     # weight, 128 registers, against 4.09 and 133; compiled offline): the decode step 2.027 against 2.074 / 2.076
     # ms pinned at 8 rows over 4 warps (perf_lab.py trial set 12, H200); 16 rows over 4 warps (255 registers) 2.239
     "residual_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3},
-    # w13: persistent programs, 2 an SM (255 registers), each walking the row blocks with the next block's tile
-    # loaded before this one's products and x prepared once (gemv.py, PERSIST): 19.8 against 22.7 us alone, the
-    # decode step 2.003 against 2.024 / 2.028 ms pinned at one program per block (perf_lab.py trial set 13, H200)
-    "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
+    # w13: persistent programs, 2 an SM, each walking the row blocks with the next block's tile loaded before this
+    # one's products and x prepared once (gemv.py, PERSIST): at 4 warps (255 registers) 19.8 against 22.7 us
+    # alone, the decode step 2.003 against 2.024 / 2.028 ms pinned at one program per block (perf_lab.py trial
+    # set 13, H200); at 8 warps (128 registers, twice the warps an SM) 16.6 against 19.9 us alone, the step 1.879
+    # against 1.932 / 1.933 ms (trial set 18)
+    "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3, "PERSIST": 2},
     # wqkv as persistent programs too, 2 an SM (255 registers): the step 1.990 against 2.023 / 2.021 ms (trial set 15)
     "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
 }

@@ -187,8 +187,8 @@ def int4_x(xs, NG: tl.constexpr, WG: tl.constexpr):
 def int4_dot(w, xs):
     """sum_j q_j x_j 2^-49 over the 8 nibbles of each word (BLOCK_N, NW), xs from int4_x: nibbles 0-5 taken as the
     float of their bits in place (q 2^(4j - 149): subnormal, or for nibble 5 with q >= 8 the normal number whose
-    exponent's lowest bit is q's top bit, the same value), nibbles 6 and 7 from the word shifted by 24 and 28 (bits 24 on
-    would fall in the exponent)."""
+    exponent's lowest bit is q's top bit, the same value), nibbles 6 and 7 from the word shifted by 24 and 28
+    (bits 24 on would fall in the exponent)."""
     p = subnormal(w & 0xF) * xs[0][None, :]
     p += subnormal(w & 0xF0) * xs[1][None, :]
     p += subnormal(w & 0xF00) * xs[2][None, :]
