@@ -177,7 +177,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     gemm = {f"gemm16_{kind}" for kind in ("plain", "rmsnorm", "swiglu")}  # the small-M GEMM's forms (set 9)
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17]
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20]
     for number in perf_lab.TRIAL_SETS:
         trials = perf_lab.trial_set(number)
         names = list(trials)
@@ -191,8 +191,8 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 else:
                     if form in gemm:
                         assert set(config) == tile | {"PER_SM"}, (number, name)
-                    else:  # PERSIST: a persistent GEMV (kernels/gemv.py)
-                        assert tile <= set(config) <= tile | {"PERSIST"}, (number, name)
+                    else:  # PERSIST: a persistent GEMV; PREFETCH: its K loop loading ahead (kernels/gemv.py)
+                        assert tile <= set(config) <= tile | {"PERSIST", "PREFETCH"}, (number, name)
                     # the sum-of-squares partials take 8 rows at a time; SwiGLU writes none
                     rows = 4 if form.startswith("swiglu") else 8
                     assert config["BLOCK_N"] % rows == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
@@ -643,7 +643,11 @@ def test_fused_bench_persistent_forms_and_dequant_in_the_interpreter(interpreter
     assert not [line for line in out if re.search(r"BN\d+ BK\d+ w\d+( P\d)?: \w+", line)], r.stdout
     assert [line.split()[1] for line in out if re.match(r"\w+ +\S+/int4 +[\d.]+ us  +\d+ GB/s", line)] == [
         "gemv/int4", "swiglu/int4"]  # w13 only
-    assert [line for line in out if " at " in line and line.endswith("BN8 BK4096 warps 4 persist 2")], r.stdout
+    from llama_fast.kernels.configs import QUANT_CONFIGS
+
+    pin = QUANT_CONFIGS["swiglu_int4"]
+    pinned = f"BN{pin['BLOCK_N']} BK{pin['BLOCK_K']} warps {pin['num_warps']} persist {pin['PERSIST']}"
+    assert [line for line in out if " at " in line and line.endswith(pinned)], r.stdout
     assert [line.split()[0] for line in out if "dequantize/int4" in line] == ["w13", "layer"]
 
 
