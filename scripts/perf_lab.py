@@ -457,40 +457,11 @@ CONFIG_TRIALS_18 = {
     "pinned again": {},
 }
 
-
-def _prefetch(bn: int, bk: int, stages: int = 3, warps: int = 4) -> dict:
-    """A quantized GEMV whose K loop loads the next tile before this one's products (PREFETCH)."""
-    return {**_cfg(bn, bk, stages, warps=warps), "PREFETCH": 1}
-
-
-# set 19, on fused-gemv-early with --quantize int4: w2 (K 11008, three K tiles of 4096) loading the next K tile
-# ahead, at its pinned tile and at half the K tile (fewer registers)
-CONFIG_TRIALS_19 = {
-    "pinned": {},
-    "w2 PF": {"residual_int4@11008": _prefetch(16, 4096, warps=8)},
-    "w2 BK2048 PF": {"residual_int4@11008": _prefetch(16, 2048, warps=8)},
-    "w2 BN8 BK2048 PF": {"residual_int4@11008": _prefetch(8, 2048)},
-    "pinned again": {},
-}
-
-# set 20, on fused-gemv-early with --quantize int8 (every form more than one K tile): each form's K loop loading the
-# next tile ahead, then all of them
-CONFIG_TRIALS_20 = {
-    "pinned": {},
-    "w13 PF": {"swiglu_int8": _prefetch(8, 1024, stages=2)},
-    "qkv PF": {"qkv_rope_int8": _prefetch(16, 2048, warps=8)},
-    "head PF": {"rmsnorm_int8": _prefetch(8, 2048)},
-    "wo w2 PF": {"residual_int8": _prefetch(8, 2048)},
-    "all PF": {"swiglu_int8": _prefetch(8, 1024, stages=2), "qkv_rope_int8": _prefetch(16, 2048, warps=8),
-               "rmsnorm_int8": _prefetch(8, 2048), "residual_int8": _prefetch(8, 2048)},
-    "pinned again": {},
-}
-
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
-              18: CONFIG_TRIALS_18, 19: CONFIG_TRIALS_19, 20: CONFIG_TRIALS_20}
+              18: CONFIG_TRIALS_18}
 
 
 def trial_set(number: int) -> dict[str, dict]:

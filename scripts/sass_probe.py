@@ -39,7 +39,7 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 # shared memory an SM can give its programs (KB, the largest carveout), and what each program costs the SM
 SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
-CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PERSIST", "PREFETCH", "maxnreg")  # --config keys
+CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PERSIST", "maxnreg")  # --config keys
 SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
 GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "maxnreg")  # for --kernel gemm
 GEMM_FORMS = ("plain", "rmsnorm", "step-qkv")  # --gemm-form
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
         return 0
     loop, barriers = k_loop(sass)
     config = ", ".join(f"{k} {kwargs[k]}" for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages",
-                                                    "SPLIT_K", "PERSIST", "PREFETCH", "maxnreg") if k in kwargs)
+                                                    "SPLIT_K", "PERSIST", "maxnreg") if k in kwargs)
     pdl = f", PDL {kwargs['USE_PDL']}" if args.kernel == "gemm" and args.gemm_form == "step-qkv" else (
         "" if args.kernel == "gemm" else f", PDL {args.pdl}")
     name = f"gemm/{args.gemm_form}" if args.kernel == "gemm" and args.gemm_form != "plain" else args.kernel

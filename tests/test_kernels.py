@@ -257,10 +257,8 @@ torch.manual_seed(0)
 mode = sys.argv[1]
 # loop: small tiles, so K (384) spans a whole K tile and a tail and every launch runs the kernels' loops;
 # pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here);
-# persist: the GEMV forms as persistent programs (PERSIST), two of them, so each walks 2-3 row blocks;
-# prefetch: loop's tiles with PREFETCH (the next K tile loaded before this one's products)
-SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1,
-         **({"PREFETCH": 1} if mode == "prefetch" else {})}
+# persist: the GEMV forms as persistent programs (PERSIST), two of them, so each walks 2-3 row blocks
+SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
 SMALL_QKV = {**SMALL, "BLOCK_N": 16}
 PERSISTENT = {**SMALL, "BLOCK_K": 512, "PERSIST": 1}
 PERSISTENT_QKV = {**PERSISTENT, "BLOCK_N": 16}
@@ -459,12 +457,12 @@ def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
                            "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("mode", ["loop", "pinned", "persist", "prefetch"])
+@pytest.mark.parametrize("mode", ["loop", "pinned", "persist"])
 def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
     """Every fused op with int8 and int4 (groups 32, 64, 128) weights, fp32 activations, against the float64
     product with the dequantized weight: the plain GEMV, the RMSNorm prologue, the residual and SwiGLU
-    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops, also loading the next K
-    tile ahead), the pinned ones, and the persistent GEMV forms (with model-dtype weights as well)."""
+    epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops), the pinned ones, and
+    the persistent GEMV forms (with model-dtype weights as well)."""
     env = {**interpreter_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     r = subprocess.run([sys.executable, "-c", QCHECK, mode], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

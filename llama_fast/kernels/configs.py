@@ -60,11 +60,12 @@ QKV_ROPE_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 4, "num_stages": 
 # Quantized weights (kernels/dequant.py). A K tile spans exactly the threads of a program, 16 bytes (one load)
 # per thread and row, so every row of the tile sits in each thread and x is loaded, normalized and summed once
 # per program instead of once per row: 2048 int8 / 4096 int4 weights per row at 4 warps, 2 KB, the bytes of
-# the residual GEMVs' tile above. With 8 rows the int4 loop compiles (sm_90) to 4.0 instructions per weight,
-# 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8 but all 255 registers. The
-# two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice the rows: int8 takes 8
-# warps there (255 registers at 4). Chosen from compiled code; scripts/fused_bench.py --weights fp16,int8,int4
-# --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form (docs/PERF.md).
+# the residual GEMVs' tile above. With 8 rows the int4 loop compiled (sm_90, before dequant.py's subnormal form)
+# to 4.0 instructions per weight, 4.4 with the RMSNorm prologue, in 128-168 registers; 16 rows would take 3.6-3.8
+# but all 255 registers. The two-tile forms (SwiGLU: gate and up; qkv_rope: both halves of a head) hold twice
+# the rows: int8 takes 8 warps there (255 registers at 4). Chosen from compiled code; scripts/fused_bench.py
+# --weights fp16,int8,int4 --sweep-configs times them against its QUANT_GRID, which moved the int8 SwiGLU form
+# (docs/PERF.md).
 QUANT_CONFIGS = {
     "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     # measured (fused_bench --sweep-configs, H200): 28.4 us at Llama-7B's w13 against 33.1 at 2048 / 8 warps

@@ -10,20 +10,22 @@ word), and a thread's 16-byte load holds 16 or 32 weights of a row.
 Why not q.to(float32) and q * s + o per element: that form compiled (sm_90, ptxas) to about 8.5 instructions per
 int4 weight and 5.5 per int8 weight (I2F conversions, byte extractions, per-element scaling), and an H200 streams
 about 37 int4 (18 int8) weights per SM clock, against 128 instructions issued per SM clock: the GEMV would be
-bound by instruction issue near 40 % of the bandwidth. Here each weight becomes a float by masking its bits under
-the exponent of 1.0 (or 16.0), f = 1 + u / 256 for int8 (u = q + 128, the byte with its sign bit flipped) and
-f = c + q / 16 for int4 (c = 16 for even j, 1 for odd j: two nibbles share one shift), and the constant parts come
-out once per row or group through sums of x:
-  int8: sum_k q_k x_k = 256 sum_k f_k x_k - 384 sum_k x_k                       (per row, then * s[n])
-  int4: sum_{k in g} w_k x_k = 16 s (sum_k f_k x_k - sum_k c_k x_k) + o sum_k x_k   (per group g)
-A weight then costs one LOP3, one FFMA and a shift (a pair of int4 weights shares one). Compiled for sm_90 at
-the pinned configs (configs.QUANT_CONFIGS), the K loop takes 4.0 instructions per int4 weight, 4.4 with the
-RMSNorm prologue, 3.8 in the two-tile forms (SwiGLU, qkv+RoPE); 4.2-4.8 per int8 weight. q sits at the top of
-f's mantissa, so f * x keeps fp32's precision; taking out the constant part costs a few bits of it (errors of a
-few 1e-6 of the output: tests/test_kernels.py).
-
-The exponent bit patterns come in as kernel arguments (ONE_BITS, SIXTEEN_BITS): as literals, ptxas re-created
-the second constant of every LOP3 with a MOV (about one more instruction per two weights).
+bound by instruction issue near 40 % of the bandwidth. Here each weight is read as the float of its bits where
+they lie in the word, with every other bit cleared: a field of bits below bit 23 (the mantissa) is the subnormal
+float value * 2^-149 exactly, so q at bit b is the float q * 2^(b - 149). (A field that reaches bit 23, the
+exponent's lowest bit, is still exact: from 2^-126 up the normal numbers continue the subnormals' spacing.) x is
+scaled once per tile by the power of two that makes every product q x 2^-49, so one mask (LOP3) and one FFMA
+make a product, exact before the FFMA's rounding, and the sums need no constant part taken out:
+  int8: bytes 0 and 1 in place, 2 and 3 from the word shifted by 16; u = q + 128 (the sign bit flipped in the
+        same LOP3):
+        sum_k q_k x_k = 2^49 sum_k u_k x_k 2^-49 - 128 sum_k x_k                  (per row, then * s[n])
+  int4: nibbles 0-5 in place, 6 and 7 shifted down (bits 24 on would fall in the exponent):
+        sum_{k in g} w_k x_k = 2^49 s sum_k q_k x_k 2^-49 + o sum_k x_k            (per group g)
+Compiled for sm_90 at the pinned configs (configs.QUANT_CONFIGS), the K loop takes 3.1-3.7 instructions per
+int4 weight (4.2 with the RMSNorm prologue, which normalizes x in the loop) and 3.6-4.0 per int8 weight (4.4),
+9-15 % fewer than the earlier form that masked q under the exponent of 1.0 or 16.0 (f = 1 + u / 256,
+f = c + q / 16) and took the constant parts out through sums of x (docs/PERF.md). The products keep fp32's
+precision, with nothing to cancel; x must stay below 2^28 in magnitude (the scaled x below fp32's largest float).
 """
 from __future__ import annotations
 
@@ -32,7 +34,6 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-ONE_BITS, SIXTEEN_BITS = 0x3F800000, 0x41800000  # fp32 1.0 and 16.0
 QUANT_GROUPS = (32, 64, 128)  # the int4 groups the kernels are built and tested for
 # the weight format (the kernels' constexpr WFMT)
 WFMT_DENSE, WFMT_INT8, WFMT_INT4 = 0, 1, 2

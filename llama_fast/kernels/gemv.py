@@ -117,16 +117,12 @@ def persistent_grid(blocks: int, meta: dict, device: torch.device) -> tuple[int]
 
 
 def one_tile_config(config: dict, K: int, persistent_ok: bool = True) -> dict:
-    """config without the keys that need more than one K tile or fewer: PERSIST where the persistent form cannot
-    run (it holds one K tile of x: K wider than BLOCK_K; persistent_ok False: the tensor-parallel all-reducing
-    epilogue, which counts one arrival a program), the same tile one program a row block; PREFETCH where one K
-    tile holds the row (nothing to load ahead)."""
-    drop = set()
+    """config without PERSIST where the persistent form cannot run (it holds one K tile of x: K wider than
+    BLOCK_K; persistent_ok False: the tensor-parallel all-reducing epilogue, which counts one arrival a
+    program): the same tile, one program a row block."""
     if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or not persistent_ok):
-        drop.add("PERSIST")
-    if config.get("PREFETCH", 0) and K <= config["BLOCK_K"]:
-        drop.add("PREFETCH")
-    return {k: v for k, v in config.items() if k not in drop} if drop else config
+        return {k: v for k, v in config.items() if k != "PERSIST"}
+    return config
 
 
 @triton.jit
@@ -162,7 +158,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
                        REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PERSIST: tl.constexpr = 0, PREFETCH: tl.constexpr = 0):
+                       PERSIST: tl.constexpr = 0):
     REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -233,35 +229,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             w, w_up, s, o, s_up, o_up = w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx
             rn, n_mask = rn_next, m_next
     else:
-        # with PREFETCH (quantized weights, more than one K tile): each K iteration loads the next tile (masked
-        # past the row: no traffic) before this one's products, so that its loads overlap them
-        if PREFETCH != 0 and WFMT == 2:  # int4 as below
-            NG: tl.constexpr = BLOCK_K // GROUP
-            WG: tl.constexpr = GROUP // 8
-            acc = tl.zeros((BLOCK_N, NG), dtype=tl.float32)
-            acc_up = acc
-            for k0 in range(0, K, BLOCK_K):
-                nxt = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0 + BLOCK_K, K, KW, N, stride_wn, stride_sn,
-                                      TWO, BLOCK_K, GROUP)
-                xs, xsum = int4_x(x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8), NG, WG)
-                acc += int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
-                if TWO:
-                    acc_up += int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG)
-                w, w_up, s, o, s_up, o_up = nxt
-        elif PREFETCH != 0 and WFMT == 1:  # int8 as below
-            acc = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
-            acc_up = acc
-            xacc = tl.zeros((BLOCK_K // 4,), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                w_nx, w_up_nx = words(w_ptr, rn, n_mask, (k0 + BLOCK_K) // 4, KW, N, stride_wn, TWO, BLOCK_K // 4)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-                xacc += x_sum4(xs)
-                xs = int8_x(xs)
-                acc = int8_fma(acc, w, xs)
-                if TWO:
-                    acc_up = int8_fma(acc_up, w_up, xs)
-                w, w_up = w_nx, w_up_nx
-        elif WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
+        if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
             NG: tl.constexpr = BLOCK_K // GROUP
             WG: tl.constexpr = GROUP // 8
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)

@@ -63,7 +63,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                           N, K, KW, NSS, stride_wn, stride_sn, eps, H, HKV, stride_ch,
                           stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                           WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PERSIST: tl.constexpr = 0, PREFETCH: tl.constexpr = 0):
+                          PERSIST: tl.constexpr = 0):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u, d1, r1, r2 = _head_rows(pid, D, BLOCK_N)
@@ -121,33 +121,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
             w1, w2, s1, o1, s2, o2 = w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx
             u, d1, r1, r2 = u_nx, d1_nx, r1_nx, r2_nx
     else:
-        # with PREFETCH: as gemv.py's K loop that loads the next tile before this one's products
-        if PREFETCH != 0 and WFMT == 2:
-            NG: tl.constexpr = BLOCK_K // GROUP
-            WG: tl.constexpr = GROUP // 8
-            acc1 = tl.zeros((HALF, NG), dtype=tl.float32)
-            acc2 = acc1
-            for k0 in range(0, K, BLOCK_K):
-                nxt = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0 + BLOCK_K, K, KW, D // 2, stride_wn,
-                                      stride_sn, True, BLOCK_K, GROUP)
-                xs, xsum = int4_x(x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8), NG, WG)
-                acc1 += int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG)
-                acc2 += int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG)
-                w1, w2, s1, o1, s2, o2 = nxt
-        elif PREFETCH != 0 and WFMT == 1:
-            acc1 = tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32)
-            acc2 = acc1
-            xacc = tl.zeros((BLOCK_K // 4,), dtype=tl.float32)
-            for k0 in range(0, K, BLOCK_K):
-                w1_nx, w2_nx = words(w_ptr, r1, r1 < N, (k0 + BLOCK_K) // 4, KW, D // 2, stride_wn, True,
-                                     BLOCK_K // 4)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
-                xacc += x_sum4(xs)
-                xs = int8_x(xs)
-                acc1 = int8_fma(acc1, w1, xs)
-                acc2 = int8_fma(acc2, w2, xs)
-                w1, w2 = w1_nx, w2_nx
-        elif WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
+        if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
             NG: tl.constexpr = BLOCK_K // GROUP
             WG: tl.constexpr = GROUP // 8
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
