@@ -380,9 +380,10 @@ CONFIG_TRIALS_12 = {
 }
 
 
-def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3) -> dict:
-    """A persistent quantized GEMV (one K tile of 4096, per_sm programs an SM walking the row blocks)."""
-    return {**_cfg(bn, 4096, stages, warps=warps), "PERSIST": per_sm}
+def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3, maxnreg: int | None = None) -> dict:
+    """A persistent quantized GEMV (one K tile of 4096, per_sm programs an SM walking the row blocks), with
+    maxnreg: at most that many registers a thread."""
+    return {**_cfg(bn, 4096, stages, warps=warps), "PERSIST": per_sm, **({"maxnreg": maxnreg} if maxnreg else {})}
 
 
 # set 13, on fused-gemv-early with --quantize int4: the persistent GEMV forms (x prepared once a program, the next
@@ -457,11 +458,24 @@ CONFIG_TRIALS_18 = {
     "pinned again": {},
 }
 
+# set 21, on fused-gemv-early with --quantize int4 (w13 at 8 warps since set 18): the qkv+RoPE GEMV at 16 warps an
+# SM as well (8 warps held to 128 registers, or 8 rows at 4 warps: 127 registers, 3.4 instructions a weight either
+# way, compiled offline), w2 at 8 rows over 4 warps (4 programs an SM), the head persistent at 4 an SM
+CONFIG_TRIALS_21 = {
+    "pinned": {},
+    "qkv BN16 w8 P2 r128": {"qkv_rope_int4": _persist(16, 2, warps=8, maxnreg=128)},
+    "qkv BN8 P3": {"qkv_rope_int4": _persist(8, 3)},
+    "qkv BN8 P4": {"qkv_rope_int4": _persist(8, 4)},
+    "w2 BN8 w4": {"residual_int4@11008": _cfg(8, 4096, 3)},
+    "head P4": {"rmsnorm_int4": _persist(8, 4)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
-              18: CONFIG_TRIALS_18}
+              18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21}
 
 
 def trial_set(number: int) -> dict[str, dict]:
