@@ -471,11 +471,25 @@ CONFIG_TRIALS_21 = {
     "pinned again": {},
 }
 
+# set 22, on fused-gemv-early with --quantize int4 (wqkv at 8 rows, 4 an SM, and the head persistent since set
+# 21): w13 at 4 rows, 4 an SM (118 registers, 16 warps an SM at 4 warps each, compiled offline); the attention's
+# chunk and warps again (the GEMVs around it have changed since set 2 chose 128 / 4 for the fp16 step)
+CONFIG_TRIALS_22 = {
+    "pinned": {},
+    "w13 BN4 P4": {"swiglu_int4": _persist(4, 4)},
+    "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
+    "attn 32/2": {"attention": {"CHUNK": 32, "num_warps": 2}},
+    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
+    "attn 256/8": {"attention": {"CHUNK": 256, "num_warps": 8}},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
-              18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21}
+              18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
+              22: CONFIG_TRIALS_22}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -656,10 +656,10 @@ def test_quantized_pinned_configs(monkeypatch):
             assert bytes_per_thread == 16 or (form in ("swiglu", "qkv_rope") or wide) and bytes_per_thread == 8, (
                 form, c)
         assert ROPE_MIN_HEAD_DIM % configs.pinned_config(f"qkv_rope_{fmt}", 12288, 4096)["BLOCK_N"] == 0
-    # persistent programs (PERSIST) only where measured faster: int4 SwiGLU and qkv+RoPE, 2 an SM
+    # persistent programs (PERSIST) only where measured faster: int4 SwiGLU, qkv+RoPE and the head (RMSNorm)
     assert {f"{form}_{fmt}" for form in ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope") for fmt in
             ("int8", "int4") if configs.pinned_config(f"{form}_{fmt}", 4096, 4096).get("PERSIST")} == {
-        "swiglu_int4", "qkv_rope_int4"}
+        "swiglu_int4", "qkv_rope_int4", "rmsnorm_int4"}
     assert configs.pinned_config("swiglu_int4", 11008, 4096)["PERSIST"] == 2
     assert configs.pinned_config("residual", 4096, 11008)["BLOCK_K"] == 1024  # unchanged
     assert configs.pinned_config("qkv_rope", 12288, 4096) == configs.QKV_ROPE_CONFIG

@@ -82,8 +82,13 @@ QUANT_CONFIGS = {
     # set 13, H200); at 8 warps (128 registers, twice the warps an SM) 16.6 against 19.9 us alone, the step 1.879
     # against 1.932 / 1.933 ms (trial set 18)
     "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3, "PERSIST": 2},
-    # wqkv as persistent programs too, 2 an SM (255 registers): the step 1.990 against 2.023 / 2.021 ms (trial set 15)
-    "qkv_rope_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 2},
+    # wqkv as persistent programs too: 16 rows at 2 an SM (255 registers) the step 1.990 against 2.023 / 2.021 ms
+    # (trial set 15); since the subnormal form (dequant.py), 8 rows at 4 an SM (127 registers, 16 warps an SM)
+    # 1.793 against 1.869 / 1.874 (trial set 21)
+    "qkv_rope_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 4},
+    # the head: persistent, 4 an SM (127 registers): 22.8 against 30.0 us alone (fused_bench --persist), the step
+    # 1.858 against 1.869 / 1.874 ms (trial set 21; it runs once a step)
+    "rmsnorm_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 4},
 }
 
 # Decode attention. Inside torch.compile: 64-slot tiles (one tile per program, K and V loads issued together)
