@@ -228,9 +228,9 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
         t = bench(call)
         print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
         if args.sweep_configs and STEP_FORMS.get(name) == form:
-            grid = QUANT_GRID[fmt] + persist_configs(args, fmt, K)
-            results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", grid, call, bench, args.reps)
             p = pinned_config(f"{form}_{fmt}", n, K)
+            grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt, K), p)
+            results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", grid, call, bench, args.reps)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
                                         [pinned_tuple(p)]):
                 print(line, flush=True)
@@ -240,6 +240,13 @@ def persist_configs(args, fmt: str, K: int) -> list[tuple]:
     """With --persist, PERSIST_GRID's configs whose one K tile holds the row (a wider row would time the launch's
     fallback to one program a block under a persistent config's name)."""
     return [c for c in PERSIST_GRID[fmt] if K <= c[1]] if args.persist else []
+
+
+def with_pinned(grid: list[tuple], config: dict) -> list[tuple]:
+    """grid with the pinned config (a dict) added where the grid lacks it, so that the sweep always times the
+    pinned form (its "at" line)."""
+    pinned = pinned_tuple(config)
+    return grid if pinned in {tuple(c) + (0,) * (4 - len(c)) for c in grid} else grid + [pinned]
 
 
 def pinned_tuple(config: dict) -> tuple:
@@ -293,7 +300,7 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     print(f"wqkv  {'qkv_rope/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s  {p}", flush=True)
     if not args.sweep_configs:
         return
-    grid = QUANT_GRID[fmt] + persist_configs(args, fmt, K)
+    grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt, K), p)
     # a program's rows must stay within one head
     results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", grid, call, bench, args.reps,
                             keep=lambda bn: D % bn == 0)

@@ -650,7 +650,8 @@ def test_quantized_pinned_configs(monkeypatch):
         for form in ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"):
             c = configs.pinned_config(f"{form}_{fmt}", 4096, 4096)
             measured = (form, fmt) == ("swiglu", "int8")  # from the H200 sweep: half the tile, 4 warps
-            assert c["BLOCK_K"] == (bk // 2 if measured else bk) and c["BLOCK_N"] % 8 == 0, (form, fmt, c)
+            rows = 4 if form == "swiglu" else 8  # the sum-of-squares group; SwiGLU writes no partials
+            assert c["BLOCK_K"] == (bk // 2 if measured else bk) and c["BLOCK_N"] % rows == 0, (form, fmt, c)
             bytes_per_thread = c["BLOCK_K"] * (1 if fmt == "int8" else 0.5) / (32 * c["num_warps"])
             wide = (form, fmt) == ("residual", "int4") and (c["BLOCK_N"], c["num_warps"]) == (16, 8)
             assert bytes_per_thread == 16 or (form in ("swiglu", "qkv_rope") or wide) and bytes_per_thread == 8, (
@@ -660,7 +661,7 @@ def test_quantized_pinned_configs(monkeypatch):
     assert {f"{form}_{fmt}" for form in ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope") for fmt in
             ("int8", "int4") if configs.pinned_config(f"{form}_{fmt}", 4096, 4096).get("PERSIST")} == {
         "swiglu_int4", "qkv_rope_int4", "rmsnorm_int4"}
-    assert configs.pinned_config("swiglu_int4", 11008, 4096)["PERSIST"] == 2
+    assert configs.pinned_config("swiglu_int4", 11008, 4096).get("PERSIST")  # Llama-7B's w13
     assert configs.pinned_config("residual", 4096, 11008)["BLOCK_K"] == 1024  # unchanged
     assert configs.pinned_config("qkv_rope", 12288, 4096) == configs.QKV_ROPE_CONFIG
     asked = []

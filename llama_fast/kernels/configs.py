@@ -80,8 +80,9 @@ QUANT_CONFIGS = {
     # one's products and x prepared once (gemv.py, PERSIST): at 4 warps (255 registers) 19.8 against 22.7 us
     # alone, the decode step 2.003 against 2.024 / 2.028 ms pinned at one program per block (perf_lab.py trial
     # set 13, H200); at 8 warps (128 registers, twice the warps an SM) 16.6 against 19.9 us alone, the step 1.879
-    # against 1.932 / 1.933 ms (trial set 18)
-    "swiglu_int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3, "PERSIST": 2},
+    # against 1.932 / 1.933 ms (trial set 18); at 4 rows over 4 warps, 4 an SM (118 registers, 16 warps an SM),
+    # 1.745 against 1.804 / 1.789 ms (trial set 22). (SwiGLU writes no sum-of-squares partials: 4 rows is fine.)
+    "swiglu_int4": {"BLOCK_N": 4, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3, "PERSIST": 4},
     # wqkv as persistent programs too: 16 rows at 2 an SM (255 registers) the step 1.990 against 2.023 / 2.021 ms
     # (trial set 15); since the subnormal form (dequant.py), 8 rows at 4 an SM (127 registers, 16 warps an SM)
     # 1.793 against 1.869 / 1.874 (trial set 21)
