@@ -484,12 +484,31 @@ CONFIG_TRIALS_22 = {
     "pinned again": {},
 }
 
+# set 23, on fused-gemv-early with --quantize int8: the qkv+RoPE GEMV (19.9 us alone against 15.6 for the plain
+# GEMV at wqkv's shape) at 4 warps, 3-4 programs an SM (compiled offline: 125-168 registers)
+CONFIG_TRIALS_23 = {
+    "pinned": {},
+    "qkv BN16 BK1024": {"qkv_rope_int8": _cfg(16, 1024, 3)},
+    "qkv BN8 BK2048": {"qkv_rope_int8": _cfg(8, 2048, 3)},
+    "qkv BN16 BK2048 w4": {"qkv_rope_int8": _cfg(16, 2048, 3)},
+    "pinned again": {},
+}
+
+# set 24, on fused-gemv-early with --quantize int4: w2 (K 11008) at 16 rows over 4 warps, half the K tile, 4 an SM
+# (127 registers)
+CONFIG_TRIALS_24 = {
+    "pinned": {},
+    "w2 BN16 BK2048 w4": {"residual_int4@11008": _cfg(16, 2048, 3)},
+    "wo BN16 BK2048 w4": {"residual_int4@4096": _cfg(16, 2048, 3)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
-              22: CONFIG_TRIALS_22}
+              22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24}
 
 
 def trial_set(number: int) -> dict[str, dict]:
