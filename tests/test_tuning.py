@@ -48,7 +48,7 @@ def h200_pins(form: str, n: int) -> dict:
     form = base(form)
     quant = {"int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
              "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2},
-             "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
+             "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},  # trial set 23
              "int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
              # measured since (docs/PERF.md, trial set 12): the int4 residual GEMVs at 16 rows over 8 warps
              "residual_int4": {"BLOCK_N": 16, "BLOCK_K": 4096, "num_warps": 8, "num_stages": 3},

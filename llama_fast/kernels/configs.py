@@ -70,7 +70,9 @@ QUANT_CONFIGS = {
     "int8": {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     # measured (fused_bench --sweep-configs, H200): 28.4 us at Llama-7B's w13 against 33.1 at 2048 / 8 warps
     "swiglu_int8": {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4, "num_stages": 2},
-    "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 8, "num_stages": 3},
+    # wqkv: 16 rows over 4 warps (168 registers, 3 an SM; 3.7 instructions a weight, compiled offline), the step
+    # 2.367 against 2.451 / 2.464 ms at 8 warps (perf_lab.py trial set 23, H200)
+    "qkv_rope_int8": {"BLOCK_N": 16, "BLOCK_K": 2048, "num_warps": 4, "num_stages": 3},
     "int4": {"BLOCK_N": 8, "BLOCK_K": 4096, "num_warps": 4, "num_stages": 3},
     # wo and w2: 16 rows over 8 warps, each half of the threads the 4-warp tile of 8 rows (3.76 instructions a
     # weight, 128 registers, against 4.09 and 133; compiled offline): the decode step 2.027 against 2.074 / 2.076
