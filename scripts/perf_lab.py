@@ -516,13 +516,25 @@ CONFIG_TRIALS_25 = {
     "pinned again": {},
 }
 
+# set 26, on fused-gemv-early with --quantize int4 (w13, wqkv and the head at 4 an SM since set 22): wo persistent
+# at 3 an SM (141 registers), w2 held to 80 registers (3 an SM, 112 B of spills), w13 and wqkv at 5 an SM held to
+# 96 registers (56 / 104 B of spills; compiled offline)
+CONFIG_TRIALS_26 = {
+    "pinned": {},
+    "wo BN8 P3": {"residual_int4@4096": _persist(8, 3)},
+    "w2 r80": {"residual_int4@11008": {**_cfg(16, 4096, 3, warps=8), "maxnreg": 80}},
+    "w13 P5 r96": {"swiglu_int4": _persist(4, 5, maxnreg=96)},
+    "qkv P5 r96": {"qkv_rope_int4": _persist(8, 5, maxnreg=96)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
-              25: CONFIG_TRIALS_25}
+              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26}
 
 
 def trial_set(number: int) -> dict[str, dict]:
