@@ -230,19 +230,17 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tenso
 def fp32_magnitude(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                    offsets: torch.Tensor | None = None, group: int = 0) -> torch.Tensor:
     """Per output row (N,), the sum of the magnitudes of what the quantized GEMV adds in fp32 for x (K,)
-    (kernels/dequant.py): int8 |s| (256 f + 384) |x| with f = 1 + (q + 128) / 256; int4, per group,
-    16 |s| (f + c) |x| + |o| |x| with f = c + q / 16, c = 16 (even k) or 1 (odd k). Its rounding errors stay
-    within a few units of U * sqrt(K) * this (random-sign roundings), far below one quantization step."""
+    (kernels/dequant.py): int8 |s| (sum_k u_k |x_k| + 128 sum_k |x_k|) with u = q + 128; int4, per group,
+    |s| sum_k q_k |x_k| + |o| sum_k |x_k|. Its rounding errors stay within a few units of U * sqrt(K) * this
+    (random-sign roundings), far below one quantization step."""
     ax = x.double().abs().reshape(-1)
     if offsets is None:
-        f = 1 + (qweight.double() + 128) / 256
-        return scales.double().abs() * ((256 * f + 384) @ ax)
+        u = qweight.double() + 128
+        return scales.double().abs() * ((u + 128) @ ax)
     K = ax.numel()
-    c = torch.where(torch.arange(K) % 2 == 0, 16.0, 1.0).double()
-    f = c + int4_values(qweight).double() / 16
-    per = ((f + c) * ax).view(f.shape[0], K // group, group).sum(-1)  # (N, groups)
+    per = (int4_values(qweight).double() * ax).view(qweight.shape[0], K // group, group).sum(-1)  # (N, groups)
     axg = ax.view(K // group, group).sum(-1)
-    return (16 * scales.double().abs() * per + offsets.double().abs() * axg).sum(-1)
+    return (scales.double().abs() * per + offsets.double().abs() * axg).sum(-1)
 
 
 QCHECK = r"""

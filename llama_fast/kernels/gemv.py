@@ -250,16 +250,18 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
-            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, int8_x(xs))
+            xs = int8_x(xs)
+            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs)
             if TWO:
-                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, int8_x(xs))
+                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs)
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, TWO, BLOCK_K // 4)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
                 xacc += x_sum4(xs)
-                acc = int8_fma(acc, w, int8_x(xs))
+                xs = int8_x(xs)
+                acc = int8_fma(acc, w, xs)
                 if TWO:
-                    acc_up = int8_fma(acc_up, w_up, int8_x(xs))
+                    acc_up = int8_fma(acc_up, w_up, xs)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
             acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32

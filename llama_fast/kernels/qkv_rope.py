@@ -138,14 +138,16 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         elif WFMT == 1:  # as gemv.py's int8 path
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)
-            acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, int8_x(xs))
-            acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, int8_x(xs))
+            xs = int8_x(xs)
+            acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs)
+            acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs)
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
                 xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
                 xacc += x_sum4(xs)
-                acc1 = int8_fma(acc1, w1, int8_x(xs))
-                acc2 = int8_fma(acc2, w2, int8_x(xs))
+                xs = int8_x(xs)
+                acc1 = int8_fma(acc1, w1, xs)
+                acc2 = int8_fma(acc2, w2, xs)
         else:
             xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
             acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
