@@ -21,9 +21,9 @@ make a product, exact before the FFMA's rounding, and the sums need no constant 
         sum_k q_k x_k = 2^49 sum_k u_k x_k 2^-49 - 128 sum_k x_k                  (per row, then * s[n])
   int4: nibbles 0-5 in place, 6 and 7 shifted down (bits 24 on would fall in the exponent):
         sum_{k in g} w_k x_k = 2^49 s sum_k q_k x_k 2^-49 + o sum_k x_k            (per group g)
-Compiled for sm_90 at the pinned configs (configs.QUANT_CONFIGS), the K loop takes 3.1-3.7 instructions per
-int4 weight (4.2 with the RMSNorm prologue, which normalizes x in the loop) and 3.6-4.0 per int8 weight (4.4),
-9-15 % fewer than the earlier form that masked q under the exponent of 1.0 or 16.0 (f = 1 + u / 256,
+Compiled for sm_90 at the pinned configs (configs.QUANT_CONFIGS; scripts/sass_probe.py), the K loop takes
+3.0-3.4 instructions per int4 weight (the plain GEMV 3.7) and 3.7-4.0 per int8 weight (4.4 with the RMSNorm
+prologue, which normalizes x in the loop); at the same configs 9-15 % fewer than the earlier form that masked q under the exponent of 1.0 or 16.0 (f = 1 + u / 256,
 f = c + q / 16) and took the constant parts out through sums of x (docs/PERF.md). The products keep fp32's
 precision, with nothing to cancel; x must stay below 2^28 in magnitude (the scaled x below fp32's largest float).
 """
@@ -138,8 +138,8 @@ def split_words(xt, NW: tl.constexpr, PER: tl.constexpr):
 
 @triton.jit
 def subnormal(bits):
-    """The float32 whose bits are `bits` (uint32 with the exponent and sign bits clear: the subnormal
-    bits * 2^-149, exact)."""
+    """The float32 whose bits are `bits`: a uint32 with bits 24-31 clear is the float bits * 2^-149, exactly
+    (subnormal below 2^23; with bit 23 set, a normal number of the same spacing)."""
     return bits.to(tl.float32, bitcast=True)
 
 
@@ -147,8 +147,8 @@ def subnormal(bits):
 def int8_x(xs):
     """int8_fma's x: element j of each word scaled by 2^100 (bytes 0 and 2 of a word, at bits 0..7 of their
     subnormal) or 2^92 (bytes 1 and 3, at bits 8..15), so that every product is u x 2^-49 (exact: powers of two)."""
-    return xs[0] * 1.2676506002282294e30, xs[1] * 4.951760157141521e27, \
-        xs[2] * 1.2676506002282294e30, xs[3] * 4.951760157141521e27
+    X0: tl.constexpr = 1.2676506002282294e30  # 2^100
+    return xs[0] * X0, xs[1] * (X0 / 256), xs[2] * X0, xs[3] * (X0 / 256)
 
 
 @triton.jit

@@ -29,8 +29,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, pinned_config
-from .dequant import (WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups,
-                      int4_tile_loads, int4_x, int8_fma, int8_rows, int8_x, split_words, weight_format, words, x_sum4)
+from .dequant import (WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups, int4_tile_loads, int4_x, int8_fma,
+                      int8_rows, int8_x, split_words, weight_format, words, x_sum4)
 from .gemm import sm_count
 from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
@@ -212,8 +212,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                            axis=1).to(dt)
                 up = y
                 if TWO:
-                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum,
-                                            BLOCK_N, NG, WG), axis=1).to(dt)
+                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG), axis=1).to(dt)
             elif WFMT == 1:
                 zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
                 y = int8_rows(int8_fma(zero, w, xs), s, xtot).to(dt)
@@ -236,8 +235,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
             xs, xsum = int4_x(xs, NG, WG)
             acc = int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
             if TWO:
-                acc_up = int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG,
-                                     WG)
+                acc_up = int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG)
             for k0 in range(BLOCK_K, K, BLOCK_K):
                 w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
                                                             stride_sn, TWO, BLOCK_K, GROUP)
@@ -245,8 +243,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 xs, xsum = int4_x(xs, NG, WG)
                 acc += int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
                 if TWO:
-                    acc_up += int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N,
-                                          NG, WG)
+                    acc_up += int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG)
         elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
             xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xacc = x_sum4(xs)

@@ -14,8 +14,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, heads_form, pinned_config
-from .dequant import (WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x,
-                      int8_fma, int8_rows, int8_x, weight_format, words, x_sum4)
+from .dequant import (WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x, int8_fma, int8_rows, int8_x,
+                      weight_format, words, x_sum4)
 from .gemv import first_tiles, one_tile_config, persistent_grid, w_tiles, x_tile, x_words
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
@@ -105,10 +105,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
                 if blk + nprog >= nblk:  # this program's last block
                     gdc_launch_dependents()
             if WFMT == 2:
-                y1 = tl.sum(int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG),
-                            axis=1)
-                y2 = tl.sum(int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG),
-                            axis=1)
+                y1 = tl.sum(int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG), axis=1)
+                y2 = tl.sum(int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG), axis=1)
             elif WFMT == 1:
                 zero = tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32)
                 y1 = int8_rows(int8_fma(zero, w1, xs), s1, xtot)
