@@ -16,6 +16,7 @@ is timed on a GPU.
   python scripts/sass_probe.py --pdl 0 --sass a.sass  # the launch without PDL; the SASS written to a.sass
   python scripts/sass_probe.py --ptxas /usr/local/cuda/bin/ptxas
   python scripts/sass_probe.py --kernel swiglu --weights int4 --config BLOCK_K=2048,num_warps=2
+  python scripts/sass_probe.py --kernel swiglu --weights int4 --mix 12   # also the K loop's 12 commonest opcodes
   python scripts/sass_probe.py --kernel gemm --weights int8 --rows 8
   python scripts/sass_probe.py --kernel gemm --gemm-form step-qkv --weights int8 --rows 8
     (the kernels-only batch 2-16 step's wqkv against the compiled step's: --gemm-form rmsnorm)
@@ -25,6 +26,7 @@ is timed on a GPU.
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import re
 import subprocess
@@ -73,7 +75,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--arch", type=int, default=90, help="compute capability as an integer (default 90)")
     ap.add_argument("--ptxas", default=None, help="a ptxas binary to use instead of Triton's bundled one")
     ap.add_argument("--sass", default=None, help="also write the SASS (cuobjdump -sass) to this file")
+    ap.add_argument("--mix", type=int, default=0, metavar="N",
+                    help="GEMV forms and gemm: also print the K loop's N most frequent opcodes with their counts")
     args = ap.parse_args(argv)
+    if args.mix < 0:
+        ap.error(f"--mix {args.mix}: give a count of opcodes (0: none)")
+    if args.mix and args.kernel in ("attention", "attention-split"):
+        ap.error("--mix is for the GEMV forms and the small-M GEMM (the attention kernels have no K loop)")
     if args.cache < 1 or args.heads < 1 or args.batch < 1:
         ap.error("--cache, --heads and --batch must be positive")
     if args.kv_heads is None:
@@ -120,9 +128,9 @@ def count_instructions(sass: str) -> int:
     return len(re.findall(r"^\s*/\*[0-9a-f]{4,}\*/\s+\S.*;", sass, flags=re.M))
 
 
-def k_loop(sass: str) -> tuple[int, int] | None:
-    """(SASS instructions, barriers) in the body of the largest loop (a branch back to an earlier address), or
-    None."""
+def loop_body(sass: str) -> list[str] | None:
+    """The instructions (text after the address) of the largest loop's body (a branch back to an earlier
+    address), or None."""
     lines = re.findall(r"^\s*/\*([0-9a-f]{4,})\*/\s+(\S.*);", sass, flags=re.M)
     addrs = [int(a, 16) for a, _ in lines]
     best = None
@@ -130,9 +138,24 @@ def k_loop(sass: str) -> tuple[int, int] | None:
         m = re.search(r"\bBRA\s+0x([0-9a-f]+)", ins[1])
         if m and int(m.group(1), 16) < a:
             body = [text for b, (_, text) in zip(addrs, lines) if int(m.group(1), 16) <= b <= a]
-            found = (len(body), sum(1 for text in body if re.search(r"\bBAR\.", text)))
-            best = max(best or found, found)
+            if best is None or len(body) > len(best):
+                best = body
     return best
+
+
+def k_loop(sass: str) -> tuple[int, int] | None:
+    """(SASS instructions, barriers) in the body of the largest loop, or None."""
+    body = loop_body(sass)
+    if body is None:
+        return None
+    return len(body), sum(1 for text in body if re.search(r"\bBAR\.", text))
+
+
+def loop_mix(sass: str) -> collections.Counter:
+    """The largest loop's opcodes (predicate and modifiers dropped: `@!P0 LOP3.LUT R1, ...` counts as LOP3) and
+    how many of each."""
+    body = loop_body(sass) or []
+    return collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0] for text in body)
 
 
 def compile_offline(kernel, args: tuple, kwargs: dict, arch: int):
@@ -350,6 +373,8 @@ def main(argv=None) -> int:
     print(f"{head}{name}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
           f"({per_iteration} a thread), {barriers} barriers{tail}")
+    if args.mix:
+        print("K loop mix: " + ", ".join(f"{op} {n}" for op, n in loop_mix(sass).most_common(args.mix)))
     return 0
 
 

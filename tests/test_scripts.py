@@ -720,6 +720,14 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
             "                                                     /* 0x000e300000000800 */\n"
             "        /*0010*/              @!P0 LDG.E.U8 R6, desc[UR6][R2.64] ;   /* 0x0000000602068981 */\n")
     assert probe.count_instructions(sass) == 2
+    loop = ("        /*0000*/                   MOV R1, R2 ;\n"
+            "        /*0010*/                   LOP3.LUT R3, R4, 0xf, RZ, 0xc0, !PT ;\n"
+            "        /*0020*/              @!P0 LOP3.LUT R5, R4, 0xf0, RZ, 0xc0, !PT ;\n"
+            "        /*0030*/                   FFMA R6, R3, R7, R6 ;\n"
+            "        /*0040*/                   BRA 0x10 ;\n"
+            "        /*0050*/                   EXIT ;\n")
+    assert probe.k_loop(loop) == (4, 0)  # 0x10..0x40: the branch back included, the MOV before it not
+    assert probe.loop_mix(loop) == {"LOP3": 2, "FFMA": 1, "BRA": 1}
 
 
 @pytest.mark.parametrize("bad,message", [
@@ -730,7 +738,9 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     (["--kernel", "attention-split", "--config", "BLOCK_K=64"], "--config: unknown key BLOCK_K (the keys are CHUNK"),
     (["--kernel", "attention-split", "--weights", "int8"], "--weights is for the GEMV forms"),
     (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive"),
-    (["--kernel", "attention-split", "--kv-heads", "5"], "--kv-heads 5 must be positive and divide --heads 32")])
+    (["--kernel", "attention-split", "--kv-heads", "5"], "--kv-heads 5 must be positive and divide --heads 32"),
+    (["--kernel", "gemv", "--mix", "-1"], "--mix -1: give a count"),
+    (["--mix", "5"], "--mix is for the GEMV forms")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
@@ -790,15 +800,22 @@ def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_ot
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
 def test_sass_probe_counts_the_quantized_gemv_k_loop():
     """The int4 GEMV at its pinned config (kernels/configs.py QUANT_CONFIGS), compiled for sm_90 without a GPU:
-    4 programs of 4 warps per SM, about 4 instructions per weight in the K loop (kernels/dequant.py) and the
-    barriers of x's trips through shared memory; --config reaches the launch (half the K tile at half the warps:
-    the same weights a thread, twice the programs per SM)."""
+    4 programs of 4 warps per SM, 3-4.5 instructions per weight in the K loop (kernels/dequant.py; --mix: a mask
+    and an FFMA a weight among its commonest opcodes) and the barriers of x's trips through shared memory;
+    --config reaches the launch (half the K tile at half the warps: the same weights a thread, twice the programs
+    per SM)."""
     lines = {}
-    for name, extra in (("pinned", []), ("config", ["--config", "BLOCK_K=2048,num_warps=2"]),
+    for name, extra in (("pinned", ["--mix", "4"]), ("config", ["--config", "BLOCK_K=2048,num_warps=2"]),
                         ("capped", ["--config", "maxnreg=96"])):
         r = run_tool("sass_probe", "--kernel", "gemv", "--weights", "int4", *extra, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
-        line = r.stdout.strip()
+        line, *mix = r.stdout.strip().splitlines()
+        if name == "pinned":  # --mix: one more line, the loop's commonest opcodes: a mask and an FFMA a weight
+            assert len(mix) == 1 and mix[0].startswith("K loop mix: "), mix
+            ops = dict(item.rsplit(" ", 1) for item in mix[0][len("K loop mix: "):].split(", "))
+            assert len(ops) == 4 and {"FFMA", "LOP3"} <= set(ops), mix
+        else:
+            assert not mix, mix
         m = re.search(r"\| (\d+) registers, (\d+) B stack \| \d+ instructions, K loop (\d+) = ([\d.]+) per weight "
                       r"\((\d+) a thread\), (\d+) barriers \| (\d+) programs/SM by registers(?:, \d+ by shared memory "
                       r"\(\d+ B\))?, grid (\d+)$", line)
