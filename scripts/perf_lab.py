@@ -263,6 +263,11 @@ def _cfg(bn, bk, stages, warps=4):
     return {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
 
 
+def _attn(chunk: int, warps: int) -> dict:
+    """A trial of the decode attention's config: cache slots a program, warps."""
+    return {"attention": {"CHUNK": chunk, "num_warps": warps}}
+
+
 # Trial sets of --config-trials: trial name -> {form or form@K: config} (bench_util.trial_lookup; forms as in
 # llama_fast/kernels/configs.py; at Llama-7B wo is residual@4096, w2 residual@11008). Each starts and ends with
 # the pinned configs, so the drift inside one process shows. The numbers are those docs/PERF.md cites; sets 3
@@ -280,9 +285,9 @@ CONFIG_TRIALS = {
     "swiglu BK256 s3": {"swiglu": _cfg(8, 256, 3)},
     "qkv BN32 BK512": {"qkv_rope": _cfg(32, 512, 3)},
     "qkv s4": {"qkv_rope": _cfg(16, 256, 4)},
-    "attn 32/2": {"attention": {"CHUNK": 32, "num_warps": 2}},
-    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
-    "attn 128/4": {"attention": {"CHUNK": 128, "num_warps": 4}},
+    "attn 32/2": _attn(32, 2),
+    "attn 64/4": _attn(64, 4),
+    "attn 128/4": _attn(128, 4),
     "pinned again": {},
 }
 # set 2, after attention moved to 128/4: the wo GEMV (the least efficient), the head, bigger tiles (nothing adopted)
@@ -294,8 +299,8 @@ CONFIG_TRIALS_2 = {
     "swiglu BN16 s2": {"swiglu": _cfg(16, 512, 2)},
     "head BN32": {"rmsnorm": _cfg(32, 512, 3)},
     "head BN8": {"rmsnorm": _cfg(8, 512, 3)},
-    "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
-    "attn 256/8": {"attention": {"CHUNK": 256, "num_warps": 8}},
+    "attn 128/8": _attn(128, 8),
+    "attn 256/8": _attn(256, 8),
     "residual s4 + swiglu s3 + qkv s4": {"residual": _cfg(8, 512, 4), "swiglu": _cfg(8, 512, 3),
                                          "qkv_rope": _cfg(16, 256, 4)},
     "pinned again": {},
@@ -318,9 +323,9 @@ CONFIG_TRIALS_4 = {
 # wait on the SMs, holding their K/V tiles in registers, while the GEMV's last wave runs; pinned 128/4 kept)
 CONFIG_TRIALS_5 = {
     "pinned": {},
-    "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
-    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
-    "attn 128/8": {"attention": {"CHUNK": 128, "num_warps": 8}},
+    "attn 64/2": _attn(64, 2),
+    "attn 64/4": _attn(64, 4),
+    "attn 128/8": _attn(128, 8),
     "pinned again": {},
 }
 
@@ -477,10 +482,10 @@ CONFIG_TRIALS_21 = {
 CONFIG_TRIALS_22 = {
     "pinned": {},
     "w13 BN4 P4": {"swiglu_int4": _persist(4, 4)},
-    "attn 64/2": {"attention": {"CHUNK": 64, "num_warps": 2}},
-    "attn 32/2": {"attention": {"CHUNK": 32, "num_warps": 2}},
-    "attn 64/4": {"attention": {"CHUNK": 64, "num_warps": 4}},
-    "attn 256/8": {"attention": {"CHUNK": 256, "num_warps": 8}},
+    "attn 64/2": _attn(64, 2),
+    "attn 32/2": _attn(32, 2),
+    "attn 64/4": _attn(64, 4),
+    "attn 256/8": _attn(256, 8),
     "pinned again": {},
 }
 

@@ -23,8 +23,9 @@ make a product, exact before the FFMA's rounding, and the sums need no constant 
         sum_{k in g} w_k x_k = 2^49 s sum_k q_k x_k 2^-49 + o sum_k x_k            (per group g)
 Compiled for sm_90 at the pinned configs (configs.QUANT_CONFIGS; scripts/sass_probe.py), the K loop takes
 3.0-3.4 instructions per int4 weight (the plain GEMV 3.7) and 3.7-4.0 per int8 weight (4.4 with the RMSNorm
-prologue, which normalizes x in the loop); at the same configs 9-15 % fewer than the earlier form that masked q under the exponent of 1.0 or 16.0 (f = 1 + u / 256,
-f = c + q / 16) and took the constant parts out through sums of x (docs/PERF.md). The products keep fp32's
+prologue, which normalizes x in the loop); at the same configs 9-15 % fewer than the earlier form that masked q
+under the exponent of 1.0 or 16.0 (f = 1 + u / 256, f = c + q / 16) and took the constant parts out through sums
+of x (docs/PERF.md). The products keep fp32's
 precision, with nothing to cancel; x must stay below 2^28 in magnitude (the scaled x below fp32's largest float).
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 QUANT_GROUPS = (32, 64, 128)  # the int4 groups the kernels are built and tested for
+# the subnormal form's powers of two: x scaled by X_SCALE (over the bit position of its weight's field) makes each
+# product q x 2^-49; SUM_SCALE takes a sum of them back to q x
+X_SCALE = tl.constexpr(2.0 ** 100)
+SUM_SCALE = tl.constexpr(2.0 ** 49)
 # the weight format (the kernels' constexpr WFMT)
 WFMT_DENSE, WFMT_INT8, WFMT_INT4 = 0, 1, 2
 
@@ -147,8 +152,7 @@ def subnormal(bits):
 def int8_x(xs):
     """int8_fma's x: element j of each word scaled by 2^100 (bytes 0 and 2 of a word, at bits 0..7 of their
     subnormal) or 2^92 (bytes 1 and 3, at bits 8..15), so that every product is u x 2^-49 (exact: powers of two)."""
-    X0: tl.constexpr = 1.2676506002282294e30  # 2^100
-    return xs[0] * X0, xs[1] * (X0 / 256), xs[2] * X0, xs[3] * (X0 / 256)
+    return xs[0] * X_SCALE, xs[1] * (X_SCALE / 256), xs[2] * X_SCALE, xs[3] * (X_SCALE / 256)
 
 
 @triton.jit
@@ -169,7 +173,7 @@ def int8_fma(acc, w, xs):
 def int8_rows(acc, s, xtot):
     """int8: the rows (BLOCK_N,) of W @ x from int8_fma's acc (BLOCK_N, NW), the rows' scales s and xtot = 128 sum_k
     x_k: s (2^49 sum acc - xtot)."""
-    return s * (562949953421312.0 * tl.sum(acc, axis=1) - xtot)
+    return s * (SUM_SCALE * tl.sum(acc, axis=1) - xtot)
 
 
 @triton.jit
@@ -179,7 +183,7 @@ def int4_x(xs, NG: tl.constexpr, WG: tl.constexpr):
     so that every product is q x 2^-49 (exact: powers of two)."""
     xsum = tl.sum(tl.reshape(((xs[0] + xs[1]) + (xs[2] + xs[3])) + ((xs[4] + xs[5]) + (xs[6] + xs[7])), (NG, WG)),
                   axis=1)
-    X0: tl.constexpr = 1.2676506002282294e30  # 2^100
+    X0 = X_SCALE
     return (xs[0] * X0, xs[1] * (X0 / 16), xs[2] * (X0 / 256), xs[3] * (X0 / 4096), xs[4] * (X0 / 65536),
             xs[5] * (X0 / 1048576), xs[6] * X0, xs[7] * X0), xsum
 
@@ -212,7 +216,7 @@ def int4_groups(p, s, o, xsum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.c
     """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 2^49 s sum_k q_k x_k 2^-49 +
     o sum x, the dequantized product q * s + o summed over the group."""
     fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
-    return (s * 562949953421312.0) * fsum + o * xsum[None, :]  # 2^49
+    return (s * SUM_SCALE) * fsum + o * xsum[None, :]
 
 
 # ------------------------------------------------------------------------------------------- whole-weight dequant

@@ -110,8 +110,8 @@ def load(gpu: str) -> ConfigCache:
 def candidates(form: str, n: int, K: int) -> list[dict]:
     """The configs an autotune of form times: the H200's first (ties keep it), then a few around it. GEMV tiles
     keep BLOCK_N a multiple of the sum-of-squares group (8; the H200's int4 SwiGLU takes 4, as it writes no
-    partials) and at most 32 (the qkv+RoPE kernel's BLOCK_N must
-    divide the head dim, model.ROPE_MIN_HEAD_DIM); quantized tiles keep 8 or 16 bytes per thread and row."""
+    partials) and at most 32 (the qkv+RoPE kernel's BLOCK_N must divide the head dim, model.ROPE_MIN_HEAD_DIM);
+    quantized tiles keep 8 or 16 bytes per thread and row."""
     form = base_form(form)[0]
     base = configs.h200_config(form, n, K)
     if form == "attention":
