@@ -6,7 +6,7 @@ loop (per weight a thread multiplies). No GPU needed: Triton compiles for the ta
 Each launch is the op's own (the pinned eager config and the PDL launch options: attention.one_launch_call,
 gemv.fused_call, qkv_rope.qkv_rope_call, gemm.gemm_call) at Llama-7B's decode shapes: the attention over 32 heads
 of 128 and an fp16 cache of --cache slots; the GEMV forms at their layer's shape (gemv and rmsnorm: wqkv 12288 x
-4096, residual: wo 4096 x 4096, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv); the small-M GEMM at wo's shape and
+4096, residual: wo 4096 x 4096, residual-w2: w2 4096 x 11008, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv); the small-M GEMM at wo's shape and
 --rows rows; in fp16 or quantized weights (int4: group 128). --config changes a GEMV's pinned config (as
 perf_lab.py --config-trials does). A schedule that depends on the ptxas
 version (docs/PERF.md, "The kernel package's attention registers") or a kernel change is compared here before it
@@ -34,7 +34,7 @@ import sys
 import tempfile
 
 REGISTERS_PER_SM = 65536  # sm_80 and later
-GEMV_FORMS = ("gemv", "rmsnorm", "residual", "swiglu", "qkv_rope")
+GEMV_FORMS = ("gemv", "rmsnorm", "residual", "residual-w2", "swiglu", "qkv_rope")
 H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
@@ -246,6 +246,8 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package exports the op of the same name
     qkv_rope = importlib.import_module("llama_fast.kernels.qkv_rope")
     K, H, D = 4096, 32, 128
+    if form == "residual-w2":  # the residual form at w2's shape: with PERSIST, its K split over 3 programs
+        form, K = "residual", 11008
     n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
     rows = 2 * n if form == "swiglu" else n
     dt = torch.float16
