@@ -8,8 +8,9 @@ gemv.fused_call, qkv_rope.qkv_rope_call, gemm.gemm_call) at Llama-7B's decode sh
 of 128 and an fp16 cache of --cache slots; the GEMV forms at their layer's shape (gemv and rmsnorm: wqkv 12288 x
 4096, residual: wo 4096 x 4096, residual-w2: w2 4096 x 11008, swiglu: w13 2 x 11008 x 4096, qkv_rope: wqkv); the
 small-M GEMM at wo's shape and --rows rows; in fp16 or quantized weights (int4: group 128). --config changes a
-GEMV's pinned config (as perf_lab.py --config-trials does). A schedule that depends on the ptxas version (docs/PERF.md, "The kernel package's attention registers") or a kernel change is compared here before it
-is timed on a GPU.
+GEMV's pinned config (as perf_lab.py --config-trials does). A schedule that depends on the ptxas version
+(docs/PERF.md, "The kernel package's attention registers") or a kernel change is compared here before it is timed
+on a GPU.
 
   python scripts/sass_probe.py                      # the fastest path's attention launch (PDL, late trigger), sm_90
   python scripts/sass_probe.py --pdl 0 --sass a.sass  # the launch without PDL; the SASS written to a.sass
