@@ -50,8 +50,8 @@ WEIGHTS = ("fp16", "int8", "int4")  # int4: group 128 (the default scheme) where
 # row (configs.QUANT_CONFIGS) at 2-8 warps; the qkv+RoPE GEMV takes the BLOCK_N that divide a head dim
 QUANT_GRID = {fmt: [(bn, per * 32 * w // d, w) for bn in (8, 16) for w in (2, 4, 8) for d in (1, 2)]
               for fmt, per in (("int8", 16), ("int4", 32))}  # weights in 16 bytes
-# (BLOCK_N, BLOCK_K, num_warps, PERSIST) of --persist: K tiles of 4096 (Llama-7B's width; a wider row, w2's, split
-# over programs, gemv.one_tile_config), 16 bytes a thread and row (int4 also 8, at 8 warps), 1-4 persistent programs
+# (BLOCK_N, BLOCK_K, num_warps, PERSIST) of --persist: the row in one K tile of 4096 (Llama-7B's width; a wider
+# row takes one program a block), 16 bytes a thread and row (int4 also 8, at 8 warps), 1-4 persistent programs
 # per SM
 PERSIST_GRID = {"int4": [(bn, 4096, w, p) for bn in (8, 16) for w in (4, 8) for p in (1, 2, 3, 4)],
                 "int8": [(bn, 4096, 8, p) for bn in (8, 16) for p in (1, 2, 3)]}
@@ -229,16 +229,17 @@ def quantized_gemv(args, name, fmt, N, K, x, g, res, ss, eps, bench):
         print(f"{name:5s} {form + '/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s", flush=True)
         if args.sweep_configs and STEP_FORMS.get(name) == form:
             p = pinned_config(f"{form}_{fmt}", n, K)
-            grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt), p)
+            grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt, K), p)
             results = sweep_configs(f"{form}_{fmt}", f"{name} {form}/{fmt}", grid, call, bench, args.reps)
             for line in best_and_pinned(name, f"{form}/{fmt}", nbytes, results,
                                         [pinned_tuple(p)]):
                 print(line, flush=True)
 
 
-def persist_configs(args, fmt: str) -> list[tuple]:
-    """With --persist, PERSIST_GRID's configs (a row wider than their K tile split over programs: KSPLIT)."""
-    return list(PERSIST_GRID[fmt]) if args.persist else []
+def persist_configs(args, fmt: str, K: int) -> list[tuple]:
+    """With --persist, PERSIST_GRID's configs whose one K tile holds the row (a wider row would time the launch's
+    fallback to one program a block under a persistent config's name)."""
+    return [c for c in PERSIST_GRID[fmt] if K <= c[1]] if args.persist else []
 
 
 def with_pinned(grid: list[tuple], config: dict) -> list[tuple]:
@@ -299,7 +300,7 @@ def quantized_qkv(args, cfg, fmt, x, g, ss, bench):
     print(f"wqkv  {'qkv_rope/' + fmt:14s} {t:7.1f} us  {nbytes / t / 1e3:6.0f} GB/s  {p}", flush=True)
     if not args.sweep_configs:
         return
-    grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt), p)
+    grid = with_pinned(QUANT_GRID[fmt] + persist_configs(args, fmt, K), p)
     # a program's rows must stay within one head
     results = sweep_configs(f"qkv_rope_{fmt}", f"wqkv qkv_rope/{fmt}", grid, call, bench, args.reps,
                             keep=lambda bn: D % bn == 0)

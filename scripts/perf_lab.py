@@ -385,11 +385,10 @@ CONFIG_TRIALS_12 = {
 }
 
 
-def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3, maxnreg: int | None = None,
-             bk: int = 4096) -> dict:
-    """A persistent quantized GEMV (one K tile of bk a program, per_sm programs an SM walking the row blocks; a
-    wider K split over programs), with maxnreg: at most that many registers a thread."""
-    return {**_cfg(bn, bk, stages, warps=warps), "PERSIST": per_sm, **({"maxnreg": maxnreg} if maxnreg else {})}
+def _persist(bn: int, per_sm: int = 3, warps: int = 4, stages: int = 3, maxnreg: int | None = None) -> dict:
+    """A persistent quantized GEMV (one K tile of 4096, per_sm programs an SM walking the row blocks), with
+    maxnreg: at most that many registers a thread."""
+    return {**_cfg(bn, 4096, stages, warps=warps), "PERSIST": per_sm, **({"maxnreg": maxnreg} if maxnreg else {})}
 
 
 # set 13, on fused-gemv-early with --quantize int4: the persistent GEMV forms (x prepared once a program, the next
@@ -534,37 +533,13 @@ CONFIG_TRIALS_26 = {
     "pinned again": {},
 }
 
-# set 27, on fused-gemv-early with --quantize int4: w2 (K 11008) persistent, its K split over 3 programs (tiles of
-# 4096, the last 2816 wide; the block's last split sums the partials): 8 rows over 4 warps (96 registers), 16 over
-# 8 (127; compiled offline); wo with it (one K tile)
-CONFIG_TRIALS_27 = {
-    "pinned": {},
-    "w2 P4": {"residual_int4@11008": _persist(8, 4)},
-    "w2 P5": {"residual_int4@11008": _persist(8, 5)},
-    "w2 P3": {"residual_int4@11008": _persist(8, 3)},
-    "w2 BN16 P2 w8": {"residual_int4@11008": _persist(16, 2, warps=8)},
-    "wo w2 P4": {"residual_int4": _persist(8, 4)},
-    "pinned again": {},
-}
-
-# set 28, on fused-gemv-early with --quantize int8: w2 persistent with the K split: 6 programs of 2048 at 4 warps
-# (95 registers), 3 of 4096 at 8 warps (93) or 4 warps (157; compiled offline)
-CONFIG_TRIALS_28 = {
-    "pinned": {},
-    "w2 BK2048 P4": {"residual_int8@11008": _persist(8, 4, bk=2048)},
-    "w2 BK2048 P5": {"residual_int8@11008": _persist(8, 5, bk=2048)},
-    "w2 BK4096 w8 P2": {"residual_int8@11008": _persist(8, 2, warps=8)},
-    "w2 BK4096 P3": {"residual_int8@11008": _persist(8, 3)},
-    "pinned again": {},
-}
-
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
-              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 27: CONFIG_TRIALS_27, 28: CONFIG_TRIALS_28}
+              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -246,7 +246,7 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package exports the op of the same name
     qkv_rope = importlib.import_module("llama_fast.kernels.qkv_rope")
     K, H, D = 4096, 32, 128
-    if form == "residual-w2":  # the residual form at w2's shape: with PERSIST, its K split over 3 programs
+    if form == "residual-w2":  # the residual form at w2's shape: three K tiles of 4096, the last 2816 wide
         form, K = "residual", 11008
     n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
     rows = 2 * n if form == "swiglu" else n

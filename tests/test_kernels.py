@@ -37,8 +37,8 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     K = x.shape[1]
     y = torch.empty(1, N, dtype=x.dtype)
     ss_out = torch.full((triton.cdiv(N, SS_GROUP),), float("nan"))
-    _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, y, N, K, K, ss.numel(),
-                                                     w.stride(0), 0, eps, 0, 0, y, PROLOGUE=prologue, EPILOGUE=epilogue,
+    _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, N, K, K, ss.numel(), w.stride(0),
+                                                     0, eps, 0, 0, y, PROLOGUE=prologue, EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
                                                      WFMT=0, GROUP=0, RANK=0, WORLD=1, REDUCERS=1, BLOCK_N=16,
                                                      BLOCK_K=256)
@@ -255,17 +255,14 @@ torch.manual_seed(0)
 mode = sys.argv[1]
 # loop: small tiles, so K (384) spans a whole K tile and a tail and every launch runs the kernels' loops;
 # pinned: the ops' pinned configs (kernels/configs.py QUANT_CONFIGS, one masked K tile here);
-# persist: the GEMV forms as persistent programs (PERSIST), two of them, so each walks 2-3 row blocks;
-# split: persistent with K (384) over three K tiles of 128, so K split over 3 programs (KSPLIT, the last one's
-# partials summing the block), 6 programs, each walking 2-3 row blocks of its split (qkv+RoPE: one a block)
+# persist: the GEMV forms as persistent programs (PERSIST), two of them, so each walks 2-3 row blocks
 SMALL = {"BLOCK_N": 8, "BLOCK_K": 256, "num_warps": 4, "num_stages": 1}
 SMALL_QKV = {**SMALL, "BLOCK_N": 16}
-PERSISTENT = {**SMALL, "BLOCK_K": 128 if mode == "split" else 512, "PERSIST": 3 if mode == "split" else 1}
+PERSISTENT = {**SMALL, "BLOCK_K": 512, "PERSIST": 1}
 PERSISTENT_QKV = {**PERSISTENT, "BLOCK_N": 16}
-persistent = mode in ("persist", "split")
-qkv_persist = [persistent]  # the qkv+RoPE form persistent too (switched off for one comparison below)
+qkv_persist = [mode == "persist"]  # the qkv+RoPE form persistent too (switched off for one comparison below)
 seen = []
-if persistent:  # both launchers' grids (gemv.persistent_grid); the package's `gemv` is the op: the module
+if mode == "persist":  # both launchers' grids (gemv.persistent_grid); the package's `gemv` is the op: the module
     sys.modules["llama_fast.kernels.gemv"].sm_count = lambda device: 2
 
 
@@ -275,7 +272,7 @@ def override(form, n, K):
         return None
     if form.startswith("qkv_rope"):
         return PERSISTENT_QKV if qkv_persist[0] else SMALL_QKV
-    return PERSISTENT if persistent else SMALL
+    return PERSISTENT if mode == "persist" else SMALL
 
 
 configs.CONFIG_OVERRIDE = override
@@ -385,7 +382,7 @@ for fmt in ("int8", "int4:g128"):
     assert err < 2e-3, (fmt, err)  # fp16 rounding of the projection and of the sum
     print(f"fp16 residual {fmt}: relative error {err:.1e}")
 dense = {"qkv_rope"} if mode == "persist" else set()  # the model-dtype forms run above and here
-if persistent:  # the model-dtype weights through the persistent forms too (fp32: rounding-level errors)
+if mode == "persist":  # the model-dtype weights through the persistent forms too (fp32: rounding-level errors)
     w, w13 = 0.05 * torch.randn(N, K), 0.05 * torch.randn(2 * N, K)
     ref, rref, guref = (w.double() @ x.double().reshape(-1), w.double() @ xn.double().reshape(-1),
                         w13.double() @ xn.double().reshape(-1))
@@ -395,10 +392,6 @@ if persistent:  # the model-dtype weights through the persistent forms too (fp32
         err = ((y.double().reshape(-1) - r).norm() / r.norm()).item()
         assert err < 1e-6, (name, err)
         dense.add(name)
-if mode == "split":  # the GEMV launches above took the K split
-    gm = sys.modules["llama_fast.kernels.gemv"]
-    kw = gm.fused_call(x, w, x, res, x, 0.0, gm.PROLOGUE_NONE, gm.EPILOGUE_RESIDUAL_SS, N, 0, None, None, 0)[3]
-    assert kw["KSPLIT"] == 3 and kw["PERSIST"] == 3, kw
 for name, ratio in worst.items():
     print(f"{name}: worst error / tolerance {ratio:.2e}")
 assert set(seen) == {"gemv_int8", "rmsnorm_int8", "residual_int8", "swiglu_int8", "qkv_rope_int8", "gemv_int4",
@@ -462,12 +455,12 @@ def test_kernels_match_torch_in_the_interpreter(dtype, interpreter_env):
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                     reason="triton is not installed (the CPU torch build has none); the kernels run in Triton's "
                            "interpreter wherever triton is installed, and for real on a GPU")
-@pytest.mark.parametrize("mode", ["loop", "pinned", "persist", "split"])
+@pytest.mark.parametrize("mode", ["loop", "pinned", "persist"])
 def test_quantized_kernels_match_dequantize_then_matmul(mode, interpreter_env):
     """Every fused op with int8 and int4 (groups 32, 64, 128) weights, fp32 activations, against the float64
     product with the dequantized weight: the plain GEMV, the RMSNorm prologue, the residual and SwiGLU
     epilogues and the qkv GEMV with RoPE and the GQA cache write; small tiles (the loops), the pinned ones, and
-    the persistent GEMV forms (with model-dtype weights as well), one K tile a row or K split over programs."""
+    the persistent GEMV forms (with model-dtype weights as well)."""
     env = {**interpreter_env, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
     r = subprocess.run([sys.executable, "-c", QCHECK, mode], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
@@ -677,9 +670,8 @@ def test_quantized_pinned_configs(monkeypatch):
 
 @needs_triton
 def test_persistent_gemv_launch(monkeypatch):
-    """PERSIST: a grid of PERSIST programs an SM, at most one a row block; where K is wider than the persistent
-    form's one tile, the K split over KSPLIT programs, the grid a multiple of it (at most KSPLIT a block); the
-    qkv+RoPE launch drops the key there and takes one program a row block."""
+    """PERSIST: a grid of PERSIST programs an SM, at most one a row block; where the persistent form cannot run
+    (K wider than its one tile) the launch drops the key and takes one program a row block."""
     import llama_fast.kernels  # noqa: F401  (the package's `gemv` is the op: the module through sys.modules)
     from llama_fast.kernels import configs
 
@@ -687,20 +679,11 @@ def test_persistent_gemv_launch(monkeypatch):
     cfg = {"BLOCK_N": 8, "BLOCK_K": 512, "num_warps": 4, "num_stages": 3, "PERSIST": 2}
     monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: cfg)
     monkeypatch.setattr(gemv, "sm_count", lambda device: 3)
-    # 200 rows: 25 blocks of 8; 6 programs; K split in 2 and 3: the 6 programs as 3 and 2 of each split
-    for K, split, programs in ((512, None, 6), (1024, 2, 6), (1100, 3, 6)):
+    for K, persist, programs in ((512, 2, 6), (1024, None, 25)):  # 200 rows: 25 blocks of 8
         x, w = torch.zeros(1, K), torch.zeros(200, K)
-        _, grid, args, kwargs, _ = gemv.fused_call(x, w, x, x, x, 0.0, gemv.PROLOGUE_NONE, gemv.EPILOGUE_NONE, 200,
-                                                   0, None, None, 0)
-        assert kwargs["PERSIST"] == 2 and kwargs.get("KSPLIT") == split and grid(kwargs) == (programs,), (K, kwargs)
-        if split:  # its fp32 partials (KSPLIT, 200) and a zeroed count a row block
-            part, cnt = args[9], args[-1]
-            assert part.dtype == torch.float32 and part.numel() == split * 200
-            assert cnt.dtype == torch.int32 and cnt.numel() >= 25 and not cnt.any()
-    monkeypatch.setattr(gemv, "sm_count", lambda device: 1)  # fewer programs than the split: one of each split
-    assert grid({**kwargs, "KSPLIT": 3}) == (3,)
-    qkv = sys.modules["llama_fast.kernels.qkv_rope"]
-    assert "PERSIST" not in qkv.one_tile_config(cfg, 1024) and "KSPLIT" not in qkv.one_tile_config(cfg, 1024)
+        _, grid, _, kwargs, _ = gemv.fused_call(x, w, x, x, x, 0.0, gemv.PROLOGUE_NONE, gemv.EPILOGUE_NONE, 200,
+                                                0, None, None, 0)
+        assert kwargs.get("PERSIST") == persist and grid(kwargs) == (programs,), (K, kwargs)
 
 
 @needs_triton

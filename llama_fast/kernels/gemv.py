@@ -31,7 +31,7 @@ from torch.library import triton_op, wrap_triton
 from .configs import autotune_configs, pinned_config
 from .dequant import (WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups, int4_tile_loads, int4_x, int8_fma,
                       int8_rows, int8_x, split_words, weight_format, words, x_sum4)
-from .gemm import sm_count, tile_counters
+from .gemm import sm_count
 from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
@@ -90,44 +90,39 @@ def _int8_scales(s_ptr, rn, n_mask, N, TWO: tl.constexpr):
 
 
 @triton.jit
-def first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, offset, stride_wn, stride_sn, TWO: tl.constexpr,
+def first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, K, KW, offset, stride_wn, stride_sn, TWO: tl.constexpr,
                 WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The K tile k0.. of rows rn (a program's first: k0 0, or its K split's) and, with TWO, of the rows `offset`
-    further down (else the same again) in the weight format WFMT, with their scales and offsets: (w, w2, s, o,
-    s2, o2), 0.0 where the format has none (int8: s and s2 the rows' scales, no offsets)."""
+    """The first K tile of rows rn and, with TWO, of the rows `offset` further down (else the same again) in the
+    weight format WFMT, with their scales and offsets: (w, w2, s, o, s2, o2), 0.0 where the format has none
+    (int8: s and s2 the rows' scales, no offsets)."""
     if WFMT == 2:  # int4: words of 8 weights, a scale and an offset per group (dequant.py)
-        w, w2, s, o, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, offset, stride_wn,
+        w, w2, s, o, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, 0, K, KW, offset, stride_wn,
                                               stride_sn, TWO, BLOCK_K, GROUP)
     elif WFMT == 1:  # int8: words of 4 weights, a scale per row
-        w, w2 = words(w_ptr, rn, n_mask, k0 // 4, KW, offset, stride_wn, TWO, BLOCK_K // 4)
+        w, w2 = words(w_ptr, rn, n_mask, 0, KW, offset, stride_wn, TWO, BLOCK_K // 4)
         s, s2 = _int8_scales(s_ptr, rn, n_mask, offset, TWO)
         o, o2 = 0.0, 0.0
     else:
-        w, w2 = w_tiles(w_ptr, rn, n_mask, k0 + tl.arange(0, BLOCK_K), K, offset, stride_wn, TWO)
+        w, w2 = w_tiles(w_ptr, rn, n_mask, tl.arange(0, BLOCK_K), K, offset, stride_wn, TWO)
         s, o, s2, o2 = 0.0, 0.0, 0.0, 0.0
     return w, w2, s, o, s2, o2
 
 
 def persistent_grid(blocks: int, meta: dict, device: torch.device) -> tuple[int]:
     """The grid of a launch of `blocks` row blocks: one program a block, or with the config's PERSIST that many
-    persistent programs per SM, at most one a block; with KSPLIT (one_tile_config) a multiple of it, at most
-    KSPLIT a block."""
+    persistent programs per SM, at most one a block."""
     if meta.get("PERSIST", 0):
-        split = meta.get("KSPLIT", 1)
-        return (min(blocks * split, max(split, meta["PERSIST"] * sm_count(device) // split * split)),)
+        return (min(blocks, meta["PERSIST"] * sm_count(device)),)
     return (blocks,)
 
 
-def one_tile_config(config: dict, K: int, persistent_ok: bool = True, split_ok: bool = False) -> dict:
-    """The launch's config: a persistent program holds one K tile of x, so where K is wider than BLOCK_K the
-    K is split over KSPLIT = cdiv(K, BLOCK_K) programs (split_ok: the GEMV), else PERSIST goes (the qkv+RoPE
-    kernel; persistent_ok False: the tensor-parallel all-reducing epilogue, which counts one arrival a
+def one_tile_config(config: dict, K: int, persistent_ok: bool = True) -> dict:
+    """config without PERSIST where the persistent form cannot run (it holds one K tile of x: K wider than
+    BLOCK_K; persistent_ok False: the tensor-parallel all-reducing epilogue, which counts one arrival a
     program): the same tile, one program a row block."""
-    if not config.get("PERSIST", 0) or (K <= config["BLOCK_K"] and persistent_ok):
-        return config
-    if split_ok and persistent_ok:
-        return {**config, "KSPLIT": triton.cdiv(K, config["BLOCK_K"])}
-    return {k: v for k, v in config.items() if k != "PERSIST"}
+    if config.get("PERSIST", 0) and (K > config["BLOCK_K"] or not persistent_ok):
+        return {k: v for k, v in config.items() if k != "PERSIST"}
+    return config
 
 
 @triton.jit
@@ -156,54 +151,25 @@ def _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE:
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-@triton.jit
-def _split_rows(y, up, rn, n_mask, blk, ks, part_ptr, cnt_ptr, y_ptr, res_ptr, ss_out_ptr, N,
-                EPILOGUE: tl.constexpr, KSPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
-    """K split ks of row block blk (rows rn: y, and SwiGLU's up rows, fp32 sums over that split's K tile): stored
-    as fp32 partials (KSPLIT, NW), NW = N or 2N with the up rows after the gate rows; the block's last split to
-    count in on cnt_ptr[blk] sums them in split order (the same bits whichever arrives last), sets the count back
-    to 0 and applies the epilogue (_store_rows)."""
-    NW = 2 * N if EPILOGUE == 2 else N
-    tl.store(part_ptr + ks * NW + rn, y, mask=n_mask)
-    if EPILOGUE == 2:
-        tl.store(part_ptr + ks * NW + N + rn, up, mask=n_mask)
-    tl.debug_barrier()  # every thread's partials stored before the count releases them
-    arrived = tl.atomic_add(cnt_ptr + blk, 1, sem="acq_rel", scope="gpu")
-    if arrived == KSPLIT - 1:  # the others' partials are visible (acquire)
-        tl.atomic_xchg(cnt_ptr + blk, 0, sem="relaxed", scope="gpu")  # zero for the next launch
-        y = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        up = y
-        for k in tl.static_range(KSPLIT):  # from L2: other SMs wrote them
-            y += tl.load(part_ptr + k * NW + rn, mask=n_mask, other=0.0, cache_modifier=".cg")
-            if EPILOGUE == 2:
-                up += tl.load(part_ptr + k * NW + N + rn, mask=n_mask, other=0.0, cache_modifier=".cg")
-        dt = y_ptr.dtype.element_ty
-        _store_rows(y.to(dt), up.to(dt), rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
-
-
 @triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
 @triton.jit
-def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, part_ptr, N, K,
-                       KW, NSS, stride_wn, stride_sn, eps, buffer_ptrs, SLOT, cnt_ptr,
+def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
+                       stride_wn, stride_sn, eps, buffer_ptrs, SLOT, cnt_ptr,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
                        REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PERSIST: tl.constexpr = 0, KSPLIT: tl.constexpr = 1):
+                       PERSIST: tl.constexpr = 0):
     REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
-    # persistent programs with K split over KSPLIT of them (K wider than a tile): program pid takes K tile
-    # pid % KSPLIT of row blocks pid // KSPLIT, then every (programs / KSPLIT)-th block after it
-    blk0 = pid // KSPLIT if PERSIST != 0 else pid
-    k_lo = (pid % KSPLIT) * BLOCK_K if PERSIST != 0 else 0
-    rn = blk0 * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     n_mask = rn < N
     dt = x_ptr.dtype.element_ty
     TWO: tl.constexpr = EPILOGUE == 2
     # the first K tile of the weights (and of the up rows) and their scales: nothing writes them, so they load
     # before the wait for the previous kernel
-    w, w_up, s, o, s_up, o_up = first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, k_lo, K, KW, N, stride_wn, stride_sn,
-                                            TWO, WFMT, GROUP, BLOCK_K)
+    w, w_up, s, o, s_up, o_up = first_tiles(w_ptr, s_ptr, o_ptr, rn, n_mask, K, KW, N, stride_wn, stride_sn, TWO,
+                                            WFMT, GROUP, BLOCK_K)
     if USE_PDL != 0:
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
@@ -216,53 +182,49 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
     if PERSIST != 0:
-        # Persistent: one K tile per row and program (K wider than BLOCK_K: split over KSPLIT programs), x
-        # prepared once, and programs that walk the row blocks blk0, blk0 + lanes, ..., loading the next block's
-        # tile before this one's products so that the loads of a program overlap its own arithmetic (one program
-        # per block loads, then only computes: its SM's loads and arithmetic take turns)
+        # Persistent: one K tile per row (the launcher checks K <= BLOCK_K), x prepared once, and programs that
+        # walk the row blocks pid, pid + programs, ..., loading the next block's tile before this one's products
+        # so that the loads of a program overlap its own arithmetic (one program per block loads, then only
+        # computes: its SM's loads and arithmetic take turns)
         NG: tl.constexpr = BLOCK_K // GROUP if WFMT == 2 else 1
         WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
         if WFMT == 2:
-            xs = x_words(x_ptr, g_ptr, k_lo, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
             xs, xsum = int4_x(xs, NG, WG)
         elif WFMT == 1:
-            xs = x_words(x_ptr, g_ptr, k_lo, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
+            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
             xtot = 128.0 * tl.sum(x_sum4(xs), axis=0)
             xs = int8_x(xs)
         else:
-            xf = x_tile(x_ptr, g_ptr, k_lo + rk, k_lo + rk < K, rstd, PROLOGUE)
-        lanes = tl.num_programs(0) // KSPLIT  # the launcher makes the programs a multiple of KSPLIT
+            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
+        nprog = tl.num_programs(0)
         nblk = tl.cdiv(N, BLOCK_N)
-        for blk in range(blk0, nblk, lanes):
-            rn_next = (blk + lanes) * BLOCK_N + tl.arange(0, BLOCK_N)
+        for blk in range(pid, nblk, nprog):
+            rn_next = (blk + nprog) * BLOCK_N + tl.arange(0, BLOCK_N)
             m_next = rn_next < N  # all false past the last block: no memory traffic
             if USE_PDL == 2:
-                if blk + lanes >= nblk:  # this program's last block: as the one-block programs trigger
+                if blk + nprog >= nblk:  # this program's last block: as the one-block programs trigger
                     gdc_launch_dependents()
-            w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = first_tiles(w_ptr, s_ptr, o_ptr, rn_next, m_next, k_lo, K,
-                                                                      KW, N, stride_wn, stride_sn, TWO, WFMT, GROUP,
-                                                                      BLOCK_K)
+            w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = first_tiles(w_ptr, s_ptr, o_ptr, rn_next, m_next, K, KW, N,
+                                                                      stride_wn, stride_sn, TWO, WFMT, GROUP, BLOCK_K)
             if WFMT == 2:
-                y = tl.sum(int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG), axis=1)
+                y = tl.sum(int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG),
+                           axis=1).to(dt)
                 up = y
                 if TWO:
-                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG), axis=1)
+                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG), axis=1).to(dt)
             elif WFMT == 1:
                 zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
-                y = int8_rows(int8_fma(zero, w, xs), s, xtot)
+                y = int8_rows(int8_fma(zero, w, xs), s, xtot).to(dt)
                 up = y
                 if TWO:
-                    up = int8_rows(int8_fma(zero, w_up, xs), s_up, xtot)
+                    up = int8_rows(int8_fma(zero, w_up, xs), s_up, xtot).to(dt)
             else:
-                y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1)
+                y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1).to(dt)
                 up = y
                 if TWO:
-                    up = tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1)
-            if KSPLIT == 1:
-                _store_rows(y.to(dt), up.to(dt), rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
-            else:
-                _split_rows(y, up, rn, n_mask, blk, pid % KSPLIT, part_ptr, cnt_ptr, y_ptr, res_ptr, ss_out_ptr, N,
-                            EPILOGUE, KSPLIT, BLOCK_N)
+                    up = tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1).to(dt)
+            _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
             w, w_up, s, o, s_up, o_up = w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx
             rn, n_mask = rn_next, m_next
     else:
@@ -386,13 +348,8 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
     config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
-    config = one_tile_config(config, K, epilogue != EPILOGUE_RESIDUAL_ALLREDUCE, split_ok=True)
-    part = y  # the K split's fp32 partials (KSPLIT, n or 2n) and its arrival counts, one a row block
-    if config.get("KSPLIT", 1) > 1:
-        part = torch.empty((config["KSPLIT"] * (2 * n if epilogue == EPILOGUE_SWIGLU else n),), device=x.device,
-                           dtype=torch.float32)
-        counter = tile_counters(x.device, triton.cdiv(n, config["BLOCK_N"]))
-    args = (x, wk, y, g, res, ss_in, ss_out, s, o, part, n, K, kw, ss_in.numel(), wk.stride(0),
+    config = one_tile_config(config, K, epilogue != EPILOGUE_RESIDUAL_ALLREDUCE)
+    args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
             s.stride(0) if wfmt == WFMT_INT4 else 0, eps, buffer_ptrs, slot, counter)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
                   NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,

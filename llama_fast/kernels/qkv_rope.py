@@ -71,8 +71,8 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     dt = x_ptr.dtype.element_ty
     # the first K tile of the weights (and their scales) loads before the wait for the previous kernel (as in
     # gemv.py); rows r1 and r2 = r1 + D/2
-    w1, w2, s1, o1, s2, o2 = first_tiles(w_ptr, s_ptr, o_ptr, r1, r1 < N, 0, K, KW, D // 2, stride_wn, stride_sn,
-                                         True, WFMT, GROUP, BLOCK_K)
+    w1, w2, s1, o1, s2, o2 = first_tiles(w_ptr, s_ptr, o_ptr, r1, r1 < N, K, KW, D // 2, stride_wn, stride_sn, True,
+                                         WFMT, GROUP, BLOCK_K)
     if USE_PDL != 0:
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
@@ -98,7 +98,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         nblk = N // BLOCK_N
         for blk in range(pid, nblk, nprog):
             u_nx, d1_nx, r1_nx, r2_nx = _head_rows(blk + nprog, D, BLOCK_N)
-            w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx = first_tiles(w_ptr, s_ptr, o_ptr, r1_nx, r1_nx < N, 0, K, KW,
+            w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx = first_tiles(w_ptr, s_ptr, o_ptr, r1_nx, r1_nx < N, K, KW,
                                                                    D // 2, stride_wn, stride_sn, True, WFMT, GROUP,
                                                                    BLOCK_K)
             if USE_PDL == 2:
