@@ -567,7 +567,8 @@ def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
 @pytest.mark.parametrize("arch", [90, 86])
 def test_kernels_only_step_forms_compile(arch):
     """The kernels-only step's forms compiled ahead of time for sm_90 (with PDL: griddepcontrol) and sm_86 (without):
-    the wqkv GEMM with RMSNorm from partials and RoPE + cache write (Llama-7B's head dim, dense and int4), the
+    the wqkv GEMM with RMSNorm from partials and RoPE + cache write (Llama-7B's head dim, dense and int4: its
+    weights turned into fp16 halves by inline PTX, gemm._int4_sub_tiles, which the interpreter does not run), the
     residual GEMM writing partials, both summing a K split themselves (SERIAL), and the compiled block's split-K
     reduce."""
     from core_helpers import compile_offline
@@ -608,6 +609,8 @@ def test_kernels_only_step_forms_compile(arch):
         atoms = [line for line in out["ptx"].splitlines() if "atom." in line]
         assert len(atoms) == (2 if serial else 0), atoms
         assert not serial or (".acq_rel." in atoms[0] and ".add." in atoms[0] and ".exch." in atoms[1]), atoms
+    for (wfmt, *_), out in zip(cases, outs):  # int4 at group 128 (fp16): the weights made halves in place
+        assert ("prmt.b32" in out["ptx"] and "0x000F000F" in out["ptx"]) == (wfmt == gm.WFMT_INT4), wfmt
     for out in outs[:5]:  # the products on the tensor cores, the weights through cp.async (a 32-row tile of the
         # dense RMSNorm form is under wgmma's 64: mma.sync on sm_90 too, as the compiled step's same form)
         assert "cp.async" in out["ptx"] and ("wgmma" in out["ptx"] or "mma.sync" in out["ptx"]), arch
@@ -619,7 +622,7 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
     """Compiled ahead of time for sm_90 (H200) and sm_86 (A10G), with the divisibility Triton gives 16-aligned
     pointers and strides at launch: the weight loads (dense, or packed int8 / int4 dequantized in registers) are
     cp.async in a num_stages-deep shared-memory ring, the product runs on the tensor cores (wgmma / mma.sync),
-    and the ring fits an sm_86 card's 99 KB."""
+    the ring fits an sm_86 card's 99 KB, and the packed weights become fp16 halves in place (inline PTX)."""
     from core_helpers import compile_offline
     from llama_fast.kernels import gemm as gm
 
@@ -652,3 +655,7 @@ def test_compiled_kernel_pipelines_the_weights_on_the_tensor_cores(arch):
         assert "cp.async" in ptx, (arch, form, wfmt)
         assert ("wgmma" in ptx) if arch == 90 else ("mma.sync" in ptx), (arch, form, wfmt)
         assert (cfg["num_stages"] - 1) * stage <= out["shared"] <= 99 * 1024, (arch, form, wfmt, out["shared"])
+        # fp16 models turn the packed weights into halves in place (inline PTX): int8 always, int4 where a K tile
+        # lies in one group (group 128 here; at group 32 the tile spans four, and the fp16 FMA form runs)
+        assert ("sub.f16x2" in ptx) == (wfmt == gm.WFMT_INT8), (arch, form, wfmt)
+        assert ("0x000F000F" in ptx) == (wfmt == gm.WFMT_INT4 and group == 128), (arch, form, wfmt)

@@ -67,7 +67,7 @@ from torch.library import triton_op, wrap_triton
 
 from . import configs
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
-from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
+from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
 # fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
@@ -244,18 +244,30 @@ def _rope_cache(y1, y2, q_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, pos_ptr, u, d1,
 
 
 @triton.jit
-def _fp16_from_bits(v):
-    """1024 + v in fp16 for integers v in 0..1023 (v under the exponent of 1024.0, 0x6400): exact."""
-    return (v.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _plain_tile(w_ptr, w_off, w_mask, INT8_FP16: tl.constexpr):
-    """A tile of the model dtype's or int8's weights (streamed once); with INT8_FP16 int8's q in fp16, exactly:
-    1024 + (q + 128) under fp16's exponent, less 1152 (no integer-to-float conversion)."""
+def _plain_tile(w_ptr, w_off, w_mask, INT8_FP16: tl.constexpr, ASM: tl.constexpr):
+    """A tile of the model dtype's or int8's weights (streamed once); with INT8_FP16 int8's q in fp16 and _k_perm's
+    order (a thread's four bytes adjacent), as q * 2^-24 exactly: u = q + 128 under bit 10 of a half is the
+    subnormal u * 2^-24, less 128 * 2^-24 (subnormal fp16 arithmetic is exact). With ASM, per 4 bytes one XOR,
+    two PRMT (each making two halves in place) and two HSUB2; without (Triton's interpreter, which runs no PTX)
+    the same halves a byte at a time."""
     w = tl.load(w_ptr + w_off, mask=w_mask, other=0, eviction_policy="evict_first")
     if INT8_FP16:
-        w = _k_perm(_fp16_from_bits(w.to(tl.uint8, bitcast=True) ^ 0x80) - 1152.0, w.shape[0], w.shape[1], 1)
+        w = _k_perm(w.to(tl.uint8, bitcast=True), w.shape[0], w.shape[1], 1)
+        if ASM:
+            w = tl.inline_asm_elementwise(
+                asm="""{
+                .reg .b32 t, z, c;
+                mov.b32 z, 0;
+                mov.b32 c, 0x00800080;
+                xor.b32 t, $2, 0x80808080;
+                prmt.b32 $0, t, z, 0x4140;
+                prmt.b32 $1, t, z, 0x4342;
+                sub.f16x2 $0, $0, c;
+                sub.f16x2 $1, $1, c;
+                }""",
+                constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
+        else:
+            w = (w ^ 0x80).to(tl.uint16).to(tl.float16, bitcast=True) - 0.00000762939453125  # 128 * 2^-24
     return w
 
 
@@ -308,13 +320,52 @@ def _int4_tile(w_ptr, s_ptr, o_ptr, rows, n_mask, k0, k_hi, stride_wn, stride_sn
 
 
 @triton.jit
+def _int4_sub_tiles(w_ptr, rows, n_mask, k0, k_hi, stride_wn, BLOCK_K: tl.constexpr, ASM: tl.constexpr):
+    """int4 in fp16 models, K tile k0.. of rows `rows`: two (BLOCK_N, BLOCK_K / 2) fp16 tiles, the low nibbles
+    (k = 2 i) and the high ones (k = 2 i + 1), each weight the fp16 of its own bits (a field below bit 10 of a half
+    is the subnormal value * 2^-24 exactly): low q * 2^-24, high (bits 4-7) q * 2^-20, in _k_perm's order (a
+    thread's four bytes adjacent). With ASM, per 4 bytes (8 weights) two PRMT and four AND, each making two halves
+    in place; no conversion and no constant to take out. Without (Triton's interpreter, which runs no PTX) the
+    same halves a byte at a time."""
+    kb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    m = n_mask[:, None] & (kb < k_hi // 2)[None, :]
+    b = tl.load(w_ptr + rows[:, None] * stride_wn + kb[None, :], mask=m, other=0,
+                eviction_policy="evict_first")  # streamed once
+    b = _k_perm(b.to(tl.uint8, bitcast=True), b.shape[0], BLOCK_K // 2, 1)
+    if not ASM:
+        return ((b & 0x0F).to(tl.uint16).to(tl.float16, bitcast=True),
+                (b & 0xF0).to(tl.uint16).to(tl.float16, bitcast=True))
+    return tl.inline_asm_elementwise(
+        asm="""{
+        .reg .b32 t0, t1;
+        prmt.b32 t0, $4, $4, 0x1100;
+        prmt.b32 t1, $4, $4, 0x3322;
+        and.b32 $0, t0, 0x000F000F;
+        and.b32 $1, t1, 0x000F000F;
+        and.b32 $2, t0, 0x00F000F0;
+        and.b32 $3, t1, 0x00F000F0;
+        }""",
+        constraints="=r,=r,=r,=r,r", args=[b], dtype=(tl.float16, tl.float16),
+        is_pure=True, pack=4)
+
+
+@triton.jit
+def _x_halves(x, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x (BLOCK_M, BLOCK_K) as two transposed (BLOCK_K / 2, BLOCK_M) tiles, the even columns and the odd ones, the
+    odd scaled by 1/16 (exact but below 2^-10: a power of two) for _int4_sub_tiles' high nibbles."""
+    xe, xo = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 2, 2)))
+    xe, xo = _k_perm(xe, BLOCK_M, BLOCK_K // 2, 1), _k_perm(xo * 0.0625, BLOCK_M, BLOCK_K // 2, 1)
+    return tl.trans(xe), tl.trans(xo)
+
+
+@triton.jit
 def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr, o_ptr, M, N, K, K_SPLIT,
                  stride_xm, stride_wn, stride_ym, stride_rm, stride_sn, ss_ptr, ss_out_ptr, cos_ptr, sin_ptr, kc_ptr,
                  vc_ptr, pos_ptr, NSS, NSS_OUT, eps, H, HKV, stride_cb, stride_ch, stride_cs, stride_rope, cnt_ptr,
                  PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, SPLIT_K: tl.constexpr, PRECISION: tl.constexpr,
                  WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, NSS_BLOCK: tl.constexpr, SS_OUT: tl.constexpr, ROPE_D: tl.constexpr,
-                 USE_PDL: tl.constexpr, SERIAL: tl.constexpr):
+                 USE_PDL: tl.constexpr, SERIAL: tl.constexpr, ASM: tl.constexpr = True):
     """Output tile rows rn (of N; with SwiGLU also the up rows rn + N) x all M input rows, over the K range of
     split pid_k: acc (BLOCK_N, BLOCK_M) = W[rn, k] @ x[:, k]^T. WFMT: the weight format (dequant.WFMT_*), the
     quantized ones dequantized in registers (int8: q, the row scale applied to acc after the K loop; int4:
@@ -355,36 +406,65 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=1) / K + eps)).to(tl.float32)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     acc_up = acc
+    # int4 in fp16 models, a tile within one group: the weights as subnormal halves (_int4_sub_tiles), the group's
+    # scale and offset on the tile's fp32 product
+    SUB: tl.constexpr = WFMT == 2 and dt == tl.float16 and GROUP % BLOCK_K == 0 and BLOCK_K >= 64
+    ones = tl.full((BLOCK_N, BLOCK_K // 2), 1.0, dtype=tl.float16)
+    sixteens = tl.full((BLOCK_N, BLOCK_K // 2), 16.0, dtype=tl.float16)
     for k0 in range(k_lo, k_hi, BLOCK_K):
         k = k0 + rk
         k_mask = k < k_hi
         w_off = rn[:, None] * stride_wn + k[None, :]
         w_mask = n_mask[:, None] & k_mask[None, :]
-        if WFMT == 2:
-            w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
-                           BLOCK_K, dt == tl.float16).to(dt)
-        else:  # the model dtype, or int8's q converted exactly
-            w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
-        x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                    other=0.0)
-        if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
-            g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-            x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
-        if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
-            x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
-        xt = tl.trans(x)
-        acc = tl.dot(w, xt, acc, input_precision=PRECISION)
-        if EPILOGUE == 2:
+        if SUB:
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                        other=0.0)
+            if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+                g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+                x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
+            xe, xo = _x_halves(x, BLOCK_M, BLOCK_K)
+            kg = k0 // GROUP
+            lo, hi = _int4_sub_tiles(w_ptr, rn, n_mask, k0, k_hi, stride_wn, BLOCK_K, ASM)
+            t = tl.dot(hi, xo, tl.dot(lo, xe))  # (BLOCK_N, BLOCK_M) = 2^-24 sum q x over the tile
+            # sum x over the tile, for the group's offset, on the tensor cores too (every row the same)
+            xsum = tl.dot(sixteens, xo, tl.dot(ones, xe))
+            sg = tl.load(s_ptr + rn * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) * 16777216.0
+            og = tl.load(o_ptr + rn * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32)
+            acc += t * sg[:, None] + og[:, None] * xsum
+            if EPILOGUE == 2:
+                lo, hi = _int4_sub_tiles(w_ptr, rn + N, n_mask, k0, k_hi, stride_wn, BLOCK_K, ASM)
+                t = tl.dot(hi, xo, tl.dot(lo, xe))
+                sg = tl.load(s_ptr + (rn + N) * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) * 16777216.0
+                og = tl.load(o_ptr + (rn + N) * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32)
+                acc_up += t * sg[:, None] + og[:, None] * xsum
+        else:
             if WFMT == 2:
-                w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
-                                  BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
-            else:
-                w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16).to(dt)
-            acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
-    if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums
-        acc = acc * tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+                w = _int4_tile(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP, BLOCK_N,
+                               BLOCK_K, dt == tl.float16).to(dt)
+            else:  # the model dtype, or int8's q converted exactly
+                w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16, ASM).to(dt)
+            x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
+                        other=0.0)
+            if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
+                g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+                x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
+            if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
+                x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
+            xt = tl.trans(x)
+            acc = tl.dot(w, xt, acc, input_precision=PRECISION)
+            if EPILOGUE == 2:
+                if WFMT == 2:
+                    w_up = _int4_tile(w_ptr, s_ptr, o_ptr, rn + N, n_mask, k0, k_hi, stride_wn, stride_sn, GROUP,
+                                      BLOCK_N, BLOCK_K, dt == tl.float16).to(dt)
+                else:
+                    w_up = _plain_tile(w_ptr + N * stride_wn, w_off, w_mask, WFMT == 1 and dt == tl.float16,
+                                       ASM).to(dt)
+                acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
+    if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums (fp16: of q * 2^-24 x)
+        unit = 16777216.0 if dt == tl.float16 else 1.0
+        acc = acc * (tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32) * unit)[:, None]
         if EPILOGUE == 2:
-            acc_up = acc_up * tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32)[:, None]
+            acc_up = acc_up * (tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32) * unit)[:, None]
     if USE_PDL == 2:
         gdc_launch_dependents()
     out_mask = n_mask[:, None] & m_mask[None, :]
@@ -535,7 +615,8 @@ def gemm_call(x, w, res, g, rstd, prologue: int, epilogue: int, split_k: int, sc
             tile_counters(x.device, n_tiles) if serial else y)
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue, SPLIT_K=split, PRECISION=precision, WFMT=wfmt, GROUP=group,
                   BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, NSS_BLOCK=triton.next_power_of_2(max(nss, 1)),
-                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, SERIAL=serial, **cfg, **launch_kwargs(pdl))
+                  SS_OUT=bool(ss_out), ROPE_D=rope_d, USE_PDL=pdl, SERIAL=serial, ASM=not interpreting(), **cfg,
+                  **launch_kwargs(pdl))
     return (n_tiles, split), args, kwargs, y, part, ss_out_t, split
 
 
