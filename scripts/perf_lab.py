@@ -533,13 +533,37 @@ CONFIG_TRIALS_26 = {
     "pinned again": {},
 }
 
+def _gemm_quant(fmt: str, plain: dict | None = None, rmsnorm: dict | None = None, swiglu: dict | None = None) -> dict:
+    """A trial of the small-M GEMM's 16-row quantized forms of fmt (int8 / int4): the configs given."""
+    forms = {"plain": plain, "rmsnorm": rmsnorm, "swiglu": swiglu}
+    return {f"gemm16_{kind}_{fmt}": cfg for kind, cfg in forms.items() if cfg is not None}
+
+
+def _gemm_quant_set(fmt: str) -> dict:
+    """Sets 29 (int4) and 30 (int8), on fused-gemm-kernels at batch 8 with --quantize fmt, after the weights became
+    fp16 halves in place (fewer instructions a weight: the x tile's share grows): wider output tiles (x prepared
+    for twice the rows), a shallower K split, deeper pipelines."""
+    wide, wide8 = _gemm(128, 128, 3, per_sm=4), _gemm(128, 128, 3, warps=8, per_sm=4)
+    return {
+        "pinned": {},
+        "plain BN128 P4": _gemm_quant(fmt, plain=wide),
+        "rmsnorm BN128 P4": _gemm_quant(fmt, rmsnorm=wide),
+        "swiglu BN128 P2": _gemm_quant(fmt, swiglu=_gemm(128, 128, 3, per_sm=2)),
+        "all BN128 w8 P4": _gemm_quant(fmt, wide8, wide8, _gemm(128, 128, 3, warps=8, per_sm=2)),
+        "plain rmsnorm P4": _gemm_quant(fmt, _gemm(64, 128, 3, per_sm=4), _gemm(64, 128, 3, per_sm=4)),
+        "all s4": _gemm_quant(fmt, _gemm(64, 128, 4, per_sm=8), _gemm(64, 128, 4, per_sm=8),
+                              _gemm(64, 128, 4, per_sm=4)),
+        "pinned again": {},
+    }
+
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
-              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26}
+              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8")}
 
 
 def trial_set(number: int) -> dict[str, dict]:

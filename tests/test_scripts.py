@@ -174,10 +174,11 @@ def test_config_override_reaches_the_launch_configs_and_is_undone(tool):
 def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     perf_lab = tool("perf_lab")
     dense = {"gemv", "rmsnorm", "residual", "swiglu", "qkv_rope"}
-    gemm = {f"gemm16_{kind}" for kind in ("plain", "rmsnorm", "swiglu")}  # the small-M GEMM's forms (set 9)
+    # the small-M GEMM's forms (set 9; quantized: sets 29, 30)
+    gemm = {f"gemm16_{kind}{q}" for kind in ("plain", "rmsnorm", "swiglu") for q in ("", "_int8", "_int4")}
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26]
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26, 29, 30]
     for number in perf_lab.TRIAL_SETS:
         trials = perf_lab.trial_set(number)
         names = list(trials)
