@@ -179,8 +179,8 @@ def gemm_main(args, dev, shapes) -> int:
                     label = f"{form} fp16" if form == "linear" and tag else form + tag
                     print(row(name, f"M={M} {label}", t, nb, err), flush=True)
                 if args.gemm_sweep:
-                    table, key = gm.config_key(M, step.endswith("swiglu"), gm.WFMT_DENSE if not q0 else gm.WFMT_INT8,
-                                               step.startswith("rmsnorm"))
+                    wfmt = gm.WFMT_DENSE if not q0 else gm.WFMT_INT4 if "offsets" in q0 else gm.WFMT_INT8
+                    table, key = gm.config_key(M, step.endswith("swiglu"), wfmt, step.startswith("rmsnorm"))
                     pinned, times = table[key], []
                     f = gemm_fn(step, M, N, K, dev)
                     for bn, bk, warps, stages, per_sm in GEMM_GRID:

@@ -113,11 +113,12 @@ G = scheme.group or 1
 # int4: K 160 = 1.25 tiles of 128 at group 32, 192 = 1.5 tiles at group 64; 384 = 3 tiles at group 128
 shapes = [(96, 300), (37, 520)] if scheme.bits == 8 else [(96, {32: 160, 64: 192, 128: 384}[G]), (37, 2 * G)]
 passes = [("pinned", {}), ("BLOCK_K 32", {"BLOCK_K": 32})]
-pinned_configs = dict(gm.GEMM_QUANT_CONFIGS)
+pinned_configs = {id(t): dict(t) for t in (gm.GEMM_QUANT_CONFIGS, gm.GEMM_INT4_CONFIGS)}
 checked = expected = 0
 for label, change in passes:
-    for key in list(gm.GEMM_QUANT_CONFIGS):  # in every bucket these rows use
-        gm.GEMM_QUANT_CONFIGS[key] = {**pinned_configs[key], **change}
+    for table in (gm.GEMM_QUANT_CONFIGS, gm.GEMM_INT4_CONFIGS):
+        for key in list(table):  # in every bucket these rows use
+            table[key] = {**pinned_configs[id(table)][key], **change}
     rows = [2, 3, 16, 17] if label == "pinned" else [3, 17]
     expected += 5 * 2 * 2 * len(rows)
     for M in rows:
@@ -463,7 +464,14 @@ def test_launch_policy():
         assert cfg["BLOCK_N"] >= 16 and cfg["BLOCK_K"] >= 16
         # int4: a power-of-two BLOCK_K is a multiple or a divisor of every group
         assert all(cfg["BLOCK_K"] % g == 0 or g % cfg["BLOCK_K"] == 0 for g in (32, 64, 128)), (bm, form)
-    assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
+    for (bm, form), cfg in gm.GEMM_INT4_CONFIGS.items():  # int4's own entries: half a byte a weight
+        assert (bm, form) in gm.GEMM_QUANT_CONFIGS
+        stage = (2 if form == "swiglu" else 1) * cfg["BLOCK_N"] * cfg["BLOCK_K"] // 2 + bm * cfg["BLOCK_K"] * 2
+        assert stage * cfg["num_stages"] <= 96 * 1024 and cfg["BLOCK_K"] in (64, 128), (bm, form)
+    assert gm.gemm_config(3, False, gm.WFMT_INT4) is gm.GEMM_INT4_CONFIGS[(16, "gemm")]
+    assert gm.gemm_config(3, True, gm.WFMT_INT4) is gm.GEMM_INT4_CONFIGS[(16, "swiglu")]
+    assert gm.gemm_config(3, False, gm.WFMT_INT8) is gm.GEMM_QUANT_CONFIGS[(16, "gemm")]
+    assert gm.gemm_config(40, False, gm.WFMT_INT4) is gm.GEMM_QUANT_CONFIGS[(64, "gemm")]
     assert gm.gemm_config(3, False) is gm.GEMM_CONFIGS[(16, "gemm")]
     # the RMSNorm prologue's own entry where its bucket has one, else the plain one
     assert gm.gemm_config(3, False, rmsnorm=True) is gm.GEMM_CONFIGS[(16, "rmsnorm")]

@@ -574,10 +574,11 @@ sys.path.insert(0, {str(SCRIPTS)!r})
 import gemv_bench
 from llama_fast.kernels import gemm
 gemv_bench.GEMM_GRID = [(32, 64, 4, 2, 1), (32, 64, 4, 2, 4)]
-before = {{k: dict(v) for k, v in gemm.GEMM_QUANT_CONFIGS.items()}}
+tables = (gemm.GEMM_QUANT_CONFIGS, gemm.GEMM_INT4_CONFIGS)
+before = {{(i, k): dict(v) for i, t in enumerate(tables) for k, v in t.items()}}
 code = gemv_bench.main(["--device", "cpu", "--shape", "tiny", "--gemm", "3", "--gemm-sweep", "--weights",
                         "int8,int4", "--reps", "1", "--calls", "1"])
-assert gemm.GEMM_QUANT_CONFIGS == before
+assert {{(i, k): v for i, t in enumerate(tables) for k, v in t.items()}} == before
 sys.exit(code)
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=1200,
@@ -590,14 +591,15 @@ sys.exit(code)
     assert sorted(best4) == sorted((name, per_sm) for name in names for per_sm in "14"), r.stdout
     from llama_fast.kernels import gemm as gm
 
-    def pinned(swiglu: bool, rmsnorm: bool) -> str:
-        table, key = gm.config_key(3, swiglu, gm.WFMT_INT8, rmsnorm)
+    def pinned(swiglu: bool, rmsnorm: bool, wfmt: int) -> str:
+        table, key = gm.config_key(3, swiglu, wfmt, rmsnorm)
         c = table[key]
         return (f"  pinned: BN{c['BLOCK_N']} BK{c['BLOCK_K']} warps {c['num_warps']} stages {c['num_stages']} "
                 f"per SM {c.get('PER_SM', 1)}")
 
     # wqkv the RMSNorm prologue, w13 SwiGLU, wo / w2 the residual epilogue, the head plain
-    expected = Counter(([pinned(False, True), pinned(True, True)] + [pinned(False, False)] * 3) * 2)  # int8, int4
+    expected = Counter(pinned(swiglu, rmsnorm, wfmt) for wfmt in (gm.WFMT_INT8, gm.WFMT_INT4)
+                       for swiglu, rmsnorm in [(False, True), (True, True)] + [(False, False)] * 3)
     assert Counter(line for line in r.stdout.splitlines() if line.startswith("  pinned:")) == expected, r.stdout
 
 

@@ -399,7 +399,7 @@ def test_gemm_takes_the_table_the_tuned_or_inside_a_trace_the_cached_config(gpu)
     timer = gpu(A10G)
     with FakeTensorMode():
         assert gemm.launch_config(8, True, gemm.WFMT_INT4, True, 11008, 4096) == \
-            gemm.GEMM_QUANT_CONFIGS[(16, "swiglu")]
+            gemm.GEMM_INT4_CONFIGS[(16, "swiglu")]
     assert timer.built == []
     tuned = gemm.launch_config(8, True, gemm.WFMT_INT4, True, 11008, 4096)
     # FakeTimer's pick: the widest K tile, then the widest N tile

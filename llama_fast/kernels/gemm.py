@@ -105,6 +105,15 @@ GEMM_QUANT_CONFIGS = {
     (64, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},    # 72 KB
     (64, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},   # 64 KB
 }
+# int4's 16-row forms since its weights became fp16 halves in place (_int4_sub_tiles: 4.3 instructions a weight,
+# against 6.0): the x tile's share of each K iteration grew, and 128 output rows over 8 warps prepare it for twice
+# the weights. Llama-7B batch 8, the kernels-only step: 4.740 against 5.390 / 5.396 ms/step at the shared entries
+# (scripts/perf_lab.py trial set 29, H200); the same tile at 4 warps lost for the plain form (5.710).
+GEMM_INT4_CONFIGS = {
+    (16, "gemm"): {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "PER_SM": 4},    # 36 KB
+    (16, "rmsnorm"): {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "PER_SM": 4},  # 36 KB
+    (16, "swiglu"): {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3, "PER_SM": 2},  # 60 KB
+}
 # A config may add PER_SM: the programs per SM the K split aims for (default 1). One program of 4 warps per SM
 # leaves each scheduler one warp: enough for fp16 tiles, few for quantized ones, whose dequantization is a chain
 # of dependent instructions per weight (scripts/gemv_bench.py --gemm-sweep times 1 to 8).
@@ -131,10 +140,12 @@ def block_m(rows: int) -> int:
 def config_key(rows: int, swiglu: bool, wfmt: int = WFMT_DENSE, rmsnorm: bool = False) -> tuple[dict, tuple]:
     """(table, key) of the pinned config for rows input rows, weights of format wfmt (dequant.WFMT_*) and the
     form: SwiGLU (the RMSNorm prologue or not), else the RMSNorm prologue where its row bucket has its own entry,
-    else the plain / residual entry."""
+    else the plain / residual entry; int4 takes GEMM_INT4_CONFIGS' entry where it has one."""
     table = GEMM_CONFIGS if wfmt == WFMT_DENSE else GEMM_QUANT_CONFIGS
     bm = block_m(rows)
     form = "swiglu" if swiglu else "rmsnorm" if rmsnorm and (bm, "rmsnorm") in table else "gemm"
+    if wfmt == WFMT_INT4 and (bm, form) in GEMM_INT4_CONFIGS:
+        return GEMM_INT4_CONFIGS, (bm, form)
     return table, (bm, form)
 
 
