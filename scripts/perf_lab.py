@@ -542,7 +542,9 @@ def _gemm_quant(fmt: str, plain: dict | None = None, rmsnorm: dict | None = None
 def _gemm_quant_set(fmt: str) -> dict:
     """Sets 29 (int4) and 30 (int8), on fused-gemm-kernels at batch 8 with --quantize fmt, after the weights became
     fp16 halves in place (fewer instructions a weight: the x tile's share grows): wider output tiles (x prepared
-    for twice the rows), a shallower K split, deeper pipelines."""
+    for twice the rows), a shallower K split, deeper pipelines. (int8 at batch > 1 runs the compiled step, whose
+    configs are fixed at its first trace: set 30 moves them only where small_m_kernels_apply takes int8, as in
+    docs/PERF.md's run.)"""
     wide, wide8 = _gemm(128, 128, 3, per_sm=4), _gemm(128, 128, 3, warps=8, per_sm=4)
     return {
         "pinned": {},

@@ -33,24 +33,30 @@ Quantized weights (the formats of llama_fast/quant.py, validated by dequant.weig
 loaded packed and turned into the model dtype in registers right before the tl.dot, so a dequantized copy of the
 weight never exists in memory (QuantLinear.forward's dequantize-then-F.linear writes and reads one every call: at
 batch 2-16 about 2-3x the fp16 path's bytes):
-  int8: the tile is q itself converted to the model dtype (exact: |q| <= 127 fits fp16's and bf16's significand;
-        in fp16 built as 1024 + (q + 128) under fp16's exponent less 1152, with no integer-to-float conversion,
-        a quarter-rate instruction on sm_90, in the loop: scripts/sass_probe.py --kernel gemm --weights int8)
+  int8: the tile is q itself converted to the model dtype (exact: |q| <= 127 fits fp16's and bf16's significand)
         and the per-row scale multiplies the fp32 accumulator once after the K loop (exact up to rounding, since
         the scale is constant along K). That is one multiply per output instead of one per weight, the products
         q * x are exact in the fp32 accumulator, and it is what the batch-1 GEMV does (the scale on the fp32 sum):
         the result is closer to q * s * x in exact arithmetic than the reference that rounds q * s to fp16 first.
+        In fp16 models q is made in place as q * 2^-24: u = q + 128 under bit 10 of a half is the subnormal
+        u * 2^-24, less 128 * 2^-24 (subnormal fp16 arithmetic is exact); inline PTX does 4 weights with one XOR,
+        two PRMT and two HSUB2, and the scale carries the 2^24.
   int4: bytes of two weights (low nibble first) unpacked and interleaved back into K order, then q * s + o in
         fp32 with the scale and offset of each weight's group, rounded once to the model dtype: the weights
-        dequantize.int4 would write, bit for bit up to FMA contraction. In fp16 models q is 1024 + q under fp16's
-        exponent less 1024 (exact) and q * s + o one fp16 FMA (two weights an instruction), rounded once as
-        well, without the fp32 round trip. The scale and offset vary along K, so they are applied per weight;
-        BLOCK_K is a multiple of the group (the tile's groups broadcast along their weights) or a divisor of it
-        (one group per tile), both powers of two.
+        dequantize.int4 would write, bit for bit up to FMA contraction. In fp16 models where a K tile lies in one
+        group (the pinned 128 at group 128), the weights stay q: each nibble is the fp16 subnormal of its own bits
+        (low q * 2^-24, high q * 2^-20; inline PTX makes 8 of them with two PRMT and four AND), the low and the
+        high nibbles are two products against the even and the odd columns of x (the odd scaled by 1/16), and
+        the group's scale and offset apply once to the tile's fp32 product: s * 2^24 * sum q x + o * sum x, the
+        sum of x on the tensor cores too. Otherwise (group 32 / 64 under the pinned tile) q is 1024 + q under
+        fp16's exponent less 1024 and q * s + o one fp16 FMA (two weights an instruction), rounded once, without
+        the fp32 round trip; BLOCK_K is then a multiple of the group or a divisor of it, both powers of two.
   Both, in fp16 models, take their tile's K order permuted (_k_perm, and x the same way): a thread's part of the
   tensor-core operand is then 4 adjacent bytes of the packed tile (one shared-memory load instead of 2-4 byte
-  loads). Compiled for sm_90 at 16 rows: int8 4.42 and int4 5.73 instructions a weight in the K loop, against
-  6.36 and 7.91 with I2F, byte loads and K in order (scripts/sass_probe.py --kernel gemm).
+  loads, and one 32-bit register for the inline PTX). Triton's CPU interpreter runs no PTX: there the same halves
+  are made a byte at a time (ASM). Compiled for sm_90 at 16 rows (scripts/sass_probe.py --kernel gemm --rows 8):
+  int8 3.22 and int4 4.28 instructions a weight in the K loop, against 4.72 and 5.98 with q made as 1024 + q,
+  and 6.36 and 7.91 with I2F, byte loads and K in order.
 
 The launch configs are pinned per row bucket in GEMM_CONFIGS below (chosen from the tile arithmetic, to fit
 the ~100 KB of shared memory of an sm_86 card as well as Hopper; scripts/gemv_bench.py --gemm times them, and
