@@ -367,6 +367,17 @@ def _int4_sub_tiles(w_ptr, rows, n_mask, k0, k_hi, stride_wn, BLOCK_K: tl.conste
 
 
 @triton.jit
+def _x_tile(x_ptr, g_ptr, rm, k, m_mask, k_mask, stride_xm, rstd, PROLOGUE: tl.constexpr):
+    """The input tile (BLOCK_M, BLOCK_K) of rows rm, columns k, with the RMSNorm prologue applied:
+    g * (x * rstd).to(dtype), as transformers' LlamaRMSNorm."""
+    x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+    if PROLOGUE != 0:
+        g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
+        x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(x_ptr.dtype.element_ty)
+    return x
+
+
+@triton.jit
 def _x_halves(x, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """x (BLOCK_M, BLOCK_K) as two transposed (BLOCK_K / 2, BLOCK_M) tiles, the even columns and the odd ones, the
     odd scaled by 1/16 (exact but below 2^-10: a power of two) for _int4_sub_tiles' high nibbles."""
@@ -414,6 +425,7 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         gdc_wait()  # x, its partials and the residual come from the kernels before; nothing is written before this
     if USE_PDL == 1:
         gdc_launch_dependents()
+    rstd = 0.0  # no prologue: unused
     if PROLOGUE == 1:
         rstd = tl.load(rstd_ptr + rm, mask=m_mask, other=0.0)
     if PROLOGUE == 2:  # each row's 1 / RMS from its partials; float scalars may arrive as fp64: keep fp32
@@ -434,12 +446,8 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
         w_off = rn[:, None] * stride_wn + k[None, :]
         w_mask = n_mask[:, None] & k_mask[None, :]
         if SUB:
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                        other=0.0)
-            if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
-                g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-                x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
-            xe, xo = _x_halves(x, BLOCK_M, BLOCK_K)
+            xe, xo = _x_halves(_x_tile(x_ptr, g_ptr, rm, k, m_mask, k_mask, stride_xm, rstd, PROLOGUE), BLOCK_M,
+                               BLOCK_K)
             kg = k0 // GROUP
             lo, hi = _int4_sub_tiles(w_ptr, rn, n_mask, k0, k_hi, stride_wn, BLOCK_K, ASM)
             t = tl.dot(hi, xo, tl.dot(lo, xe))  # (BLOCK_N, BLOCK_M) = 2^-24 sum q x over the tile
@@ -460,11 +468,7 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
                                BLOCK_K, dt == tl.float16).to(dt)
             else:  # the model dtype, or int8's q converted exactly
                 w = _plain_tile(w_ptr, w_off, w_mask, WFMT == 1 and dt == tl.float16, ASM).to(dt)
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                        other=0.0)
-            if PROLOGUE != 0:  # g * (x * rstd).to(dt), as transformers' LlamaRMSNorm
-                g = tl.load(g_ptr + k, mask=k_mask, other=0.0)
-                x = g[None, :] * (x.to(tl.float32) * rstd[:, None]).to(dt)
+            x = _x_tile(x_ptr, g_ptr, rm, k, m_mask, k_mask, stride_xm, rstd, PROLOGUE)
             if WFMT != 0 and dt == tl.float16:  # the quantized tiles' K order (_int4_tile, _plain_tile)
                 x = _k_perm(x, BLOCK_M, BLOCK_K, WFMT)
             xt = tl.trans(x)
