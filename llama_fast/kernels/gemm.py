@@ -75,6 +75,9 @@ from . import configs
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8, weight_format
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
+# the value of a half's lowest bit (its smallest subnormal): a bit field below bit 10 read as a half is the field
+# times this, exactly (the quantized tiles of fp16 models: _plain_tile, _int4_sub_tiles)
+HALF_UNIT = tl.constexpr(2.0 ** -24)
 GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64 rows cuBLAS is compute-bound
 # fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
 # quantized weights take it up to GEMM_MAX_ROWS (the other way dequantizes the whole weight every call)
@@ -284,7 +287,7 @@ def _plain_tile(w_ptr, w_off, w_mask, INT8_FP16: tl.constexpr, ASM: tl.constexpr
                 }""",
                 constraints="=r,=r,r", args=[w], dtype=tl.float16, is_pure=True, pack=4)
         else:
-            w = (w ^ 0x80).to(tl.uint16).to(tl.float16, bitcast=True) - 0.00000762939453125  # 128 * 2^-24
+            w = (w ^ 0x80).to(tl.uint16).to(tl.float16, bitcast=True) - 128 * HALF_UNIT
     return w
 
 
@@ -453,13 +456,13 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
             t = tl.dot(hi, xo, tl.dot(lo, xe))  # (BLOCK_N, BLOCK_M) = 2^-24 sum q x over the tile
             # sum x over the tile, for the group's offset, on the tensor cores too (every row the same)
             xsum = tl.dot(sixteens, xo, tl.dot(ones, xe))
-            sg = tl.load(s_ptr + rn * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) * 16777216.0
+            sg = tl.load(s_ptr + rn * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) / HALF_UNIT
             og = tl.load(o_ptr + rn * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32)
             acc += t * sg[:, None] + og[:, None] * xsum
             if EPILOGUE == 2:
                 lo, hi = _int4_sub_tiles(w_ptr, rn + N, n_mask, k0, k_hi, stride_wn, BLOCK_K, ASM)
                 t = tl.dot(hi, xo, tl.dot(lo, xe))
-                sg = tl.load(s_ptr + (rn + N) * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) * 16777216.0
+                sg = tl.load(s_ptr + (rn + N) * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32) / HALF_UNIT
                 og = tl.load(o_ptr + (rn + N) * stride_sn + kg, mask=n_mask, other=0.0).to(tl.float32)
                 acc_up += t * sg[:, None] + og[:, None] * xsum
         else:
@@ -482,7 +485,7 @@ def _gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, res_ptr, g_ptr, rstd_ptr, s_ptr,
                                        ASM).to(dt)
                 acc_up = tl.dot(w_up, xt, acc_up, input_precision=PRECISION)
     if WFMT == 1:  # int8: the per-row scale, constant along K, once on the fp32 sums (fp16: of q * 2^-24 x)
-        unit = 16777216.0 if dt == tl.float16 else 1.0
+        unit = 1.0 / HALF_UNIT if dt == tl.float16 else 1.0
         acc = acc * (tl.load(s_ptr + rn, mask=n_mask, other=0.0).to(tl.float32) * unit)[:, None]
         if EPILOGUE == 2:
             acc_up = acc_up * (tl.load(s_ptr + N + rn, mask=n_mask, other=0.0).to(tl.float32) * unit)[:, None]
