@@ -57,6 +57,9 @@ class ForwardOptions:
     #                               from the residual GEMMs' sum-of-squares partials, RoPE and the K/V cache write in
     #                               the wqkv GEMM's epilogue, the two-kernel attention, the GEMMs with PDL where the
     #                               GPU has it (the attention without: measured slower with it at batch 8 and 16)
+    gemv_rows: bool = True  # with small_m_kernels: quantized projections of 2-4 rows (kernels.gemv_rows.GEMV_ROWS_MAX)
+    #                         as the batch-1 GEMV's loop over every row (each weight dequantized once) instead of
+    #                         the small-M GEMM
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -142,6 +145,16 @@ def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions, quantized: bool 
     from .kernels import GEMM_DENSE_MAX_ROWS, GEMM_MAX_ROWS, GEMM_MIN_ROWS
 
     return GEMM_MIN_ROWS <= x.numel() // x.shape[-1] <= (GEMM_MAX_ROWS if quantized else GEMM_DENSE_MAX_ROWS)
+
+
+def small_m_ops(rows: int, w: torch.Tensor, quant: dict, opts: ForwardOptions):
+    """The module whose ops (small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss, small_m_rmsnorm_ss) run a
+    projection of the kernels-only decode step: kernels.gemv_rows for a quantized weight at 2-4 rows
+    (ForwardOptions.gemv_rows), else the small-M GEMM (kernels.gemm)."""
+    from .kernels import gemm, gemv_rows
+
+    use_rows = opts.gemv_rows and gemv_rows.rows_apply(rows, w, quant.get("scales"), quant.get("offsets"))
+    return gemv_rows if use_rows else gemm
 
 
 def rms_rstd(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -319,25 +332,25 @@ class Block(nn.Module):
         """One decode token of each of M rows, x2 (M, dim) with ss (M, NSS) its sum-of-squares partials, as our
         kernels only (ForwardOptions.small_m_kernels): rmsnorm+wqkv+RoPE+cache write, attention, wo+residual
         (+partials), rmsnorm+w13+SwiGLU, w2+residual (+partials) -> (x2, ss) for the next block."""
-        from .kernels.gemm import small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss
-
         a, f, c = self.attention, self.feed_forward, self.attention.cfg
         M, pdl = x2.shape[0], gemv_pdl_mode(opts)
         cache = a.kv_cache
         wqkv, qkv_quant = kernel_weight(a.wqkv)
-        q = small_m_qkv_rope(x2, wqkv, ss, self.attention_norm.weight, self.attention_norm.eps,
-                             rope[0].reshape(M, -1), rope[1].reshape(M, -1), cache.k_cache, cache.v_cache, input_pos,
-                             c.n_heads, pdl, **qkv_quant)  # (M, q_size); k, v into the cache
+        q = small_m_ops(M, wqkv, qkv_quant, opts).small_m_qkv_rope(
+            x2, wqkv, ss, self.attention_norm.weight, self.attention_norm.eps, rope[0].reshape(M, -1),
+            rope[1].reshape(M, -1), cache.k_cache, cache.v_cache, input_pos, c.n_heads, pdl,
+            **qkv_quant)  # (M, q_size); k, v into the cache
         q = q.view(M, c.n_heads, 1, c.head_dim)  # (B, H, 1, D)
         # the attention launches without PDL here: with it, the step at batch 8 / 16 ran 5.351 / 6.801 ms against
         # 5.054 / 6.273 without (at batch 2 equal; docs/PERF.md)
         y = a.attention_core(q, cache.k_cache, cache.v_cache, mask, replace(opts, pdl=False))  # (B, 1, q_size)
         wo, wo_quant = kernel_weight(a.wo)
-        h, ss = small_m_residual_ss(y.view(M, -1), wo, x2, pdl, **wo_quant)
+        h, ss = small_m_ops(M, wo, wo_quant, opts).small_m_residual_ss(y.view(M, -1), wo, x2, pdl, **wo_quant)
         w13, w13_quant = kernel_weight(f.w13)
-        act = small_m_swiglu_ss(h, w13, ss, self.ffn_norm.weight, self.ffn_norm.eps, pdl, **w13_quant)
+        act = small_m_ops(M, w13, w13_quant, opts).small_m_swiglu_ss(h, w13, ss, self.ffn_norm.weight,
+                                                                     self.ffn_norm.eps, pdl, **w13_quant)
         w2, w2_quant = kernel_weight(f.w2)
-        return small_m_residual_ss(act, w2, h, pdl, **w2_quant)
+        return small_m_ops(M, w2, w2_quant, opts).small_m_residual_ss(act, w2, h, pdl, **w2_quant)
 
     def _reduce(self, partial: torch.Tensor, site: int) -> torch.Tensor:
         """A shard's wo (site 0) / w2 (site 1) output summed over the tensor-parallel ranks; as is without tensor
@@ -600,21 +613,25 @@ class Transformer(nn.Module):
     def small_m_kernels_apply(self, x: torch.Tensor) -> bool:
         """Whether a decode step over x (B, 1, dim) runs as _small_m_decode (ForwardOptions.small_m_kernels): B in
         the small-M GEMM's rows, every block fusable for it (Block._small_m_fusable: no tensor parallelism, no
-        biases), no int8 layers, RoPE in the qkv GEMM's epilogue (tensor positions, the flip form), a head dim the
-        decode attention takes, and not inside a torch.compile trace (the path launches its kernels directly)."""
+        biases), int8 layers only within the rows GEMV's rows, RoPE in the qkv GEMM's epilogue (tensor positions,
+        the flip form), a head dim the decode attention takes, and not inside a torch.compile trace (the path
+        launches its kernels directly)."""
         opts = self.options
         a, f = self.layers[0].attention, self.layers[0].feed_forward
-        # int8 layers keep the compiled step: there its batch-8 step took 5.699 ms against 6.053 on this path, int4
-        # 5.678 against 5.470 (one H200 process each, docs/PERF.md)
+        # int8 layers keep the compiled step past the rows GEMV's rows: there its batch-8 step took 5.699 ms against
+        # 6.053 on this path, int4 5.678 against 5.470 (one H200 process each, docs/PERF.md)
+        from .kernels.gemv_rows import GEMV_ROWS_MAX, WFMT_INT8
+
         int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
-        return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2 and not int8
+        int8_ok = not int8 or (opts.gemv_rows and x.shape[0] <= GEMV_ROWS_MAX[WFMT_INT8])
+        return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2 and int8_ok
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))
 
     def _small_m_decode(self, x, rope, mask, input_pos, opts: ForwardOptions) -> torch.Tensor:
         """The decode step of B >= 2 rows as our kernels only (Block.small_m_decode); the head's RMSNorm from the
         last block's partials. x (B, 1, dim) -> logits (B, 1, V)."""
-        from .kernels.gemm import rows_ss, small_m_rmsnorm_ss
+        from .kernels.gemm import rows_ss
 
         B = x.shape[0]
         x2 = x.view(B, -1)
@@ -622,7 +639,9 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x2, ss = layer.small_m_decode(x2, ss, rope, mask, input_pos, opts)
         head, head_quant = kernel_weight(self.output)
-        logits = small_m_rmsnorm_ss(x2, head, ss, self.norm.weight, self.norm.eps, gemv_pdl_mode(opts), **head_quant)
+        logits = small_m_ops(B, head, head_quant, opts).small_m_rmsnorm_ss(x2, head, ss, self.norm.weight,
+                                                                          self.norm.eps, gemv_pdl_mode(opts),
+                                                                          **head_quant)
         return logits.view(B, 1, -1)
 
     def fused_block_is_kernels_only(self) -> bool:

@@ -216,19 +216,28 @@ print("ok")
 # small_m_rmsnorm_ss) against torch: RMSNorm from sum-of-squares partials, RoPE with each row's own tables (left
 # padding) and the K/V cache write (only row m's slot at pos, nothing else), the partials the residual forms write
 # (one K split, and a split summed in the GEMM: SERIAL), dense or quantized weights (argv[2]: none, int8,
-# int4:g32); the split's arrival counts are left 0.
+# int4:g32); the split's arrival counts are left 0. argv[3] "gemv_rows": the same four ops of kernels/gemv_rows.py
+# (the batch-1 GEMV's loop over 2-4 rows), at the shapes of 4 rows or fewer.
 STEP_CHECK = r"""
 import sys
 import torch
 import torch.nn.functional as F
 from llama_fast import quant
-from llama_fast.kernels import gemm as gm
+from llama_fast.kernels import gemm, gemv_rows
 from llama_fast.model import apply_rope
+
+rows_form = len(sys.argv) > 3 and sys.argv[3] == "gemv_rows"
+gm = gemv_rows if rows_form else gemm
+max_rows = 4 if rows_form else 64
 
 torch.manual_seed(0)
 dt = getattr(torch, sys.argv[1])
 tol = 1e-6 if dt == torch.float32 else 2e-3
 scheme = None if sys.argv[2] == "none" else quant.parse_scheme(sys.argv[2])
+if rows_form and scheme is not None and scheme.bits == 8 and dt == torch.float32:
+    # the int8 rows take 128 sum x out of sum (q + 128) x (dequant.int8_fma, as the batch-1 GEMV): fp32 cancels
+    # a few bits over K = 8320 (1.6e-6 measured)
+    tol = 4e-6
 
 
 {HELPERS}
@@ -251,7 +260,10 @@ def parts(t, n):  # (M, n) partials of each row's sum of squares, as a kernel be
 eps = 1e-5
 # (rows, heads, KV heads, head dim, K): GQA, MHA, 16 rows, a head dim of 48 (the RoPE tile halves to 16), and a K
 # long enough for the interpreter's nominal 8 SMs to split it (the RoPE then by the tile's last split)
-for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64), (3, 2, 1, 32, 4096)]:
+for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64), (3, 2, 1, 32, 4096),
+                        (2, 2, 1, 32, 256)]:
+    if M > max_rows or (scheme is not None and scheme.group and K % scheme.group):  # (int4 at group 128: K of 4096 and 256)
+        continue
     B, S, pos = M + 1, 9, 6  # the cache has a row more than the step (left untouched)
     x = torch.randn(M, K).to(dt)
     g = (1 + 0.1 * torch.randn(K)).to(dt)
@@ -280,7 +292,10 @@ for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64
     assert not kc.any() and not vc.any(), "a write outside the rows' slots"
     print(f"qkv+rope M={M} H={H}/{HKV} D={D} K={K}: ok")
 
-for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for the interpreter's split
+# one K split; K long enough for the interpreter's split; 4 rows (the rows form: a tile of 8 rows and K tiles)
+for M, N, K in [(3, 96, 96), (5, 40, 2048), (4, 40, 8320)]:
+    if M > max_rows or (scheme is not None and scheme.group and K % scheme.group):
+        continue
     x = torch.randn(M, K).to(dt)
     res = torch.randn(M, N).to(dt)
     args, wd = weight(N, K)
@@ -301,7 +316,8 @@ for M, N, K in [(3, 96, 96), (5, 40, 2048)]:  # one K split; K long enough for t
     head = gm.small_m_rmsnorm_ss(x, w, parts(x, 1), g, eps, **args)
     assert rel(head, h.double() @ wd.double().T) < tol, M
     print(f"swiglu / head from partials M={M}: ok")
-assert gm._COUNTERS and all(not c.any() for c in gm._COUNTERS.values()), "a split ran, its counts are back to 0"
+if not rows_form:
+    assert gm._COUNTERS and all(not c.any() for c in gm._COUNTERS.values()), "a split ran, its counts are back to 0"
 print("ok")
 """
 
@@ -316,8 +332,12 @@ from llama_fast.model import ForwardOptions
 from core_helpers import TINY_CONFIGS, count_calls, make_hf, ours_from_hf
 from test_model import _ids
 
-calls = count_calls(gm, ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss"))
+from llama_fast.kernels import gemv_rows
+
+OPS = ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss")
+gemm_calls, rows_calls = count_calls(gm, OPS), count_calls(gemv_rows, OPS)
 cfg = TINY_CONFIGS[sys.argv[1]]
+rows_on = len(sys.argv) < 4 or sys.argv[3] != "no-rows"  # ForwardOptions.gemv_rows
 model = ours_from_hf(make_hf(cfg, seed=6), cfg).eval()
 if len(sys.argv) > 2:
     from llama_fast.quant import quantize_model_
@@ -339,16 +359,24 @@ with torch.no_grad():
     model.options = ForwardOptions()
     model_module.triton_kernels_apply = lambda x: False  # the reference: the torch path
     ref = run()
-    assert not calls
+    assert not gemm_calls and not rows_calls
     model_module.triton_kernels_apply = lambda x: True  # the kernels run on the CPU, in Triton's interpreter
-    model.options = ForwardOptions(small_m_gemm=True, decode_attention=True, small_m_kernels=True)
+    model.options = ForwardOptions(small_m_gemm=True, decode_attention=True, small_m_kernels=True,
+                                   gemv_rows=rows_on)
     got = run()
 steps = T - P
-if len(sys.argv) > 2 and sys.argv[2] == "int8":  # int8 layers keep the compiled step (small_m_kernels_apply)
+quantized = len(sys.argv) > 2
+calls = {k: gemm_calls.get(k, 0) + rows_calls.get(k, 0) for k in OPS}
+calls = {k: v for k, v in calls.items() if v}
+if quantized and sys.argv[2] == "int8" and not rows_on:  # int8 layers keep the compiled step past the rows GEMV
     assert not calls, calls
 else:
     assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
                      "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
+    # the block's quantized projections at B = 3 rows: the rows GEMV with the option, else the GEMM
+    block_rows = {k: v for k, v in rows_calls.items() if k != "small_m_rmsnorm_ss"}
+    assert bool(block_rows) == (quantized and rows_on), rows_calls
+    assert not block_rows or block_rows == {k: v for k, v in calls.items() if k != "small_m_rmsnorm_ss"}
 # the padded rows' pad positions are garbage on both paths; the real ones must agree
 real = torch.ones(B, T, dtype=torch.bool)
 real[1, :2] = False
@@ -401,16 +429,26 @@ def test_kernels_only_step_forms_match_torch_in_the_interpreter(dtype, scheme):
 
 
 @needs_triton
+@pytest.mark.parametrize("scheme", ["int8", "int4:g32", "int4:g128"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rows_gemv_step_forms_match_torch_in_the_interpreter(dtype, scheme):
+    """kernels/gemv_rows.py's four ops (2-4 rows, quantized weights) against the same torch references."""
+    run_interpreted(STEP_CHECK.replace("{HELPERS}", HELPERS), dtype, scheme, "gemv_rows")
+
+
+@needs_triton
 @pytest.mark.parametrize("cfg_name", ["gqa", "head-dim-32"])
 def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
     run_interpreted(STEP_MODEL_CHECK, cfg_name)
 
 
 @needs_triton
+@pytest.mark.parametrize("rows", ["rows", "no-rows"])
 @pytest.mark.parametrize("scheme", ["int4:g32", "int8"])
-def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme):
-    """int4 layers take the kernels-only step; int8 ones keep the other path (and match torch there)."""
-    run_interpreted(STEP_MODEL_CHECK, "gqa", scheme)
+def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme, rows):
+    """At batch 3 quantized layers take the kernels-only step, their projections on the rows GEMV (gemv_rows.py);
+    with ForwardOptions.gemv_rows off int4 takes the GEMM and int8 keeps the other path (and matches torch there)."""
+    run_interpreted(STEP_MODEL_CHECK, "gqa", scheme, rows)
 
 
 @needs_triton
@@ -441,6 +479,7 @@ def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     assert not applies("gqa", 1) and not applies("gqa", 17)
     assert applies("gqa", 64, scheme="int4:g32") and not applies("gqa", 65, scheme="int4:g32")
     assert not applies("gqa", 8, scheme="int8")
+    assert applies("gqa", 4, scheme="int8") and not applies("gqa", 4, replace(opts, gemv_rows=False), "int8")
     assert not applies("mlp-bias", 8) and not applies("head-dim-48", 8) and not applies("gqa", 8, tp=True)
     assert not applies("gqa", 8, replace(opts, small_m_kernels=False))
     assert not applies("gqa", 8, replace(opts, decode_attention=False))
