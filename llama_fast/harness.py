@@ -66,7 +66,7 @@ _FUSED_KERNELS = replace(_FUSED, fused_rope_cache=True, attention_one_launch=Tru
 _GEMV_EARLY = replace(_FUSED_KERNELS, pdl=True, compiled_glue=True, graphed_prefill=True, split_mlp=True,
                       pdl_gemv_early=True)
 _GEMM = replace(_GEMV_EARLY, small_m_gemm=True)
-_FASTEST_OPTIONS = replace(_GEMM, small_m_kernels=True)
+_FASTEST_OPTIONS = replace(_GEMM, small_m_kernels=True, gemv_rows=True)
 
 
 def _graphed(key: str, label: str, options: ForwardOptions, quantize: str | None = None) -> Variant:
@@ -104,7 +104,8 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
     _graphed("fused-gemm", "+ batch 2-16 decode projections by a small-M tensor-core GEMM (split-K; RMSNorm "
              "prologue, SwiGLU and residual epilogues) instead of cuBLAS", _GEMM),
     _graphed("fused-gemm-kernels", "+ batch 2-16 decode blocks as our kernels only, uncompiled in the step's CUDA "
-             "graph: RMSNorm from the residual GEMMs' partials, RoPE and the K/V cache write in the wqkv GEMM, PDL",
+             "graph: RMSNorm from the residual GEMMs' partials, RoPE and the K/V cache write in the wqkv GEMM, PDL; "
+             "quantized weights at 2-4 rows by the batch-1 GEMVs over every row",
              _FASTEST_OPTIONS),
     _graphed("int8", "+ int8 weights (symmetric, one scale per output channel), dequantized in the decode GEMVs",
              _FASTEST_OPTIONS, quantize="int8"),

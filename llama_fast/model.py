@@ -57,9 +57,9 @@ class ForwardOptions:
     #                               from the residual GEMMs' sum-of-squares partials, RoPE and the K/V cache write in
     #                               the wqkv GEMM's epilogue, the two-kernel attention, the GEMMs with PDL where the
     #                               GPU has it (the attention without: measured slower with it at batch 8 and 16)
-    gemv_rows: bool = True  # with small_m_kernels: quantized projections of 2-4 rows (kernels.gemv_rows.GEMV_ROWS_MAX)
-    #                         as the batch-1 GEMV's loop over every row (each weight dequantized once) instead of
-    #                         the small-M GEMM
+    gemv_rows: bool = False  # with small_m_kernels: quantized projections of 2-4 rows (kernels.gemv_rows.ROWS_MAX)
+    #                          as the batch-1 GEMV's loop over every row (each weight dequantized once) instead of
+    #                          the small-M GEMM
 
 
 ROPE_MIN_HEAD_DIM = 32  # the fused qkv+RoPE kernel's BLOCK_N (8..32) must divide the head dim
@@ -620,10 +620,10 @@ class Transformer(nn.Module):
         a, f = self.layers[0].attention, self.layers[0].feed_forward
         # int8 layers keep the compiled step past the rows GEMV's rows: there its batch-8 step took 5.699 ms against
         # 6.053 on this path, int4 5.678 against 5.470 (one H200 process each, docs/PERF.md)
-        from .kernels.gemv_rows import GEMV_ROWS_MAX, WFMT_INT8
+        from .kernels.gemv_rows import ROWS_MAX, WFMT_INT8
 
         int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
-        int8_ok = not int8 or (opts.gemv_rows and x.shape[0] <= GEMV_ROWS_MAX[WFMT_INT8])
+        int8_ok = not int8 or (opts.gemv_rows and x.shape[0] <= ROWS_MAX[WFMT_INT8])
         return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2 and int8_ok
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))

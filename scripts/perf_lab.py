@@ -559,13 +559,39 @@ def _gemm_quant_set(fmt: str) -> dict:
     }
 
 
+# sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
+# (kernels/gemv_rows.py) under configs of its own ("rows_<form>", gemv.rows_config) instead of the one-row form's:
+# each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
+CONFIG_TRIALS_31 = {
+    "pinned": {},
+    "wo w2 BN8 w8": {"rows_residual_int4": _cfg(8, 4096, 3, warps=8)},
+    "wo w2 BN8 w4": {"rows_residual_int4": _cfg(8, 4096, 3)},
+    "w13 P2": {"rows_swiglu_int4": _persist(4, 2)},
+    "w13 P3": {"rows_swiglu_int4": _persist(4, 3)},
+    "qkv P2": {"rows_qkv_rope_int4": _persist(8, 2)},
+    "qkv P3": {"rows_qkv_rope_int4": _persist(8, 3)},
+    "head P2": {"rows_rmsnorm_int4": _persist(8, 2)},
+    "pinned again": {},
+}
+CONFIG_TRIALS_32 = {
+    "pinned": {},
+    "qkv BN8 BK2048": {"rows_qkv_rope_int8": _cfg(8, 2048, 3)},
+    "qkv BN8 BK1024": {"rows_qkv_rope_int8": _cfg(8, 1024, 3)},
+    "wo w2 BK1024": {"rows_residual_int8": _cfg(8, 1024, 3)},
+    "wo w2 BK1024 w8": {"rows_residual_int8": _cfg(8, 1024, 3, warps=8)},
+    "w13 BN4 BK1024": {"rows_swiglu_int8": _cfg(4, 1024, 2)},
+    "head BK1024": {"rows_rmsnorm_int8": _cfg(8, 1024, 3)},
+    "pinned again": {},
+}
+
 # trial set number -> its trials
 TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFIG_TRIALS_5, 9: CONFIG_TRIALS_9,
               10: CONFIG_TRIALS_10, 12: CONFIG_TRIALS_12, 13: CONFIG_TRIALS_13, 14: CONFIG_TRIALS_14,
               15: CONFIG_TRIALS_15, 16: CONFIG_TRIALS_16, 17: CONFIG_TRIALS_17,
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
-              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8")}
+              25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
+              31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -35,7 +35,6 @@ import tempfile
 
 REGISTERS_PER_SM = 65536  # sm_80 and later
 GEMV_FORMS = ("gemv", "rmsnorm", "residual", "residual-w2", "swiglu", "qkv_rope")
-ROWS_FORMS = ("rows-rmsnorm", "rows-residual", "rows-residual-w2", "rows-swiglu", "rows-qkv_rope")  # gemv_rows.py
 H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
@@ -50,15 +49,16 @@ GEMM_FORMS = ("plain", "rmsnorm", "step-qkv")  # --gemm-form
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="sass_probe.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--kernel", default="attention",
-                    choices=("attention", "attention-split") + GEMV_FORMS + ("gemm",) + ROWS_FORMS,
+    ap.add_argument("--kernel", default="attention", choices=("attention", "attention-split") + GEMV_FORMS + ("gemm",),
                     help="the attention (default: batch 1's one-launch form), the two-kernel attention of batches "
                          "above 1 (attention-split: its chunk kernel at --batch rows, at the compiled step's config), "
-                         "a fused GEMV form at its Llama-7B layer's shape, the small-M GEMM (kernels/gemm.py) at "
-                         "wo's 4096 x 4096 and --rows rows, or the rows GEMV (kernels/gemv_rows.py: rows-<GEMV "
-                         "form>) at the form's shape and --rows rows (2-4)")
+                         "a fused GEMV form at its Llama-7B layer's shape, or the small-M GEMM (kernels/gemm.py) at "
+                         "wo's 4096 x 4096 and --rows rows")
     ap.add_argument("--batch", type=int, default=8, help="attention-split: the rows (default 8)")
     ap.add_argument("--rows", type=int, default=16, help="gemm: the input rows (2-64; default 16)")
+    ap.add_argument("--gemv-rows", type=int, default=1,
+                    help="GEMV forms with quantized weights: the rows of a decode step (1-4; 2-4 as "
+                         "kernels/gemv_rows.py launches them; default 1)")
     ap.add_argument("--gemm-form", default="plain", choices=GEMM_FORMS,
                     help="gemm: plain (wo's shape), rmsnorm (wqkv with the RMSNorm prologue: the compiled batch 2-16 "
                          "step's) or step-qkv (the kernels-only step's wqkv: RMSNorm from partials, RoPE and the "
@@ -101,8 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         ap.error("--weights is for the GEMV forms and the small-M GEMM")
     if not 2 <= args.rows <= 64:
         ap.error(f"--rows {args.rows}: the small-M GEMM takes 2..64 rows")
-    if args.kernel in ROWS_FORMS and not 2 <= args.rows <= 4:
-        ap.error(f"--rows {args.rows}: the rows GEMV takes 2..4 rows")
+    if args.gemv_rows != 1 and (args.kernel not in GEMV_FORMS or args.weights == "fp16" or args.kernel == "gemv"
+                                or not 2 <= args.gemv_rows <= 4):
+        ap.error(f"--gemv-rows {args.gemv_rows}: 2..4 rows of a fused GEMV form (not gemv) with quantized weights")
     try:
         args.config = {k.strip(): int(v) for k, v in (item.split("=") for item in args.config.split(",") if item)}
     except ValueError:
@@ -239,9 +240,10 @@ def empty_weight(weights: str, rows: int, K: int):
     return w, quant
 
 
-def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
+def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int, rows: int = 1):
     """The fused GEMV form's (kernel, grid, arguments, keywords, weights a thread multiplies per K-loop iteration)
-    on CPU tensors of its Llama-7B layer's shape, under the pinned config updated by `config`."""
+    on CPU tensors of its Llama-7B layer's shape at `rows` input rows, under the pinned config updated by
+    `config`."""
     import importlib
 
     import torch
@@ -254,19 +256,20 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
     if form == "residual-w2":  # the residual form at w2's shape: three K tiles of 4096, the last 2816 wide
         form, K = "residual", 11008
     n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
-    rows = 2 * n if form == "swiglu" else n
+    wrows = 2 * n if form == "swiglu" else n
     dt = torch.float16
-    w, quant = empty_weight(weights, rows, K)
-    x, g = torch.empty((1, K), dtype=dt), torch.empty((K,), dtype=dt)
-    ss = torch.empty((K // gemv.SS_GROUP,), dtype=torch.float32)
+    w, quant = empty_weight(weights, wrows, K)
+    x, g = torch.empty((rows, K), dtype=dt), torch.empty((K,), dtype=dt)
+    nss = K // gemv.SS_GROUP
+    ss = torch.empty((nss,) if rows == 1 else (rows, nss), dtype=torch.float32)
     fmt = "" if weights == "fp16" else "_" + weights
-    pinned = configs.pinned_config(form + fmt, rows if form == "qkv_rope" else n, K)
+    pinned = configs.pinned_config(form + fmt, wrows if form == "qkv_rope" else n, K)
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda f, nn, kk: {**pinned, **config}
     try:
         if form == "qkv_rope":
-            cos = torch.empty((D,), dtype=dt)
-            kc = torch.empty((1, H, cache, D), dtype=dt)
+            cos = torch.empty((D,) if rows == 1 else (rows, D), dtype=dt)
+            kc = torch.empty((rows, H, cache, D), dtype=dt)
             kernel, grid, args, kwargs, _ = qkv_rope.qkv_rope_call(
                 x, ss, g, w, 1e-5, cos, cos, kc, kc, torch.zeros((1,), dtype=torch.long), H, pdl, quant.get("scales"),
                 quant.get("offsets"), quant.get("group", 0))
@@ -274,53 +277,13 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int):
             prologue = gemv.PROLOGUE_RMSNORM if form in ("rmsnorm", "swiglu") else gemv.PROLOGUE_NONE
             epilogue = {"residual": gemv.EPILOGUE_RESIDUAL_SS, "swiglu": gemv.EPILOGUE_SWIGLU}.get(form,
                                                                                                   gemv.EPILOGUE_NONE)
-            kernel, grid, args, kwargs, _ = gemv.fused_call(x, w, g, torch.empty((1, n), dtype=dt), ss, 1e-5, prologue,
-                                                            epilogue, n, pdl, quant.get("scales"), quant.get("offsets"),
-                                                            quant.get("group", 0))
+            kernel, grid, args, kwargs, _ = gemv.fused_call(x, w, g, torch.empty((rows, n), dtype=dt), ss, 1e-5,
+                                                            prologue, epilogue, n, pdl, quant.get("scales"),
+                                                            quant.get("offsets"), quant.get("group", 0))
     finally:
         configs.CONFIG_OVERRIDE = previous
     per_iteration = (2 if form == "swiglu" else 1) * kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
     return kernel, grid(kwargs), args, kwargs, per_iteration
-
-
-def rows_launch(form: str, weights: str, rows: int, config: dict, pdl: int, cache: int):
-    """The rows GEMV's (kernel, grid, arguments, keywords, weights a thread multiplies per K-loop iteration) in a
-    batch-1 GEMV form (gemv_launch's shapes) at `rows` rows, under its config (the batch-1 form's pin without
-    PERSIST) updated by `config`."""
-    import torch
-
-    from llama_fast.kernels import configs, gemv_rows
-
-    K, H, D = 4096, 32, 128
-    if form == "residual-w2":
-        form, K = "residual", 11008
-    n = {"residual": 4096, "swiglu": 11008}.get(form, 12288)
-    wrows = 2 * n if form == "swiglu" else n
-    dt = torch.float16
-    w, quant = empty_weight(weights, wrows, K)
-    x, g = torch.empty((rows, K), dtype=dt), torch.empty((K,), dtype=dt)
-    ss = torch.empty((rows, 16), dtype=torch.float32)
-    launch_form = form + ("" if weights == "fp16" else "_" + weights)
-    base = gemv_rows.rows_config(launch_form, wrows if form == "qkv_rope" else n, K,
-                                 configs.heads_form(launch_form, H, H) if form == "qkv_rope" else None)
-    previous = configs.CONFIG_OVERRIDE
-    configs.CONFIG_OVERRIDE = lambda f, nn, kk: {**base, **config} if f.startswith("rows_") else None
-    epilogue = {"residual": gemv_rows.EPILOGUE_RESIDUAL_SS, "swiglu": gemv_rows.EPILOGUE_SWIGLU,
-                "qkv_rope": gemv_rows.EPILOGUE_ROPE_CACHE}.get(form, gemv_rows.EPILOGUE_NONE)
-    prologue = gemv_rows.PROLOGUE_NONE if form == "residual" else gemv_rows.PROLOGUE_RMSNORM
-    rope = None
-    if form == "qkv_rope":
-        table = torch.empty((rows, D), dtype=dt)
-        kc = torch.empty((rows, H, cache, D), dtype=dt)
-        rope = (table, table, kc, kc, torch.zeros((1,), dtype=torch.long), H)
-    try:
-        kernel, grid, args, kwargs, *_ = gemv_rows.rows_call(
-            x, w, torch.empty((rows, n), dtype=dt) if form == "residual" else None, g, ss, 1e-5, prologue, epilogue,
-            pdl, quant.get("scales"), quant.get("offsets"), quant.get("group", 0), rope)
-    finally:
-        configs.CONFIG_OVERRIDE = previous
-    per_iteration = (2 if form == "swiglu" else 1) * kwargs["BLOCK_N"] * kwargs["BLOCK_K"] // (32 * kwargs["num_warps"])
-    return kernel, grid, args, kwargs, per_iteration
 
 
 def gemm_launch(weights: str, rows: int, config: dict | None = None, gemm_form: str = "plain", pdl: int = 0):
@@ -382,12 +345,9 @@ def main(argv=None) -> int:
     elif args.kernel == "gemm":
         kernel, grid, launch_args, kwargs, per_iteration = gemm_launch(args.weights, args.rows, args.config,
                                                                        args.gemm_form, 1 if args.pdl else 0)
-    elif args.kernel in ROWS_FORMS:
-        kernel, grid, launch_args, kwargs, per_iteration = rows_launch(args.kernel[len("rows-"):], args.weights,
-                                                                       args.rows, args.config, args.pdl, args.cache)
     else:
         kernel, grid, launch_args, kwargs, per_iteration = gemv_launch(args.kernel, args.weights, args.config,
-                                                                       args.pdl, args.cache)
+                                                                       args.pdl, args.cache, args.gemv_rows)
     compiled = compile_offline(kernel, launch_args, kwargs, args.arch)
     bindir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as tmp:
@@ -420,7 +380,7 @@ def main(argv=None) -> int:
     pdl = f", PDL {kwargs['USE_PDL']}" if args.kernel == "gemm" and args.gemm_form == "step-qkv" else (
         "" if args.kernel == "gemm" else f", PDL {args.pdl}")
     name = f"gemm/{args.gemm_form}" if args.kernel == "gemm" and args.gemm_form != "plain" else args.kernel
-    name += f"/{args.rows} rows" if args.kernel in ROWS_FORMS else ""
+    name += f"/{args.gemv_rows} rows" if args.gemv_rows > 1 else ""
     print(f"{head}{name}/{args.weights} {config}{pdl} | {registers} registers, {stack} B stack | "
           f"{count_instructions(sass)} instructions, K loop {loop} = {loop / per_iteration:.2f} per weight "
           f"({per_iteration} a thread), {barriers} barriers{tail}")

@@ -262,7 +262,8 @@ eps = 1e-5
 # long enough for the interpreter's nominal 8 SMs to split it (the RoPE then by the tile's last split)
 for M, H, HKV, D, K in [(3, 4, 2, 32, 96), (16, 2, 2, 64, 128), (2, 3, 1, 48, 64), (3, 2, 1, 32, 4096),
                         (2, 2, 1, 32, 256)]:
-    if M > max_rows or (scheme is not None and scheme.group and K % scheme.group):  # (int4 at group 128: K of 4096 and 256)
+    # int4 at group 128 takes K of 4096 and 256 only
+    if M > max_rows or (scheme is not None and scheme.group and K % scheme.group):
         continue
     B, S, pos = M + 1, 9, 6  # the cache has a row more than the step (left untouched)
     x = torch.randn(M, K).to(dt)
@@ -454,8 +455,9 @@ def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(sch
 @needs_triton
 def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     """Transformer.small_m_kernels_apply: with the option, 2..16 rows of a fusable model (dense; int4 up to 64) whose
-    head dim the decode attention takes; not at batch 1, past the GEMM's rows, with biases, under tensor parallelism,
-    with int8 layers, for a head dim of 48, without the option, or inside a torch.compile trace."""
+    head dim the decode attention takes; not at batch 1, past the GEMM's rows, with biases, under tensor
+    parallelism, with int8 layers past the rows GEMV's 4 rows (or without ForwardOptions.gemv_rows), for a head
+    dim of 48, without the option, or inside a torch.compile trace."""
     from dataclasses import replace
 
     from core_helpers import TINY_CONFIGS

@@ -178,7 +178,10 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     gemm = {f"gemm16_{kind}{q}" for kind in ("plain", "rmsnorm", "swiglu") for q in ("", "_int8", "_int4")}
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
-    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26, 29, 30]
+    assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26,
+                                           29, 30, 31, 32]
+    # the rows GEMV's own configs of a quantized form (sets 31, 32: kernels.gemv.rows_config)
+    forms |= {f"rows_{f}_{q}" for f in dense for q in ("int8", "int4")}
     for number in perf_lab.TRIAL_SETS:
         trials = perf_lab.trial_set(number)
         names = list(trials)
@@ -195,7 +198,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                     else:  # PERSIST: a persistent GEMV (kernels/gemv.py); maxnreg: a register cap
                         assert tile <= set(config) <= tile | {"PERSIST", "maxnreg"}, (number, name)
                     # the sum-of-squares partials take 8 rows at a time; SwiGLU writes none
-                    rows = 4 if form.startswith("swiglu") else 8
+                    rows = 4 if form.removeprefix("rows_").startswith("swiglu") else 8
                     assert config["BLOCK_N"] % rows == 0 and 128 % config["BLOCK_N"] == 0, (number, name)
 
 

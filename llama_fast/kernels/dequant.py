@@ -156,17 +156,27 @@ def int8_x(xs):
 
 
 @triton.jit
-def int8_fma(acc, w, xs):
-    """acc + sum_j u_j x_j 2^-49 over the 4 bytes of each word (BLOCK_N, NW), xs from int8_x: u = q + 128 (the
-    byte with its sign bit flipped) taken as the subnormal float of its bits in place (bytes 0 and 1 of the word,
-    then of the word shifted by 16). sum_j q_j x_j = 2^49 acc - 128 sum_j x_j."""
+def fma_rows(accs, f, xr, j: tl.constexpr, ROWS: tl.constexpr):
+    """accs[r] + f * (element j of row r's x words) for each of ROWS rows: f (BLOCK_N, NW) the weights' floats,
+    made once for every row (the rows of a decode step share a weight tile)."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        out = out + (accs[r] + f * xr[r][j][None, :],)
+    return out
+
+
+@triton.jit
+def int8_fma(accs, w, xr, ROWS: tl.constexpr):
+    """accs[r] + sum_j u_j x_j 2^-49 over the 4 bytes of each word (BLOCK_N, NW) for each row r, xr[r] from int8_x:
+    u = q + 128 (the byte with its sign bit flipped) taken as the subnormal float of its bits in place (bytes 0 and
+    1 of the word, then of the word shifted by 16). sum_j q_j x_j = 2^49 acc - 128 sum_j x_j."""
     u = w ^ 0x80808080
     uh = u >> 16
-    acc += subnormal(u & 0xFF) * xs[0][None, :]
-    acc += subnormal(u & 0xFF00) * xs[1][None, :]
-    acc += subnormal(uh & 0xFF) * xs[2][None, :]
-    acc += subnormal(uh & 0xFF00) * xs[3][None, :]
-    return acc
+    accs = fma_rows(accs, subnormal(u & 0xFF), xr, 0, ROWS)
+    accs = fma_rows(accs, subnormal(u & 0xFF00), xr, 1, ROWS)
+    accs = fma_rows(accs, subnormal(uh & 0xFF), xr, 2, ROWS)
+    accs = fma_rows(accs, subnormal(uh & 0xFF00), xr, 3, ROWS)
+    return accs
 
 
 @triton.jit
@@ -189,19 +199,22 @@ def int4_x(xs, NG: tl.constexpr, WG: tl.constexpr):
 
 
 @triton.jit
-def int4_dot(w, xs):
-    """sum_j q_j x_j 2^-49 over the 8 nibbles of each word (BLOCK_N, NW), xs from int4_x: nibbles 0-5 taken as the
-    float of their bits in place (q 2^(4j - 149): subnormal, or for nibble 5 with q >= 8 the normal number whose
-    exponent's lowest bit is q's top bit, the same value), nibbles 6 and 7 from the word shifted by 24 and 28
-    (bits 24 on would fall in the exponent)."""
-    p = subnormal(w & 0xF) * xs[0][None, :]
-    p += subnormal(w & 0xF0) * xs[1][None, :]
-    p += subnormal(w & 0xF00) * xs[2][None, :]
-    p += subnormal(w & 0xF000) * xs[3][None, :]
-    p += subnormal(w & 0xF0000) * xs[4][None, :]
-    p += subnormal(w & 0xF00000) * xs[5][None, :]
-    p += subnormal((w >> 24) & 0xF) * xs[6][None, :]
-    p += subnormal(w >> 28) * xs[7][None, :]
+def int4_dot(w, xr, ROWS: tl.constexpr):
+    """For each row r: sum_j q_j x_j 2^-49 over the 8 nibbles of each word (BLOCK_N, NW), xr[r] from int4_x: nibbles
+    0-5 taken as the float of their bits in place (q 2^(4j - 149): subnormal, or for nibble 5 with q >= 8 the normal
+    number whose exponent's lowest bit is q's top bit, the same value), nibbles 6 and 7 from the word shifted by 24
+    and 28 (bits 24 on would fall in the exponent)."""
+    f = subnormal(w & 0xF)
+    p = ()
+    for r in tl.static_range(ROWS):
+        p = p + (f * xr[r][0][None, :],)
+    p = fma_rows(p, subnormal(w & 0xF0), xr, 1, ROWS)
+    p = fma_rows(p, subnormal(w & 0xF00), xr, 2, ROWS)
+    p = fma_rows(p, subnormal(w & 0xF000), xr, 3, ROWS)
+    p = fma_rows(p, subnormal(w & 0xF0000), xr, 4, ROWS)
+    p = fma_rows(p, subnormal(w & 0xF00000), xr, 5, ROWS)
+    p = fma_rows(p, subnormal((w >> 24) & 0xF), xr, 6, ROWS)
+    p = fma_rows(p, subnormal(w >> 28), xr, 7, ROWS)
     return p
 
 
@@ -212,11 +225,23 @@ def x_sum4(xs):
 
 
 @triton.jit
-def int4_groups(p, s, o, xsum, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr):
-    """Each group's share of W @ x (BLOCK_N, NG) from the words' sums p (int4_dot): 2^49 s sum_k q_k x_k 2^-49 +
-    o sum x, the dequantized product q * s + o summed over the group."""
-    fsum = tl.sum(tl.reshape(p, (BLOCK_N, NG, WG)), axis=2)
-    return (s * SUM_SCALE) * fsum + o * xsum[None, :]
+def int4_groups(ps, s, o, xsums, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr, ROWS: tl.constexpr):
+    """For each row r, each group's share of W @ x (BLOCK_N, NG) from the words' sums ps[r] (int4_dot): 2^49 s
+    sum_k q_k x_k 2^-49 + o sum x, the dequantized product q * s + o summed over the group."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        fsum = tl.sum(tl.reshape(ps[r], (BLOCK_N, NG, WG)), axis=2)
+        out = out + ((s * SUM_SCALE) * fsum + o * xsums[r][None, :],)
+    return out
+
+
+@triton.jit
+def add_rows(a, b, ROWS: tl.constexpr):
+    """a[r] + b[r] for each row."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        out = out + (a[r] + b[r],)
+    return out
 
 
 # ------------------------------------------------------------------------------------------- whole-weight dequant

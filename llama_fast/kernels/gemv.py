@@ -28,16 +28,18 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, pinned_config
-from .dequant import (WFMT_DENSE, WFMT_INT4, WFMT_INT8, int4_dot, int4_groups, int4_tile_loads, int4_x, int8_fma,
-                      int8_rows, int8_x, split_words, weight_format, words, x_sum4)
+from .configs import autotune_configs, overridden, pinned_config
+from .dequant import (WFMT_INT4, add_rows, int4_dot, int4_groups, int4_tile_loads, int4_x,
+                      int8_fma, int8_rows, int8_x, split_words, weight_format, words, x_sum4)
 from .gemm import sm_count
 from .lamport import push_slots, store_row_ss, wait_sum
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, interpreting, launch_kwargs, use_pdl
 
-# One row only: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at batch 4 against
-# 725 for cuBLAS on an H200 (docs/PERF.md), so batches > 1 keep cuBLAS.
+# model.linear's GEMV takes one row: a multi-row variant (each W tile used for up to 8 rows) measured 336 tok/s at
+# batch 4 against 725 for cuBLAS on an H200 (docs/PERF.md). The fused forms take up to FUSED_ROWS_MAX rows of a
+# decode step with quantized weights (kernels/gemv_rows.py).
 GEMV_MAX_ROWS = 1
+FUSED_ROWS_MAX = 4
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM = 0, 1
 EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, EPILOGUE_RESIDUAL_ALLREDUCE = 0, 1, 2, 3
@@ -151,14 +153,104 @@ def _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE:
     tl.store(y_ptr + rn, y, mask=n_mask)
 
 
-@triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP"])
+@triton.jit
+def row_rstds(ss_ptr, stride_ssm, NSS, K, eps, PROLOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, ROWS: tl.constexpr):
+    """Each row's RMSNorm 1 / RMS (fp32) from its NSS sum-of-squares partials (fp32, from L2; one load a row), a
+    tuple of ROWS; 0.0 without the prologue."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        rstd = 0.0
+        if PROLOGUE == 1:
+            rp = tl.arange(0, NSS_BLOCK)
+            ss = tl.load(ss_ptr + r * stride_ssm + rp, mask=rp < NSS, other=0.0)
+            # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
+            rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+        out = out + (rstd,)
+    return out
+
+
+@triton.jit
+def x_rows(x_ptr, stride_xm, g_ptr, k0, K, rstds, PROLOGUE: tl.constexpr, WFMT: tl.constexpr, GROUP: tl.constexpr,
+           BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+    """Each row's K tile k0.. of the input (RMSNorm prologue applied), made ready for the format's products:
+    (xs, sums) tuples of ROWS: int4, int4_x's scaled words and each group's sum of x; int8, int8_x's scaled words and
+    x_sum4's sums; the model dtype, the fp32 tile (x_tile) and 0.0."""
+    xs = ()
+    sums = ()
+    for r in tl.static_range(ROWS):
+        if WFMT == 2:
+            a, b = int4_x(x_words(x_ptr + r * stride_xm, g_ptr, k0, K, rstds[r], PROLOGUE, BLOCK_K // 8, 8),
+                          BLOCK_K // GROUP, GROUP // 8)
+        elif WFMT == 1:
+            a = x_words(x_ptr + r * stride_xm, g_ptr, k0, K, rstds[r], PROLOGUE, BLOCK_K // 4, 4)
+            b = x_sum4(a)
+            a = int8_x(a)
+        else:
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = x_tile(x_ptr + r * stride_xm, g_ptr, k, k < K, rstds[r], PROLOGUE)
+            b = 0.0
+        xs = xs + (a,)
+        sums = sums + (b,)
+    return xs, sums
+
+
+@triton.jit
+def products(accs, w, s, o, xs, sums, FIRST: tl.constexpr, WFMT: tl.constexpr, GROUP: tl.constexpr,
+             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ROWS: tl.constexpr):
+    """accs[r] + this K tile's products with row r's x (x_rows), each weight's float made once for every row; FIRST:
+    the products alone (accs unused). Per row: int4 (BLOCK_N, groups per tile), the groups' scaled and offset sums;
+    int8 (BLOCK_N, BLOCK_K // 4), int8_fma's sums; the model dtype (BLOCK_N, BLOCK_K) fp32."""
+    if WFMT == 2:
+        out = int4_groups(int4_dot(w, xs, ROWS), s, o, sums, BLOCK_N, BLOCK_K // GROUP, GROUP // 8, ROWS)
+        if FIRST == 0:
+            out = add_rows(accs, out, ROWS)
+    elif WFMT == 1:
+        if FIRST == 1:
+            accs = ()
+            for r in tl.static_range(ROWS):
+                accs = accs + (tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32),)
+        out = int8_fma(accs, w, xs, ROWS)
+    else:
+        wf = w.to(tl.float32)
+        out = ()
+        for r in tl.static_range(ROWS):
+            out = out + (wf * xs[r][None, :],)
+        if FIRST == 0:
+            out = add_rows(accs, out, ROWS)
+    return out
+
+
+@triton.jit
+def int8_totals(sums, ROWS: tl.constexpr):
+    """int8: 128 sum_k x_k of each row from its x_sum4 sums (int8_rows' constant part)."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        out = out + (128.0 * tl.sum(sums[r], axis=0),)
+    return out
+
+
+@triton.jit
+def row_sums(accs, s, xtots, WFMT: tl.constexpr, ROWS: tl.constexpr):
+    """Each row's outputs (BLOCK_N,) fp32 from its products: int8, its rows' constant part and scale (int8_rows,
+    xtots from int8_totals); else the sums of the tile's columns (int4: of the groups' scaled and offset sums)."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        if WFMT == 1:
+            out = out + (int8_rows(accs[r], s, xtots[r]),)
+        else:
+            out = out + (tl.sum(accs[r], axis=1),)
+    return out
+
+
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "PROLOGUE", "EPILOGUE", "WFMT", "GROUP", "ROWS"])
 @triton.jit
 def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_ptr, s_ptr, o_ptr, N, K, KW, NSS,
-                       stride_wn, stride_sn, eps, buffer_ptrs, SLOT, cnt_ptr,
+                       stride_wn, stride_sn, eps, buffer_ptrs, SLOT, cnt_ptr, stride_xm, stride_ym, stride_rm,
+                       stride_ssm, stride_sso,
                        PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                        WFMT: tl.constexpr, GROUP: tl.constexpr, RANK: tl.constexpr, WORLD: tl.constexpr,
                        REDUCERS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       PERSIST: tl.constexpr = 0):
+                       PERSIST: tl.constexpr = 0, ROWS: tl.constexpr = 1):
     REDUCE_BLOCK: tl.constexpr = 1024  # values of the row an all-reducing program sums at a time
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -174,29 +266,17 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         gdc_wait()  # x, the partials and the residual come from earlier kernels
     if USE_PDL == 1:
         gdc_launch_dependents()
-    rstd = 0.0
-    if PROLOGUE == 1:  # RMSNorm statistics from the NSS sum-of-squares partials of x (fp32, from L2), one load;
-        # the scale is needed before the first product
-        rp = tl.arange(0, NSS_BLOCK)
-        ss = tl.load(ss_in_ptr + rp, mask=rp < NSS, other=0.0)
-        # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
-        rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    # RMSNorm statistics from the sum-of-squares partials of x: the scale is needed before the first product
+    rstds = row_rstds(ss_in_ptr, stride_ssm, NSS, K, eps, PROLOGUE, NSS_BLOCK, ROWS)
     if PERSIST != 0:
         # Persistent: one K tile per row (the launcher checks K <= BLOCK_K), x prepared once, and programs that
-        # walk the row blocks pid, pid + programs, ..., loading the next block's tile before this one's products
+        # walk the row blocks pid, pid + programs, ..., loading the next block's tile before this block's products
         # so that the loads of a program overlap its own arithmetic (one program per block loads, then only
         # computes: its SM's loads and arithmetic take turns)
-        NG: tl.constexpr = BLOCK_K // GROUP if WFMT == 2 else 1
-        WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
-        if WFMT == 2:
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xs, xsum = int4_x(xs, NG, WG)
-        elif WFMT == 1:
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-            xtot = 128.0 * tl.sum(x_sum4(xs), axis=0)
-            xs = int8_x(xs)
-        else:
-            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
+        xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, PROLOGUE, WFMT, GROUP, BLOCK_K, ROWS)
+        xtots = sums
+        if WFMT == 1:
+            xtots = int8_totals(sums, ROWS)
         nprog = tl.num_programs(0)
         nblk = tl.cdiv(N, BLOCK_N)
         for blk in range(pid, nblk, nprog):
@@ -207,87 +287,53 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                     gdc_launch_dependents()
             w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx = first_tiles(w_ptr, s_ptr, o_ptr, rn_next, m_next, K, KW, N,
                                                                       stride_wn, stride_sn, TWO, WFMT, GROUP, BLOCK_K)
-            if WFMT == 2:
-                y = tl.sum(int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG),
-                           axis=1).to(dt)
-                up = y
-                if TWO:
-                    up = tl.sum(int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG), axis=1).to(dt)
-            elif WFMT == 1:
-                zero = tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32)
-                y = int8_rows(int8_fma(zero, w, xs), s, xtot).to(dt)
-                up = y
-                if TWO:
-                    up = int8_rows(int8_fma(zero, w_up, xs), s_up, xtot).to(dt)
-            else:
-                y = tl.sum(w.to(tl.float32) * xf[None, :], axis=1).to(dt)
-                up = y
-                if TWO:
-                    up = tl.sum(w_up.to(tl.float32) * xf[None, :], axis=1).to(dt)
-            _store_rows(y, up, rn, n_mask, blk, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
+            ys = row_sums(products((), w, s, o, xs, sums, 1, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS), s, xtots, WFMT,
+                          ROWS)
+            ups = ys
+            if TWO:
+                ups = row_sums(products((), w_up, s_up, o_up, xs, sums, 1, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS), s_up,
+                               xtots, WFMT, ROWS)
+            for r in tl.static_range(ROWS):
+                _store_rows(ys[r].to(dt), ups[r].to(dt), rn, n_mask, blk, y_ptr + r * stride_ym,
+                            res_ptr + r * stride_rm, ss_out_ptr + r * stride_sso, N, EPILOGUE, BLOCK_N)
             w, w_up, s, o, s_up, o_up = w_nx, w_up_nx, s_nx, o_nx, s_up_nx, o_up_nx
             rn, n_mask = rn_next, m_next
     else:
-        if WFMT == 2:  # each tile reduced to per-group sums, scaled and offset: acc (BLOCK_N, groups per tile)
-            NG: tl.constexpr = BLOCK_K // GROUP
-            WG: tl.constexpr = GROUP // 8
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-            xs, xsum = int4_x(xs, NG, WG)
-            acc = int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
-            if TWO:
-                acc_up = int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG)
-            for k0 in range(BLOCK_K, K, BLOCK_K):
+        # int4: each tile reduced to per-group sums, scaled and offset, (BLOCK_N, groups per tile) a row; int8:
+        # sums of f * x per row and position, and of x (the constant part at the end)
+        xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, PROLOGUE, WFMT, GROUP, BLOCK_K, ROWS)
+        xacc = sums
+        accs = products((), w, s, o, xs, sums, 1, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS)
+        accs_up = accs
+        if TWO:
+            accs_up = products((), w_up, s_up, o_up, xs, sums, 1, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            if WFMT == 2:
                 w, w_up, s, o, s_up, o_up = int4_tile_loads(w_ptr, s_ptr, o_ptr, rn, n_mask, k0, K, KW, N, stride_wn,
                                                             stride_sn, TWO, BLOCK_K, GROUP)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 8, 8)
-                xs, xsum = int4_x(xs, NG, WG)
-                acc += int4_groups(int4_dot(w, xs), s, o, xsum, BLOCK_N, NG, WG)
-                if TWO:
-                    acc_up += int4_groups(int4_dot(w_up, xs), s_up, o_up, xsum, BLOCK_N, NG, WG)
-        elif WFMT == 1:  # sums of f * x per row and position (acc) and of x (xacc); the constant part at the end
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-            xacc = x_sum4(xs)
-            xs = int8_x(xs)
-            acc = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w, xs)
-            if TWO:
-                acc_up = int8_fma(tl.zeros((BLOCK_N, BLOCK_K // 4), dtype=tl.float32), w_up, xs)
-            for k0 in range(BLOCK_K, K, BLOCK_K):
+            elif WFMT == 1:
                 w, w_up = words(w_ptr, rn, n_mask, k0 // 4, KW, N, stride_wn, TWO, BLOCK_K // 4)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, PROLOGUE, BLOCK_K // 4, 4)
-                xacc += x_sum4(xs)
-                xs = int8_x(xs)
-                acc = int8_fma(acc, w, xs)
-                if TWO:
-                    acc_up = int8_fma(acc_up, w_up, xs)
-        else:
-            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, PROLOGUE)
-            acc = w.to(tl.float32) * xf[None, :]  # (BLOCK_N, BLOCK_K) fp32
+            else:
+                w, w_up = w_tiles(w_ptr, rn, n_mask, k0 + rk, K, N, stride_wn, TWO)
+            xs, sums = x_rows(x_ptr, stride_xm, g_ptr, k0, K, rstds, PROLOGUE, WFMT, GROUP, BLOCK_K, ROWS)
+            if WFMT == 1:
+                xacc = add_rows(xacc, sums, ROWS)
+            accs = products(accs, w, s, o, xs, sums, 0, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS)
             if TWO:
-                acc_up = w_up.to(tl.float32) * xf[None, :]
-            for k0 in range(BLOCK_K, K, BLOCK_K):
-                k = k0 + rk
-                w, w_up = w_tiles(w_ptr, rn, n_mask, k, K, N, stride_wn, TWO)
-                xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, PROLOGUE)
-                acc += w.to(tl.float32) * xf[None, :]
-                if TWO:
-                    acc_up += w_up.to(tl.float32) * xf[None, :]
+                accs_up = products(accs_up, w_up, s_up, o_up, xs, sums, 0, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS)
         if USE_PDL == 2:
             gdc_launch_dependents()
-        if WFMT == 1:  # int8: the rows' constant part and scale
-            xtot = 128.0 * tl.sum(xacc, axis=0)
-            y = int8_rows(acc, s, xtot).to(dt)
-            up = y
-            if TWO:
-                up = int8_rows(acc_up, s_up, xtot).to(dt)
-        else:  # the rows' sums (int4: of the groups' scaled and offset sums)
-            y = tl.sum(acc, axis=1).to(dt)
-            up = y
-            if TWO:
-                up = tl.sum(acc_up, axis=1).to(dt)
-        if EPILOGUE == 3:  # tensor parallel: + residual, then this rank's rows straight into its slot of every
-            # rank's all-reduce buffer, then the all-reduce: the last REDUCERS programs to count their push in sum
-            # the row's blocks
-            y = _plus_residual(y, res_ptr, rn, n_mask)
+        xtots = xacc
+        if WFMT == 1:
+            xtots = int8_totals(xacc, ROWS)
+        ys = row_sums(accs, s, xtots, WFMT, ROWS)
+        ups = ys
+        if TWO:
+            ups = row_sums(accs_up, s_up, xtots, WFMT, ROWS)
+        if EPILOGUE == 3:  # tensor parallel (one row): + residual, then this rank's rows straight into its slot of
+            # every rank's all-reduce buffer, then the all-reduce: the last REDUCERS programs to count their push in
+            # sum the row's blocks
+            y = _plus_residual(ys[0].to(dt), res_ptr, rn, n_mask)
             push_slots(buffer_ptrs, y, rn, n_mask, SLOT, RANK, WORLD)
             tl.debug_barrier()  # (the peers' rows land whenever they land: the values are their own flags, lamport.py)
             # relaxed: the count only elects the programs that sum, and what they read is its own flag, so the
@@ -305,7 +351,9 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                     h = wait_sum(buffer_ptrs, y_ptr, offs, offs < N, SLOT, RANK, WORLD, REDUCE_BLOCK)
                     store_row_ss(y_ptr, ss_out_ptr, h, c0 // REDUCE_BLOCK, offs, N, REDUCE_BLOCK, 8)  # 8 == SS_GROUP
         else:
-            _store_rows(y, up, rn, n_mask, pid, y_ptr, res_ptr, ss_out_ptr, N, EPILOGUE, BLOCK_N)
+            for r in tl.static_range(ROWS):
+                _store_rows(ys[r].to(dt), ups[r].to(dt), rn, n_mask, pid, y_ptr + r * stride_ym,
+                            res_ptr + r * stride_rm, ss_out_ptr + r * stride_sso, N, EPILOGUE, BLOCK_N)
 
 
 def allreduce_reducers() -> int:
@@ -329,12 +377,17 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
                group: int, push: tuple | None = None) -> tuple:
     """(kernel, grid, arguments, keywords, outputs) of _launch_fused's launch, pdl already decided (a use_pdl
     result): the pinned config's kernel, else the autotuned one (the grid then a function of its config). Also
-    what scripts/sass_probe.py compiles offline."""
-    K = x.shape[1]
+    what scripts/sass_probe.py compiles offline. x (M, K): M rows (1, or 2..FUSED_ROWS_MAX with quantized weights:
+    kernels/gemv_rows.py), res (M, n), ss_in (NSS,) at one row, else (M, NSS); the partials out (cdiv(n, SS_GROUP),)
+    at one row, else (M, cdiv(n, SS_GROUP))."""
+    M, K = x.shape
+    if M > 1 and (push is not None or M > FUSED_ROWS_MAX):
+        raise ValueError(f"the fused GEMV takes 1..{FUSED_ROWS_MAX} rows (one with the all-reduce), got {M}")
     wfmt, group, wk, kw = weight_format(x, w, scales, offsets, group, 2 * n if epilogue == EPILOGUE_SWIGLU else n)
-    y = torch.empty((1, n), device=x.device, dtype=x.dtype)
+    y = torch.empty((M, n), device=x.device, dtype=x.dtype)
     # the partials buffer exists only when the epilogue writes it; otherwise y stands in (never written)
-    ss_out = (torch.empty((triton.cdiv(n, SS_GROUP),), device=x.device, dtype=torch.float32)
+    ss_shape = (triton.cdiv(n, SS_GROUP),) if M == 1 else (M, triton.cdiv(n, SS_GROUP))
+    ss_out = (torch.empty(ss_shape, device=x.device, dtype=torch.float32)
               if epilogue in (EPILOGUE_RESIDUAL_SS, EPILOGUE_RESIDUAL_ALLREDUCE) else y)
     # unused pointer arguments get y (never read)
     s = scales if scales is not None else y
@@ -346,17 +399,29 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
     form = {EPILOGUE_SWIGLU: "swiglu", EPILOGUE_RESIDUAL_SS: "residual", EPILOGUE_RESIDUAL_ALLREDUCE: "residual"}.get(
         epilogue, "rmsnorm" if prologue else "gemv")
     buffer_ptrs, rank, world, slot, counter = push if push is not None else (0, 0, 1, 0, y)
-    config = pinned_config(form + ("", "_int8", "_int4")[wfmt], n, K)
+    config = rows_config(form + ("", "_int8", "_int4")[wfmt], n, K, M)
     kernel, config = (_gemv_fused_kernel.fn, config) if config is not None else (_gemv_fused_kernel, {})
     config = one_tile_config(config, K, epilogue != EPILOGUE_RESIDUAL_ALLREDUCE)
-    args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.numel(), wk.stride(0),
-            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, buffer_ptrs, slot, counter)
+    row_stride = (lambda t: t.stride(0) if t.dim() == 2 and M > 1 else 0)  # 0 at one row: the rows loop is one pass
+    args = (x, wk, y, g, res, ss_in, ss_out, s, o, n, K, kw, ss_in.shape[-1], wk.stride(0),
+            s.stride(0) if wfmt == WFMT_INT4 else 0, eps, buffer_ptrs, slot, counter, row_stride(x), row_stride(y),
+            row_stride(res), row_stride(ss_in), row_stride(ss_out))
     kwargs = dict(PROLOGUE=prologue, EPILOGUE=epilogue,
-                  NSS_BLOCK=triton.next_power_of_2(ss_in.numel()) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
+                  NSS_BLOCK=triton.next_power_of_2(ss_in.shape[-1]) if prologue else 1, USE_PDL=pdl, WFMT=wfmt,
                   GROUP=group, RANK=rank, WORLD=world,
-                  REDUCERS=allreduce_reducers() if epilogue == EPILOGUE_RESIDUAL_ALLREDUCE else 1, **config,
+                  REDUCERS=allreduce_reducers() if epilogue == EPILOGUE_RESIDUAL_ALLREDUCE else 1, ROWS=M, **config,
                   **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
+
+
+def rows_config(form: str, n: int, K: int, rows: int, tuned_as: str | None = None) -> dict | None:
+    """The config of a launch of form at `rows` rows: pinned_config's; past one row an override of "rows_<form>"
+    first (scripts/perf_lab.py --config-trials), else the one-row form's."""
+    if rows > 1:
+        found = overridden("rows_" + form, n, K)
+        if found:
+            return found
+    return pinned_config(form, n, K, tuned_as)
 
 
 def ss_partials(x: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, heads_form, pinned_config
-from .dequant import (WFMT_INT4, int4_dot, int4_groups, int4_tile_loads, int4_x, int8_fma, int8_rows, int8_x,
-                      weight_format, words, x_sum4)
-from .gemv import first_tiles, one_tile_config, persistent_grid, w_tiles, x_tile, x_words
+from .configs import autotune_configs, heads_form
+from .dequant import WFMT_INT4, add_rows, int4_tile_loads, weight_format, words
+from .gemv import (FUSED_ROWS_MAX, first_tiles, int8_totals, one_tile_config, persistent_grid, products, row_rstds,
+                   row_sums, rows_config, w_tiles, x_rows)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -57,13 +57,34 @@ def _rope_store(y1, y2, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, 
         tl.store(vb + d1 + D // 2, y2.to(dt))
 
 
-@triton.autotune(configs=autotune_configs(), key=["N", "K", "D", "WFMT", "GROUP"])
+@triton.jit
+def _rope_store_rows(y1s, y2s, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch,
+                     stride_cs, stride_qm, stride_cb, stride_rope, D: tl.constexpr, ROWS: tl.constexpr):
+    """_rope_store for each row r: its projections y1s[r], y2s[r] (fp32, the model dtype's values), its cos / sin
+    row, its q row and its batch entry of the caches."""
+    for r in tl.static_range(ROWS):
+        _rope_store(y1s[r], y2s[r], u, d1, r1, r2, q_ptr + r * stride_qm, kc_ptr + r * stride_cb,
+                    vc_ptr + r * stride_cb, cos_ptr + r * stride_rope, sin_ptr + r * stride_rope, pos_ptr, H, HKV,
+                    stride_ch, stride_cs, D)
+
+
+@triton.jit
+def _rounded(ys, dt, ROWS: tl.constexpr):
+    """Each row's projection rounded to the model dtype, as transformers' q / k / v, in fp32."""
+    out = ()
+    for r in tl.static_range(ROWS):
+        out = out + (ys[r].to(dt).to(tl.float32),)
+    return out
+
+
+@triton.autotune(configs=autotune_configs(), key=["N", "K", "D", "WFMT", "GROUP", "ROWS"])
 @triton.jit
 def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, cos_ptr, sin_ptr, pos_ptr, s_ptr, o_ptr,
                           N, K, KW, NSS, stride_wn, stride_sn, eps, H, HKV, stride_ch,
-                          stride_cs, D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
+                          stride_cs, stride_xm, stride_qm, stride_cb, stride_rope, stride_ssm,
+                          D: tl.constexpr, NSS_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
                           WFMT: tl.constexpr, GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                          PERSIST: tl.constexpr = 0):
+                          PERSIST: tl.constexpr = 0, ROWS: tl.constexpr = 1):
     HALF: tl.constexpr = BLOCK_N // 2
     pid = tl.program_id(0)
     u, d1, r1, r2 = _head_rows(pid, D, BLOCK_N)
@@ -77,23 +98,13 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
         gdc_wait()  # x and its partials come from the previous kernel; the cache slot is written after this
     if USE_PDL == 1:
         gdc_launch_dependents()
-    rp = tl.arange(0, NSS_BLOCK)
-    ss = tl.load(ss_ptr + rp, mask=rp < NSS, other=0.0)
-    # float scalars may arrive as fp64 (inductor types a float argument by its value): keep fp32
-    rstd = (1.0 / tl.sqrt(tl.sum(ss, axis=0) / K + eps)).to(tl.float32)
+    rstds = row_rstds(ss_ptr, stride_ssm, NSS, K, eps, 1, NSS_BLOCK, ROWS)
     if PERSIST != 0:  # as gemv.py's persistent form: one K tile, x prepared once, the next block's tile loaded
         # before this one's products
-        NG: tl.constexpr = BLOCK_K // GROUP if WFMT == 2 else 1
-        WG: tl.constexpr = GROUP // 8 if WFMT == 2 else 1
-        if WFMT == 2:
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
-            xs, xsum = int4_x(xs, NG, WG)
-        elif WFMT == 1:
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
-            xtot = 128.0 * tl.sum(x_sum4(xs), axis=0)
-            xs = int8_x(xs)
-        else:
-            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)
+        xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, 1, WFMT, GROUP, BLOCK_K, ROWS)
+        xtots = sums
+        if WFMT == 1:
+            xtots = int8_totals(sums, ROWS)
         nprog = tl.num_programs(0)
         nblk = N // BLOCK_N
         for blk in range(pid, nblk, nprog):
@@ -104,69 +115,42 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
             if USE_PDL == 2:
                 if blk + nprog >= nblk:  # this program's last block
                     gdc_launch_dependents()
-            if WFMT == 2:
-                y1 = tl.sum(int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG), axis=1)
-                y2 = tl.sum(int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG), axis=1)
-            elif WFMT == 1:
-                zero = tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32)
-                y1 = int8_rows(int8_fma(zero, w1, xs), s1, xtot)
-                y2 = int8_rows(int8_fma(zero, w2, xs), s2, xtot)
-            else:
-                y1 = tl.sum(w1.to(tl.float32) * xf[None, :], axis=1)
-                y2 = tl.sum(w2.to(tl.float32) * xf[None, :], axis=1)
-            _rope_store(y1.to(dt).to(tl.float32), y2.to(dt).to(tl.float32), u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr,
-                        cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch, stride_cs, D)
+            y1s = row_sums(products((), w1, s1, o1, xs, sums, 1, WFMT, GROUP, HALF, BLOCK_K, ROWS), s1, xtots, WFMT,
+                           ROWS)
+            y2s = row_sums(products((), w2, s2, o2, xs, sums, 1, WFMT, GROUP, HALF, BLOCK_K, ROWS), s2, xtots, WFMT,
+                           ROWS)
+            _rope_store_rows(_rounded(y1s, dt, ROWS), _rounded(y2s, dt, ROWS), u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr,
+                             cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch, stride_cs, stride_qm, stride_cb,
+                             stride_rope, D, ROWS)
             w1, w2, s1, o1, s2, o2 = w1_nx, w2_nx, s1_nx, o1_nx, s2_nx, o2_nx
             u, d1, r1, r2 = u_nx, d1_nx, r1_nx, r2_nx
-    else:
-        if WFMT == 2:  # as gemv.py's int4 path: per-group sums, scaled and offset
-            NG: tl.constexpr = BLOCK_K // GROUP
-            WG: tl.constexpr = GROUP // 8
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 8, 8)
-            xs, xsum = int4_x(xs, NG, WG)
-            acc1 = int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG)
-            acc2 = int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG)
-            for k0 in range(BLOCK_K, K, BLOCK_K):
+    else:  # as gemv.py's one-program-a-block form
+        xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, 1, WFMT, GROUP, BLOCK_K, ROWS)
+        xacc = sums
+        acc1 = products((), w1, s1, o1, xs, sums, 1, WFMT, GROUP, HALF, BLOCK_K, ROWS)
+        acc2 = products((), w2, s2, o2, xs, sums, 1, WFMT, GROUP, HALF, BLOCK_K, ROWS)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            if WFMT == 2:
                 w1, w2, s1, o1, s2, o2 = int4_tile_loads(w_ptr, s_ptr, o_ptr, r1, r1 < N, k0, K, KW, D // 2,
                                                          stride_wn, stride_sn, True, BLOCK_K, GROUP)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 8, 8)
-                xs, xsum = int4_x(xs, NG, WG)
-                acc1 += int4_groups(int4_dot(w1, xs), s1, o1, xsum, HALF, NG, WG)
-                acc2 += int4_groups(int4_dot(w2, xs), s2, o2, xsum, HALF, NG, WG)
-        elif WFMT == 1:  # as gemv.py's int8 path
-            xs = x_words(x_ptr, g_ptr, 0, K, rstd, 1, BLOCK_K // 4, 4)
-            xacc = x_sum4(xs)
-            xs = int8_x(xs)
-            acc1 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w1, xs)
-            acc2 = int8_fma(tl.zeros((HALF, BLOCK_K // 4), dtype=tl.float32), w2, xs)
-            for k0 in range(BLOCK_K, K, BLOCK_K):
+            elif WFMT == 1:
                 w1, w2 = words(w_ptr, r1, r1 < N, k0 // 4, KW, D // 2, stride_wn, True, BLOCK_K // 4)
-                xs = x_words(x_ptr, g_ptr, k0, K, rstd, 1, BLOCK_K // 4, 4)
-                xacc += x_sum4(xs)
-                xs = int8_x(xs)
-                acc1 = int8_fma(acc1, w1, xs)
-                acc2 = int8_fma(acc2, w2, xs)
-        else:
-            xf = x_tile(x_ptr, g_ptr, rk, rk < K, rstd, 1)  # as transformers' LlamaRMSNorm
-            acc1 = w1.to(tl.float32) * xf[None, :]  # (HALF, BLOCK_K) fp32
-            acc2 = w2.to(tl.float32) * xf[None, :]
-            for k0 in range(BLOCK_K, K, BLOCK_K):
-                k = k0 + rk
-                w1, w2 = w_tiles(w_ptr, r1, r1 < N, k, K, D // 2, stride_wn, True)
-                xf = x_tile(x_ptr, g_ptr, k, k < K, rstd, 1)
-                acc1 += w1.to(tl.float32) * xf[None, :]
-                acc2 += w2.to(tl.float32) * xf[None, :]
+            else:
+                w1, w2 = w_tiles(w_ptr, r1, r1 < N, k0 + rk, K, D // 2, stride_wn, True)
+            xs, sums = x_rows(x_ptr, stride_xm, g_ptr, k0, K, rstds, 1, WFMT, GROUP, BLOCK_K, ROWS)
+            if WFMT == 1:
+                xacc = add_rows(xacc, sums, ROWS)
+            acc1 = products(acc1, w1, s1, o1, xs, sums, 0, WFMT, GROUP, HALF, BLOCK_K, ROWS)
+            acc2 = products(acc2, w2, s2, o2, xs, sums, 0, WFMT, GROUP, HALF, BLOCK_K, ROWS)
         if USE_PDL == 2:
             gdc_launch_dependents()
-        if WFMT == 1:  # int8: the rows' constant part and scale
-            xtot = 128.0 * tl.sum(xacc, axis=0)
-            y1 = int8_rows(acc1, s1, xtot).to(dt).to(tl.float32)
-            y2 = int8_rows(acc2, s2, xtot).to(dt).to(tl.float32)
-        else:  # the projection, rounded as transformers' q/k/v
-            y1 = tl.sum(acc1, axis=1).to(dt).to(tl.float32)
-            y2 = tl.sum(acc2, axis=1).to(dt).to(tl.float32)
-        _rope_store(y1, y2, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch,
-                    stride_cs, D)
+        xtots = xacc
+        if WFMT == 1:
+            xtots = int8_totals(xacc, ROWS)
+        _rope_store_rows(_rounded(row_sums(acc1, s1, xtots, WFMT, ROWS), dt, ROWS),
+                         _rounded(row_sums(acc2, s2, xtots, WFMT, ROWS), dt, ROWS), u, d1, r1, r2, q_ptr, kc_ptr,
+                         vc_ptr, cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch, stride_cs, stride_qm, stride_cb,
+                         stride_rope, D, ROWS)
 
 
 @triton_op("llama_fast::gemv_rmsnorm_qkv_rope", mutates_args={"k_cache", "v_cache"})
@@ -189,10 +173,15 @@ def gemv_rmsnorm_qkv_rope(x: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, wq
 def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_pos, n_heads: int, pdl: int, scales,
                   offsets, group: int) -> tuple:
     """(kernel, grid, arguments, keywords, q) of gemv_rmsnorm_qkv_rope's launch, pdl already decided (a use_pdl
-    result), as gemv.fused_call. Also what scripts/sass_probe.py compiles offline."""
-    D = cos.numel()
+    result), as gemv.fused_call. Also what scripts/sass_probe.py compiles offline. x (M, K): M rows (1, or
+    2..FUSED_ROWS_MAX: kernels/gemv_rows.py) with ss (NSS,) at one row, else (M, NSS), cos / sin (D,) at one row,
+    else (M, D), each row's own tables; row m writes batch entry m of the caches."""
+    M, K = x.shape
+    if M > FUSED_ROWS_MAX:
+        raise ValueError(f"the qkv+RoPE GEMV takes 1..{FUSED_ROWS_MAX} rows, got {M}")
+    D = cos.shape[-1]
     hkv = k_cache.shape[1]
-    q = torch.empty((1, n_heads * D), device=x.device, dtype=x.dtype)
+    q = torch.empty((M, n_heads * D), device=x.device, dtype=x.dtype)
     wfmt, group, wk, kw = weight_format(x, wqkv, scales, offsets, group, wqkv.shape[0])
     s = scales if scales is not None else q  # unused pointer arguments get q (never read)
     o = offsets if offsets is not None else s
@@ -201,12 +190,16 @@ def qkv_rope_call(x, ss, g, wqkv, eps: float, cos, sin, k_cache, v_cache, input_
         return persistent_grid((n_heads + 2 * hkv) * (D // meta["BLOCK_N"]), meta, x.device)
 
     form = "qkv_rope" + ("", "_int8", "_int4")[wfmt]
-    config = pinned_config(form, wqkv.shape[0], x.shape[1], heads_form(form, n_heads, hkv))
+    config = rows_config(form, wqkv.shape[0], K, M, heads_form(form, n_heads, hkv))
     kernel, config = (_gemv_qkv_rope_kernel.fn, config) if config is not None else (_gemv_qkv_rope_kernel, {})
-    config = one_tile_config(config, x.shape[1])
-    args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], x.shape[1], kw, ss.numel(),
+    config = one_tile_config(config, K)
+    if M > 1 and (D % config.get("BLOCK_N", D) or config.get("BLOCK_N", 2) % 2):
+        raise ValueError(f"the qkv+RoPE GEMV's tile of {config['BLOCK_N']} rows must be even and divide D = {D}")
+    row_stride = (lambda t: t.stride(0) if M > 1 else 0)  # 0 at one row: the rows loop is one pass
+    args = (x, wk, q, k_cache, v_cache, g, ss, cos, sin, input_pos, s, o, wqkv.shape[0], K, kw, ss.shape[-1],
             wk.stride(0), s.stride(0) if wfmt == WFMT_INT4 else 0, eps, n_heads, hkv,
-            k_cache.stride(1), k_cache.stride(2))
-    kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=pdl, WFMT=wfmt, GROUP=group,
+            k_cache.stride(1), k_cache.stride(2), row_stride(x), row_stride(q), row_stride(k_cache), row_stride(cos),
+            row_stride(ss))
+    kwargs = dict(D=D, NSS_BLOCK=triton.next_power_of_2(ss.shape[-1]), USE_PDL=pdl, WFMT=wfmt, GROUP=group, ROWS=M,
                   **config, **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, q
