@@ -105,7 +105,7 @@ VARIANTS: dict[str, Variant] = {v.key: v for v in [
              "prologue, SwiGLU and residual epilogues) instead of cuBLAS", _GEMM),
     _graphed("fused-gemm-kernels", "+ batch 2-16 decode blocks as our kernels only, uncompiled in the step's CUDA "
              "graph: RMSNorm from the residual GEMMs' partials, RoPE and the K/V cache write in the wqkv GEMM, PDL; "
-             "quantized weights at 2-4 rows by the batch-1 GEMVs over every row",
+             "quantized weights at 2 rows by the batch-1 GEMVs over both rows",
              _FASTEST_OPTIONS),
     _graphed("int8", "+ int8 weights (symmetric, one scale per output channel), dequantized in the decode GEMVs",
              _FASTEST_OPTIONS, quantize="int8"),

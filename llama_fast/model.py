@@ -57,7 +57,7 @@ class ForwardOptions:
     #                               from the residual GEMMs' sum-of-squares partials, RoPE and the K/V cache write in
     #                               the wqkv GEMM's epilogue, the two-kernel attention, the GEMMs with PDL where the
     #                               GPU has it (the attention without: measured slower with it at batch 8 and 16)
-    gemv_rows: bool = False  # with small_m_kernels: quantized projections of 2-4 rows (kernels.gemv_rows.ROWS_MAX)
+    gemv_rows: bool = False  # with small_m_kernels: quantized projections of 2 rows (kernels.gemv_rows.ROWS_MAX)
     #                          as the batch-1 GEMV's loop over every row (each weight dequantized once) instead of
     #                          the small-M GEMM
 
@@ -149,7 +149,7 @@ def small_m_gemm_applies(x: torch.Tensor, opts: ForwardOptions, quantized: bool 
 
 def small_m_ops(rows: int, w: torch.Tensor, quant: dict, opts: ForwardOptions):
     """The module whose ops (small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss, small_m_rmsnorm_ss) run a
-    projection of the kernels-only decode step: kernels.gemv_rows for a quantized weight at 2-4 rows
+    projection of the kernels-only decode step: kernels.gemv_rows for a quantized weight at 2 rows
     (ForwardOptions.gemv_rows), else the small-M GEMM (kernels.gemm)."""
     from .kernels import gemm, gemv_rows
 
@@ -619,7 +619,8 @@ class Transformer(nn.Module):
         opts = self.options
         a, f = self.layers[0].attention, self.layers[0].feed_forward
         # int8 layers keep the compiled step past the rows GEMV's rows: there its batch-8 step took 5.699 ms against
-        # 6.053 on this path, int4 5.678 against 5.470 (one H200 process each, docs/PERF.md)
+        # 6.053 on this path, int4 5.678 against 5.470 (one H200 process each, docs/PERF.md); at batch 3 4.800
+        # against 6.424 with the rows GEMV
         from .kernels.gemv_rows import ROWS_MAX, WFMT_INT8
 
         int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear

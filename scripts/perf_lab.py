@@ -560,7 +560,7 @@ def _gemm_quant_set(fmt: str) -> dict:
 
 
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
-# (kernels/gemv_rows.py) under configs of its own ("rows_<form>", gemv.rows_config) instead of the one-row form's:
+# (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
 CONFIG_TRIALS_31 = {
     "pinned": {},

@@ -323,7 +323,8 @@ print("ok")
 """
 
 # The kernels-only decode step of a tiny model (ForwardOptions.small_m_kernels: Transformer._small_m_decode) against
-# the torch path, left-padded rows of unequal prompts included; argv[2]: quantized layers.
+# the torch path, left-padded rows of unequal prompts included; argv[2]: quantized layers, argv[3] "no-rows":
+# ForwardOptions.gemv_rows off, argv[4]: the batch (default 3).
 STEP_MODEL_CHECK = r"""
 import sys
 import torch
@@ -334,6 +335,7 @@ from core_helpers import TINY_CONFIGS, count_calls, make_hf, ours_from_hf
 from test_model import _ids
 
 from llama_fast.kernels import gemv_rows
+from llama_fast.kernels.dequant import WFMT_INT4, WFMT_INT8
 
 OPS = ("small_m_qkv_rope", "small_m_residual_ss", "small_m_swiglu_ss", "small_m_rmsnorm_ss")
 gemm_calls, rows_calls = count_calls(gm, OPS), count_calls(gemv_rows, OPS)
@@ -344,13 +346,14 @@ if len(sys.argv) > 2:
     from llama_fast.quant import quantize_model_
 
     quantize_model_(model, sys.argv[2]).requires_grad_(False)
-B, T, P = 3, 11, 8
+B, T, P = int(sys.argv[4]) if len(sys.argv) > 4 else 3, 11, 8
 ids = _ids(cfg, B=B, T=T, seed=6)
+PADS = [0, 2, 1][:B]
 
 
 def run():  # prefill of P tokens (rows 1 and 2 left-padded by 2 and 1), then a decode step per remaining token
     model.setup_caches(B, T + 3)
-    model.set_padding(torch.tensor([0, 2, 1]))
+    model.set_padding(torch.tensor(PADS))
     outs = [model(ids[:, :P], torch.arange(P), 0)]
     outs += [model(ids[:, t:t + 1], torch.tensor([t]), 0) for t in range(P, T)]
     return torch.cat(outs, dim=1)[:, :, :]
@@ -369,19 +372,18 @@ steps = T - P
 quantized = len(sys.argv) > 2
 calls = {k: gemm_calls.get(k, 0) + rows_calls.get(k, 0) for k in OPS}
 calls = {k: v for k, v in calls.items() if v}
-if quantized and sys.argv[2] == "int8" and not rows_on:  # int8 layers keep the compiled step past the rows GEMV
+# the rows GEMV takes the block's quantized projections with the option, up to its rows (ROWS_MAX), else the GEMM
+rows_fit = quantized and rows_on and B <= gemv_rows.ROWS_MAX[WFMT_INT8 if sys.argv[2] == "int8" else WFMT_INT4]
+if quantized and sys.argv[2] == "int8" and not rows_fit:  # int8 layers keep the compiled step past the rows GEMV
     assert not calls, calls
 else:
     assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
                      "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
-    # the block's quantized projections at B = 3 rows: the rows GEMV with the option, else the GEMM
     block_rows = {k: v for k, v in rows_calls.items() if k != "small_m_rmsnorm_ss"}
-    assert bool(block_rows) == (quantized and rows_on), rows_calls
+    assert bool(block_rows) == rows_fit, rows_calls
     assert not block_rows or block_rows == {k: v for k, v in calls.items() if k != "small_m_rmsnorm_ss"}
 # the padded rows' pad positions are garbage on both paths; the real ones must agree
-real = torch.ones(B, T, dtype=torch.bool)
-real[1, :2] = False
-real[2, :1] = False
+real = torch.arange(T)[None, :] >= torch.tensor(PADS)[:, None]
 assert ref.abs().max() > 0.5
 torch.testing.assert_close(got[real], ref[real], rtol=1e-4, atol=1e-4)
 print(sys.argv[1], (got - ref)[real].abs().max().item())
@@ -444,19 +446,20 @@ def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
 
 
 @needs_triton
-@pytest.mark.parametrize("rows", ["rows", "no-rows"])
+@pytest.mark.parametrize("rows, batch", [("rows", "2"), ("no-rows", "2"), ("rows", "3")])
 @pytest.mark.parametrize("scheme", ["int4:g32", "int8"])
-def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme, rows):
-    """At batch 3 quantized layers take the kernels-only step, their projections on the rows GEMV (gemv_rows.py);
-    with ForwardOptions.gemv_rows off int4 takes the GEMM and int8 keeps the other path (and matches torch there)."""
-    run_interpreted(STEP_MODEL_CHECK, "gqa", scheme, rows)
+def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme, rows, batch):
+    """Quantized layers take the kernels-only step, their projections on the rows GEMV (gemv_rows.py) up to its
+    rows (2); past them, or with ForwardOptions.gemv_rows off, int4 takes the GEMM and int8 keeps the other path
+    (and matches torch there)."""
+    run_interpreted(STEP_MODEL_CHECK, "gqa", scheme, rows, batch)
 
 
 @needs_triton
 def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     """Transformer.small_m_kernels_apply: with the option, 2..16 rows of a fusable model (dense; int4 up to 64) whose
     head dim the decode attention takes; not at batch 1, past the GEMM's rows, with biases, under tensor
-    parallelism, with int8 layers past the rows GEMV's 4 rows (or without ForwardOptions.gemv_rows), for a head
+    parallelism, with int8 layers past the rows GEMV's 2 rows (or without ForwardOptions.gemv_rows), for a head
     dim of 48, without the option, or inside a torch.compile trace."""
     from dataclasses import replace
 
@@ -481,7 +484,8 @@ def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     assert not applies("gqa", 1) and not applies("gqa", 17)
     assert applies("gqa", 64, scheme="int4:g32") and not applies("gqa", 65, scheme="int4:g32")
     assert not applies("gqa", 8, scheme="int8")
-    assert applies("gqa", 4, scheme="int8") and not applies("gqa", 4, replace(opts, gemv_rows=False), "int8")
+    assert applies("gqa", 2, scheme="int8") and not applies("gqa", 2, replace(opts, gemv_rows=False), "int8")
+    assert not applies("gqa", 3, scheme="int8")
     assert not applies("mlp-bias", 8) and not applies("head-dim-48", 8) and not applies("gqa", 8, tp=True)
     assert not applies("gqa", 8, replace(opts, small_m_kernels=False))
     assert not applies("gqa", 8, replace(opts, decode_attention=False))

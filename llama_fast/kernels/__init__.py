@@ -11,6 +11,7 @@ may use programmatic dependent launch.
                 small_m_gemm (RMSNorm prologue), small_m_gemm_residual, small_m_gemm_swiglu; the kernels-only
                 step's forms (small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss, small_m_rmsnorm_ss)
   qkv_rope.py   the wqkv GEMV with RoPE and the K/V cache write: gemv_rmsnorm_qkv_rope
+  gemv_rows.py  the kernels-only step's forms on those GEMVs for quantized weights at 2 rows (ROWS_MAX)
   dequant.py    int8 / int4 weights in those GEMVs and in the small-M GEMM (scales / offsets / group arguments)
   allreduce.py  tensor parallel: the batch-1 block's one-shot all-reduce with the next RMSNorm's partials
                 (imported where used: parallel.SymmAllReduce)

@@ -161,6 +161,17 @@ def h200_table(form: str, n: int, K: int) -> dict | None:
     return h200_config(base, n, K)
 
 
+# The rows GEMV (kernels/gemv_rows.py: a quantized projection of 2 rows through these kernels) on the H200: its
+# changes to the one-row form's pin. Each program holds every row's accumulators and x tile, so the persistent
+# int4 wqkv and w13 run 2 programs an SM, not 4, and the int8 residual GEMVs (wo, w2) half the K tile. Measured at
+# batch 2 (scripts/perf_lab.py trial sets 31 and 32, docs/PERF.md): int4 3.011 / 3.012 against 3.083 / 3.095
+# ms/step pinned (w13 / wqkv alone), int8 3.616 against 3.992 / 3.987.
+H200_ROWS_CHANGES = {
+    "swiglu_int4": {"PERSIST": 2},
+    "qkv_rope_int4": {"PERSIST": 2},
+    "residual_int8": {"BLOCK_K": 1024},
+}
+
 H200 = "NVIDIA H200|sm90|132"
 # gpu_key -> (form, n, K) -> config, or None where this GPU's measured configs do not reach (that shape is
 # tuned; form may carry the launch's heads, split_form): the GPUs whose configs were measured. Another GPU's
@@ -262,3 +273,20 @@ def tuning_needed() -> bool:
     launch."""
     key = current_gpu_key()
     return key is not None and not (table_enabled() and key in CONFIG_TABLE)
+
+
+def rows_config(form: str, n: int, K: int, rows: int, tuned_as: str | None = None) -> dict | None:
+    """The config of a fused GEMV launch of form at `rows` rows: pinned_config's. Past one row (the rows GEMV,
+    kernels/gemv_rows.py) CONFIG_OVERRIDE's "rows_<form>" first (scripts/perf_lab.py --config-trials), else the
+    one-row form's with H200_ROWS_CHANGES on the H200 (and off a GPU, whose configs are the H200's). Another GPU
+    takes the one-row form's tuned choice as it is: its rows were never timed there."""
+    if rows > 1:
+        found = overridden("rows_" + form, n, K)
+        if found:
+            return found
+    config = pinned_config(form, n, K, tuned_as)
+    if rows > 1 and config is not None and form in H200_ROWS_CHANGES and not overridden(form, n, K):
+        key = current_gpu_key()
+        if key is None or (key == H200 and table_enabled()):
+            config = {**config, **H200_ROWS_CHANGES[form]}
+    return config

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, overridden, pinned_config
+from .configs import autotune_configs, pinned_config, rows_config
 from .dequant import (WFMT_INT4, add_rows, int4_dot, int4_groups, int4_tile_loads, int4_x,
                       int8_fma, int8_rows, int8_x, split_words, weight_format, words, x_sum4)
 from .gemm import sm_count
@@ -412,16 +412,6 @@ def fused_call(x, w, g, res, ss_in, eps: float, prologue: int, epilogue: int, n:
                   REDUCERS=allreduce_reducers() if epilogue == EPILOGUE_RESIDUAL_ALLREDUCE else 1, ROWS=M, **config,
                   **launch_kwargs(pdl))
     return kernel, grid, args, kwargs, (y, ss_out)
-
-
-def rows_config(form: str, n: int, K: int, rows: int, tuned_as: str | None = None) -> dict | None:
-    """The config of a launch of form at `rows` rows: pinned_config's; past one row an override of "rows_<form>"
-    first (scripts/perf_lab.py --config-trials), else the one-row form's."""
-    if rows > 1:
-        found = overridden("rows_" + form, n, K)
-        if found:
-            return found
-    return pinned_config(form, n, K, tuned_as)
 
 
 def ss_partials(x: torch.Tensor) -> torch.Tensor:

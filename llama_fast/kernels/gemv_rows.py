@@ -1,4 +1,4 @@
-"""The kernels-only decode step's four ops at 2-4 rows with quantized weights, as the fused decode GEMVs (gemv.py,
+"""The kernels-only decode step's four ops at 2 rows with quantized weights, as the fused decode GEMVs (gemv.py,
 qkv_rope.py) over every row: gemm.py's small_m_qkv_rope, small_m_residual_ss, small_m_swiglu_ss and
 small_m_rmsnorm_ss, the same names and arguments, so model.small_m_ops hands a projection to either module.
 
@@ -10,8 +10,13 @@ the rows as a constexpr ROWS (tuples of per-row values, unrolled), so at one row
 code. Dense weights keep the GEMM at every row count (a CUDA-core form lost there: PERF's tried-and-rejected
 table).
 
-Configs: the one-row form's (configs.py: this GPU's table or its tuned choice), or an override of the form
-"rows_<form>" (scripts/perf_lab.py --config-trials); gemv.rows_config.
+Rows (ROWS_MAX): the kernels take up to gemv.FUSED_ROWS_MAX (4), the step hands them 2. Every row holds its own
+accumulators and x tile, so registers grow with the rows: on an H200 at batch 3 int4 ran 4.113 ms/step against
+the GEMM's 3.992 and int8 6.424 against the compiled step's 4.800; at 4 rows the int8 wqkv form spills
+(docs/PERF.md). At batch 2: int4 3.087 against 3.796, int8 3.992 against 4.646, before the configs of 2 rows.
+
+Configs: configs.rows_config (the one-row form's, with the H200's changes for 2 rows, or an override of the form
+"rows_<form>": scripts/perf_lab.py --config-trials).
 """
 from __future__ import annotations
 
@@ -19,13 +24,13 @@ import torch
 from torch.library import wrap_triton
 
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8
-from .gemv import (EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, FUSED_ROWS_MAX, PROLOGUE_NONE,
-                   PROLOGUE_RMSNORM, fused_call)
+from .gemv import (EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, PROLOGUE_NONE, PROLOGUE_RMSNORM,
+                   fused_call)
 from .pdl import PDL_OFF, use_pdl
 from .qkv_rope import qkv_rope_call
 
-# The rows a step's projection takes here, by weight format: quantized up to FUSED_ROWS_MAX; dense weights never
-ROWS_MAX = {WFMT_DENSE: 0, WFMT_INT8: FUSED_ROWS_MAX, WFMT_INT4: FUSED_ROWS_MAX}
+# The rows a step's projection takes here, by weight format (at most FUSED_ROWS_MAX); dense weights never
+ROWS_MAX = {WFMT_DENSE: 0, WFMT_INT8: 2, WFMT_INT4: 2}
 
 
 def rows_apply(rows: int, w: torch.Tensor, scales: torch.Tensor | None, offsets: torch.Tensor | None) -> bool:

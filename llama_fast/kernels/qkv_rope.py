@@ -13,10 +13,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, heads_form
+from .configs import autotune_configs, heads_form, rows_config
 from .dequant import WFMT_INT4, add_rows, int4_tile_loads, weight_format, words
 from .gemv import (FUSED_ROWS_MAX, first_tiles, int8_totals, one_tile_config, persistent_grid, products, row_rstds,
-                   row_sums, rows_config, w_tiles, x_rows)
+                   row_sums, w_tiles, x_rows)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
