@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .configs import autotune_configs, pinned_config, rows_config
+from .configs import autotune_configs, rows_config
 from .dequant import (WFMT_INT4, add_rows, int4_dot, int4_groups, int4_tile_loads, int4_x,
                       int8_fma, int8_rows, int8_x, split_words, weight_format, words, x_sum4)
 from .gemm import sm_count
