@@ -3,7 +3,7 @@ qkv_rope.py) over every row: gemm.py's small_m_qkv_rope, small_m_residual_ss, sm
 small_m_rmsnorm_ss, the same names and arguments, so model.small_m_ops hands a projection to either module.
 
 Why: the small-M GEMM turns each quantized weight into a tensor-core operand and pads the rows to 16; at 2-4 rows
-that conversion, not the bytes, sets its speed (docs/PERF.md: int4 at batch 2 read its weights at about 1 TB/s).
+that conversion, not the bytes, sets its speed (docs/PERF.md: int4's batch-2 step read its weights at 0.92 TB/s).
 The GEMV's subnormal form (dequant.py) makes an int4 product in one mask and one FFMA: with the rows of a step
 sharing each weight tile, each further row adds one FFMA a weight, not another conversion. The GEMV kernels take
 the rows as a constexpr ROWS (tuples of per-row values, unrolled), so at one row they compile to the batch-1
@@ -13,7 +13,7 @@ table).
 Rows (ROWS_MAX): the kernels take up to gemv.FUSED_ROWS_MAX (4), the step hands them 2. Every row holds its own
 accumulators and x tile, so registers grow with the rows: on an H200 at batch 3 int4 ran 4.113 ms/step against
 the GEMM's 3.992 and int8 6.424 against the compiled step's 4.800; at 4 rows the int8 wqkv form spills
-(docs/PERF.md). At batch 2: int4 3.087 against 3.796, int8 3.992 against 4.646, before the configs of 2 rows.
+(docs/PERF.md). At batch 2, with the configs of 2 rows: int4 2.938 against 3.821, int8 3.617 against 4.631.
 
 Configs: configs.rows_config (the one-row form's, with the H200's changes for 2 rows, or an override of the form
 "rows_<form>": scripts/perf_lab.py --config-trials).
