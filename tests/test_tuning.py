@@ -156,6 +156,27 @@ def test_h200_pins_hold_at_the_shapes_measured_and_other_gemv_shapes_are_tuned(g
     assert timer.built == half
 
 
+def test_rows_gemv_takes_the_h200_changes_only_past_one_row_on_the_h200(gpu):
+    """configs.rows_config: past one row the H200 (and the CPU, whose configs are the H200's) takes the one-row
+    pin with the changes measured at 2 rows, written out here; one row takes the pin as it was; an unmeasured GPU
+    takes its tuned one-row choice unchanged; an override of "rows_<form>" wins."""
+    from llama_fast.kernels import configs
+
+    changes = {"swiglu_int4": {"PERSIST": 2}, "qkv_rope_int4": {"PERSIST": 2}, "residual_int8": {"BLOCK_K": 1024}}
+    for key in (configs.H200, None):
+        gpu(key)
+        for form, n, K in QUANT_SHAPES:
+            one = configs.rows_config(base(form), n, K, 1, form)
+            assert one == h200_pins(form, n), (key, form)
+            assert configs.rows_config(base(form), n, K, 2, form) == {**one, **changes.get(base(form), {})}, form
+    gpu(A10G)
+    tuned = configs.pinned_config("swiglu_int4", 11008, 4096)
+    assert configs.rows_config("swiglu_int4", 11008, 4096, 2) == tuned
+    configs.CONFIG_OVERRIDE = lambda form, n, K: {"BLOCK_N": 2} if form == "rows_swiglu_int4" else None
+    assert configs.rows_config("swiglu_int4", 11008, 4096, 2) == {"BLOCK_N": 2}
+    assert configs.rows_config("swiglu_int4", 11008, 4096, 1) == tuned
+
+
 def test_qkv_rope_launch_is_tuned_at_its_heads(gpu):
     """The wqkv GEMV's launch passes its heads: an unmeasured GPU tunes Llama-3-8B's 32 / 8 and a Llama-7B tp 2
     rank's 16 / 16 (the same (n, K)) apart (the autotune's launcher at those heads: the interpreter test below)."""
