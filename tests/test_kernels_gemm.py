@@ -586,7 +586,7 @@ def test_bad_shapes_are_refused():
 def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
     """fused-gemm is fused-gemv-early's options, compile mode and prefill chunks with the small-M GEMM on; dense
     weights take it at 2..16 rows, quantized ones at 2..64. fused-gemm-kernels, the row after it and the fastest
-    path (the quantized rows' options too), adds the kernels-only step."""
+    path (the quantized rows' options too), adds the kernels-only step and its rows GEMV for quantized weights."""
     from dataclasses import replace
 
     from llama_fast import ForwardOptions
@@ -599,7 +599,8 @@ def test_fused_gemm_kernels_is_the_fastest_path_past_batch_1(monkeypatch):
     assert harness.ABLATION.index("fused-gemm") == harness.ABLATION.index("fused-gemv-early") + 1
     assert harness.ABLATION.index("fused-gemm-kernels") == harness.ABLATION.index("fused-gemm") + 1
     assert not before.options.small_m_gemm and v.options == replace(before.options, small_m_gemm=True)
-    assert not v.options.small_m_kernels and kernels.options == replace(v.options, small_m_kernels=True)
+    assert not v.options.small_m_kernels and not v.options.gemv_rows
+    assert kernels.options == replace(v.options, small_m_kernels=True, gemv_rows=True)
     assert (v.compile, v.prefill_chunk, v.quantize) == (before.compile, before.prefill_chunk, before.quantize)
     assert (kernels.compile, kernels.prefill_chunk, kernels.quantize) == (v.compile, v.prefill_chunk, v.quantize)
     assert all(harness.VARIANTS[k].options == kernels.options for k in ("int8", "int4"))
