@@ -156,25 +156,31 @@ def test_h200_pins_hold_at_the_shapes_measured_and_other_gemv_shapes_are_tuned(g
     assert timer.built == half
 
 
-def test_rows_gemv_takes_the_h200_changes_only_past_one_row_on_the_h200(gpu):
+def test_rows_gemv_takes_the_h200_changes_on_the_h200_and_is_tuned_at_its_rows_elsewhere(gpu):
     """configs.rows_config: past one row the H200 (and the CPU, whose configs are the H200's) takes the one-row
-    pin with the changes measured at 2 rows, written out here; one row takes the pin as it was; an unmeasured GPU
-    takes its tuned one-row choice unchanged; an override of "rows_<form>" wins."""
-    from llama_fast.kernels import configs
+    pin with the changes measured at 2 rows, written out here; one row takes the pin as it was. An unmeasured GPU
+    tunes the rows form ("rows_<form>") on its own, at its own key, once; an override of "rows_<form>" wins."""
+    from llama_fast.kernels import configs, tuning
 
     changes = {"swiglu_int4": {"PERSIST": 2}, "qkv_rope_int4": {"PERSIST": 2}, "residual_int8": {"BLOCK_K": 1024}}
     for key in (configs.H200, None):
-        gpu(key)
+        timer = gpu(key)
         for form, n, K in QUANT_SHAPES:
             one = configs.rows_config(base(form), n, K, 1, form)
             assert one == h200_pins(form, n), (key, form)
             assert configs.rows_config(base(form), n, K, 2, form) == {**one, **changes.get(base(form), {})}, form
-    gpu(A10G)
-    tuned = configs.pinned_config("swiglu_int4", 11008, 4096)
-    assert configs.rows_config("swiglu_int4", 11008, 4096, 2) == tuned
+        assert timer.built == []
+    timer = gpu(A10G)
+    one = configs.rows_config("swiglu_int4", 11008, 4096, 1)
+    rows = configs.rows_config("swiglu_int4", 11008, 4096, 2)
+    assert timer.built == [("swiglu_int4", 11008, 4096), ("rows_swiglu_int4", 11008, 4096)]
+    assert rows == tuning.load(A10G).get("rows_swiglu_int4", 11008, 4096) and rows == one  # FakeTimer's pick
+    assert tuning.candidates("rows_swiglu_int4", 11008, 4096)[0] == {**h200_pins("swiglu_int4", 11008), "PERSIST": 2}
+    configs.rows_config("qkv_rope_int4", 12288, 4096, 2, "qkv_rope_int4:32/32")
+    assert timer.built[-1] == ("rows_qkv_rope_int4:32/32", 12288, 4096)
     configs.CONFIG_OVERRIDE = lambda form, n, K: {"BLOCK_N": 2} if form == "rows_swiglu_int4" else None
     assert configs.rows_config("swiglu_int4", 11008, 4096, 2) == {"BLOCK_N": 2}
-    assert configs.rows_config("swiglu_int4", 11008, 4096, 1) == tuned
+    assert configs.rows_config("swiglu_int4", 11008, 4096, 1) == one and len(timer.built) == 3
 
 
 def test_qkv_rope_launch_is_tuned_at_its_heads(gpu):
@@ -440,7 +446,8 @@ for form, n, K in [("residual", 64, 256), ("swiglu", 48, 256), ("qkv_rope", 192,
                    ("attention", 80, 32),
                    ("attention:8/2", 80, 32), ("rmsnorm_int8", 64, 256), ("swiglu_int4", 32, 256),
                    ("gemm16_rmsnorm", 64, 256),
-                   ("gemm32_swiglu_int4", 32, 256), ("gemm16_plain_int8", 48, 256)]:
+                   ("gemm32_swiglu_int4", 32, 256), ("gemm16_plain_int8", 48, 256), ("rows_residual_int4", 64, 256),
+                   ("rows_swiglu_int8", 32, 256), ("rows_rmsnorm_int4", 48, 256), ("rows_qkv_rope_int8:4/2", 256, 256)]:
     call = tuning.launcher(form, n, K, torch.device("cpu"), torch.float32)
     outs = []
     for config in tuning.candidates(form, n, K):
@@ -458,8 +465,8 @@ print("ok")
 
 
 def test_config_candidates_run_and_agree_in_the_interpreter():
-    """Every candidate of each form launches through the autotune's own launcher (the op at the key's shape)
-    and computes what the H200's config computes (fp32, Triton's interpreter)."""
+    """Every candidate of each form launches through the autotune's own launcher (the op at the key's shape; a rows
+    GEMV form at its 2 rows) and computes what the H200's config computes (fp32, Triton's interpreter)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-c", CANDIDATES_RUN], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

@@ -4,7 +4,8 @@ GPU, and the override hook that scripts/perf_lab.py --config-trials uses.
 Forms (the names pinned_config and CONFIG_OVERRIDE take): gemv, rmsnorm, residual, swiglu (the fused GEMV's
 forms, n = output rows, K = input width), qkv_rope (n = wqkv rows), attention (n = cache slots, K = head dim;
 a config of CHUNK slots per program and num_warps). The GEMV forms of quantized weights carry the format:
-rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py). The small-M GEMM (kernels/gemm.py, batch
+rmsnorm_int8, swiglu_int4, qkv_rope_int4, ... (kernels/dequant.py), and at 2 rows (the rows GEMV,
+kernels/gemv_rows.py) rows_<form>: rows_swiglu_int4, ... (rows_config). The small-M GEMM (kernels/gemm.py, batch
 2-64) has forms gemm<BLOCK_M>_<plain | rmsnorm | swiglu>[_int8 | _int4] (n = output columns, K = input width);
 its H200 configs are gemm.py's tables, and unlike the GEMVs it takes its config inside torch.compile too
 (launch_config): the compiled block is traced, so a GPU that needs tuning tunes it eagerly before the first
@@ -120,6 +121,9 @@ ATTN_PDL_MAXNREG = 168
 def h200_config(form: str, n: int, K: int) -> dict:
     """The configs measured on the H200, the pins above (its table entry, h200_table, where they were measured;
     also the fallback of an untuned shape inside a CUDA-graph capture, and the configs off a GPU)."""
+    if form.startswith(ROWS_PREFIX):  # the rows GEMV: the one-row pin with its changes
+        one = form.removeprefix(ROWS_PREFIX)
+        return {**h200_config(one, n, K), **H200_ROWS_CHANGES.get(one, {})}
     if form == "qkv_rope":
         return QKV_ROPE_CONFIG
     if form == "attention":
@@ -161,11 +165,13 @@ def h200_table(form: str, n: int, K: int) -> dict | None:
     return h200_config(base, n, K)
 
 
-# The rows GEMV (kernels/gemv_rows.py: a quantized projection of 2 rows through these kernels) on the H200: its
-# changes to the one-row form's pin. Each program holds every row's accumulators and x tile, so the persistent
-# int4 wqkv and w13 run 2 programs an SM, not 4, and the int8 residual GEMVs (wo, w2) half the K tile. Measured at
-# batch 2 (scripts/perf_lab.py trial sets 31 and 32, docs/PERF.md): int4 3.011 / 3.012 against 3.083 / 3.095
-# ms/step pinned (w13 / wqkv alone), int8 3.616 against 3.992 / 3.987.
+# The rows GEMV (kernels/gemv_rows.py: a quantized projection of 2 rows through the fused GEMVs) has forms of its
+# own, "rows_<form>" (rows_config). On the H200 they are the one-row form's pin with these changes: each program
+# holds every row's accumulators and x tile, so the persistent int4 wqkv and w13 run 2 programs an SM, not 4, and
+# the int8 residual GEMVs (wo, w2) half the K tile. Measured at batch 2 (scripts/perf_lab.py trial sets 31 and
+# 32, docs/PERF.md): int4 3.011 / 3.012 against 3.083 / 3.095 ms/step pinned (w13 / wqkv alone), int8 3.616
+# against 3.992 / 3.987. Another GPU tunes them at 2 rows (kernels/tuning.py).
+ROWS_PREFIX = "rows_"
 H200_ROWS_CHANGES = {
     "swiglu_int4": {"PERSIST": 2},
     "qkv_rope_int4": {"PERSIST": 2},
@@ -276,17 +282,10 @@ def tuning_needed() -> bool:
 
 
 def rows_config(form: str, n: int, K: int, rows: int, tuned_as: str | None = None) -> dict | None:
-    """The config of a fused GEMV launch of form at `rows` rows: pinned_config's. Past one row (the rows GEMV,
-    kernels/gemv_rows.py) CONFIG_OVERRIDE's "rows_<form>" first (scripts/perf_lab.py --config-trials), else the
-    one-row form's with H200_ROWS_CHANGES on the H200 (and off a GPU, whose configs are the H200's). Another GPU
-    takes the one-row form's tuned choice as it is: its rows were never timed there."""
-    if rows > 1:
-        found = overridden("rows_" + form, n, K)
-        if found:
-            return found
-    config = pinned_config(form, n, K, tuned_as)
-    if rows > 1 and config is not None and form in H200_ROWS_CHANGES and not overridden(form, n, K):
-        key = current_gpu_key()
-        if key is None or (key == H200 and table_enabled()):
-            config = {**config, **H200_ROWS_CHANGES[form]}
-    return config
+    """The config of a fused GEMV launch of form at `rows` rows: pinned_config's, past one row (the rows GEMV,
+    kernels/gemv_rows.py) that of its form "rows_<form>": CONFIG_OVERRIDE's (scripts/perf_lab.py
+    --config-trials), else the H200's (the one-row pin with H200_ROWS_CHANGES; also off a GPU), else this GPU's
+    choice tuned at 2 rows."""
+    if rows == 1:
+        return pinned_config(form, n, K, tuned_as)
+    return pinned_config(ROWS_PREFIX + form, n, K, ROWS_PREFIX + tuned_as if tuned_as else None)

@@ -114,13 +114,14 @@ def candidates(form: str, n: int, K: int) -> list[dict]:
     quantized tiles keep 8 or 16 bytes per thread and row."""
     form = base_form(form)[0]
     base = configs.h200_config(form, n, K)
+    plain = form.removeprefix(configs.ROWS_PREFIX)  # a rows GEMV form: the tiles of its one-row form
     if form == "attention":
         found = [{"CHUNK": c, "num_warps": w} for c, w in ((64, 2), (64, 4), (128, 8), (256, 4), (256, 8))]
     elif form.startswith("gemm"):
         found = gemm_candidates(form)
     else:
-        kind, _, fmt = form.rpartition("_")
-        kind = kind if fmt in ("int8", "int4") else form
+        kind, _, fmt = plain.rpartition("_")
+        kind = kind if fmt in ("int8", "int4") else plain
         stages = 2 if kind == "swiglu" else 3  # SwiGLU streams two tiles per stage
         if fmt in ("int8", "int4"):  # 16 or 8 bytes a thread and row
             per_thread = 16 * (1 if fmt == "int8" else 2)  # weights in 16 bytes
@@ -265,6 +266,8 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
 
     if form.startswith("gemm"):
         return _gemm_launcher(form, n, K, device, dt, copies)
+    if form.startswith(configs.ROWS_PREFIX):
+        return _rows_launcher(form, n, K, device, dt, copies)
     form, heads = base_form(form)
     kind, _, fmt = form.rpartition("_")
     if fmt not in ("int8", "int4"):
@@ -281,14 +284,7 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
         sets = [((q, kv[2 * i], kv[2 * i + 1], mask, K ** -0.5), {}) for i in range(copies)]
         op = decode_attention
     elif kind == "qkv_rope":
-        if heads:  # the launch's heads ("qkv_rope:32/8"): its head dim follows
-            H, hkv = heads
-            D = n // (H + 2 * hkv)
-        else:
-            D = next(d for d in (128, 64, 32) if n % d == 0)
-            units = n // D
-            hkv = units // 3 if units % 3 == 0 else 1
-            H = units - 2 * hkv
+        H, hkv, D = _qkv_heads(n, heads)
         cos, sin = torch.ones(D, device=device, dtype=dt), torch.zeros(D, device=device, dtype=dt)
         cache = [torch.zeros(1, hkv, 16, D, device=device, dtype=dt) for _ in range(2)]
         pos = torch.zeros(1, dtype=torch.long, device=device)
@@ -305,6 +301,56 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
                 for w, quant in (_weight(fmt, rows, K, device, dt) for _ in range(copies))]
         op = {"gemv": gemv, "rmsnorm": gemv_rmsnorm, "residual": gemv_residual_ss,
               "swiglu": gemv_rmsnorm_swiglu}[kind]
+    turn = [0]
+
+    def call():
+        a, kw = sets[turn[0] % len(sets)]
+        turn[0] += 1
+        return op(*a, **kw)
+
+    return call
+
+
+def _qkv_heads(n: int, heads: tuple[int, int] | None) -> tuple[int, int, int]:
+    """(query heads, KV heads, head dim) of a qkv+RoPE launch of n rows: the form's heads ("qkv_rope:32/8") with
+    the head dim they leave, else a head dim of 128, 64 or 32 and the rows split evenly over q, k and v heads
+    where they divide."""
+    if heads:
+        H, hkv = heads
+        return H, hkv, n // (H + 2 * hkv)
+    D = next(d for d in (128, 64, 32) if n % d == 0)
+    units = n // D
+    hkv = units // 3 if units % 3 == 0 else 1
+    return units - 2 * hkv, hkv, D
+
+
+def _rows_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callable[[], object]:
+    """launcher for a rows GEMV form ("rows_swiglu_int4", kernels/gemv_rows.py): the op at the rows the decode
+    step hands it (gemv_rows.ROWS_MAX), each row with its own sum-of-squares partials, RoPE tables and cache
+    entry."""
+    from . import gemv_rows
+
+    form, heads = base_form(form.removeprefix(configs.ROWS_PREFIX))
+    kind, _, fmt = form.rpartition("_")
+    M, eps = max(gemv_rows.ROWS_MAX.values()), 1e-5
+    x = torch.randn(M, K, device=device, dtype=dt)
+    g = torch.ones(K, device=device, dtype=dt)
+    ss = x.float().pow(2).view(M, -1, 8).sum(-1)  # (M, K / 8): each row's partials (gemv.SS_GROUP)
+    if kind == "qkv_rope":
+        H, hkv, D = _qkv_heads(n, heads)
+        cos, sin = torch.ones(M, D, device=device, dtype=dt), torch.zeros(M, D, device=device, dtype=dt)
+        cache = [torch.zeros(M, hkv, 16, D, device=device, dtype=dt) for _ in range(2)]
+        pos = torch.zeros(1, dtype=torch.long, device=device)
+        sets = [((x, w, ss, g, eps, cos, sin, *cache, pos, H), quant)
+                for w, quant in (_weight(fmt, n, K, device, dt) for _ in range(copies))]
+        op = gemv_rows.small_m_qkv_rope
+    else:
+        res = torch.randn(M, n, device=device, dtype=dt)
+        sets = [({"residual": (x, w, res), "swiglu": (x, w, ss, g, eps), "rmsnorm": (x, w, ss, g, eps)}[kind], quant)
+                for w, quant in (_weight(fmt, 2 * n if kind == "swiglu" else n, K, device, dt)
+                                 for _ in range(copies))]
+        op = {"residual": gemv_rows.small_m_residual_ss, "swiglu": gemv_rows.small_m_swiglu_ss,
+              "rmsnorm": gemv_rows.small_m_rmsnorm_ss}[kind]
     turn = [0]
 
     def call():
