@@ -242,8 +242,8 @@ def empty_weight(weights: str, rows: int, K: int):
 
 def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int, rows: int = 1):
     """The fused GEMV form's (kernel, grid, arguments, keywords, weights a thread multiplies per K-loop iteration)
-    on CPU tensors of its Llama-7B layer's shape at `rows` input rows, under the pinned config updated by
-    `config`."""
+    on CPU tensors of its Llama-7B layer's shape at `rows` input rows, under the pinned config (past one row the
+    rows GEMV's: configs.rows_config) updated by `config`."""
     import importlib
 
     import torch
@@ -263,7 +263,7 @@ def gemv_launch(form: str, weights: str, config: dict, pdl: int, cache: int, row
     nss = K // gemv.SS_GROUP
     ss = torch.empty((nss,) if rows == 1 else (rows, nss), dtype=torch.float32)
     fmt = "" if weights == "fp16" else "_" + weights
-    pinned = configs.pinned_config(form + fmt, wrows if form == "qkv_rope" else n, K)
+    pinned = configs.rows_config(form + fmt, wrows if form == "qkv_rope" else n, K, rows)  # past 1 row: rows_<form>
     previous = configs.CONFIG_OVERRIDE
     configs.CONFIG_OVERRIDE = lambda f, nn, kk: {**pinned, **config}
     try:

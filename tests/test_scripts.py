@@ -746,7 +746,8 @@ def test_sass_probe_counts_programs_per_sm_and_instructions(tool):
     (["--kernel", "attention-split", "--batch", "0"], "--cache, --heads and --batch must be positive"),
     (["--kernel", "attention-split", "--kv-heads", "5"], "--kv-heads 5 must be positive and divide --heads 32"),
     (["--kernel", "gemv", "--mix", "-1"], "--mix -1: give a count"),
-    (["--mix", "5"], "--mix is for the GEMV forms")])
+    (["--mix", "5"], "--mix is for the GEMV forms"),
+    (["--kernel", "swiglu", "--gemv-rows", "2"], "--gemv-rows 2: 2..4 rows of a fused GEMV form (not gemv) with")])
 def test_sass_probe_refuses_bad_arguments(bad, message):
     r = run_tool("sass_probe", *bad, timeout=120)
     assert r.returncode == 2 and f"sass_probe.py: error: {message}" in r.stderr, r.stderr
@@ -839,6 +840,26 @@ def test_sass_probe_counts_the_quantized_gemv_k_loop():
     assert config["per_sm"] == 2 * pinned["per_sm"] and abs(config["loop"] - pinned["loop"]) < 0.1 * pinned["loop"]
     capped = lines["capped"]  # a register cap reaches ptxas: 96 a thread, 5 programs of 4 warps an SM
     assert "maxnreg 96" in capped["line"] and capped["registers"] <= 96 and capped["per_sm"] == 5, capped["line"]
+
+
+@pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
+def test_sass_probe_compiles_the_rows_gemv_at_its_own_config():
+    """--gemv-rows 2: the int4 SwiGLU GEMV as the rows GEMV launches it (kernels/gemv_rows.py), at the rows
+    form's config (configs.rows_config: 2 persistent programs an SM on the H200), compiled for sm_90 without a GPU:
+    nothing spilled, its persistent programs fit an SM's registers, and the second row costs fewer instructions a
+    weight than the first (the weight is dequantized once for both)."""
+    lines = {}
+    for rows in ("1", "2"):
+        r = run_tool("sass_probe", "--kernel", "swiglu", "--weights", "int4", "--gemv-rows", rows, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        line = r.stdout.strip().splitlines()[-1]
+        m = re.search(r"PERSIST (\d+),.*\| \d+ registers, (\d+) B stack \| \d+ instructions, K loop \d+ = "
+                      r"([\d.]+) per weight .*\| (\d+) programs/SM by registers", line)
+        assert m, line
+        lines[rows] = (int(m[1]), int(m[2]), float(m[3]), int(m[4]), line)
+    (p1, stack1, w1, sm1, _), (p2, stack2, w2, sm2, line) = lines["1"], lines["2"]
+    assert "swiglu/2 rows/int4" in line and p2 == 2 < p1 and stack2 == stack1 == 0, line
+    assert sm2 >= p2 and w1 < w2 < 2 * w1, (lines["1"][-1], line)
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")

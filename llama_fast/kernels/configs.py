@@ -167,8 +167,9 @@ def h200_table(form: str, n: int, K: int) -> dict | None:
 
 # The rows GEMV (kernels/gemv_rows.py: a quantized projection of 2 rows through the fused GEMVs) has forms of its
 # own, "rows_<form>" (rows_config). On the H200 they are the one-row form's pin with these changes: each program
-# holds every row's accumulators and x tile, so the persistent int4 wqkv and w13 run 2 programs an SM, not 4, and
-# the int8 residual GEMVs (wo, w2) half the K tile. Measured at batch 2 (scripts/perf_lab.py trial sets 31 and
+# holds every row's accumulators and x tile, so the persistent int4 wqkv and w13 run 2 programs an SM, not 4 (at
+# 2 rows they compile to 233 and 168 registers: 2 and 3 fit an SM, scripts/sass_probe.py --gemv-rows 2), and the
+# int8 residual GEMVs (wo, w2) half the K tile. Measured at batch 2 (scripts/perf_lab.py trial sets 31 and
 # 32, docs/PERF.md): int4 3.011 / 3.012 against 3.083 / 3.095 ms/step pinned (w13 / wqkv alone), int8 3.616
 # against 3.992 / 3.987. Another GPU tunes them at 2 rows (kernels/tuning.py).
 ROWS_PREFIX = "rows_"
