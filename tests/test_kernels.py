@@ -37,8 +37,10 @@ def fused(x, w, g, res, ss, eps, prologue, epilogue, N):
     K = x.shape[1]
     y = torch.empty(1, N, dtype=x.dtype)
     ss_out = torch.full((triton.cdiv(N, SS_GROUP),), float("nan"))
+    # the row strides (x, y, res, ss in, ss out) 0: one row
     _gemv_fused_kernel.fn[(triton.cdiv(N, 16),)](x, w, y, g, res, ss, ss_out, y, y, N, K, K, ss.numel(), w.stride(0),
-                                                     0, eps, 0, 0, y, PROLOGUE=prologue, EPILOGUE=epilogue,
+                                                     0, eps, 0, 0, y, 0, 0, 0, 0, 0, PROLOGUE=prologue,
+                                                     EPILOGUE=epilogue,
                                                      NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
                                                      WFMT=0, GROUP=0, RANK=0, WORLD=1, REDUCERS=1, BLOCK_N=16,
                                                      BLOCK_K=256)
@@ -102,8 +104,8 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     q = torch.empty(1, H * D, dtype=dt)
     qr._gemv_qkv_rope_kernel.fn[((H + 2 * Hkv) * (D // 16),)](
         x, w, q, kc, vc, g, ss, cos, sin, torch.tensor([pos]), q, q, N, K, K, ss.numel(), w.stride(0), 0, 1e-5,
-        H, Hkv, kc.stride(1), kc.stride(2), D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()), USE_PDL=False,
-        WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)
+        H, Hkv, kc.stride(1), kc.stride(2), 0, 0, 0, 0, 0, D=D, NSS_BLOCK=triton.next_power_of_2(ss.numel()),
+        USE_PDL=False, WFMT=0, GROUP=0, BLOCK_N=16, BLOCK_K=256)  # the five row strides 0: one row
     qkv = (rmsnorm(x, g, 1e-5).float() @ w.float().T).to(dt)
     rq, rk, rv = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
 

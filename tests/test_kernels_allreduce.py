@@ -138,8 +138,9 @@ def test_gemv_allreduce_form_compiles(arch):
     gemv = importlib.import_module("llama_fast.kernels.gemv")  # the package's `gemv` is the op
 
     names = ["x_ptr", "w_ptr", "y_ptr", "g_ptr", "res_ptr", "ss_in_ptr", "ss_out_ptr", "s_ptr", "o_ptr", "N", "K",
-             "KW", "NSS", "stride_wn", "stride_sn", "eps", "buffer_ptrs", "SLOT", "cnt_ptr"]
-    types = ["*fp16"] * 6 + ["*fp32"] + ["*fp16"] * 2 + ["i32"] * 6 + ["fp32", "i64", "i32", "*i32"]
+             "KW", "NSS", "stride_wn", "stride_sn", "eps", "buffer_ptrs", "SLOT", "cnt_ptr", "stride_xm", "stride_ym",
+             "stride_rm", "stride_ssm", "stride_sso"]
+    types = ["*fp16"] * 6 + ["*fp32"] + ["*fp16"] * 2 + ["i32"] * 6 + ["fp32", "i64", "i32", "*i32"] + ["i32"] * 5
     const = dict(PROLOGUE=gemv.PROLOGUE_NONE, EPILOGUE=gemv.EPILOGUE_RESIDUAL_ALLREDUCE, NSS_BLOCK=1,
                  USE_PDL=1 if arch >= 90 else 0, WFMT=0, GROUP=0, RANK=1, WORLD=2, REDUCERS=gemv.GEMV_REDUCERS,
                  BLOCK_N=8, BLOCK_K=512)
