@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import torch
 
 from . import progress, quant
-from .config import NAMED_SHAPES, ConfigError, LlamaConfig
+from .config import NAMED_SHAPES, LlamaConfig
 from .model import Transformer
 from .quant import QuantError, QuantScheme
 

@@ -857,7 +857,7 @@ def test_sass_probe_compiles_the_rows_gemv_at_its_own_config():
                       r"([\d.]+) per weight .*\| (\d+) programs/SM by registers", line)
         assert m, line
         lines[rows] = (int(m[1]), int(m[2]), float(m[3]), int(m[4]), line)
-    (p1, stack1, w1, sm1, _), (p2, stack2, w2, sm2, line) = lines["1"], lines["2"]
+    (p1, stack1, w1, _, _), (p2, stack2, w2, sm2, line) = lines["1"], lines["2"]
     assert "swiglu/2 rows/int4" in line and p2 == 2 < p1 and stack2 == stack1 == 0, line
     assert sm2 >= p2 and w1 < w2 < 2 * w1, (lines["1"][-1], line)
 
