@@ -221,18 +221,21 @@ def products(accs, w, s, o, xs, sums, FIRST: tl.constexpr, WFMT: tl.constexpr, G
 
 
 @triton.jit
-def int8_totals(sums, ROWS: tl.constexpr):
-    """int8: 128 sum_k x_k of each row from its x_sum4 sums (int8_rows' constant part)."""
-    out = ()
-    for r in tl.static_range(ROWS):
-        out = out + (128.0 * tl.sum(sums[r], axis=0),)
+def x_totals(sums, WFMT: tl.constexpr, ROWS: tl.constexpr):
+    """What row_sums takes of x_rows' sums: int8, 128 sum_k x_k of each row from its x_sum4 sums (int8_rows'
+    constant part); other formats, the sums unchanged (row_sums does not read them)."""
+    out = sums  # (WFMT is a constexpr: an early return would still compile what follows it)
+    if WFMT == 1:
+        out = ()
+        for r in tl.static_range(ROWS):
+            out = out + (128.0 * tl.sum(sums[r], axis=0),)
     return out
 
 
 @triton.jit
 def row_sums(accs, s, xtots, WFMT: tl.constexpr, ROWS: tl.constexpr):
     """Each row's outputs (BLOCK_N,) fp32 from its products: int8, its rows' constant part and scale (int8_rows,
-    xtots from int8_totals); else the sums of the tile's columns (int4: of the groups' scaled and offset sums)."""
+    xtots from x_totals); else the sums of the tile's columns (int4: of the groups' scaled and offset sums)."""
     out = ()
     for r in tl.static_range(ROWS):
         if WFMT == 1:
@@ -274,9 +277,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
         # so that the loads of a program overlap its own arithmetic (one program per block loads, then only
         # computes: its SM's loads and arithmetic take turns)
         xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, PROLOGUE, WFMT, GROUP, BLOCK_K, ROWS)
-        xtots = sums
-        if WFMT == 1:
-            xtots = int8_totals(sums, ROWS)
+        xtots = x_totals(sums, WFMT, ROWS)
         nprog = tl.num_programs(0)
         nblk = tl.cdiv(N, BLOCK_N)
         for blk in range(pid, nblk, nprog):
@@ -323,9 +324,7 @@ def _gemv_fused_kernel(x_ptr, w_ptr, y_ptr, g_ptr, res_ptr, ss_in_ptr, ss_out_pt
                 accs_up = products(accs_up, w_up, s_up, o_up, xs, sums, 0, WFMT, GROUP, BLOCK_N, BLOCK_K, ROWS)
         if USE_PDL == 2:
             gdc_launch_dependents()
-        xtots = xacc
-        if WFMT == 1:
-            xtots = int8_totals(xacc, ROWS)
+        xtots = x_totals(xacc, WFMT, ROWS)
         ys = row_sums(accs, s, xtots, WFMT, ROWS)
         ups = ys
         if TWO:

@@ -25,7 +25,7 @@ from torch.library import wrap_triton
 
 from .dequant import WFMT_DENSE, WFMT_INT4, WFMT_INT8
 from .gemv import (EPILOGUE_NONE, EPILOGUE_RESIDUAL_SS, EPILOGUE_SWIGLU, PROLOGUE_NONE, PROLOGUE_RMSNORM,
-                   fused_call)
+                   _launch_fused)
 from .pdl import PDL_OFF, use_pdl
 from .qkv_rope import qkv_rope_call
 
@@ -38,14 +38,6 @@ def rows_apply(rows: int, w: torch.Tensor, scales: torch.Tensor | None, offsets:
     runs here rather than on the small-M GEMM."""
     wfmt = WFMT_DENSE if scales is None else WFMT_INT8 if offsets is None else WFMT_INT4
     return 2 <= rows <= ROWS_MAX[wfmt]
-
-
-def _fused(x, w, g, res, ss, eps: float, prologue: int, epilogue: int, pdl: int, scales, offsets, group: int):
-    n = w.shape[0] // 2 if epilogue == EPILOGUE_SWIGLU else w.shape[0]
-    kernel, grid, args, kwargs, out = fused_call(x, w, g, res, ss, eps, prologue, epilogue, n, use_pdl(x, pdl),
-                                                 scales, offsets, group)
-    wrap_triton(kernel)[grid](*args, **kwargs)
-    return out
 
 
 def small_m_qkv_rope(x: torch.Tensor, wqkv: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
@@ -63,16 +55,19 @@ def small_m_qkv_rope(x: torch.Tensor, wqkv: torch.Tensor, ss: torch.Tensor, g: t
 def small_m_residual_ss(x: torch.Tensor, w: torch.Tensor, res: torch.Tensor, pdl: int = PDL_OFF, scales=None,
                         offsets=None, group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """gemm.small_m_residual_ss: (res + x @ w^T, its rows' sum-of-squares partials (M, cdiv(N, 8)) fp32)."""
-    return _fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, pdl, scales, offsets, group)
+    return _launch_fused(x, w, x, res, x, 0.0, PROLOGUE_NONE, EPILOGUE_RESIDUAL_SS, w.shape[0], pdl, scales, offsets,
+                         group)
 
 
 def small_m_swiglu_ss(x: torch.Tensor, w13: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                       pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """gemm.small_m_swiglu_ss: silu(gate) * up of rmsnorm(x) @ w13^T."""
-    return _fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, pdl, scales, offsets, group)[0]
+    return _launch_fused(x, w13, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_SWIGLU, w13.shape[0] // 2, pdl, scales,
+                         offsets, group)[0]
 
 
 def small_m_rmsnorm_ss(x: torch.Tensor, w: torch.Tensor, ss: torch.Tensor, g: torch.Tensor, eps: float,
                        pdl: int = PDL_OFF, scales=None, offsets=None, group: int = 0) -> torch.Tensor:
     """gemm.small_m_rmsnorm_ss: rmsnorm(x) @ w^T (the head)."""
-    return _fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, pdl, scales, offsets, group)[0]
+    return _launch_fused(x, w, g, x, ss, eps, PROLOGUE_RMSNORM, EPILOGUE_NONE, w.shape[0], pdl, scales, offsets,
+                         group)[0]

@@ -15,8 +15,8 @@ from torch.library import triton_op, wrap_triton
 
 from .configs import autotune_configs, heads_form, rows_config
 from .dequant import WFMT_INT4, add_rows, int4_tile_loads, weight_format, words
-from .gemv import (FUSED_ROWS_MAX, first_tiles, int8_totals, one_tile_config, persistent_grid, products, row_rstds,
-                   row_sums, w_tiles, x_rows)
+from .gemv import (FUSED_ROWS_MAX, first_tiles, one_tile_config, persistent_grid, products, row_rstds,
+                   row_sums, w_tiles, x_rows, x_totals)
 from .pdl import PDL_OFF, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -70,7 +70,8 @@ def _rope_store_rows(y1s, y2s, u, d1, r1, r2, q_ptr, kc_ptr, vc_ptr, cos_ptr, si
 
 @triton.jit
 def _rounded(ys, dt, ROWS: tl.constexpr):
-    """Each row's projection rounded to the model dtype, as transformers' q / k / v, in fp32."""
+    """Each row's projection rounded to the model dtype, as transformers' q / k / v, in fp32 (all rows before any
+    store: rounding inside the store loop compiles the int8 2-row form to more spills)."""
     out = ()
     for r in tl.static_range(ROWS):
         out = out + (ys[r].to(dt).to(tl.float32),)
@@ -102,9 +103,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
     if PERSIST != 0:  # as gemv.py's persistent form: one K tile, x prepared once, the next block's tile loaded
         # before this one's products
         xs, sums = x_rows(x_ptr, stride_xm, g_ptr, 0, K, rstds, 1, WFMT, GROUP, BLOCK_K, ROWS)
-        xtots = sums
-        if WFMT == 1:
-            xtots = int8_totals(sums, ROWS)
+        xtots = x_totals(sums, WFMT, ROWS)
         nprog = tl.num_programs(0)
         nblk = N // BLOCK_N
         for blk in range(pid, nblk, nprog):
@@ -144,9 +143,7 @@ def _gemv_qkv_rope_kernel(x_ptr, w_ptr, q_ptr, kc_ptr, vc_ptr, g_ptr, ss_ptr, co
             acc2 = products(acc2, w2, s2, o2, xs, sums, 0, WFMT, GROUP, HALF, BLOCK_K, ROWS)
         if USE_PDL == 2:
             gdc_launch_dependents()
-        xtots = xacc
-        if WFMT == 1:
-            xtots = int8_totals(xacc, ROWS)
+        xtots = x_totals(xacc, WFMT, ROWS)
         _rope_store_rows(_rounded(row_sums(acc1, s1, xtots, WFMT, ROWS), dt, ROWS),
                          _rounded(row_sums(acc2, s2, xtots, WFMT, ROWS), dt, ROWS), u, d1, r1, r2, q_ptr, kc_ptr,
                          vc_ptr, cos_ptr, sin_ptr, pos_ptr, H, HKV, stride_ch, stride_cs, stride_qm, stride_cb,

@@ -301,6 +301,12 @@ def launcher(form: str, n: int, K: int, device, dt=torch.float16, copies: int = 
                 for w, quant in (_weight(fmt, rows, K, device, dt) for _ in range(copies))]
         op = {"gemv": gemv, "rmsnorm": gemv_rmsnorm, "residual": gemv_residual_ss,
               "swiglu": gemv_rmsnorm_swiglu}[kind]
+    return _cycling(op, sets)
+
+
+def _cycling(op: Callable, sets: list[tuple[tuple, dict]]) -> Callable[[], object]:
+    """A call of op on the next of its (arguments, keywords) sets each time, round and round: a launcher's
+    copies, so that no timed call reads its weights from L2."""
     turn = [0]
 
     def call():
@@ -329,13 +335,14 @@ def _rows_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callab
     step hands it (gemv_rows.ROWS_MAX), each row with its own sum-of-squares partials, RoPE tables and cache
     entry."""
     from . import gemv_rows
+    from .gemv import ss_partials
 
     form, heads = base_form(form.removeprefix(configs.ROWS_PREFIX))
     kind, _, fmt = form.rpartition("_")
     M, eps = max(gemv_rows.ROWS_MAX.values()), 1e-5
     x = torch.randn(M, K, device=device, dtype=dt)
     g = torch.ones(K, device=device, dtype=dt)
-    ss = x.float().pow(2).view(M, -1, 8).sum(-1)  # (M, K / 8): each row's partials (gemv.SS_GROUP)
+    ss = ss_partials(x).view(M, -1)  # each row's partials
     if kind == "qkv_rope":
         H, hkv, D = _qkv_heads(n, heads)
         cos, sin = torch.ones(M, D, device=device, dtype=dt), torch.zeros(M, D, device=device, dtype=dt)
@@ -351,14 +358,7 @@ def _rows_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callab
                                  for _ in range(copies))]
         op = {"residual": gemv_rows.small_m_residual_ss, "swiglu": gemv_rows.small_m_swiglu_ss,
               "rmsnorm": gemv_rows.small_m_rmsnorm_ss}[kind]
-    turn = [0]
-
-    def call():
-        a, kw = sets[turn[0] % len(sets)]
-        turn[0] += 1
-        return op(*a, **kw)
-
-    return call
+    return _cycling(op, sets)
 
 
 def _gemm_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callable[[], object]:
@@ -373,16 +373,9 @@ def _gemm_launcher(form: str, n: int, K: int, device, dt, copies: int) -> Callab
     x = torch.randn(M, K, device=device, dtype=dt)
     norm = {"rstd": torch.ones(M, device=device), "g": torch.ones(K, device=device, dtype=dt)} if rmsnorm else {}
     op = small_m_gemm_swiglu if swiglu else small_m_gemm
-    sets = [(w, {**quant, **norm}) for w, quant in (_weight(fmt, 2 * n if swiglu else n, K, device, dt)
-                                                     for _ in range(copies))]
-    turn = [0]
-
-    def call():
-        w, kw = sets[turn[0] % len(sets)]
-        turn[0] += 1
-        return op(x, w, **kw)
-
-    return call
+    sets = [((x, w), {**quant, **norm}) for w, quant in (_weight(fmt, 2 * n if swiglu else n, K, device, dt)
+                                                          for _ in range(copies))]
+    return _cycling(op, sets)
 
 
 def weight_bytes(form: str, n: int, K: int) -> int:
