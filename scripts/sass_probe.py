@@ -57,8 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=8, help="attention-split: the rows (default 8)")
     ap.add_argument("--rows", type=int, default=16, help="gemm: the input rows (2-64; default 16)")
     ap.add_argument("--gemv-rows", type=int, default=1,
-                    help="GEMV forms with quantized weights: the rows of a decode step (1-4; 2-4 as "
-                         "kernels/gemv_rows.py launches them; default 1)")
+                    help="GEMV forms with quantized weights: the rows of a decode step (1-4; the decode step's rows "
+                         "GEMV, kernels/gemv_rows.py, launches 2; default 1)")
     ap.add_argument("--gemm-form", default="plain", choices=GEMM_FORMS,
                     help="gemm: plain (wo's shape), rmsnorm (wqkv with the RMSNorm prologue: the compiled batch 2-16 "
                          "step's) or step-qkv (the kernels-only step's wqkv: RMSNorm from partials, RoPE and the "
