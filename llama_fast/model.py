@@ -613,19 +613,10 @@ class Transformer(nn.Module):
     def small_m_kernels_apply(self, x: torch.Tensor) -> bool:
         """Whether a decode step over x (B, 1, dim) runs as _small_m_decode (ForwardOptions.small_m_kernels): B in
         the small-M GEMM's rows, every block fusable for it (Block._small_m_fusable: no tensor parallelism, no
-        biases), int8 layers only within the rows GEMV's rows, RoPE in the qkv GEMM's epilogue (tensor positions,
-        the flip form), a head dim the decode attention takes, and not inside a torch.compile trace (the path
-        launches its kernels directly)."""
+        biases), RoPE in the qkv GEMM's epilogue (tensor positions, the flip form), a head dim the decode attention
+        takes, and not inside a torch.compile trace (the path launches its kernels directly)."""
         opts = self.options
-        a, f = self.layers[0].attention, self.layers[0].feed_forward
-        # int8 layers keep the compiled step past the rows GEMV's rows: there its batch-8 step took 5.699 ms against
-        # 6.053 on this path, int4 5.678 against 5.470 (one H200 process each, docs/PERF.md); at batch 3 4.800
-        # against 6.424 with the rows GEMV
-        from .kernels.gemv_rows import ROWS_MAX, WFMT_INT8
-
-        int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
-        int8_ok = not int8 or (opts.gemv_rows and x.shape[0] <= ROWS_MAX[WFMT_INT8])
-        return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2 and int8_ok
+        return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))
 

@@ -559,6 +559,31 @@ def _gemm_quant_set(fmt: str) -> dict:
     }
 
 
+# set 33, on fused-gemm-kernels at batch 4-16 with --quantize int8 (the kernels-only step, which int8 takes at every
+# batch above 1 since small_m_kernels_apply stopped excluding it): the pipeline's depth and K tile around the pins
+# (64-wide K tiles, 6 stages), the earlier pins (128-wide, 3 stages), int4's 128-row tiles, the K split's aim
+def _q8(plain: dict | None = None, rmsnorm: dict | None = None, swiglu: dict | None = None) -> dict:
+    return _gemm_quant("int8", plain, rmsnorm, swiglu)
+
+
+CONFIG_TRIALS_33 = {
+    "pinned": {},
+    "BK128 s3 (the earlier pins)": _q8(_gemm(64, 128, 3, per_sm=8), _gemm(64, 128, 3, per_sm=8),
+                                       _gemm(64, 128, 3, per_sm=4)),
+    "BK128 s4": _q8(_gemm(64, 128, 4, per_sm=8), _gemm(64, 128, 4, per_sm=8), _gemm(64, 128, 4, per_sm=4)),
+    "BK64 s5": _q8(_gemm(64, 64, 5, per_sm=8), _gemm(64, 64, 5, per_sm=8), _gemm(64, 64, 5, per_sm=4)),
+    "BK64 s7": _q8(_gemm(64, 64, 7, per_sm=8), _gemm(64, 64, 7, per_sm=8), _gemm(64, 64, 7, per_sm=4)),
+    "BK64 P12/12/6": _q8(_gemm(64, 64, 6, per_sm=12), _gemm(64, 64, 6, per_sm=12), _gemm(64, 64, 6, per_sm=6)),
+    "BK64 P6/6/3": _q8(_gemm(64, 64, 6, per_sm=6), _gemm(64, 64, 6, per_sm=6), _gemm(64, 64, 6, per_sm=3)),
+    "swiglu BK128 s3": _q8(swiglu=_gemm(64, 128, 3, per_sm=4)),
+    "int4's tiles, BK128 s4": _q8(_gemm(128, 128, 4, warps=8, per_sm=4), _gemm(128, 128, 4, warps=8, per_sm=4),
+                                  _gemm(128, 128, 4, warps=8, per_sm=2)),
+    "int4's tiles, BK64 s6": _q8(_gemm(128, 64, 6, warps=8, per_sm=4), _gemm(128, 64, 6, warps=8, per_sm=4),
+                                 _gemm(128, 64, 6, warps=8, per_sm=2)),
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -591,7 +616,7 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
-              31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32}
+              31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33}
 
 
 def trial_set(number: int) -> dict[str, dict]:
