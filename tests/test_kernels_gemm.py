@@ -374,14 +374,11 @@ calls = {k: gemm_calls.get(k, 0) + rows_calls.get(k, 0) for k in OPS}
 calls = {k: v for k, v in calls.items() if v}
 # the rows GEMV takes the block's quantized projections with the option, up to its rows (ROWS_MAX), else the GEMM
 rows_fit = quantized and rows_on and B <= gemv_rows.ROWS_MAX[WFMT_INT8 if sys.argv[2] == "int8" else WFMT_INT4]
-if quantized and sys.argv[2] == "int8" and not rows_fit:  # int8 layers keep the compiled step past the rows GEMV
-    assert not calls, calls
-else:
-    assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
-                     "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
-    block_rows = {k: v for k, v in rows_calls.items() if k != "small_m_rmsnorm_ss"}
-    assert bool(block_rows) == rows_fit, rows_calls
-    assert not block_rows or block_rows == {k: v for k, v in calls.items() if k != "small_m_rmsnorm_ss"}
+assert calls == {"small_m_qkv_rope": steps * cfg.n_layers, "small_m_residual_ss": 2 * steps * cfg.n_layers,
+                 "small_m_swiglu_ss": steps * cfg.n_layers, "small_m_rmsnorm_ss": steps}, calls
+block_rows = {k: v for k, v in rows_calls.items() if k != "small_m_rmsnorm_ss"}
+assert bool(block_rows) == rows_fit, rows_calls
+assert not block_rows or block_rows == {k: v for k, v in calls.items() if k != "small_m_rmsnorm_ss"}
 # the padded rows' pad positions are garbage on both paths; the real ones must agree
 real = torch.arange(T)[None, :] >= torch.tensor(PADS)[:, None]
 assert ref.abs().max() > 0.5
@@ -450,8 +447,7 @@ def test_kernels_only_decode_step_matches_torch_in_the_interpreter(cfg_name):
 @pytest.mark.parametrize("scheme", ["int4:g32", "int8"])
 def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(scheme, rows, batch):
     """Quantized layers take the kernels-only step, their projections on the rows GEMV (gemv_rows.py) up to its
-    rows (2); past them, or with ForwardOptions.gemv_rows off, int4 takes the GEMM and int8 keeps the other path
-    (and matches torch there)."""
+    rows (2); past them, or with ForwardOptions.gemv_rows off, the GEMM."""
     run_interpreted(STEP_MODEL_CHECK, "gqa", scheme, rows, batch)
 
 

@@ -145,7 +145,10 @@ def gemm_candidates(form: str) -> list[dict]:
     if wfmt == WFMT_DENSE:
         tiles = [(32, 256, 4, 3, 1), (64, 128, 4, 3, 2), (64, 64, 4, 4, 1), (128, 128, 8, 3, 1), (64, 128, 4, 3, 4)]
     else:
-        tiles = [(64, 128, 4, 3, 8), (64, 128, 4, 3, 4), (128, 128, 8, 3, 1), (64, 64, 4, 4, 1), (32, 128, 4, 3, 8)]
+        # the deep 64-wide K tiles: int8's 16-row pin on the H200, where the wgmma of a register operand is waited
+        # for in its own K iteration and only the stages ahead overlap it
+        tiles = [(64, 128, 4, 3, 8), (64, 128, 4, 3, 4), (128, 128, 8, 3, 1), (64, 64, 4, 4, 1), (32, 128, 4, 3, 8),
+                 (64, 64, 4, 6, 8)]
     if swiglu:  # two weight tiles a stage: fewer stages
         tiles = [(bn, bk, w, min(s, 3), p) for bn, bk, w, s, p in tiles]
     return [{"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": w, "num_stages": s, "PER_SM": p}
