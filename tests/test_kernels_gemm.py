@@ -454,8 +454,8 @@ def test_quantized_kernels_only_decode_step_matches_torch_in_the_interpreter(sch
 @needs_triton
 def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     """Transformer.small_m_kernels_apply: with the option, 2..16 rows of a fusable model (dense; int4 up to 64) whose
-    head dim the decode attention takes (int8 too, on the rows GEMV or the GEMM); not at batch 1, past the GEMM's
-    rows, with biases, under tensor parallelism, for a head dim of 48, without the option, or inside a
+    head dim the decode attention takes (int8 up to 16 rows, on the rows GEMV or the GEMM); not at batch 1, past
+    the GEMM's rows, with biases, under tensor parallelism, for a head dim of 48, without the option, or inside a
     torch.compile trace."""
     from dataclasses import replace
 
@@ -480,7 +480,8 @@ def test_kernels_only_step_applies_where_its_kernels_can_run(monkeypatch):
     assert not applies("gqa", 1) and not applies("gqa", 17)
     assert applies("gqa", 64, scheme="int4:g32") and not applies("gqa", 65, scheme="int4:g32")
     assert applies("gqa", 2, scheme="int8") and applies("gqa", 2, replace(opts, gemv_rows=False), "int8")
-    assert applies("gqa", 3, scheme="int8") and applies("gqa", 64, scheme="int8") and not applies("gqa", 65, scheme="int8")
+    assert applies("gqa", 3, scheme="int8") and applies("gqa", 16, scheme="int8")
+    assert not applies("gqa", 17, scheme="int8")  # past 16 rows int8 keeps the compiled step
     assert not applies("mlp-bias", 8) and not applies("head-dim-48", 8) and not applies("gqa", 8, tp=True)
     assert not applies("gqa", 8, replace(opts, small_m_kernels=False))
     assert not applies("gqa", 8, replace(opts, decode_attention=False))

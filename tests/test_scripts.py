@@ -872,11 +872,11 @@ def test_sass_probe_compares_the_kernels_only_steps_wqkv_with_the_compiled_steps
                      timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         lines[form] = r.stdout.strip()
-    assert "gemm/rmsnorm/int8 BLOCK_M 16, BLOCK_N 64, BLOCK_K 128" in lines["rmsnorm"], lines
-    # 12288 rows, split for an H200
-    assert "SPLIT_K 4 |" in lines["rmsnorm"] and "grid 192x4" in lines["rmsnorm"], lines
-    assert "gemm/step-qkv/int8 " in lines["step-qkv"] and "SPLIT_K 4, PDL 1 |" in lines["step-qkv"], lines
-    assert "grid 192x4" in lines["step-qkv"], lines
+    assert "gemm/rmsnorm/int8 BLOCK_M 16, BLOCK_N 64, BLOCK_K 64" in lines["rmsnorm"], lines
+    # 12288 rows in 192 tiles, 64 K tiles each split for an H200's 132 SMs at 8 programs an SM
+    assert "SPLIT_K 6 |" in lines["rmsnorm"] and "grid 192x6" in lines["rmsnorm"], lines
+    assert "gemm/step-qkv/int8 " in lines["step-qkv"] and "SPLIT_K 6, PDL 1 |" in lines["step-qkv"], lines
+    assert "grid 192x6" in lines["step-qkv"], lines
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
