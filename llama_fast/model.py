@@ -616,15 +616,13 @@ class Transformer(nn.Module):
         biases), int8 layers up to 16 rows, RoPE in the qkv GEMM's epilogue (tensor positions, the flip form), a
         head dim the decode attention takes, and not inside a torch.compile trace (the path launches its kernels
         directly)."""
-        from .kernels.gemm import GEMM_DENSE_MAX_ROWS
+        from .kernels.gemm import GEMM_INT8_STEP_MAX_ROWS
 
         opts = self.options
         a, f = self.layers[0].attention, self.layers[0].feed_forward
-        # int8 layers past 16 rows keep the compiled step: this one is measured for them at batch 3-16 only (1.003-
-        # 1.019x fp16 on an H200 at its 6-stage configs, docs/PERF.md), where it beat the compiled step
         int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
         return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2
-                and (not int8 or x.shape[0] <= GEMM_DENSE_MAX_ROWS)
+                and (not int8 or x.shape[0] <= GEMM_INT8_STEP_MAX_ROWS)
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))
 

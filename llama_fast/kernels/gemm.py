@@ -82,6 +82,9 @@ GEMM_MIN_ROWS, GEMM_MAX_ROWS = 2, 64  # batch 1 is the GEMV's (gemv.py); past 64
 # fp16 / bf16 weights take the GEMM up to 16 rows only: at 32 the step ran 0.965x cuBLAS's (H200, docs/PERF.md);
 # quantized weights take it up to GEMM_MAX_ROWS (the other way dequantizes the whole weight every call)
 GEMM_DENSE_MAX_ROWS = 16
+# int8 weights take the kernels-only decode step (model.Transformer.small_m_kernels_apply) up to 16 rows, where it
+# is measured for them (docs/PERF.md); past that, the compiled step
+GEMM_INT8_STEP_MAX_ROWS = 16
 
 PROLOGUE_NONE, PROLOGUE_RMSNORM, PROLOGUE_RMSNORM_SS = 0, 1, 2
 EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU, EPILOGUE_ROPE_CACHE = 0, 1, 2, 3
