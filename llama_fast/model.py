@@ -620,9 +620,9 @@ class Transformer(nn.Module):
 
         opts = self.options
         a, f = self.layers[0].attention, self.layers[0].feed_forward
-        int8 = any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2))  # quant.QuantLinear
         return (opts.small_m_kernels and opts.decode_attention and self.fusable and x.shape[0] >= 2
-                and (not int8 or x.shape[0] <= GEMM_INT8_STEP_MAX_ROWS)
+                and (x.shape[0] <= GEMM_INT8_STEP_MAX_ROWS  # else no int8 layer (quant.QuantLinear.bits)
+                     or not any(getattr(m, "bits", None) == 8 for m in (a.wqkv, a.wo, f.w13, f.w2)))
                 and opts.tensor_positions and not opts.rope_cat and attention_head_dim_ok(self.config.head_dim)
                 and not torch.compiler.is_compiling() and self.layers[0]._small_m_fusable(x, opts))
 

@@ -559,8 +559,8 @@ def _gemm_quant_set(fmt: str) -> dict:
     }
 
 
-# set 33, on fused-gemm-kernels at batch 4-16 with --quantize int8 (the kernels-only step, which int8 takes at every
-# batch above 1 since small_m_kernels_apply stopped excluding it): the pipeline's depth and K tile around the pins
+# set 33, on fused-gemm-kernels at batch 4-16 with --quantize int8 (the kernels-only step, which int8 takes at batch
+# 3-16 since small_m_kernels_apply stopped excluding it there): the pipeline's depth and K tile around the pins
 # (64-wide K tiles, 6 stages), the earlier pins (128-wide, 3 stages), int4's 128-row tiles, the K split's aim
 def _q8(plain: dict | None = None, rmsnorm: dict | None = None, swiglu: dict | None = None) -> dict:
     return _gemm_quant("int8", plain, rmsnorm, swiglu)

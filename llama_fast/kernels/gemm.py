@@ -107,10 +107,11 @@ GEMM_CONFIGS = {
 # Quantized weights: the same row buckets and forms with a weight tile of 1 byte (int8) or half a byte (int4) per
 # element in shared memory, so longer K tiles fit; the shared memory above is counted for int8 (the larger).
 # Per stage: BLOCK_N * BLOCK_K (x2 for SwiGLU) + BLOCK_M * BLOCK_K * 2 bytes. The 16-row entries (int8's: int4 has
-# its own below) come from the kernels-only step at batch 4 and 8 (scripts/perf_lab.py trial set 33, H200): on sm_90
-# the dequantized tile feeds a wgmma from registers that Triton waits for in the same K iteration, so the loads of
-# the next stages are all that overlaps it; 6 stages of 64-wide K tiles (and the deeper K split that shorter tiles
-# allow) ran the batch-8 step in 5.094 ms against 5.946 at 3 stages of 128. The 32- and 64-row ones are untimed.
+# its own below) come from the kernels-only step at batch 4 and 8, then scripts/perf_lab.py trial set 33 at batch 8
+# and 16 (H200, docs/PERF.md): on sm_90 the dequantized tile feeds a wgmma from registers that Triton waits for in
+# the same K iteration, so the loads of the next stages are all that overlaps it; 6 stages of 64-wide K tiles (and
+# the deeper K split that shorter tiles allow) ran the batch-8 step in 5.094 ms against 5.946 at 3 stages of 128.
+# The 32- and 64-row ones are untimed.
 GEMM_QUANT_CONFIGS = {
     (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 6, "PER_SM": 8},    # 36 KB
     (16, "rmsnorm"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 6, "PER_SM": 8},  # 36 KB
