@@ -5,6 +5,7 @@ wall time, each decode GEMV's time and bandwidth in place, and the idle gap afte
 
   python scripts/profile_decode.py --variants gemv,fused-gemv-early --log-file profile.log
   python scripts/profile_decode.py --variants fused-gemv-early,fused-gemm --batch 2   (cuBLAS against the small-M GEMM)
+  python scripts/profile_decode.py --model random:llama3-8b --dtype bf16 --variants fused-gemm-kernels --batch 8
   torchrun --nproc-per-node 2 scripts/profile_decode.py --tp 2 --variants fused-gemm   (rank 0's kernels, its
       shard's GEMVs, the all-reduce kernels among them; every rank profiles, rank 0 prints)
 Variant keys as in perf_lab.py (harness.VARIANTS keys, or specs such as fused-gemv-early~pdl_gemv_early).
@@ -27,6 +28,7 @@ from llama_fast.loading import load_weights, parse_dtype
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="profile_decode.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="random:llama-7b")
+    ap.add_argument("--dtype", default="fp16", help="the model's dtype: fp16 or bf16 (Llama-3's)")
     ap.add_argument("--variants", default="gemv,fused",
                     help="comma-separated variant keys or specs (base+flag, base~flag, base@chunk)")
     ap.add_argument("--batch", type=int, default=1, help="rows per step (batch > 1: the small-M GEMM or cuBLAS)")
@@ -68,6 +70,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if baselines:
         ap.error(f"--variants: {', '.join(baselines)}: transformers baselines are not profiled here")
     check_quantize(ap, args)
+    try:
+        args.dtype = parse_dtype(args.dtype)
+    except ValueError as e:
+        ap.error(f"--dtype: {e}")
     if not torch.cuda.is_available():
         ap.error("no CUDA GPU here: the profile reads the kernels' CUDA activity")
     return args
@@ -81,11 +87,11 @@ def main(argv=None):
     if args.tp > 1:  # each rank loads only its shard; the group comes from torchrun's environment
         from llama_fast.api import load_model
 
-        fast = load_model(args.model, "auto", "fp16", quantize=args.quantize, tp=args.tp)
+        fast = load_model(args.model, "auto", args.dtype, quantize=args.quantize, tp=args.tp)
         cfg = fast.model.config  # this rank's shard: its GEMVs' shapes
         rank = torch.distributed.get_rank()
     else:
-        cfg, model, tok = load_weights(args.model, torch.device("cuda"), parse_dtype("fp16"),
+        cfg, model, tok = load_weights(args.model, torch.device("cuda"), args.dtype,
                                        quantize=args.quantize)
         fast = LlamaFast(model, tok, args.model)
         rank = 0

@@ -367,6 +367,7 @@ def test_torchrun_hands_every_option_to_the_script(tool, script):
                                          (["--batch", "0"], "--batch must be at least 1"),
                                          (["--variants", "int8"], "int8: every variant runs the one model"),
                                          (["--quantize", "int3"], "--quantize: "),
+                                         (["--dtype", "fp8"], "--dtype: unknown dtype 'fp8'"),
                                          (["--tp", "0"], "--tp must be at least 1"),
                                          (["--tp", "2"], "--tp 2 runs under torchrun with 2 processes")])
 def test_profile_decode_arguments(tool, capsys, monkeypatch, bad, message):
