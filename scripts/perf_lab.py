@@ -584,6 +584,46 @@ CONFIG_TRIALS_33 = {
 }
 
 
+# set 34, on fused-gemm-kernels at batch 8 with --model random:llama3-8b --dtype bf16: the small-M GEMM per
+# projection at Llama-3-8B's shapes ("form|n|K": wqkv 6144 x 4096, w13 14336 x 4096, wo 4096 x 4096, w2 4096 x
+# 14336, the head 128256 x 4096), whose output tiles fill a wave of 132 SMs unevenly at the Llama-7B pins (wqkv 192
+# programs, w13 224), and the GQA attention's chunk and warps
+_L3_QKV, _L3_W13, _L3_WO, _L3_W2, _L3_HEAD = ("gemm16_rmsnorm|6144|4096", "gemm16_swiglu|14336|4096",
+                                              "gemm16_plain|4096|4096", "gemm16_plain|4096|14336",
+                                              "gemm16_rmsnorm|128256|4096")
+CONFIG_TRIALS_34 = {
+    "pinned": {},
+    "qkv P3": {_L3_QKV: _gemm(32, 256, 3, per_sm=3)},
+    "qkv BN64 BK128 s4 P2": {_L3_QKV: _gemm(64, 128, 4, per_sm=2)},
+    "w13 P4": {_L3_W13: _gemm(64, 64, 4, per_sm=4)},
+    "w13 BN32 BK128 s3": {_L3_W13: _gemm(32, 128, 3)},
+    "w13 BK64 s5": {_L3_W13: _gemm(64, 64, 5)},
+    "wo P2": {_L3_WO: _gemm(64, 128, 4, per_sm=2)},
+    "w2 P2": {_L3_W2: _gemm(64, 128, 4, per_sm=2)},
+    "w2 BK64 s6": {_L3_W2: _gemm(64, 64, 6)},
+    "head BN64 BK128 s4": {_L3_HEAD: _gemm(64, 128, 4)},
+    "head BN128 BK128 s3 w8": {_L3_HEAD: _gemm(128, 128, 3, warps=8)},
+    "attention 128/4": _attn(128, 4),
+    "attention 64/4": _attn(64, 4),
+    "attention 32/2": _attn(32, 2),
+    "pinned again": {},
+}
+# set 35, on fused-gemm-kernels at batch 8 / 16 with Llama-7B fp16: deeper pipelines of shorter K tiles (what
+# made int8 match fp16, set 33) and w13's 172 output tiles (a wave and a third of 132 SMs) split over K
+CONFIG_TRIALS_35 = {
+    "pinned": {},
+    "plain BK64 s6": {"gemm16_plain": _gemm(64, 64, 6)},
+    "plain BK64 s6 P2": {"gemm16_plain": _gemm(64, 64, 6, per_sm=2)},
+    "rmsnorm BK128 s5": {"gemm16_rmsnorm": _gemm(32, 128, 5)},
+    "swiglu s5": {"gemm16_swiglu": _gemm(64, 64, 5)},
+    "swiglu P2": {"gemm16_swiglu": _gemm(64, 64, 4, per_sm=2)},
+    "swiglu P4": {"gemm16_swiglu": _gemm(64, 64, 4, per_sm=4)},
+    "all BK64 s5-6": {"gemm16_plain": _gemm(64, 64, 6), "gemm16_rmsnorm": _gemm(32, 128, 5),
+                      "gemm16_swiglu": _gemm(64, 64, 5)},
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -616,7 +656,8 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               18: CONFIG_TRIALS_18, 21: CONFIG_TRIALS_21,
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
-              31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33}
+              31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
+              34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35}
 
 
 def trial_set(number: int) -> dict[str, dict]:
