@@ -8,7 +8,8 @@ real step); no PDL (nothing before them to overlap with).
   python scripts/attn_bench.py --form split --batch 8
     (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, is the "pinned" row)
   python scripts/attn_bench.py --form split --batch 8 --shape llama3-8b
-    (a GQA shape: also the tensor-core GQA kernel's configs, the "gqa-dot" rows)
+    (a GQA shape: also the tensor-core GQA kernel's configs, the "gqa-dot" rows; "pinned" is that kernel's eager
+    config, ATTN_GQA_EAGER_CONFIG, where it is on)
   python scripts/attn_bench.py --device cpu --shape tiny --cache 80 --attended 70 --layers 2 --reps 1
     (Triton's interpreter on the CPU: checks that every config builds and matches SDPA, times nothing useful)
 """
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
     from llama_fast.kernels import decode_attention, decode_attention_one_launch
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG, ATTN_GQA_DOT
+    from llama_fast.kernels.configs import (ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG, ATTN_GQA_DOT,
+                                            ATTN_GQA_EAGER_CONFIG)
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
@@ -80,8 +82,11 @@ def main(argv=None) -> int:
     ref = F.scaled_dot_product_attention(q.float(), k0.float(), v0.float(), attn_mask=mask[:, None, None, :],
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
-    if args.form == "split":  # timed eager, so the "pinned" row asks for the compiled step's config explicitly
-        pinned = {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS, "GQA_DOT": int(ATTN_GQA_DOT)}
+    if args.form == "split":  # the batched step's config, asked for explicitly: the GQA kernel's eager one, else
+        # the compiled block's
+        batched = ATTN_GQA_EAGER_CONFIG if H != Hkv and ATTN_GQA_DOT else {"CHUNK": ATTN_CHUNK,
+                                                                          "num_warps": ATTN_COMPILED_WARPS}
+        pinned = {**batched, "GQA_DOT": int(ATTN_GQA_DOT)}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)

@@ -624,6 +624,17 @@ CONFIG_TRIALS_35 = {
 }
 
 
+# set 36, on fused-gemm-kernels at batch 2 / 16 with --model random:llama3-8b --dtype bf16, after set 34's two
+# changes (the RMSNorm form's PER_SM 3, the GQA attention's eager 128 / 4): each taken back, and both
+CONFIG_TRIALS_36 = {
+    "pinned": {},
+    "qkv P1 (the earlier pin)": {_L3_QKV: _gemm(32, 256, 3)},
+    "attention 64/2 (the compiled config)": _attn(64, 2),
+    "both earlier": {_L3_QKV: _gemm(32, 256, 3), **_attn(64, 2)},
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -657,7 +668,7 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
-              34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35}
+              34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36}
 
 
 def trial_set(number: int) -> dict[str, dict]:

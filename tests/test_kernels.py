@@ -585,6 +585,26 @@ def test_pinned_configs_and_the_override_hook(monkeypatch):
     from llama_fast.kernels.attention import _attn_config
 
     assert _attn_config(1200, 128, 32, 32) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
+    assert _attn_config(1200, 128, 32, 8, B=8) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
+
+
+def test_batched_attention_configs(monkeypatch):
+    """Batches above 1 launched eagerly (the kernels-only step): the tensor-core GQA form takes its own config
+    (ATTN_GQA_EAGER_CONFIG), a multi-head model and the per-query-head GQA form torch.compile's (ATTN_CHUNK,
+    ATTN_COMPILED_WARPS); a trial's override wins over both."""
+    from llama_fast.kernels import configs
+    from llama_fast.kernels.attention import _attn_config
+
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", None)
+    gqa = (configs.ATTN_GQA_EAGER_CONFIG["CHUNK"], configs.ATTN_GQA_EAGER_CONFIG["num_warps"])
+    compiled = (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
+    assert gqa != compiled
+    assert _attn_config(1200, 128, 32, 8, B=8) == gqa
+    assert _attn_config(1200, 128, 32, 32, B=8) == compiled
+    monkeypatch.setattr(configs, "ATTN_GQA_DOT", False)
+    assert _attn_config(1200, 128, 32, 8, B=8) == compiled
+    monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: {"CHUNK": 32, "num_warps": 8})
+    assert _attn_config(1200, 128, 32, 8, B=8) == (32, 8)
 
 
 @pytest.mark.parametrize("arch", [86, 90])

@@ -523,6 +523,12 @@ def test_launch_policy():
     assert gm.choose_split_k(64, 4096, 128, 132) == 2 and gm.choose_split_k(64, 11008, 128, 132) == 2
     assert gm.choose_split_k(192, 4096, 128, 132) == gm.choose_split_k(500, 4096, 128, 132) == 1
     assert gm.choose_split_k(64, 4096, 128, 80) == 1
+    # the RMSNorm form's 32-wide tiles at PER_SM 3 on 132 SMs: Llama-3-8B's wqkv (6144 rows) splits in two,
+    # Llama-7B's wqkv (12288) and both heads not at all
+    per_sm = gm.GEMM_CONFIGS[(16, "rmsnorm")]["PER_SM"]
+    bn, bk = gm.GEMM_CONFIGS[(16, "rmsnorm")]["BLOCK_N"], gm.GEMM_CONFIGS[(16, "rmsnorm")]["BLOCK_K"]
+    assert gm.choose_split_k(6144 // bn, 4096, bk, 132 * per_sm) == 2
+    assert all(gm.choose_split_k(n // bn, 4096, bk, 132 * per_sm) == 1 for n in (12288, 32000, 128256))
     # few tiles: as many splits as keep MIN_SPLIT_K_TILES K tiles each, and no empty split
     assert gm.choose_split_k(1, 4096, 128, 132) == 4096 // 128 // gm.MIN_SPLIT_K_TILES
     assert gm.choose_split_k(2, 512, 128, 132) == 1

@@ -179,7 +179,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
     assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26,
-                                           29, 30, 31, 32, 33, 34, 35]
+                                           29, 30, 31, 32, 33, 34, 35, 36]
     # the rows GEMV's own configs of a quantized form (sets 31, 32: kernels.configs.rows_config)
     forms |= {f"rows_{f}_{q}" for f in dense for q in ("int8", "int4")}
     for number in perf_lab.TRIAL_SETS:
@@ -667,15 +667,16 @@ def test_attn_bench_in_the_interpreter(interpreter):
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 and max(errs) < 1e-2, r.stdout
     assert r.stdout.splitlines()[0].startswith("pinned chunk 128/4")
-    # the two-kernel form of batches above 1, three rows of a GQA shape; its pinned row is the compiled config
-    from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
+    # the two-kernel form of batches above 1, three rows of a GQA shape; its pinned row is the tensor-core GQA
+    # kernel's eager config (the kernels-only step's)
+    from llama_fast.kernels.configs import ATTN_GQA_EAGER_CONFIG as GQA
 
     r = run_tool("attn_bench", "--device", "cpu", "--shape", "tiny", "--form", "split", "--batch", "3", "--cache",
                  "80", "--attended", "70", "--layers", "2", "--reps", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
     assert "FAILED" not in r.stdout and len(errs) == 13 + 9 and max(errs) < 1e-2, r.stdout  # + the gqa-dot rows
-    assert r.stdout.splitlines()[0].startswith(f"pinned chunk {ATTN_CHUNK}/{ATTN_COMPILED_WARPS}")
+    assert r.stdout.splitlines()[0].startswith(f"pinned chunk {GQA['CHUNK']}/{GQA['num_warps']}")
     assert len([line for line in r.stdout.splitlines() if line.startswith("gqa-dot chunk ")]) == 9, r.stdout
 
 

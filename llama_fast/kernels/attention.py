@@ -166,11 +166,16 @@ def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int
     """(slots per program, warps): an eager launch's overridden config (configs.CONFIG_OVERRIDE: scripts/attn_bench.py's
     trials), else at batch 1 its pinned one, else torch.compile's, which batches above 1 take eagerly as well (the
     pin and the tuning are the batch-1 step's; at Llama-7B batch 8 the compiled 64 / 2 was the fastest of
-    attn_bench.py's grid, docs/PERF.md). A tuned config is timed at this launch's heads (configs.attention_form)."""
+    attn_bench.py's grid, docs/PERF.md), except the tensor-core GQA form's eager launch (ATTN_GQA_EAGER_CONFIG).
+    A tuned config is timed at this launch's heads (configs.attention_form)."""
     if B == 1:
         cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
+    elif torch.compiler.is_compiling():
+        cfg = None
     else:
-        cfg = None if torch.compiler.is_compiling() else configs.overridden("attention", S, D)
+        cfg = configs.overridden("attention", S, D)
+        if cfg is None and Hkv < H and _gqa_dot(S, D, H, Hkv):
+            cfg = configs.ATTN_GQA_EAGER_CONFIG
     return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
 
 

@@ -108,6 +108,10 @@ ATTN_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # 1296.6-1302.3 against 1187.1-1192.3 tok/s, batch 2 395.7 against 389.0 (docs/PERF.md). The "attention"
 # config's GQA_DOT key overrides it for one launch.
 ATTN_GQA_DOT = True
+# That form's eager launch at batches above 1 (the kernels-only step, model.Transformer.small_m_kernels_apply):
+# 128-slot tiles at 4 warps. Llama-3-8B bf16 batch 8 (H200): the step 4.793 against 4.864 / 4.854 ms at the
+# compiled 64 / 2 (scripts/perf_lab.py trial set 34; 64 / 4 4.834, 32 / 2 4.873), alone 18.1 against 19.4 us.
+ATTN_GQA_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas

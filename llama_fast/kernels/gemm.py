@@ -96,8 +96,11 @@ EPILOGUE_NONE, EPILOGUE_RESIDUAL, EPILOGUE_SWIGLU, EPILOGUE_ROPE_CACHE = 0, 1, 2
 # 64-row ones, which only quantized weights reach (GEMM_DENSE_MAX_ROWS), are not.
 GEMM_CONFIGS = {
     (16, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 4},    # 80 KB
-    # the RMSNorm prologue at the plain table's tile ran Llama-7B's wqkv at 2 rows in 37.9 us, this one in 28.0
-    (16, "rmsnorm"): {"BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3},  # 72 KB
+    # the RMSNorm prologue at the plain table's tile ran Llama-7B's wqkv at 2 rows in 37.9 us, this one in 28.0.
+    # PER_SM 3 splits K only where the output tiles are fewer than about 3 an SM: Llama-3-8B's wqkv (6144 rows,
+    # 192 tiles: 384 programs instead of 192 on 132 SMs), its batch-8 step 4.790 against 4.864 / 4.854 ms
+    # (scripts/perf_lab.py trial set 34, H200); Llama-7B's wqkv (384 tiles) and heads keep one split
+    (16, "rmsnorm"): {"BLOCK_N": 32, "BLOCK_K": 256, "num_warps": 4, "num_stages": 3, "PER_SM": 3},  # 72 KB
     (16, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},   # 72 KB
     (32, "gemm"): {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},    # 72 KB
     (32, "swiglu"): {"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},   # 60 KB
