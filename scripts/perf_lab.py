@@ -625,12 +625,15 @@ CONFIG_TRIALS_35 = {
 
 
 # set 36, on fused-gemm-kernels at batch 2 / 16 with --model random:llama3-8b --dtype bf16, after set 34's two
-# changes (the RMSNorm form's PER_SM 3, the GQA attention's eager 128 / 4): each taken back, and both
+# changes (the RMSNorm form's PER_SM 3, the GQA attention's eager 128 / 4): each taken back, both, and longer
+# attention tiles over more warps
 CONFIG_TRIALS_36 = {
     "pinned": {},
     "qkv P1 (the earlier pin)": {_L3_QKV: _gemm(32, 256, 3)},
     "attention 64/2 (the compiled config)": _attn(64, 2),
     "both earlier": {_L3_QKV: _gemm(32, 256, 3), **_attn(64, 2)},
+    "attention 128/8": _attn(128, 8),
+    "attention 256/8": _attn(256, 8),
     "pinned again": {},
 }
 
