@@ -638,6 +638,18 @@ CONFIG_TRIALS_36 = {
 }
 
 
+# set 37, on fused-gemm-kernels at batch 8 with --model random:llama3-8b --dtype bf16, after set 34: wqkv's K split
+# deeper on 128-wide K tiles, w13 at 128-wide output tiles over 8 warps, the head one stage deeper
+CONFIG_TRIALS_37 = {
+    "pinned": {},
+    "qkv BK128 s4 P3": {_L3_QKV: _gemm(32, 128, 4, per_sm=3)},
+    "qkv BK128 s4 P4": {_L3_QKV: _gemm(32, 128, 4, per_sm=4)},
+    "w13 BN128 BK64 w8 s2": {_L3_W13: _gemm(128, 64, 2, warps=8)},
+    "head s4": {_L3_HEAD: _gemm(32, 256, 4)},
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -671,7 +683,8 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               22: CONFIG_TRIALS_22, 23: CONFIG_TRIALS_23, 24: CONFIG_TRIALS_24,
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
-              34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36}
+              34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36,
+              37: CONFIG_TRIALS_37}
 
 
 def trial_set(number: int) -> dict[str, dict]:
