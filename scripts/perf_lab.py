@@ -650,6 +650,18 @@ CONFIG_TRIALS_37 = {
 }
 
 
+# set 38, on fused-gemm-kernels at batch 8 with Llama-7B fp16: the multi-head attention's eager launch in the step
+# at the tiles that won for the GQA kernel (set 34), against the compiled 64 / 2 it takes (alone, scripts/
+# attn_bench.py, 64 / 2 was the fastest at batch 8)
+CONFIG_TRIALS_38 = {
+    "pinned": {},
+    "attention 128/4": _attn(128, 4),
+    "attention 64/4": _attn(64, 4),
+    "attention 32/2": _attn(32, 2),
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -684,7 +696,7 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
               34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36,
-              37: CONFIG_TRIALS_37}
+              37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38}
 
 
 def trial_set(number: int) -> dict[str, dict]:
