@@ -64,8 +64,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     dev = kernel_device(args.device)
     from llama_fast.kernels import decode_attention, decode_attention_one_launch
-    from llama_fast.kernels.configs import (ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_EAGER_CONFIG, ATTN_GQA_DOT,
-                                            ATTN_GQA_EAGER_CONFIG)
+    from llama_fast.kernels.attention import batched_eager_config
+    from llama_fast.kernels.configs import ATTN_EAGER_CONFIG, ATTN_GQA_DOT
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
@@ -82,11 +82,9 @@ def main(argv=None) -> int:
     ref = F.scaled_dot_product_attention(q.float(), k0.float(), v0.float(), attn_mask=mask[:, None, None, :],
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
-    if args.form == "split":  # the batched step's config, asked for explicitly: the GQA kernel's eager one, else
-        # the compiled block's
-        batched = ATTN_GQA_EAGER_CONFIG if H != Hkv and ATTN_GQA_DOT else {"CHUNK": ATTN_CHUNK,
-                                                                          "num_warps": ATTN_COMPILED_WARPS}
-        pinned = {**batched, "GQA_DOT": int(ATTN_GQA_DOT)}
+    if args.form == "split":  # the batched step's config, asked for explicitly (at batch 1 too)
+        chunk, warps = batched_eager_config(S, D, H, Hkv)
+        pinned = {"CHUNK": chunk, "num_warps": warps, "GQA_DOT": int(ATTN_GQA_DOT)}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)

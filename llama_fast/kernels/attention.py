@@ -170,13 +170,19 @@ def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int
     A tuned config is timed at this launch's heads (configs.attention_form)."""
     if B == 1:
         cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
-    elif torch.compiler.is_compiling():
-        cfg = None
-    else:
-        cfg = configs.overridden("attention", S, D)
-        if cfg is None and Hkv < H and _gqa_dot(S, D, H, Hkv):
-            cfg = configs.ATTN_GQA_EAGER_CONFIG
-    return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
+        return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
+    if torch.compiler.is_compiling():
+        return ATTN_CHUNK, ATTN_COMPILED_WARPS
+    cfg = configs.overridden("attention", S, D)
+    return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else batched_eager_config(S, D, H, Hkv)
+
+
+def batched_eager_config(S: int, D: int, H: int, Hkv: int) -> tuple[int, int]:
+    """(slots per program, warps) of an eager launch above batch 1 without an override: the tensor-core GQA form's
+    own (configs.ATTN_GQA_EAGER_CONFIG), else torch.compile's. Also scripts/attn_bench.py's "pinned" split row."""
+    if Hkv < H and _gqa_dot(S, D, H, Hkv):
+        return configs.ATTN_GQA_EAGER_CONFIG["CHUNK"], configs.ATTN_GQA_EAGER_CONFIG["num_warps"]
+    return ATTN_CHUNK, ATTN_COMPILED_WARPS
 
 
 def _attn_pdl(q: torch.Tensor, pdl: int) -> int:
