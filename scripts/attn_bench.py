@@ -8,8 +8,8 @@ real step); no PDL (nothing before them to overlap with).
   python scripts/attn_bench.py --form split --batch 8
     (the batch-8 step's attention: its compiled config, ATTN_CHUNK / ATTN_COMPILED_WARPS, is the "pinned" row)
   python scripts/attn_bench.py --form split --batch 8 --shape llama3-8b
-    (a GQA shape: also the tensor-core GQA kernel's configs, the "gqa-dot" rows; "pinned" is that kernel's eager
-    config, ATTN_GQA_EAGER_CONFIG, where it is on)
+    (a GQA shape: also the tensor-core GQA kernel's configs, the "gqa-dot" rows, and its span form's, the
+    "gqa-span" rows; "pinned" is that kernel's eager config, ATTN_GQA_EAGER_CONFIG, where it is on)
   python scripts/attn_bench.py --device cpu --shape tiny --cache 80 --attended 70 --layers 2 --reps 1
     (Triton's interpreter on the CPU: checks that every config builds and matches SDPA, times nothing useful)
 """
@@ -49,6 +49,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# the span form of the tensor-core GQA kernel (attention.span_config): tile slots, warps, programs an SM, stages
+SPAN_GRID = [(64, 4, w, s) for w in (1, 2, 3, 4) for s in (2, 3)] + [(32, 4, 2, 3), (32, 2, 3, 3), (64, 2, 3, 2),
+                                                                       (64, 8, 2, 2), (128, 4, 2, 2), (128, 8, 1, 2)]
+
+
 def configs_to_time(gqa_dot: bool = False) -> list[tuple[str, dict | None]]:
     """(name, attention config or None for the pinned one): the pinned config first, then chunk x warps; with
     gqa_dot (the split form of a GQA shape) also the tensor-core GQA kernel's (GQA_DOT) chunk x warps."""
@@ -57,6 +62,9 @@ def configs_to_time(gqa_dot: bool = False) -> list[tuple[str, dict | None]]:
         rows.append((f"chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps}))
     for chunk, warps in itertools.product((32, 64, 128), (2, 4, 8)) if gqa_dot else ():
         rows.append((f"gqa-dot chunk {chunk}/{warps}", {"CHUNK": chunk, "num_warps": warps, "GQA_DOT": 1}))
+    for chunk, warps, waves, stages in SPAN_GRID if gqa_dot else ():
+        rows.append((f"gqa-span tile {chunk}/{warps} waves {waves} stages {stages}",
+                     {"CHUNK": chunk, "num_warps": warps, "GQA_DOT": 1, "WAVES": waves, "STAGES": stages}))
     return rows
 
 
@@ -83,8 +91,7 @@ def main(argv=None) -> int:
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
     if args.form == "split":  # the batched step's config, asked for explicitly (at batch 1 too)
-        chunk, warps = batched_eager_config(S, D, H, Hkv)
-        pinned = {"CHUNK": chunk, "num_warps": warps, "GQA_DOT": int(ATTN_GQA_DOT)}
+        pinned = {**batched_eager_config(S, D, H, Hkv), "GQA_DOT": int(ATTN_GQA_DOT)}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)

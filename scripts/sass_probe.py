@@ -42,7 +42,7 @@ REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per w
 SHARED_KB_PER_SM = {80: 164, 86: 100, 87: 164, 89: 100, 90: 228, 100: 228, 120: 100}
 SHARED_RESERVED = 1024  # bytes the hardware keeps per program (sm_80 and later)
 CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PERSIST", "maxnreg")  # --config keys
-SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT")  # what --config may set for --kernel attention-split
+SPLIT_CONFIG_KEYS = ("CHUNK", "num_warps", "GQA_DOT", "WAVES", "STAGES")  # --kernel attention-split
 GEMM_CONFIG_KEYS = ("BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "PER_SM", "maxnreg")  # for --kernel gemm
 GEMM_FORMS = ("plain", "rmsnorm", "step-qkv")  # --gemm-form
 

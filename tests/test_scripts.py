@@ -179,7 +179,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
     assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26,
-                                           29, 30, 31, 32, 33, 34, 35, 36, 37, 38]
+                                           29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]
     # the rows GEMV's own configs of a quantized form (sets 31, 32: kernels.configs.rows_config)
     forms |= {f"rows_{f}_{q}" for f in dense for q in ("int8", "int4")}
     for number in perf_lab.TRIAL_SETS:
@@ -192,7 +192,8 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
                 form, *shape = key.replace("@", "|").split("|")
                 assert form in forms and len(shape) in (0, 1, 2) and all(d.isdigit() for d in shape), key
                 if form == "attention":
-                    assert set(config) == {"CHUNK", "num_warps"}, (number, name)
+                    # WAVES and STAGES: the GQA attention's span form (attention.span_config)
+                    assert set(config) in ({"CHUNK", "num_warps"}, {"CHUNK", "num_warps", "WAVES", "STAGES"}), name
                 else:
                     if form in gemm:
                         assert set(config) == tile | {"PER_SM"}, (number, name)
@@ -660,7 +661,7 @@ def test_fused_bench_persistent_forms_and_dequant_in_the_interpreter(interpreter
 
 
 @pytest.mark.slow
-def test_attn_bench_in_the_interpreter(interpreter):
+def test_attn_bench_in_the_interpreter(interpreter, tool):
     r = run_tool("attn_bench", "--device", "cpu", "--shape", "tiny", "--cache", "80", "--attended", "70",
                  "--layers", "2", "--reps", "1")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -675,9 +676,11 @@ def test_attn_bench_in_the_interpreter(interpreter):
                  "80", "--attended", "70", "--layers", "2", "--reps", "1")
     assert r.returncode == 0, r.stderr[-3000:]
     errs = [float(line.split()[-1]) for line in r.stdout.splitlines() if "max err" in line]
-    assert "FAILED" not in r.stdout and len(errs) == 13 + 9 and max(errs) < 1e-2, r.stdout  # + the gqa-dot rows
+    span = len(tool("attn_bench").SPAN_GRID)
+    assert "FAILED" not in r.stdout and len(errs) == 13 + 9 + span and max(errs) < 1e-2, r.stdout  # + GQA rows
     assert r.stdout.splitlines()[0].startswith(f"pinned chunk {GQA['CHUNK']}/{GQA['num_warps']}")
     assert len([line for line in r.stdout.splitlines() if line.startswith("gqa-dot chunk ")]) == 9, r.stdout
+    assert len([line for line in r.stdout.splitlines() if line.startswith("gqa-span tile ")]) == span, r.stdout
 
 
 # ------------------------------------------------------------------------------------------- pick_bench

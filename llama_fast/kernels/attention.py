@@ -18,6 +18,7 @@ from torch.library import triton_op, wrap_triton
 
 from . import configs
 from .configs import ATTN_CHUNK, ATTN_COMPILED_WARPS, ATTN_PDL_MAXNREG, attention_form, pinned_config
+from .gemm import sm_count
 from .pdl import PDL_OFF, PDL_TRIGGER_EARLY, gdc_launch_dependents, gdc_wait, launch_kwargs, use_pdl
 
 
@@ -149,6 +150,61 @@ def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, a
 
 
 @triton.jit
+def _gqa_online(q, ok, k, v, m_i, l_i, acc, scale, PRECISION: tl.constexpr):
+    """One (CHUNK, D) tile of K and V into the running softmax of the query heads q (QP, D): the max m_i and sum
+    l_i (QP,) and the unnormalized output acc (QP, D), all fp32; slots not ok weigh nothing."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (QP, CHUNK) fp32
+    s = tl.where(ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)  # 0 while m_i is -inf
+    p = tl.exp(s - m_safe[:, None])
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+    return m_new, l_i * alpha + tl.sum(p, axis=1), acc
+
+
+@triton.jit
+def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, SPAN, D: tl.constexpr,
+                                 CHUNK: tl.constexpr, QP: tl.constexpr, USE_PDL: tl.constexpr,
+                                 NEWEST_AFTER_WAIT: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
+    """_decode_attn_split_gqa_kernel over a span of SPAN slots (a multiple of CHUNK) a program instead of one
+    chunk: an online softmax over the span's CHUNK-slot tiles in a pipelined loop (STAGES), so a batch's
+    programs are about a wave whatever the cache length (span_splits) and the combine reads fewer partials.
+    The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after."""
+    bk = tl.program_id(0)
+    j = tl.program_id(1)
+    Hkv = H // G
+    b = bk // Hkv
+    hk = bk % Hkv
+    rd = tl.arange(0, D)
+    rg = tl.arange(0, QP)
+    lo = j * SPAN
+    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, lo // CHUNK, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
+                         NEWEST_AFTER_WAIT)  # (CHUNK,), (CHUNK, D) x 2
+    h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
+    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
+    m_i, l_i, acc = _gqa_online(q, ok, k, v, tl.full((QP,), float("-inf"), tl.float32),
+                                tl.zeros((QP,), tl.float32), tl.zeros((QP, D), tl.float32), scale, PRECISION)
+    end = tl.minimum(lo + SPAN, S)
+    kv = b * sk_b + hk * sk_h
+    for t0 in tl.range(lo + CHUNK, end, CHUNK, num_stages=STAGES):  # loaded after the wait: nothing stale
+        rs = t0 + tl.arange(0, CHUNK)
+        ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < end, other=0) != 0
+        off = kv + rs[:, None] * sk_s + rd[None, :]
+        k = tl.load(k_ptr + off, mask=ok[:, None], other=0.0)  # masked slots are never read
+        v = tl.load(v_ptr + off, mask=ok[:, None], other=0.0)
+        m_i, l_i, acc = _gqa_online(q, ok, k, v, m_i, l_i, acc, scale, PRECISION)
+    if USE_PDL != 0:
+        gdc_launch_dependents()
+    out = (b * H + h) * NSPLIT + j
+    real = rg < G
+    tl.store(m_ptr + out, m_i, mask=real)
+    tl.store(l_ptr + out, l_i, mask=real)
+    tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
+
+
+@triton.jit
 def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
                                    scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT,
                                    D: tl.constexpr, CHUNK: tl.constexpr, SPLITS: tl.constexpr,
@@ -167,22 +223,41 @@ def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int
     trials), else at batch 1 its pinned one, else torch.compile's, which batches above 1 take eagerly as well (the
     pin and the tuning are the batch-1 step's; at Llama-7B batch 8 the compiled 64 / 2 was the fastest of
     attn_bench.py's grid, docs/PERF.md), except the tensor-core GQA form's eager launch (ATTN_GQA_EAGER_CONFIG).
-    A tuned config is timed at this launch's heads (configs.attention_form)."""
+    A tuned config is timed at this launch's heads (configs.attention_form). With a span config (span_config),
+    the slots per program are the span's tile."""
     if B == 1:
         cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
         return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
     if torch.compiler.is_compiling():
         return ATTN_CHUNK, ATTN_COMPILED_WARPS
-    cfg = configs.overridden("attention", S, D)
-    return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else batched_eager_config(S, D, H, Hkv)
+    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv)
+    return cfg["CHUNK"], cfg["num_warps"]
 
 
-def batched_eager_config(S: int, D: int, H: int, Hkv: int) -> tuple[int, int]:
-    """(slots per program, warps) of an eager launch above batch 1 without an override: the tensor-core GQA form's
-    own (configs.ATTN_GQA_EAGER_CONFIG), else torch.compile's. Also scripts/attn_bench.py's "pinned" split row."""
+def batched_eager_config(S: int, D: int, H: int, Hkv: int) -> dict:
+    """The config of an eager launch above batch 1 without an override: the tensor-core GQA form's own
+    (configs.ATTN_GQA_EAGER_CONFIG), else torch.compile's. Also scripts/attn_bench.py's "pinned" split row."""
     if Hkv < H and _gqa_dot(S, D, H, Hkv):
-        return configs.ATTN_GQA_EAGER_CONFIG["CHUNK"], configs.ATTN_GQA_EAGER_CONFIG["num_warps"]
-    return ATTN_CHUNK, ATTN_COMPILED_WARPS
+        return dict(configs.ATTN_GQA_EAGER_CONFIG)
+    return {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
+
+
+def span_config(S: int, D: int, H: int, Hkv: int, B: int) -> tuple[float, int] | None:
+    """(WAVES, STAGES) where the launch takes the span form of the tensor-core GQA kernel
+    (_decode_attn_span_gqa_kernel): an eager launch above batch 1 whose config (the override, else
+    batched_eager_config) has a WAVES key; else None (the one-chunk kernels)."""
+    if B == 1 or torch.compiler.is_compiling() or not (Hkv < H and _gqa_dot(S, D, H, Hkv)):
+        return None
+    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv)
+    return (cfg["WAVES"], cfg.get("STAGES", 2)) if "WAVES" in cfg else None
+
+
+def span_splits(rows: int, S: int, sms: int, waves: float, chunk: int) -> tuple[int, int]:
+    """(spans a row, slots a span) of the span form: about waves x sms programs over rows (batch x KV heads),
+    each span a whole number of chunk-slot tiles, none empty."""
+    want = max(1, min(triton.cdiv(S, chunk), round(waves * sms / rows)))
+    span = triton.cdiv(triton.cdiv(S, want), chunk) * chunk
+    return triton.cdiv(S, span), span
 
 
 def _attn_pdl(q: torch.Tensor, pdl: int) -> int:
@@ -199,9 +274,9 @@ def _chunk_launch_kwargs(pdl: int) -> dict:
     return {**launch_kwargs(pdl), "maxnreg": ATTN_PDL_MAXNREG} if pdl else {}
 
 
-def _attn_buffers(q, S, chunk):
+def _attn_buffers(q, S, chunk, nsplit=None):
     B, H, _, D = q.shape
-    nsplit = triton.cdiv(S, chunk)
+    nsplit = nsplit or triton.cdiv(S, chunk)
     m = torch.empty((B * H * nsplit,), device=q.device, dtype=torch.float32)
     acc = torch.empty((B * H * nsplit, D), device=q.device, dtype=torch.float32)
     o = torch.empty((B, H, 1, D), device=q.device, dtype=q.dtype)
@@ -227,11 +302,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     """(kernel, grid, arguments, keywords, (m, l, acc, o)) of decode_attention's chunk-kernel launch, pdl already
     decided (a use_pdl result): _decode_attn_split_kernel, or for a GQA model with GQA_DOT
-    _decode_attn_split_gqa_kernel. Also what scripts/sass_probe.py compiles offline."""
+    _decode_attn_split_gqa_kernel, or its span form where span_config says so. Also what scripts/sass_probe.py
+    compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     chunk, warps = _attn_config(S, D, H, Hkv, B)
-    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk)
+    span = span_config(S, D, H, Hkv, B)
+    nsplit, slots = span_splits(B * Hkv, S, sm_count(q.device), span[0], chunk) if span else (None, None)
+    nsplit, m, l, acc, o = _attn_buffers(q, S, chunk, nsplit)
     args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             k.stride(2), mask.stride(0), nsplit)
     kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
@@ -239,8 +317,11 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     if Hkv < H and _gqa_dot(S, D, H, Hkv):  # a program per KV head and chunk, its query heads on the tensor cores
         qp = max(16, triton.next_power_of_2(H // Hkv))
         precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        return (_decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args,
-                {**kwargs, "QP": qp, "PRECISION": precision}, (m, l, acc, o))
+        gqa = {**kwargs, "QP": qp, "PRECISION": precision}
+        if span is not None:  # ... or span of chunks
+            return (_decode_attn_span_gqa_kernel, (B * Hkv, nsplit), (*args, slots), {**gqa, "STAGES": span[1]},
+                    (m, l, acc, o))
+        return _decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args, gqa, (m, l, acc, o)
     return _decode_attn_split_kernel, (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
 
