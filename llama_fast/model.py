@@ -222,19 +222,12 @@ class Attention(nn.Module):
             k, v = self.kv_cache.update_slice(start, k, v)  # (B, Hkv, start+T, D)
         return self.attention_core(q, k, v, mask, opts)
 
-    @staticmethod
-    def _batched_one_launch(q, k) -> bool:
-        """Whether the kernels take one launch a layer at this batch above 1 (kernels.attention.batched_one_launch)."""
-        from .kernels.attention import batched_one_launch
-
-        return batched_one_launch(k.shape[2], q.shape[3], q.shape[1], k.shape[1], q.shape[0])
-
     def attention_core(self, q, k, v, mask, opts: ForwardOptions) -> torch.Tensor:
         """q (B, H, T, D) over the cache k, v (B, Hkv, L, D) -> (B, T, q_size)."""
         c = self.cfg
         B, _, T, _ = q.shape
         if opts.decode_attention and opts.tensor_positions and T == 1 and triton_kernels_apply(q):
-            if opts.attention_one_launch and (B == 1 or self._batched_one_launch(q, k)):
+            if opts.attention_one_launch and B == 1:
                 from .kernels import decode_attention_one_launch
 
                 y = decode_attention_one_launch(q, k, v, mask[:, 0, 0, :], c.head_dim ** -0.5,

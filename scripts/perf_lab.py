@@ -268,11 +268,10 @@ def _attn(chunk: int, warps: int) -> dict:
     return {"attention": {"CHUNK": chunk, "num_warps": warps}}
 
 
-def _span(chunk: int, warps: int, waves: int, stages: int, one_launch: int = 0) -> dict:
+def _span(chunk: int, warps: int, waves: int, stages: int) -> dict:
     """A trial of the tensor-core GQA attention's span form (attention.span_config): tile slots, warps, programs
-    an SM, pipeline stages; one_launch: the last span of a KV head combines (no combine kernel)."""
-    return {"attention": {"CHUNK": chunk, "num_warps": warps, "WAVES": waves, "STAGES": stages,
-                          "ONE_LAUNCH": one_launch}}
+    an SM, pipeline stages."""
+    return {"attention": {"CHUNK": chunk, "num_warps": warps, "WAVES": waves, "STAGES": stages}}
 
 
 # Trial sets of --config-trials: trial name -> {form or form@K: config} (bench_util.trial_lookup; forms as in
@@ -684,20 +683,6 @@ CONFIG_TRIALS_39 = {
 }
 
 
-# set 40, as set 39 after it: the span form with and without its one launch (the last span of each KV head
-# combining its query heads' partials, instead of the combine kernel)
-CONFIG_TRIALS_40 = {
-    "pinned": {},
-    "span 64/4 waves 2 stages 3": _span(64, 4, 2, 3),
-    "span 64/4 waves 2 stages 3, one launch": _span(64, 4, 2, 3, 1),
-    "span 64/4 waves 4 stages 2": _span(64, 4, 4, 2),
-    "span 64/4 waves 4 stages 2, one launch": _span(64, 4, 4, 2, 1),
-    "span 64/4 waves 3 stages 3, one launch": _span(64, 4, 3, 3, 1),
-    "span 128/4 waves 2 stages 2, one launch": _span(128, 4, 2, 2, 1),
-    "pinned again": {},
-}
-
-
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -732,8 +717,7 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
               34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36,
-              37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38, 39: CONFIG_TRIALS_39,
-              40: CONFIG_TRIALS_40}
+              37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38, 39: CONFIG_TRIALS_39}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -164,17 +164,14 @@ def _gqa_online(q, ok, k, v, m_i, l_i, acc, scale, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, cnt_ptr, o_ptr, S, H, G,
-                                 scale, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, SPAN, D: tl.constexpr,
+def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
+                                 sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, SPAN, D: tl.constexpr,
                                  CHUNK: tl.constexpr, QP: tl.constexpr, USE_PDL: tl.constexpr,
-                                 NEWEST_AFTER_WAIT: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr,
-                                 ONE_LAUNCH: tl.constexpr, SPLITS: tl.constexpr):
+                                 NEWEST_AFTER_WAIT: tl.constexpr, PRECISION: tl.constexpr, STAGES: tl.constexpr):
     """_decode_attn_split_gqa_kernel over a span of SPAN slots (a multiple of CHUNK) a program instead of one
     chunk: an online softmax over the span's CHUNK-slot tiles in a pipelined loop (STAGES), so a batch's
     programs are about a wave whatever the cache length (span_splits) and the combine reads fewer partials.
-    The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after.
-    ONE_LAUNCH: the last span of each KV head to finish combines its query heads' partials into o (cnt_ptr: an
-    arrival counter a KV head, left at zero); else the combine kernel does (cnt_ptr and o_ptr unused)."""
+    The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after."""
     bk = tl.program_id(0)
     j = tl.program_id(1)
     Hkv = H // G
@@ -205,12 +202,6 @@ def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, ac
     tl.store(m_ptr + out, m_i, mask=real)
     tl.store(l_ptr + out, l_i, mask=real)
     tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
-    if ONE_LAUNCH:
-        arrived = tl.atomic_add(cnt_ptr + bk, 1)  # acq_rel: this span's partials are visible before the count
-        if arrived == NSPLIT - 1:  # the last span of this KV head combines its query heads
-            for g in range(0, G):
-                _attn_combine(m_ptr, l_ptr, acc_ptr, o_ptr, b * H + hk * G + g, NSPLIT, D, SPLITS)
-            tl.atomic_xchg(cnt_ptr + bk, 0)  # zero again for the next call (and the next graph replay)
 
 
 @triton.jit
@@ -251,22 +242,14 @@ def batched_eager_config(S: int, D: int, H: int, Hkv: int) -> dict:
     return {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
 
 
-def span_config(S: int, D: int, H: int, Hkv: int, B: int) -> tuple[float, int, bool] | None:
-    """(WAVES, STAGES, ONE_LAUNCH) where the launch takes the span form of the tensor-core GQA kernel
+def span_config(S: int, D: int, H: int, Hkv: int, B: int) -> tuple[float, int] | None:
+    """(WAVES, STAGES) where the launch takes the span form of the tensor-core GQA kernel
     (_decode_attn_span_gqa_kernel): an eager launch above batch 1 whose config (the override, else
-    batched_eager_config) has a WAVES key; else None (the one-chunk kernels). ONE_LAUNCH: the model calls
-    decode_attention_one_launch, whose last span of a KV head combines (batched_one_launch)."""
+    batched_eager_config) has a WAVES key; else None (the one-chunk kernels)."""
     if B == 1 or torch.compiler.is_compiling() or not (Hkv < H and _gqa_dot(S, D, H, Hkv)):
         return None
     cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv)
-    return (cfg["WAVES"], cfg.get("STAGES", 2), bool(cfg.get("ONE_LAUNCH", 0))) if "WAVES" in cfg else None
-
-
-def batched_one_launch(S: int, D: int, H: int, Hkv: int, B: int) -> bool:
-    """Whether a decode step of B > 1 rows takes decode_attention_one_launch (the span form's ONE_LAUNCH) rather
-    than decode_attention's two kernels (model.Attention.attention_core asks)."""
-    span = span_config(S, D, H, Hkv, B)
-    return span is not None and span[2]
+    return (cfg["WAVES"], cfg.get("STAGES", 2)) if "WAVES" in cfg else None
 
 
 def span_splits(rows: int, S: int, sms: int, waves: float, chunk: int) -> tuple[int, int]:
@@ -335,16 +318,11 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
         qp = max(16, triton.next_power_of_2(H // Hkv))
         precision = "ieee" if q.dtype == torch.float32 else "tf32"
         gqa = {**kwargs, "QP": qp, "PRECISION": precision}
-        if span is not None:  # ... or span of chunks (the combine kernel's)
-            return (_decode_attn_span_gqa_kernel, (B * Hkv, nsplit), _span_args(args, slots, m, o),
-                    {**gqa, "STAGES": span[1], "ONE_LAUNCH": False, "SPLITS": 1}, (m, l, acc, o))
+        if span is not None:  # ... or span of chunks
+            return (_decode_attn_span_gqa_kernel, (B * Hkv, nsplit), (*args, slots), {**gqa, "STAGES": span[1]},
+                    (m, l, acc, o))
         return _decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args, gqa, (m, l, acc, o)
     return _decode_attn_split_kernel, (B * H, nsplit), args, kwargs, (m, l, acc, o)
-
-
-def _span_args(args: tuple, slots: int, counters, o) -> tuple:
-    """split_call's arguments as the span kernel takes them: the counters and output after acc, the span last."""
-    return (*args[:7], counters, o, *args[7:], slots)
 
 
 def _gqa_dot(S: int, D: int, H: int, Hkv: int) -> bool:
@@ -358,19 +336,8 @@ def _gqa_dot(S: int, D: int, H: int, Hkv: int) -> bool:
 @triton_op("llama_fast::decode_attention_one_launch", mutates_args={"counters"})
 def decode_attention_one_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
                                 scale: float, counters: torch.Tensor, pdl: int = PDL_OFF) -> torch.Tensor:
-    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after. Where
-    span_config applies (batched_one_launch), the span form of the tensor-core GQA kernel, a counter a KV head."""
-    pdl = _attn_pdl(q, pdl)
-    B, H, _, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    span = span_config(S, D, H, Hkv, B)
-    if span is not None:
-        kernel, grid, args, kwargs, (m, l, acc, o) = split_call(q, k, v, mask, scale, pdl)
-        args = (*args[:7], counters, *args[8:])
-        kwargs = {**kwargs, "ONE_LAUNCH": True, "SPLITS": triton.next_power_of_2(grid[1])}
-        wrap_triton(kernel)[grid](*args, **kwargs)
-        return o
-    grid, args, kwargs, o = one_launch_call(q, k, v, mask, scale, counters, pdl)
+    """decode_attention in one kernel: counters (B*H,) int32, zero before the call and left zero after."""
+    grid, args, kwargs, o = one_launch_call(q, k, v, mask, scale, counters, _attn_pdl(q, pdl))
     wrap_triton(_decode_attn_one_launch_kernel)[grid](*args, **kwargs)
     return o
 
