@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     from llama_fast.kernels import decode_attention, decode_attention_one_launch
     from llama_fast.kernels.attention import batched_eager_config
     from llama_fast.kernels.configs import ATTN_EAGER_CONFIG, ATTN_GQA_DOT
+    from llama_fast.kernels.gemm import sm_count
 
     torch.manual_seed(0)
     cfg = NAMED_SHAPES[args.shape]
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
                                          enable_gqa=H != Hkv)
     mbytes = B * args.attended * Hkv * D * 2 * 2 / 1e6  # K and V bytes read per call
     if args.form == "split":  # the batched step's config, asked for explicitly (at batch 1 too)
-        pinned = {**batched_eager_config(S, D, H, Hkv), "GQA_DOT": int(ATTN_GQA_DOT)}
+        pinned = {**batched_eager_config(S, D, H, Hkv, B, sm_count(dev)), "GQA_DOT": int(ATTN_GQA_DOT)}
 
         def attend(k, v):
             return decode_attention(q, k, v, mask, D ** -0.5)
@@ -113,6 +114,8 @@ def main(argv=None) -> int:
         if name == "pinned":
             shown = pinned or ATTN_EAGER_CONFIG
             name = f"pinned chunk {shown['CHUNK']}/{shown['num_warps']}"
+            if "WAVES" in shown:  # the span form
+                name += f" span waves {shown['WAVES']} stages {shown['STAGES']}"
         try:
             t, err = run(config)
         except Exception as e:  # a config that does not compile: say so and go on

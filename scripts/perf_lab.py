@@ -683,6 +683,15 @@ CONFIG_TRIALS_39 = {
 }
 
 
+# set 40, on fused-gemm-kernels at batch 4-16 with --model random:llama3-8b --dtype bf16, after the span form became
+# the GQA attention's eager config where its spans hold two tiles or more (configs.ATTN_GQA_SPAN_CONFIG): taken back
+CONFIG_TRIALS_40 = {
+    "pinned": {},
+    "one-chunk attention 128/4 (before the span form)": _attn(128, 4),
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -717,7 +726,8 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               25: CONFIG_TRIALS_25, 26: CONFIG_TRIALS_26, 29: _gemm_quant_set("int4"), 30: _gemm_quant_set("int8"),
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
               34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36,
-              37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38, 39: CONFIG_TRIALS_39}
+              37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38, 39: CONFIG_TRIALS_39,
+              40: CONFIG_TRIALS_40}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -161,6 +161,19 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
             err = rel(og, ref)
             assert err < tol, ("attention gqa dot", newest, B, H, Hkv, S, err)
             print("attention gqa dot", newest, B, H, Hkv, S, f"{err:.1e}")
+            # its span form: spans of two chunks (the second holds the newest slot), an online softmax over them
+            span = 2 * configs.ATTN_CHUNK
+            ns = triton.cdiv(S, span)
+            m.fill_(float("nan"))
+            at._decode_attn_span_gqa_kernel[(B * Hkv, ns)](
+                q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
+                k.stride(1), k.stride(2), mask.stride(0), ns, span, D=D, CHUNK=configs.ATTN_CHUNK, QP=16,
+                USE_PDL=False, NEWEST_AFTER_WAIT=newest, PRECISION="ieee", STAGES=2)
+            at._decode_attn_combine_kernel[(B * H,)](m, l, acc, og, ns, D=D, SPLITS=triton.next_power_of_2(ns),
+                                                     USE_PDL=False)
+            err = rel(og, ref)
+            assert err < tol, ("attention gqa span", newest, B, H, Hkv, S, err)
+            print("attention gqa span", newest, B, H, Hkv, S, f"{err:.1e}")
     assert torch.equal(outs[0], outs[1])
     cnt = torch.zeros(B * H, dtype=torch.int32)
     for call in range(2):  # the one-launch form leaves its counters at zero for the next call
@@ -177,6 +190,18 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
         configs.ATTN_GQA_DOT = not configs.ATTN_GQA_DOT
         err = rel(o3, ref)
         assert err < tol, ("op attention, GQA_DOT flipped", B, H, Hkv, S, err)
+        # above batch 1, the op taking the span form (a config with WAVES): 3 spans of 32-slot tiles over the
+        # interpreter's nominal 8 SMs (batch 1 keeps the one-chunk kernels)
+        hook = configs.CONFIG_OVERRIDE
+        configs.CONFIG_OVERRIDE = lambda form, n, K: {"CHUNK": 32, "num_warps": 4, "WAVES": 1.5, "STAGES": 2}
+        kernel, grid = at.split_call(q, k, v, mask, D ** -0.5, 0)[:2]
+        spanned = kernel.fn.__name__ == "_decode_attn_span_gqa_kernel"
+        assert spanned == (B > 1) and (grid == (B * Hkv, 3) or not spanned), (B, kernel, grid)
+        o4 = kn.decode_attention(q, k, v, mask, D ** -0.5, 2)
+        configs.CONFIG_OVERRIDE = hook
+        err = rel(o4, ref)
+        assert err < tol, ("op attention, span config", B, H, Hkv, S, err)
+        print("op attention span config", B, H, Hkv, S, spanned, f"{err:.1e}")
     # the public ops: eager launches take configs.ATTN_EAGER_CONFIG (128-slot tiles), PDL asked for and not applied
     for name, o2 in (("op attention", kn.decode_attention(q, k, v, mask, D ** -0.5, 2)),
                      ("op attention one launch", kn.decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt, 2))):
@@ -586,32 +611,48 @@ def test_pinned_configs_and_the_override_hook(monkeypatch):
 
     assert _attn_config(1200, 128, 32, 32) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
     assert _attn_config(1200, 128, 32, 8, B=8) == (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
+    from llama_fast.kernels.attention import span_config
+
+    assert span_config(1200, 128, 32, 8, 8, 132) is None  # the compiled block keeps the one-chunk kernels
 
 
 def test_batched_attention_configs(monkeypatch):
-    """Batches above 1 launched eagerly (the kernels-only step): the tensor-core GQA form takes its own config
-    (ATTN_GQA_EAGER_CONFIG), a multi-head model and the per-query-head GQA form torch.compile's (ATTN_CHUNK,
-    ATTN_COMPILED_WARPS); a trial's override wins over both."""
+    """Batches above 1 launched eagerly (the kernels-only step): the tensor-core GQA form takes its span form
+    (ATTN_GQA_SPAN_CONFIG) where each span holds at least two tiles at the batch and SM count, else its one-chunk
+    config (ATTN_GQA_EAGER_CONFIG); a multi-head model and the per-query-head GQA form torch.compile's (ATTN_CHUNK,
+    ATTN_COMPILED_WARPS); a trial's override wins over all; the SM count is required."""
     from llama_fast.kernels import configs
-    from llama_fast.kernels.attention import _attn_config
+    from llama_fast.kernels.attention import _attn_config, span_config, span_splits
 
     monkeypatch.setattr(configs, "CONFIG_OVERRIDE", None)
     gqa = (configs.ATTN_GQA_EAGER_CONFIG["CHUNK"], configs.ATTN_GQA_EAGER_CONFIG["num_warps"])
+    span = configs.ATTN_GQA_SPAN_CONFIG
     compiled = (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
     assert gqa != compiled
-    assert _attn_config(1200, 128, 32, 8, B=8) == gqa
-    assert _attn_config(1200, 128, 32, 32, B=8) == compiled
+    # Llama-3-8B (32 query heads, 8 KV heads, 1200 slots) on 132 SMs: batch 8 spans of 3 tiles (7 a row, 448
+    # programs), batch 16 of 5 (4 a row), batch 4 of 2; batch 2 and 3 would hold one tile: the one-chunk launch
+    assert span_splits(8 * 8, 1200, 132, span["WAVES"], span["CHUNK"]) == (7, 192)
+    assert span_splits(16 * 8, 1200, 132, span["WAVES"], span["CHUNK"]) == (4, 320)
+    for B, spanned in ((2, False), (3, False), (4, True), (8, True), (16, True)):
+        want = (span["CHUNK"], span["num_warps"]) if spanned else gqa
+        assert _attn_config(1200, 128, 32, 8, B=B, sms=132) == want, B
+        assert span_config(1200, 128, 32, 8, B, 132) == ((span["WAVES"], span["STAGES"]) if spanned else None), B
+    assert span_config(1200, 128, 32, 8, 1, 132) is None  # batch 1 keeps its one-launch kernel
+    assert _attn_config(1200, 128, 32, 32, B=8, sms=132) == compiled and span_config(1200, 128, 32, 32, 8, 132) is None
+    with pytest.raises(ValueError, match="SM count"):
+        _attn_config(1200, 128, 32, 8, B=8)
     monkeypatch.setattr(configs, "ATTN_GQA_DOT", False)
-    assert _attn_config(1200, 128, 32, 8, B=8) == compiled
+    assert _attn_config(1200, 128, 32, 8, B=8, sms=132) == compiled and span_config(1200, 128, 32, 8, 8, 132) is None
     monkeypatch.setattr(configs, "CONFIG_OVERRIDE", lambda form, n, K: {"CHUNK": 32, "num_warps": 8})
-    assert _attn_config(1200, 128, 32, 8, B=8) == (32, 8)
+    assert _attn_config(1200, 128, 32, 8, B=8, sms=132) == (32, 8)
 
 
 @pytest.mark.parametrize("arch", [86, 90])
 def test_gqa_attention_compiles_for_the_users_gpu_and_hopper(arch):
     """The tensor-core GQA split attention (on by default, configs.ATTN_GQA_DOT) compiles at the compiled block's
     config (ATTN_CHUNK, ATTN_COMPILED_WARPS) and the eager one for sm_86 (the A10G) and sm_90, in fp16 and bf16
-    with tensor-core products, in fp32 without."""
+    with tensor-core products, in fp32 without; so does its span form (ATTN_GQA_SPAN_CONFIG), its tiles loaded by
+    cp.async."""
     pytest.importorskip("triton", reason="triton is not installed (the CPU torch build has none)")
     from core_helpers import compile_offline
     from llama_fast.kernels import configs
@@ -626,8 +667,18 @@ def test_gqa_attention_compiles_for_the_users_gpu_and_hopper(arch):
                   const=dict(D=128, CHUNK=chunk, QP=16, USE_PDL=0, NEWEST_AFTER_WAIT=False,
                              PRECISION="ieee" if dt == "fp32" else "tf32"),
                   options={"num_warps": warps}) for dt, chunk, warps in cases]
-    for (dt, chunk, warps), out in zip(cases, compile_offline(specs, arch)):
+    span = configs.ATTN_GQA_SPAN_CONFIG  # and its span form at its eager config
+    cases += [(dt, span["CHUNK"], span["num_warps"]) for dt in ("fp16", "bf16")]
+    specs += [dict(module="llama_fast.kernels.attention", kernel="_decode_attn_span_gqa_kernel", names=names + ["SPAN"],
+                   types=[f"*{dt}"] * 3 + ["*i1"] + ["*fp32"] * 3 + ["i32"] * 3 + ["fp32"] + ["i32"] * 8,
+                   const=dict(D=128, CHUNK=span["CHUNK"], QP=16, USE_PDL=0, NEWEST_AFTER_WAIT=False, PRECISION="tf32",
+                              STAGES=span["STAGES"]),
+                   options={"num_warps": span["num_warps"]}, aligned=[0, 1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16])
+              for dt in ("fp16", "bf16")]  # the pointers and strides 16-divisible, as the model's are
+    outs = compile_offline(specs, arch)
+    for (dt, chunk, warps), out in zip(cases, outs, strict=True):
         assert ("mma" in out["ptx"]) == (dt != "fp32"), (dt, arch, chunk, warps)
+    assert all("cp.async" in out["ptx"] for out in outs[-2:])  # the span form's tiles, loaded STAGES deep
 
 
 @needs_triton

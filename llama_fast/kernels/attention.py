@@ -218,38 +218,44 @@ def _decode_attn_one_launch_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, 
         tl.atomic_xchg(cnt_ptr + bh, 0)  # zero again for the next call (and the next graph replay)
 
 
-def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1) -> tuple[int, int]:
+def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1, sms: int | None = None) -> tuple[int, int]:
     """(slots per program, warps): an eager launch's overridden config (configs.CONFIG_OVERRIDE: scripts/attn_bench.py's
     trials), else at batch 1 its pinned one, else torch.compile's, which batches above 1 take eagerly as well (the
     pin and the tuning are the batch-1 step's; at Llama-7B batch 8 the compiled 64 / 2 was the fastest of
-    attn_bench.py's grid, docs/PERF.md), except the tensor-core GQA form's eager launch (ATTN_GQA_EAGER_CONFIG).
-    A tuned config is timed at this launch's heads (configs.attention_form). With a span config (span_config),
-    the slots per program are the span's tile."""
+    attn_bench.py's grid, docs/PERF.md), except the tensor-core GQA form's eager launch (batched_eager_config,
+    at sms streaming multiprocessors). A tuned config is timed at this launch's heads (configs.attention_form).
+    The span form's (span_config) slots per program are its tile's."""
     if B == 1:
         cfg = pinned_config("attention", S, D, attention_form(H, Hkv))
         return (cfg["CHUNK"], cfg["num_warps"]) if cfg is not None else (ATTN_CHUNK, ATTN_COMPILED_WARPS)
     if torch.compiler.is_compiling():
         return ATTN_CHUNK, ATTN_COMPILED_WARPS
-    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv)
+    if sms is None:
+        raise ValueError("an eager attention launch above batch 1 needs the GPU's SM count")
+    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv, B, sms)
     return cfg["CHUNK"], cfg["num_warps"]
 
 
-def batched_eager_config(S: int, D: int, H: int, Hkv: int) -> dict:
-    """The config of an eager launch above batch 1 without an override: the tensor-core GQA form's own
-    (configs.ATTN_GQA_EAGER_CONFIG), else torch.compile's. Also scripts/attn_bench.py's "pinned" split row."""
+def batched_eager_config(S: int, D: int, H: int, Hkv: int, B: int, sms: int) -> dict:
+    """The config of an eager launch above batch 1 without an override, on a GPU of sms streaming multiprocessors:
+    for the tensor-core GQA form its span form (configs.ATTN_GQA_SPAN_CONFIG) where that gives each program at
+    least two tiles, else its one-chunk launch (ATTN_GQA_EAGER_CONFIG); else torch.compile's. Also
+    scripts/attn_bench.py's "pinned" split row."""
     if Hkv < H and _gqa_dot(S, D, H, Hkv):
-        return dict(configs.ATTN_GQA_EAGER_CONFIG)
+        span = configs.ATTN_GQA_SPAN_CONFIG
+        _, slots = span_splits(B * Hkv, S, sms, span["WAVES"], span["CHUNK"])
+        return dict(span if slots >= 2 * span["CHUNK"] else configs.ATTN_GQA_EAGER_CONFIG)
     return {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
 
 
-def span_config(S: int, D: int, H: int, Hkv: int, B: int) -> tuple[float, int] | None:
+def span_config(S: int, D: int, H: int, Hkv: int, B: int, sms: int) -> tuple[float, int] | None:
     """(WAVES, STAGES) where the launch takes the span form of the tensor-core GQA kernel
     (_decode_attn_span_gqa_kernel): an eager launch above batch 1 whose config (the override, else
     batched_eager_config) has a WAVES key; else None (the one-chunk kernels)."""
     if B == 1 or torch.compiler.is_compiling() or not (Hkv < H and _gqa_dot(S, D, H, Hkv)):
         return None
-    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv)
-    return (cfg["WAVES"], cfg.get("STAGES", 2)) if "WAVES" in cfg else None
+    cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv, B, sms)
+    return (cfg["WAVES"], cfg["STAGES"]) if "WAVES" in cfg else None
 
 
 def span_splits(rows: int, S: int, sms: int, waves: float, chunk: int) -> tuple[int, int]:
@@ -306,9 +312,10 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
     compiles offline."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
-    chunk, warps = _attn_config(S, D, H, Hkv, B)
-    span = span_config(S, D, H, Hkv, B)
-    nsplit, slots = span_splits(B * Hkv, S, sm_count(q.device), span[0], chunk) if span else (None, None)
+    sms = sm_count(q.device)
+    chunk, warps = _attn_config(S, D, H, Hkv, B, sms)
+    span = span_config(S, D, H, Hkv, B, sms)
+    nsplit, slots = span_splits(B * Hkv, S, sms, span[0], chunk) if span else (None, None)
     nsplit, m, l, acc, o = _attn_buffers(q, S, chunk, nsplit)
     args = (q, k, v, mask, m, l, acc, S, H, H // Hkv, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
             k.stride(2), mask.stride(0), nsplit)

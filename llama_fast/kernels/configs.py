@@ -112,6 +112,12 @@ ATTN_GQA_DOT = True
 # 128-slot tiles at 4 warps. Llama-3-8B bf16 batch 8 (H200): the step 4.793 against 4.864 / 4.854 ms at the
 # compiled 64 / 2 (scripts/perf_lab.py trial set 34; 64 / 4 4.834, 32 / 2 4.873), alone 18.1 against 19.4 us.
 ATTN_GQA_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
+# ... where the batch's programs are many, its span form (attention.span_config): a program an online softmax over
+# a span of 64-slot tiles loaded two stages deep, about 4 programs an SM, so the combine reads fewer partials.
+# Llama-3-8B bf16 (H200): the step 4.600 against 4.641 / 4.645 ms at batch 8, 4.913 against 5.026 / 5.006 at 16
+# (scripts/perf_lab.py trial set 39); alone at batch 2, where its spans are one tile, 10.0 against 8.7 us, so
+# batched_eager_config keeps the one-chunk launch where a span would hold fewer than two tiles.
+ATTN_GQA_SPAN_CONFIG = {"CHUNK": 64, "num_warps": 4, "WAVES": 4, "STAGES": 2}
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
