@@ -618,7 +618,7 @@ def test_pinned_configs_and_the_override_hook(monkeypatch):
 
 def test_batched_attention_configs(monkeypatch):
     """Batches above 1 launched eagerly (the kernels-only step): the tensor-core GQA form takes its span form
-    (ATTN_GQA_SPAN_CONFIG) where each span holds at least two tiles at the batch and SM count, else its one-chunk
+    (ATTN_GQA_SPAN_CONFIG) where each span holds ATTN_SPAN_MIN_TILES tiles at the batch and SM count, else its one-chunk
     config (ATTN_GQA_EAGER_CONFIG); a multi-head model and the per-query-head GQA form torch.compile's (ATTN_CHUNK,
     ATTN_COMPILED_WARPS); a trial's override wins over all; the SM count is required."""
     from llama_fast.kernels import configs
@@ -630,10 +630,12 @@ def test_batched_attention_configs(monkeypatch):
     compiled = (configs.ATTN_CHUNK, configs.ATTN_COMPILED_WARPS)
     assert gqa != compiled
     # Llama-3-8B (32 query heads, 8 KV heads, 1200 slots) on 132 SMs: batch 8 spans of 3 tiles (7 a row, 448
-    # programs), batch 16 of 5 (4 a row), batch 4 of 2; batch 2 and 3 would hold one tile: the one-chunk launch
+    # programs), batch 16 of 5 (4 a row); batch 4 (2 tiles), 3 and 2 (1) keep the one-chunk launch
+    assert configs.ATTN_SPAN_MIN_TILES == 3
     assert span_splits(8 * 8, 1200, 132, span["WAVES"], span["CHUNK"]) == (7, 192)
     assert span_splits(16 * 8, 1200, 132, span["WAVES"], span["CHUNK"]) == (4, 320)
-    for B, spanned in ((2, False), (3, False), (4, True), (8, True), (16, True)):
+    assert span_splits(4 * 8, 1200, 132, span["WAVES"], span["CHUNK"]) == (10, 128)
+    for B, spanned in ((2, False), (3, False), (4, False), (8, True), (16, True)):
         want = (span["CHUNK"], span["num_warps"]) if spanned else gqa
         assert _attn_config(1200, 128, 32, 8, B=B, sms=132) == want, B
         assert span_config(1200, 128, 32, 8, B, 132) == ((span["WAVES"], span["STAGES"]) if spanned else None), B

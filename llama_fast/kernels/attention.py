@@ -239,12 +239,12 @@ def _attn_config(S: int, D: int, H: int, Hkv: int, B: int = 1, sms: int | None =
 def batched_eager_config(S: int, D: int, H: int, Hkv: int, B: int, sms: int) -> dict:
     """The config of an eager launch above batch 1 without an override, on a GPU of sms streaming multiprocessors:
     for the tensor-core GQA form its span form (configs.ATTN_GQA_SPAN_CONFIG) where that gives each program at
-    least two tiles, else its one-chunk launch (ATTN_GQA_EAGER_CONFIG); else torch.compile's. Also
+    least ATTN_SPAN_MIN_TILES tiles, else its one-chunk launch (ATTN_GQA_EAGER_CONFIG); else torch.compile's. Also
     scripts/attn_bench.py's "pinned" split row."""
     if Hkv < H and _gqa_dot(S, D, H, Hkv):
         span = configs.ATTN_GQA_SPAN_CONFIG
         _, slots = span_splits(B * Hkv, S, sms, span["WAVES"], span["CHUNK"])
-        return dict(span if slots >= 2 * span["CHUNK"] else configs.ATTN_GQA_EAGER_CONFIG)
+        return dict(span if slots >= configs.ATTN_SPAN_MIN_TILES * span["CHUNK"] else configs.ATTN_GQA_EAGER_CONFIG)
     return {"CHUNK": ATTN_CHUNK, "num_warps": ATTN_COMPILED_WARPS}
 
 

@@ -115,9 +115,11 @@ ATTN_GQA_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # ... where the batch's programs are many, its span form (attention.span_config): a program an online softmax over
 # a span of 64-slot tiles loaded two stages deep, about 4 programs an SM, so the combine reads fewer partials.
 # Llama-3-8B bf16 (H200): the step 4.600 against 4.641 / 4.645 ms at batch 8, 4.913 against 5.026 / 5.006 at 16
-# (scripts/perf_lab.py trial set 39); alone at batch 2, where its spans are one tile, 10.0 against 8.7 us, so
-# batched_eager_config keeps the one-chunk launch where a span would hold fewer than two tiles.
+# (scripts/perf_lab.py trial set 39). Where its spans are short it is no faster: alone at batch 2 (one tile a span)
+# 10.0 against 8.7 us; at batch 4 (two tiles) 11.7 against 11.6 us, the step 4.414 / 4.403 against 4.393 ms (set
+# 40). So batched_eager_config keeps the one-chunk launch where a span would hold fewer than three tiles.
 ATTN_GQA_SPAN_CONFIG = {"CHUNK": 64, "num_warps": 4, "WAVES": 4, "STAGES": 2}
+ATTN_SPAN_MIN_TILES = 3
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
 # it: at 128 slots and 4 warps Triton 3.6's ptxas (CUDA 12.8) gives it 211 registers per thread, 2 programs per
 # SM, so the seed's 320 programs (32 heads x 10 chunks) take two waves on an H200's 132 SMs. CUDA 13.0's ptxas
