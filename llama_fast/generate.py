@@ -20,40 +20,13 @@ class GenerationError(ValueError):
     """A generate() request the model cannot serve (empty prompt, too long, bad mask, ...)."""
 
 
-ARGMAX_BLOCK = 4096  # vocabulary entries a block of greedy_argmax's first pass (about)
-
-
-def argmax_blocks(vocab: int) -> int:
-    """Blocks of greedy_argmax's first pass over a vocabulary: the divisor of vocab nearest below vocab /
-    ARGMAX_BLOCK, rounded down to a divisor (128,256: 24 blocks of 5,344; 32,000: 5 of 6,400); 1 for a small one."""
-    p = max(1, vocab // ARGMAX_BLOCK)
-    while vocab % p:
-        p -= 1
-    return p
-
-
-def greedy_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """(B, V) -> (B,) the first maximum of each row, as logits.argmax(-1). Above one row in two passes: the
-    maximum of each block of the row (argmax_blocks), then the first block holding the row's maximum. torch's
-    argmax gives each row one block of threads: 29 us a step for 8 rows of Llama-3's 128,256 entries on an H200,
-    the step's largest glue kernel (docs/PERF.md). Ties and NaN: torch.max's index and argmax both take the first
-    of equal maxima and rank NaN highest, so the two passes pick the index argmax picks."""
-    B, V = logits.shape
-    p = argmax_blocks(V)
-    if B == 1 or p == 1:
-        return logits.argmax(-1)
-    best, where = logits.reshape(B, p, V // p).max(-1)  # (B, p) each block's maximum and its index in the block
-    block = best.argmax(-1, keepdim=True)  # (B, 1)
-    return (block * (V // p) + where.gather(-1, block))[:, 0]
-
-
 def next_token(logits: torch.Tensor, done: torch.Tensor, eos_ids: torch.Tensor, pad_id: torch.Tensor,
                suppress_eos: bool, sampler: SamplerState | None = None, position: torch.Tensor | None = None):
     """The pick: greedy argmax, or a draw (sampler) seeded at cache slot position (1,) of the new token.
     logits (B, V) fp32; done (B,) bool. Finished rows emit pad, as transformers does."""
     if suppress_eos:  # min_new_tokens not reached yet
         logits = logits.index_fill(-1, eos_ids, float("-inf"))
-    choice = greedy_argmax(logits) if sampler is None else sample(logits, sampler, position)
+    choice = logits.argmax(-1) if sampler is None else sample(logits, sampler, position)
     tok = torch.where(done, pad_id, choice)
     return tok, done | torch.isin(tok, eos_ids)
 

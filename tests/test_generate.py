@@ -9,7 +9,7 @@ import torch
 from core_helpers import TINY_CONFIGS, fast_from_hf, make_hf
 from llama_fast import GenerationError
 from llama_fast.compile import COMPILE_MODES, make_steps
-from llama_fast.generate import argmax_blocks, decode_step, greedy_argmax, prefill_step
+from llama_fast.generate import decode_step, prefill_step
 from llama_fast.config import NAMED_SHAPES
 from llama_fast.harness import VARIANTS
 from llama_fast.loading import RandomSource, build_model
@@ -384,25 +384,3 @@ def test_score_is_the_teacher_forced_log_softmax_of_transformers(gqa_pair):
 def test_score_refuses_bad_input(gqa, make_ids, message):
     with pytest.raises(GenerationError, match=message):
         gqa[2].score(make_ids())
-
-
-def test_greedy_argmax_picks_what_argmax_picks():
-    """The two-pass greedy pick above one row equals argmax(-1): random rows, ties inside a block and across
-    blocks (the first wins), a row of one value, NaN (ranked highest, the first one), -inf rows; one row and
-    vocabularies without a useful divisor take argmax itself."""
-    assert [argmax_blocks(v) for v in (128256, 32000, 49152, 4096, 97, 12289)] == [24, 5, 12, 1, 1, 1]
-    torch.manual_seed(0)
-    for V in (128256, 32000, 49152, 12289):
-        x = torch.randn(7, V)
-        x[1, [5, V // 2, V - 1]] = 100.0  # ties across blocks
-        x[2, [V // 2 + 1, V // 2 + 2]] = 100.0  # ties inside a block
-        x[3] = 1.5  # all equal
-        x[4, [V // 3, V - 2]] = float("nan")
-        x[5] = float("-inf")
-        x[6, -1] = 1e30  # the last entry
-        got = greedy_argmax(x)
-        assert got.dtype == torch.int64 and torch.equal(got, x.argmax(-1)), (V, got, x.argmax(-1))
-        assert got[1] == 5 and got[3] == 0 and got[6] == V - 1, (V, got)
-        assert torch.equal(greedy_argmax(x[:1]), x[:1].argmax(-1))
-    wide = torch.randn(3, 4, 32000)  # a prefill's last position: a strided view of the logits
-    assert torch.equal(greedy_argmax(wide[:, -1]), wide[:, -1].argmax(-1))
