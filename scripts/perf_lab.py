@@ -692,6 +692,19 @@ CONFIG_TRIALS_40 = {
 }
 
 
+# set 41, on fused-gemm-kernels at batch 8 with Llama-7B fp16: the span form for a multi-head model (groups of one
+# query head on the tensor cores, fewer partials for the combine) against its one-chunk 64 / 2
+CONFIG_TRIALS_41 = {
+    "pinned": {},
+    "span 64/4 waves 4 stages 2": _span(64, 4, 4, 2),
+    "span 64/4 waves 8 stages 2": _span(64, 4, 8, 2),
+    "span 64/4 waves 12 stages 2": _span(64, 4, 12, 2),
+    "span 64/4 waves 8 stages 3": _span(64, 4, 8, 3),
+    "span 128/4 waves 8 stages 2": _span(128, 4, 8, 2),
+    "pinned again": {},
+}
+
+
 # sets 31 (int4) and 32 (int8), on fused-gemm-kernels at batch 2-4 with --quantize fmt: the rows GEMV
 # (kernels/gemv_rows.py) under configs of its own ("rows_<form>", configs.rows_config) instead of the one-row form's:
 # each program holds every row's accumulators and x tiles: fewer weight rows or programs an SM, more warps
@@ -727,7 +740,7 @@ TRIAL_SETS = {1: CONFIG_TRIALS, 2: CONFIG_TRIALS_2, 4: CONFIG_TRIALS_4, 5: CONFI
               31: CONFIG_TRIALS_31, 32: CONFIG_TRIALS_32, 33: CONFIG_TRIALS_33,
               34: CONFIG_TRIALS_34, 35: CONFIG_TRIALS_35, 36: CONFIG_TRIALS_36,
               37: CONFIG_TRIALS_37, 38: CONFIG_TRIALS_38, 39: CONFIG_TRIALS_39,
-              40: CONFIG_TRIALS_40}
+              40: CONFIG_TRIALS_40, 41: CONFIG_TRIALS_41}
 
 
 def trial_set(number: int) -> dict[str, dict]:

@@ -126,7 +126,8 @@ for H, Hkv, D, K, S, pos in [(4, 2, 32, 300, 40, 17), (2, 2, 64, 512, 8, 0)]:  #
     others[pos] = False
     assert not kc[0, :, others].any() and not vc[0, :, others].any()  # only slot pos was written
 for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 32, 130, [0, 17]),
-                                  (1, 2, 1, 64, 16, 0, [0])]:  # MHA over 3 chunks; GQA + left pad; one key
+                                  (1, 2, 1, 64, 16, 0, [0]), (3, 2, 2, 150, 32, 140, [0, 9, 100])]:
+    # MHA over 3 chunks; GQA + left pad; one key; MHA batch 3 + left pad
     q, k, v = torch.randn(B, H, 1, D).to(dt), torch.randn(B, Hkv, S, D).to(dt), torch.randn(B, Hkv, S, D).to(dt)
     slots = torch.arange(S)
     mask = (slots[None, :] <= pos) & (slots[None, :] >= torch.tensor(pad)[:, None])  # (B, S)
@@ -161,19 +162,21 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
             err = rel(og, ref)
             assert err < tol, ("attention gqa dot", newest, B, H, Hkv, S, err)
             print("attention gqa dot", newest, B, H, Hkv, S, f"{err:.1e}")
-            # its span form: spans of two chunks (the second holds the newest slot), an online softmax over them
-            span = 2 * configs.ATTN_CHUNK
-            ns = triton.cdiv(S, span)
-            m.fill_(float("nan"))
-            at._decode_attn_span_gqa_kernel[(B * Hkv, ns)](
-                q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
-                k.stride(1), k.stride(2), mask.stride(0), ns, span, D=D, CHUNK=configs.ATTN_CHUNK, QP=16,
-                USE_PDL=False, NEWEST_AFTER_WAIT=newest, PRECISION="ieee", STAGES=2)
-            at._decode_attn_combine_kernel[(B * H,)](m, l, acc, og, ns, D=D, SPLITS=triton.next_power_of_2(ns),
-                                                     USE_PDL=False)
-            err = rel(og, ref)
-            assert err < tol, ("attention gqa span", newest, B, H, Hkv, S, err)
-            print("attention gqa span", newest, B, H, Hkv, S, f"{err:.1e}")
+        # the span form of the tensor-core kernel (a multi-head model: groups of one query head): spans of two
+        # chunks (the newest slot in the last), an online softmax over them
+        og = torch.empty(B, H, 1, D, dtype=dt)
+        span = 2 * configs.ATTN_CHUNK
+        ns = triton.cdiv(S, span)
+        m.fill_(float("nan"))
+        at._decode_attn_span_gqa_kernel[(B * Hkv, ns)](
+            q, k, v, mask, m, l, acc, S, H, H // Hkv, D ** -0.5, q.stride(0), q.stride(1), k.stride(0),
+            k.stride(1), k.stride(2), mask.stride(0), ns, span, D=D, CHUNK=configs.ATTN_CHUNK, QP=16,
+            USE_PDL=False, NEWEST_AFTER_WAIT=newest, PRECISION="ieee", STAGES=2)
+        at._decode_attn_combine_kernel[(B * H,)](m, l, acc, og, ns, D=D, SPLITS=triton.next_power_of_2(ns),
+                                                 USE_PDL=False)
+        err = rel(og, ref)
+        assert err < tol, ("attention span", newest, B, H, Hkv, S, err)
+        print("attention span", newest, B, H, Hkv, S, f"{err:.1e}")
     assert torch.equal(outs[0], outs[1])
     cnt = torch.zeros(B * H, dtype=torch.int32)
     for call in range(2):  # the one-launch form leaves its counters at zero for the next call
@@ -190,18 +193,18 @@ for B, H, Hkv, S, D, pos, pad in [(1, 4, 4, 300, 64, 257, [0]), (2, 8, 2, 200, 3
         configs.ATTN_GQA_DOT = not configs.ATTN_GQA_DOT
         err = rel(o3, ref)
         assert err < tol, ("op attention, GQA_DOT flipped", B, H, Hkv, S, err)
-        # above batch 1, the op taking the span form (a config with WAVES): 3 spans of 32-slot tiles over the
-        # interpreter's nominal 8 SMs (batch 1 keeps the one-chunk kernels)
-        hook = configs.CONFIG_OVERRIDE
-        configs.CONFIG_OVERRIDE = lambda form, n, K: {"CHUNK": 32, "num_warps": 4, "WAVES": 1.5, "STAGES": 2}
-        kernel, grid = at.split_call(q, k, v, mask, D ** -0.5, 0)[:2]
-        spanned = kernel.fn.__name__ == "_decode_attn_span_gqa_kernel"
-        assert spanned == (B > 1) and (grid == (B * Hkv, 3) or not spanned), (B, kernel, grid)
-        o4 = kn.decode_attention(q, k, v, mask, D ** -0.5, 2)
-        configs.CONFIG_OVERRIDE = hook
-        err = rel(o4, ref)
-        assert err < tol, ("op attention, span config", B, H, Hkv, S, err)
-        print("op attention span config", B, H, Hkv, S, spanned, f"{err:.1e}")
+    # above batch 1, the op taking the span form (a config with WAVES): spans of 32-slot tiles over the
+    # interpreter's nominal 8 SMs (batch 1 keeps the one-chunk kernels)
+    hook = configs.CONFIG_OVERRIDE
+    configs.CONFIG_OVERRIDE = lambda form, n, K: {"CHUNK": 32, "num_warps": 4, "WAVES": 1.5, "STAGES": 2}
+    kernel, grid = at.split_call(q, k, v, mask, D ** -0.5, 0)[:2]
+    spanned = kernel.fn.__name__ == "_decode_attn_span_gqa_kernel"
+    assert spanned == (B > 1) and (grid == (B * Hkv, at.span_splits(B * Hkv, S, 8, 1.5, 32)[0]) or not spanned)
+    o4 = kn.decode_attention(q, k, v, mask, D ** -0.5, 2)
+    configs.CONFIG_OVERRIDE = hook
+    err = rel(o4, ref)
+    assert err < tol, ("op attention, span config", B, H, Hkv, S, err)
+    print("op attention span config", B, H, Hkv, S, spanned, f"{err:.1e}")
     # the public ops: eager launches take configs.ATTN_EAGER_CONFIG (128-slot tiles), PDL asked for and not applied
     for name, o2 in (("op attention", kn.decode_attention(q, k, v, mask, D ** -0.5, 2)),
                      ("op attention one launch", kn.decode_attention_one_launch(q, k, v, mask, D ** -0.5, cnt, 2))):

@@ -179,7 +179,7 @@ def test_perf_lab_trial_sets_name_real_forms_and_start_and_end_pinned(tool):
     forms = dense | {f"{f}_{q}" for f in dense for q in ("int8", "int4")} | {"attention"} | gemm
     tile = {"BLOCK_N", "BLOCK_K", "num_warps", "num_stages"}
     assert sorted(perf_lab.TRIAL_SETS) == [1, 2, 4, 5, 9, 10, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26,
-                                           29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40]
+                                           29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41]
     # the rows GEMV's own configs of a quantized form (sets 31, 32: kernels.configs.rows_config)
     forms |= {f"rows_{f}_{q}" for f in dense for q in ("int8", "int4")}
     for number in perf_lab.TRIAL_SETS:

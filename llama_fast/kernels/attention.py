@@ -251,8 +251,10 @@ def batched_eager_config(S: int, D: int, H: int, Hkv: int, B: int, sms: int) -> 
 def span_config(S: int, D: int, H: int, Hkv: int, B: int, sms: int) -> tuple[float, int] | None:
     """(WAVES, STAGES) where the launch takes the span form of the tensor-core GQA kernel
     (_decode_attn_span_gqa_kernel): an eager launch above batch 1 whose config (the override, else
-    batched_eager_config) has a WAVES key; else None (the one-chunk kernels)."""
-    if B == 1 or torch.compiler.is_compiling() or not (Hkv < H and _gqa_dot(S, D, H, Hkv)):
+    batched_eager_config) has a WAVES key; else None (the one-chunk kernels). A multi-head model takes it as
+    groups of one query head (only by an override: scripts/perf_lab.py's trials); a GQA model only in its
+    tensor-core form (GQA_DOT)."""
+    if B == 1 or torch.compiler.is_compiling() or (Hkv < H and not _gqa_dot(S, D, H, Hkv)):
         return None
     cfg = configs.overridden("attention", S, D) or batched_eager_config(S, D, H, Hkv, B, sms)
     return (cfg["WAVES"], cfg["STAGES"]) if "WAVES" in cfg else None
@@ -321,13 +323,13 @@ def split_call(q, k, v, mask, scale: float, pdl: int) -> tuple:
             k.stride(2), mask.stride(0), nsplit)
     kwargs = dict(D=D, CHUNK=chunk, USE_PDL=pdl, NEWEST_AFTER_WAIT=pdl != 0, num_warps=warps,
                   **_chunk_launch_kwargs(pdl))
-    if Hkv < H and _gqa_dot(S, D, H, Hkv):  # a program per KV head and chunk, its query heads on the tensor cores
-        qp = max(16, triton.next_power_of_2(H // Hkv))
-        precision = "ieee" if q.dtype == torch.float32 else "tf32"
-        gqa = {**kwargs, "QP": qp, "PRECISION": precision}
-        if span is not None:  # ... or span of chunks
-            return (_decode_attn_span_gqa_kernel, (B * Hkv, nsplit), (*args, slots), {**gqa, "STAGES": span[1]},
-                    (m, l, acc, o))
+    # a program per KV head and chunk (or span of chunks), its query heads on the tensor cores
+    gqa = {**kwargs, "QP": max(16, triton.next_power_of_2(H // Hkv)),
+           "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}
+    if span is not None:
+        return (_decode_attn_span_gqa_kernel, (B * Hkv, nsplit), (*args, slots), {**gqa, "STAGES": span[1]},
+                (m, l, acc, o))
+    if Hkv < H and _gqa_dot(S, D, H, Hkv):
         return _decode_attn_split_gqa_kernel, (B * Hkv, nsplit), args, gqa, (m, l, acc, o)
     return _decode_attn_split_kernel, (B * H, nsplit), args, kwargs, (m, l, acc, o)
 
