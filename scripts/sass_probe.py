@@ -35,7 +35,7 @@ import tempfile
 
 REGISTERS_PER_SM = 65536  # sm_80 and later
 GEMV_FORMS = ("gemv", "rmsnorm", "residual", "residual-w2", "swiglu", "qkv_rope")
-H200_SMS = 132  # the small-M GEMM's split-K choice is made for an H200
+H200_SMS = 132  # the small-M GEMM's split-K choice and the span attention's programs are made for an H200
 WEIGHTS = ("fp16", "int8", "int4")
 REGISTER_UNIT = 8  # registers per thread are allocated in steps of 8 (256 per warp)
 # shared memory an SM can give its programs (KB, the largest carveout), and what each program costs the SM
@@ -212,12 +212,13 @@ def split_launch(batch: int, heads: int, cache: int, config: dict, kv_heads: int
     q = torch.empty((batch, heads * D), dtype=torch.float16).view(batch, 1, heads, D).transpose(1, 2)
     k = torch.empty((batch, kv_heads or heads, cache, D), dtype=torch.float16)
     mask = torch.ones((batch, cache), dtype=torch.bool)
-    previous = configs.CONFIG_OVERRIDE
+    previous, sms = configs.CONFIG_OVERRIDE, attention.sm_count
     configs.CONFIG_OVERRIDE = lambda form, n, K: cfg if form == "attention" else None
+    attention.sm_count = lambda device: H200_SMS  # the span form's programs (WAVES an SM) as on an H200
     try:
         kernel, grid, args, kwargs, _ = attention.split_call(q, k, torch.empty_like(k), mask, D ** -0.5, 0)
     finally:
-        configs.CONFIG_OVERRIDE = previous
+        configs.CONFIG_OVERRIDE, attention.sm_count = previous, sms
     return kernel, grid, args, kwargs
 
 

@@ -786,7 +786,8 @@ def test_sass_probe_compiles_the_pdl_attention_within_its_register_cap():
 def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_others():
     """The two-kernel attention of batches above 1 (its chunk kernel), compiled for sm_90 without a GPU: at the
     compiled step's config (ATTN_CHUNK slots, ATTN_COMPILED_WARPS warps) over batch x heads programs and the
-    cache's chunks, at a --config of half the chunk (twice the chunks), and the tensor-core GQA kernel."""
+    cache's chunks, at a --config of half the chunk (twice the chunks), and the tensor-core GQA kernel, one chunk
+    or a span of them a program."""
     from llama_fast.kernels.configs import ATTN_CHUNK, ATTN_COMPILED_WARPS
 
     lines = {}
@@ -808,6 +809,13 @@ def test_sass_probe_compiles_the_batched_attention_at_its_compiled_config_and_ot
     gqa = r.stdout.strip()
     assert gqa.startswith("_decode_attn_split_gqa_kernel sm_90 | Triton "), gqa
     assert f"CHUNK {ATTN_CHUNK}, 4 warps, PDL 0" in gqa and f"grid 64x{chunks}" in gqa and " 0 B stack |" in gqa, gqa
+    # its span form (WAVES): 4 programs an SM of an H200 over 64 KV heads: 7 spans of three 64-slot tiles a head
+    r = run_tool("sass_probe", "--kernel", "attention-split", "--batch", "8", "--kv-heads", "8", "--config",
+                 "GQA_DOT=1,CHUNK=64,num_warps=4,WAVES=4,STAGES=2", timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    span = r.stdout.strip()
+    assert span.startswith("_decode_attn_span_gqa_kernel sm_90 | Triton "), span
+    assert "CHUNK 64, 4 warps, PDL 0" in span and "grid 64x7" in span and " 0 B stack |" in span, span
 
 
 @pytest.mark.skipif(not _bundled_ptxas(), reason="needs Triton with its bundled ptxas and cuobjdump (NVIDIA backend)")
