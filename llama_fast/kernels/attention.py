@@ -171,7 +171,8 @@ def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, ac
     """_decode_attn_split_gqa_kernel over a span of SPAN slots (a multiple of CHUNK) a program instead of one
     chunk: an online softmax over the span's CHUNK-slot tiles in a pipelined loop (STAGES), so a batch's
     programs are about a wave whatever the cache length (span_splits) and the combine reads fewer partials.
-    The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after."""
+    The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after. A
+    multi-head model runs it with G = 1 (one real row of the QP)."""
     bk = tl.program_id(0)
     j = tl.program_id(1)
     Hkv = H // G

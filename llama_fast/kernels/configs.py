@@ -115,9 +115,10 @@ ATTN_GQA_EAGER_CONFIG = {"CHUNK": 128, "num_warps": 4}
 # ... where the batch's programs are many, its span form (attention.span_config): a program an online softmax over
 # a span of 64-slot tiles loaded two stages deep, about 4 programs an SM, so the combine reads fewer partials.
 # Llama-3-8B bf16 (H200): the step 4.600 against 4.641 / 4.645 ms at batch 8, 4.913 against 5.026 / 5.006 at 16
-# (scripts/perf_lab.py trial set 39). Where its spans are short it is no faster: alone at batch 2 (one tile a span)
-# 10.0 against 8.7 us; at batch 4 (two tiles) 11.7 against 11.6 us, the step 4.414 / 4.403 against 4.393 ms (set
-# 40). So batched_eager_config keeps the one-chunk launch where a span would hold fewer than three tiles.
+# (scripts/perf_lab.py trial set 40 as it was at d4351ef; docs/PERF.md, "Llama-3-8B's GQA attention in spans").
+# Where its spans are short it is no faster: alone at batch 2 (one tile a span) 10.0 against 8.7 us; at batch 4
+# (two tiles) 11.7 against 11.6 us, the step 4.414 / 4.403 against 4.393 ms (set 40 at 421971f). So
+# batched_eager_config keeps the one-chunk launch where a span would hold fewer than three tiles.
 ATTN_GQA_SPAN_CONFIG = {"CHUNK": 64, "num_warps": 4, "WAVES": 4, "STAGES": 2}
 ATTN_SPAN_MIN_TILES = 3
 # A PDL launch of the attention holds its K and V tiles across the wait and loads the newest row again after
