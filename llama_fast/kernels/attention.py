@@ -113,6 +113,35 @@ def _decode_attn_combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, NSPLIT, D: tl.cons
 
 
 @triton.jit
+def _gqa_first_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, j, S, H, G, sq_b, sq_h, sk_b, sk_h, sk_s, sm_b,
+                     D: tl.constexpr, CHUNK: tl.constexpr, QP: tl.constexpr, USE_PDL: tl.constexpr,
+                     NEWEST_AFTER_WAIT: tl.constexpr):
+    """Program (b * Hkv + KV head hk, .) of a tensor-core kernel: (b, hk, its query heads h (QP,), their q (QP, D)
+    loaded after the PDL wait, and chunk j's attended ok (CHUNK,), K and V (CHUNK, D) loaded before it)."""
+    Hkv = H // G
+    b = tl.program_id(0) // Hkv
+    hk = tl.program_id(0) % Hkv
+    rd = tl.arange(0, D)
+    rg = tl.arange(0, QP)
+    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, j, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
+                         NEWEST_AFTER_WAIT)
+    h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
+    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
+    return b, hk, h, q, ok, k, v
+
+
+@triton.jit
+def _gqa_partials(m_ptr, l_ptr, acc_ptr, b, h, j, H, G, NSPLIT, m, l, acc, D: tl.constexpr, QP: tl.constexpr):
+    """The partials (m, l (QP,), acc (QP, D)) of split j of row b's query heads h; rows g >= G not stored."""
+    rd = tl.arange(0, D)
+    real = tl.arange(0, QP) < G
+    out = (b * H + h) * NSPLIT + j
+    tl.store(m_ptr + out, m, mask=real)
+    tl.store(l_ptr + out, l, mask=real)
+    tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
+
+
+@triton.jit
 def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, acc_ptr, S, H, G, scale,
                                   sq_b, sq_h, sk_b, sk_h, sk_s, sm_b, NSPLIT, D: tl.constexpr, CHUNK: tl.constexpr,
                                   QP: tl.constexpr, USE_PDL: tl.constexpr, NEWEST_AFTER_WAIT: tl.constexpr,
@@ -122,17 +151,9 @@ def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, a
     zero), so the chunk's K and V are read once for all of them: scores (QP, CHUNK) = q K^T, then the
     unnormalized output (QP, D) = p V with p rounded to the cache dtype (fp32 sums; fp32 models: PRECISION
     "ieee", not TF32)."""
-    bk = tl.program_id(0)
     j = tl.program_id(1)
-    Hkv = H // G
-    b = bk // Hkv
-    hk = bk % Hkv
-    rd = tl.arange(0, D)
-    rg = tl.arange(0, QP)
-    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, j, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
-                         NEWEST_AFTER_WAIT)  # (CHUNK,), (CHUNK, D) x 2
-    h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
-    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
+    b, hk, h, q, ok, k, v = _gqa_first_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, j, S, H, G, sq_b, sq_h, sk_b, sk_h,
+                                             sk_s, sm_b, D, CHUNK, QP, USE_PDL, NEWEST_AFTER_WAIT)
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (QP, CHUNK) fp32
     scores = tl.where(ok[None, :], scores, float("-inf"))
     m = tl.max(scores, axis=1)
@@ -142,11 +163,7 @@ def _decode_attn_split_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, a
     acc = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # (QP, D) fp32
     if USE_PDL != 0:
         gdc_launch_dependents()
-    out = (b * H + h) * NSPLIT + j
-    real = rg < G
-    tl.store(m_ptr + out, m, mask=real)
-    tl.store(l_ptr + out, l, mask=real)
-    tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
+    _gqa_partials(m_ptr, l_ptr, acc_ptr, b, h, j, H, G, NSPLIT, m, l, acc, D, QP)
 
 
 @triton.jit
@@ -173,22 +190,15 @@ def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, ac
     programs are about a wave whatever the cache length (span_splits) and the combine reads fewer partials.
     The first tile is loaded before the PDL wait (as the one-chunk kernel loads its chunk), the rest after. A
     multi-head model runs it with G = 1 (one real row of the QP)."""
-    bk = tl.program_id(0)
     j = tl.program_id(1)
-    Hkv = H // G
-    b = bk // Hkv
-    hk = bk % Hkv
-    rd = tl.arange(0, D)
-    rg = tl.arange(0, QP)
     lo = j * SPAN
-    ok, k, v = _chunk_kv(k_ptr, v_ptr, mask_ptr, b, hk, lo // CHUNK, S, sk_b, sk_h, sk_s, sm_b, D, CHUNK, USE_PDL,
-                         NEWEST_AFTER_WAIT)  # (CHUNK,), (CHUNK, D) x 2
-    h = hk * G + rg  # (QP,) the query heads; rows g >= G masked
-    q = tl.load(q_ptr + b * sq_b + h[:, None] * sq_h + rd[None, :], mask=(rg < G)[:, None], other=0.0)
+    b, hk, h, q, ok, k, v = _gqa_first_chunk(q_ptr, k_ptr, v_ptr, mask_ptr, lo // CHUNK, S, H, G, sq_b, sq_h, sk_b,
+                                             sk_h, sk_s, sm_b, D, CHUNK, QP, USE_PDL, NEWEST_AFTER_WAIT)
     m_i, l_i, acc = _gqa_online(q, ok, k, v, tl.full((QP,), float("-inf"), tl.float32),
                                 tl.zeros((QP,), tl.float32), tl.zeros((QP, D), tl.float32), scale, PRECISION)
     end = tl.minimum(lo + SPAN, S)
     kv = b * sk_b + hk * sk_h
+    rd = tl.arange(0, D)
     for t0 in tl.range(lo + CHUNK, end, CHUNK, num_stages=STAGES):  # loaded after the wait: nothing stale
         rs = t0 + tl.arange(0, CHUNK)
         ok = tl.load(mask_ptr + b * sm_b + rs, mask=rs < end, other=0) != 0
@@ -198,11 +208,7 @@ def _decode_attn_span_gqa_kernel(q_ptr, k_ptr, v_ptr, mask_ptr, m_ptr, l_ptr, ac
         m_i, l_i, acc = _gqa_online(q, ok, k, v, m_i, l_i, acc, scale, PRECISION)
     if USE_PDL != 0:
         gdc_launch_dependents()
-    out = (b * H + h) * NSPLIT + j
-    real = rg < G
-    tl.store(m_ptr + out, m_i, mask=real)
-    tl.store(l_ptr + out, l_i, mask=real)
-    tl.store(acc_ptr + out[:, None] * D + rd[None, :], acc, mask=real[:, None])
+    _gqa_partials(m_ptr, l_ptr, acc_ptr, b, h, j, H, G, NSPLIT, m_i, l_i, acc, D, QP)
 
 
 @triton.jit
